@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make demo` (end-to-end datagen on synthetic data) and `make test`.
+# Both create/reuse .venv and install the project into it first.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export RECSYS_DATA_ROOT ?= $(CURDIR)/data
+
+.PHONY: demo test ui install clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch 2.13.0 CPU lies on this machine's disk (find-links); the range in pyproject admits it.
+	$(PY) -m pip install -q "torch==2.13.0" -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
+	$(PY) -m recsys_assets.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -ra --timeout=900 tests
+
+ui: $(STAMP)
+	mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
+	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+clean:
+	rm -rf data .dagster_home

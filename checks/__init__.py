@@ -1,0 +1,1 @@
+"""Asset checks: production's datagen alerts as partitioned Dagster checks with thresholds from config."""

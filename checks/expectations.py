@@ -1,0 +1,84 @@
+"""great-expectations 1.x suites for training_events, run on Spark DataFrames (no rows leave Spark)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import great_expectations as gx
+from great_expectations.data_context.types.base import ProgressBarsConfig
+
+from recsys_assets.schemas import EMBEDDING_DIM
+
+EVENT_TYPES = {
+    "event_id": "StringType",
+    "user_id": "StringType",
+    "item_id": "StringType",
+    "event_ts": "TimestampType",
+    "play_duration_s": "DoubleType",
+    "item_video_length_s": "DoubleType",
+    "item_age_days": "DoubleType",
+    "watch_ratio": "DoubleType",
+    "liked": "BooleanType",
+    "shared": "BooleanType",
+    "followed": "BooleanType",
+}
+
+
+def training_events_suite(max_item_age_days: float) -> gx.ExpectationSuite:
+    E = gx.expectations
+    suite = gx.ExpectationSuite("training_events")
+    for col in ("event_id", "user_id", "item_id", "event_ts"):
+        suite.add_expectation(E.ExpectColumnValuesToNotBeNull(column=col))
+    for col, t in EVENT_TYPES.items():
+        suite.add_expectation(E.ExpectColumnValuesToBeOfType(column=col, type_=t))
+    suite.add_expectation(E.ExpectColumnValuesToBeUnique(column="event_id"))
+    suite.add_expectation(E.ExpectColumnValuesToBeBetween(column="play_duration_s", min_value=0))
+    suite.add_expectation(E.ExpectColumnValuesToBeBetween(column="item_video_length_s", min_value=0, strict_min=True))
+    suite.add_expectation(
+        E.ExpectColumnValuesToBeBetween(column="item_age_days", min_value=0, max_value=max_item_age_days, strict_min=True)
+    )
+    suite.add_expectation(E.ExpectColumnValuesToBeBetween(column="watch_ratio", min_value=0))
+    suite.add_expectation(E.ExpectTableRowCountToBeBetween(min_value=1))
+    return suite
+
+
+def items_suite() -> gx.ExpectationSuite:
+    E = gx.expectations
+    suite = gx.ExpectationSuite("training_items")
+    suite.add_expectation(E.ExpectColumnValuesToNotBeNull(column="item_id"))
+    suite.add_expectation(E.ExpectColumnValuesToBeUnique(column="item_id"))
+    suite.add_expectation(
+        E.UnexpectedRowsExpectation(
+            description=f"every embedding has {EMBEDDING_DIM} finite values",
+            unexpected_rows_query=(
+                f"SELECT item_id FROM {{batch}} WHERE embedding IS NULL OR size(embedding) != {EMBEDDING_DIM} "
+                "OR exists(embedding, x -> x IS NULL OR isnan(x))"
+            ),
+        )
+    )
+    return suite
+
+
+def validate(frames: dict[str, tuple[object, Callable[[], gx.ExpectationSuite]]]) -> list[dict]:
+    """Validate each Spark DataFrame against the suite its factory builds (suites need a live context, so
+    they are built after it); one summary row per expectation."""
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    source = ctx.data_sources.add_spark("recsys_spark")
+    rows = []
+    for name, (df, make_suite) in frames.items():
+        suite = make_suite()
+        batch_def = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("whole")
+        result = batch_def.get_batch(batch_parameters={"dataframe": df}).validate(suite)
+        for r in result.results:
+            cfg = r.expectation_config
+            rows.append(
+                {
+                    "table": name,
+                    "expectation": cfg.type,
+                    "column": cfg.kwargs.get("column", ""),
+                    "success": bool(r.success),
+                    "unexpected": r.result.get("unexpected_count", r.result.get("observed_value", "")),
+                }
+            )
+    return rows

@@ -1,0 +1,1 @@
+"""Jobs, schedules and sensors: what starts datagen runs and who hears about failures."""

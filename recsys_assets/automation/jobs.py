@@ -1,0 +1,16 @@
+"""Jobs over the asset graph."""
+
+from __future__ import annotations
+
+from dagster import AssetSelection, define_asset_job
+
+from recsys_assets.partitions import daily_partitions
+
+# Datagen assets with their checks; the raw inputs are external and never materialized by a run.
+datagen_job = define_asset_job(
+    "datagen_job",
+    selection=AssetSelection.groups("datagen"),
+    partitions_def=daily_partitions,
+    description="Filter, join and report one day of raw events (with the datagen asset checks).",
+    tags={"recsys/stage": "datagen"},
+)

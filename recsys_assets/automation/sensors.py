@@ -1,0 +1,208 @@
+"""Sensors: start datagen when upstream's success file lands, alert on late raw data, failed checks and failed
+runs, and post the daily monitoring summary."""
+
+
+import datetime as dt
+import json
+import re
+
+from dagster import (
+    AssetCheckKey,
+    AssetMaterialization,
+    DefaultSensorStatus,
+    RunFailureSensorContext,
+    RunRequest,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    asset_sensor,
+    run_failure_sensor,
+    sensor,
+)
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+from checks.datagen_checks import datagen_checks
+from recsys_assets.automation.jobs import datagen_job
+from recsys_assets.datagen.assets import datagen_monitoring_report
+from recsys_assets.datagen.config import load_datagen_spec
+from recsys_assets.datagen.raw_sources import raw_asset_key
+from recsys_assets.partitions import PARTITIONS_START, daily_partitions, window_of
+from recsys_assets.schemas import RAW_TABLES
+from resources.notifier import NotifierResource
+from resources.storage import StorageResource
+
+DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# Days remembered in the success-file cursor (older success files are never re-read).
+CURSOR_DAYS_KEPT = 400
+
+
+def new_success_files(files: list[tuple[str, int]], seen: dict[str, int]) -> list[tuple[str, int]]:
+    """(day, mtime_ns) of success files not seen before, or rewritten since (a re-delivered day reruns)."""
+    return [(day, m) for day, m in files if DAY_RE.match(day) and day >= PARTITIONS_START and seen.get(day) != m]
+
+
+@sensor(
+    job=datagen_job,
+    minimum_interval_seconds=60,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Requests the datagen run for a day once raw/daily_success_files/<day> exists (once per file "
+    "version), and records the raw inputs' partitions as materialized.",
+)
+def raw_success_file_sensor(context: SensorEvaluationContext, storage: StorageResource):
+    seen: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
+    files = [(i.base_name, int(i.mtime_ns or 0)) for i in storage.store.list_success_files()]
+    fresh = new_success_files(files, seen)
+    if not fresh:
+        return SkipReason(f"no new success files ({len(files)} seen)")
+    run_requests, events = [], []
+    for day, mtime in fresh:
+        run_requests.append(
+            RunRequest(partition_key=day, run_key=f"datagen:{day}:{mtime}", tags={"recsys/trigger": "success_file"})
+        )
+        events += [
+            AssetMaterialization(
+                asset_key=raw_asset_key(t),
+                partition=day,
+                metadata={"path": storage.store.raw_partition_uri(t, day), "success_file_mtime_ns": mtime},
+            )
+            for t in RAW_TABLES
+        ]
+        seen[day] = mtime
+    keep = dict(sorted(seen.items())[-CURSOR_DAYS_KEPT:])
+    return SensorResult(run_requests=run_requests, asset_events=events, cursor=json.dumps(keep, sort_keys=True))
+
+
+def overdue_days(
+    now: dt.datetime, present: set[str], lookback_days: int, due_after_h: float, alert_after_h: float
+) -> list[str]:
+    """Days (the most recent `lookback_days` whose deadline has passed) whose success file is still missing."""
+    out = []
+    last = daily_partitions.get_last_partition_key(current_time=now)
+    if last is None:
+        return out
+    day = dt.date.fromisoformat(last)
+    for back in range(lookback_days + 1):
+        d = (day - dt.timedelta(days=back)).isoformat()
+        if d < PARTITIONS_START:
+            break
+        deadline = window_of(d).end + dt.timedelta(hours=due_after_h + alert_after_h)
+        if now >= deadline and d not in present:
+            out.append(d)
+    return sorted(out)
+
+
+@sensor(
+    minimum_interval_seconds=600,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Error notification when a day's raw data (success file) is still missing hours after it is due.",
+)
+def raw_data_freshness_sensor(context: SensorEvaluationContext, storage: StorageResource, notifier: NotifierResource):
+    f = load_datagen_spec().freshness
+    alerted: list[str] = json.loads(context.cursor) if context.cursor else []
+    present = {i.base_name for i in storage.store.list_success_files()}
+    late = overdue_days(
+        dt.datetime.now(dt.timezone.utc), present, f.lookback_days, f.raw_due_hours_after_day_end, f.alert_after_hours
+    )
+    new = [d for d in late if d not in alerted]
+    for d in new:
+        notifier.notify(
+            "error",
+            f"Raw data missing for {d}",
+            f"raw/daily_success_files/{d} is still missing {f.alert_after_hours:g} h after it was due "
+            f"({f.raw_due_hours_after_day_end:g} h after the day ended, Asia/Kolkata).",
+            partition=d,
+        )
+    context.update_cursor(json.dumps(sorted(set(alerted) | set(new))[-60:]))
+    return SkipReason(f"raw data overdue: {late}" if late else "raw data on time")
+
+
+CHECK_KEYS: list[AssetCheckKey] = [key for c in datagen_checks for key in c.check_keys]
+
+
+def _fmt_metadata(metadata: dict) -> dict:
+    out = {}
+    for k, v in metadata.items():
+        val = getattr(v, "value", v)
+        if isinstance(val, (int, float, str)) and len(str(val)) < 300:
+            out[k] = val
+    return out
+
+
+@sensor(
+    minimum_interval_seconds=60,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Error notification for every failed evaluation of a datagen asset check (WARN ones too, which "
+    "do not fail runs): which check, partition, numbers.",
+)
+def check_failure_sensor(context: SensorEvaluationContext, notifier: NotifierResource):
+    # Cursor: the highest check-execution record id already handled per check (history pages backwards).
+    cursor: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
+    storage = context.instance.event_log_storage
+    sent = 0
+    for key in CHECK_KEYS:
+        name = key.to_user_string()
+        last_id = cursor.get(name, 0)
+        records = storage.get_asset_check_execution_history(key, limit=100)
+        for rec in sorted((r for r in records if r.id > last_id), key=lambda r: r.id):
+            ev = rec.evaluation
+            if rec.status == AssetCheckExecutionRecordStatus.FAILED and ev is not None and not ev.passed:
+                notifier.notify(
+                    "error",
+                    f"Check failed: {name}",
+                    ev.description or "",
+                    partition=rec.partition or "-",
+                    severity=ev.severity.value,
+                    run_id=rec.run_id,
+                    **_fmt_metadata(ev.metadata),
+                )
+                sent += 1
+        if records:
+            cursor[name] = max(last_id, max(r.id for r in records))
+    context.update_cursor(json.dumps(cursor, sort_keys=True))
+    return SkipReason(f"sent {sent} check-failure notifications")
+
+
+@run_failure_sensor(
+    monitored_jobs=[datagen_job],
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Error notification for every failed datagen run.",
+)
+def datagen_run_failure_sensor(context: RunFailureSensorContext, notifier: NotifierResource):
+    run = context.dagster_run
+    notifier.notify(
+        "error",
+        f"Run failed: {run.job_name}",
+        (context.failure_event.message or "")[:1000],
+        partition=run.tags.get("dagster/partition", "-"),
+        run_id=run.run_id,
+    )
+
+
+@asset_sensor(
+    asset_key=datagen_monitoring_report.key,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Info notification with the day's monitoring summary when the report is materialized.",
+)
+def monitoring_summary_sensor(context: SensorEvaluationContext, asset_event, notifier: NotifierResource):
+    mat = asset_event.dagster_event.event_specific_data.materialization
+    report = mat.metadata["monitoring_dict"].value
+    notifier.notify(
+        "info",
+        f"Datagen {mat.partition}: {report['num_final_rows']:,} rows, {report['num_items_post_embed_join']:,} items",
+        "age buckets: " + ", ".join(f"{k} {v}" for k, v in report["item_age_bucket_formated"].items()),
+        partition=mat.partition,
+        new_items_1d=report["new_items_in_index_1d_delta"] or "n/a",
+        item_diff_1d=report["item_diff_1d_delta"] or "n/a",
+        item_diff_7d=report["item_diff_7d_delta"] or "n/a",
+        run_time=report["datagen_run_time"],
+    )
+    return SkipReason("summary sent")
+
+
+datagen_sensors = [
+    raw_success_file_sensor,
+    raw_data_freshness_sensor,
+    check_failure_sensor,
+    datagen_run_failure_sensor,
+    monitoring_summary_sensor,
+]

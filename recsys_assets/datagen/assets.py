@@ -1,0 +1,307 @@
+"""Datagen assets: raw events -> filtered_events -> training_events -> datagen_monitoring_report.
+
+Each asset is a thin wrapper: resolve resources, the partition's day window and config, call the pure functions
+in this package, write a new version of the partition, commit it atomically, and report rich metadata.
+"""
+
+
+import datetime as dt
+import time
+
+import numpy as np
+import pyarrow.dataset as pads
+from dagster import (
+    AssetExecutionContext,
+    BackfillPolicy,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from pydantic import Field
+
+from recsys_assets.datagen.config import load_datagen_spec
+from recsys_assets.datagen.filter_chain import QUARANTINE_REASONS, run_filter_chain
+from recsys_assets.datagen.metadata import column_schema, md_table, numeric_metadata
+from recsys_assets.datagen.monitoring import build_report
+from recsys_assets.datagen.raw_inputs import latest_raw_day, read_raw
+from recsys_assets.datagen.raw_sources import raw_asset_key
+from recsys_assets.datagen.training_events import TrainingEventsSpec, build_training_events
+from recsys_assets.partitions import daily_partitions, shift_day, window_micros
+from resources.spark import SparkResource
+from resources.storage import DatasetStore, StorageResource
+
+FILTERED_EVENTS = "filtered_events"
+TRAINING_EVENTS = "training_events"
+MONITORING_REPORT = "datagen_monitoring_report"
+
+# One run per day in backfills: the per-day asset checks then evaluate every day (a single-run range backfill
+# would record one check evaluation without a partition).
+PER_DAY = BackfillPolicy.multi_run(max_partitions_per_run=1)
+
+
+class DatagenConfig(Config):
+    datagen_config_path: str = Field(
+        default="",
+        description="Path of the datagen YAML (filter chain + thresholds); empty = the packaged default.",
+    )
+
+
+class TrainingEventsConfig(DatagenConfig):
+    normalized_columns: list[str] = Field(default_factory=lambda: list(TrainingEventsSpec.normalized_columns))
+    log_columns: list[str] = Field(default_factory=lambda: list(TrainingEventsSpec.log_columns))
+    string_fill: str = TrainingEventsSpec.string_fill
+    float_fill: float = TrainingEventsSpec.float_fill
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@asset(
+    partitions_def=daily_partitions,
+    group_name="datagen",
+    deps=[raw_asset_key("events"), raw_asset_key("items")],
+    kinds={"spark", "parquet"},
+    backfill_policy=PER_DAY,
+    description="Events after quarantine, language filter, seeded sample and the ordered filter chain of the "
+    "datagen YAML, with events/items counts and item loss per stage.",
+)
+def filtered_events(
+    context: AssetExecutionContext, config: DatagenConfig, spark: SparkResource, storage: StorageResource
+) -> MaterializeResult:
+    day = context.partition_key
+    started_at, t0 = _now(), time.monotonic()
+    spec = load_datagen_spec(config.datagen_config_path or None)
+    store = storage.store
+    session = spark.get_session()
+    start_us, end_us = window_micros(context.partition_time_window)
+
+    result = run_filter_chain(
+        read_raw(session, store, "events", day), read_raw(session, store, "items", day), spec, start_us, end_us
+    )
+    try:
+        version = store.new_version(context.run_id)
+        result.filtered_events.write.mode("overwrite").parquet(store.version_uri(FILTERED_EVENTS, day, version, "events"))
+        result.quarantined_events.write.mode("overwrite").parquet(
+            store.version_uri(FILTERED_EVENTS, day, version, "quarantine")
+        )
+        schema = result.filtered_events.schema
+    finally:
+        result.release()
+    stats = {
+        **result.stats,
+        "max_item_loss_pct": {f.name: f.max_item_loss_pct for f in spec.filters},
+        "started_at": started_at, "finished_at": _now(), "run_time_s": round(time.monotonic() - t0, 2)}
+    store.write_json_atomic(store.version_path(FILTERED_EVENTS, day, version, "stats.json"), stats)
+    store.commit(FILTERED_EVENTS, day, version, row_count=stats["num_events_post_filters"])
+
+    limits = {f.name: f.max_item_loss_pct for f in spec.filters}
+    stage_rows = [
+        [
+            name,
+            stats[f"num_events_post_filter_{name}"],
+            stats[f"num_items_post_filter_{name}"],
+            stats[f"item_loss_percentage_{name}"],
+            limits.get(name, "-"),
+        ]
+        for name in stats["stage_order"]
+    ]
+    context.log.info(
+        "filtered_events %s: %d raw -> %d events, %d items, %d quarantined",
+        day, stats["num_raw_events"], stats["num_events_post_filters"], stats["num_unique_items_post_filters"],
+        stats["num_quarantined_events"],
+    )
+    return MaterializeResult(
+        metadata={
+            "dagster/row_count": MetadataValue.int(stats["num_events_post_filters"]),
+            "dagster/column_schema": column_schema(schema),
+            "filter_chain": md_table(
+                ["stage", "events after", "items after", "item loss %", "max item loss %"],
+                [["raw", stats["num_raw_events"], stats["num_raw_items"], "", ""], *stage_rows],
+            ),
+            "quarantine": md_table(
+                ["reason", "events"], [[r, stats[f"num_quarantined_{r}"]] for r in QUARANTINE_REASONS]
+            ),
+            "path": MetadataValue.path(store.version_uri(FILTERED_EVENTS, day, version)),
+            "version": version,
+            **numeric_metadata({k: v for k, v in stats.items() if k != "run_time_s"}),
+            "run_time_s": MetadataValue.float(stats["run_time_s"]),
+        }
+    )
+
+
+@asset(
+    partitions_def=daily_partitions,
+    group_name="datagen",
+    deps=[filtered_events, raw_asset_key("item_embeddings"), raw_asset_key("users")],
+    kinds={"spark", "parquet"},
+    backfill_policy=PER_DAY,
+    description="Training rows: filtered events on items with a valid 128-d content embedding, with the latest "
+    "user features, nulls filled and float features normalised; plus the final items table with embeddings.",
+)
+def training_events(
+    context: AssetExecutionContext, config: TrainingEventsConfig, spark: SparkResource, storage: StorageResource
+) -> MaterializeResult:
+    day = context.partition_key
+    t0 = time.monotonic()
+    store = storage.store
+    session = spark.get_session()
+    filter_stats = store.read_json(store.committed_path(FILTERED_EVENTS, day, "stats.json"))
+    spec = load_datagen_spec(config.datagen_config_path or None)
+    te_spec = TrainingEventsSpec(
+        normalized_columns=tuple(config.normalized_columns),
+        log_columns=tuple(config.log_columns),
+        string_fill=config.string_fill,
+        float_fill=config.float_fill,
+    )
+    users_day = latest_raw_day(store, "users", day)
+    result = build_training_events(
+        session.read.parquet(store.committed_uri(FILTERED_EVENTS, day, "events")),
+        read_raw(session, store, "item_embeddings", day),
+        read_raw(session, store, "users", users_day),
+        te_spec,
+        filter_stats["num_unique_items_post_filters"],
+    )
+    try:
+        version = store.new_version(context.run_id)
+        result.events.write.mode("overwrite").parquet(store.version_uri(TRAINING_EVENTS, day, version, "events"))
+        result.items.write.mode("overwrite").parquet(store.version_uri(TRAINING_EVENTS, day, version, "items"))
+        schema, items_schema = result.events.schema, result.items.schema
+    finally:
+        result.release()
+    stats = {
+        **result.stats,
+        "num_unique_items_post_filters": filter_stats["num_unique_items_post_filters"],
+        "users_snapshot_day": users_day,
+        "thresholds": spec.thresholds.model_dump(),
+        "max_item_age_days": max(
+            (f.max for f in spec.filters if getattr(f, "column", None) == "item_age_days" and f.max is not None),
+            default=float("inf"),
+        ),
+        "normalization": result.normalization,
+        "run_time_s": round(time.monotonic() - t0, 2),
+    }
+    store.write_json_atomic(store.version_path(TRAINING_EVENTS, day, version, "stats.json"), stats)
+    store.commit(TRAINING_EVENTS, day, version, row_count=stats["num_final_rows"])
+    return MaterializeResult(
+        metadata={
+            "dagster/row_count": MetadataValue.int(stats["num_final_rows"]),
+            "dagster/column_schema": column_schema(schema),
+            "items_column_schema": column_schema(items_schema),
+            "embedding_join": md_table(
+                ["items before", "items after", "item loss %", "events after", "embeddings rejected"],
+                [[
+                    filter_stats["num_unique_items_post_filters"],
+                    stats["num_items_post_embed_join"],
+                    stats["item_loss_post_embedding_join"],
+                    stats["num_events_post_embedding_join"],
+                    stats["num_embeddings_rejected"],
+                ]],
+            ),
+            "normalization": md_table(
+                ["column", "transform", "mean", "std"],
+                [[c, m["transform"], round(m["mean"], 5), round(m["std"], 5)] for c, m in result.normalization.items()],
+            ),
+            "path": MetadataValue.path(store.version_uri(TRAINING_EVENTS, day, version)),
+            "version": version,
+            **numeric_metadata({k: v for k, v in stats.items() if k != "run_time_s"}),
+            "run_time_s": MetadataValue.float(stats["run_time_s"]),
+        }
+    )
+
+
+def read_final_items(store: DatasetStore, day: str, columns: list[str]):
+    """The final items (item-sized) of a committed training_events partition as a pyarrow table."""
+    return pads.dataset(store.committed_path(TRAINING_EVENTS, day, "items"), filesystem=store.fs, format="parquet").to_table(
+        columns=columns
+    )
+
+
+def read_committed_report(store: DatasetStore, day: str) -> dict | None:
+    if store.read_manifest(MONITORING_REPORT, day) is None:
+        return None
+    return store.read_json(store.committed_path(MONITORING_REPORT, day, "report.json"))
+
+
+@asset(
+    partitions_def=daily_partitions,
+    group_name="datagen",
+    deps=[training_events],
+    kinds={"python", "json"},
+    backfill_policy=PER_DAY,
+    description="Production's daily monitoring dict: filter-stage losses, embedding-join loss, item-age buckets "
+    "with 7-day deltas, new/common items vs yesterday, item diffs 1d/7d, run time. JSON next to the data.",
+)
+def datagen_monitoring_report(
+    context: AssetExecutionContext, config: DatagenConfig, storage: StorageResource
+) -> MaterializeResult:
+    day = context.partition_key
+    store = storage.store
+    spec = load_datagen_spec(config.datagen_config_path or None)
+    filter_stats = store.read_json(store.committed_path(FILTERED_EVENTS, day, "stats.json"))
+    join_stats = store.read_json(store.committed_path(TRAINING_EVENTS, day, "stats.json"))
+    items = read_final_items(store, day, ["item_id", "item_age_days"])
+    prev_day, week_ago = shift_day(day, -1), shift_day(day, -7)
+    prev_items = None
+    if store.read_manifest(TRAINING_EVENTS, prev_day) is not None:
+        prev_items = read_final_items(store, prev_day, ["item_id"]).column("item_id").to_numpy(zero_copy_only=False)
+    started = filter_stats["started_at"]
+    finished = _now()
+    run_time_s = (dt.datetime.fromisoformat(finished) - dt.datetime.fromisoformat(started)).total_seconds()
+    report = build_report(
+        day=day,
+        filter_stats=filter_stats,
+        join_stats={k: v for k, v in join_stats.items() if k.startswith(("num_", "item_loss"))},
+        item_ids=items.column("item_id").to_numpy(zero_copy_only=False),
+        item_age_days=items.column("item_age_days").to_numpy(zero_copy_only=False),
+        edges=spec.item_age_bucket_edges,
+        prev_1d_item_ids=prev_items,
+        prev_1d_report=read_committed_report(store, prev_day),
+        prev_7d_report=read_committed_report(store, week_ago),
+        started_at=started,
+        finished_at=finished,
+        run_time_s=run_time_s,
+    )
+    report["thresholds"] = spec.thresholds.model_dump()
+    version = store.new_version(context.run_id)
+    store.write_json_atomic(store.version_path(MONITORING_REPORT, day, version, "report.json"), report)
+    store.commit(MONITORING_REPORT, day, version)
+
+    buckets = report["item_age_buckets"]
+    share_delta = report["item_age_bucket_share_delta_pp_7d"] or {}
+    return MaterializeResult(
+        metadata={
+            "item_age_buckets": md_table(
+                ["bucket (days)", "items", "7d delta", "share delta 7d (pp)"],
+                [
+                    [k, report["item_age_bucket_formated"][k], (report["item_age_buckets_delta_7d"] or {}).get(k, "n/a"), share_delta.get(k, "n/a")]
+                    for k in buckets
+                ],
+            ),
+            "index_deltas": md_table(
+                ["new items 1d", "common items 1d", "item diff 1d", "item diff 7d"],
+                [[
+                    report["new_items_in_index_1d_delta"] or "n/a",
+                    report["common_items_in_index_1d_delta"] or "n/a",
+                    report["item_diff_1d_delta"] or "n/a",
+                    report["item_diff_7d_delta"] or "n/a",
+                ]],
+            ),
+            "monitoring_dict": MetadataValue.json(report),
+            "report_path": MetadataValue.path(store.version_uri(MONITORING_REPORT, day, version, "report.json")),
+            **numeric_metadata(
+                {
+                    k: report[k]
+                    for k in (
+                        "num_final_rows", "num_items_post_embed_join", "new_items_pct_1d", "num_new_items_1d",
+                        "item_delta_pct_1d", "item_delta_pct_7d", "event_delta_pct_1d", "event_delta_pct_7d",
+                        "datagen_run_time_s",
+                    )
+                }
+            ),
+        }
+    )
+
+
+datagen_assets = [filtered_events, training_events, datagen_monitoring_report]

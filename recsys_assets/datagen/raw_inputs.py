@@ -1,0 +1,85 @@
+"""Reading raw partitions with the input contract checked at the boundary.
+
+Each Parquet file's footer is checked against the contract before Spark reads the data (footers only, never
+rows), so a missing column, a wrong type or a corrupt file fails with the file and column named.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from recsys_assets.schemas import RAW_TABLES, spark_schema
+from resources.storage import DatasetStore
+
+
+class RawInputError(ValueError):
+    """Raw input that breaks the data contract; the message names the file and column."""
+
+
+def _compatible(expected: pa.DataType, actual: pa.DataType) -> bool:
+    if expected.equals(actual):
+        return True
+    if pa.types.is_timestamp(expected):
+        return pa.types.is_timestamp(actual)
+    if pa.types.is_string(expected):
+        return pa.types.is_string(actual) or pa.types.is_large_string(actual)
+    if pa.types.is_floating(expected):
+        return pa.types.is_floating(actual)
+    if pa.types.is_list(expected):
+        return (pa.types.is_list(actual) or pa.types.is_large_list(actual)) and pa.types.is_floating(
+            actual.value_type
+        )
+    return False
+
+
+def raw_parquet_files(store: DatasetStore, table: str, day: str) -> list[str]:
+    d = store.raw_partition_path(table, day)
+    if not store.exists(d):
+        raise RawInputError(f"raw {table} for {day}: directory {d} does not exist")
+    infos = store.fs.get_file_info(pafs.FileSelector(d, recursive=True))
+    files = sorted(
+        i.path
+        for i in infos
+        if i.type == pafs.FileType.File and not i.base_name.startswith(("_", ".")) and i.size > 0
+    )
+    if not files:
+        raise RawInputError(f"raw {table} for {day}: no Parquet files under {d} (empty day)")
+    return files
+
+
+def check_raw_contract(store: DatasetStore, table: str, day: str) -> list[str]:
+    """Check every file's schema against the contract; return the file list. Raises RawInputError."""
+    expected = RAW_TABLES[table]
+    files = raw_parquet_files(store, table, day)
+    for path in files:
+        try:
+            actual = pq.read_schema(path, filesystem=store.fs)
+        except Exception as e:  # pyarrow raises ArrowInvalid/OSError for truncated or non-Parquet files
+            raise RawInputError(f"raw {table} for {day}: {path} is not a readable Parquet file ({e})") from e
+        for field in expected:
+            idx = actual.get_field_index(field.name)
+            if idx < 0:
+                raise RawInputError(f"raw {table} for {day}: {path} has no column {field.name!r}")
+            if not _compatible(field.type, actual.field(idx).type):
+                raise RawInputError(
+                    f"raw {table} for {day}: {path} column {field.name!r} has type {actual.field(idx).type}, "
+                    f"expected {field.type}"
+                )
+    return files
+
+
+def read_raw(spark, store: DatasetStore, table: str, day: str):
+    """The day's raw table as a Spark DataFrame with exactly the contract's columns (extra columns ignored)."""
+    check_raw_contract(store, table, day)
+    schema = spark_schema(RAW_TABLES[table])
+    return spark.read.schema(schema).parquet(store.raw_partition_uri(table, day))
+
+
+def latest_raw_day(store: DatasetStore, table: str, day: str) -> str:
+    """The most recent day <= `day` with a raw partition of `table` (snapshots such as users)."""
+    days = [d for d in store.raw_days(table) if d <= day]
+    if not days:
+        raise RawInputError(f"raw {table}: no snapshot on or before {day} under {store.path('raw', table)}")
+    return days[-1]

@@ -1,0 +1,47 @@
+"""The one Definitions object: assets, checks, jobs, schedules, sensors and resources on one screen.
+
+Environments differ only in resource config: every value below falls back to the embedded local default
+(local Spark, ./data, JSONL notifications) when its environment variable is unset.
+"""
+
+from __future__ import annotations
+
+from dagster import Definitions, EnvVar
+
+from checks.datagen_checks import datagen_checks
+from recsys_assets.automation.jobs import datagen_job
+from recsys_assets.automation.schedules import datagen_fallback_schedule
+from recsys_assets.automation.sensors import datagen_sensors
+from recsys_assets.datagen.assets import datagen_assets
+from recsys_assets.datagen.raw_sources import raw_specs
+from resources.notifier import NotifierResource
+from resources.spark import SparkResource
+from resources.storage import StorageResource
+
+
+def _env(name: str, default: str):
+    """EnvVar when set (resolved at run time, never stored), else the local default."""
+    import os
+
+    return EnvVar(name) if os.environ.get(name) else default
+
+
+def default_resources() -> dict:
+    return {
+        "storage": StorageResource(data_root=_env("RECSYS_DATA_ROOT", "./data")),
+        "spark": SparkResource(master=_env("RECSYS_SPARK_MASTER", "local[*]")),
+        "notifier": NotifierResource(
+            info_webhook_url=_env("RECSYS_INFO_WEBHOOK_URL", ""),
+            error_webhook_url=_env("RECSYS_ERROR_WEBHOOK_URL", ""),
+        ),
+    }
+
+
+defs = Definitions(
+    assets=[*raw_specs, *datagen_assets],
+    asset_checks=datagen_checks,
+    jobs=[datagen_job],
+    schedules=[datagen_fallback_schedule],
+    sensors=datagen_sensors,
+    resources=default_resources(),
+)

@@ -1,0 +1,25 @@
+"""The one partitioning scheme: a day of the app's local time (Asia/Kolkata), as the raw dt= folders are."""
+
+from __future__ import annotations
+
+from dagster import DailyPartitionsDefinition, TimeWindow
+
+APP_TIMEZONE = "Asia/Kolkata"
+PARTITIONS_START = "2024-01-01"
+
+daily_partitions = DailyPartitionsDefinition(start_date=PARTITIONS_START, timezone=APP_TIMEZONE)
+
+
+def window_micros(window: TimeWindow) -> tuple[int, int]:
+    """[start, end) of a partition as UTC epoch microseconds (what Spark's unix_micros compares against)."""
+    return int(window.start.timestamp()) * 1_000_000, int(window.end.timestamp()) * 1_000_000
+
+
+def window_of(day: str) -> TimeWindow:
+    return daily_partitions.time_window_for_partition_key(day)
+
+
+def shift_day(day: str, days: int) -> str:
+    import datetime as dt
+
+    return (dt.date.fromisoformat(day) + dt.timedelta(days=days)).isoformat()
