@@ -23,3 +23,11 @@ def shift_day(day: str, days: int) -> str:
     import datetime as dt
 
     return (dt.date.fromisoformat(day) + dt.timedelta(days=days)).isoformat()
+
+
+def last_complete_day(now) -> str:
+    """The most recent day (app time) that has fully ended at `now` (an aware datetime): the newest partition."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    return (now.astimezone(ZoneInfo(APP_TIMEZONE)).date() - dt.timedelta(days=1)).isoformat()

@@ -7,7 +7,7 @@ from dagster import RunRequest, ScheduleEvaluationContext, SkipReason, schedule
 
 from recsys_assets.automation.jobs import datagen_job
 from recsys_assets.datagen.assets import datagen_monitoring_report
-from recsys_assets.partitions import APP_TIMEZONE, daily_partitions
+from recsys_assets.partitions import APP_TIMEZONE, last_complete_day
 from resources.storage import StorageResource
 
 
@@ -19,9 +19,7 @@ from resources.storage import StorageResource
 )
 def datagen_fallback_schedule(context: ScheduleEvaluationContext, storage: StorageResource):
     now = context.scheduled_execution_time or dt.datetime.now(dt.timezone.utc)
-    day = daily_partitions.get_last_partition_key(current_time=now)
-    if day is None:
-        return SkipReason("no partition yet")
+    day = last_complete_day(now)
     done = context.instance.get_materialized_partitions(datagen_monitoring_report.key)
     if day in done:
         return SkipReason(f"{day} already materialized")

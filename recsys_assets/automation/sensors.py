@@ -26,7 +26,7 @@ from recsys_assets.automation.jobs import datagen_job
 from recsys_assets.datagen.assets import datagen_monitoring_report
 from recsys_assets.datagen.config import load_datagen_spec
 from recsys_assets.datagen.raw_sources import raw_asset_key
-from recsys_assets.partitions import PARTITIONS_START, daily_partitions, window_of
+from recsys_assets.partitions import PARTITIONS_START, last_complete_day, window_of
 from recsys_assets.schemas import RAW_TABLES
 from resources.notifier import NotifierResource
 from resources.storage import StorageResource
@@ -77,10 +77,7 @@ def overdue_days(
 ) -> list[str]:
     """Days (the most recent `lookback_days` whose deadline has passed) whose success file is still missing."""
     out = []
-    last = daily_partitions.get_last_partition_key(current_time=now)
-    if last is None:
-        return out
-    day = dt.date.fromisoformat(last)
+    day = dt.date.fromisoformat(last_complete_day(now))
     for back in range(lookback_days + 1):
         d = (day - dt.timedelta(days=back)).isoformat()
         if d < PARTITIONS_START:

@@ -251,7 +251,7 @@ def datagen_monitoring_report(
     run_time_s = (dt.datetime.fromisoformat(finished) - dt.datetime.fromisoformat(started)).total_seconds()
     report = build_report(
         day=day,
-        filter_stats=filter_stats,
+        filter_stats={k: v for k, v in filter_stats.items() if k.startswith(("num_", "item_loss"))},
         join_stats={k: v for k, v in join_stats.items() if k.startswith(("num_", "item_loss"))},
         item_ids=items.column("item_id").to_numpy(zero_copy_only=False),
         item_age_days=items.column("item_age_days").to_numpy(zero_copy_only=False),

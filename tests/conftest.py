@@ -1,0 +1,76 @@
+"""Shared fixtures: one local Spark session for the whole test run, small generated raw data with dirty rows,
+and a temporary persistent Dagster instance."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance
+
+from recsys_assets.synthetic.generator import SyntheticConfig, generate
+from resources.notifier import NotifierResource
+from resources.spark import SparkResource
+from resources.storage import DatasetStore, StorageResource
+
+SMALL = dict(events_per_day=30_000, num_users=4_000, initial_items=2_500, new_items_per_day=60, num_authors=400)
+DAYS = ["2024-03-01", "2024-03-02", "2024-03-03"]
+
+
+@pytest.fixture(scope="session")
+def spark_resource() -> SparkResource:
+    return SparkResource(master="local[2]", shuffle_partitions=4, driver_memory="2g")
+
+
+@pytest.fixture(scope="session")
+def spark(spark_resource):
+    return spark_resource.get_session()
+
+
+@pytest.fixture(scope="session")
+def raw_root(tmp_path_factory) -> Path:
+    """Three days of small synthetic raw data (read-only for tests: copy it before changing anything)."""
+    root = tmp_path_factory.mktemp("raw_data")
+    generate(DatasetStore(str(root)), SyntheticConfig(start_date=DAYS[0], num_days=len(DAYS), **SMALL))
+    return root
+
+
+@pytest.fixture()
+def data_root(raw_root, tmp_path) -> Path:
+    """A private copy of the generated data for one test."""
+    dst = tmp_path / "data"
+    shutil.copytree(raw_root, dst)
+    return dst
+
+
+@pytest.fixture()
+def store(data_root) -> DatasetStore:
+    return DatasetStore(str(data_root))
+
+
+@pytest.fixture()
+def instance(tmp_path):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    # A real persistent instance (SQLite under a temp DAGSTER_HOME), as the demo and `dagster dev` use.
+    with DagsterInstance.from_config(str(home)) as inst:
+        yield inst
+
+
+@pytest.fixture()
+def resources(spark_resource, data_root, tmp_path):
+    return {
+        "spark": spark_resource,
+        "storage": StorageResource(data_root=str(data_root)),
+        "notifier": NotifierResource(jsonl_path=str(tmp_path / "notifications.jsonl"), backoff_s=0.01),
+    }
+
+
+@pytest.fixture(autouse=True)
+def _dagster_home(tmp_path, monkeypatch):
+    # Notifier defaults and anything reading DAGSTER_HOME stay inside the test's tmp dir.
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    yield

@@ -1,0 +1,194 @@
+"""Sensors and notifications: one run per new success file, overdue raw data, check-failure alerts delivered to
+a local webhook server, a dead webhook that never fails anything, and secrets kept out of logs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+from dagster import SensorResult, SkipReason, build_sensor_context
+
+from checks.datagen_checks import new_items_1d
+from recsys_assets.automation.sensors import check_failure_sensor, overdue_days, raw_success_file_sensor
+from resources.notifier import NotifierResource
+from tests.dagster_helpers import run_checks_only
+from tests.test_checks import _commit_report
+
+
+class _Webhook:
+    """A local incoming-webhook server that records JSON bodies; fails the first `fail_first` requests."""
+
+    def __init__(self, fail_first: int = 0):
+        self.bodies: list[dict] = []
+        self.requests = 0
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                hook.requests += 1
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if hook.requests <= fail_first:
+                    self.send_response(503)
+                else:
+                    hook.bodies.append(body)
+                    self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/spaces/AAA/messages?key=SECRET-TOKEN-123"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _dead_url() -> str:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens here now
+    return f"http://127.0.0.1:{port}/hook?token=SECRET-TOKEN-123"
+
+
+def test_success_file_sensor_requests_exactly_one_run_per_new_file(store, instance, resources):
+    with build_sensor_context(instance=instance, resources=resources) as ctx:
+        first = raw_success_file_sensor(ctx)
+    assert isinstance(first, SensorResult)
+    assert [r.partition_key for r in first.run_requests] == ["2024-03-01", "2024-03-02", "2024-03-03"]
+    assert len({r.run_key for r in first.run_requests}) == 3
+    assert len(first.asset_events) == 3 * 4  # raw events/items/embeddings/users per day
+
+    with build_sensor_context(instance=instance, resources=resources, cursor=first.cursor) as ctx:
+        again = raw_success_file_sensor(ctx)
+    assert isinstance(again, SkipReason)
+
+    # A new day's success file: exactly one run, for that day.
+    store.write_bytes_atomic(store.raw_success_file("2024-03-04"), b"done")
+    # A file that is not a day is ignored.
+    store.write_bytes_atomic(store.raw_success_file("README"), b"x")
+    with build_sensor_context(instance=instance, resources=resources, cursor=first.cursor) as ctx:
+        new = raw_success_file_sensor(ctx)
+    assert [r.partition_key for r in new.run_requests] == ["2024-03-04"]
+
+    # Upstream re-delivers 2024-03-02 (rewritten file): one rerun with a new run key.
+    path = store.raw_success_file("2024-03-02")
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with build_sensor_context(instance=instance, resources=resources, cursor=new.cursor) as ctx:
+        redo = raw_success_file_sensor(ctx)
+    assert [r.partition_key for r in redo.run_requests] == ["2024-03-02"]
+    assert redo.run_requests[0].run_key not in {r.run_key for r in first.run_requests}
+
+
+def test_overdue_days_after_due_plus_grace():
+    # Day 2024-03-01 (IST) ends 2024-03-01T18:30Z; raw data is due 5 h later and alerted on 3 h after that.
+    deadline = dt.datetime(2024, 3, 2, 2, 30, tzinfo=dt.timezone.utc)
+    before = deadline - dt.timedelta(minutes=1)
+    assert overdue_days(before, set(), 0, 5, 3) == []
+    assert overdue_days(deadline, set(), 0, 5, 3) == ["2024-03-01"]
+    assert overdue_days(deadline, {"2024-03-01"}, 0, 5, 3) == []
+    assert overdue_days(deadline, {"2024-03-01"}, 2, 5, 3) == ["2024-02-28", "2024-02-29"]
+
+
+def _failing_check_evaluation(store, instance, resources):
+    """Record a failed new_items_1d evaluation (1% new items) in the instance, as a real run would."""
+    yesterday = [f"i{i}" for i in range(1000)]
+    _commit_report(store, "2024-03-02", yesterday[10:] + [f"n{i}" for i in range(10)], np.full(1000, 5.0), prev_ids=yesterday)
+    from dagster import AssetCheckEvaluation, AssetCheckSeverity
+
+    res = run_checks_only([new_items_1d], "2024-03-02", instance, resources).get_asset_check_evaluations()[0]
+    assert not res.passed
+    # Store the evaluation as a run would (the check-failure sensor reads it from the instance).
+    from dagster._core.events import DagsterEvent, DagsterEventType
+    from dagster._core.events.log import EventLogEntry
+    import time as _t
+
+    evaluation = AssetCheckEvaluation(
+        asset_key=new_items_1d.check_key.asset_key, check_name="new_items_1d", passed=False,
+        severity=AssetCheckSeverity.WARN, description=res.description, metadata=res.metadata, partition="2024-03-02",
+    )
+    instance.store_event(
+        EventLogEntry(
+            error_info=None, level=logging.INFO, user_message="", run_id="test-run", timestamp=_t.time(),
+            dagster_event=DagsterEvent(
+                event_type_value=DagsterEventType.ASSET_CHECK_EVALUATION.value, job_name="datagen_job",
+                event_specific_data=evaluation,
+            ),
+        )
+    )
+
+
+def test_check_failure_is_delivered_to_the_error_webhook_once(store, instance, resources, tmp_path):
+    _failing_check_evaluation(store, instance, resources)
+    with _Webhook() as hook:
+        res = {**resources, "notifier": NotifierResource(error_webhook_url=hook.url, jsonl_path=str(tmp_path / "n.jsonl"))}
+        with build_sensor_context(instance=instance, resources=res) as ctx:
+            check_failure_sensor(ctx)
+            cursor = ctx.cursor
+        assert len(hook.bodies) == 1
+        text = hook.bodies[0]["text"]
+        assert "Check failed: datagen_monitoring_report:new_items_1d" in text
+        assert "partition: 2024-03-02" in text and "new_items_pct_1d: 1.0" in text
+        # Next tick: nothing new, nothing sent.
+        with build_sensor_context(instance=instance, resources=res, cursor=cursor) as ctx:
+            check_failure_sensor(ctx)
+        assert len(hook.bodies) == 1
+    record = json.loads((tmp_path / "n.jsonl").read_text().splitlines()[0])
+    assert record["route"] == "error" and record["delivered"] is True and record["fields"]["partition"] == "2024-03-02"
+
+
+def test_webhook_errors_are_retried(tmp_path):
+    with _Webhook(fail_first=2) as hook:
+        n = NotifierResource(info_webhook_url=hook.url, jsonl_path=str(tmp_path / "n.jsonl"), backoff_s=0.01)
+        assert n.notify("info", "summary", "body") is True
+    assert hook.requests == 3 and len(hook.bodies) == 1
+    assert json.loads((tmp_path / "n.jsonl").read_text())["attempts"] == 3
+
+
+def test_dead_webhook_never_fails_and_never_leaks_the_url(store, instance, resources, tmp_path, caplog):
+    _failing_check_evaluation(store, instance, resources)
+    url = _dead_url()
+    res = {**resources, "notifier": NotifierResource(error_webhook_url=url, jsonl_path=str(tmp_path / "n.jsonl"),
+                                                     backoff_s=0.01, timeout_s=1)}
+    caplog.set_level(logging.DEBUG)
+    with build_sensor_context(instance=instance, resources=res) as ctx:
+        result = check_failure_sensor(ctx)  # completes: the tick is not failed by the dead webhook
+    assert isinstance(result, SkipReason) and "sent 1" in result.skip_message
+    record = json.loads((tmp_path / "n.jsonl").read_text().splitlines()[0])
+    assert record["delivered"] is False and record["attempts"] == 3 and record["error"] == "ConnectionError"
+    assert "SECRET-TOKEN-123" not in (tmp_path / "n.jsonl").read_text()
+    assert "SECRET-TOKEN-123" not in caplog.text
+    assert "notification to error webhook failed after 3 attempts" in caplog.text
+
+
+def test_dead_webhook_does_not_fail_a_datagen_run(instance, resources, tmp_path):
+    """Notifications go through sensors, never run steps: a run with the notifier pointed at a dead webhook
+    succeeds and its summary is recorded as undelivered in the JSONL log by the summary sensor."""
+    from recsys_assets.automation.sensors import monitoring_summary_sensor
+    from tests.conftest import DAYS
+    from tests.dagster_helpers import run_day
+
+    res = {**resources, "notifier": NotifierResource(info_webhook_url=_dead_url(), error_webhook_url=_dead_url(),
+                                                     jsonl_path=str(tmp_path / "n.jsonl"), backoff_s=0.01, timeout_s=1)}
+    assert run_day(DAYS[0], instance, res).success
+    with build_sensor_context(instance=instance, resources=res) as ctx:
+        monitoring_summary_sensor.evaluate_tick(ctx)
+    lines = [json.loads(x) for x in (tmp_path / "n.jsonl").read_text().splitlines()]
+    summary = [x for x in lines if x["route"] == "info"]
+    assert len(summary) == 1 and summary[0]["delivered"] is False
+    assert summary[0]["fields"]["partition"] == DAYS[0]

@@ -1,0 +1,152 @@
+"""Each datagen check passes on normal data and fails on data crafted to break it."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow.dataset as pads
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from dagster import AssetKey, AssetMaterialization
+
+from checks.datagen_checks import (
+    events_items_delta_1d_7d,
+    item_age_bucket_delta_7d,
+    new_items_1d,
+    training_events_expectations,
+)
+from recsys_assets.datagen.config import DEFAULT_CONFIG_PATH, load_datagen_spec
+from recsys_assets.datagen.monitoring import build_report
+from tests.conftest import DAYS
+from tests.dagster_helpers import check_results, run_checks_only, run_day
+
+pytestmark = pytest.mark.slow
+
+
+def _config(tmp_path, mutate) -> str:
+    raw = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    mutate(raw)
+    path = tmp_path / "datagen.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_filter_item_loss_breach_fails_and_blocks_downstream(tmp_path, instance, resources):
+    path = _config(tmp_path, lambda r: r["filters"][-1].update(max_item_loss_pct=1.0))  # item_events loses more
+    result = run_day(DAYS[0], instance, resources, config_path=path)
+    assert check_results(result) == {"filter_item_loss_within_limits": False}
+    ev = [e for e in result.get_asset_check_evaluations() if e.check_name == "filter_item_loss_within_limits"][0]
+    assert "item_events" in ev.description and "> 1.0%" in ev.description
+    assert not result.success
+    assert instance.get_latest_materialization_event(AssetKey("training_events")) is None
+
+
+def test_embedding_join_loss_breach_fails_and_blocks_report(tmp_path, instance, resources):
+    path = _config(tmp_path, lambda r: r["thresholds"].update(max_item_loss_pct_embedding_join=0.0))
+    result = run_day(DAYS[0], instance, resources, config_path=path)
+    checks = check_results(result)
+    assert checks["filter_item_loss_within_limits"] is True
+    assert checks["embedding_join_item_loss"] is False
+    assert instance.get_latest_materialization_event(AssetKey("datagen_monitoring_report")) is None
+
+
+def test_expectations_fail_on_bad_training_rows(instance, resources, store):
+    day = DAYS[0]
+    assert run_day(day, instance, resources).success
+    # Commit a new version of the partition with a negative duration, a null user id and a 64-d embedding.
+    events = pads.dataset(store.committed_path("training_events", day, "events"), format="parquet").to_table()
+    items = pads.dataset(store.committed_path("training_events", day, "items"), format="parquet").to_table()
+    pdur = events["play_duration_s"].to_numpy().copy()
+    pdur[0] = -5.0
+    users = events["user_id"].to_pylist()
+    users[1] = None
+    events = events.set_column(events.schema.get_field_index("play_duration_s"), "play_duration_s", pa.array(pdur))
+    events = events.set_column(events.schema.get_field_index("user_id"), "user_id", pa.array(users, pa.string()))
+    emb = items["embedding"].to_pylist()
+    emb[0] = emb[0][:64]
+    items = items.set_column(
+        items.schema.get_field_index("embedding"), "embedding", pa.array(emb, items.schema.field("embedding").type)
+    )
+    stats = store.read_json(store.committed_path("training_events", day, "stats.json"))
+    v = store.new_version()
+    for sub, table in (("events", events), ("items", items)):
+        os.makedirs(store.version_path("training_events", day, v, sub))
+        pq.write_table(table, store.version_path("training_events", day, v, sub, "part-0.parquet"))
+    store.write_json_atomic(store.version_path("training_events", day, v, "stats.json"), stats)
+    store.commit("training_events", day, v)
+
+    result = run_checks_only([training_events_expectations], day, instance, resources)
+    ev = result.get_asset_check_evaluations()[0]
+    assert not ev.passed
+    for failed in ("expect_column_values_to_be_between(play_duration_s)", "expect_column_values_to_not_be_null(user_id)",
+                   "training_items.unexpected_rows_expectation"):
+        assert failed in ev.description
+    assert ev.metadata["num_failed_expectations"].value == 3
+
+
+def test_events_items_delta_fails_against_a_very_different_previous_day(instance, resources, store):
+    day = DAYS[1]
+    assert run_day(day, instance, resources).success
+    stats = store.read_json(store.committed_path("training_events", day, "stats.json"))
+    # Yesterday as recorded in the instance: half today's events, same items.
+    instance.report_runless_asset_event(
+        AssetMaterialization(
+            asset_key="training_events", partition=DAYS[0],
+            metadata={"num_final_rows": stats["num_final_rows"] // 2, "num_items_post_embed_join": stats["num_items_post_embed_join"]},
+        )
+    )
+    result = run_checks_only([events_items_delta_1d_7d], day, instance, resources)
+    ev = result.get_asset_check_evaluations()[0]
+    assert not ev.passed and "events 1d +" in ev.description and "items 1d" not in ev.description
+    # Within the threshold: passes.
+    instance.report_runless_asset_event(
+        AssetMaterialization(
+            asset_key="training_events", partition=DAYS[0],
+            metadata={"num_final_rows": int(stats["num_final_rows"] * 0.97), "num_items_post_embed_join": stats["num_items_post_embed_join"]},
+        )
+    )
+    assert run_checks_only([events_items_delta_1d_7d], day, instance, resources).get_asset_check_evaluations()[0].passed
+
+
+def _commit_report(store, day, item_ids, ages, prev_ids=None, prev_7d=None):
+    spec = load_datagen_spec()
+    report = build_report(
+        day=day, filter_stats={}, join_stats={"num_final_rows": 1000, "num_items_post_embed_join": len(item_ids)},
+        item_ids=np.array(item_ids, dtype=object), item_age_days=np.array(ages, dtype=float),
+        edges=spec.item_age_bucket_edges, prev_1d_item_ids=None if prev_ids is None else np.array(prev_ids, dtype=object),
+        prev_1d_report=None, prev_7d_report=prev_7d, started_at="2024-03-01T00:00:00+00:00",
+        finished_at="2024-03-01T00:10:00+00:00", run_time_s=600,
+    )
+    report["thresholds"] = spec.thresholds.model_dump()
+    v = store.new_version()
+    store.write_json_atomic(store.version_path("datagen_monitoring_report", day, v, "report.json"), report)
+    store.commit("datagen_monitoring_report", day, v)
+    return report
+
+
+@pytest.mark.parametrize("shift, passes", [(0.02, True), (0.5, False)])
+def test_item_age_bucket_delta_7d(instance, resources, store, shift, passes):
+    rng = np.random.default_rng(0)
+    base_ages = rng.uniform(0.1, 89, 1000)
+    week_ago = _commit_report(store, "2024-02-24", [f"i{i}" for i in range(1000)], base_ages)
+    # Today: `shift` of the items become 0-1 day old.
+    ages = base_ages.copy()
+    ages[: int(shift * 1000)] = 0.5
+    _commit_report(store, "2024-03-02", [f"i{i}" for i in range(1000)], ages, prev_7d=week_ago)
+    ev = run_checks_only([item_age_bucket_delta_7d], "2024-03-02", instance, resources).get_asset_check_evaluations()[0]
+    assert ev.passed is passes
+    if not passes:
+        assert "(0.0, 1.0]" in ev.description
+
+
+@pytest.mark.parametrize("n_new, passes", [(50, True), (10, False)])
+def test_new_items_1d(instance, resources, store, n_new, passes):
+    yesterday = [f"i{i}" for i in range(1000)]
+    today = yesterday[n_new:] + [f"new{i}" for i in range(n_new)]
+    _commit_report(store, "2024-03-02", today, np.full(1000, 5.0), prev_ids=yesterday)
+    ev = run_checks_only([new_items_1d], "2024-03-02", instance, resources).get_asset_check_evaluations()[0]
+    assert ev.passed is passes
+    assert ev.metadata["new_items_pct_1d"].value == pytest.approx(100 * n_new / 1000)
