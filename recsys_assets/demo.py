@@ -14,7 +14,7 @@ from pathlib import Path
 from dagster import DagsterInstance, build_sensor_context, materialize
 
 from checks.datagen_checks import datagen_checks
-from recsys_assets.automation.sensors import check_failure_sensor
+from recsys_assets.automation.sensors import check_failure_sensor, monitoring_summary_sensor
 from recsys_assets.datagen.assets import datagen_assets
 from recsys_assets.datagen.raw_sources import raw_specs
 from recsys_assets.definitions import default_resources
@@ -78,7 +78,12 @@ def main(argv: list[str] | None = None) -> None:
         summary.append({"day": day, "success": result.success, "seconds": round(time.time() - t, 1),
                         "final_rows": report.get("num_final_rows"), "checks": checks})
 
-    # What the check-failure sensor would send from the daemon (notifications.jsonl / webhooks).
+    # What the daemon's sensors would send: a summary per day (info route) and any failed check (error route),
+    # to the webhooks if RECSYS_*_WEBHOOK_URL are set, and always to notifications.jsonl.
+    cursor = None
+    for _ in cfg.days:  # the asset sensor handles one new materialization per tick
+        with build_sensor_context(instance=instance, resources=resources, cursor=cursor) as ctx:
+            cursor = monitoring_summary_sensor.evaluate_tick(ctx).cursor
     with build_sensor_context(instance=instance, resources=resources) as ctx:
         check_failure_sensor(ctx)
     print("\nsummary:", json.dumps(summary, indent=1))

@@ -192,3 +192,27 @@ def test_dead_webhook_does_not_fail_a_datagen_run(instance, resources, tmp_path)
     summary = [x for x in lines if x["route"] == "info"]
     assert len(summary) == 1 and summary[0]["delivered"] is False
     assert summary[0]["fields"]["partition"] == DAYS[0]
+
+
+def test_fallback_schedule_runs_yesterday_only_when_needed(store, instance, resources):
+    from dagster import RunRequest, build_schedule_context
+
+    from recsys_assets.automation.schedules import datagen_fallback_schedule
+
+    # 08:30 IST on 2024-03-04 -> yesterday is 2024-03-03, whose success file exists and which never ran.
+    at = dt.datetime(2024, 3, 4, 3, 0, tzinfo=dt.timezone.utc)
+    with build_schedule_context(instance=instance, resources=resources, scheduled_execution_time=at) as ctx:
+        req = datagen_fallback_schedule(ctx)
+    assert isinstance(req, RunRequest) and req.partition_key == "2024-03-03"
+    # Success file missing (e.g. for 2024-03-04 a day later): skip, the freshness sensor alerts instead.
+    with build_schedule_context(instance=instance, resources=resources,
+                                scheduled_execution_time=at + dt.timedelta(days=1)) as ctx:
+        skip = datagen_fallback_schedule(ctx)
+    assert isinstance(skip, SkipReason) and "success file missing" in skip.skip_message
+    # Already materialized by the sensor-triggered run: skip.
+    from dagster import AssetMaterialization
+
+    instance.report_runless_asset_event(AssetMaterialization("datagen_monitoring_report", partition="2024-03-03"))
+    with build_schedule_context(instance=instance, resources=resources, scheduled_execution_time=at) as ctx:
+        done = datagen_fallback_schedule(ctx)
+    assert isinstance(done, SkipReason) and "already materialized" in done.skip_message

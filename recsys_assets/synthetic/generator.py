@@ -47,7 +47,8 @@ class SyntheticConfig:
     num_users: int = 30_000
     # Items in the catalogue on the first day (ages spread over 0-120 days); new ones arrive every day.
     initial_items: int = 8_000
-    new_items_per_day: int = 150
+    # ~initial_items / 120: the catalogue's age mix is then steady from day to day (as in production).
+    new_items_per_day: int = 65
     num_clusters: int = 24
     num_authors: int = 3_000
     zipf_exponent: float = 1.05
