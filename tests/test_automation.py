@@ -216,3 +216,29 @@ def test_fallback_schedule_runs_yesterday_only_when_needed(store, instance, reso
     with build_schedule_context(instance=instance, resources=resources, scheduled_execution_time=at) as ctx:
         done = datagen_fallback_schedule(ctx)
     assert isinstance(done, SkipReason) and "already materialized" in done.skip_message
+
+
+def test_failed_run_sends_an_error_notification(store, instance, resources, tmp_path):
+    """Upstream success file present but raw data missing -> the run fails and the error route hears of it."""
+    import shutil
+
+    from dagster import DagsterEventType, build_run_status_sensor_context
+
+    from recsys_assets.automation.sensors import datagen_run_failure_sensor
+    from tests.dagster_helpers import run_day
+
+    shutil.rmtree(store.raw_partition_path("events", "2024-03-02"))
+    assert store.exists(store.raw_success_file("2024-03-02"))
+    result = run_day("2024-03-02", instance, resources)
+    assert not result.success
+    run = instance.get_run_by_id(result.run_id)
+    failure = [e for e in result.all_events if e.event_type == DagsterEventType.RUN_FAILURE][0]
+    with _Webhook() as hook:
+        notifier = NotifierResource(error_webhook_url=hook.url, jsonl_path=str(tmp_path / "n.jsonl"))
+        ctx = build_run_status_sensor_context(
+            sensor_name="datagen_run_failure_sensor", dagster_instance=instance, dagster_run=run,
+            dagster_event=failure, resources={"notifier": notifier},
+        ).for_run_failure()
+        datagen_run_failure_sensor(ctx)
+    assert len(hook.bodies) == 1
+    assert "Run failed" in hook.bodies[0]["text"] and "partition: 2024-03-02" in hook.bodies[0]["text"]
