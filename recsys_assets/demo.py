@@ -80,10 +80,8 @@ def main(argv: list[str] | None = None) -> None:
 
     # What the daemon's sensors would send: a summary per day (info route) and any failed check (error route),
     # to the webhooks if RECSYS_*_WEBHOOK_URL are set, and always to notifications.jsonl.
-    cursor = None
-    for _ in cfg.days:  # the asset sensor handles one new materialization per tick
-        with build_sensor_context(instance=instance, resources=resources, cursor=cursor) as ctx:
-            cursor = monitoring_summary_sensor.evaluate_tick(ctx).cursor
+    with build_sensor_context(instance=instance, resources=resources) as ctx:
+        monitoring_summary_sensor(ctx)
     with build_sensor_context(instance=instance, resources=resources) as ctx:
         check_failure_sensor(ctx)
     print("\nsummary:", json.dumps(summary, indent=1))

@@ -186,12 +186,18 @@ def test_dead_webhook_does_not_fail_a_datagen_run(instance, resources, tmp_path)
     res = {**resources, "notifier": NotifierResource(info_webhook_url=_dead_url(), error_webhook_url=_dead_url(),
                                                      jsonl_path=str(tmp_path / "n.jsonl"), backoff_s=0.01, timeout_s=1)}
     assert run_day(DAYS[0], instance, res).success
+    assert run_day(DAYS[1], instance, res).success
     with build_sensor_context(instance=instance, resources=res) as ctx:
-        monitoring_summary_sensor.evaluate_tick(ctx)
+        monitoring_summary_sensor(ctx)  # one summary per materialized day, not only the latest
+        cursor = ctx.cursor
     lines = [json.loads(x) for x in (tmp_path / "n.jsonl").read_text().splitlines()]
     summary = [x for x in lines if x["route"] == "info"]
-    assert len(summary) == 1 and summary[0]["delivered"] is False
-    assert summary[0]["fields"]["partition"] == DAYS[0]
+    assert [x["fields"]["partition"] for x in summary] == DAYS[:2]
+    assert all(x["delivered"] is False for x in summary)
+    body = summary[0]["body"]
+    assert body.index("(0.0, 1.0]") < body.index("(2.0, 4.0]") < body.index("(14.0, 30.0]")  # edge order
+    with build_sensor_context(instance=instance, resources=res, cursor=cursor) as ctx:
+        assert "sent 0" in monitoring_summary_sensor(ctx).skip_message
 
 
 def test_fallback_schedule_runs_yesterday_only_when_needed(store, instance, resources):

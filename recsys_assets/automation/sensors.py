@@ -15,7 +15,6 @@ from dagster import (
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
-    asset_sensor,
     run_failure_sensor,
     sensor,
 )
@@ -175,25 +174,37 @@ def datagen_run_failure_sensor(context: RunFailureSensorContext, notifier: Notif
     )
 
 
-@asset_sensor(
-    asset_key=datagen_monitoring_report.key,
+def _bucket_lower_edge(label: str) -> float:
+    return float(label[1:].split(",")[0])
+
+
+@sensor(
+    minimum_interval_seconds=60,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Info notification with the day's monitoring summary when the report is materialized.",
+    description="Info notification with each day's monitoring summary when its report is materialized "
+    "(every materialization, also during backfills).",
 )
-def monitoring_summary_sensor(context: SensorEvaluationContext, asset_event, notifier: NotifierResource):
-    mat = asset_event.dagster_event.event_specific_data.materialization
-    report = mat.metadata["monitoring_dict"].value
-    notifier.notify(
-        "info",
-        f"Datagen {mat.partition}: {report['num_final_rows']:,} rows, {report['num_items_post_embed_join']:,} items",
-        "age buckets: " + ", ".join(f"{k} {v}" for k, v in report["item_age_bucket_formated"].items()),
-        partition=mat.partition,
-        new_items_1d=report["new_items_in_index_1d_delta"] or "n/a",
-        item_diff_1d=report["item_diff_1d_delta"] or "n/a",
-        item_diff_7d=report["item_diff_7d_delta"] or "n/a",
-        run_time=report["datagen_run_time"],
+def monitoring_summary_sensor(context: SensorEvaluationContext, notifier: NotifierResource):
+    page = context.instance.fetch_materializations(
+        datagen_monitoring_report.key, limit=100, cursor=context.cursor, ascending=True
     )
-    return SkipReason("summary sent")
+    for record in page.records:
+        mat = record.asset_materialization
+        report = mat.metadata["monitoring_dict"].value
+        buckets = sorted(report["item_age_bucket_formated"].items(), key=lambda kv: _bucket_lower_edge(kv[0]))
+        notifier.notify(
+            "info",
+            f"Datagen {mat.partition}: {report['num_final_rows']:,} rows, {report['num_items_post_embed_join']:,} items",
+            "age buckets: " + ", ".join(f"{k} {v}" for k, v in buckets),
+            partition=mat.partition,
+            new_items_1d=report["new_items_in_index_1d_delta"] or "n/a",
+            item_diff_1d=report["item_diff_1d_delta"] or "n/a",
+            item_diff_7d=report["item_diff_7d_delta"] or "n/a",
+            run_time=report["datagen_run_time"],
+        )
+    if page.records:
+        context.update_cursor(page.cursor)
+    return SkipReason(f"sent {len(page.records)} summaries")
 
 
 datagen_sensors = [
