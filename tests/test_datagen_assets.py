@@ -6,7 +6,6 @@ import pyarrow.dataset as pads
 import pytest
 from dagster import AssetKey
 
-from recsys_assets.datagen.raw_sources import raw_asset_key
 from tests.conftest import DAYS
 from tests.dagster_helpers import check_results, run_day
 
@@ -95,4 +94,3 @@ def test_missing_raw_data_fails_with_clear_error(instance, resources, store):
     failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0]
     assert "raw events for 2024-03-03" in str(failure.event_specific_data.error)
     assert "does not exist" in str(failure.event_specific_data.error)
-    assert raw_asset_key("events") is not None

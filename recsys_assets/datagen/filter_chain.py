@@ -151,7 +151,6 @@ def per_item_stage_counts(flagged: DataFrame, spec: DatagenSpec) -> DataFrame:
     # Walk the stages in order: events surviving stage j at row level are those failing later than j (or never);
     # an item stage keeps the item only if enough of its events survived everything before it.
     alive: Column = F.lit(True)
-    cols = []
     for j, st in enumerate(stages):
         row_survivors = reduce(lambda a, b: a + b, [F.col(f"c_{k}") for k in range(j + 1, n + 1)])
         if st.kind == "item":
@@ -159,7 +158,6 @@ def per_item_stage_counts(flagged: DataFrame, spec: DatagenSpec) -> DataFrame:
             alive = alive & (prev_events >= F.lit(st.min_events))
         after = F.when(alive, row_survivors).otherwise(F.lit(0)).cast("long")
         per_item = per_item.withColumn(f"events_after_{st.name}", after)
-        cols.append(st.name)
     return per_item.withColumn("alive", alive & (F.col(f"c_{n}") > 0))
 
 
