@@ -9,6 +9,7 @@ version readable, concurrent writers of one partition resolve to last-writer-win
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import posixpath
 import uuid
@@ -36,8 +37,9 @@ class DatasetStore:
 
     root_uri: str
 
-    @property
+    @functools.cached_property
     def _fs_and_base(self) -> tuple[pafs.FileSystem, str]:
+        # Resolved once per store: on gs:// each resolution builds a GcsFileSystem (and looks up credentials).
         uri = self.root_uri
         if "://" not in uri:
             uri = str(Path(uri).expanduser().resolve())

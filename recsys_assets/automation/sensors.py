@@ -24,6 +24,7 @@ from checks.datagen_checks import datagen_checks
 from recsys_assets.automation.jobs import datagen_job
 from recsys_assets.datagen.assets import datagen_monitoring_report
 from recsys_assets.datagen.config import load_datagen_spec
+from recsys_assets.datagen.monitoring import in_bucket_order
 from recsys_assets.datagen.raw_sources import raw_asset_key
 from recsys_assets.partitions import PARTITIONS_START, last_complete_day, window_of
 from recsys_assets.schemas import RAW_TABLES
@@ -174,10 +175,6 @@ def datagen_run_failure_sensor(context: RunFailureSensorContext, notifier: Notif
     )
 
 
-def _bucket_lower_edge(label: str) -> float:
-    return float(label[1:].split(",")[0])
-
-
 @sensor(
     minimum_interval_seconds=60,
     default_status=DefaultSensorStatus.RUNNING,
@@ -191,7 +188,7 @@ def monitoring_summary_sensor(context: SensorEvaluationContext, notifier: Notifi
     for record in page.records:
         mat = record.asset_materialization
         report = mat.metadata["monitoring_dict"].value
-        buckets = sorted(report["item_age_bucket_formated"].items(), key=lambda kv: _bucket_lower_edge(kv[0]))
+        buckets = in_bucket_order(report["item_age_bucket_formated"])
         notifier.notify(
             "info",
             f"Datagen {mat.partition}: {report['num_final_rows']:,} rows, {report['num_items_post_embed_join']:,} items",

@@ -125,8 +125,7 @@ def filtered_events(
             ),
             "path": MetadataValue.path(store.version_uri(FILTERED_EVENTS, day, version)),
             "version": version,
-            **numeric_metadata({k: v for k, v in stats.items() if k != "run_time_s"}),
-            "run_time_s": MetadataValue.float(stats["run_time_s"]),
+            **numeric_metadata(stats),
         }
     )
 
@@ -205,8 +204,7 @@ def training_events(
             ),
             "path": MetadataValue.path(store.version_uri(TRAINING_EVENTS, day, version)),
             "version": version,
-            **numeric_metadata({k: v for k, v in stats.items() if k != "run_time_s"}),
-            "run_time_s": MetadataValue.float(stats["run_time_s"]),
+            **numeric_metadata(stats),
         }
     )
 

@@ -16,6 +16,11 @@ def bucket_labels(edges: list[float]) -> list[str]:
     return [f"({_fmt_edge(lo)}, {_fmt_edge(hi)}]" for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
+def in_bucket_order(buckets: dict[str, object]) -> list[tuple[str, object]]:
+    """Bucket entries ordered by lower edge (JSON metadata round-trips lose the insertion order)."""
+    return sorted(buckets.items(), key=lambda kv: float(kv[0][1:].split(",")[0]))
+
+
 def _fmt_edge(x: float) -> str:
     return "-inf" if x == -math.inf else "inf" if x == math.inf else f"{x:.1f}"
 

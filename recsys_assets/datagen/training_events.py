@@ -99,27 +99,32 @@ def build_training_events(
         )
         .drop("user_signup_ts")
     )
+    # Cache the joined rows once: the one aggregation below (null counts, join stats, normalisation moments) and
+    # the writes of events and items all read this cache instead of redoing the joins.
+    joined = joined.persist()
     string_cols = [f.name for f in joined.schema.fields if f.dataType.simpleString() == "string"]
     float_cols = [f.name for f in joined.schema.fields if f.dataType.simpleString() == "double"]
-    null_counts = {c: F.count(F.when(F.col(c).isNull(), 1)).alias(f"nulls_{c}") for c in string_cols + float_cols}
+    null_counts = [F.count(F.when(F.col(c).isNull(), 1)).alias(f"nulls_{c}") for c in string_cols + float_cols]
     filled = joined.fillna(spec.string_fill, subset=string_cols).fillna(spec.float_fill, subset=float_cols)
 
-    def feature(c: str):
-        return F.log1p(F.greatest(F.col(c), F.lit(0.0))) if c in spec.log_columns else F.col(c)
+    def feature(c: str, fill_nulls: bool = False):
+        col = F.coalesce(F.col(c), F.lit(spec.float_fill)) if fill_nulls else F.col(c)
+        return F.log1p(F.greatest(col, F.lit(0.0))) if c in spec.log_columns else col
 
-    filled = filled.persist()
+    # Moments of the filled values, computed on `joined` (fill applied in the expression) so the null counts
+    # and moments come from the same single pass.
     moments = []
     for c in spec.normalized_columns:
-        moments += [F.avg(feature(c)).alias(f"mean_{c}"), F.stddev_pop(feature(c)).alias(f"std_{c}")]
-    row = (
-        joined.agg(*null_counts.values()).crossJoin(
-            filled.agg(
-                F.count(F.lit(1)).alias("num_events_post_embedding_join"),
-                F.countDistinct("item_id").alias("num_items_post_embed_join"),
-                F.countDistinct("user_id").alias("num_users"),
-                *moments,
-            )
-        )
+        moments += [
+            F.avg(feature(c, fill_nulls=True)).alias(f"mean_{c}"),
+            F.stddev_pop(feature(c, fill_nulls=True)).alias(f"std_{c}"),
+        ]
+    row = joined.agg(
+        *null_counts,
+        F.count(F.lit(1)).alias("num_events_post_embedding_join"),
+        F.countDistinct("item_id").alias("num_items_post_embed_join"),
+        F.countDistinct("user_id").alias("num_users"),
+        *moments,
     ).collect()[0].asDict()
     normalization = {
         c: {
@@ -166,4 +171,4 @@ def build_training_events(
         **{f"num_embeddings_rejected_{r}": reject_counts.get(r, 0) for r in EMBEDDING_REJECT_REASONS},
         **{f"num_nulls_filled_{c}": int(row[f"nulls_{c}"]) for c in string_cols + float_cols},
     }
-    return TrainingEventsResult(events=out, items=items, stats=stats, normalization=normalization, cached=(checked, filled))
+    return TrainingEventsResult(events=out, items=items, stats=stats, normalization=normalization, cached=(checked, joined))
