@@ -9,14 +9,19 @@ from __future__ import annotations
 from dagster import Definitions, EnvVar
 
 from checks.datagen_checks import datagen_checks
-from recsys_assets.automation.jobs import datagen_job
+from checks.model_checks import model_checks
+from recsys_assets.automation.jobs import datagen_job, training_job
 from recsys_assets.automation.schedules import datagen_fallback_schedule
 from recsys_assets.automation.sensors import datagen_sensors
 from recsys_assets.datagen.assets import datagen_assets
 from recsys_assets.datagen.raw_sources import raw_specs
+from recsys_assets.indexes.assets import index_assets
+from recsys_assets.training.assets import training_assets
+from recsys_assets.training.offline_evaluation import offline_evaluation
 from resources.notifier import NotifierResource
 from resources.spark import SparkResource
 from resources.storage import StorageResource
+from resources.training import TrainingResource
 
 
 def _env(name: str, default: str):
@@ -30,6 +35,7 @@ def default_resources() -> dict:
     return {
         "storage": StorageResource(data_root=_env("RECSYS_DATA_ROOT", "./data")),
         "spark": SparkResource(master=_env("RECSYS_SPARK_MASTER", "local[*]")),
+        "training": TrainingResource(device=_env("RECSYS_TRAINING_DEVICE", "auto")),
         "notifier": NotifierResource(
             info_webhook_url=_env("RECSYS_INFO_WEBHOOK_URL", ""),
             error_webhook_url=_env("RECSYS_ERROR_WEBHOOK_URL", ""),
@@ -38,9 +44,9 @@ def default_resources() -> dict:
 
 
 defs = Definitions(
-    assets=[*raw_specs, *datagen_assets],
-    asset_checks=datagen_checks,
-    jobs=[datagen_job],
+    assets=[*raw_specs, *datagen_assets, *training_assets, *index_assets, offline_evaluation],
+    asset_checks=[*datagen_checks, *model_checks],
+    jobs=[datagen_job, training_job],
     schedules=[datagen_fallback_schedule],
     sensors=datagen_sensors,
     resources=default_resources(),

@@ -14,3 +14,14 @@ datagen_job = define_asset_job(
     description="Filter, join and report one day of raw events (with the datagen asset checks).",
     tags={"recsys/stage": "datagen"},
 )
+
+# Vocab, both models, both indexes and the offline evaluation for one day (with the model/index checks). The
+# "training" pool (see dagster.yaml / README) keeps two trainings off one GPU.
+training_job = define_asset_job(
+    "training_job",
+    selection=AssetSelection.groups("training", "indexes", "evaluation"),
+    partitions_def=daily_partitions,
+    description="Train the ranker and two-tower models on the window before the day, validate on the day, build "
+    "the retrieval and cold-start indexes and the offline evaluation report.",
+    tags={"recsys/stage": "training"},
+)

@@ -10,18 +10,22 @@ from dagster import (
     AssetCheckKey,
     AssetMaterialization,
     DefaultSensorStatus,
+    DagsterRunStatus,
     RunFailureSensorContext,
+    RunStatusSensorContext,
     RunRequest,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
     run_failure_sensor,
+    run_status_sensor,
     sensor,
 )
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from checks.datagen_checks import datagen_checks
-from recsys_assets.automation.jobs import datagen_job
+from checks.model_checks import model_checks
+from recsys_assets.automation.jobs import datagen_job, training_job
 from recsys_assets.datagen.assets import datagen_monitoring_report
 from recsys_assets.datagen.config import load_datagen_spec
 from recsys_assets.datagen.monitoring import in_bucket_order
@@ -113,7 +117,7 @@ def raw_data_freshness_sensor(context: SensorEvaluationContext, storage: Storage
     return SkipReason(f"raw data overdue: {late}" if late else "raw data on time")
 
 
-CHECK_KEYS: list[AssetCheckKey] = [key for c in datagen_checks for key in c.check_keys]
+CHECK_KEYS: list[AssetCheckKey] = [key for c in [*datagen_checks, *model_checks] for key in c.check_keys]
 
 
 def _fmt_metadata(metadata: dict) -> dict:
@@ -128,7 +132,7 @@ def _fmt_metadata(metadata: dict) -> dict:
 @sensor(
     minimum_interval_seconds=60,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Error notification for every failed evaluation of a datagen asset check (WARN ones too, which "
+    description="Error notification for every failed evaluation of a datagen, model or index check (WARN ones too, which "
     "do not fail runs): which check, partition, numbers.",
 )
 def check_failure_sensor(context: SensorEvaluationContext, notifier: NotifierResource):
@@ -160,9 +164,9 @@ def check_failure_sensor(context: SensorEvaluationContext, notifier: NotifierRes
 
 
 @run_failure_sensor(
-    monitored_jobs=[datagen_job],
+    monitored_jobs=[datagen_job, training_job],
     default_status=DefaultSensorStatus.RUNNING,
-    description="Error notification for every failed datagen run.",
+    description="Error notification for every failed datagen or training run (a blocking model check fails it).",
 )
 def datagen_run_failure_sensor(context: RunFailureSensorContext, notifier: NotifierResource):
     run = context.dagster_run
@@ -204,10 +208,26 @@ def monitoring_summary_sensor(context: SensorEvaluationContext, notifier: Notifi
     return SkipReason(f"sent {len(page.records)} summaries")
 
 
+@run_status_sensor(
+    run_status=DagsterRunStatus.SUCCESS,
+    monitored_jobs=[datagen_job],
+    request_job=training_job,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Starts training_job for a day when its datagen run succeeds (models for day D validate on D).",
+)
+def training_after_datagen_sensor(context: RunStatusSensorContext):
+    run = context.dagster_run
+    day = run.tags.get("dagster/partition")
+    if not day:
+        return SkipReason(f"datagen run {run.run_id} has no partition")
+    return RunRequest(partition_key=day, run_key=f"training:{day}:{run.run_id}", tags={"recsys/trigger": "datagen_success"})
+
+
 datagen_sensors = [
     raw_success_file_sensor,
     raw_data_freshness_sensor,
     check_failure_sensor,
     datagen_run_failure_sensor,
     monitoring_summary_sensor,
+    training_after_datagen_sensor,
 ]

@@ -1,0 +1,1 @@
+"""FAISS retrieval and cold-start indexes."""

@@ -1,0 +1,1 @@
+"""Training metadata and models: vocab, multi-task ranker, two-tower retrieval, offline evaluation."""

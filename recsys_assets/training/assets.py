@@ -1,0 +1,339 @@
+"""Training metadata and models: vocab -> ranker_model, retrieval_model -> offline_evaluation.
+
+Partition D trains on training_events of the window_days before D and is validated on day D (see
+config/training.yaml), so every model carries next-day metrics that the blocking checks judge before indexing.
+"""
+
+import time
+
+import pandas as pd
+import torch
+from dagster import AssetExecutionContext, BackfillPolicy, Config, MaterializeResult, MetadataValue, asset
+from pydantic import Field
+
+from recsys_assets.datagen.assets import training_events
+from recsys_assets.datagen.metadata import md_table, numeric_metadata
+from recsys_assets.partitions import daily_partitions, window_of
+from recsys_assets.training.artifacts import (
+    RANKER_MODEL,
+    RETRIEVAL_MODEL,
+    VOCAB,
+    ArtifactDir,
+    fingerprint,
+    latest_committed_before,
+)
+from recsys_assets.training.config import RANKER_TASKS, load_training_spec
+from recsys_assets.training.features import DENSE_FEATURES, Vocab, build_item_catalog, build_vocab, count_tokens, dense_moments, oov_rates
+from recsys_assets.training.loader import BatchEncoder, committed_events_dataset, committed_items
+from recsys_assets.training.models import MMoERanker, RankerConfig
+from recsys_assets.training.ranker import (
+    RankerHyper,
+    export_program,
+    ranker_gate,
+    ranker_example_inputs,
+    score_ranker,
+    task_aucs,
+    task_positive_rates,
+    train_ranker,
+)
+from recsys_assets.training.retrieval import (
+    ItemTowerModule,
+    QueryTowerModule,
+    RetrievalHyper,
+    evaluate_retrieval,
+    evaluation_queries,
+    item_vectors,
+    query_vectors,
+    train_two_tower,
+)
+from recsys_assets.training.trainer import CheckpointStore
+from recsys_assets.training.windows import TrainingWindow, training_window, window_dep
+from resources.storage import StorageResource
+from resources.training import TrainingResource
+
+PER_DAY = BackfillPolicy.multi_run(max_partitions_per_run=1)
+
+
+class TrainingYamlConfig(Config):
+    training_config_path: str = Field(default="", description="Path of training.yaml; empty = the packaged default.")
+
+
+class RankerTrainingConfig(TrainingYamlConfig):
+    epochs: int | None = Field(default=None, description="Overrides the training resource's epochs.")
+    embedding_dim: int = 16
+    num_experts: int = 4
+    expert_sizes: list[int] = Field(default_factory=lambda: [128, 64])
+    tower_sizes: list[int] = Field(default_factory=lambda: [32])
+    dropout: float = 0.0
+    task_weights: list[float] = Field(default_factory=lambda: [1.0] * len(RANKER_TASKS))
+    max_validation_rows: int = Field(default=2_000_000, description="Validation-day rows scored for AUC.")
+
+
+class RetrievalTrainingConfig(TrainingYamlConfig):
+    epochs: int | None = None
+    batch_size: int | None = Field(default=None, description="In-batch negatives per positive = batch_size - 1.")
+    embedding_dim: int = 32
+    hidden_sizes: list[int] = Field(default_factory=lambda: [128])
+    output_dim: int = 64
+    temperature: float = 0.05
+    logq_correction: bool = True
+    validation_user_sample_pct: float = Field(default=100.0, gt=0, le=100)
+
+
+def _catalog(store, window: TrainingWindow):
+    return build_item_catalog([committed_items(store, d) for d in [*window.train_days, window.validation_day]])
+
+
+def _encoder(store, window: TrainingWindow, vocab_dir: ArtifactDir, spec):
+    vocab, moments = vocab_dir.read_vocab()
+    return BatchEncoder(vocab, moments, _catalog(store, window), spec.labels)
+
+
+def _history_table(history: list[dict]) -> MetadataValue:
+    return md_table(["epoch", "loss", "samples", "seconds", "samples/s"],
+                    [[h["epoch"], round(h["loss"], 5), h["samples"], h["seconds"], h["samples_per_s"]] for h in history])
+
+
+@asset(
+    partitions_def=daily_partitions,
+    group_name="training",
+    deps=[window_dep(training_events)],
+    kinds={"python", "parquet"},
+    backfill_policy=PER_DAY,
+    description="Vocabularies of the categorical features over the training window with stable ids (yesterday's "
+    "ids kept, new tokens appended), reserved padding/OOV ids, counts, dense-feature moments, and the OOV rate of "
+    "each feature on the validation day.",
+)
+def vocab(context: AssetExecutionContext, config: TrainingYamlConfig, storage: StorageResource) -> MaterializeResult:
+    day, store = context.partition_key, storage.store
+    spec = load_training_spec(config.training_config_path or None)
+    window = training_window(store, day, spec.window_days)
+    train = committed_events_dataset(store, window.train_days)
+    previous_day = latest_committed_before(store, VOCAB, day)
+    previous: Vocab | None = None
+    if previous_day is not None:
+        previous, _ = ArtifactDir.committed(store, VOCAB, previous_day).read_vocab()
+    counts = count_tokens(train.to_batches(columns=spec.vocab.features), spec.vocab.features)
+    new_vocab = build_vocab(previous, counts, spec.vocab.min_count)
+    moments = dense_moments(train.to_batches(columns=list(DENSE_FEATURES)))
+    validation = committed_events_dataset(store, [day])
+    oov = oov_rates(new_vocab, validation.to_batches(columns=new_vocab.features))
+    sizes = {f: new_vocab.cardinality(f) for f in new_vocab.features}
+    prev_sizes = {f: previous.cardinality(f) if previous and f in previous.tables else 2 for f in new_vocab.features}
+    stats = {
+        "window": window.as_dict(),
+        "warm_start_from": previous_day,
+        "min_count": spec.vocab.min_count,
+        "cardinality": sizes,
+        "new_tokens": {f: sizes[f] - prev_sizes[f] for f in sizes},
+        "oov_rate_validation_day": oov,
+        "max_oov_rate": {f: spec.checks.oov_limit(f) for f in sizes},
+        "num_tokens": sum(sizes.values()) - 2 * len(sizes),
+    }
+    out = ArtifactDir(store, VOCAB, day, store.new_version(context.run_id))
+    out.write_vocab(new_vocab, moments)
+    out.write_json("vocab.json", stats)
+    store.commit(VOCAB, day, out.version, row_count=stats["num_tokens"])
+    return MaterializeResult(
+        metadata={
+            "dagster/row_count": MetadataValue.int(stats["num_tokens"]),
+            "features": md_table(
+                ["feature", "ids (incl. 2 reserved)", "new ids", "OOV rate on " + day, "max OOV rate"],
+                [[f, sizes[f], stats["new_tokens"][f], round(oov[f], 4), stats["max_oov_rate"][f]] for f in sizes],
+            ),
+            "train_days": ", ".join(window.train_days),
+            "warm_start_from": previous_day or "none (first vocab)",
+            "path": MetadataValue.path(out.uri),
+            "version": out.version,
+            **numeric_metadata({f"cardinality_{f}": v for f, v in sizes.items()}),
+            **numeric_metadata({f"oov_rate_{f}": float(v) for f, v in oov.items()}),
+        }
+    )
+
+
+def _previous_ranker_aucs(store, day: str, window: TrainingWindow, spec, max_rows: int, log) -> tuple[str | None, dict]:
+    """The last model that passed its own AUC gate (the one serving), scored on this validation day with its own
+    vocabulary: a same-data comparison. A model that failed its gate is never the baseline."""
+    prev_day = day
+    for _ in range(30):
+        prev_day = latest_committed_before(store, RANKER_MODEL, prev_day)
+        if prev_day is None:
+            return None, {}
+        prev = ArtifactDir.committed(store, RANKER_MODEL, prev_day)
+        if ranker_gate(prev.read_json("metrics.json"))[0]:
+            break
+        log(f"previous ranker {prev_day} failed its gate; looking further back")
+    else:
+        return None, {}
+    model = MMoERanker(RankerConfig(**prev.read_json("model_config.json")))
+    model.load_state_dict(prev.read_torch("model.pt"))
+    vocab, moments = prev.read_vocab()
+    encoder = BatchEncoder(vocab, moments, _catalog(store, window), spec.labels)
+    scores, labels = score_ranker(model, committed_events_dataset(store, [day]), encoder, max_rows=max_rows)
+    log(f"previous ranker ({prev_day}) scored on {day}")
+    return prev_day, task_aucs(scores, labels)
+
+
+@asset(
+    partitions_def=daily_partitions,
+    group_name="training",
+    deps=[vocab, window_dep(training_events)],
+    kinds={"pytorch"},
+    backfill_policy=PER_DAY,
+    pool="training",
+    description="Multi-task MMoE ranker (liked, shared, followed, watch_complete) over vocab embeddings, the "
+    "128-d content embedding and dense features. AUC per task on the validation day, also for the previous "
+    "partition's model on the same day. Weights + exported program + vocab in a versioned directory.",
+)
+def ranker_model(
+    context: AssetExecutionContext, config: RankerTrainingConfig, storage: StorageResource, training: TrainingResource
+) -> MaterializeResult:
+    day, store = context.partition_key, storage.store
+    spec = load_training_spec(config.training_config_path or None)
+    window = training_window(store, day, spec.window_days)
+    vocab_dir = ArtifactDir.committed(store, VOCAB, day)
+    encoder = _encoder(store, window, vocab_dir, spec)
+    hyper = RankerHyper(
+        embedding_dim=config.embedding_dim, num_experts=config.num_experts, expert_sizes=tuple(config.expert_sizes),
+        tower_sizes=tuple(config.tower_sizes), dropout=config.dropout, task_weights=tuple(config.task_weights),
+    )
+    settings = training.settings(epochs=config.epochs)
+    fp = fingerprint(hyper, {k: v for k, v in settings.__dict__.items() if k not in ("device", "num_threads")},
+                     window.as_dict(), vocab_dir.version)
+    checkpoints = CheckpointStore(store, store.path("_checkpoints", RANKER_MODEL, f"dt={day}", fp))
+    model, fit = train_ranker(
+        committed_events_dataset(store, window.train_days), encoder, hyper, settings, checkpoints, fp, context.log.info
+    )
+    t0 = time.perf_counter()
+    scores, labels = score_ranker(model, committed_events_dataset(store, [day]), encoder, max_rows=config.max_validation_rows)
+    aucs, rates = task_aucs(scores, labels), task_positive_rates(labels)
+    prev_day, prev_aucs = _previous_ranker_aucs(store, day, window, spec, config.max_validation_rows, context.log.info)
+    metrics = {
+        "validation_day": day,
+        "validation_rows": int(len(labels)),
+        "auc": aucs,
+        "positive_rate": rates,
+        "previous_model_day": prev_day,
+        "previous_model_auc": prev_aucs,
+        "min_auc": spec.checks.ranker_min_auc,
+        "max_auc_drop": spec.checks.ranker_max_auc_drop,
+        "eval_seconds": round(time.perf_counter() - t0, 2),
+    }
+    training_info = {
+        **window.as_dict(), "vocab_version": vocab_dir.version, "settings": settings.__dict__, "hyper": hyper.__dict__,
+        "history": fit.history, "resumed_from_epoch": fit.resumed_from_epoch,
+        "train_seconds": round(fit.train_seconds, 2), "samples_per_s": round(fit.samples_per_s, 1),
+        "run_id": context.run_id,
+    }
+    out = ArtifactDir(store, RANKER_MODEL, day, store.new_version(context.run_id))
+    out.write_torch("model.pt", model.state_dict())
+    out.write_json("model_config.json", model.cfg.to_dict())
+    out.write_bytes("ranker.pt2", export_program(model, ranker_example_inputs(model.cfg)))
+    out.write_vocab(encoder.vocab, encoder.moments)
+    out.write_json("metrics.json", metrics)
+    out.write_json("training.json", training_info)
+    store.commit(RANKER_MODEL, day, out.version, metrics=metrics)
+    checkpoints.clear()
+    return MaterializeResult(
+        metadata={
+            "validation_auc": md_table(
+                ["task", "AUC", f"previous model ({prev_day or 'none'})", "floor", "positive rate"],
+                [[t, round(aucs[t], 4), round(prev_aucs[t], 4) if t in prev_aucs else "n/a",
+                  spec.checks.ranker_min_auc.get(t, "-"), round(rates[t], 4)] for t in RANKER_TASKS],
+            ),
+            "training_history": _history_table(fit.history),
+            "train_days": ", ".join(window.train_days),
+            "device": settings.device,
+            "path": MetadataValue.path(out.uri),
+            "version": out.version,
+            "samples_per_s": MetadataValue.float(round(fit.samples_per_s, 1)),
+            "train_seconds": MetadataValue.float(round(fit.train_seconds, 2)),
+            "resumed_from_epoch": MetadataValue.int(-1 if fit.resumed_from_epoch is None else fit.resumed_from_epoch),
+            **numeric_metadata({f"auc_{t}": float(v) for t, v in aucs.items()}),
+        }
+    )
+
+
+@asset(
+    partitions_def=daily_partitions,
+    group_name="training",
+    deps=[vocab, window_dep(training_events)],
+    kinds={"pytorch"},
+    backfill_policy=PER_DAY,
+    pool="training",
+    description="Two-tower retrieval model (user query tower, item tower with content embedding) trained on "
+    "positive events with in-batch negatives and logQ correction; cosine similarity (L2-normalised dot product), "
+    "the index's metric. Full-corpus recall/NDCG@K on the validation day vs a most-popular baseline.",
+)
+def retrieval_model(
+    context: AssetExecutionContext, config: RetrievalTrainingConfig, storage: StorageResource, training: TrainingResource
+) -> MaterializeResult:
+    day, store = context.partition_key, storage.store
+    spec = load_training_spec(config.training_config_path or None)
+    window = training_window(store, day, spec.window_days)
+    vocab_dir = ArtifactDir.committed(store, VOCAB, day)
+    encoder = _encoder(store, window, vocab_dir, spec)
+    hyper = RetrievalHyper(
+        embedding_dim=config.embedding_dim, hidden_sizes=tuple(config.hidden_sizes), output_dim=config.output_dim,
+        temperature=config.temperature, logq_correction=config.logq_correction,
+    )
+    settings = training.settings(epochs=config.epochs, batch_size=config.batch_size)
+    fp = fingerprint(hyper, {k: v for k, v in settings.__dict__.items() if k not in ("device", "num_threads")},
+                     window.as_dict(), vocab_dir.version, spec.labels.model_dump())
+    checkpoints = CheckpointStore(store, store.path("_checkpoints", RETRIEVAL_MODEL, f"dt={day}", fp))
+    model, fit, positive_counts = train_two_tower(
+        committed_events_dataset(store, window.train_days), encoder, hyper, settings, checkpoints, fp, context.log.info
+    )
+    t0 = time.perf_counter()
+    queries = evaluation_queries(committed_events_dataset(store, [day]), encoder, spec.labels, config.validation_user_sample_pct)
+    as_of = pd.Timestamp(window_of(day).end)
+    k = spec.checks.retrieval_k
+    ks = sorted({10, k})
+    metrics = evaluate_retrieval(
+        query_vectors(model, queries), item_vectors(model, encoder.catalog, encoder.vocab, encoder.moments, as_of),
+        queries.relevant, positive_counts, ks,
+    )
+    metrics |= {
+        "validation_day": day, "k": k, "ks": ks, "min_recall": spec.checks.retrieval_min_recall,
+        "min_lift_over_popularity": spec.checks.retrieval_min_lift_over_popularity,
+        "eval_seconds": round(time.perf_counter() - t0, 2),
+    }
+    training_info = {
+        **window.as_dict(), "vocab_version": vocab_dir.version, "settings": settings.__dict__, "hyper": hyper.__dict__,
+        "history": fit.history, "resumed_from_epoch": fit.resumed_from_epoch, "positive_events": int(positive_counts.sum()),
+        "train_seconds": round(fit.train_seconds, 2), "samples_per_s": round(fit.samples_per_s, 1), "run_id": context.run_id,
+    }
+    q_cfg, i_cfg = model.query_tower.cfg, model.item_tower.cfg
+    out = ArtifactDir(store, RETRIEVAL_MODEL, day, store.new_version(context.run_id))
+    out.write_torch("model.pt", model.state_dict())
+    out.write_json("model_config.json", {"query": q_cfg.to_dict(), "item": i_cfg.to_dict(), "temperature": hyper.temperature})
+    out.write_bytes("query_tower.pt2", export_program(
+        QueryTowerModule(model), (torch.ones(4, len(q_cfg.cardinalities), dtype=torch.long), torch.zeros(4, q_cfg.num_dense))))
+    out.write_bytes("item_tower.pt2", export_program(
+        ItemTowerModule(model),
+        (torch.ones(4, len(i_cfg.cardinalities), dtype=torch.long), torch.zeros(4, i_cfg.num_dense), torch.zeros(4, i_cfg.content_dim))))
+    out.write_vocab(encoder.vocab, encoder.moments)
+    out.write_json("metrics.json", metrics)
+    out.write_json("training.json", training_info)
+    store.commit(RETRIEVAL_MODEL, day, out.version, metrics={k_: v for k_, v in metrics.items() if k_ != "ks"})
+    checkpoints.clear()
+    rows = [[f"recall@{x}", round(metrics[f"model_recall@{x}"], 4), round(metrics[f"popularity_recall@{x}"], 4)] for x in ks]
+    rows += [[f"ndcg@{x}", round(metrics[f"model_ndcg@{x}"], 4), round(metrics[f"popularity_ndcg@{x}"], 4)] for x in ks]
+    return MaterializeResult(
+        metadata={
+            "validation_retrieval": md_table(["metric", "two-tower", "most popular"], rows),
+            "training_history": _history_table(fit.history),
+            "train_days": ", ".join(window.train_days),
+            "device": settings.device,
+            "path": MetadataValue.path(out.uri),
+            "version": out.version,
+            "samples_per_s": MetadataValue.float(round(fit.samples_per_s, 1)),
+            "train_seconds": MetadataValue.float(round(fit.train_seconds, 2)),
+            "num_validation_users": MetadataValue.int(metrics["num_queries"]),
+            "corpus_size": MetadataValue.int(metrics["corpus_size"]),
+            **numeric_metadata({k_: v for k_, v in metrics.items() if k_.startswith(("model_", "popularity_"))}),
+        }
+    )
+
+
+training_assets = [vocab, ranker_model, retrieval_model]

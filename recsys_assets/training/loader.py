@@ -1,0 +1,155 @@
+"""Columnar training-data loading: committed training_events Parquet -> encoded numpy blocks -> torch batches.
+
+Record batches are encoded with vectorised Arrow/numpy operations (no per-row Python) and shuffled through a
+bounded buffer, so memory is O(buffer), not O(window). Batch order depends only on (seed, epoch): an epoch is
+reproducible, which is what makes resuming from a checkpoint give the same model as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import torch
+
+from recsys_assets.training.config import RANKER_TASKS, LabelSpec
+from recsys_assets.training.features import DENSE_FEATURES, ItemCatalog, Vocab, standardize
+from resources.storage import DatasetStore
+
+TRAINING_EVENTS = "training_events"
+LABEL_COLUMNS = ["liked", "shared", "followed", "watch_ratio"]
+
+
+def committed_events_dataset(store: DatasetStore, days: list[str]) -> pads.Dataset:
+    """The committed events of `days` as one Arrow dataset (fragments in day order, deterministic)."""
+    files: list[str] = []
+    for d in days:
+        infos = store.fs.get_file_info(pafs.FileSelector(store.committed_path(TRAINING_EVENTS, d, "events")))
+        files += sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet"))
+    return pads.dataset(files, filesystem=store.fs, format="parquet")
+
+
+def committed_items(store: DatasetStore, day: str, columns: list[str] | None = None) -> pa.Table:
+    return pads.dataset(store.committed_path(TRAINING_EVENTS, day, "items"), filesystem=store.fs, format="parquet").to_table(
+        columns=columns
+    )
+
+
+def retrieval_positive_filter(labels: LabelSpec) -> pc.Expression:
+    positive = pc.field("watch_ratio") >= labels.retrieval_positive_min_watch_ratio
+    if labels.retrieval_positive_on_engagement:
+        positive = positive | pc.field("liked") | pc.field("shared") | pc.field("followed")
+    return positive
+
+
+@dataclass
+class BatchEncoder:
+    """Turns a record batch of training_events into model arrays with one vocabulary and catalogue."""
+
+    vocab: Vocab
+    moments: dict[str, dict[str, float]]
+    catalog: ItemCatalog
+    labels: LabelSpec
+
+    @property
+    def columns(self) -> list[str]:
+        return sorted({*self.vocab.features, *DENSE_FEATURES, *LABEL_COLUMNS, "item_id"})
+
+    def encode(self, batch: pa.RecordBatch) -> dict[str, np.ndarray]:
+        content_row = self.catalog.rows(batch.column("item_id"))
+        if (content_row < 0).any():
+            missing = pc.filter(batch.column("item_id"), pa.array(content_row < 0))[0]
+            raise ValueError(f"training_events item {missing} has no row in the item catalogue (items table)")
+        watch = batch.column("watch_ratio").to_numpy(zero_copy_only=False)
+        flags = [
+            pc.fill_null(batch.column(c), False).to_numpy(zero_copy_only=False).astype(np.float32)
+            for c in ("liked", "shared", "followed")
+        ]
+        return {
+            "cat": np.stack([self.vocab.encode(f, batch.column(f)) for f in self.vocab.features], axis=1),
+            "dense": np.stack(
+                [standardize(f, batch.column(f).to_numpy(zero_copy_only=False), self.moments) for f in DENSE_FEATURES], axis=1
+            ),
+            "content_row": content_row.astype(np.int64),
+            "labels": np.stack([*flags, (watch >= self.labels.watch_complete_min_ratio).astype(np.float32)], axis=1),
+        }
+
+
+assert RANKER_TASKS == ("liked", "shared", "followed", "watch_complete"), "label order in BatchEncoder.encode"
+
+
+def encoded_blocks(
+    dataset: pads.Dataset, encoder: BatchEncoder, filter: pc.Expression | None = None, read_rows: int = 65_536,
+    fragment_order: np.ndarray | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    fragments = list(dataset.get_fragments(filter=filter))
+    order = fragment_order if fragment_order is not None else np.arange(len(fragments))
+    for i in order:
+        for b in fragments[i].to_batches(columns=encoder.columns, filter=filter, batch_size=read_rows):
+            if b.num_rows:
+                yield encoder.encode(b)
+
+
+def _concat(blocks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
+
+
+def shuffled_batches(
+    dataset: pads.Dataset,
+    encoder: BatchEncoder,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    filter: pc.Expression | None = None,
+    shuffle_buffer_rows: int = 1_000_000,
+    drop_last: bool = False,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Training batches: fragments in a (seed, epoch) permutation, rows shuffled within a bounded buffer."""
+    rng = np.random.default_rng([seed, epoch])
+    n_frag = len(list(dataset.get_fragments(filter=filter)))
+    buffer: list[dict[str, np.ndarray]] = []
+    buffered = 0
+
+    def drain(final: bool) -> Iterator[dict[str, torch.Tensor]]:
+        nonlocal buffer, buffered
+        block = _concat(buffer)
+        perm = rng.permutation(buffered)
+        n_out = buffered if final else (buffered // batch_size) * batch_size
+        for s in range(0, n_out, batch_size):
+            idx = perm[s : s + batch_size]
+            if len(idx) < batch_size and drop_last:
+                break
+            yield {k: torch.from_numpy(np.ascontiguousarray(v[idx])) for k, v in block.items()}
+        rest = perm[n_out:]
+        buffer = [{k: v[rest] for k, v in block.items()}] if len(rest) else []
+        buffered = len(rest)
+
+    for block in encoded_blocks(dataset, encoder, filter, fragment_order=rng.permutation(n_frag)):
+        buffer.append(block)
+        buffered += len(block["content_row"])
+        if buffered >= shuffle_buffer_rows:
+            yield from drain(final=False)
+    if buffered:
+        yield from drain(final=True)
+
+
+def sequential_batches(
+    dataset: pads.Dataset, encoder: BatchEncoder, batch_size: int, filter: pc.Expression | None = None
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Evaluation batches in storage order."""
+    for block in encoded_blocks(dataset, encoder, filter, read_rows=batch_size):
+        yield {k: torch.from_numpy(v) for k, v in block.items()}
+
+
+def item_frequencies(dataset: pads.Dataset, catalog: ItemCatalog, filter: pc.Expression | None = None) -> np.ndarray:
+    """Occurrences of each catalogue item in the (filtered) stream: the in-batch sampling distribution."""
+    counts = np.zeros(len(catalog), np.int64)
+    for b in dataset.to_batches(columns=["item_id"], filter=filter):
+        rows = catalog.rows(b.column("item_id"))
+        counts += np.bincount(rows[rows >= 0], minlength=len(catalog))
+    return counts

@@ -1,0 +1,135 @@
+"""Multi-task ranker: training, scoring and export, over encoded training_events batches."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.dataset as pads
+import torch
+
+from recsys_assets.training.config import RANKER_TASKS
+from recsys_assets.training.evaluation import roc_auc
+from recsys_assets.training.features import DENSE_FEATURES
+from recsys_assets.training.loader import BatchEncoder, sequential_batches, shuffled_batches
+from recsys_assets.training.models import MMoERanker, RankerConfig, ranker_loss
+from recsys_assets.training.trainer import CheckpointStore, FitResult, TrainSettings, fit
+
+
+@dataclass(frozen=True)
+class RankerHyper:
+    embedding_dim: int = 16
+    num_experts: int = 4
+    expert_sizes: tuple[int, ...] = (128, 64)
+    tower_sizes: tuple[int, ...] = (32,)
+    dropout: float = 0.0
+    task_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
+
+
+def ranker_config(encoder: BatchEncoder, hyper: RankerHyper) -> RankerConfig:
+    return RankerConfig(
+        cat_features=encoder.vocab.features,
+        cardinalities=[encoder.vocab.cardinality(f) for f in encoder.vocab.features],
+        num_dense=len(DENSE_FEATURES),
+        tasks=list(RANKER_TASKS),
+        embedding_dim=hyper.embedding_dim,
+        num_experts=hyper.num_experts,
+        expert_sizes=list(hyper.expert_sizes),
+        tower_sizes=list(hyper.tower_sizes),
+        dropout=hyper.dropout,
+    )
+
+
+def train_ranker(
+    train: pads.Dataset,
+    encoder: BatchEncoder,
+    hyper: RankerHyper,
+    settings: TrainSettings,
+    checkpoints: CheckpointStore | None = None,
+    fingerprint: str = "",
+    log: Callable[[str], None] = print,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> tuple[MMoERanker, FitResult]:
+    torch.manual_seed(settings.seed)  # initial weights
+    model = MMoERanker(ranker_config(encoder, hyper))
+    content = torch.from_numpy(encoder.catalog.embeddings).to(settings.device)
+    weights = list(hyper.task_weights)
+
+    def step(m: MMoERanker, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = m(b["cat"], b["dense"], content[b["content_row"]])
+        return ranker_loss(m, logits.float(), b["labels"], weights)
+
+    def batches(epoch: int):
+        return shuffled_batches(
+            train, encoder, settings.batch_size, settings.seed, epoch, shuffle_buffer_rows=settings.shuffle_buffer_rows
+        )
+
+    result = fit(model, step, batches, settings, checkpoints, fingerprint, log, on_epoch_end)
+    return model.eval(), result
+
+
+@torch.no_grad()
+def score_ranker(
+    model: MMoERanker, data: pads.Dataset, encoder: BatchEncoder, batch_size: int = 8192, max_rows: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted probabilities and labels [rows, tasks] in storage order (up to max_rows)."""
+    model.eval()
+    content = torch.from_numpy(encoder.catalog.embeddings)
+    scores, labels, n = [], [], 0
+    for b in sequential_batches(data, encoder, batch_size):
+        scores.append(torch.sigmoid(model(b["cat"], b["dense"], content[b["content_row"]])).numpy())
+        labels.append(b["labels"].numpy())
+        n += len(labels[-1])
+        if max_rows is not None and n >= max_rows:
+            break
+    if not scores:
+        return np.zeros((0, len(RANKER_TASKS))), np.zeros((0, len(RANKER_TASKS)))
+    return np.concatenate(scores)[:max_rows], np.concatenate(labels)[:max_rows]
+
+
+def task_aucs(scores: np.ndarray, labels: np.ndarray, tasks: list[str] = list(RANKER_TASKS)) -> dict[str, float]:
+    return {t: roc_auc(labels[:, i], scores[:, i]) for i, t in enumerate(tasks)}
+
+
+def task_positive_rates(labels: np.ndarray, tasks: list[str] = list(RANKER_TASKS)) -> dict[str, float]:
+    return {t: float(labels[:, i].mean()) if len(labels) else float("nan") for i, t in enumerate(tasks)}
+
+
+def export_program(module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> bytes:
+    """A torch.export ExportedProgram (.pt2) with a dynamic batch dimension, for serving without our code."""
+    batch = torch.export.Dim("batch", min=1)
+    shapes = tuple({0: batch} for _ in example_inputs)
+    program = torch.export.export(module.eval(), example_inputs, dynamic_shapes=shapes)
+    buf = io.BytesIO()
+    torch.export.save(program, buf)
+    return buf.getvalue()
+
+
+def load_program(data: bytes) -> torch.nn.Module:
+    return torch.export.load(io.BytesIO(data)).module()
+
+
+def ranker_example_inputs(cfg: RankerConfig, batch: int = 4) -> tuple[torch.Tensor, ...]:
+    return (
+        torch.ones(batch, len(cfg.cardinalities), dtype=torch.long),
+        torch.zeros(batch, cfg.num_dense),
+        torch.zeros(batch, cfg.content_dim),
+    )
+
+
+def ranker_gate(metrics: dict) -> tuple[bool, list[list]]:
+    """Per task: AUC >= floor, and >= previous model's AUC on the same validation events minus the margin."""
+    rows, ok = [], True
+    for task, auc in metrics["auc"].items():
+        floor = metrics["min_auc"].get(task)
+        prev = metrics["previous_model_auc"].get(task)
+        below_floor = floor is not None and not (auc >= floor)
+        regressed = prev is not None and not math.isnan(prev) and auc < prev - metrics["max_auc_drop"]
+        ok &= not (below_floor or regressed)
+        rows.append([task, round(auc, 4), floor if floor is not None else "-",
+                     round(prev, 4) if prev is not None else "n/a",
+                     "FAIL" if below_floor or regressed else "ok"])
+    return ok, rows

@@ -1,0 +1,203 @@
+"""Two-tower retrieval: training with in-batch negatives + logQ correction, tower inputs for the item catalogue
+and evaluation users, and full-corpus evaluation with exact search against a popularity baseline."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+import torch
+
+from recsys_assets.training.config import LabelSpec
+from recsys_assets.training.evaluation import exact_top_k, group_relevant, popularity_ranking, recall_ndcg_at_k
+from recsys_assets.training.features import DENSE_FEATURES, ItemCatalog, Vocab, standardize
+from recsys_assets.training.loader import BatchEncoder, item_frequencies, retrieval_positive_filter, shuffled_batches
+from recsys_assets.training.models import TowerConfig, TwoTower, in_batch_softmax_loss
+from recsys_assets.training.trainer import CheckpointStore, FitResult, TrainSettings, fit
+
+QUERY_CAT = ["user_id", "user_language", "user_region"]
+QUERY_DENSE = ["user_tenure_days"]
+ITEM_CAT = ["item_id", "item_author_id", "item_category", "item_language"]
+ITEM_DENSE = ["item_video_length_s", "item_age_days"]
+_DENSE_ORDER = list(DENSE_FEATURES)
+
+
+@dataclass(frozen=True)
+class RetrievalHyper:
+    embedding_dim: int = 32
+    hidden_sizes: tuple[int, ...] = (128,)
+    output_dim: int = 64
+    temperature: float = 0.05
+    logq_correction: bool = True
+
+
+def _cols(vocab: Vocab, names: list[str]) -> list[int]:
+    missing = [n for n in names if n not in vocab.features]
+    if missing:
+        raise ValueError(f"two-tower needs vocab features {missing}; add them to vocab.features in training.yaml")
+    return [vocab.features.index(n) for n in names]
+
+
+def tower_configs(vocab: Vocab, hyper: RetrievalHyper) -> tuple[TowerConfig, TowerConfig]:
+    common = dict(embedding_dim=hyper.embedding_dim, hidden_sizes=list(hyper.hidden_sizes), output_dim=hyper.output_dim)
+    q = TowerConfig(QUERY_CAT, [vocab.cardinality(f) for f in QUERY_CAT], len(QUERY_DENSE), use_content=False, **common)
+    i = TowerConfig(ITEM_CAT, [vocab.cardinality(f) for f in ITEM_CAT], len(ITEM_DENSE), use_content=True, **common)
+    return q, i
+
+
+class _Split:
+    """Index tensors selecting each tower's columns out of the encoder's full cat/dense arrays."""
+
+    def __init__(self, vocab: Vocab, device: str):
+        self.q_cat = torch.tensor(_cols(vocab, QUERY_CAT), device=device)
+        self.i_cat = torch.tensor(_cols(vocab, ITEM_CAT), device=device)
+        self.q_dense = torch.tensor([_DENSE_ORDER.index(c) for c in QUERY_DENSE], device=device)
+        self.i_dense = torch.tensor([_DENSE_ORDER.index(c) for c in ITEM_DENSE], device=device)
+
+
+def train_two_tower(
+    train: pads.Dataset,
+    encoder: BatchEncoder,
+    hyper: RetrievalHyper,
+    settings: TrainSettings,
+    checkpoints: CheckpointStore | None = None,
+    fingerprint: str = "",
+    log: Callable[[str], None] = print,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> tuple[TwoTower, FitResult, np.ndarray]:
+    """Trains on positive events only. Returns the model, fit result, and per-catalogue-row positive counts."""
+    positives = retrieval_positive_filter(encoder.labels)
+    counts = item_frequencies(train, encoder.catalog, positives)
+    if counts.sum() == 0:
+        raise ValueError("no positive events in the training window: cannot train the two-tower model")
+    log_q = torch.from_numpy(np.log(np.maximum(counts, 1) / counts.sum()).astype(np.float32)).to(settings.device)
+    if not hyper.logq_correction:
+        log_q = torch.zeros_like(log_q)
+    torch.manual_seed(settings.seed)
+    q_cfg, i_cfg = tower_configs(encoder.vocab, hyper)
+    model = TwoTower(q_cfg, i_cfg, hyper.temperature)
+    content = torch.from_numpy(encoder.catalog.embeddings).to(settings.device)
+    split = _Split(encoder.vocab, settings.device)
+
+    def step(m: TwoTower, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        rows = b["content_row"]
+        q = m.query_tower(b["cat"][:, split.q_cat], b["dense"][:, split.q_dense], content[:0])
+        i = m.item_tower(b["cat"][:, split.i_cat], b["dense"][:, split.i_dense], content[rows])
+        return in_batch_softmax_loss(q.float(), i.float(), rows, log_q[rows], m.temperature)
+
+    def batches(epoch: int):
+        return shuffled_batches(
+            train, encoder, settings.batch_size, settings.seed, epoch, filter=positives,
+            shuffle_buffer_rows=settings.shuffle_buffer_rows, drop_last=True,
+        )
+
+    result = fit(model, step, batches, settings, checkpoints, fingerprint, log, on_epoch_end)
+    return model.eval(), result, counts
+
+
+def item_tower_inputs(
+    catalog: ItemCatalog, vocab: Vocab, moments: dict, as_of: pd.Timestamp
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Item tower inputs for every catalogue row, item age measured at `as_of` (the index build time)."""
+    attrs = catalog.attributes
+    cat = np.stack(
+        [vocab.encode(f, pa.array(catalog.item_ids if f == "item_id" else attrs[f].to_numpy(dtype=object), pa.string()))
+         for f in ITEM_CAT], axis=1,
+    )
+    age = (as_of - pd.to_datetime(attrs["item_created_at"], utc=True)).dt.total_seconds().to_numpy() / 86_400.0
+    dense = np.stack(
+        [standardize("item_video_length_s", attrs["item_video_length_s"].to_numpy(np.float64), moments),
+         standardize("item_age_days", np.maximum(age, 0.0), moments)], axis=1,
+    )
+    return torch.from_numpy(cat), torch.from_numpy(dense), torch.from_numpy(catalog.embeddings)
+
+
+@torch.no_grad()
+def item_vectors(model: TwoTower, catalog: ItemCatalog, vocab: Vocab, moments: dict, as_of: pd.Timestamp,
+                 batch_size: int = 65_536) -> np.ndarray:
+    cat, dense, content = item_tower_inputs(catalog, vocab, moments, as_of)
+    out = [model.item_tower(cat[s : s + batch_size], dense[s : s + batch_size], content[s : s + batch_size])
+           for s in range(0, len(cat), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros((0, model.item_tower.cfg.output_dim), np.float32)
+
+
+@dataclass
+class EvalQueries:
+    """Sampled users of the evaluation day: query-tower inputs and the catalogue rows they engaged with."""
+
+    user_ids: np.ndarray
+    cat: torch.Tensor
+    dense: torch.Tensor
+    relevant: list[np.ndarray]
+    num_positive_events: int
+
+
+def evaluation_queries(
+    day: pads.Dataset, encoder: BatchEncoder, labels: LabelSpec, user_sample_pct: float = 100.0
+) -> EvalQueries:
+    """Users (hash-sampled, so the same users on any rerun) with >= 1 positive event on the evaluation day."""
+    cols = ["user_id", "user_language", "user_region", "user_tenure_days", "item_id"]
+    parts = []
+    for b in day.to_batches(columns=cols, filter=retrieval_positive_filter(labels)):
+        df = b.to_pandas()
+        if user_sample_pct < 100.0:
+            bucket = pd.util.hash_array(df["user_id"].to_numpy(dtype=object)) % 10_000
+            df = df[bucket < user_sample_pct * 100]
+        parts.append(df)
+    df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+    users = df.drop_duplicates("user_id").reset_index(drop=True)
+    cat = np.stack([encoder.vocab.encode(f, pa.array(users[f].to_numpy(dtype=object), pa.string())) for f in QUERY_CAT], axis=1) \
+        if len(users) else np.zeros((0, len(QUERY_CAT)), np.int64)
+    dense = standardize("user_tenure_days", users["user_tenure_days"].to_numpy(np.float64), encoder.moments)[:, None]
+    user_row = pd.Index(users["user_id"]).get_indexer(df["user_id"])
+    item_row = encoder.catalog.rows(pa.array(df["item_id"].to_numpy(dtype=object), pa.string()))
+    ok = item_row >= 0
+    relevant = group_relevant(user_row[ok], item_row[ok], len(users))
+    return EvalQueries(users["user_id"].to_numpy(dtype=object), torch.from_numpy(cat), torch.from_numpy(dense), relevant,
+                       int(len(df)))
+
+
+@torch.no_grad()
+def query_vectors(model: TwoTower, queries: EvalQueries) -> np.ndarray:
+    empty = torch.zeros(len(queries.cat), 0)
+    return model.query_tower(queries.cat, queries.dense, empty).numpy()
+
+
+def evaluate_retrieval(
+    q_vecs: np.ndarray, item_vecs: np.ndarray, relevant: list[np.ndarray], popularity_counts: np.ndarray, ks: list[int]
+) -> dict[str, float]:
+    """Model vs most-popular baseline, both ranking the full catalogue (exact search)."""
+    kmax = max(ks)
+    model_ranked = exact_top_k(q_vecs, item_vecs, kmax)
+    pop = popularity_ranking(popularity_counts, kmax)
+    pop_ranked = np.broadcast_to(pop, (len(relevant), len(pop)))
+    out = {f"model_{k}": v for k, v in recall_ndcg_at_k(model_ranked, relevant, ks).items()}
+    out |= {f"popularity_{k}": v for k, v in recall_ndcg_at_k(pop_ranked, relevant, ks).items()}
+    out["num_queries"] = int(sum(1 for r in relevant if len(r)))
+    out["corpus_size"] = int(len(item_vecs))
+    return out
+
+
+class QueryTowerModule(torch.nn.Module):
+    """The query tower alone, as served: (user cat ids, user dense) -> L2-normalised query vector."""
+
+    def __init__(self, model: TwoTower):
+        super().__init__()
+        self.tower = model.query_tower
+
+    def forward(self, cat: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        return self.tower(cat, dense, dense[:, :0])
+
+
+class ItemTowerModule(torch.nn.Module):
+    def __init__(self, model: TwoTower):
+        super().__init__()
+        self.tower = model.item_tower
+
+    def forward(self, cat: torch.Tensor, dense: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+        return self.tower(cat, dense, content)
+

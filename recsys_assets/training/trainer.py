@@ -1,0 +1,170 @@
+"""The training loop shared by both models: device placement, optional bf16 autocast on GPU, per-epoch
+checkpoints with resume, determinism on CPU, and throughput logging.
+
+A run killed mid-training (OOM, preemption, a lost SSH session in the seed's runbook) resumes from the last
+complete epoch on the next attempt: checkpoints carry model + optimizer state, and each epoch's randomness is
+derived from (seed, epoch) alone, so a resumed run ends with the same weights as an uninterrupted one on CPU.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pyarrow.fs as pafs
+import torch
+from torch import nn
+
+from resources.storage import DatasetStore
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 2
+    batch_size: int = 2048
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.0
+    seed: int = 7
+    device: str = "cpu"  # resolved: "cpu" or "cuda[:n]"
+    mixed_precision: bool = False  # bf16 autocast, GPU only
+    num_threads: int = 0  # 0 = torch default
+    shuffle_buffer_rows: int = 1_000_000
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)
+    resumed_from_epoch: int | None = None
+    train_seconds: float = 0.0
+    trained_samples: int = 0
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.trained_samples / self.train_seconds if self.train_seconds else 0.0
+
+
+class CheckpointStore:
+    """Per-epoch checkpoints under one directory of the data root (local or gs://), written atomically."""
+
+    _NAME = re.compile(r"^epoch-(\d{4})\.pt$")
+
+    def __init__(self, store: DatasetStore, directory: str):
+        self.store, self.directory = store, directory
+
+    def _epochs(self) -> list[int]:
+        if not self.store.exists(self.directory):
+            return []
+        infos = self.store.fs.get_file_info(pafs.FileSelector(self.directory))
+        return sorted(int(m.group(1)) for i in infos if (m := self._NAME.match(i.base_name)))
+
+    def save(self, epoch: int, state: dict) -> str:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        path = posixpath.join(self.directory, f"epoch-{epoch:04d}.pt")
+        self.store.write_bytes_atomic(path, buf.getvalue())
+        for old in self._epochs()[:-2]:  # keep the last two: the newest may be unreadable if the disk filled
+            self.store.fs.delete_file(posixpath.join(self.directory, f"epoch-{old:04d}.pt"))
+        return path
+
+    def latest(self, fingerprint: str) -> dict | None:
+        for epoch in reversed(self._epochs()):
+            try:
+                with self.store.fs.open_input_stream(posixpath.join(self.directory, f"epoch-{epoch:04d}.pt")) as f:
+                    state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)
+            except Exception:  # a torn or corrupt file: fall back to the previous epoch
+                continue
+            if state.get("fingerprint") == fingerprint:
+                return state
+        return None
+
+    def clear(self) -> None:
+        """Delete this run's checkpoints (after the model is committed) and the partition's dir if now empty."""
+        if self.store.exists(self.directory):
+            self.store.fs.delete_dir(self.directory)
+        parent = posixpath.dirname(self.directory)
+        if self.store.exists(parent) and not self.store.fs.get_file_info(pafs.FileSelector(parent)):
+            self.store.fs.delete_dir(parent)
+
+
+def resolve_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"training device {requested!r} requested but CUDA is not available on this host")
+    return requested
+
+
+def fit(
+    model: nn.Module,
+    step_loss: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor],
+    batches: Callable[[int], Iterator[dict[str, torch.Tensor]]],
+    settings: TrainSettings,
+    checkpoints: CheckpointStore | None = None,
+    fingerprint: str = "",
+    log: Callable[[str], None] = print,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> FitResult:
+    if settings.num_threads:
+        torch.set_num_threads(settings.num_threads)
+    device = torch.device(settings.device)
+    model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    result = FitResult()
+    start_epoch = 0
+    if checkpoints is not None and (state := checkpoints.latest(fingerprint)) is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        result.history = state["history"]
+        start_epoch = state["epoch"] + 1
+        result.resumed_from_epoch = state["epoch"]
+        log(f"resumed from checkpoint after epoch {state['epoch']}")
+    use_amp = settings.mixed_precision and device.type == "cuda"
+    for epoch in range(start_epoch, settings.epochs):
+        torch.manual_seed(settings.seed * 1000 + epoch)
+        model.train()
+        total_loss, samples, t0 = 0.0, 0, time.perf_counter()
+        for step, batch in enumerate(batches(epoch)):
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss = step_loss(model, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite training loss at epoch {epoch} step {step}: {loss.item()}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            n = len(next(iter(batch.values())))
+            total_loss += loss.item() * n
+            samples += n
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        result.train_seconds += seconds
+        result.trained_samples += samples
+        row = {
+            "epoch": epoch,
+            "loss": total_loss / max(samples, 1),
+            "samples": samples,
+            "seconds": round(seconds, 3),
+            "samples_per_s": round(samples / seconds, 1) if seconds else 0.0,
+        }
+        result.history.append(row)
+        log(f"epoch {epoch}: loss {row['loss']:.5f}, {samples:,} samples, {row['samples_per_s']:,.0f} samples/s")
+        if checkpoints is not None:
+            checkpoints.save(
+                epoch,
+                {
+                    "epoch": epoch,
+                    "fingerprint": fingerprint,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "history": result.history,
+                },
+            )
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+    model.to("cpu")
+    return result

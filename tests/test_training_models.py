@@ -1,0 +1,185 @@
+"""Loader, ranker, two-tower, checkpoint/resume and export on small feature-dependent data (no Spark, no Dagster)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from recsys_assets.training.config import LabelSpec
+from recsys_assets.training.features import DENSE_FEATURES, build_item_catalog, build_vocab, count_tokens, dense_moments
+from recsys_assets.training.loader import BatchEncoder, committed_events_dataset, committed_items, shuffled_batches
+from recsys_assets.training.models import in_batch_softmax_loss
+from recsys_assets.training.ranker import (
+    RankerHyper,
+    export_program,
+    load_program,
+    ranker_example_inputs,
+    score_ranker,
+    task_aucs,
+    train_ranker,
+)
+from recsys_assets.training.retrieval import (
+    QueryTowerModule,
+    RetrievalHyper,
+    evaluate_retrieval,
+    evaluation_queries,
+    item_vectors,
+    query_vectors,
+    train_two_tower,
+)
+from recsys_assets.training.trainer import CheckpointStore, TrainSettings
+from resources.storage import DatasetStore
+from tests.model_data import populate
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_DAYS = ["2024-05-01", "2024-05-02", "2024-05-03"]
+VALID_DAY = "2024-05-04"
+FEATURES = ["user_id", "item_id", "item_author_id", "item_category", "item_language", "user_language", "user_region", "feed_source"]
+
+
+@pytest.fixture(scope="module")
+def model_store(tmp_path_factory) -> DatasetStore:
+    store = DatasetStore(str(tmp_path_factory.mktemp("model_data")))
+    populate(store, [*TRAIN_DAYS, VALID_DAY])
+    return store
+
+
+def make_encoder(store: DatasetStore) -> BatchEncoder:
+    train = committed_events_dataset(store, TRAIN_DAYS)
+    vocab = build_vocab(None, count_tokens(train.to_batches(columns=FEATURES), FEATURES), min_count=2)
+    moments = dense_moments(train.to_batches(columns=list(DENSE_FEATURES)))
+    catalog = build_item_catalog([committed_items(store, d) for d in [*TRAIN_DAYS, VALID_DAY]])
+    return BatchEncoder(vocab, moments, catalog, LabelSpec())
+
+
+def test_loader_yields_every_row_once_per_epoch_in_a_seeded_order(model_store):
+    enc = make_encoder(model_store)
+    ds = committed_events_dataset(model_store, TRAIN_DAYS)
+    total = ds.count_rows()
+
+    def epoch_rows(epoch, buffer=5000):
+        batches = list(shuffled_batches(ds, enc, 512, seed=3, epoch=epoch, shuffle_buffer_rows=buffer))
+        assert all(len(b["content_row"]) == 512 for b in batches[:-1])
+        return torch.cat([b["content_row"] for b in batches]), torch.cat([b["cat"][:, 0] for b in batches])
+
+    a_items, a_users = epoch_rows(0)
+    b_items, b_users = epoch_rows(0)
+    c_items, _ = epoch_rows(1)
+    assert len(a_items) == total == 18_000
+    assert torch.equal(a_items, b_items) and torch.equal(a_users, b_users)  # same (seed, epoch) -> same order
+    assert not torch.equal(a_items, c_items)  # another epoch -> another order
+    # Same multiset of rows in every epoch: nothing dropped or duplicated by the buffer.
+    assert torch.equal(torch.sort(a_items).values, torch.sort(c_items).values)
+    # Shuffled beyond file order: the first batch mixes rows from more than one day's files.
+    first = next(shuffled_batches(ds, enc, 512, seed=3, epoch=0, shuffle_buffer_rows=20_000))
+    assert first["labels"].shape == (512, 4) and first["dense"].shape == (512, 3)
+
+
+def test_ranker_learns_labels_that_depend_on_features(model_store):
+    enc = make_encoder(model_store)
+    model, fit = train_ranker(committed_events_dataset(model_store, TRAIN_DAYS), enc, RankerHyper(),
+                              TrainSettings(epochs=4, batch_size=256, num_threads=1), log=lambda m: None)
+    scores, labels = score_ranker(model, committed_events_dataset(model_store, [VALID_DAY]), enc)
+    aucs = task_aucs(scores, labels)
+    assert len(labels) == 6000
+    assert fit.history[-1]["loss"] < fit.history[0]["loss"]
+    assert aucs["liked"] > 0.75 and aucs["shared"] > 0.7 and aucs["watch_complete"] > 0.65, aucs
+    assert fit.samples_per_s > 0 and fit.trained_samples == 4 * 18_000
+
+
+def test_exported_ranker_program_matches_the_eager_model(model_store):
+    enc = make_encoder(model_store)
+    model, _ = train_ranker(committed_events_dataset(model_store, TRAIN_DAYS[:1]), enc, RankerHyper(),
+                            TrainSettings(epochs=1, batch_size=512), log=lambda m: None)
+    served = load_program(export_program(model, ranker_example_inputs(model.cfg)))
+    # A batch size other than the export example's, ids anywhere in each feature's range.
+    cat = torch.stack([torch.randint(0, c, (37,)) for c in model.cfg.cardinalities], dim=1)
+    dense, content = torch.randn(37, 3), torch.randn(37, 128)
+    with torch.no_grad():
+        assert torch.allclose(served(cat, dense, content), model(cat, dense, content), atol=1e-5)
+
+
+def test_two_tower_beats_most_popular_on_full_corpus_recall(model_store):
+    enc = make_encoder(model_store)
+    model, fit, counts = train_two_tower(committed_events_dataset(model_store, TRAIN_DAYS), enc, RetrievalHyper(),
+                                         TrainSettings(epochs=6, batch_size=256, num_threads=1), log=lambda m: None)
+    queries = evaluation_queries(committed_events_dataset(model_store, [VALID_DAY]), enc, LabelSpec())
+    items = item_vectors(model, enc.catalog, enc.vocab, enc.moments, pd.Timestamp("2024-05-05", tz="UTC"))
+    m = evaluate_retrieval(query_vectors(model, queries), items, queries.relevant, counts, [10, 50])
+    assert m["corpus_size"] == len(enc.catalog) == 300
+    assert m["num_queries"] > 300
+    assert np.allclose(np.linalg.norm(items, axis=1), 1.0, atol=1e-5)  # cosine vectors, as the index expects
+    assert m["model_recall@10"] > 1.5 * m["popularity_recall@10"], m
+    assert m["model_ndcg@10"] > m["popularity_ndcg@10"], m
+    # The exported query tower gives the same vectors.
+    served = load_program(export_program(QueryTowerModule(model), (queries.cat[:4], queries.dense[:4])))
+    with torch.no_grad():
+        assert torch.allclose(served(queries.cat, queries.dense), torch.from_numpy(query_vectors(model, queries)), atol=1e-5)
+
+
+def test_in_batch_loss_masks_other_rows_of_the_same_item_and_applies_logq():
+    q = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    i = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    keys = torch.tensor([5, 5, 6, 7])
+    log_q = torch.log(torch.tensor([0.4, 0.4, 0.1, 0.1]))
+    got = in_batch_softmax_loss(q, i, keys, log_q, 0.1)
+    logits = q @ i.T / 0.1 - log_q
+    expected = []
+    for r in range(4):
+        cols = [c for c in range(4) if c == r or keys[c] != keys[r]]
+        expected.append(-(logits[r, r] - torch.logsumexp(logits[r, cols], 0)))
+    assert torch.allclose(got, torch.stack(expected).mean(), atol=1e-5)
+
+
+RESUME_WORKER = textwrap.dedent(
+    """
+    import os, signal, sys
+    sys.path.insert(0, {repo!r})
+    from tests.test_training_models import TRAIN_DAYS, make_encoder
+    from recsys_assets.training.loader import committed_events_dataset
+    from recsys_assets.training.ranker import RankerHyper, train_ranker
+    from recsys_assets.training.trainer import CheckpointStore, TrainSettings
+    from resources.storage import DatasetStore
+
+    store = DatasetStore({root!r})
+
+    def die(epoch):
+        if epoch == 1:  # killed after epoch 1's checkpoint, before epoch 2 starts: no cleanup runs
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    train_ranker(committed_events_dataset(store, TRAIN_DAYS), make_encoder(store), RankerHyper(),
+                 TrainSettings(epochs=4, batch_size=512, num_threads=1), CheckpointStore(store, {ckpt!r}), "fp",
+                 log=lambda m: None, on_epoch_end=die)
+    """
+)
+
+
+def test_training_killed_mid_run_resumes_from_last_checkpoint_with_identical_result(model_store, tmp_path):
+    ckpt = str(tmp_path / "ckpt")
+    code = RESUME_WORKER.format(repo=str(REPO), root=model_store.root_uri, ckpt=ckpt)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert sorted(p.name for p in Path(ckpt).iterdir()) == ["epoch-0000.pt", "epoch-0001.pt"]
+
+    settings = TrainSettings(epochs=4, batch_size=512, num_threads=1)
+    ds = committed_events_dataset(model_store, TRAIN_DAYS)
+    resumed, fit = train_ranker(ds, make_encoder(model_store), RankerHyper(), settings,
+                                CheckpointStore(model_store, ckpt), "fp", log=lambda m: None)
+    assert fit.resumed_from_epoch == 1 and [h["epoch"] for h in fit.history] == [0, 1, 2, 3]
+    straight, _ = train_ranker(ds, make_encoder(model_store), RankerHyper(), settings, log=lambda m: None)
+    for (name, a), (_, b) in zip(resumed.state_dict().items(), straight.state_dict().items()):
+        assert torch.equal(a, b), name
+    # A checkpoint of another configuration (fingerprint) is never resumed from.
+    _, other = train_ranker(ds, make_encoder(model_store), RankerHyper(), TrainSettings(epochs=1, batch_size=512),
+                            CheckpointStore(model_store, ckpt), "another-fp", log=lambda m: None)
+    assert other.resumed_from_epoch is None
