@@ -10,12 +10,13 @@ from dagster import Definitions, EnvVar
 
 from checks.datagen_checks import datagen_checks
 from checks.model_checks import model_checks
-from recsys_assets.automation.jobs import datagen_job, training_job
-from recsys_assets.automation.schedules import datagen_fallback_schedule
+from recsys_assets.automation.jobs import datagen_job, retention_job, training_job
+from recsys_assets.automation.schedules import datagen_fallback_schedule, retention_schedule
 from recsys_assets.automation.sensors import datagen_sensors
 from recsys_assets.datagen.assets import datagen_assets
 from recsys_assets.datagen.raw_sources import raw_specs
 from recsys_assets.indexes.assets import index_assets
+from recsys_assets.maintenance.assets import storage_retention
 from recsys_assets.training.assets import training_assets
 from recsys_assets.training.offline_evaluation import offline_evaluation
 from resources.notifier import NotifierResource
@@ -44,10 +45,10 @@ def default_resources() -> dict:
 
 
 defs = Definitions(
-    assets=[*raw_specs, *datagen_assets, *training_assets, *index_assets, offline_evaluation],
+    assets=[*raw_specs, *datagen_assets, *training_assets, *index_assets, offline_evaluation, storage_retention],
     asset_checks=[*datagen_checks, *model_checks],
-    jobs=[datagen_job, training_job],
-    schedules=[datagen_fallback_schedule],
+    jobs=[datagen_job, training_job, retention_job],
+    schedules=[datagen_fallback_schedule, retention_schedule],
     sensors=datagen_sensors,
     resources=default_resources(),
 )

@@ -1,6 +1,8 @@
 """`make demo`: synthetic raw data for N days, then every datagen asset and check materialized for each day
-through the persistent Dagster instance ($DAGSTER_HOME) on local Spark; prints each day's monitoring dict and
-check results, and sends notifications for failed checks as the sensor would."""
+through the persistent Dagster instance ($DAGSTER_HOME) on local Spark; then, for the last day, the vocab, both
+models (trained on the days before it, validated on it), both FAISS indexes and the offline evaluation with the
+model checks. Prints each day's monitoring dict, the evaluation report and check results, and sends
+notifications for failed checks as the sensor would."""
 
 from __future__ import annotations
 
@@ -14,10 +16,14 @@ from pathlib import Path
 from dagster import DagsterInstance, build_sensor_context, materialize
 
 from checks.datagen_checks import datagen_checks
+from checks.model_checks import model_checks
 from recsys_assets.automation.sensors import check_failure_sensor, monitoring_summary_sensor
 from recsys_assets.datagen.assets import datagen_assets
 from recsys_assets.datagen.raw_sources import raw_specs
 from recsys_assets.definitions import default_resources
+from recsys_assets.indexes.assets import index_assets
+from recsys_assets.training.assets import training_assets
+from recsys_assets.training.offline_evaluation import offline_evaluation
 from recsys_assets.synthetic.generator import SyntheticConfig, generate
 from resources.storage import DatasetStore
 
@@ -35,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--events-per-day", type=int, default=SyntheticConfig.events_per_day)
     p.add_argument("--start-date", default=SyntheticConfig.start_date)
     p.add_argument("--regenerate", action="store_true", help="rewrite the synthetic raw data even if present")
+    p.add_argument("--skip-training", action="store_true", help="datagen only (no models or indexes)")
     a = p.parse_args(argv)
 
     repo = Path(__file__).resolve().parents[1]
@@ -78,6 +85,9 @@ def main(argv: list[str] | None = None) -> None:
         summary.append({"day": day, "success": result.success, "seconds": round(time.time() - t, 1),
                         "final_rows": report.get("num_final_rows"), "checks": checks})
 
+    if not a.skip_training:
+        summary.append(train_last_day(cfg.days[-1], instance, resources, store))
+
     # What the daemon's sensors would send: a summary per day (info route) and any failed check (error route),
     # to the webhooks if RECSYS_*_WEBHOOK_URL are set, and always to notifications.jsonl.
     with build_sensor_context(instance=instance, resources=resources) as ctx:
@@ -87,6 +97,30 @@ def main(argv: list[str] | None = None) -> None:
     print("\nsummary:", json.dumps(summary, indent=1))
     print(f"\ndemo finished in {time.time() - t0:.0f}s; notifications in {home / 'notifications.jsonl'}")
     print(f"see runs, partitions, metadata and checks in the UI:  make ui   (DAGSTER_HOME={home})")
+
+
+def train_last_day(day: str, instance, resources: dict, store: DatasetStore) -> dict:
+    """What training_job (started by the sensor after datagen succeeds) does for `day`."""
+    t = time.time()
+    result = materialize(
+        [*training_assets, *index_assets, offline_evaluation, *model_checks],
+        partition_key=day,
+        instance=instance,
+        resources={k: resources[k] for k in ("storage", "training")},
+        raise_on_error=False,
+        tags={"recsys/trigger": "demo"},
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+    )
+    checks = {e.check_name: ("PASS" if e.passed else f"FAIL({e.severity.value})") for e in result.get_asset_check_evaluations()}
+    report = {}
+    if store.read_manifest("offline_evaluation", day):
+        report = store.read_json(store.committed_path("offline_evaluation", day, "report.json"))
+    print(f"\n=== training {day}  run {result.run_id[:8]}  {'SUCCESS' if result.success else 'FAILED'}  {time.time() - t:.1f}s")
+    print(json.dumps(report, indent=1))
+    print("checks:", json.dumps(checks))
+    return {"training_day": day, "success": result.success, "seconds": round(time.time() - t, 1), "checks": checks,
+            "artifacts": {a: store.committed_uri(a, day) for a in ("ranker_model", "retrieval_model", "retrieval_index",
+                                                                     "cold_start_index") if store.read_manifest(a, day)}}
 
 
 if __name__ == "__main__":

@@ -74,3 +74,31 @@ def _dagster_home(tmp_path, monkeypatch):
     # Notifier defaults and anything reading DAGSTER_HOME stay inside the test's tmp dir.
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     yield
+
+
+@pytest.fixture(scope="session")
+def datagen_root(raw_root, spark_resource, tmp_path_factory) -> Path:
+    """The three raw days with every datagen asset materialized (read-only for tests: copy it first)."""
+    from dagster import materialize
+
+    from recsys_assets.datagen.assets import datagen_assets
+    from recsys_assets.datagen.raw_sources import raw_specs
+
+    root = tmp_path_factory.mktemp("datagen_data") / "data"
+    shutil.copytree(raw_root, root)
+    res = {
+        "spark": spark_resource,
+        "storage": StorageResource(data_root=str(root)),
+        "notifier": NotifierResource(jsonl_path=str(root.parent / "n.jsonl")),
+    }
+    for day in DAYS:
+        assert materialize([*raw_specs, *datagen_assets], partition_key=day, resources=res).success
+    return root
+
+
+@pytest.fixture()
+def trained_root(datagen_root, tmp_path) -> Path:
+    """A private copy of the datagen output for one training test."""
+    dst = tmp_path / "data"
+    shutil.copytree(datagen_root, dst)
+    return dst

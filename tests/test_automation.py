@@ -248,3 +248,26 @@ def test_failed_run_sends_an_error_notification(store, instance, resources, tmp_
         datagen_run_failure_sensor(ctx)
     assert len(hook.bodies) == 1
     assert "Run failed" in hook.bodies[0]["text"] and "partition: 2024-03-02" in hook.bodies[0]["text"]
+
+
+def test_successful_datagen_run_requests_training_for_the_same_day(instance):
+    """The training_job of a day starts when that day's datagen run succeeds (one request per datagen run)."""
+    from dagster import DagsterEventType, asset, build_run_status_sensor_context, materialize
+    from dagster._core.test_utils import create_run_for_test
+
+    from recsys_assets.automation.sensors import training_after_datagen_sensor
+
+    @asset
+    def probe():
+        return 1
+
+    done = materialize([probe], instance=instance)
+    success = next(e for e in done.all_events if e.event_type == DagsterEventType.RUN_SUCCESS)
+    run = create_run_for_test(instance, job_name="datagen_job", tags={"dagster/partition": "2024-03-02"})
+    ctx = build_run_status_sensor_context(
+        sensor_name="training_after_datagen_sensor", dagster_instance=instance, dagster_run=run, dagster_event=success,
+    )
+    request = training_after_datagen_sensor(ctx)
+    assert request.partition_key == "2024-03-02"
+    assert request.run_key == f"training:2024-03-02:{run.run_id}"
+    assert [t.job_name for t in training_after_datagen_sensor.targets] == ["training_job"]

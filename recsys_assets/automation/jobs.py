@@ -23,5 +23,13 @@ training_job = define_asset_job(
     partitions_def=daily_partitions,
     description="Train the ranker and two-tower models on the window before the day, validate on the day, build "
     "the retrieval and cold-start indexes and the offline evaluation report.",
-    tags={"recsys/stage": "training"},
+    # A crashed or killed run worker is relaunched from the failed step; training resumes from its checkpoint.
+    tags={"recsys/stage": "training", "dagster/max_retries": "2", "dagster/retry_strategy": "FROM_FAILURE"},
+)
+
+retention_job = define_asset_job(
+    "retention_job",
+    selection=AssetSelection.groups("maintenance"),
+    description="Delete expired partitions and abandoned staging data (config dry_run: true to only report).",
+    tags={"recsys/stage": "maintenance"},
 )

@@ -5,7 +5,7 @@ import datetime as dt
 
 from dagster import RunRequest, ScheduleEvaluationContext, SkipReason, schedule
 
-from recsys_assets.automation.jobs import datagen_job
+from recsys_assets.automation.jobs import datagen_job, retention_job
 from recsys_assets.datagen.assets import datagen_monitoring_report
 from recsys_assets.partitions import APP_TIMEZONE, last_complete_day
 from resources.storage import StorageResource
@@ -26,3 +26,13 @@ def datagen_fallback_schedule(context: ScheduleEvaluationContext, storage: Stora
     if not storage.store.exists(storage.store.raw_success_file(day)):
         return SkipReason(f"{day}: success file missing (the freshness sensor alerts)")
     return RunRequest(partition_key=day, run_key=f"fallback:{day}", tags={"recsys/trigger": "fallback_schedule"})
+
+
+@schedule(
+    job=retention_job,
+    cron_schedule="0 3 * * *",
+    execution_timezone=APP_TIMEZONE,
+    description="Nightly retention at 03:00 Asia/Kolkata, after the day's training has finished.",
+)
+def retention_schedule(context: ScheduleEvaluationContext):
+    return RunRequest(run_key=f"retention:{context.scheduled_execution_time:%Y-%m-%d}")

@@ -5,6 +5,7 @@ config/training.yaml), so every model carries next-day metrics that the blocking
 """
 
 import time
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
@@ -22,7 +23,7 @@ from recsys_assets.training.artifacts import (
     fingerprint,
     latest_committed_before,
 )
-from recsys_assets.training.config import RANKER_TASKS, load_training_spec
+from recsys_assets.training.config import RANKER_TASKS, TrainingSpec, load_training_spec
 from recsys_assets.training.features import DENSE_FEATURES, Vocab, build_item_catalog, build_vocab, count_tokens, dense_moments, oov_rates
 from recsys_assets.training.loader import BatchEncoder, committed_events_dataset, committed_items
 from recsys_assets.training.models import MMoERanker, RankerConfig
@@ -48,7 +49,7 @@ from recsys_assets.training.retrieval import (
 )
 from recsys_assets.training.trainer import CheckpointStore
 from recsys_assets.training.windows import TrainingWindow, training_window, window_dep
-from resources.storage import StorageResource
+from resources.storage import DatasetStore, StorageResource
 from resources.training import TrainingResource
 
 PER_DAY = BackfillPolicy.multi_run(max_partitions_per_run=1)
@@ -92,6 +93,41 @@ def _encoder(store, window: TrainingWindow, vocab_dir: ArtifactDir, spec):
 def _history_table(history: list[dict]) -> MetadataValue:
     return md_table(["epoch", "loss", "samples", "seconds", "samples/s"],
                     [[h["epoch"], round(h["loss"], 5), h["samples"], h["seconds"], h["samples_per_s"]] for h in history])
+
+
+@dataclass
+class _ModelInputs:
+    """What both model assets resolve first: the day, window, committed vocab and the batch encoder."""
+
+    day: str
+    store: DatasetStore
+    spec: TrainingSpec
+    window: TrainingWindow
+    vocab_dir: ArtifactDir
+    encoder: BatchEncoder
+
+    def checkpoints(self, asset_name: str, hyper, settings, *extra) -> tuple[str, CheckpointStore]:
+        """Checkpoint dir keyed by everything that determines the weights (not the device): a retried run of the
+        same config and data resumes; any other config starts fresh."""
+        fp = fingerprint(hyper, {k: v for k, v in settings.__dict__.items() if k not in ("device", "num_threads")},
+                         self.window.as_dict(), self.vocab_dir.version, *extra)
+        return fp, CheckpointStore(self.store, self.store.path("_checkpoints", asset_name, f"dt={self.day}", fp))
+
+    def training_info(self, settings, hyper, fit, run_id: str, **extra) -> dict:
+        return {
+            **self.window.as_dict(), "vocab_version": self.vocab_dir.version, "settings": settings.__dict__,
+            "hyper": hyper.__dict__, "history": fit.history, "resumed_from_epoch": fit.resumed_from_epoch,
+            "train_seconds": round(fit.train_seconds, 2), "samples_per_s": round(fit.samples_per_s, 1),
+            "run_id": run_id, **extra,
+        }
+
+
+def _model_inputs(context: AssetExecutionContext, config: TrainingYamlConfig, storage: StorageResource) -> _ModelInputs:
+    day, store = context.partition_key, storage.store
+    spec = load_training_spec(config.training_config_path or None)
+    window = training_window(store, day, spec.window_days)
+    vocab_dir = ArtifactDir.committed(store, VOCAB, day)
+    return _ModelInputs(day, store, spec, window, vocab_dir, _encoder(store, window, vocab_dir, spec))
 
 
 @asset(
@@ -188,19 +224,14 @@ def _previous_ranker_aucs(store, day: str, window: TrainingWindow, spec, max_row
 def ranker_model(
     context: AssetExecutionContext, config: RankerTrainingConfig, storage: StorageResource, training: TrainingResource
 ) -> MaterializeResult:
-    day, store = context.partition_key, storage.store
-    spec = load_training_spec(config.training_config_path or None)
-    window = training_window(store, day, spec.window_days)
-    vocab_dir = ArtifactDir.committed(store, VOCAB, day)
-    encoder = _encoder(store, window, vocab_dir, spec)
+    inputs = _model_inputs(context, config, storage)
+    day, store, spec, window, encoder = inputs.day, inputs.store, inputs.spec, inputs.window, inputs.encoder
     hyper = RankerHyper(
         embedding_dim=config.embedding_dim, num_experts=config.num_experts, expert_sizes=tuple(config.expert_sizes),
         tower_sizes=tuple(config.tower_sizes), dropout=config.dropout, task_weights=tuple(config.task_weights),
     )
     settings = training.settings(epochs=config.epochs)
-    fp = fingerprint(hyper, {k: v for k, v in settings.__dict__.items() if k not in ("device", "num_threads")},
-                     window.as_dict(), vocab_dir.version)
-    checkpoints = CheckpointStore(store, store.path("_checkpoints", RANKER_MODEL, f"dt={day}", fp))
+    fp, checkpoints = inputs.checkpoints(RANKER_MODEL, hyper, settings)
     model, fit = train_ranker(
         committed_events_dataset(store, window.train_days), encoder, hyper, settings, checkpoints, fp, context.log.info
     )
@@ -219,12 +250,7 @@ def ranker_model(
         "max_auc_drop": spec.checks.ranker_max_auc_drop,
         "eval_seconds": round(time.perf_counter() - t0, 2),
     }
-    training_info = {
-        **window.as_dict(), "vocab_version": vocab_dir.version, "settings": settings.__dict__, "hyper": hyper.__dict__,
-        "history": fit.history, "resumed_from_epoch": fit.resumed_from_epoch,
-        "train_seconds": round(fit.train_seconds, 2), "samples_per_s": round(fit.samples_per_s, 1),
-        "run_id": context.run_id,
-    }
+    training_info = inputs.training_info(settings, hyper, fit, context.run_id)
     out = ArtifactDir(store, RANKER_MODEL, day, store.new_version(context.run_id))
     out.write_torch("model.pt", model.state_dict())
     out.write_json("model_config.json", model.cfg.to_dict())
@@ -268,19 +294,14 @@ def ranker_model(
 def retrieval_model(
     context: AssetExecutionContext, config: RetrievalTrainingConfig, storage: StorageResource, training: TrainingResource
 ) -> MaterializeResult:
-    day, store = context.partition_key, storage.store
-    spec = load_training_spec(config.training_config_path or None)
-    window = training_window(store, day, spec.window_days)
-    vocab_dir = ArtifactDir.committed(store, VOCAB, day)
-    encoder = _encoder(store, window, vocab_dir, spec)
+    inputs = _model_inputs(context, config, storage)
+    day, store, spec, window, encoder = inputs.day, inputs.store, inputs.spec, inputs.window, inputs.encoder
     hyper = RetrievalHyper(
         embedding_dim=config.embedding_dim, hidden_sizes=tuple(config.hidden_sizes), output_dim=config.output_dim,
         temperature=config.temperature, logq_correction=config.logq_correction,
     )
     settings = training.settings(epochs=config.epochs, batch_size=config.batch_size)
-    fp = fingerprint(hyper, {k: v for k, v in settings.__dict__.items() if k not in ("device", "num_threads")},
-                     window.as_dict(), vocab_dir.version, spec.labels.model_dump())
-    checkpoints = CheckpointStore(store, store.path("_checkpoints", RETRIEVAL_MODEL, f"dt={day}", fp))
+    fp, checkpoints = inputs.checkpoints(RETRIEVAL_MODEL, hyper, settings, spec.labels.model_dump())
     model, fit, positive_counts = train_two_tower(
         committed_events_dataset(store, window.train_days), encoder, hyper, settings, checkpoints, fp, context.log.info
     )
@@ -298,11 +319,7 @@ def retrieval_model(
         "min_lift_over_popularity": spec.checks.retrieval_min_lift_over_popularity,
         "eval_seconds": round(time.perf_counter() - t0, 2),
     }
-    training_info = {
-        **window.as_dict(), "vocab_version": vocab_dir.version, "settings": settings.__dict__, "hyper": hyper.__dict__,
-        "history": fit.history, "resumed_from_epoch": fit.resumed_from_epoch, "positive_events": int(positive_counts.sum()),
-        "train_seconds": round(fit.train_seconds, 2), "samples_per_s": round(fit.samples_per_s, 1), "run_id": context.run_id,
-    }
+    training_info = inputs.training_info(settings, hyper, fit, context.run_id, positive_events=int(positive_counts.sum()))
     q_cfg, i_cfg = model.query_tower.cfg, model.item_tower.cfg
     out = ArtifactDir(store, RETRIEVAL_MODEL, day, store.new_version(context.run_id))
     out.write_torch("model.pt", model.state_dict())

@@ -99,11 +99,10 @@ class Vocab:
         enc = pc.dictionary_encode(values)
         ids = self._lookup[feature].get_indexer(enc.dictionary.to_numpy(zero_copy_only=False))
         ids = np.where(ids < 0, OOV_ID, ids + NUM_RESERVED).astype(np.int64)
-        codes = enc.indices.to_numpy(zero_copy_only=False)
-        if enc.indices.null_count:
-            codes = np.where(pc.is_null(enc.indices).to_numpy(zero_copy_only=False), -1, codes)
-            return np.where(codes < 0, OOV_ID, ids[np.maximum(codes, 0)])
-        return ids[codes] if len(ids) else np.full(len(values), OOV_ID, np.int64)
+        codes = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False)
+        if not len(ids):
+            return np.full(len(values), OOV_ID, np.int64)
+        return np.where(codes < 0, OOV_ID, ids[np.maximum(codes, 0)]) if enc.indices.null_count else ids[codes]
 
     def to_table(self) -> pa.Table:
         frames = [t.assign(feature=f)[["feature", "token", "index", "count"]] for f, t in self.tables.items()]
@@ -186,8 +185,10 @@ class ItemCatalog:
             item_ids = item_ids.combine_chunks()
         enc = pc.dictionary_encode(item_ids)
         rows = self._index.get_indexer(enc.dictionary.to_numpy(zero_copy_only=False))
-        codes = enc.indices.to_numpy(zero_copy_only=False)
-        return rows[codes] if len(rows) else np.full(len(item_ids), -1, np.int64)
+        codes = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False)
+        if not len(rows):
+            return np.full(len(item_ids), -1, np.int64)
+        return np.where(codes < 0, -1, rows[np.maximum(codes, 0)])
 
 
 def build_item_catalog(day_tables: list[pa.Table]) -> ItemCatalog:

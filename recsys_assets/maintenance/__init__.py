@@ -1,0 +1,1 @@
+"""Storage maintenance: retention of old partitions, abandoned staging versions and checkpoints."""
