@@ -1,0 +1,112 @@
+"""The production instance (deploy/production/dagster.yaml) on the local PostgreSQL server, driven by a real
+dagster-daemon: a sensor tick on an upstream success file queues datagen, the queued run executes with its
+checks, and everything is read back from PostgreSQL. Secrets never reach logs, metadata or stored events."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg2
+import pytest
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
+
+from tests.conftest import DAYS, PG_DSN
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+WEBHOOK_SECRET = "hooks-secret-0b7e4d"
+
+
+def _wait_for(predicate, timeout_s: float, what: str, proc: subprocess.Popen, log: Path):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc.poll() is not None:
+            raise AssertionError(f"dagster-daemon exited ({proc.returncode}) waiting for {what}:\n{log.read_text()[-3000:]}")
+        time.sleep(2)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}:\n{log.read_text()[-3000:]}")
+
+
+def test_daemon_sensor_tick_queues_datagen_and_postgres_holds_runs_events_checks_and_ticks(raw_root, tmp_path, pg_env):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "deploy" / "production" / "dagster.yaml", home / "dagster.yaml")
+    data = tmp_path / "data"
+    shutil.copytree(raw_root, data)
+    for day in DAYS[1:]:  # upstream has delivered only the first day
+        (data / "raw" / "daily_success_files" / day).unlink()
+    env = {
+        **os.environ, **pg_env, "DAGSTER_HOME": str(home), "RECSYS_DATA_ROOT": str(data),
+        "RECSYS_SPARK_MASTER": "local[2]", "RECSYS_TRAINING_DEVICE": "cpu",
+        "RECSYS_ERROR_WEBHOOK_URL": f"http://127.0.0.1:9/error?token={WEBHOOK_SECRET}",
+        "RECSYS_INFO_WEBHOOK_URL": f"http://127.0.0.1:9/info?token={WEBHOOK_SECRET}",
+        "PYSPARK_PYTHON": sys.executable,
+    }
+    log = tmp_path / "daemon.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        instance = DagsterInstance.from_config(str(home))
+        datagen = RunsFilter(job_name="datagen_job", statuses=[DagsterRunStatus.SUCCESS])
+        runs = _wait_for(lambda: instance.get_runs(datagen), 420, "a successful datagen run", proc, log)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    run = runs[0]
+    assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+    assert run.tags["dagster/partition"] == DAYS[0] and run.tags["recsys/trigger"] == "success_file"
+    # Exactly one datagen run: one success file, one request (the run key dedupes later ticks).
+    assert len(instance.get_runs(RunsFilter(job_name="datagen_job"))) == 1
+
+    # The tick that requested it, in PostgreSQL schedule storage.
+    state = next(s for s in instance.all_instigator_state() if s.instigator_name == "raw_success_file_sensor")
+    ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id)
+    assert any(run.run_id in t.run_ids for t in ticks)
+
+    # Materializations and check evaluations of that partition, read back from the PostgreSQL event log.
+    mat = instance.get_latest_materialization_event(AssetKey("training_events")).asset_materialization
+    assert mat.partition == DAYS[0] and mat.metadata["dagster/row_count"].value > 0
+    checks = {}
+    for key in instance.event_log_storage.get_asset_check_summary_records(
+        [k for k in _check_keys()]
+    ).values():
+        if key.last_check_execution_record is not None:
+            checks[key.asset_check_key.name] = key.last_check_execution_record.status.value
+    assert checks["embedding_join_item_loss"] == "SUCCEEDED"
+    assert checks["filter_item_loss_within_limits"] == "SUCCEEDED"
+
+    # No secret anywhere: stored events, run config/tags, daemon log, compute logs.
+    conn = psycopg2.connect(dbname=pg_env["DAGSTER_PG_DB"], **PG_DSN)
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT event FROM event_logs")
+        stored = "\n".join(r[0] for r in cur.fetchall())
+        cur.execute("SELECT run_body FROM runs")
+        stored += "\n".join(r[0] for r in cur.fetchall())
+    conn.close()
+    texts = [stored, log.read_text()] + [p.read_text(errors="ignore") for p in home.rglob("*") if p.is_file()
+                                         and p.suffix in (".out", ".err", ".jsonl", ".log", ".txt")]
+    assert len(stored) > 10_000  # the event log was actually read
+    for secret in (pg_env["DAGSTER_PG_PASSWORD"], WEBHOOK_SECRET):
+        assert not any(secret in t for t in texts), secret
+
+
+def _check_keys():
+    from checks.datagen_checks import datagen_checks
+
+    return [k for c in datagen_checks for k in c.check_keys]
