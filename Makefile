@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export RECSYS_DATA_ROOT ?= $(CURDIR)/data
 
-.PHONY: demo test ui install clean
+.PHONY: demo test ui install clean dataproc-package
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,3 +31,8 @@ ui: $(STAMP)
 
 clean:
 	rm -rf data .dagster_home
+
+dataproc-package: $(STAMP)
+	rm -rf dist && $(PY) -m pip wheel -q --no-deps -w dist .
+	cp recsys_assets/datagen/spark_job.py dist/
+	ls -l dist

@@ -20,7 +20,8 @@ from recsys_assets.maintenance.assets import storage_retention
 from recsys_assets.training.assets import training_assets
 from recsys_assets.training.offline_evaluation import offline_evaluation
 from resources.notifier import NotifierResource
-from resources.spark import SparkResource
+from resources.dataproc import DataprocSparkResource
+from resources.spark import SparkResource, SparkSubmitResource
 from resources.storage import StorageResource
 from resources.training import TrainingResource
 
@@ -32,10 +33,34 @@ def _env(name: str, default: str):
     return EnvVar(name) if os.environ.get(name) else default
 
 
+def spark_backend():
+    """RECSYS_SPARK_BACKEND picks where the datagen Spark stages run (the asset code is the same for all):
+    `local` (default: in the Dagster process, master RECSYS_SPARK_MASTER), `submit` (spark-submit per stage to
+    RECSYS_SPARK_MASTER, stats back through Pipes), `dataproc` (Dataproc PySpark jobs, docs/dataproc.md)."""
+    import os
+
+    backend = os.environ.get("RECSYS_SPARK_BACKEND", "local")
+    master = _env("RECSYS_SPARK_MASTER", "local[*]")
+    if backend == "local":
+        return SparkResource(master=master)
+    if backend == "submit":
+        return SparkSubmitResource(master=master)
+    if backend == "dataproc":
+        return DataprocSparkResource(
+            project_id=EnvVar("RECSYS_GCP_PROJECT"),
+            region=_env("RECSYS_DATAPROC_REGION", "asia-south1"),
+            staging_bucket=EnvVar("RECSYS_DATAPROC_STAGING_BUCKET"),
+            cluster_name=_env("RECSYS_DATAPROC_CLUSTER", "recsys-datagen"),
+            ephemeral_cluster=os.environ.get("RECSYS_DATAPROC_EPHEMERAL", "true").lower() == "true",
+            service_account=_env("RECSYS_DATAPROC_SERVICE_ACCOUNT", ""),
+        )
+    raise ValueError(f"RECSYS_SPARK_BACKEND={backend!r}: expected local, submit or dataproc")
+
+
 def default_resources() -> dict:
     return {
         "storage": StorageResource(data_root=_env("RECSYS_DATA_ROOT", "./data")),
-        "spark": SparkResource(master=_env("RECSYS_SPARK_MASTER", "local[*]")),
+        "spark": spark_backend(),
         "training": TrainingResource(device=_env("RECSYS_TRAINING_DEVICE", "auto")),
         "notifier": NotifierResource(
             info_webhook_url=_env("RECSYS_INFO_WEBHOOK_URL", ""),

@@ -45,3 +45,57 @@ class SparkResource(ConfigurableResource):
         session = builder.getOrCreate()
         session.sparkContext.setLogLevel("WARN")
         return session
+
+    def run_stage(self, context, stage: str, store, day: str, version: str, params: dict) -> dict:
+        """Run one datagen Spark stage (recsys_assets.datagen.stages) and return its stats. In-process here;
+        subclasses run the same stage function in a submitted job and hand the stats back through Pipes."""
+        from recsys_assets.datagen.stages import run_stage
+
+        return run_stage(self.get_session(), stage, store, day, version, params)
+
+
+def stats_from_pipes(invocation, stage: str, day: str) -> dict:
+    """The stats a submitted stage reported as its Pipes custom message."""
+    messages = [m for m in invocation.get_custom_messages() if isinstance(m, dict) and m.get("stage") == stage]
+    if not messages:
+        raise RuntimeError(f"{stage} {day}: the Spark job finished without reporting its stats through Dagster Pipes")
+    return messages[-1]["stats"]
+
+
+def stage_arguments(stage: str, data_root: str, day: str, version: str, params: dict) -> list[str]:
+    import json
+
+    return ["--stage", stage, "--data-root", data_root, "--day", day, "--version", version,
+            "--params-json", json.dumps(params, sort_keys=True)]
+
+
+class SparkSubmitResource(SparkResource):
+    """Each stage as its own `spark-submit` of recsys_assets/datagen/spark_job.py (client mode) against `master`,
+    with Dagster Pipes over temp files: the Dagster step process never holds a JVM, and the job code and the
+    hand-back are exactly those of the Dataproc path."""
+
+    executor_memory: str = "1g"
+
+    def run_stage(self, context, stage: str, store, day: str, version: str, params: dict) -> dict:
+        import sys
+        from pathlib import Path
+
+        import pyspark
+        from dagster import PipesSubprocessClient
+
+        import recsys_assets.datagen.spark_job as job
+
+        submit = str(Path(pyspark.__file__).parent / "bin" / "spark-submit")
+        confs = {
+            "spark.sql.session.timeZone": "UTC", "spark.ui.enabled": "false", "spark.executor.memory": self.executor_memory,
+            "spark.log.level": "WARN", "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+            "spark.sql.sources.partitionOverwriteMode": "dynamic", **self.spark_conf,
+        }
+        command = [submit, "--master", self.master, "--driver-memory", self.driver_memory]
+        for k, v in confs.items():
+            command += ["--conf", f"{k}={v}"]
+        command += [job.__file__, *stage_arguments(stage, store.root_uri, day, version, params),
+                    "--shuffle-partitions", str(self.shuffle_partitions)]
+        env = {"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+        invocation = PipesSubprocessClient(env=env).run(context=context, command=command)
+        return stats_from_pipes(invocation, stage, day)

@@ -3,7 +3,6 @@ and a temporary persistent Dagster instance."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 

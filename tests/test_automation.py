@@ -12,7 +12,6 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
-import pytest
 from dagster import SensorResult, SkipReason, build_sensor_context
 
 from checks.datagen_checks import new_items_1d

@@ -6,9 +6,7 @@ in this package, write a new version of the partition, commit it atomically, and
 
 
 import datetime as dt
-import time
 
-import numpy as np
 import pyarrow.dataset as pads
 from dagster import (
     AssetExecutionContext,
@@ -21,18 +19,16 @@ from dagster import (
 from pydantic import Field
 
 from recsys_assets.datagen.config import load_datagen_spec
-from recsys_assets.datagen.filter_chain import QUARANTINE_REASONS, run_filter_chain
+from recsys_assets.datagen.filter_chain import QUARANTINE_REASONS
 from recsys_assets.datagen.metadata import column_schema, md_table, numeric_metadata
 from recsys_assets.datagen.monitoring import build_report
-from recsys_assets.datagen.raw_inputs import latest_raw_day, read_raw
 from recsys_assets.datagen.raw_sources import raw_asset_key
-from recsys_assets.datagen.training_events import TrainingEventsSpec, build_training_events
-from recsys_assets.partitions import daily_partitions, shift_day, window_micros
+from recsys_assets.datagen.stages import FILTERED_EVENTS, TRAINING_EVENTS
+from recsys_assets.datagen.training_events import TrainingEventsSpec
+from recsys_assets.partitions import daily_partitions, shift_day
 from resources.spark import SparkResource
 from resources.storage import DatasetStore, StorageResource
 
-FILTERED_EVENTS = "filtered_events"
-TRAINING_EVENTS = "training_events"
 MONITORING_REPORT = "datagen_monitoring_report"
 
 # One run per day in backfills: the per-day asset checks then evaluate every day (a single-run range backfill
@@ -71,29 +67,11 @@ def filtered_events(
     context: AssetExecutionContext, config: DatagenConfig, spark: SparkResource, storage: StorageResource
 ) -> MaterializeResult:
     day = context.partition_key
-    started_at, t0 = _now(), time.monotonic()
     spec = load_datagen_spec(config.datagen_config_path or None)
     store = storage.store
-    session = spark.get_session()
-    start_us, end_us = window_micros(context.partition_time_window)
-
-    result = run_filter_chain(
-        read_raw(session, store, "events", day), read_raw(session, store, "items", day), spec, start_us, end_us
-    )
-    try:
-        version = store.new_version(context.run_id)
-        result.filtered_events.write.mode("overwrite").parquet(store.version_uri(FILTERED_EVENTS, day, version, "events"))
-        result.quarantined_events.write.mode("overwrite").parquet(
-            store.version_uri(FILTERED_EVENTS, day, version, "quarantine")
-        )
-        schema = result.filtered_events.schema
-    finally:
-        result.release()
-    stats = {
-        **result.stats,
-        "max_item_loss_pct": {f.name: f.max_item_loss_pct for f in spec.filters},
-        "started_at": started_at, "finished_at": _now(), "run_time_s": round(time.monotonic() - t0, 2)}
-    store.write_json_atomic(store.version_path(FILTERED_EVENTS, day, version, "stats.json"), stats)
+    version = store.new_version(context.run_id)
+    stats = spark.run_stage(context, FILTERED_EVENTS, store, day, version,
+                            {"datagen_config_path": config.datagen_config_path or None})
     store.commit(FILTERED_EVENTS, day, version, row_count=stats["num_events_post_filters"])
 
     limits = {f.name: f.max_item_loss_pct for f in spec.filters}
@@ -115,7 +93,7 @@ def filtered_events(
     return MaterializeResult(
         metadata={
             "dagster/row_count": MetadataValue.int(stats["num_events_post_filters"]),
-            "dagster/column_schema": column_schema(schema),
+            "dagster/column_schema": column_schema(stats["schema"]),
             "filter_chain": md_table(
                 ["stage", "events after", "items after", "item loss %", "max item loss %"],
                 [["raw", stats["num_raw_events"], stats["num_raw_items"], "", ""], *stage_rows],
@@ -143,51 +121,22 @@ def training_events(
     context: AssetExecutionContext, config: TrainingEventsConfig, spark: SparkResource, storage: StorageResource
 ) -> MaterializeResult:
     day = context.partition_key
-    t0 = time.monotonic()
     store = storage.store
-    session = spark.get_session()
-    filter_stats = store.read_json(store.committed_path(FILTERED_EVENTS, day, "stats.json"))
-    spec = load_datagen_spec(config.datagen_config_path or None)
-    te_spec = TrainingEventsSpec(
-        normalized_columns=tuple(config.normalized_columns),
-        log_columns=tuple(config.log_columns),
-        string_fill=config.string_fill,
-        float_fill=config.float_fill,
-    )
-    users_day = latest_raw_day(store, "users", day)
-    result = build_training_events(
-        session.read.parquet(store.committed_uri(FILTERED_EVENTS, day, "events")),
-        read_raw(session, store, "item_embeddings", day),
-        read_raw(session, store, "users", users_day),
-        te_spec,
-        filter_stats["num_unique_items_post_filters"],
-    )
-    try:
-        version = store.new_version(context.run_id)
-        result.events.write.mode("overwrite").parquet(store.version_uri(TRAINING_EVENTS, day, version, "events"))
-        result.items.write.mode("overwrite").parquet(store.version_uri(TRAINING_EVENTS, day, version, "items"))
-        schema, items_schema = result.events.schema, result.items.schema
-    finally:
-        result.release()
-    stats = {
-        **result.stats,
-        "num_unique_items_post_filters": filter_stats["num_unique_items_post_filters"],
-        "users_snapshot_day": users_day,
-        "thresholds": spec.thresholds.model_dump(),
-        "max_item_age_days": max(
-            (f.max for f in spec.filters if getattr(f, "column", None) == "item_age_days" and f.max is not None),
-            default=float("inf"),
-        ),
-        "normalization": result.normalization,
-        "run_time_s": round(time.monotonic() - t0, 2),
+    te_spec = {
+        "normalized_columns": list(config.normalized_columns), "log_columns": list(config.log_columns),
+        "string_fill": config.string_fill, "float_fill": config.float_fill,
     }
-    store.write_json_atomic(store.version_path(TRAINING_EVENTS, day, version, "stats.json"), stats)
+    filter_stats = store.read_json(store.committed_path(FILTERED_EVENTS, day, "stats.json"))
+    version = store.new_version(context.run_id)
+    stats = spark.run_stage(context, TRAINING_EVENTS, store, day, version,
+                            {"datagen_config_path": config.datagen_config_path or None, "training_events_spec": te_spec})
     store.commit(TRAINING_EVENTS, day, version, row_count=stats["num_final_rows"])
+    normalization = stats["normalization"]
     return MaterializeResult(
         metadata={
             "dagster/row_count": MetadataValue.int(stats["num_final_rows"]),
-            "dagster/column_schema": column_schema(schema),
-            "items_column_schema": column_schema(items_schema),
+            "dagster/column_schema": column_schema(stats["schema"]),
+            "items_column_schema": column_schema(stats["items_schema"]),
             "embedding_join": md_table(
                 ["items before", "items after", "item loss %", "events after", "embeddings rejected"],
                 [[
@@ -200,7 +149,7 @@ def training_events(
             ),
             "normalization": md_table(
                 ["column", "transform", "mean", "std"],
-                [[c, m["transform"], round(m["mean"], 5), round(m["std"], 5)] for c, m in result.normalization.items()],
+                [[c, m["transform"], round(m["mean"], 5), round(m["std"], 5)] for c, m in normalization.items()],
             ),
             "path": MetadataValue.path(store.version_uri(TRAINING_EVENTS, day, version)),
             "version": version,

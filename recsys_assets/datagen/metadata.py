@@ -25,7 +25,6 @@ def md_table(headers: list[str], rows: list[list[object]]) -> MetadataValue:
     return MetadataValue.md("\n".join(lines))
 
 
-def column_schema(spark_schema) -> MetadataValue:
-    return MetadataValue.table_schema(
-        TableSchema(columns=[TableColumn(f.name, f.dataType.simpleString()) for f in spark_schema.fields])
-    )
+def column_schema(columns: list[list[str]]) -> MetadataValue:
+    """[[name, type], ...] (as a stage's stats carry it, from any Spark backend) as a Dagster table schema."""
+    return MetadataValue.table_schema(TableSchema(columns=[TableColumn(name, dtype) for name, dtype in columns]))

@@ -1,0 +1,108 @@
+"""The datagen Spark jobs as plain functions of (SparkSession, store, day, version): read, transform, write the
+version directory and its stats.json, return the stats. Nothing here commits.
+
+The same functions run in-process (local Spark or a standalone master), in a spark-submit'ed process, or as a
+Dataproc PySpark job (`recsys_assets.datagen.spark_job`): the Dagster asset commits the version afterwards from
+the stats the job handed back, so every backend produces byte-for-byte the same partition layout.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+from recsys_assets.datagen.config import load_datagen_spec
+from recsys_assets.datagen.filter_chain import run_filter_chain
+from recsys_assets.datagen.raw_inputs import latest_raw_day, read_raw
+from recsys_assets.datagen.training_events import TrainingEventsSpec, build_training_events
+from recsys_assets.partitions import window_micros, window_of
+from resources.storage import DatasetStore
+
+FILTERED_EVENTS = "filtered_events"
+TRAINING_EVENTS = "training_events"
+STAGES = (FILTERED_EVENTS, TRAINING_EVENTS)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _schema(df) -> list[list[str]]:
+    return [[f.name, f.dataType.simpleString()] for f in df.schema.fields]
+
+
+def filtered_events_stage(session, store: DatasetStore, day: str, version: str, datagen_config_path: str | None = None) -> dict:
+    started_at, t0 = _now(), time.monotonic()
+    spec = load_datagen_spec(datagen_config_path or None)
+    start_us, end_us = window_micros(window_of(day))
+    result = run_filter_chain(
+        read_raw(session, store, "events", day), read_raw(session, store, "items", day), spec, start_us, end_us
+    )
+    try:
+        result.filtered_events.write.mode("overwrite").parquet(store.version_uri(FILTERED_EVENTS, day, version, "events"))
+        result.quarantined_events.write.mode("overwrite").parquet(
+            store.version_uri(FILTERED_EVENTS, day, version, "quarantine")
+        )
+        schema = _schema(result.filtered_events)
+    finally:
+        result.release()
+    stats = {
+        **result.stats,
+        "max_item_loss_pct": {f.name: f.max_item_loss_pct for f in spec.filters},
+        "schema": schema,
+        "started_at": started_at,
+        "finished_at": _now(),
+        "run_time_s": round(time.monotonic() - t0, 2),
+    }
+    store.write_json_atomic(store.version_path(FILTERED_EVENTS, day, version, "stats.json"), stats)
+    return stats
+
+
+def training_events_stage(
+    session, store: DatasetStore, day: str, version: str, datagen_config_path: str | None = None,
+    te_spec: TrainingEventsSpec = TrainingEventsSpec(),
+) -> dict:
+    t0 = time.monotonic()
+    filter_stats = store.read_json(store.committed_path(FILTERED_EVENTS, day, "stats.json"))
+    spec = load_datagen_spec(datagen_config_path or None)
+    users_day = latest_raw_day(store, "users", day)
+    result = build_training_events(
+        session.read.parquet(store.committed_uri(FILTERED_EVENTS, day, "events")),
+        read_raw(session, store, "item_embeddings", day),
+        read_raw(session, store, "users", users_day),
+        te_spec,
+        filter_stats["num_unique_items_post_filters"],
+    )
+    try:
+        result.events.write.mode("overwrite").parquet(store.version_uri(TRAINING_EVENTS, day, version, "events"))
+        result.items.write.mode("overwrite").parquet(store.version_uri(TRAINING_EVENTS, day, version, "items"))
+        schema, items_schema = _schema(result.events), _schema(result.items)
+    finally:
+        result.release()
+    stats = {
+        **result.stats,
+        "num_unique_items_post_filters": filter_stats["num_unique_items_post_filters"],
+        "users_snapshot_day": users_day,
+        "thresholds": spec.thresholds.model_dump(),
+        "max_item_age_days": max(
+            (f.max for f in spec.filters if getattr(f, "column", None) == "item_age_days" and f.max is not None),
+            default=float("inf"),
+        ),
+        "normalization": result.normalization,
+        "schema": schema,
+        "items_schema": items_schema,
+        "run_time_s": round(time.monotonic() - t0, 2),
+    }
+    store.write_json_atomic(store.version_path(TRAINING_EVENTS, day, version, "stats.json"), stats)
+    return stats
+
+
+def run_stage(session, stage: str, store: DatasetStore, day: str, version: str, params: dict) -> dict:
+    """Dispatch by stage name with JSON-able params (what a submitted job receives on its command line)."""
+    if stage == FILTERED_EVENTS:
+        return filtered_events_stage(session, store, day, version, params.get("datagen_config_path"))
+    if stage == TRAINING_EVENTS:
+        te = params.get("training_events_spec") or {}
+        te_spec = TrainingEventsSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in te.items()})
+        return training_events_stage(session, store, day, version, params.get("datagen_config_path"), te_spec)
+    raise ValueError(f"unknown datagen stage {stage!r}; known: {STAGES}")
