@@ -9,7 +9,17 @@ from dataclasses import dataclass
 
 import pandas as pd
 import torch
-from dagster import AssetExecutionContext, BackfillPolicy, Config, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetDep,
+    AssetExecutionContext,
+    AssetKey,
+    BackfillPolicy,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    TimeWindowPartitionMapping,
+    asset,
+)
 from pydantic import Field
 
 from recsys_assets.datagen.assets import training_events
@@ -133,7 +143,9 @@ def _model_inputs(context: AssetExecutionContext, config: TrainingYamlConfig, st
 @asset(
     partitions_def=daily_partitions,
     group_name="training",
-    deps=[window_dep(training_events)],
+    # Self-dependency on the previous day: ids extend yesterday's vocab, so backfills run days in order.
+    deps=[window_dep(training_events), AssetDep(AssetKey("vocab"), partition_mapping=TimeWindowPartitionMapping(
+        start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True))],
     kinds={"python", "parquet"},
     backfill_policy=PER_DAY,
     description="Vocabularies of the categorical features over the training window with stable ids (yesterday's "
