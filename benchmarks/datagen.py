@@ -1,0 +1,96 @@
+"""Datagen throughput: one synthetic day of N raw events through the datagen Spark stages (filtered_events then
+training_events) on local Spark, in this process, as the default backend runs them. Reports raw events/s end to
+end (raw Parquet read -> training_events written), per-stage seconds, and peak RSS of this Python driver and of
+the Spark JVM. Prints one JSON line per size and a final JSON object.
+
+    .venv/bin/python benchmarks/datagen.py --sizes 1000000,5000000,20000000 --master 'local[2]'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from recsys_assets.datagen.stages import filtered_events_stage, training_events_stage
+from recsys_assets.synthetic.generator import SyntheticConfig, generate
+from resources.spark import SparkResource
+from resources.storage import DatasetStore
+
+DAY = "2024-03-01"
+
+
+def jvm_peak_rss_mb() -> float | None:
+    """VmHWM of the Spark JVM this process started (a child `java` process)."""
+    me = os.getpid()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if b"java" in cmd and int(fields.get("PPid", "0").strip()) == me:
+            return int(fields["VmHWM"].split()[0]) / 1024
+    return None
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--sizes", default="1000000,5000000")
+    p.add_argument("--master", default="local[2]")
+    p.add_argument("--driver-memory", default="6g")
+    p.add_argument("--workdir", default="")
+    a = p.parse_args()
+    spark = SparkResource(master=a.master, driver_memory=a.driver_memory, shuffle_partitions=8)
+    session = spark.get_session()
+    results = []
+    for n in [int(x) for x in a.sizes.split(",")]:
+        root = Path(a.workdir or tempfile.mkdtemp(prefix="datagen-bench-")) / f"n{n}"
+        shutil.rmtree(root, ignore_errors=True)
+        store = DatasetStore(str(root))
+        scale = n / SyntheticConfig.events_per_day
+        cfg = SyntheticConfig(start_date=DAY, num_days=1, events_per_day=n, num_users=int(30_000 * scale ** 0.5),
+                              initial_items=int(8_000 * scale ** 0.5))
+        # Generated in a child process, so this process's peak RSS is the datagen driver's alone.
+        t0 = time.perf_counter()
+        with ProcessPoolExecutor(max_workers=1) as pool:
+            raw = pool.submit(generate, store, cfg).result()[DAY]["events"]
+        gen_s = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        version = store.new_version()
+        fstats = filtered_events_stage(session, store, DAY, version)
+        store.commit("filtered_events", DAY, version)
+        t1 = time.perf_counter()
+        version = store.new_version()
+        tstats = training_events_stage(session, store, DAY, version)
+        store.commit("training_events", DAY, version)
+        t2 = time.perf_counter()
+        row = {
+            "raw_events": raw, "users": cfg.num_users, "initial_items": cfg.initial_items,
+            "generate_s": round(gen_s, 1), "filtered_events_s": round(t1 - t0, 1), "training_events_s": round(t2 - t1, 1),
+            "end_to_end_s": round(t2 - t0, 1), "raw_events_per_s": round(raw / (t2 - t0)),
+            "final_rows": tstats["num_final_rows"], "events_after_filters": fstats["num_events_post_filters"],
+            "driver_python_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "spark_jvm_peak_rss_mb": jvm_peak_rss_mb(),
+        }
+        results.append(row)
+        print(json.dumps(row), flush=True)
+        if not a.workdir:
+            shutil.rmtree(root.parent, ignore_errors=True)
+    print(json.dumps({"benchmark": "datagen", "master": a.master, "cpus": os.cpu_count(), "driver_memory": a.driver_memory,
+                      "platform": platform.platform(), "results": results}))
+
+
+if __name__ == "__main__":
+    main()
