@@ -17,6 +17,7 @@ from dagster import SensorResult, SkipReason, build_sensor_context
 from checks.datagen_checks import new_items_1d
 from recsys_assets.automation.sensors import check_failure_sensor, overdue_days, raw_success_file_sensor
 from resources.notifier import NotifierResource
+from resources.storage import DatasetStore, StorageResource
 from tests.dagster_helpers import run_checks_only
 from tests.test_checks import _commit_report
 
@@ -249,24 +250,35 @@ def test_failed_run_sends_an_error_notification(store, instance, resources, tmp_
     assert "Run failed" in hook.bodies[0]["text"] and "partition: 2024-03-02" in hook.bodies[0]["text"]
 
 
-def test_successful_datagen_run_requests_training_for_the_same_day(instance):
-    """The training_job of a day starts when that day's datagen run succeeds (one request per datagen run)."""
+def test_successful_datagen_run_requests_training_for_the_same_day(instance, tmp_path):
+    """The training_job of a day starts when that day's datagen run succeeds (one request per datagen run), once
+    there are earlier training_events days to train on."""
     from dagster import DagsterEventType, asset, build_run_status_sensor_context, materialize
     from dagster._core.test_utils import create_run_for_test
 
     from recsys_assets.automation.sensors import training_after_datagen_sensor
+    from tests.model_data import populate
 
     @asset
     def probe():
         return 1
 
+    store = DatasetStore(str(tmp_path / "data"))
+    populate(store, ["2024-03-01", "2024-03-02"], events_per_day=500)
     done = materialize([probe], instance=instance)
     success = next(e for e in done.all_events if e.event_type == DagsterEventType.RUN_SUCCESS)
-    run = create_run_for_test(instance, job_name="datagen_job", tags={"dagster/partition": "2024-03-02"})
-    ctx = build_run_status_sensor_context(
-        sensor_name="training_after_datagen_sensor", dagster_instance=instance, dagster_run=run, dagster_event=success,
-    )
-    request = training_after_datagen_sensor(ctx)
+
+    def evaluate(day):
+        run = create_run_for_test(instance, job_name="datagen_job", tags={"dagster/partition": day})
+        ctx = build_run_status_sensor_context(
+            sensor_name="training_after_datagen_sensor", dagster_instance=instance, dagster_run=run,
+            dagster_event=success, resources={"storage": StorageResource(data_root=store.root_uri)},
+        )
+        return run, training_after_datagen_sensor(ctx)
+
+    run, request = evaluate("2024-03-02")
     assert request.partition_key == "2024-03-02"
     assert request.run_key == f"training:2024-03-02:{run.run_id}"
     assert [t.job_name for t in training_after_datagen_sensor.targets] == ["training_job"]
+    _, skipped = evaluate("2024-03-01")  # nothing before the first day: no run that could only fail
+    assert "no committed training_events in the 7 days before 2024-03-01" in skipped.skip_message

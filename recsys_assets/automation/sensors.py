@@ -32,6 +32,8 @@ from recsys_assets.datagen.monitoring import in_bucket_order
 from recsys_assets.datagen.raw_sources import raw_asset_key
 from recsys_assets.partitions import PARTITIONS_START, last_complete_day, window_of
 from recsys_assets.schemas import RAW_TABLES
+from recsys_assets.training.config import load_training_spec
+from recsys_assets.training.windows import NoTrainingDataError, training_window
 from resources.notifier import NotifierResource
 from resources.storage import StorageResource
 
@@ -215,11 +217,15 @@ def monitoring_summary_sensor(context: SensorEvaluationContext, notifier: Notifi
     default_status=DefaultSensorStatus.RUNNING,
     description="Starts training_job for a day when its datagen run succeeds (models for day D validate on D).",
 )
-def training_after_datagen_sensor(context: RunStatusSensorContext):
+def training_after_datagen_sensor(context: RunStatusSensorContext, storage: StorageResource):
     run = context.dagster_run
     day = run.tags.get("dagster/partition")
     if not day:
         return SkipReason(f"datagen run {run.run_id} has no partition")
+    try:  # the first days of a deployment have nothing to train on yet: skip, don't start a run that must fail
+        training_window(storage.store, day, load_training_spec().window_days)
+    except NoTrainingDataError as e:
+        return SkipReason(str(e))
     return RunRequest(partition_key=day, run_key=f"training:{day}:{run.run_id}", tags={"recsys/trigger": "datagen_success"})
 
 
