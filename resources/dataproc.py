@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from pydantic import Field
 
-from resources.spark import SparkResource, stage_arguments, stats_from_pipes
+from resources.spark import JOB_SPARK_CONF, SparkResource, stage_arguments, stats_from_pipes
 
 _LABEL = re.compile(r"[^a-z0-9-]")
 
@@ -73,11 +73,8 @@ class DataprocSparkResource(SparkResource):
             "software_config": {
                 "image_version": self.image_version,
                 "properties": {
-                    "spark:spark.sql.session.timeZone": "UTC",
                     "spark:spark.sql.shuffle.partitions": str(self.shuffle_partitions),
-                    "spark:spark.sql.sources.partitionOverwriteMode": "dynamic",
-                    "spark:spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
-                    **{f"spark:{k}": v for k, v in self.spark_conf.items()},
+                    **{f"spark:{k}": v for k, v in {**JOB_SPARK_CONF, **self.spark_conf}.items()},
                 },
             },
             "lifecycle_config": {"idle_delete_ttl": {"seconds": self.idle_delete_ttl_s}},

@@ -11,6 +11,15 @@ import os
 from dagster import ConfigurableResource
 from pydantic import Field
 
+# Session properties the datagen output depends on, set the same way on every backend (in-process session,
+# spark-submit, the job entry point, Dataproc cluster properties): timestamps in UTC and written as micros;
+# overwrites replace only the partition a job writes (we write version dirs, but be safe).
+JOB_SPARK_CONF = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    "spark.sql.sources.partitionOverwriteMode": "dynamic",
+}
+
 
 class SparkResource(ConfigurableResource):
     master: str = Field(
@@ -31,16 +40,12 @@ class SparkResource(ConfigurableResource):
         builder = (
             SparkSession.builder.master(self.master)
             .appName(self.app_name)
-            .config("spark.sql.session.timeZone", "UTC")
             .config("spark.sql.shuffle.partitions", str(self.shuffle_partitions))
             .config("spark.driver.memory", self.driver_memory)
             .config("spark.ui.enabled", "false")
             .config("spark.ui.showConsoleProgress", "false")
-            .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
-            # Overwrites replace only the partition a job writes (we write version dirs, but be safe).
-            .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
         )
-        for k, v in self.spark_conf.items():
+        for k, v in {**JOB_SPARK_CONF, **self.spark_conf}.items():
             builder = builder.config(k, v)
         session = builder.getOrCreate()
         session.sparkContext.setLogLevel("WARN")
@@ -87,9 +92,8 @@ class SparkSubmitResource(SparkResource):
 
         submit = str(Path(pyspark.__file__).parent / "bin" / "spark-submit")
         confs = {
-            "spark.sql.session.timeZone": "UTC", "spark.ui.enabled": "false", "spark.executor.memory": self.executor_memory,
-            "spark.log.level": "WARN", "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
-            "spark.sql.sources.partitionOverwriteMode": "dynamic", **self.spark_conf,
+            **JOB_SPARK_CONF, "spark.ui.enabled": "false", "spark.executor.memory": self.executor_memory,
+            "spark.log.level": "WARN", **self.spark_conf,
         }
         command = [submit, "--master", self.master, "--driver-memory", self.driver_memory]
         for k, v in confs.items():

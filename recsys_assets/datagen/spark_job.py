@@ -18,6 +18,7 @@ import os
 import sys
 
 from recsys_assets.datagen.stages import STAGES, run_stage
+from resources.spark import JOB_SPARK_CONF
 from resources.storage import DatasetStore
 
 
@@ -60,8 +61,9 @@ def main(argv: list[str] | None = None) -> dict:
     from pyspark.sql import SparkSession
 
     # The master comes from spark-submit / Dataproc (or SPARK_MASTER for a plain `python -m` run).
-    builder = SparkSession.builder.appName(f"recsys-{args.stage}-{args.day}").config("spark.sql.session.timeZone", "UTC")
-    builder = builder.config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+    builder = SparkSession.builder.appName(f"recsys-{args.stage}-{args.day}")
+    for k, v in JOB_SPARK_CONF.items():
+        builder = builder.config(k, v)
     if os.environ.get("SPARK_MASTER"):
         builder = builder.master(os.environ["SPARK_MASTER"])
     if args.shuffle_partitions:
