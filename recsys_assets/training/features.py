@@ -92,17 +92,9 @@ class Vocab:
         return NUM_RESERVED + len(self.tables[feature])
 
     def encode(self, feature: str, values: pa.Array | pa.ChunkedArray) -> np.ndarray:
-        """Ids for an Arrow string column. Only the column's distinct values are hashed (dictionary encoding),
-        so a batch costs one pass over its codes plus one lookup per distinct token."""
-        if isinstance(values, pa.ChunkedArray):
-            values = values.combine_chunks()
-        enc = pc.dictionary_encode(values)
-        ids = self._lookup[feature].get_indexer(enc.dictionary.to_numpy(zero_copy_only=False))
-        ids = np.where(ids < 0, OOV_ID, ids + NUM_RESERVED).astype(np.int64)
-        codes = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False)
-        if not len(ids):
-            return np.full(len(values), OOV_ID, np.int64)
-        return np.where(codes < 0, OOV_ID, ids[np.maximum(codes, 0)]) if enc.indices.null_count else ids[codes]
+        """Ids for an Arrow string column: its position in the vocab + the reserved ids, OOV_ID if unknown/null."""
+        pos = positions_in(self._lookup[feature], values)
+        return np.where(pos < 0, OOV_ID, pos + NUM_RESERVED).astype(np.int64)
 
     def to_table(self) -> pa.Table:
         frames = [t.assign(feature=f)[["feature", "token", "index", "count"]] for f, t in self.tables.items()]
@@ -112,6 +104,20 @@ class Vocab:
     def from_table(cls, table: pa.Table) -> "Vocab":
         df = table.to_pandas()
         return cls({f: g[["token", "index", "count"]].reset_index(drop=True) for f, g in df.groupby("feature", sort=False)})
+
+
+def positions_in(index: pd.Index, values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Position of each value of an Arrow string column in `index`, -1 where absent or null. Only the column's
+    distinct values are hashed (dictionary encoding), so a batch costs one pass over its codes plus one lookup
+    per distinct value."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    enc = pc.dictionary_encode(values)
+    found = index.get_indexer(enc.dictionary.to_numpy(zero_copy_only=False))
+    codes = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False)
+    if not len(found):
+        return np.full(len(values), -1, np.int64)
+    return np.where(codes < 0, -1, found[np.maximum(codes, 0)]).astype(np.int64)
 
 
 def build_vocab(previous: Vocab | None, counts: dict[str, pd.Series], min_count: int) -> Vocab:
@@ -180,15 +186,8 @@ class ItemCatalog:
         return len(self.item_ids)
 
     def rows(self, item_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
-        """Catalogue rows of item ids (-1 where unknown), dictionary-encoded like Vocab.encode."""
-        if isinstance(item_ids, pa.ChunkedArray):
-            item_ids = item_ids.combine_chunks()
-        enc = pc.dictionary_encode(item_ids)
-        rows = self._index.get_indexer(enc.dictionary.to_numpy(zero_copy_only=False))
-        codes = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False)
-        if not len(rows):
-            return np.full(len(item_ids), -1, np.int64)
-        return np.where(codes < 0, -1, rows[np.maximum(codes, 0)])
+        """Catalogue rows of item ids (-1 where unknown or null)."""
+        return positions_in(self._index, item_ids)
 
 
 def build_item_catalog(day_tables: list[pa.Table]) -> ItemCatalog:
