@@ -15,13 +15,13 @@ import time
 
 import torch
 
+from recsys_assets.datagen.stages import read_final_items
 from recsys_assets.training.artifacts import VOCAB, ArtifactDir
 from recsys_assets.training.config import load_training_spec
 from recsys_assets.training.features import DENSE_FEATURES, build_item_catalog, build_vocab, count_tokens, dense_moments
 from recsys_assets.training.loader import (
     BatchEncoder,
     committed_events_dataset,
-    committed_items,
     retrieval_positive_filter,
     shuffled_batches,
 )
@@ -49,7 +49,7 @@ def main() -> None:
     else:
         vocab = build_vocab(None, count_tokens(ds.to_batches(columns=spec.vocab.features), spec.vocab.features), 2)
         moments = dense_moments(ds.to_batches(columns=list(DENSE_FEATURES)))
-    catalog = build_item_catalog([committed_items(store, d) for d in train_days])
+    catalog = build_item_catalog([read_final_items(store, d) for d in train_days])
     enc = BatchEncoder(vocab, moments, catalog, spec.labels)
     device = resolve_device(a.device)
     rows = ds.count_rows()

@@ -9,6 +9,7 @@ import yaml
 from dagster import AssetKey, materialize
 
 from checks.model_checks import model_checks
+from recsys_assets.datagen.stages import read_final_items
 from recsys_assets.indexes.assets import index_assets
 from recsys_assets.indexes.faiss_index import deserialize, search
 from recsys_assets.training.artifacts import ArtifactDir
@@ -16,7 +17,7 @@ from recsys_assets.training.assets import training_assets
 from recsys_assets.training.config import DEFAULT_TRAINING_CONFIG_PATH, LabelSpec
 from recsys_assets.training.evaluation import exact_top_k
 from recsys_assets.training.features import build_item_catalog
-from recsys_assets.training.loader import BatchEncoder, committed_events_dataset, committed_items, sequential_batches
+from recsys_assets.training.loader import BatchEncoder, committed_events_dataset, sequential_batches
 from recsys_assets.training.models import MMoERanker, RankerConfig
 from recsys_assets.training.offline_evaluation import offline_evaluation
 from recsys_assets.training.ranker import load_program
@@ -88,7 +89,7 @@ def test_training_job_trains_on_the_window_validates_on_the_day_and_builds_both_
     model = MMoERanker(RankerConfig(**ranker.read_json("model_config.json")))
     model.load_state_dict(ranker.read_torch("model.pt"))
     vocab, moments = ranker.read_vocab()
-    catalog = build_item_catalog([committed_items(store, d) for d in DAYS])
+    catalog = build_item_catalog([read_final_items(store, d) for d in DAYS])
     encoder = BatchEncoder(vocab, moments, catalog, LabelSpec())
     batch = next(sequential_batches(committed_events_dataset(store, [day]), encoder, 256))
     content = torch.from_numpy(catalog.embeddings)[batch["content_row"]]

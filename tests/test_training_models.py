@@ -14,9 +14,10 @@ import pandas as pd
 import pytest
 import torch
 
+from recsys_assets.datagen.stages import read_final_items
 from recsys_assets.training.config import LabelSpec
 from recsys_assets.training.features import DENSE_FEATURES, build_item_catalog, build_vocab, count_tokens, dense_moments
-from recsys_assets.training.loader import BatchEncoder, committed_events_dataset, committed_items, shuffled_batches
+from recsys_assets.training.loader import BatchEncoder, committed_events_dataset, shuffled_batches
 from recsys_assets.training.models import in_batch_softmax_loss
 from recsys_assets.training.ranker import (
     RankerHyper,
@@ -57,7 +58,7 @@ def make_encoder(store: DatasetStore) -> BatchEncoder:
     train = committed_events_dataset(store, TRAIN_DAYS)
     vocab = build_vocab(None, count_tokens(train.to_batches(columns=FEATURES), FEATURES), min_count=2)
     moments = dense_moments(train.to_batches(columns=list(DENSE_FEATURES)))
-    catalog = build_item_catalog([committed_items(store, d) for d in [*TRAIN_DAYS, VALID_DAY]])
+    catalog = build_item_catalog([read_final_items(store, d) for d in [*TRAIN_DAYS, VALID_DAY]])
     return BatchEncoder(vocab, moments, catalog, LabelSpec())
 
 

@@ -7,7 +7,6 @@ in this package, write a new version of the partition, commit it atomically, and
 
 import datetime as dt
 
-import pyarrow.dataset as pads
 from dagster import (
     AssetExecutionContext,
     BackfillPolicy,
@@ -23,7 +22,7 @@ from recsys_assets.datagen.filter_chain import QUARANTINE_REASONS
 from recsys_assets.datagen.metadata import column_schema, md_table, numeric_metadata
 from recsys_assets.datagen.monitoring import build_report
 from recsys_assets.datagen.raw_sources import raw_asset_key
-from recsys_assets.datagen.stages import FILTERED_EVENTS, TRAINING_EVENTS
+from recsys_assets.datagen.stages import FILTERED_EVENTS, TRAINING_EVENTS, read_final_items
 from recsys_assets.datagen.training_events import TrainingEventsSpec
 from recsys_assets.partitions import daily_partitions, shift_day
 from resources.spark import SparkResource
@@ -155,13 +154,6 @@ def training_events(
             "version": version,
             **numeric_metadata(stats),
         }
-    )
-
-
-def read_final_items(store: DatasetStore, day: str, columns: list[str]):
-    """The final items (item-sized) of a committed training_events partition as a pyarrow table."""
-    return pads.dataset(store.committed_path(TRAINING_EVENTS, day, "items"), filesystem=store.fs, format="parquet").to_table(
-        columns=columns
     )
 
 

@@ -23,6 +23,15 @@ TRAINING_EVENTS = "training_events"
 STAGES = (FILTERED_EVENTS, TRAINING_EVENTS)
 
 
+def read_final_items(store: DatasetStore, day: str, columns: list[str] | None = None):
+    """The final items (item-sized) of a committed training_events partition as a pyarrow table."""
+    import pyarrow.dataset as pads
+
+    return pads.dataset(store.committed_path(TRAINING_EVENTS, day, "items"), filesystem=store.fs, format="parquet").to_table(
+        columns=columns
+    )
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 

@@ -14,6 +14,7 @@ from recsys_assets.datagen.assets import training_events
 from recsys_assets.datagen.metadata import md_table, numeric_metadata
 from recsys_assets.datagen.raw_inputs import check_raw_contract
 from recsys_assets.datagen.raw_sources import raw_asset_key
+from recsys_assets.datagen.stages import read_final_items
 from recsys_assets.indexes.faiss_index import (
     IndexSpec,
     build_ip_index,
@@ -30,7 +31,7 @@ from recsys_assets.training.artifacts import COLD_START_INDEX, RETRIEVAL_INDEX, 
 from recsys_assets.training.assets import retrieval_model
 from recsys_assets.training.config import load_training_spec
 from recsys_assets.training.features import build_item_catalog, count_tokens
-from recsys_assets.training.loader import BatchEncoder, committed_events_dataset, committed_items
+from recsys_assets.training.loader import BatchEncoder, committed_events_dataset
 from recsys_assets.training.models import TowerConfig, TwoTower
 from recsys_assets.training.retrieval import evaluation_queries, item_vectors, query_vectors
 from recsys_assets.training.windows import training_window, window_dep
@@ -80,7 +81,7 @@ def retrieval_index(context: AssetExecutionContext, config: IndexConfig, storage
     model.eval()
     vocab, moments = model_dir.read_vocab()
     days = [*info["train_days"], day]
-    catalog = build_item_catalog([committed_items(store, d) for d in days])
+    catalog = build_item_catalog([read_final_items(store, d) for d in days])
     t0 = time.perf_counter()
     vectors = item_vectors(model, catalog, vocab, moments, pd.Timestamp(window_of(day).end))
     index, desc = build_ip_index(vectors, config.spec())

@@ -24,6 +24,7 @@ from pydantic import Field
 
 from recsys_assets.datagen.assets import training_events
 from recsys_assets.datagen.metadata import md_table, numeric_metadata
+from recsys_assets.datagen.stages import read_final_items
 from recsys_assets.partitions import daily_partitions, window_of
 from recsys_assets.training.artifacts import (
     RANKER_MODEL,
@@ -35,7 +36,7 @@ from recsys_assets.training.artifacts import (
 )
 from recsys_assets.training.config import RANKER_TASKS, TrainingSpec, load_training_spec
 from recsys_assets.training.features import DENSE_FEATURES, Vocab, build_item_catalog, build_vocab, count_tokens, dense_moments, oov_rates
-from recsys_assets.training.loader import BatchEncoder, committed_events_dataset, committed_items
+from recsys_assets.training.loader import BatchEncoder, committed_events_dataset
 from recsys_assets.training.models import MMoERanker, RankerConfig
 from recsys_assets.training.ranker import (
     RankerHyper,
@@ -92,7 +93,7 @@ class RetrievalTrainingConfig(TrainingYamlConfig):
 
 
 def _catalog(store, window: TrainingWindow):
-    return build_item_catalog([committed_items(store, d) for d in [*window.train_days, window.validation_day]])
+    return build_item_catalog([read_final_items(store, d) for d in [*window.train_days, window.validation_day]])
 
 
 def _encoder(store, window: TrainingWindow, vocab_dir: ArtifactDir, spec):

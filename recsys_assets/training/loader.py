@@ -17,11 +17,11 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import torch
 
+from recsys_assets.datagen.stages import TRAINING_EVENTS
 from recsys_assets.training.config import RANKER_TASKS, LabelSpec
 from recsys_assets.training.features import DENSE_FEATURES, ItemCatalog, Vocab, standardize
 from resources.storage import DatasetStore
 
-TRAINING_EVENTS = "training_events"
 LABEL_COLUMNS = ["liked", "shared", "followed", "watch_ratio"]
 
 
@@ -32,12 +32,6 @@ def committed_events_dataset(store: DatasetStore, days: list[str]) -> pads.Datas
         infos = store.fs.get_file_info(pafs.FileSelector(store.committed_path(TRAINING_EVENTS, d, "events")))
         files += sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet"))
     return pads.dataset(files, filesystem=store.fs, format="parquet")
-
-
-def committed_items(store: DatasetStore, day: str, columns: list[str] | None = None) -> pa.Table:
-    return pads.dataset(store.committed_path(TRAINING_EVENTS, day, "items"), filesystem=store.fs, format="parquet").to_table(
-        columns=columns
-    )
 
 
 def retrieval_positive_filter(labels: LabelSpec) -> pc.Expression:

@@ -6,11 +6,10 @@ from dataclasses import dataclass
 
 from dagster import AssetDep, TimeWindowPartitionMapping
 
+from recsys_assets.datagen.stages import TRAINING_EVENTS
 from recsys_assets.partitions import shift_day
 from recsys_assets.training.config import load_training_spec
 from resources.storage import DatasetStore
-
-TRAINING_EVENTS = "training_events"
 
 
 class NoTrainingDataError(RuntimeError):
