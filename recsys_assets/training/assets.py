@@ -200,9 +200,10 @@ def vocab(context: AssetExecutionContext, config: TrainingYamlConfig, storage: S
     )
 
 
-def _previous_ranker_aucs(store, day: str, window: TrainingWindow, spec, max_rows: int, log) -> tuple[str | None, dict]:
+def _previous_ranker_aucs(inputs: _ModelInputs, max_rows: int, log) -> tuple[str | None, dict]:
     """The last model that passed its own AUC gate (the one serving), scored on this validation day with its own
-    vocabulary: a same-data comparison. A model that failed its gate is never the baseline."""
+    vocabulary and this run's item catalogue: a same-data comparison. A failed model is never the baseline."""
+    store, day = inputs.store, inputs.day
     prev_day = day
     for _ in range(30):
         prev_day = latest_committed_before(store, RANKER_MODEL, prev_day)
@@ -217,7 +218,7 @@ def _previous_ranker_aucs(store, day: str, window: TrainingWindow, spec, max_row
     model = MMoERanker(RankerConfig(**prev.read_json("model_config.json")))
     model.load_state_dict(prev.read_torch("model.pt"))
     vocab, moments = prev.read_vocab()
-    encoder = BatchEncoder(vocab, moments, _catalog(store, window), spec.labels)
+    encoder = BatchEncoder(vocab, moments, inputs.encoder.catalog, inputs.spec.labels)
     scores, labels = score_ranker(model, committed_events_dataset(store, [day]), encoder, max_rows=max_rows)
     log(f"previous ranker ({prev_day}) scored on {day}")
     return prev_day, task_aucs(scores, labels)
@@ -251,7 +252,7 @@ def ranker_model(
     t0 = time.perf_counter()
     scores, labels = score_ranker(model, committed_events_dataset(store, [day]), encoder, max_rows=config.max_validation_rows)
     aucs, rates = task_aucs(scores, labels), task_positive_rates(labels)
-    prev_day, prev_aucs = _previous_ranker_aucs(store, day, window, spec, config.max_validation_rows, context.log.info)
+    prev_day, prev_aucs = _previous_ranker_aucs(inputs, config.max_validation_rows, context.log.info)
     metrics = {
         "validation_day": day,
         "validation_rows": int(len(labels)),
