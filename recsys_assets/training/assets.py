@@ -132,6 +132,36 @@ class _ModelInputs:
             "run_id": run_id, **extra,
         }
 
+    def commit_model(
+        self, asset_name: str, run_id: str, *, state_dict: dict, model_config: dict, programs: dict[str, bytes],
+        metrics: dict, training_info: dict, checkpoints: CheckpointStore, manifest_metrics: dict | None = None,
+    ) -> ArtifactDir:
+        """Write a model partition (weights, config, exported programs, the vocab it was trained with, metrics,
+        lineage), commit it, then drop the run's checkpoints."""
+        out = ArtifactDir(self.store, asset_name, self.day, self.store.new_version(run_id))
+        out.write_torch("model.pt", state_dict)
+        out.write_json("model_config.json", model_config)
+        for name, data in programs.items():
+            out.write_bytes(name, data)
+        out.write_vocab(self.encoder.vocab, self.encoder.moments)
+        out.write_json("metrics.json", metrics)
+        out.write_json("training.json", training_info)
+        self.store.commit(asset_name, self.day, out.version, metrics=metrics if manifest_metrics is None else manifest_metrics)
+        checkpoints.clear()
+        return out
+
+    def training_metadata(self, fit, settings, out: ArtifactDir) -> dict:
+        return {
+            "training_history": _history_table(fit.history),
+            "train_days": ", ".join(self.window.train_days),
+            "device": settings.device,
+            "path": MetadataValue.path(out.uri),
+            "version": out.version,
+            "samples_per_s": MetadataValue.float(round(fit.samples_per_s, 1)),
+            "train_seconds": MetadataValue.float(round(fit.train_seconds, 2)),
+            "resumed_from_epoch": MetadataValue.int(-1 if fit.resumed_from_epoch is None else fit.resumed_from_epoch),
+        }
+
 
 def _model_inputs(context: AssetExecutionContext, config: TrainingYamlConfig, storage: StorageResource) -> _ModelInputs:
     day, store = context.partition_key, storage.store
@@ -265,15 +295,11 @@ def ranker_model(
         "eval_seconds": round(time.perf_counter() - t0, 2),
     }
     training_info = inputs.training_info(settings, hyper, fit, context.run_id)
-    out = ArtifactDir(store, RANKER_MODEL, day, store.new_version(context.run_id))
-    out.write_torch("model.pt", model.state_dict())
-    out.write_json("model_config.json", model.cfg.to_dict())
-    out.write_bytes("ranker.pt2", export_program(model, ranker_example_inputs(model.cfg)))
-    out.write_vocab(encoder.vocab, encoder.moments)
-    out.write_json("metrics.json", metrics)
-    out.write_json("training.json", training_info)
-    store.commit(RANKER_MODEL, day, out.version, metrics=metrics)
-    checkpoints.clear()
+    out = inputs.commit_model(
+        RANKER_MODEL, context.run_id, state_dict=model.state_dict(), model_config=model.cfg.to_dict(),
+        programs={"ranker.pt2": export_program(model, ranker_example_inputs(model.cfg))},
+        metrics=metrics, training_info=training_info, checkpoints=checkpoints,
+    )
     return MaterializeResult(
         metadata={
             "validation_auc": md_table(
@@ -281,14 +307,7 @@ def ranker_model(
                 [[t, round(aucs[t], 4), round(prev_aucs[t], 4) if t in prev_aucs else "n/a",
                   spec.checks.ranker_min_auc.get(t, "-"), round(rates[t], 4)] for t in RANKER_TASKS],
             ),
-            "training_history": _history_table(fit.history),
-            "train_days": ", ".join(window.train_days),
-            "device": settings.device,
-            "path": MetadataValue.path(out.uri),
-            "version": out.version,
-            "samples_per_s": MetadataValue.float(round(fit.samples_per_s, 1)),
-            "train_seconds": MetadataValue.float(round(fit.train_seconds, 2)),
-            "resumed_from_epoch": MetadataValue.int(-1 if fit.resumed_from_epoch is None else fit.resumed_from_epoch),
+            **inputs.training_metadata(fit, settings, out),
             **numeric_metadata({f"auc_{t}": float(v) for t, v in aucs.items()}),
         }
     )
@@ -335,31 +354,24 @@ def retrieval_model(
     }
     training_info = inputs.training_info(settings, hyper, fit, context.run_id, positive_events=int(positive_counts.sum()))
     q_cfg, i_cfg = model.query_tower.cfg, model.item_tower.cfg
-    out = ArtifactDir(store, RETRIEVAL_MODEL, day, store.new_version(context.run_id))
-    out.write_torch("model.pt", model.state_dict())
-    out.write_json("model_config.json", {"query": q_cfg.to_dict(), "item": i_cfg.to_dict(), "temperature": hyper.temperature})
-    out.write_bytes("query_tower.pt2", export_program(
-        QueryTowerModule(model), (torch.ones(4, len(q_cfg.cardinalities), dtype=torch.long), torch.zeros(4, q_cfg.num_dense))))
-    out.write_bytes("item_tower.pt2", export_program(
-        ItemTowerModule(model),
-        (torch.ones(4, len(i_cfg.cardinalities), dtype=torch.long), torch.zeros(4, i_cfg.num_dense), torch.zeros(4, i_cfg.content_dim))))
-    out.write_vocab(encoder.vocab, encoder.moments)
-    out.write_json("metrics.json", metrics)
-    out.write_json("training.json", training_info)
-    store.commit(RETRIEVAL_MODEL, day, out.version, metrics={k_: v for k_, v in metrics.items() if k_ != "ks"})
-    checkpoints.clear()
+    q_ids, i_ids = (torch.ones(4, len(c.cardinalities), dtype=torch.long) for c in (q_cfg, i_cfg))
+    out = inputs.commit_model(
+        RETRIEVAL_MODEL, context.run_id, state_dict=model.state_dict(),
+        model_config={"query": q_cfg.to_dict(), "item": i_cfg.to_dict(), "temperature": hyper.temperature},
+        programs={
+            "query_tower.pt2": export_program(QueryTowerModule(model), (q_ids, torch.zeros(4, q_cfg.num_dense))),
+            "item_tower.pt2": export_program(
+                ItemTowerModule(model), (i_ids, torch.zeros(4, i_cfg.num_dense), torch.zeros(4, i_cfg.content_dim))),
+        },
+        metrics=metrics, training_info=training_info, checkpoints=checkpoints,
+        manifest_metrics={k_: v for k_, v in metrics.items() if k_ != "ks"},
+    )
     rows = [[f"recall@{x}", round(metrics[f"model_recall@{x}"], 4), round(metrics[f"popularity_recall@{x}"], 4)] for x in ks]
     rows += [[f"ndcg@{x}", round(metrics[f"model_ndcg@{x}"], 4), round(metrics[f"popularity_ndcg@{x}"], 4)] for x in ks]
     return MaterializeResult(
         metadata={
             "validation_retrieval": md_table(["metric", "two-tower", "most popular"], rows),
-            "training_history": _history_table(fit.history),
-            "train_days": ", ".join(window.train_days),
-            "device": settings.device,
-            "path": MetadataValue.path(out.uri),
-            "version": out.version,
-            "samples_per_s": MetadataValue.float(round(fit.samples_per_s, 1)),
-            "train_seconds": MetadataValue.float(round(fit.train_seconds, 2)),
+            **inputs.training_metadata(fit, settings, out),
             "num_validation_users": MetadataValue.int(metrics["num_queries"]),
             "corpus_size": MetadataValue.int(metrics["corpus_size"]),
             **numeric_metadata({k_: v for k_, v in metrics.items() if k_.startswith(("model_", "popularity_"))}),
