@@ -182,6 +182,11 @@ class DatasetStore:
                 self.fs.delete_dir(stale_dir)
         return body
 
+    def delete_dir_if_empty(self, path: str) -> None:
+        """Remove a directory left empty (e.g. a partition's checkpoint dir after its last run's was deleted)."""
+        if self.exists(path) and not self.fs.get_file_info(pafs.FileSelector(path)):
+            self.fs.delete_dir(path)
+
     def list_versions(self, dataset: str, day: str) -> list[str]:
         d = self.partition_dir(dataset, day)
         if not self.exists(d):

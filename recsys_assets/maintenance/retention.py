@@ -144,7 +144,6 @@ def apply_retention(store: DatasetStore, plan: RetentionPlan) -> int:
         else:
             continue
         deleted += 1
-        parent = posixpath.dirname(a.path)
-        if a.kind == "abandoned_checkpoint" and store.exists(parent) and not store.fs.get_file_info(pafs.FileSelector(parent)):
-            store.fs.delete_dir(parent)
+        if a.kind == "abandoned_checkpoint":
+            store.delete_dir_if_empty(posixpath.dirname(a.path))
     return deleted

@@ -85,9 +85,7 @@ class CheckpointStore:
         """Delete this run's checkpoints (after the model is committed) and the partition's dir if now empty."""
         if self.store.exists(self.directory):
             self.store.fs.delete_dir(self.directory)
-        parent = posixpath.dirname(self.directory)
-        if self.store.exists(parent) and not self.store.fs.get_file_info(pafs.FileSelector(parent)):
-            self.store.fs.delete_dir(parent)
+        self.store.delete_dir_if_empty(posixpath.dirname(self.directory))
 
 
 def resolve_device(requested: str) -> str:
