@@ -13,6 +13,8 @@ import shutil
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from dagster import DagsterInstance, build_sensor_context, materialize
 
 from checks.datagen_checks import datagen_checks
@@ -42,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--start-date", default=SyntheticConfig.start_date)
     p.add_argument("--regenerate", action="store_true", help="rewrite the synthetic raw data even if present")
     p.add_argument("--skip-training", action="store_true", help="datagen only (no models or indexes)")
+    p.add_argument("--skip-serving", action="store_true", help="no registry / feed / online evaluation (no Postgres)")
     a = p.parse_args(argv)
 
     repo = Path(__file__).resolve().parents[1]
@@ -52,9 +55,16 @@ def main(argv: list[str] | None = None) -> None:
     data_root = os.environ.setdefault("RECSYS_DATA_ROOT", str(repo / "data"))
     store = DatasetStore(data_root)
 
-    cfg = SyntheticConfig(start_date=a.start_date, num_days=a.days, events_per_day=a.events_per_day)
+    # One raw day more than datagen processes: the day after the last one is "tomorrow", whose plays the online
+    # evaluation of the last day's feed reads.
+    cfg = SyntheticConfig(start_date=a.start_date, num_days=a.days + 1, events_per_day=a.events_per_day)
+    datagen_days = cfg.days[:-1]
+    # The demo's registry/feed database belongs to its data root: a new synthetic world starts a new registry.
+    os.environ.setdefault("RECSYS_PG_DB", "recsys_demo")
     t0 = time.time()
+    generated = False
     if a.regenerate or any(not store.exists(store.raw_success_file(d)) for d in cfg.days):
+        generated = True
         counts = generate(store, cfg)
         total = sum(c["events"] for c in counts.values())
         print(f"generated {total:,} raw events over {a.days} days under {data_root} in {time.time() - t0:.1f}s")
@@ -64,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     instance = DagsterInstance.get()
     resources = default_resources()
     summary = []
-    for day in cfg.days:
+    for day in datagen_days:
         t = time.time()
         result = materialize(
             [*raw_specs, *datagen_assets, *datagen_checks],
@@ -86,7 +96,10 @@ def main(argv: list[str] | None = None) -> None:
                         "final_rows": report.get("num_final_rows"), "checks": checks})
 
     if not a.skip_training:
-        summary.append(train_last_day(cfg.days[-1], instance, resources, store))
+        trained = train_last_day(datagen_days[-1], instance, resources, store)
+        summary.append(trained)
+        if trained["success"] and not a.skip_serving:
+            summary.append(serve_day(datagen_days[-1], instance, resources, store, reset_registry=generated))
 
     # What the daemon's sensors would send: a summary per day (info route) and any failed check (error route),
     # to the webhooks if RECSYS_*_WEBHOOK_URL are set, and always to notifications.jsonl.
@@ -121,6 +134,75 @@ def train_last_day(day: str, instance, resources: dict, store: DatasetStore) -> 
     return {"training_day": day, "success": result.success, "seconds": round(time.time() - t, 1), "checks": checks,
             "artifacts": {a: store.committed_uri(a, day) for a in ("ranker_model", "retrieval_model", "retrieval_index",
                                                                      "cold_start_index") if store.read_manifest(a, day)}}
+
+
+def serve_day(day: str, instance, resources: dict, store: DatasetStore, reset_registry: bool) -> dict:
+    """What serving_job (after training) and online_evaluation_job (when the impressions log lands) do for `day`,
+    with simulated serving logs (recsys_assets.synthetic.online_logs)."""
+    import psycopg2
+
+    from checks.serving_checks import serving_checks
+    from recsys_assets.serving.assets import serving_assets
+    from recsys_assets.serving.serving_config import load_serving_spec
+    from recsys_assets.synthetic.online_logs import simulate_impressions, write_online_feature_sample
+
+    pg = resources["postgres"]
+    try:
+        if reset_registry and pg.dbname == "recsys_demo":
+            _drop_database(pg)
+        pg.ensure_database()
+    except psycopg2.OperationalError as e:
+        print(f"\nPostgreSQL not reachable at {pg.describe()} ({str(e).strip()[:200]}): serving hand-off skipped")
+        return {"serving_day": day, "skipped": "postgres unreachable"}
+    t = time.time()
+    spec = load_serving_spec()
+    res = {k: resources[k] for k in ("storage", "postgres")}
+    online_rows = write_online_feature_sample(store, day, spec.skew.online_feature_log)
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    serving = [a for a in serving_assets if a.key.path[-1] != "online_evaluation"]
+    result = materialize([*serving, *serving_checks], partition_key=day, instance=instance, resources=res,
+                         raise_on_error=False, tags={"recsys/trigger": "demo"}, run_config=quiet)
+    checks = {e.check_name: ("PASS" if e.passed else f"FAIL({e.severity.value})") for e in result.get_asset_check_evaluations()}
+    meta = {e.asset_key.path[-1]: e.step_materialization_data.materialization.metadata
+            for e in result.get_asset_materialization_events()}
+    print(f"\n=== serving {day}  run {result.run_id[:8]}  {'SUCCESS' if result.success else 'FAILED'}  {time.time() - t:.1f}s")
+    out = {"serving_day": day, "success": result.success, "checks": checks}
+    if not result.success:
+        print("checks:", json.dumps(checks))
+        return out
+    for name in ("model_repository", "model_promotion", "serving_config", "feed", "feature_skew_report"):
+        m = meta.get(name, {})
+        keep = {k: getattr(v, "value", v) for k, v in m.items() if k in (
+            "version", "checks_passed", "decision", "config_version", "notes", "dagster/row_count", "active_users",
+            "generate_seconds", "max_psi_observed", "max_ks_observed", "online_rows")}
+        print(f"{name}: {json.dumps(keep, default=str)}")
+    with pg.connect() as conn:
+        feed_rows = pd.read_sql_query("SELECT user_id, item_id, rank, model_version, arm FROM feed WHERE dt = %s",
+                                      conn, params=(day,))
+    served = simulate_impressions(store, feed_rows, day, spec.online_evaluation.impressions_log)
+    ev = materialize([a for a in serving_assets if a.key.path[-1] == "online_evaluation"], partition_key=day,
+                     instance=instance, resources=res, raise_on_error=False, tags={"recsys/trigger": "demo"}, run_config=quiet)
+    report = store.read_json(store.committed_path("online_evaluation", day, "report.json")) if ev.success else {}
+    print(f"online evaluation ({served:,} simulated impressions, {online_rows:,} logged online feature rows):")
+    for r in report.get("arms", []):
+        print(f"  arm {r['arm']} v{r['model_version']}: CTR {r['ctr']:.4f} ({r['clicks']:,}/{r['impressions']:,}), "
+              f"user hit rate {r['user_hit_rate']:.4f} over {r['users']:,} users")
+    print("checks:", json.dumps(checks))
+    out |= {"online_evaluation": report.get("arms"), "seconds": round(time.time() - t, 1), "success": result.success and ev.success}
+    return out
+
+
+def _drop_database(pg) -> None:
+    import psycopg2
+    from psycopg2 import sql
+
+    conn = psycopg2.connect(host=pg.host, port=pg.port, user=pg.user, password=pg.password or None, dbname="postgres")
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(pg.dbname)))
+    finally:
+        conn.close()
 
 
 if __name__ == "__main__":

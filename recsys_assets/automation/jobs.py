@@ -33,3 +33,22 @@ retention_job = define_asset_job(
     description="Delete expired partitions and abandoned staging data (config dry_run: true to only report).",
     tags={"recsys/stage": "maintenance"},
 )
+
+# Export + register + promote the day's release, publish the A/B config and the feed, and measure feature skew.
+serving_job = define_asset_job(
+    "serving_job",
+    selection=AssetSelection.assets("model_repository", "model_promotion", "serving_config", "feed", "feature_skew_report"),
+    partitions_def=daily_partitions,
+    description="Model repository + registry, promotion (only when the blocking model checks passed), A/B serving "
+    "config (validated by a blocking check), the Postgres feed, and the training/serving skew report.",
+    tags={"recsys/stage": "serving"},
+)
+
+# Runs when the serving side's impressions log for the day's feed lands (the next day).
+online_evaluation_job = define_asset_job(
+    "online_evaluation_job",
+    selection=AssetSelection.assets("online_evaluation"),
+    partitions_def=daily_partitions,
+    description="CTR and user hit rate of the day's served feed per A/B arm and model version, from the logs.",
+    tags={"recsys/stage": "serving"},
+)

@@ -6,6 +6,8 @@ import datetime as dt
 import json
 import re
 
+import pyarrow.fs as pafs
+
 from dagster import (
     AssetCheckKey,
     AssetMaterialization,
@@ -25,7 +27,8 @@ from dagster._core.storage.asset_check_execution_record import AssetCheckExecuti
 
 from checks.datagen_checks import datagen_checks
 from checks.model_checks import model_checks
-from recsys_assets.automation.jobs import datagen_job, training_job
+from checks.serving_checks import serving_checks
+from recsys_assets.automation.jobs import datagen_job, online_evaluation_job, serving_job, training_job
 from recsys_assets.datagen.assets import datagen_monitoring_report
 from recsys_assets.datagen.config import load_datagen_spec
 from recsys_assets.datagen.monitoring import in_bucket_order
@@ -119,7 +122,7 @@ def raw_data_freshness_sensor(context: SensorEvaluationContext, storage: Storage
     return SkipReason(f"raw data overdue: {late}" if late else "raw data on time")
 
 
-CHECK_KEYS: list[AssetCheckKey] = [key for c in [*datagen_checks, *model_checks] for key in c.check_keys]
+CHECK_KEYS: list[AssetCheckKey] = [key for c in [*datagen_checks, *model_checks, *serving_checks] for key in c.check_keys]
 
 
 def _fmt_metadata(metadata: dict) -> dict:
@@ -166,9 +169,9 @@ def check_failure_sensor(context: SensorEvaluationContext, notifier: NotifierRes
 
 
 @run_failure_sensor(
-    monitored_jobs=[datagen_job, training_job],
+    monitored_jobs=[datagen_job, training_job, serving_job, online_evaluation_job],
     default_status=DefaultSensorStatus.RUNNING,
-    description="Error notification for every failed datagen or training run (a blocking model check fails it).",
+    description="Error notification for every failed datagen, training or serving run (a blocking check fails it).",
 )
 def datagen_run_failure_sensor(context: RunFailureSensorContext, notifier: NotifierResource):
     run = context.dagster_run
@@ -229,6 +232,47 @@ def training_after_datagen_sensor(context: RunStatusSensorContext, storage: Stor
     return RunRequest(partition_key=day, run_key=f"training:{day}:{run.run_id}", tags={"recsys/trigger": "datagen_success"})
 
 
+@run_status_sensor(
+    run_status=DagsterRunStatus.SUCCESS,
+    monitored_jobs=[training_job],
+    request_job=serving_job,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Starts serving_job (export, register, promote, A/B config, feed) for a day when its training run "
+    "succeeds; a training run that failed a blocking model check never gets here.",
+)
+def serving_after_training_sensor(context: RunStatusSensorContext):
+    day = context.dagster_run.tags.get("dagster/partition")
+    if not day:
+        return SkipReason(f"training run {context.dagster_run.run_id} has no partition")
+    return RunRequest(partition_key=day, run_key=f"serving:{day}:{context.dagster_run.run_id}",
+                      tags={"recsys/trigger": "training_success"})
+
+
+@sensor(
+    job=online_evaluation_job,
+    minimum_interval_seconds=300,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Starts online_evaluation for a feed day once the serving side's impressions log for it has a "
+    "_SUCCESS marker (one run per day and marker).",
+)
+def impressions_log_sensor(context: SensorEvaluationContext, storage: StorageResource):
+    import posixpath
+
+    from recsys_assets.serving.serving_config import load_serving_spec, log_path
+
+    store, template = storage.store, load_serving_spec().online_evaluation.impressions_log
+    today = last_complete_day(dt.datetime.now(dt.timezone.utc))
+    days = [(dt.date.fromisoformat(today) - dt.timedelta(days=i)).isoformat() for i in range(0, 14)]
+    requests = []
+    for day in days:
+        marker = posixpath.join(log_path(template, store, day), "_SUCCESS")
+        info = store.fs.get_file_info(marker)
+        if info.type == pafs.FileType.File:
+            requests.append(RunRequest(partition_key=day, run_key=f"online_eval:{day}:{info.mtime_ns}",
+                                       tags={"recsys/trigger": "impressions_log"}))
+    return requests or SkipReason("no impressions logs in the last 14 days")
+
+
 datagen_sensors = [
     raw_success_file_sensor,
     raw_data_freshness_sensor,
@@ -236,4 +280,6 @@ datagen_sensors = [
     datagen_run_failure_sensor,
     monitoring_summary_sensor,
     training_after_datagen_sensor,
+    serving_after_training_sensor,
+    impressions_log_sensor,
 ]

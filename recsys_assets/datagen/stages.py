@@ -12,11 +12,12 @@ import datetime as dt
 import time
 
 from recsys_assets.datagen.config import load_datagen_spec
-from recsys_assets.datagen.filter_chain import run_filter_chain
 from recsys_assets.datagen.raw_inputs import latest_raw_day, read_raw
-from recsys_assets.datagen.training_events import TrainingEventsSpec, build_training_events
 from recsys_assets.partitions import window_micros, window_of
 from resources.storage import DatasetStore
+
+# The Spark transformations (filter_chain, training_events) are imported inside the stage functions: training
+# hosts import TRAINING_EVENTS / read_final_items from here and need no pyspark installed.
 
 FILTERED_EVENTS = "filtered_events"
 TRAINING_EVENTS = "training_events"
@@ -41,6 +42,8 @@ def _schema(df) -> list[list[str]]:
 
 
 def filtered_events_stage(session, store: DatasetStore, day: str, version: str, datagen_config_path: str | None = None) -> dict:
+    from recsys_assets.datagen.filter_chain import run_filter_chain
+
     started_at, t0 = _now(), time.monotonic()
     spec = load_datagen_spec(datagen_config_path or None)
     start_us, end_us = window_micros(window_of(day))
@@ -69,8 +72,11 @@ def filtered_events_stage(session, store: DatasetStore, day: str, version: str, 
 
 def training_events_stage(
     session, store: DatasetStore, day: str, version: str, datagen_config_path: str | None = None,
-    te_spec: TrainingEventsSpec = TrainingEventsSpec(),
+    te_spec=None,
 ) -> dict:
+    from recsys_assets.datagen.training_events import TrainingEventsSpec, build_training_events
+
+    te_spec = te_spec or TrainingEventsSpec()
     t0 = time.monotonic()
     filter_stats = store.read_json(store.committed_path(FILTERED_EVENTS, day, "stats.json"))
     spec = load_datagen_spec(datagen_config_path or None)
@@ -111,6 +117,8 @@ def run_stage(session, stage: str, store: DatasetStore, day: str, version: str, 
     if stage == FILTERED_EVENTS:
         return filtered_events_stage(session, store, day, version, params.get("datagen_config_path"))
     if stage == TRAINING_EVENTS:
+        from recsys_assets.datagen.training_events import TrainingEventsSpec
+
         te = params.get("training_events_spec") or {}
         te_spec = TrainingEventsSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in te.items()})
         return training_events_stage(session, store, day, version, params.get("datagen_config_path"), te_spec)

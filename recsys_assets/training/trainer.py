@@ -9,8 +9,11 @@ derived from (seed, epoch) alone, so a resumed run ends with the same weights as
 from __future__ import annotations
 
 import io
+import math
 import posixpath
+import queue
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -96,6 +99,58 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
+class _LoaderError:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+_END = object()
+
+
+def prefetched(batches: Iterator[dict[str, torch.Tensor]], depth: int = 3, pin_memory: bool = False
+               ) -> Iterator[dict[str, torch.Tensor]]:
+    """Produce batches on a background thread (pyarrow decode and numpy gather release the GIL) so reading the
+    next batch overlaps the training step; order is unchanged, so training stays deterministic. With
+    pin_memory, host tensors are page-locked so the copy to the GPU can be asynchronous."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for b in batches:
+                if pin_memory:
+                    b = {k: v.pin_memory() for k, v in b.items()}
+                if not put(b):
+                    return
+        except BaseException as e:  # handed to the consumer, raised there
+            put(_LoaderError(e))
+        put(_END)
+
+    worker = threading.Thread(target=produce, name="batch-prefetch", daemon=True)
+    worker.start()
+    try:
+        while (item := q.get()) is not _END:
+            if isinstance(item, _LoaderError):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+
+
+# A non-finite loss is checked every this many steps: checking every step forces a GPU sync per step.
+FINITE_CHECK_EVERY = 50
+
+
 def fit(
     model: nn.Module,
     step_loss: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor],
@@ -124,19 +179,23 @@ def fit(
     for epoch in range(start_epoch, settings.epochs):
         torch.manual_seed(settings.seed * 1000 + epoch)
         model.train()
-        total_loss, samples, t0 = 0.0, 0, time.perf_counter()
-        for step, batch in enumerate(batches(epoch)):
+        # The loss sum stays on the device (no per-step .item() sync), so the GPU queue never drains.
+        total_loss, samples, t0 = torch.zeros((), dtype=torch.float64, device=device), 0, time.perf_counter()
+        for step, batch in enumerate(prefetched(batches(epoch), pin_memory=device.type == "cuda")):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss = step_loss(model, batch)
-            if not torch.isfinite(loss):
+            if step % FINITE_CHECK_EVERY == 0 and not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite training loss at epoch {epoch} step {step}: {loss.item()}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             n = len(next(iter(batch.values())))
-            total_loss += loss.item() * n
+            total_loss += loss.detach().double() * n
             samples += n
+        total_loss = float(total_loss)
+        if not math.isfinite(total_loss):
+            raise FloatingPointError(f"non-finite training loss in epoch {epoch}")
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0

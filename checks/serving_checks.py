@@ -1,0 +1,61 @@
+"""Checks on the serving hand-off: the A/B serving config must be servable (blocking: a broken config never
+reaches the feed), and online features must not drift from what the models were trained on (WARN)."""
+
+from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
+
+from recsys_assets.datagen.metadata import md_table
+from recsys_assets.partitions import daily_partitions
+from recsys_assets.serving import registry
+from recsys_assets.serving.assets import feature_skew_report, serving_config
+from recsys_assets.serving.model_repository import release_versions
+from recsys_assets.serving.serving_config import latest_config, validate_serving_config
+from resources.postgres import PostgresResource
+from resources.storage import StorageResource
+
+
+@asset_check(asset=serving_config, partitions_def=daily_partitions, blocking=True,
+             description="Traffic splits sum to 100, user-hash buckets are covered exactly once, every served "
+             "version is registered and has a complete release in the model repository, and the production arm "
+             "serves the registry's production version.")
+def serving_config_valid(context: AssetCheckExecutionContext, storage: StorageResource,
+                         postgres: PostgresResource) -> AssetCheckResult:
+    store = storage.store
+    cfg = latest_config(store)
+    if cfg is None:
+        return AssetCheckResult(passed=False, severity=AssetCheckSeverity.ERROR, description="no serving config published")
+    with postgres.connect() as conn:
+        registry.ensure_schema(conn)
+        registered = {v.version for v in registry.list_versions(conn, cfg["model_name"])}
+        production = registry.production_version(conn, cfg["model_name"])
+    problems = validate_serving_config(cfg, registered, set(release_versions(store)), production)
+    return AssetCheckResult(
+        passed=not problems,
+        severity=AssetCheckSeverity.ERROR,
+        description="; ".join(problems) or f"config v{cfg['config_version']} is valid",
+        metadata={"config_version": MetadataValue.int(cfg["config_version"]),
+                  "traffic_pct_total": MetadataValue.float(float(sum(a["traffic_pct"] for a in cfg["arms"]))),
+                  "production_version": MetadataValue.int(production) if production is not None else None,
+                  "problems": MetadataValue.int(len(problems))},
+    )
+
+
+@asset_check(asset=feature_skew_report, partitions_def=daily_partitions, blocking=False,
+             description="Every feature's PSI <= skew.max_psi and every numeric feature's KS statistic <= "
+             "skew.max_ks between training_events and the logged online sample.")
+def feature_skew_within_limits(context: AssetCheckExecutionContext, storage: StorageResource) -> AssetCheckResult:
+    store = storage.store
+    report = store.read_json(store.committed_path("feature_skew_report", context.partition_key, "report.json"))
+    failing = [r for r in report["features"] if not r["passed"]]
+    return AssetCheckResult(
+        passed=not failing,
+        severity=AssetCheckSeverity.WARN,
+        description=", ".join(f"{r['feature']} PSI {r['psi']}" + (f" KS {r['ks']}" if "ks" in r else "") for r in failing)
+        or "no feature beyond the skew thresholds",
+        metadata={"failing": md_table(["feature", "PSI", "KS"], [[r["feature"], r["psi"], r.get("ks", "-")] for r in failing]),
+                  "max_psi": MetadataValue.float(max((r["psi"] for r in report["features"]), default=0.0)),
+                  "threshold_psi": MetadataValue.float(report["max_psi"]),
+                  "threshold_ks": MetadataValue.float(report["max_ks"])},
+    )
+
+
+serving_checks = [serving_config_valid, feature_skew_within_limits]

@@ -1,0 +1,159 @@
+"""Top-K feed per user from a release (query tower -> FAISS retrieval -> ranker), and its publication to the
+PostgreSQL `feed` table in one transaction.
+
+Everything is vectorised over users x candidates: the query tower runs on user batches, FAISS returns
+k_retrieve candidates per user, the ranker scores the [users * k_retrieve] pairs built from user columns and the
+release's item features, and the top k_feed by blended score are kept per user.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+
+from recsys_assets.serving.model_repository import LoadedRelease
+from recsys_assets.training.features import DENSE_FEATURES, standardize
+
+USER_COLUMNS = ["user_id", "user_language", "user_region", "user_tenure_days"]
+FEED_COLUMNS = ["strategy_name", "dt", "user_id", "rank", "item_id", "score", "model_version", "arm"]
+
+FEED_DDL = """
+CREATE TABLE IF NOT EXISTS feed (
+    strategy_name text    NOT NULL,
+    dt            date    NOT NULL,
+    user_id       text    NOT NULL,
+    rank          integer NOT NULL,
+    item_id       text    NOT NULL,
+    score         double precision NOT NULL,
+    model_version integer NOT NULL,
+    arm           text    NOT NULL,
+    PRIMARY KEY (strategy_name, dt, user_id, rank)
+);
+"""
+
+
+def _encode(vocab, feature: str, values: np.ndarray) -> np.ndarray:
+    return vocab.encode(feature, pa.array(values, pa.string()))
+
+
+def query_inputs(release: LoadedRelease, users: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
+    from recsys_assets.training.retrieval import QUERY_CAT
+
+    cat = np.stack([_encode(release.query_vocab, f, users[f].to_numpy(dtype=object)) for f in QUERY_CAT], axis=1)
+    dense = standardize("user_tenure_days", users["user_tenure_days"].to_numpy(np.float64), release.query_moments)[:, None]
+    return torch.from_numpy(cat.astype(np.int64)), torch.from_numpy(dense.astype(np.float32))
+
+
+def ranker_inputs(release: LoadedRelease, users: pd.DataFrame, user_row: np.ndarray, item_row: np.ndarray,
+                  feed_source: str, as_of: pd.Timestamp) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Model inputs for (user, item) pairs given as row numbers into `users` and the release's item catalogue,
+    in the ranker's own feature order."""
+    attrs = release.catalog.attributes
+    cols = []
+    for f in release.ranker_config["cat_features"]:
+        if f == "feed_source":
+            values = np.full(len(user_row), feed_source, dtype=object)
+            cols.append(_encode(release.ranker_vocab, f, values))
+        elif f == "item_id":
+            cols.append(_encode(release.ranker_vocab, f, release.catalog.item_ids)[item_row])
+        elif f.startswith("item_"):
+            cols.append(_encode(release.ranker_vocab, f, attrs[f].to_numpy(dtype=object))[item_row])
+        else:
+            cols.append(_encode(release.ranker_vocab, f, users[f].to_numpy(dtype=object))[user_row])
+    age_days = (as_of - pd.to_datetime(attrs["item_created_at"], utc=True)).dt.total_seconds().to_numpy() / 86_400.0
+    raw_dense = {
+        "item_video_length_s": attrs["item_video_length_s"].to_numpy(np.float64)[item_row],
+        "item_age_days": np.maximum(age_days, 0.0)[item_row],
+        "user_tenure_days": users["user_tenure_days"].to_numpy(np.float64)[user_row],
+    }
+    dense = np.stack([standardize(f, raw_dense[f], release.ranker_moments) for f in DENSE_FEATURES], axis=1)
+    return (torch.from_numpy(np.stack(cols, axis=1).astype(np.int64)), torch.from_numpy(dense.astype(np.float32)),
+            torch.from_numpy(release.catalog.embeddings[item_row]))
+
+
+@torch.no_grad()
+def generate_feed(
+    release: LoadedRelease, users: pd.DataFrame, k_retrieve: int, k_feed: int, task_weights: dict[str, float],
+    feed_source: str, as_of: pd.Timestamp, user_batch: int = 2048,
+) -> pd.DataFrame:
+    """user_id, rank (1 = top), item_id, score for every user; score = sum_t w_t * P(task t)."""
+    if len(users) == 0:
+        return pd.DataFrame({"user_id": [], "rank": [], "item_id": [], "score": []})
+    tasks = release.ranker_config["tasks"]
+    unknown = set(task_weights) - set(tasks)
+    if unknown:
+        raise ValueError(f"feed task_weights name tasks the ranker does not have: {sorted(unknown)} (has {tasks})")
+    weights = torch.tensor([task_weights.get(t, 0.0) for t in tasks], dtype=torch.float32)
+    # Index rows -> catalogue rows (the index was built over the same window catalogue; map by id to be safe).
+    index_to_catalog = release.catalog.rows(pa.array(release.index_item_ids, pa.string()))
+    k_retrieve = min(k_retrieve, release.index.ntotal)
+    k_feed = min(k_feed, k_retrieve)
+    out = []
+    for s in range(0, len(users), user_batch):
+        chunk = users.iloc[s : s + user_batch].reset_index(drop=True)
+        q = release.query_tower(*query_inputs(release, chunk)).numpy().astype(np.float32)
+        _, idx = release.index.search(q, k_retrieve)
+        valid = idx >= 0
+        cand = np.where(valid, index_to_catalog[np.maximum(idx, 0)], -1)
+        valid &= cand >= 0
+        user_row = np.repeat(np.arange(len(chunk)), k_retrieve)
+        item_row = np.maximum(cand.reshape(-1), 0)
+        logits = release.ranker(*ranker_inputs(release, chunk, user_row, item_row, feed_source, as_of))
+        score = (torch.sigmoid(logits.float()) * weights).sum(dim=1).numpy().reshape(len(chunk), k_retrieve)
+        score = np.where(valid, score, -np.inf)
+        order = np.argsort(-score, axis=1, kind="stable")[:, :k_feed]
+        top_rows = np.take_along_axis(cand, order, axis=1)
+        top_scores = np.take_along_axis(score, order, axis=1)
+        keep = np.isfinite(top_scores)
+        ranks = np.broadcast_to(np.arange(1, k_feed + 1), order.shape)
+        out.append(pd.DataFrame({
+            "user_id": np.repeat(chunk["user_id"].to_numpy(dtype=object), k_feed)[keep.reshape(-1)],
+            "rank": ranks[keep].astype(np.int32),
+            "item_id": release.catalog.item_ids[top_rows[keep]],
+            "score": top_scores[keep].astype(np.float64),
+        }))
+    return pd.concat(out, ignore_index=True)
+
+
+def stratified_users(users: pd.DataFrame, segment_column: str, per_segment: int, salt: str) -> pd.DataFrame:
+    """At most `per_segment` users of each segment, chosen by a stable hash of user_id (same users on rerun)."""
+    if segment_column not in users.columns:
+        raise ValueError(f"feed stratify_by column {segment_column!r} is not a user column ({list(users.columns)})")
+    from recsys_assets.serving.serving_config import stable_hash
+
+    ranked = users.assign(_h=stable_hash(users["user_id"].to_numpy(dtype=object), salt))
+    ranked = ranked.sort_values([segment_column, "_h"], kind="stable")
+    return ranked.groupby(segment_column, sort=True, dropna=False).head(per_segment).drop(columns="_h").reset_index(drop=True)
+
+
+def ensure_feed_table(conn) -> None:
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext('recsys_feed_ddl'))")
+        cur.execute(FEED_DDL)
+    conn.commit()
+
+
+def publish_feed(conn, rows: pd.DataFrame, strategy_name: str, day: str) -> int:
+    """Replace (strategy_name, dt) in the feed table in ONE transaction: readers see the old feed or the new one,
+    never a mix or an empty gap (MVCC: the delete and the COPY become visible together at commit)."""
+    missing = [c for c in FEED_COLUMNS if c not in rows.columns]
+    if missing:
+        raise ValueError(f"feed rows lack columns {missing}")
+    buf = io.StringIO()
+    rows[FEED_COLUMNS].to_csv(buf, index=False, header=False)
+    buf.seek(0)
+    with conn.cursor() as cur:
+        cur.execute("DELETE FROM feed WHERE strategy_name = %s AND dt = %s", (strategy_name, day))
+        cur.copy_expert(f"COPY feed ({', '.join(FEED_COLUMNS)}) FROM STDIN WITH (FORMAT csv)", buf)
+        cur.execute("SELECT count(*) FROM feed WHERE strategy_name = %s AND dt = %s", (strategy_name, day))
+        written = int(cur.fetchone()[0])
+        if written != len(rows):
+            conn.rollback()
+            raise RuntimeError(f"feed COPY wrote {written} rows, expected {len(rows)}; rolled back")
+    conn.commit()
+    return written
+

@@ -1,0 +1,47 @@
+"""Online evaluation from logs (seed 001): of the recommendations served, which were played within the window.
+
+- impression CTR: served (user, item) impressions followed by a play of that item by that user within
+  `window` after serving, over all impressions;
+- user hit rate (seed 001's dashboard metric): share of served users who played at least one of their
+  recommendations within the window.
+
+Both per A/B arm and model version. Impressions: user_id, item_id, rank, model_version, arm, served_at (UTC
+timestamp). Plays: the app's raw events (user_id, item_id, event_ts).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+IMPRESSION_COLUMNS = ["user_id", "item_id", "rank", "model_version", "arm", "served_at"]
+
+
+def clicked_impressions(impressions: pd.DataFrame, plays: pd.DataFrame, window: pd.Timedelta) -> np.ndarray:
+    """Boolean per impression row: a play of the same (user, item) in [served_at, served_at + window]."""
+    missing = [c for c in IMPRESSION_COLUMNS if c not in impressions.columns]
+    if missing:
+        raise ValueError(f"impressions log lacks columns {missing}")
+    imp = impressions.reset_index(drop=True).assign(_row=lambda d: np.arange(len(d)))
+    m = imp[["_row", "user_id", "item_id", "served_at"]].merge(
+        plays[["user_id", "item_id", "event_ts"]], on=["user_id", "item_id"], how="inner")
+    hit = (m["event_ts"] >= m["served_at"]) & (m["event_ts"] <= m["served_at"] + window)
+    clicked = np.zeros(len(imp), dtype=bool)
+    clicked[m.loc[hit, "_row"].to_numpy()] = True
+    return clicked
+
+
+def online_metrics(impressions: pd.DataFrame, plays: pd.DataFrame, window: pd.Timedelta) -> list[dict]:
+    """One row per (arm, model_version): impressions, users, clicks, CTR, user hit rate, mean rank of clicks."""
+    clicked = clicked_impressions(impressions, plays, window)
+    df = impressions.reset_index(drop=True).assign(clicked=clicked)
+    rows = []
+    for (arm, version), g in df.groupby(["arm", "model_version"], sort=True):
+        users = g.groupby("user_id")["clicked"].any()
+        rows.append({
+            "arm": arm, "model_version": int(version), "impressions": int(len(g)), "users": int(len(users)),
+            "clicks": int(g["clicked"].sum()), "ctr": float(g["clicked"].mean()) if len(g) else float("nan"),
+            "user_hit_rate": float(users.mean()) if len(users) else float("nan"),
+            "mean_clicked_rank": float(g.loc[g["clicked"], "rank"].mean()) if g["clicked"].any() else None,
+        })
+    return rows

@@ -1,0 +1,215 @@
+"""serving.yaml (typed), user-hash A/B buckets, and the resolved, versioned serving config the load balancer reads.
+
+The resolved config pins concrete model versions and bucket ranges:
+
+    {"config_version": 4, "model_name": "recsys_feed", "salt": "feed-ab-v1", "buckets": 100,
+     "arms": [{"name": "production", "model_version": 7, "buckets": [0, 90], "traffic_pct": 90},
+              {"name": "holdback", "model_version": 6, "buckets": [90, 100], "traffic_pct": 10}]}
+
+A user is in arm a when buckets[0] <= bucket(user) < buckets[1].
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import posixpath
+from pathlib import Path
+from typing import Literal, Union
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_SERVING_CONFIG = Path(__file__).resolve().parents[1] / "config" / "serving.yaml"
+SERVING_CONFIG_DIR = "serving_config"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ArmSpec(_Strict):
+    name: str
+    model: Union[Literal["production", "previous_production"], int]
+    traffic_pct: float = Field(ge=0, le=100)
+
+
+class ABSpec(_Strict):
+    salt: str
+    buckets: int = Field(default=100, ge=1)
+    arms: list[ArmSpec] = Field(min_length=1)
+
+
+class FeedSpec(_Strict):
+    strategy_name: str
+    k_retrieve: int = Field(ge=1)
+    k_feed: int = Field(ge=1)
+    feed_source: str
+    task_weights: dict[str, float]
+    stratify_by: str = "user_region"
+    sample_users_per_segment: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _k(self):
+        if self.k_feed > self.k_retrieve:
+            raise ValueError(f"k_feed ({self.k_feed}) > k_retrieve ({self.k_retrieve})")
+        return self
+
+
+class SkewSpec(_Strict):
+    online_feature_log: str
+    numeric_features: list[str]
+    categorical_features: list[str]
+    bins: int = Field(default=10, ge=2)
+    max_psi: float = Field(gt=0)
+    max_ks: float = Field(gt=0, le=1)
+    max_offline_rows: int = Field(default=500_000, ge=1000)
+
+
+class OnlineEvalSpec(_Strict):
+    impressions_log: str
+    plays_window_minutes: int = Field(default=60, ge=1)
+
+
+class ServingSpec(_Strict):
+    model_name: str
+    ab: ABSpec
+    feed: FeedSpec
+    skew: SkewSpec
+    online_evaluation: OnlineEvalSpec
+
+
+@functools.lru_cache(maxsize=8)
+def load_serving_spec(path: str | None = None) -> ServingSpec:
+    p = Path(path) if path else DEFAULT_SERVING_CONFIG
+    try:
+        return ServingSpec.model_validate(yaml.safe_load(p.read_text()))
+    except ValidationError as e:
+        raise ValueError(f"invalid serving config {p}: {e}") from e
+
+
+def stable_hash(user_ids: np.ndarray, salt: str) -> np.ndarray:
+    """First 8 bytes of md5("<salt>:<user_id>") as an unsigned big-endian integer, per user (reproducible in any
+    language; Python's hash() is salted per process and pandas' hash is implementation-specific)."""
+    out = np.empty(len(user_ids), dtype=np.uint64)
+    prefix = f"{salt}:".encode()
+    for i, u in enumerate(user_ids):
+        out[i] = int.from_bytes(hashlib.md5(prefix + str(u).encode()).digest()[:8], "big")
+    return out
+
+
+def user_buckets(user_ids: np.ndarray, salt: str, buckets: int) -> np.ndarray:
+    return (stable_hash(user_ids, salt) % np.uint64(buckets)).astype(np.int64)
+
+
+def resolve_arms(spec: ABSpec, production: int | None, previous_production: int | None) -> tuple[list[dict], list[str]]:
+    """Concrete versions and bucket ranges per arm, plus notes on arms whose traffic moved to the first arm."""
+    if production is None:
+        raise ValueError("no production model version: promote one before generating a serving config")
+    named = {"production": production, "previous_production": previous_production}
+    resolved, notes = [], []
+    for arm in spec.arms:
+        version = named[arm.model] if isinstance(arm.model, str) else arm.model
+        resolved.append({"name": arm.name, "model": arm.model, "model_version": version, "traffic_pct": arm.traffic_pct})
+    for arm in resolved[1:]:
+        if arm["model_version"] is None:
+            notes.append(f"arm {arm['name']!r} ({arm['model']}) has no model yet: its {arm['traffic_pct']}% goes to "
+                         f"arm {resolved[0]['name']!r}")
+            resolved[0]["traffic_pct"] += arm["traffic_pct"]
+            arm["traffic_pct"] = 0.0
+    # Boundaries from cumulative traffic, so rounding never leaves a gap or an overlap between arms.
+    cum, start = 0.0, 0
+    for arm in resolved:
+        cum += arm["traffic_pct"]
+        end = int(round(cum * spec.buckets / 100.0))
+        arm["buckets"] = [start, end]
+        start = end
+    return resolved, notes
+
+
+def validate_serving_config(cfg: dict, registered_versions: set[int], repository_versions: set[int],
+                            production: int | None) -> list[str]:
+    """Problems with a resolved serving config (empty list = valid)."""
+    problems = []
+    arms = cfg.get("arms") or []
+    if not arms:
+        return ["no arms"]
+    total = sum(float(a.get("traffic_pct", 0)) for a in arms)
+    if abs(total - 100.0) > 1e-9:
+        problems.append(f"traffic splits sum to {total}, not 100")
+    names = [a["name"] for a in arms]
+    if len(set(names)) != len(names):
+        problems.append(f"duplicate arm names {names}")
+    n = int(cfg.get("buckets", 0))
+    covered = np.zeros(n, dtype=np.int64)
+    for a in arms:
+        lo, hi = a["buckets"]
+        if not 0 <= lo <= hi <= n:
+            problems.append(f"arm {a['name']!r} bucket range {a['buckets']} outside [0, {n}]")
+            continue
+        covered[lo:hi] += 1
+        width = hi - lo
+        if abs(width - a["traffic_pct"] * n / 100.0) > 1.0:
+            problems.append(f"arm {a['name']!r} has {width} of {n} buckets for {a['traffic_pct']}% of traffic")
+        if a["traffic_pct"] > 0:
+            v = a.get("model_version")
+            if v not in registered_versions:
+                problems.append(f"arm {a['name']!r} serves version {v}, which is not in the registry")
+            if v not in repository_versions:
+                problems.append(f"arm {a['name']!r} serves version {v}, which has no complete release in the model repository")
+    if n and (covered != 1).any():
+        bad = np.flatnonzero(covered != 1)
+        problems.append(f"{len(bad)} buckets are covered {sorted(set(covered[bad].tolist()))} times (must be exactly once)")
+    production_arms = [a for a in arms if a.get("model") == "production"]
+    if production_arms and any(a["model_version"] != production for a in production_arms):
+        problems.append(f"production arm serves {production_arms[0]['model_version']}, registry production is {production}")
+    return problems
+
+
+def arm_of_buckets(buckets: np.ndarray, cfg: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(arm name, model version) per bucket value."""
+    names = np.empty(len(buckets), dtype=object)
+    versions = np.full(len(buckets), -1, dtype=np.int64)
+    for a in cfg["arms"]:
+        lo, hi = a["buckets"]
+        m = (buckets >= lo) & (buckets < hi)
+        names[m] = a["name"]
+        versions[m] = -1 if a["model_version"] is None else int(a["model_version"])
+    if (versions < 0).any():
+        raise ValueError("serving config leaves some buckets without a model version")
+    return names, versions
+
+
+def log_path(template: str, store, day: str) -> str:
+    """A serving.yaml log template resolved to a path on the store's filesystem: relative to the data root when it
+    starts with {data_root}, else taken as a path on that filesystem as written."""
+    if "{data_root}" not in template:
+        return template.format(day=day)
+    resolved = template.format(data_root="", day=day).lstrip("/")
+    return store.path(*resolved.split("/"))
+
+
+def config_path(store, version: int) -> str:
+    return store.path(SERVING_CONFIG_DIR, f"serving_config.v{version}.json")
+
+
+def latest_config(store) -> dict | None:
+    p = store.path(SERVING_CONFIG_DIR, "current.json")
+    return store.read_json(p) if store.exists(p) else None
+
+
+def publish_config(store, arms: list[dict], spec: ABSpec, model_name: str, notes: list[str], extra: dict) -> dict:
+    """Write a new config version if the arms changed (else return the current one): serving_config.v<N>.json, then
+    current.json replaced atomically, so a polling load balancer always reads a complete config."""
+    current = latest_config(store)
+    body = {"model_name": model_name, "salt": spec.salt, "buckets": spec.buckets, "arms": arms}
+    if current is not None and {k: current.get(k) for k in body} == json.loads(json.dumps(body)):
+        return current
+    version = (current or {}).get("config_version", 0) + 1
+    cfg = {"config_version": version, **body, "notes": notes, **extra}
+    store.fs.create_dir(store.path(SERVING_CONFIG_DIR), recursive=True)
+    store.write_json_atomic(config_path(store, version), cfg)
+    store.write_json_atomic(posixpath.join(store.path(SERVING_CONFIG_DIR), "current.json"), cfg)
+    return cfg
