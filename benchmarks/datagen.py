@@ -44,14 +44,51 @@ def jvm_peak_rss_mb() -> float | None:
     return None
 
 
+_UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "min": 60.0}
+
+
+def _seconds(value: str) -> float | None:
+    """Spark SQL UI metric text ('total (min, med, max ...)\n12.3 s (...)' or '450 ms') -> seconds."""
+    import re
+
+    m = re.search(r"(?:^|\n)\s*([\d.,]+)\s*(ms|s|m|min|h)\b", value)
+    return float(m.group(1).replace(",", "")) * _UNITS[m.group(2)] if m else None
+
+
+def sql_time_profile(session, top: int = 15) -> list[dict]:
+    """Where the executors' time went, from the Spark UI's SQL metrics of every query this session ran: the time
+    metrics (scan, sort, aggregation build, shuffle write, ...) summed per (plan node, metric)."""
+    import urllib.request
+
+    sc = session.sparkContext
+    url = f"{sc.uiWebUrl}/api/v1/applications/{sc.applicationId}/sql?details=true&planDescription=false&length=10000"
+    with urllib.request.urlopen(url, timeout=30) as r:
+        executions = json.loads(r.read())
+    totals: dict[tuple[str, str], float] = {}
+    for ex in executions:
+        for node in ex.get("nodes", []):
+            for metric in node.get("metrics", []):
+                if "time" not in metric["name"] and "duration" not in metric["name"]:
+                    continue
+                sec = _seconds(metric["value"])
+                if sec:
+                    key = (node["nodeName"], metric["name"])
+                    totals[key] = totals.get(key, 0.0) + sec
+    rows = sorted(({"node": k[0], "metric": k[1], "seconds": round(v, 2)} for k, v in totals.items()),
+                  key=lambda r: -r["seconds"])
+    return rows[:top]
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--sizes", default="1000000,5000000")
     p.add_argument("--master", default="local[2]")
     p.add_argument("--driver-memory", default="6g")
     p.add_argument("--workdir", default="")
+    p.add_argument("--profile", action="store_true", help="add the Spark SQL time metrics per plan node")
     a = p.parse_args()
-    spark = SparkResource(master=a.master, driver_memory=a.driver_memory, shuffle_partitions=8)
+    spark = SparkResource(master=a.master, driver_memory=a.driver_memory, shuffle_partitions=8,
+                          spark_conf={"spark.ui.enabled": "true"} if a.profile else {})
     session = spark.get_session()
     results = []
     for n in [int(x) for x in a.sizes.split(",")]:
@@ -84,6 +121,8 @@ def main() -> None:
             "driver_python_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "spark_jvm_peak_rss_mb": jvm_peak_rss_mb(),
         }
+        if a.profile:
+            row["profile_top_sql_time"] = sql_time_profile(session)
         results.append(row)
         print(json.dumps(row), flush=True)
         if not a.workdir:

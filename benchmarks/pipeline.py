@@ -105,11 +105,11 @@ def noop_chain(n_assets: int, repeats: int) -> dict:
         deps = [f"noop_{i - 1}"] if i else []
 
         @asset(name=f"noop_{i}", partitions_def=daily_partitions, deps=deps)
-        def _noop(context) -> None:
+        def _noop(context):
             context.add_output_metadata({"rows": 0})
 
         @asset_check(asset=f"noop_{i}", name="noop_check")
-        def _check() -> AssetCheckResult:
+        def _check():
             return AssetCheckResult(passed=True)
 
         assets.append(_noop)

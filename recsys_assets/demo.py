@@ -146,7 +146,7 @@ def serve_day(day: str, instance, resources: dict, store: DatasetStore, reset_re
     from recsys_assets.serving.serving_config import load_serving_spec
     from recsys_assets.synthetic.online_logs import simulate_impressions, write_online_feature_sample
 
-    pg = resources["postgres"]
+    pg = resources["postgres"].process_config_and_initialize()  # EnvVar fields -> their values
     try:
         if reset_registry and pg.dbname == "recsys_demo":
             _drop_database(pg)

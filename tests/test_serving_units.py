@@ -128,3 +128,24 @@ def test_packaged_serving_yaml_is_valid():
     spec = load_serving_spec()
     assert sum(a.traffic_pct for a in spec.ab.arms) == 100
     assert spec.feed.k_feed <= spec.feed.k_retrieve
+
+
+def test_impressions_log_sensor_requests_one_online_evaluation_per_log_marker(tmp_path):
+    import datetime as dt
+
+    from dagster import build_sensor_context
+
+    from recsys_assets.automation.sensors import impressions_log_sensor
+    from recsys_assets.partitions import last_complete_day
+    from resources.storage import StorageResource
+
+    day = (dt.date.fromisoformat(last_complete_day(dt.datetime.now(dt.timezone.utc))) - dt.timedelta(days=1)).isoformat()
+    folder = tmp_path / "online_logs" / "impressions" / f"dt={day}"
+    folder.mkdir(parents=True)
+    with build_sensor_context(resources={"storage": StorageResource(data_root=str(tmp_path))}) as ctx:
+        assert impressions_log_sensor(ctx).skip_message.startswith("no impressions logs")
+    (folder / "_SUCCESS").write_bytes(b"")
+    with build_sensor_context(resources={"storage": StorageResource(data_root=str(tmp_path))}) as ctx:
+        requests = impressions_log_sensor(ctx)
+    assert [r.partition_key for r in requests] == [day]
+    assert requests[0].run_key.startswith(f"online_eval:{day}:")
