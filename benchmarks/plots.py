@@ -46,7 +46,9 @@ def datagen() -> None:
 
 
 def training() -> None:
-    series = {"CPU, 2 cores": last_json("training_cpu2.json"), "H100 machine (bf16; loader on its CPU)": last_json("training_h100_prefetch.json")}
+    series = {"CPU, 2 cores": last_json("training_cpu2.json"),
+              "H100, 1 loader thread": last_json("training_h100_prefetch.json"),
+              "H100, 4 loader threads": last_json("training_h100_loader4.json")}
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for ax, key, title in zip(axes, ("loader", "ranker", "two_tower"), ("loader only", "ranker (MMoE) training", "two-tower training")):
         for label, d in series.items():

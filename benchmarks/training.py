@@ -37,7 +37,12 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-sizes", default="1024,4096")
     p.add_argument("--days", type=int, default=7, help="trailing committed training_events days to use")
+    p.add_argument("--loader-threads", type=int, default=0, help="fragments encoded at once (0: the default)")
     a = p.parse_args()
+    if a.loader_threads:
+        import recsys_assets.training.loader as loader_module
+
+        loader_module.LOADER_THREADS = a.loader_threads
     store = DatasetStore(a.data_root)
     days = sorted(d.name[3:] for d in (os.scandir(store.path("training_events"))) if store.read_manifest("training_events", d.name[3:]))
     train_days = days[-a.days:]
@@ -54,7 +59,8 @@ def main() -> None:
     device = resolve_device(a.device)
     rows = ds.count_rows()
     out = {"benchmark": "training", "rows": rows, "train_days": train_days, "device": device,
-           "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+           "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "loader_threads": __import__("recsys_assets.training.loader", fromlist=["x"]).LOADER_THREADS, "cpus": os.cpu_count(),
            "platform": platform.platform(), "loader": {}, "ranker": {}, "two_tower": {}}
     if device.startswith("cuda"):
         out["gpu"] = torch.cuda.get_device_name(0)

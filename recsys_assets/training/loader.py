@@ -7,7 +7,10 @@ reproducible, which is what makes resuming from a checkpoint give the same model
 
 from __future__ import annotations
 
+import os
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,16 +80,35 @@ class BatchEncoder:
 assert RANKER_TASKS == ("liked", "shared", "followed", "watch_complete"), "label order in BatchEncoder.encode"
 
 
+# Fragments decoded + encoded at once. Parquet decode and the Arrow dictionary lookups release the GIL, so
+# threads scale; blocks are still yielded in fragment order, so batches do not depend on thread timing.
+LOADER_THREADS = min(4, os.cpu_count() or 1)
+
+
 def encoded_blocks(
     dataset: pads.Dataset, encoder: BatchEncoder, filter: pc.Expression | None = None, read_rows: int = 65_536,
-    fragment_order: np.ndarray | None = None,
+    fragment_order: np.ndarray | None = None, threads: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     fragments = list(dataset.get_fragments(filter=filter))
     order = fragment_order if fragment_order is not None else np.arange(len(fragments))
-    for i in order:
-        for b in fragments[i].to_batches(columns=encoder.columns, filter=filter, batch_size=read_rows):
-            if b.num_rows:
-                yield encoder.encode(b)
+
+    def encode_fragment(i: int) -> list[dict[str, np.ndarray]]:
+        return [encoder.encode(b) for b in fragments[i].to_batches(columns=encoder.columns, filter=filter,
+                                                                   batch_size=read_rows) if b.num_rows]
+
+    threads = LOADER_THREADS if threads is None else threads
+    if threads <= 1 or len(order) <= 1:
+        for i in order:
+            yield from encode_fragment(i)
+        return
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="loader") as pool:
+        pending: deque = deque()
+        for i in order:
+            pending.append(pool.submit(encode_fragment, i))
+            if len(pending) > threads:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
 
 
 def _concat(blocks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
