@@ -94,7 +94,7 @@ def model_repository(context: AssetExecutionContext, config: ServingAssetConfig,
     index_info = ArtifactDir.committed(store, RETRIEVAL_INDEX, day).read_json("index.json")
     metrics = {"ranker_auc": r_metrics["auc"], "retrieval": {k: v for k, v in t_metrics.items() if isinstance(v, (int, float))},
                "index_recall_vs_exact": index_info["recall_vs_exact"]}
-    data_versions = {TRAINING_EVENTS: train_info["data_versions"], **{k: v for k, v in sources.items()}}
+    data_versions = {TRAINING_EVENTS: train_info["data_versions"], **sources}
     code = code_version()
     checks = blocking_check_results(context.instance, day)
     with postgres.connect() as conn:

@@ -16,6 +16,7 @@ import pyarrow as pa
 import torch
 
 from recsys_assets.serving.model_repository import LoadedRelease
+from recsys_assets.serving.serving_config import stable_hash
 from recsys_assets.training.features import DENSE_FEATURES, standardize
 
 USER_COLUMNS = ["user_id", "user_language", "user_region", "user_tenure_days"]
@@ -123,8 +124,6 @@ def stratified_users(users: pd.DataFrame, segment_column: str, per_segment: int,
     """At most `per_segment` users of each segment, chosen by a stable hash of user_id (same users on rerun)."""
     if segment_column not in users.columns:
         raise ValueError(f"feed stratify_by column {segment_column!r} is not a user column ({list(users.columns)})")
-    from recsys_assets.serving.serving_config import stable_hash
-
     ranked = users.assign(_h=stable_hash(users["user_id"].to_numpy(dtype=object), salt))
     ranked = ranked.sort_values([segment_column, "_h"], kind="stable")
     return ranked.groupby(segment_column, sort=True, dropna=False).head(per_segment).drop(columns="_h").reset_index(drop=True)
