@@ -6,9 +6,8 @@ from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeve
 from recsys_assets.datagen.metadata import md_table
 from recsys_assets.partitions import daily_partitions
 from recsys_assets.serving import registry
-from recsys_assets.serving.assets import feature_skew_report, serving_config
-from recsys_assets.serving.model_repository import release_versions
-from recsys_assets.serving.serving_config import latest_config, validate_serving_config
+from recsys_assets.serving.assets import feature_skew_report, serving_config, serving_config_problems
+from recsys_assets.serving.serving_config import latest_config
 from resources.postgres import PostgresResource
 from resources.storage import StorageResource
 
@@ -25,9 +24,8 @@ def serving_config_valid(context: AssetCheckExecutionContext, storage: StorageRe
         return AssetCheckResult(passed=False, severity=AssetCheckSeverity.ERROR, description="no serving config published")
     with postgres.connect() as conn:
         registry.ensure_schema(conn)
-        registered = {v.version for v in registry.list_versions(conn, cfg["model_name"])}
+        problems = serving_config_problems(store, conn, cfg)
         production = registry.production_version(conn, cfg["model_name"])
-    problems = validate_serving_config(cfg, registered, set(release_versions(store)), production)
     return AssetCheckResult(
         passed=not problems,
         severity=AssetCheckSeverity.ERROR,

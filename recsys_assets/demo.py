@@ -142,14 +142,14 @@ def serve_day(day: str, instance, resources: dict, store: DatasetStore, reset_re
     import psycopg2
 
     from checks.serving_checks import serving_checks
-    from recsys_assets.serving.assets import serving_assets
+    from recsys_assets.serving.assets import online_evaluation, serving_assets
     from recsys_assets.serving.serving_config import load_serving_spec
     from recsys_assets.synthetic.online_logs import simulate_impressions, write_online_feature_sample
 
     pg = resources["postgres"].process_config_and_initialize()  # EnvVar fields -> their values
     try:
         if reset_registry and pg.dbname == "recsys_demo":
-            _drop_database(pg)
+            pg.drop_database()
         pg.ensure_database()
     except psycopg2.OperationalError as e:
         print(f"\nPostgreSQL not reachable at {pg.describe()} ({str(e).strip()[:200]}): serving hand-off skipped")
@@ -159,7 +159,7 @@ def serve_day(day: str, instance, resources: dict, store: DatasetStore, reset_re
     res = {k: resources[k] for k in ("storage", "postgres")}
     online_rows = write_online_feature_sample(store, day, spec.skew.online_feature_log)
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-    serving = [a for a in serving_assets if a.key.path[-1] != "online_evaluation"]
+    serving = [a for a in serving_assets if a is not online_evaluation]
     result = materialize([*serving, *serving_checks], partition_key=day, instance=instance, resources=res,
                          raise_on_error=False, tags={"recsys/trigger": "demo"}, run_config=quiet)
     checks = {e.check_name: ("PASS" if e.passed else f"FAIL({e.severity.value})") for e in result.get_asset_check_evaluations()}
@@ -180,7 +180,7 @@ def serve_day(day: str, instance, resources: dict, store: DatasetStore, reset_re
         feed_rows = pd.read_sql_query("SELECT user_id, item_id, rank, model_version, arm FROM feed WHERE dt = %s",
                                       conn, params=(day,))
     served = simulate_impressions(store, feed_rows, day, spec.online_evaluation.impressions_log)
-    ev = materialize([a for a in serving_assets if a.key.path[-1] == "online_evaluation"], partition_key=day,
+    ev = materialize([online_evaluation], partition_key=day,
                      instance=instance, resources=res, raise_on_error=False, tags={"recsys/trigger": "demo"}, run_config=quiet)
     report = store.read_json(store.committed_path("online_evaluation", day, "report.json")) if ev.success else {}
     print(f"online evaluation ({served:,} simulated impressions, {online_rows:,} logged online feature rows):")
@@ -190,19 +190,6 @@ def serve_day(day: str, instance, resources: dict, store: DatasetStore, reset_re
     print("checks:", json.dumps(checks))
     out |= {"online_evaluation": report.get("arms"), "seconds": round(time.time() - t, 1), "success": result.success and ev.success}
     return out
-
-
-def _drop_database(pg) -> None:
-    import psycopg2
-    from psycopg2 import sql
-
-    conn = psycopg2.connect(host=pg.host, port=pg.port, user=pg.user, password=pg.password or None, dbname="postgres")
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(pg.dbname)))
-    finally:
-        conn.close()
 
 
 if __name__ == "__main__":

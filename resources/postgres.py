@@ -46,19 +46,34 @@ class PostgresResource(ConfigurableResource):
         finally:
             conn.close()
 
-    def ensure_database(self) -> bool:
-        """Create the database if it does not exist (demo / first deployment). True when it was created."""
+    @contextlib.contextmanager
+    def _admin_cursor(self) -> Iterator:
+        """An autocommit cursor on the server's `postgres` database (CREATE/DROP DATABASE cannot run in a
+        transaction)."""
         import psycopg2
-        from psycopg2 import sql
 
         conn = psycopg2.connect(**self._params("postgres"))
         conn.autocommit = True
         try:
             with conn.cursor() as cur:
-                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.dbname,))
-                if cur.fetchone():
-                    return False
-                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.dbname)))
-                return True
+                yield cur
         finally:
             conn.close()
+
+    def ensure_database(self) -> bool:
+        """Create the database if it does not exist (demo / first deployment). True when it was created."""
+        from psycopg2 import sql
+
+        with self._admin_cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.dbname,))
+            if cur.fetchone():
+                return False
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.dbname)))
+            return True
+
+    def drop_database(self) -> None:
+        """Drop the database, disconnecting its sessions (the demo's fresh start)."""
+        from psycopg2 import sql
+
+        with self._admin_cursor() as cur:
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.dbname)))

@@ -16,12 +16,13 @@ from dagster import materialize
 
 from checks.serving_checks import serving_checks
 from recsys_assets.serving import registry
-from recsys_assets.serving.assets import active_users, serving_assets
+from recsys_assets.serving.assets import active_users, online_evaluation, serving_assets
 from recsys_assets.serving.model_repository import load_release
 from recsys_assets.serving.online_eval import IMPRESSION_COLUMNS
 from recsys_assets.serving.rollback import rollback_model_job
 from recsys_assets.serving.serving_config import latest_config, load_serving_spec, user_buckets
-from recsys_assets.synthetic.online_logs import read_raw_plays, simulate_impressions, write_online_feature_sample
+from recsys_assets.serving.online_eval import read_raw_plays
+from recsys_assets.synthetic.online_logs import simulate_impressions, write_online_feature_sample
 from recsys_assets.training.artifacts import ArtifactDir
 from recsys_assets.training.models import MMoERanker, RankerConfig
 from resources.postgres import PostgresResource
@@ -32,8 +33,7 @@ from tests.test_training_assets import LENIENT, checks_of, train_day, training_y
 
 pytestmark = pytest.mark.slow
 
-SERVING = [a for a in serving_assets if a.key.path[-1] != "online_evaluation"]
-ONLINE_EVAL = [a for a in serving_assets if a.key.path[-1] == "online_evaluation"]
+SERVING = [a for a in serving_assets if a is not online_evaluation]
 
 
 def serve(day, instance, root, pg_database):
@@ -115,7 +115,7 @@ def test_two_releases_feed_ab_split_skew_online_ctr_and_rollback(instance, train
     served = simulate_impressions(store, feed1[["user_id", "item_id", "rank", "model_version", "arm"]], day1,
                                   spec.online_evaluation.impressions_log)
     assert served > 0
-    ev = materialize(ONLINE_EVAL, partition_key=day1, instance=instance, run_config=QUIET,
+    ev = materialize([online_evaluation], partition_key=day1, instance=instance, run_config=QUIET,
                      resources={"storage": StorageResource(data_root=str(trained_root))})
     report = store.read_json(store.committed_path("online_evaluation", day1, "report.json"))
     impressions = pd.read_parquet(Path(trained_root) / "online_logs" / "impressions" / f"dt={day1}")

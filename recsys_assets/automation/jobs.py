@@ -37,7 +37,8 @@ retention_job = define_asset_job(
 # Export + register + promote the day's release, publish the A/B config and the feed, and measure feature skew.
 serving_job = define_asset_job(
     "serving_job",
-    selection=AssetSelection.assets("model_repository", "model_promotion", "serving_config", "feed", "feature_skew_report"),
+    # The serving group without online_evaluation, which waits for the next day's logs (its own job below).
+    selection=AssetSelection.groups("serving") - AssetSelection.assets("online_evaluation"),
     partitions_def=daily_partitions,
     description="Model repository + registry, promotion (only when the blocking model checks passed), A/B serving "
     "config (validated by a blocking check), the Postgres feed, and the training/serving skew report.",

@@ -70,6 +70,15 @@ def check_raw_contract(store: DatasetStore, table: str, day: str) -> list[str]:
     return files
 
 
+def read_raw_table(store: DatasetStore, table: str, day: str, columns: list[str]) -> pa.Table:
+    """The day's raw table (contract-checked) as a pyarrow table of `columns`, for item- or day-sized reads
+    outside Spark."""
+    import pyarrow.dataset as pads
+
+    files = check_raw_contract(store, table, day)
+    return pads.dataset(files, filesystem=store.fs, format="parquet").to_table(columns=columns)
+
+
 def read_raw(spark, store: DatasetStore, table: str, day: str):
     """The day's raw table as a Spark DataFrame with exactly the contract's columns (extra columns ignored)."""
     check_raw_contract(store, table, day)

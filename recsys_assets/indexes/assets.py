@@ -6,13 +6,12 @@ import time
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as pads
 from dagster import AssetExecutionContext, BackfillPolicy, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
 from recsys_assets.datagen.assets import training_events
 from recsys_assets.datagen.metadata import md_table, numeric_metadata
-from recsys_assets.datagen.raw_inputs import check_raw_contract
+from recsys_assets.datagen.raw_inputs import read_raw_table
 from recsys_assets.datagen.raw_sources import raw_asset_key
 from recsys_assets.datagen.stages import read_final_items
 from recsys_assets.indexes.faiss_index import (
@@ -118,11 +117,6 @@ def retrieval_index(context: AssetExecutionContext, config: IndexConfig, storage
     )
 
 
-def _raw_table(store, table: str, day: str, columns: list[str]) -> pa.Table:
-    files = check_raw_contract(store, table, day)
-    return pads.dataset(files, filesystem=store.fs, format="parquet").to_table(columns=columns)
-
-
 @asset(
     partitions_def=daily_partitions,
     group_name="indexes",
@@ -139,11 +133,11 @@ def cold_start_index(context: AssetExecutionContext, config: IndexConfig, storag
     window = training_window(store, day, spec.window_days)
     events = committed_events_dataset(store, [*window.train_days, day])
     window_counts = count_tokens(events.to_batches(columns=["item_id"]), ["item_id"])["item_id"]
-    items = _raw_table(store, "items", day, ["item_id", "moderation_status", "created_at"]).to_pandas()
+    items = read_raw_table(store, "items", day, ["item_id", "moderation_status", "created_at"]).to_pandas()
     as_of = pd.Timestamp(window_of(day).end)
     candidates = cold_start_candidates(items, as_of, window_counts, spec.cold_start.max_age_days,
                                        spec.cold_start.max_window_events)
-    emb_ids, emb, rejects = valid_embeddings(_raw_table(store, "item_embeddings", day, ["item_id", "embedding"]), EMBEDDING_DIM)
+    emb_ids, emb, rejects = valid_embeddings(read_raw_table(store, "item_embeddings", day, ["item_id", "embedding"]), EMBEDDING_DIM)
     rows = pd.Index(emb_ids).get_indexer(candidates["item_id"])
     without_embedding = int((rows < 0).sum())
     chosen = candidates[rows >= 0].reset_index(drop=True)

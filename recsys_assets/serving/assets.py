@@ -23,7 +23,7 @@ from recsys_assets.serving.model_repository import (
     export_release, item_features_table, load_release, release_fingerprint, release_versions,
     repository_path, source_versions,
 )
-from recsys_assets.serving.online_eval import online_metrics
+from recsys_assets.serving.online_eval import online_metrics, read_raw_plays
 from recsys_assets.serving.serving_config import (
     arm_of_buckets, latest_config, load_serving_spec, log_path, publish_config, resolve_arms, user_buckets,
     validate_serving_config,
@@ -32,6 +32,7 @@ from recsys_assets.serving.skew import feature_skew
 from recsys_assets.training.artifacts import RANKER_MODEL, RETRIEVAL_INDEX, RETRIEVAL_MODEL, ArtifactDir
 from recsys_assets.training.assets import ranker_model, retrieval_model
 from recsys_assets.training.features import build_item_catalog
+from recsys_assets.training.loader import committed_events_dataset
 from resources.postgres import PostgresResource
 from resources.storage import StorageResource
 
@@ -169,9 +170,14 @@ def publish_serving_config(store, conn, spec) -> tuple[dict, list[str]]:
     previous = registry.previous_production_version(conn, spec.model_name)
     arms, notes = resolve_arms(spec.ab, production, previous)
     cfg = publish_config(store, arms, spec.ab, spec.model_name, notes, {"created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
-    registered = {v.version for v in registry.list_versions(conn, spec.model_name)}
-    problems = validate_serving_config(cfg, registered, set(release_versions(store)), production)
-    return cfg, problems
+    return cfg, serving_config_problems(store, conn, cfg)
+
+
+def serving_config_problems(store, conn, cfg: dict) -> list[str]:
+    """validate_serving_config against what the registry and the model repository hold now."""
+    registered = {v.version for v in registry.list_versions(conn, cfg["model_name"])}
+    production = registry.production_version(conn, cfg["model_name"])
+    return validate_serving_config(cfg, registered, set(release_versions(store)), production)
 
 
 @asset(
@@ -201,8 +207,7 @@ def serving_config(context: AssetExecutionContext, config: ServingAssetConfig, s
 
 def active_users(store, day: str) -> pd.DataFrame:
     """Distinct users with events on the day and their latest attributes."""
-    t = pads.dataset(store.committed_path(TRAINING_EVENTS, day, "events"), filesystem=store.fs, format="parquet").to_table(
-        columns=[*USER_COLUMNS, "event_ts"])
+    t = committed_events_dataset(store, [day]).to_table(columns=[*USER_COLUMNS, "event_ts"])
     df = t.to_pandas().sort_values("event_ts", kind="stable")
     return df.drop_duplicates("user_id", keep="last").drop(columns="event_ts").sort_values("user_id").reset_index(drop=True)
 
@@ -282,8 +287,7 @@ def feature_skew_report(context: AssetExecutionContext, config: ServingAssetConf
     spec = load_serving_spec(config.serving_config_path or None).skew
     online = _read_parquet_dir(store, log_path(spec.online_feature_log, store, day), "online feature log")
     cols = sorted({*spec.numeric_features, *spec.categorical_features, "user_id", "item_id"})
-    offline = pads.dataset(store.committed_path(TRAINING_EVENTS, day, "events"), filesystem=store.fs,
-                           format="parquet").to_table(columns=cols).to_pandas()
+    offline = committed_events_dataset(store, [day]).to_table(columns=cols).to_pandas()
     if len(offline) > spec.max_offline_rows:  # hash sample: the same rows on every rerun
         h = pd.util.hash_array(offline["user_id"].to_numpy(dtype=object) + "|" + offline["item_id"].to_numpy(dtype=object))
         offline = offline[h % len(offline) < spec.max_offline_rows]
@@ -313,8 +317,6 @@ def feature_skew_report(context: AssetExecutionContext, config: ServingAssetConf
     "play, per A/B arm and model version.",
 )
 def online_evaluation(context: AssetExecutionContext, config: ServingAssetConfig, storage: StorageResource) -> MaterializeResult:
-    from recsys_assets.synthetic.online_logs import read_raw_plays
-
     day, store = context.partition_key, storage.store
     spec = load_serving_spec(config.serving_config_path or None).online_evaluation
     impressions = _read_parquet_dir(store, log_path(spec.impressions_log, store, day), "impressions log")

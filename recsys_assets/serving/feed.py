@@ -9,6 +9,7 @@ release's item features, and the top k_feed by blended score are kept per user.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,7 @@ import torch
 from recsys_assets.serving.model_repository import LoadedRelease
 from recsys_assets.serving.serving_config import stable_hash
 from recsys_assets.training.features import DENSE_FEATURES, standardize
+from recsys_assets.training.retrieval import query_tower_inputs
 
 USER_COLUMNS = ["user_id", "user_language", "user_region", "user_tenure_days"]
 FEED_COLUMNS = ["strategy_name", "dt", "user_id", "rank", "item_id", "score", "model_version", "arm"]
@@ -37,42 +39,42 @@ CREATE TABLE IF NOT EXISTS feed (
 """
 
 
-def _encode(vocab, feature: str, values: np.ndarray) -> np.ndarray:
-    return vocab.encode(feature, pa.array(values, pa.string()))
+@dataclass
+class ItemSide:
+    """The ranker's item-side inputs for every catalogue row, computed once per release and day (the feed only
+    gathers rows of these per candidate)."""
+
+    cat: dict[str, np.ndarray]  # feature -> vocab ids per catalogue row
+    dense: dict[str, np.ndarray]  # raw (untransformed) item_video_length_s, item_age_days per catalogue row
+    feed_source_id: int
+
+    @classmethod
+    def of(cls, release: LoadedRelease, feed_source: str, as_of: pd.Timestamp) -> "ItemSide":
+        catalog, vocab = release.catalog, release.ranker_vocab
+        return cls(
+            cat={f: catalog.encode(vocab, f) for f in release.ranker_config["cat_features"] if f.startswith("item_")},
+            dense={"item_video_length_s": catalog.attributes["item_video_length_s"].to_numpy(np.float64),
+                   "item_age_days": catalog.age_days(as_of)},
+            feed_source_id=int(vocab.encode("feed_source", pa.array([feed_source], pa.string()))[0]),
+        )
 
 
-def query_inputs(release: LoadedRelease, users: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
-    from recsys_assets.training.retrieval import QUERY_CAT
-
-    cat = np.stack([_encode(release.query_vocab, f, users[f].to_numpy(dtype=object)) for f in QUERY_CAT], axis=1)
-    dense = standardize("user_tenure_days", users["user_tenure_days"].to_numpy(np.float64), release.query_moments)[:, None]
-    return torch.from_numpy(cat.astype(np.int64)), torch.from_numpy(dense.astype(np.float32))
-
-
-def ranker_inputs(release: LoadedRelease, users: pd.DataFrame, user_row: np.ndarray, item_row: np.ndarray,
-                  feed_source: str, as_of: pd.Timestamp) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def ranker_inputs(release: LoadedRelease, items: ItemSide, users: pd.DataFrame, user_row: np.ndarray,
+                  item_row: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Model inputs for (user, item) pairs given as row numbers into `users` and the release's item catalogue,
     in the ranker's own feature order."""
-    attrs = release.catalog.attributes
     cols = []
     for f in release.ranker_config["cat_features"]:
         if f == "feed_source":
-            values = np.full(len(user_row), feed_source, dtype=object)
-            cols.append(_encode(release.ranker_vocab, f, values))
-        elif f == "item_id":
-            cols.append(_encode(release.ranker_vocab, f, release.catalog.item_ids)[item_row])
-        elif f.startswith("item_"):
-            cols.append(_encode(release.ranker_vocab, f, attrs[f].to_numpy(dtype=object))[item_row])
+            cols.append(np.full(len(user_row), items.feed_source_id, dtype=np.int64))
+        elif f in items.cat:
+            cols.append(items.cat[f][item_row])
         else:
-            cols.append(_encode(release.ranker_vocab, f, users[f].to_numpy(dtype=object))[user_row])
-    age_days = (as_of - pd.to_datetime(attrs["item_created_at"], utc=True)).dt.total_seconds().to_numpy() / 86_400.0
-    raw_dense = {
-        "item_video_length_s": attrs["item_video_length_s"].to_numpy(np.float64)[item_row],
-        "item_age_days": np.maximum(age_days, 0.0)[item_row],
-        "user_tenure_days": users["user_tenure_days"].to_numpy(np.float64)[user_row],
-    }
+            cols.append(release.ranker_vocab.encode(f, pa.array(users[f].to_numpy(dtype=object), pa.string()))[user_row])
+    raw_dense = {**{f: v[item_row] for f, v in items.dense.items()},
+                 "user_tenure_days": users["user_tenure_days"].to_numpy(np.float64)[user_row]}
     dense = np.stack([standardize(f, raw_dense[f], release.ranker_moments) for f in DENSE_FEATURES], axis=1)
-    return (torch.from_numpy(np.stack(cols, axis=1).astype(np.int64)), torch.from_numpy(dense.astype(np.float32)),
+    return (torch.from_numpy(np.stack(cols, axis=1)), torch.from_numpy(dense),
             torch.from_numpy(release.catalog.embeddings[item_row]))
 
 
@@ -91,19 +93,20 @@ def generate_feed(
     weights = torch.tensor([task_weights.get(t, 0.0) for t in tasks], dtype=torch.float32)
     # Index rows -> catalogue rows (the index was built over the same window catalogue; map by id to be safe).
     index_to_catalog = release.catalog.rows(pa.array(release.index_item_ids, pa.string()))
+    items = ItemSide.of(release, feed_source, as_of)
     k_retrieve = min(k_retrieve, release.index.ntotal)
     k_feed = min(k_feed, k_retrieve)
     out = []
     for s in range(0, len(users), user_batch):
         chunk = users.iloc[s : s + user_batch].reset_index(drop=True)
-        q = release.query_tower(*query_inputs(release, chunk)).numpy().astype(np.float32)
+        q = release.query_tower(*query_tower_inputs(chunk, release.query_vocab, release.query_moments)).numpy().astype(np.float32)
         _, idx = release.index.search(q, k_retrieve)
         valid = idx >= 0
         cand = np.where(valid, index_to_catalog[np.maximum(idx, 0)], -1)
         valid &= cand >= 0
         user_row = np.repeat(np.arange(len(chunk)), k_retrieve)
         item_row = np.maximum(cand.reshape(-1), 0)
-        logits = release.ranker(*ranker_inputs(release, chunk, user_row, item_row, feed_source, as_of))
+        logits = release.ranker(*ranker_inputs(release, items, chunk, user_row, item_row))
         score = (torch.sigmoid(logits.float()) * weights).sum(dim=1).numpy().reshape(len(chunk), k_retrieve)
         score = np.where(valid, score, -np.inf)
         order = np.argsort(-score, axis=1, kind="stable")[:, :k_feed]

@@ -19,17 +19,17 @@ loads ExportedPrograms, or our own loader below, can serve them.
 
 from __future__ import annotations
 
-import io
 import json
 import posixpath
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from recsys_assets.training.artifacts import COLD_START_INDEX, RANKER_MODEL, RETRIEVAL_INDEX, RETRIEVAL_MODEL, ArtifactDir
-from recsys_assets.training.features import ItemCatalog, Vocab
+from recsys_assets.training.artifacts import (
+    COLD_START_INDEX, RANKER_MODEL, RETRIEVAL_INDEX, RETRIEVAL_MODEL, ArtifactDir, StoreDir,
+)
+from recsys_assets.training.features import ITEM_CATALOG_COLUMNS, ItemCatalog, Vocab, build_item_catalog
 from resources.storage import DatasetStore
 
 REPOSITORY = "model_repository"
@@ -103,30 +103,28 @@ def source_versions(store: DatasetStore, day: str) -> dict[str, str]:
     return {ds: store.committed_version(ds, day) for ds in (RANKER_MODEL, RETRIEVAL_MODEL, RETRIEVAL_INDEX, COLD_START_INDEX)}
 
 
+def version_dir(store: DatasetStore, model: str, version: int) -> StoreDir:
+    return StoreDir(store, repository_path(store, model, str(version)))
+
+
 def export_release(store: DatasetStore, day: str, version: int, item_features: pa.Table, extra: dict) -> dict:
     """Copy the day's committed artifacts into <component>/<version>/, write each config.pbtxt, then the release
     manifest last. Rerunning with the same version rewrites identical files."""
-    fs = store.fs
     components = {}
     for name, (dataset, files) in COMPONENTS.items():
-        src = ArtifactDir.committed(store, dataset, day)
-        vdir = repository_path(store, name, str(version))
-        fs.create_dir(vdir, recursive=True)
+        src, dst = ArtifactDir.committed(store, dataset, day), version_dir(store, name, version)
         for src_name, dst_name in files.items():
-            store.write_bytes_atomic(posixpath.join(vdir, dst_name), src.read_bytes(src_name))
-        cfg = json.loads(src.read_bytes("model_config.json")) if "model_config.json" in files else None
-        info = json.loads(src.read_bytes("index.json")) if "index.json" in files else None
+            dst.write_bytes(dst_name, src.read_bytes(src_name))
+        cfg = src.read_json("model_config.json") if "model_config.json" in files else None
+        info = src.read_json("index.json") if "index.json" in files else None
         store.write_bytes_atomic(repository_path(store, name, "config.pbtxt"), triton_config(name, cfg, info).encode())
         components[name] = {"version": version, "source": f"{dataset}/dt={day}/v={src.version}",
                             "files": sorted(files.values())}
-    rdir = repository_path(store, RELEASE_MODEL, str(version))
-    fs.create_dir(rdir, recursive=True)
-    buf = io.BytesIO()
-    pq.write_table(item_features, buf)
-    store.write_bytes_atomic(posixpath.join(rdir, "item_features.parquet"), buf.getvalue())
+    release_dir = version_dir(store, RELEASE_MODEL, version)
+    release_dir.write_table("item_features.parquet", item_features)
     store.write_bytes_atomic(repository_path(store, RELEASE_MODEL, "config.pbtxt"), triton_config(RELEASE_MODEL, None).encode())
     release = {"model_name": RELEASE_MODEL, "version": version, "partition_day": day, "components": components, **extra}
-    store.write_json_atomic(posixpath.join(rdir, RELEASE_FILE), release)
+    release_dir.write_json(RELEASE_FILE, release)
     return release
 
 
@@ -145,10 +143,11 @@ def release_versions(store: DatasetStore) -> list[int]:
 
 
 def item_features_table(catalog: ItemCatalog) -> pa.Table:
+    """The catalogue in build_item_catalog's input layout (ITEM_CATALOG_COLUMNS), so loading is that function."""
     attrs = catalog.attributes
     return pa.table({
         "item_id": pa.array(catalog.item_ids, pa.string()),
-        **{c: pa.array(attrs[c].to_numpy()) for c in attrs.columns},
+        **{c: pa.array(attrs[c].to_numpy()) for c in ITEM_CATALOG_COLUMNS if c not in ("item_id", "embedding")},
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(catalog.embeddings.reshape(-1), pa.float32()),
                                                        catalog.embeddings.shape[1]),
     })
@@ -172,37 +171,20 @@ class LoadedRelease:
     catalog: ItemCatalog
 
 
-def _read(store: DatasetStore, *parts: str) -> bytes:
-    with store.fs.open_input_stream(repository_path(store, *parts)) as f:
-        return f.read()
-
-
-def _vocab(store: DatasetStore, name: str, version: int) -> tuple[Vocab, dict]:
-    vocab = Vocab.from_table(pq.read_table(io.BytesIO(_read(store, name, str(version), "vocab.parquet"))))
-    return vocab, json.loads(_read(store, name, str(version), "feature_moments.json"))
-
-
 def load_release(store: DatasetStore, version: int) -> LoadedRelease:
     from recsys_assets.indexes.faiss_index import deserialize
     from recsys_assets.training.ranker import load_program
 
-    manifest = json.loads(_read(store, RELEASE_MODEL, str(version), RELEASE_FILE))
-    ranker_vocab, ranker_moments = _vocab(store, "recsys_ranker", version)
-    query_vocab, query_moments = _vocab(store, "recsys_query_tower", version)
-    items = pq.read_table(io.BytesIO(_read(store, "recsys_retrieval_index", str(version), "items.parquet")))
-    feats = pq.read_table(io.BytesIO(_read(store, RELEASE_MODEL, str(version), "item_features.parquet"))).to_pandas()
-    emb = np.stack(feats["embedding"].to_numpy()).astype(np.float32) if len(feats) else np.zeros((0, 128), np.float32)
-    catalog = ItemCatalog(item_ids=feats["item_id"].to_numpy(dtype=object), embeddings=emb,
-                          attributes=feats.drop(columns=["item_id", "embedding"]).reset_index(drop=True))
+    ranker, query = version_dir(store, "recsys_ranker", version), version_dir(store, "recsys_query_tower", version)
+    index, release = version_dir(store, "recsys_retrieval_index", version), version_dir(store, RELEASE_MODEL, version)
+    ranker_vocab, ranker_moments = ranker.read_vocab()
+    query_vocab, query_moments = query.read_vocab()
     return LoadedRelease(
-        version=version, manifest=manifest,
-        ranker=load_program(_read(store, "recsys_ranker", str(version), "model.pt2")),
-        ranker_config=json.loads(_read(store, "recsys_ranker", str(version), "model_config.json")),
+        version=version, manifest=release.read_json(RELEASE_FILE),
+        ranker=load_program(ranker.read_bytes("model.pt2")), ranker_config=ranker.read_json("model_config.json"),
         ranker_vocab=ranker_vocab, ranker_moments=ranker_moments,
-        query_tower=load_program(_read(store, "recsys_query_tower", str(version), "model.pt2")),
-        query_vocab=query_vocab, query_moments=query_moments,
-        index=deserialize(_read(store, "recsys_retrieval_index", str(version), "index.faiss")),
-        index_item_ids=items.column("item_id").to_numpy(zero_copy_only=False).astype(object),
-        catalog=catalog,
+        query_tower=load_program(query.read_bytes("model.pt2")), query_vocab=query_vocab, query_moments=query_moments,
+        index=deserialize(index.read_bytes("index.faiss")),
+        index_item_ids=index.read_table("items.parquet").column("item_id").to_numpy(zero_copy_only=False).astype(object),
+        catalog=build_item_catalog([release.read_table("item_features.parquet")]),
     )
-

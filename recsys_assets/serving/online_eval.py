@@ -17,6 +17,14 @@ import pandas as pd
 IMPRESSION_COLUMNS = ["user_id", "item_id", "rank", "model_version", "arm", "served_at"]
 
 
+def read_raw_plays(store, day: str) -> pd.DataFrame:
+    """Plays (play_duration_s > 0) of the day's raw events: user_id, item_id, event_ts, play_duration_s."""
+    from recsys_assets.datagen.raw_inputs import read_raw_table
+
+    df = read_raw_table(store, "events", day, ["user_id", "item_id", "event_ts", "play_duration_s"]).to_pandas()
+    return df[df["play_duration_s"].fillna(0) > 0].reset_index(drop=True)
+
+
 def clicked_impressions(impressions: pd.DataFrame, plays: pd.DataFrame, window: pd.Timedelta) -> np.ndarray:
     """Boolean per impression row: a play of the same (user, item) in [served_at, served_at + window]."""
     missing = [c for c in IMPRESSION_COLUMNS if c not in impressions.columns]

@@ -90,6 +90,11 @@ def ensure_schema(conn) -> None:
     conn.commit()
 
 
+def _lock_model(cur, model_name: str) -> None:
+    """Serialise version allocation, promotion and rollback of one model (held until the transaction ends)."""
+    cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"registry:{model_name}",))
+
+
 def register_version(
     conn, model_name: str, partition_day: str, fingerprint: str, repository_uri: str, code_version: str,
     data_versions: dict, components: dict, metrics: dict, run_id: str | None = None,
@@ -97,7 +102,7 @@ def register_version(
     """The version of this release: the existing one if the same fingerprint (same source artifacts) was
     registered before (reruns are idempotent), else the next integer. Returns (version, created)."""
     with conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"registry:{model_name}",))
+        _lock_model(cur, model_name)
         cur.execute("SELECT version FROM model_versions WHERE model_name = %s AND fingerprint = %s",
                     (model_name, fingerprint))
         row = cur.fetchone()
@@ -199,7 +204,7 @@ def _set_production(cur, model_name: str, action: str, to_version: int, reason: 
 def promote(conn, model_name: str, version: int, reason: str = "", actor: str = "") -> int | None:
     """Make `version` production if its blocking checks passed. One transaction; returns the replaced version."""
     with conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"registry:{model_name}",))
+        _lock_model(cur, model_name)
         cur.execute("SELECT checks_passed, checks FROM model_versions WHERE model_name = %s AND version = %s",
                     (model_name, version))
         row = cur.fetchone()
@@ -218,7 +223,7 @@ def promote(conn, model_name: str, version: int, reason: str = "", actor: str = 
 def rollback(conn, model_name: str, reason: str = "", actor: str = "") -> tuple[int, int]:
     """Return production to the version it served before the current one. Returns (from_version, to_version)."""
     with conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"registry:{model_name}",))
+        _lock_model(cur, model_name)
         cur.execute("SELECT version FROM model_production WHERE model_name = %s", (model_name,))
         row = cur.fetchone()
         if row is None:

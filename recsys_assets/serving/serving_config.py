@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import posixpath
 from pathlib import Path
 from typing import Literal, Union
 
@@ -195,8 +194,12 @@ def config_path(store, version: int) -> str:
     return store.path(SERVING_CONFIG_DIR, f"serving_config.v{version}.json")
 
 
+def current_config_path(store) -> str:
+    return store.path(SERVING_CONFIG_DIR, "current.json")
+
+
 def latest_config(store) -> dict | None:
-    p = store.path(SERVING_CONFIG_DIR, "current.json")
+    p = current_config_path(store)
     return store.read_json(p) if store.exists(p) else None
 
 
@@ -209,7 +212,6 @@ def publish_config(store, arms: list[dict], spec: ABSpec, model_name: str, notes
         return current
     version = (current or {}).get("config_version", 0) + 1
     cfg = {"config_version": version, **body, "notes": notes, **extra}
-    store.fs.create_dir(store.path(SERVING_CONFIG_DIR), recursive=True)
     store.write_json_atomic(config_path(store, version), cfg)
-    store.write_json_atomic(posixpath.join(store.path(SERVING_CONFIG_DIR), "current.json"), cfg)
+    store.write_json_atomic(current_config_path(store), cfg)
     return cfg

@@ -20,16 +20,15 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from recsys_assets.datagen.stages import TRAINING_EVENTS
+from recsys_assets.serving.online_eval import IMPRESSION_COLUMNS, read_raw_plays
 from recsys_assets.serving.serving_config import log_path
+from recsys_assets.training.loader import committed_events_dataset
 from resources.storage import DatasetStore
 
 
 def _write(store: DatasetStore, folder: str, table: pa.Table) -> None:
-    store.fs.create_dir(folder, recursive=True)
     buf = io.BytesIO()
     pq.write_table(table, buf)
     store.write_bytes_atomic(posixpath.join(folder, "part-00000.parquet"), buf.getvalue())
@@ -38,8 +37,7 @@ def _write(store: DatasetStore, folder: str, table: pa.Table) -> None:
 
 def write_online_feature_sample(store: DatasetStore, day: str, template: str, fraction: float = 0.1,
                                 transform: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> int:
-    events = pads.dataset(store.committed_path(TRAINING_EVENTS, day, "events"), filesystem=store.fs,
-                          format="parquet").to_table().to_pandas()
+    events = committed_events_dataset(store, [day]).to_table().to_pandas()
     keep = pd.util.hash_array(events["user_id"].to_numpy(dtype=object) + "|" +
                               events["item_id"].to_numpy(dtype=object)) % 10_000 < fraction * 10_000
     sample = events[keep].reset_index(drop=True)
@@ -49,14 +47,6 @@ def write_online_feature_sample(store: DatasetStore, day: str, template: str, fr
     return len(sample)
 
 
-def read_raw_plays(store: DatasetStore, day: str) -> pd.DataFrame:
-    folder = store.raw_partition_path("events", day)
-    t = pads.dataset(folder, filesystem=store.fs, format="parquet").to_table(
-        columns=["user_id", "item_id", "event_ts", "play_duration_s"])
-    df = t.to_pandas()
-    return df[df["play_duration_s"].fillna(0) > 0].reset_index(drop=True)
-
-
 def simulate_impressions(store: DatasetStore, feed: pd.DataFrame, feed_day: str, template: str) -> int:
     """feed: user_id, item_id, rank, model_version, arm for dt = feed_day. Served on feed_day + 1."""
     next_day = (dt.date.fromisoformat(feed_day) + dt.timedelta(days=1)).isoformat()
@@ -64,7 +54,7 @@ def simulate_impressions(store: DatasetStore, feed: pd.DataFrame, feed_day: str,
     first_seen = plays.groupby("user_id")["event_ts"].min() - pd.Timedelta(seconds=1)
     served = feed[feed["user_id"].isin(first_seen.index)].copy()
     served["served_at"] = served["user_id"].map(first_seen)
-    served = served[["user_id", "item_id", "rank", "model_version", "arm", "served_at"]].reset_index(drop=True)
+    served = served[IMPRESSION_COLUMNS].reset_index(drop=True)
     served["rank"] = served["rank"].astype(np.int32)
     served["model_version"] = served["model_version"].astype(np.int64)
     _write(store, log_path(template, store, feed_day), pa.Table.from_pandas(served, preserve_index=False))

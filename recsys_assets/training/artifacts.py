@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import posixpath
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -26,22 +27,14 @@ COLD_START_INDEX = "cold_start_index"
 OFFLINE_EVALUATION = "offline_evaluation"
 
 
-class ArtifactDir:
-    """One version directory being written (or a committed one being read)."""
+class StoreDir:
+    """Files under one directory of the store: bytes, JSON, Parquet tables, torch objects, a vocabulary."""
 
-    def __init__(self, store: DatasetStore, dataset: str, day: str, version: str):
-        self.store, self.dataset, self.day, self.version = store, dataset, day, version
-
-    @classmethod
-    def committed(cls, store: DatasetStore, dataset: str, day: str) -> "ArtifactDir":
-        return cls(store, dataset, day, store.committed_version(dataset, day))
+    def __init__(self, store: DatasetStore, root: str):
+        self.store, self.root = store, root
 
     def path(self, name: str) -> str:
-        return self.store.version_path(self.dataset, self.day, self.version, name)
-
-    @property
-    def uri(self) -> str:
-        return self.store.version_uri(self.dataset, self.day, self.version)
+        return posixpath.join(self.root, name)
 
     def write_bytes(self, name: str, data: bytes) -> None:
         self.store.write_bytes_atomic(self.path(name), data)
@@ -78,6 +71,22 @@ class ArtifactDir:
 
     def read_vocab(self) -> tuple[Vocab, dict]:
         return Vocab.from_table(self.read_table("vocab.parquet")), self.read_json("feature_moments.json")
+
+
+class ArtifactDir(StoreDir):
+    """One version directory of a model/index partition being written (or a committed one being read)."""
+
+    def __init__(self, store: DatasetStore, dataset: str, day: str, version: str):
+        super().__init__(store, store.version_path(dataset, day, version))
+        self.dataset, self.day, self.version = dataset, day, version
+
+    @classmethod
+    def committed(cls, store: DatasetStore, dataset: str, day: str) -> "ArtifactDir":
+        return cls(store, dataset, day, store.committed_version(dataset, day))
+
+    @property
+    def uri(self) -> str:
+        return self.store.version_uri(self.dataset, self.day, self.version)
 
 
 def latest_committed_before(store: DatasetStore, dataset: str, day: str, lookback_days: int = 30) -> str | None:

@@ -189,6 +189,17 @@ class ItemCatalog:
         """Catalogue rows of item ids (-1 where unknown or null)."""
         return positions_in(self._index, item_ids)
 
+    def encode(self, vocab: "Vocab", feature: str) -> np.ndarray:
+        """Vocab ids of a categorical item feature (item_id or an attribute) for every catalogue row."""
+        values = self.item_ids if feature == "item_id" else self.attributes[feature].to_numpy(dtype=object)
+        return vocab.encode(feature, pa.array(values, pa.string()))
+
+    def age_days(self, as_of: pd.Timestamp) -> np.ndarray:
+        """Item age at `as_of` in days (never negative) for every catalogue row: the item_age_days feature as the
+        index build and the feed compute it."""
+        created = pd.to_datetime(self.attributes["item_created_at"], utc=True)
+        return np.maximum((as_of - created).dt.total_seconds().to_numpy() / 86_400.0, 0.0)
+
 
 def build_item_catalog(day_tables: list[pa.Table]) -> ItemCatalog:
     """Union of per-day final-items tables (oldest first); an item's latest day wins."""

@@ -103,15 +103,10 @@ def item_tower_inputs(
     catalog: ItemCatalog, vocab: Vocab, moments: dict, as_of: pd.Timestamp
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Item tower inputs for every catalogue row, item age measured at `as_of` (the index build time)."""
-    attrs = catalog.attributes
-    cat = np.stack(
-        [vocab.encode(f, pa.array(catalog.item_ids if f == "item_id" else attrs[f].to_numpy(dtype=object), pa.string()))
-         for f in ITEM_CAT], axis=1,
-    )
-    age = (as_of - pd.to_datetime(attrs["item_created_at"], utc=True)).dt.total_seconds().to_numpy() / 86_400.0
+    cat = np.stack([catalog.encode(vocab, f) for f in ITEM_CAT], axis=1)
     dense = np.stack(
-        [standardize("item_video_length_s", attrs["item_video_length_s"].to_numpy(np.float64), moments),
-         standardize("item_age_days", np.maximum(age, 0.0), moments)], axis=1,
+        [standardize("item_video_length_s", catalog.attributes["item_video_length_s"].to_numpy(np.float64), moments),
+         standardize("item_age_days", catalog.age_days(as_of), moments)], axis=1,
     )
     return torch.from_numpy(cat), torch.from_numpy(dense), torch.from_numpy(catalog.embeddings)
 
@@ -123,6 +118,14 @@ def item_vectors(model: TwoTower, catalog: ItemCatalog, vocab: Vocab, moments: d
     out = [model.item_tower(cat[s : s + batch_size], dense[s : s + batch_size], content[s : s + batch_size])
            for s in range(0, len(cat), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros((0, model.item_tower.cfg.output_dim), np.float32)
+
+
+def query_tower_inputs(users: pd.DataFrame, vocab: Vocab, moments: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query tower inputs (QUERY_CAT ids, standardized tenure) for one row per user: evaluation and the feed."""
+    cat = np.stack([vocab.encode(f, pa.array(users[f].to_numpy(dtype=object), pa.string())) for f in QUERY_CAT], axis=1) \
+        if len(users) else np.zeros((0, len(QUERY_CAT)), np.int64)
+    dense = standardize("user_tenure_days", users["user_tenure_days"].to_numpy(np.float64), moments)[:, None]
+    return torch.from_numpy(cat), torch.from_numpy(dense)
 
 
 @dataclass
@@ -150,14 +153,12 @@ def evaluation_queries(
         parts.append(df)
     df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
     users = df.drop_duplicates("user_id").reset_index(drop=True)
-    cat = np.stack([encoder.vocab.encode(f, pa.array(users[f].to_numpy(dtype=object), pa.string())) for f in QUERY_CAT], axis=1) \
-        if len(users) else np.zeros((0, len(QUERY_CAT)), np.int64)
-    dense = standardize("user_tenure_days", users["user_tenure_days"].to_numpy(np.float64), encoder.moments)[:, None]
+    cat, dense = query_tower_inputs(users, encoder.vocab, encoder.moments)
     user_row = pd.Index(users["user_id"]).get_indexer(df["user_id"])
     item_row = encoder.catalog.rows(pa.array(df["item_id"].to_numpy(dtype=object), pa.string()))
     ok = item_row >= 0
     relevant = group_relevant(user_row[ok], item_row[ok], len(users))
-    return EvalQueries(users["user_id"].to_numpy(dtype=object), torch.from_numpy(cat), torch.from_numpy(dense), relevant,
+    return EvalQueries(users["user_id"].to_numpy(dtype=object), cat, dense, relevant,
                        int(len(df)))
 
 
