@@ -8,7 +8,7 @@ import yaml
 from pyspark.sql import functions as F
 
 from recsys_assets.datagen.config import DEFAULT_CONFIG_PATH, load_datagen_spec, parse_datagen_spec
-from recsys_assets.datagen.filter_chain import run_filter_chain, sample_predicate
+from recsys_assets.datagen.filter_chain import deduplicate, run_filter_chain, sample_predicate
 from recsys_assets.datagen.raw_inputs import read_raw
 from recsys_assets.partitions import window_micros, window_of
 from resources.storage import DatasetStore
@@ -96,3 +96,66 @@ def test_sample_is_deterministic_and_close_to_fraction(spark):
     assert a == b  # independent of partitioning (the same rows on any cluster)
     assert abs(a / 200_000 - 0.7) < 0.005
     assert other_seed != a
+
+
+def _dup_rows(df):
+    return sorted(
+        (repr(tuple(r[c] for c in df.columns if c != "is_duplicate")), r["is_duplicate"]) for r in df.collect()
+    )
+
+
+def test_deduplicate_marks_the_same_rows_as_the_full_window(spark, raw_root):
+    """The hash-candidate path (window over repeated ids only) and the whole-day window agree row for row, on a
+    generated day with re-sent batches and null ids."""
+    store = DatasetStore(str(raw_root))
+    events = read_raw(spark, store, "events", DAYS[1])
+    fast = deduplicate(events)
+    full = deduplicate(events, broadcast_limit=0)
+    try:
+        assert fast.cached and not full.cached  # the candidates fit a broadcast; limit 0 forces the whole-day window
+        assert fast.duplicate_candidates == full.duplicate_candidates > 0
+        marked = fast.events.filter("is_duplicate").count()
+        assert marked > 0
+        assert _dup_rows(fast.events) == _dup_rows(full.events)
+        assert fast.events.count() == events.count()
+    finally:
+        for df in fast.cached:
+            df.unpersist()
+
+
+def test_deduplicate_keeps_one_copy_by_time_then_columns(spark):
+    ts = pd.Timestamp("2024-03-01 10:00:00", tz="UTC")
+    rows = [
+        # Three identical copies: exactly two are duplicates.
+        ("e1", "u1", "i1", ts, 5.0),
+        ("e1", "u1", "i1", ts, 5.0),
+        ("e1", "u1", "i1", ts, 5.0),
+        # Same id, later time: the earlier one is kept whatever the order in the input.
+        ("e2", "u1", "i2", ts + pd.Timedelta(seconds=1), 1.0),
+        ("e2", "u1", "i2", ts, 9.0),
+        # Tie on time and item: the remaining columns decide (smaller play duration kept), not the input order.
+        ("e3", "u1", "i3", ts, 7.0),
+        ("e3", "u1", "i3", ts, 2.0),
+        # Null ids are never duplicates of each other (they are quarantined as null_event_id instead).
+        (None, "u2", "i1", ts, 1.0),
+        (None, "u2", "i1", ts, 1.0),
+        ("e4", "u3", "i4", ts, 3.0),
+    ]
+    df = spark.createDataFrame(
+        pd.DataFrame(rows, columns=["event_id", "user_id", "item_id", "event_ts", "play_duration_s"])
+    ).repartition(3)
+    for limit in (1_000, 0):
+        result = deduplicate(df, broadcast_limit=limit)
+        got = [
+            (r.event_id, r.play_duration_s, r.is_duplicate)
+            for r in result.events.orderBy("event_id", "play_duration_s", "is_duplicate").collect()
+        ]
+        assert got == [
+            (None, 1.0, False), (None, 1.0, False),
+            ("e1", 5.0, False), ("e1", 5.0, True), ("e1", 5.0, True),
+            ("e2", 1.0, True), ("e2", 9.0, False),
+            ("e3", 2.0, False), ("e3", 7.0, True),
+            ("e4", 3.0, False),
+        ], limit
+        for cached in result.cached:
+            cached.unpersist()

@@ -1,15 +1,22 @@
 """The datagen filter chain over Spark DataFrames, with every stage's event and item counts from one aggregation.
 
 Each event gets `fail_stage`: the index of the first row-level stage it fails (quarantine, language, sample,
-then the configured row filters), or `len(stages)` if it passes them all. One groupBy(item_id) aggregation
-counts events per item by fail_stage; item-level stages (min_item_events) and every stage's surviving event and
-item counts are then derived from that per-item table with column arithmetic and a single one-row global
-aggregate. So the whole chain costs one shuffle of events, however many filters the config lists, instead of
-one Spark job per filter.
+then the configured row filters), or `len(stages)` if it passes them all. One groupBy(item_id, fail_stage,
+quarantine_reason) count gives the per-item counts by stage; item-level stages (min_item_events) and every stage's
+surviving event and item counts are then derived from that item-sized table with column arithmetic and a single
+one-row global aggregate. So the whole chain costs one aggregation of events, however many filters the config
+lists, instead of one Spark job per filter.
+
+Nothing event-sized is cached. The flags are a narrow map of the raw scan (broadcast joins only), so the stats
+pass and the filtered write each re-read the raw Parquet instead of holding the day in executor memory: a
+columnar cache of the enriched day cost more than recomputing it (benchmarks/datagen.py) and grew the JVM with
+the day. Duplicates are the one thing a narrow map cannot see: see `deduplicate`, whose small cache (repeated ids
+and invalid rows) also serves the quarantine output without another scan.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import reduce
 
@@ -55,17 +62,21 @@ def stages_of(spec: DatagenSpec) -> list[Stage]:
     return out
 
 
-def enrich_events(events: DataFrame, items: DataFrame) -> DataFrame:
-    """Events left-joined with the day's catalogue (columns prefixed item_) and item age at event time.
-
-    The catalogue is item-sized and deduplicated by item_id first so a duplicated catalogue row can never
-    multiply events. Events whose item is missing from the catalogue keep null item_ columns and fail the
-    filters that look at them (counted there).
-    """
-    catalogue = items.dropDuplicates(["item_id"]).select(
+def item_catalogue(items: DataFrame) -> DataFrame:
+    """The day's catalogue with one row per item_id (a duplicated catalogue row can never multiply events) and
+    its columns prefixed item_. Item-sized: callers cache it, so every pass over the events sees the same row for
+    an item that the raw catalogue lists twice."""
+    return items.dropDuplicates(["item_id"]).select(
         "item_id", *[F.col(c).alias(f"item_{c}") for c in items.columns if c != "item_id"]
     )
-    joined = events.join(catalogue, on="item_id", how="left")
+
+
+def enrich_events(events: DataFrame, catalogue: DataFrame, how: str = "left", broadcast: bool = True) -> DataFrame:
+    """Events joined with `item_catalogue` rows and item age at event time. With the default left join, events
+    whose item is missing from the catalogue keep null item_ columns and fail the filters that look at them
+    (counted there); an inner join with a subset of the catalogue keeps only that subset's events. `broadcast`:
+    ship the catalogue to every task (no shuffle of events); pass False for a catalogue too big for that."""
+    joined = events.join(F.broadcast(catalogue) if broadcast else catalogue, on="item_id", how=how)
     age_days = (F.unix_micros("event_ts") - F.unix_micros("item_created_at")) / F.lit(float(US_PER_DAY))
     return joined.withColumn("item_age_days", age_days)
 
@@ -86,12 +97,84 @@ def quarantine_reason(day_start_us: int, day_end_us: int) -> Column:
     )
 
 
+# Physical-plan limit (rows) for broadcasting an item- or duplicate-sized table; above it the same join shuffles.
+BROADCAST_ROW_LIMIT = 2_000_000
+_ID_HASH = "_event_id_hash"
+
+
 def mark_duplicates(events: DataFrame) -> DataFrame:
-    """Column `is_duplicate`: true for every copy of an event_id after the first (by event_ts, then item)."""
+    """Column `is_duplicate`: true for every copy of an event_id after the first, ordered by event_ts, item_id and
+    then every other column, so which copy is kept never depends on partitioning (copies that tie on every column
+    are identical, and keeping any one of them is the same)."""
     from pyspark.sql.window import Window
 
-    w = Window.partitionBy("event_id").orderBy(F.col("event_ts").asc_nulls_last(), F.col("item_id").asc_nulls_last())
+    rest = [c for c in events.columns if c not in ("event_id", "event_ts", "item_id", _ID_HASH)]
+    order = [F.col(c).asc_nulls_last() for c in ("event_ts", "item_id", *rest)]
+    w = Window.partitionBy("event_id").orderBy(*order)
     return events.withColumn("is_duplicate", F.col("event_id").isNotNull() & (F.row_number().over(w) > 1))
+
+
+@contextmanager
+def _session_conf(session, settings: dict[str, str]):
+    """Set SQL properties for the enclosed queries only, restoring what was there."""
+    before = {k: session.conf.get(k, None) for k in settings}
+    for k, v in settings.items():
+        session.conf.set(k, v)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                session.conf.unset(k)
+            else:
+                session.conf.set(k, v)
+
+
+@dataclass
+class Deduplicated:
+    events: DataFrame  # the input with `is_duplicate`; lazily defined
+    duplicate_candidates: int  # rows routed through the window (ids whose hash occurs more than once)
+    # Every row of a repeated id (with `is_duplicate`) plus the rows matching `deduplicate`'s `also_cache`, read
+    # from the cache; None when the whole day went through the window.
+    cached_rows: DataFrame | None = None
+    cached: tuple[DataFrame, ...] = ()
+
+
+def deduplicate(
+    events: DataFrame, broadcast_limit: int = BROADCAST_ROW_LIMIT, also_cache: Column | None = None
+) -> Deduplicated:
+    """`mark_duplicates` without shuffling the day. One aggregation over a 64-bit hash of event_id (a single column
+    read) finds the hashes that occur more than once; only those rows (every real duplicate, plus the odd hash
+    collision, which the window then keeps) go through the window, and that small set is cached. Every other row is
+    `is_duplicate = false` by a broadcast anti-join, a narrow map that later passes recompute from the scan. If the
+    candidates are too many to broadcast, the whole day goes through the window instead (same result).
+
+    `also_cache`: a predicate on the raw columns (such as "invalid input") whose rows the same scan caches next to
+    the repeated ones, so a later pass that needs only those rows (the quarantine) reads no events at all."""
+    hashed = events.withColumn(_ID_HASH, F.xxhash64("event_id"))
+    # Almost every hash is unique, so a map-side partial count would build a day-sized hash map for nothing:
+    # aggregate once after the shuffle (Spark 4's bypass; an older Spark ignores the unknown setting). The plan of
+    # a persisted DataFrame is fixed when it is persisted, so the setting is scoped to building this one table.
+    with _session_conf(events.sparkSession, {"spark.sql.execution.bypassPartialAggregation": "true"}):
+        candidates = (
+            hashed.groupBy(_ID_HASH).agg(F.count(F.lit(1)).alias("n")).filter(F.col("n") > 1).persist()
+        )
+        rows = int(candidates.agg(F.sum("n")).first()[0] or 0)
+    if rows > broadcast_limit:
+        candidates.unpersist()
+        return Deduplicated(mark_duplicates(events), rows)
+    keys = F.broadcast(candidates.select(_ID_HASH))
+    repeated_flag = F.broadcast(candidates.select(_ID_HASH, F.lit(True).alias("_repeated")))
+    keep = F.col("_repeated").isNotNull()
+    if also_cache is not None:
+        keep = keep | F.coalesce(also_cache, F.lit(False))
+    small = hashed.join(repeated_flag, _ID_HASH, "left").filter(keep).persist()
+    repeated = mark_duplicates(small.filter(F.col("_repeated").isNotNull()).drop(_ID_HASH, "_repeated")).persist()
+    others = small.filter(F.col("_repeated").isNull()).drop(_ID_HASH, "_repeated").withColumn("is_duplicate", F.lit(False))
+    unique = hashed.join(keys, _ID_HASH, "left_anti").drop(_ID_HASH).withColumn("is_duplicate", F.lit(False))
+    return Deduplicated(
+        unique.unionByName(repeated), rows, cached_rows=others.unionByName(repeated), cached=(candidates, small, repeated)
+    )
 
 
 def filter_predicate(f) -> Column:
@@ -117,14 +200,18 @@ def sample_predicate(fraction: float, seed: int) -> Column:
     return bucket < F.lit(int(round(fraction * SAMPLE_BUCKETS)))
 
 
-def flag_events(enriched: DataFrame, spec: DatagenSpec, day_start_us: int, day_end_us: int) -> DataFrame:
-    """Add `quarantine_reason` and `fail_stage` (first failing row stage index; len(stages) = passed all)."""
-    stages = stages_of(spec)
-    marked = mark_duplicates(enriched)
+def with_quarantine_reason(deduped: DataFrame, day_start_us: int, day_end_us: int) -> DataFrame:
+    """Raw events (with `is_duplicate`) -> the same rows with `quarantine_reason` (null for valid input)."""
     reason = F.coalesce(
         quarantine_reason(day_start_us, day_end_us), F.when(F.col("is_duplicate"), F.lit("duplicate_event_id"))
     )
-    flagged = marked.withColumn("quarantine_reason", reason).drop("is_duplicate")
+    return deduped.withColumn("quarantine_reason", reason).drop("is_duplicate")
+
+
+def flag_events(enriched: DataFrame, spec: DatagenSpec) -> DataFrame:
+    """Add `fail_stage` (first failing row stage index; len(stages) = passed all) to enriched events that carry
+    `quarantine_reason`."""
+    stages = stages_of(spec)
     row_preds: list[tuple[int, Column]] = [
         (0, F.col("quarantine_reason").isNull()),
         (1, F.coalesce(F.col("item_language").isin(list(spec.language.allowed)), F.lit(False))),
@@ -136,17 +223,25 @@ def flag_events(enriched: DataFrame, spec: DatagenSpec, day_start_us: int, day_e
     fail = F.lit(len(stages))
     for idx, pred in reversed(row_preds):
         fail = F.when(~pred, F.lit(idx)).otherwise(fail)
-    return flagged.withColumn("fail_stage", fail.cast("int"))
+    return enriched.withColumn("fail_stage", fail.cast("int"))
 
 
 def per_item_stage_counts(flagged: DataFrame, spec: DatagenSpec) -> DataFrame:
     """One row per item_id (null included): c_<k> = events whose first failing row stage is k, c_pass, and
-    q_<reason> quarantine counts; plus `events_after_<stage>` and `alive` (passes the whole chain)."""
+    q_<reason> quarantine counts; plus `events_after_<stage>` and `alive` (passes the whole chain).
+
+    The event-sized work is one count per (item, fail_stage, reason) key; the columns per item are then pivoted
+    from that item-sized result, so the hash aggregation over events updates one buffer per row, not one
+    conditional count per stage and reason."""
     stages = stages_of(spec)
     n = len(stages)
-    aggs = [F.count(F.when(F.col("fail_stage") == k, 1)).alias(f"c_{k}") for k in range(n + 1)]
-    aggs += [F.count(F.when(F.col("quarantine_reason") == r, 1)).alias(f"q_{r}") for r in QUARANTINE_REASONS]
-    per_item = flagged.groupBy("item_id").agg(*aggs)
+    keyed = flagged.groupBy("item_id", "fail_stage", "quarantine_reason").agg(F.count(F.lit(1)).alias("cnt"))
+    aggs = [F.sum(F.when(F.col("fail_stage") == k, F.col("cnt")).otherwise(0)).alias(f"c_{k}") for k in range(n + 1)]
+    aggs += [
+        F.sum(F.when(F.col("quarantine_reason") == r, F.col("cnt")).otherwise(0)).alias(f"q_{r}")
+        for r in QUARANTINE_REASONS
+    ]
+    per_item = keyed.groupBy("item_id").agg(*aggs)
 
     # Walk the stages in order: events surviving stage j at row level are those failing later than j (or never);
     # an item stage keeps the item only if enough of its events survived everything before it.
@@ -226,17 +321,32 @@ FILTERED_EVENT_COLUMNS = [
 def run_filter_chain(
     events: DataFrame, items: DataFrame, spec: DatagenSpec, day_start_us: int, day_end_us: int
 ) -> FilterChainResult:
-    """Apply quarantine, language, sample and the configured chain. Stats are computed eagerly (one scan of
-    the input, which also fills the cache); the filtered and quarantined outputs read the cached flags."""
-    flagged = flag_events(enrich_events(events, items), spec, day_start_us, day_end_us).persist()
+    """Apply quarantine, language, sample and the configured chain. The duplicate scan and the stats run eagerly
+    (each one aggregation over the raw scan); the filtered output is a lazy re-read of the raw Parquet through
+    the same narrow flags, and the quarantine output reads only rows cached by the duplicate scan."""
+    catalogue = item_catalogue(items).persist()
+    small_catalogue = catalogue.count() <= BROADCAST_ROW_LIMIT
+    dedup = deduplicate(events, also_cache=quarantine_reason(day_start_us, day_end_us).isNotNull())
+    checked = with_quarantine_reason(dedup.events, day_start_us, day_end_us)
+    flagged = flag_events(enrich_events(checked, catalogue, broadcast=small_catalogue), spec)
     per_item = per_item_stage_counts(flagged, spec).persist()
     stats = stage_stats(per_item, spec)
+    stats["num_duplicate_candidates"] = dedup.duplicate_candidates
     n = len(stages_of(spec))
-    survivors = per_item.filter("alive").select("item_id")
+    # The write pass joins only the surviving items' catalogue rows (inner): events of every other item drop out at
+    # the join, before the row predicates, and no second lookup by item_id is needed.
+    surviving = catalogue.join(per_item.filter("alive").select("item_id"), "item_id", "left_semi")
     filtered = (
-        flagged.filter(F.col("fail_stage") == n)
-        .join(F.broadcast(survivors) if stats["num_unique_items_post_filters"] < 2_000_000 else survivors, "item_id", "left_semi")
+        flag_events(enrich_events(checked, surviving, how="inner", broadcast=small_catalogue), spec)
+        .filter(F.col("fail_stage") == n)
         .select(*FILTERED_EVENT_COLUMNS)
     )
-    quarantined = flagged.filter(F.col("fail_stage") == 0).select(*events.columns, "quarantine_reason")
-    return FilterChainResult(filtered, quarantined, stats, cached=(flagged, per_item))
+    # Quarantine depends on the raw columns only: no catalogue join, and (unless the day had too many repeated
+    # ids to cache) no scan either.
+    source = dedup.cached_rows if dedup.cached_rows is not None else dedup.events
+    quarantined = (
+        with_quarantine_reason(source, day_start_us, day_end_us)
+        .filter(F.col("quarantine_reason").isNotNull())
+        .select(*events.columns, "quarantine_reason")
+    )
+    return FilterChainResult(filtered, quarantined, stats, cached=(catalogue, *dedup.cached, per_item))

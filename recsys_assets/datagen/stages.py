@@ -74,7 +74,7 @@ def training_events_stage(
     session, store: DatasetStore, day: str, version: str, datagen_config_path: str | None = None,
     te_spec=None,
 ) -> dict:
-    from recsys_assets.datagen.training_events import TrainingEventsSpec, build_training_events
+    from recsys_assets.datagen.training_events import TrainingEventsSpec, build_training_events, count_users
 
     te_spec = te_spec or TrainingEventsSpec()
     t0 = time.monotonic()
@@ -88,14 +88,16 @@ def training_events_stage(
         te_spec,
         filter_stats["num_unique_items_post_filters"],
     )
+    events_uri = store.version_uri(TRAINING_EVENTS, day, version, "events")
     try:
-        result.events.write.mode("overwrite").parquet(store.version_uri(TRAINING_EVENTS, day, version, "events"))
+        result.events.write.mode("overwrite").parquet(events_uri)
         result.items.write.mode("overwrite").parquet(store.version_uri(TRAINING_EVENTS, day, version, "items"))
         schema, items_schema = _schema(result.events), _schema(result.items)
     finally:
         result.release()
     stats = {
         **result.stats,
+        "num_users": count_users(session.read.parquet(events_uri)),
         "num_unique_items_post_filters": filter_stats["num_unique_items_post_filters"],
         "users_snapshot_day": users_day,
         "thresholds": spec.thresholds.model_dump(),

@@ -52,6 +52,12 @@ def embedding_validity(embeddings: DataFrame) -> DataFrame:
     return embeddings.withColumn("reject_reason", reason)
 
 
+# Catalogue attributes carried to the items output (constant per item within a day's events).
+ITEM_ATTRIBUTES = ("item_language", "item_category", "item_author_id", "item_video_length_s", "item_created_at")
+# The per-item grouping keys: every catalogue column of filtered_events (item_age_days is per event).
+ITEM_KEYS = ("item_id", *ITEM_ATTRIBUTES, "item_moderation_status")
+
+
 def user_features(users: DataFrame) -> DataFrame:
     return users.dropDuplicates(["user_id"]).select(
         "user_id",
@@ -74,6 +80,36 @@ class TrainingEventsResult:
             df.unpersist()
 
 
+def count_users(events: DataFrame) -> int:
+    """Distinct users of written training_events (read back: a dictionary-encoded column, no joins to redo)."""
+    return events.select("user_id").distinct().count()
+
+
+def _broadcast_if_small(df: DataFrame, rows: int) -> DataFrame:
+    from recsys_assets.datagen.filter_chain import BROADCAST_ROW_LIMIT
+
+    return F.broadcast(df) if rows <= BROADCAST_ROW_LIMIT else df
+
+
+def pooled_moments(per_item: DataFrame, columns: tuple[str, ...]) -> dict[str, tuple[float, float]]:
+    """Day-level (mean, population std) of each column from per-item `n`, `mean_<c>` and `var_<c>` (population),
+    combined exactly (Chan et al.): M2 = sum(var_i * n_i) + sum(n_i * (mean_i - mean)^2). Two item-sized jobs."""
+    total = F.sum("n")
+    means = per_item.agg(
+        *[(F.sum(F.col("n") * F.col(f"mean_{c}")) / total).alias(c) for c in columns]
+    ).first().asDict()
+    m2 = per_item.agg(
+        *[
+            (
+                F.sum(F.col("n") * F.col(f"var_{c}") + F.col("n") * (F.col(f"mean_{c}") - F.lit(means[c] or 0.0)) ** 2)
+                / total
+            ).alias(c)
+            for c in columns
+        ]
+    ).first().asDict()
+    return {c: (float(means[c] or 0.0), float(max(m2[c] or 0.0, 0.0)) ** 0.5) for c in columns}
+
+
 def build_training_events(
     filtered_events: DataFrame,
     embeddings: DataFrame,
@@ -81,14 +117,25 @@ def build_training_events(
     spec: TrainingEventsSpec,
     num_unique_items_post_filters: int,
 ) -> TrainingEventsResult:
-    """Join, fill and normalise. Stats (and normalisation moments) come from one aggregation over the joined
-    events, which also fills the cache the writes then read."""
+    """Join, fill and normalise.
+
+    Nothing event-sized is cached: the joins are broadcasts of item- and user-sized tables (when they fit), so the
+    joined events are a narrow map of the filtered_events scan. One groupBy(item_id) pass over the few columns it
+    needs gives the items output and the normalisation moments (pooled from per-item moments); the events write
+    re-reads the scan through the same map. Distinct users are counted on the written events (`count_users`):
+    one column of our own output, no joins."""
+
     checked = embedding_validity(embeddings).persist()
     valid_emb = checked.filter(F.col("reject_reason").isNull()).select("item_id", "embedding")
+    reject_counts = {
+        r["reject_reason"]: int(r["count"]) for r in checked.groupBy("reject_reason").count().collect()
+    }
+    valid_items = reject_counts.pop(None, 0)
+    user_rows = users.count()
 
     joined = (
-        filtered_events.join(valid_emb.select("item_id"), "item_id", "left_semi")
-        .join(user_features(users), "user_id", "left")
+        filtered_events.join(_broadcast_if_small(valid_emb.select("item_id"), valid_items), "item_id", "left_semi")
+        .join(_broadcast_if_small(user_features(users), user_rows), "user_id", "left")
         .withColumn(
             "user_tenure_days",
             (F.unix_micros("event_ts") - F.unix_micros("user_signup_ts")) / F.lit(float(US_PER_DAY)),
@@ -99,64 +146,71 @@ def build_training_events(
         )
         .drop("user_signup_ts")
     )
-    # Cache the joined rows once: the one aggregation below (null counts, join stats, normalisation moments) and
-    # the writes of events and items all read this cache instead of redoing the joins.
-    joined = joined.persist()
     string_cols = [f.name for f in joined.schema.fields if f.dataType.simpleString() == "string"]
     float_cols = [f.name for f in joined.schema.fields if f.dataType.simpleString() == "double"]
-    null_counts = [F.count(F.when(F.col(c).isNull(), 1)).alias(f"nulls_{c}") for c in string_cols + float_cols]
-    filled = joined.fillna(spec.string_fill, subset=string_cols).fillna(spec.float_fill, subset=float_cols)
 
     def feature(c: str, fill_nulls: bool = False):
         col = F.coalesce(F.col(c), F.lit(spec.float_fill)) if fill_nulls else F.col(c)
         return F.log1p(F.greatest(col, F.lit(0.0))) if c in spec.log_columns else col
 
-    # Moments of the filled values, computed on `joined` (fill applied in the expression) so the null counts
-    # and moments come from the same single pass.
-    moments = []
-    for c in spec.normalized_columns:
-        moments += [
-            F.avg(feature(c, fill_nulls=True)).alias(f"mean_{c}"),
-            F.stddev_pop(feature(c, fill_nulls=True)).alias(f"std_{c}"),
-        ]
-    row = joined.agg(
-        *null_counts,
-        F.count(F.lit(1)).alias("num_events_post_embedding_join"),
-        F.countDistinct("item_id").alias("num_items_post_embed_join"),
-        F.countDistinct("user_id").alias("num_users"),
-        *moments,
-    ).collect()[0].asDict()
+    # Per item: its event count, the items output's attributes and the moments of the filled features; item-sized
+    # and cached, so every day-level number below is a tiny job over it. The catalogue attributes are grouping keys
+    # rather than first() aggregates: they are constant per item (filtered_events joined one catalogue row per
+    # item), and string aggregation buffers would force a sort-based aggregation of every event.
+    # Null counts: per event for the event-level columns; an item attribute's nulls are the events of the items
+    # whose (constant) attribute is null, summed from this table.
+    event_level = [c for c in string_cols + float_cols if c not in ITEM_KEYS]
+    per_item = (
+        joined.groupBy(*ITEM_KEYS)
+        .agg(
+            F.count(F.lit(1)).alias("n"),
+            *[F.count(F.when(F.col(c).isNull(), 1)).alias(f"nulls_{c}") for c in event_level],
+            F.max("item_age_days").alias("item_age_days"),
+            *[F.avg(feature(c, fill_nulls=True)).alias(f"mean_{c}") for c in spec.normalized_columns],
+            *[F.var_pop(feature(c, fill_nulls=True)).alias(f"var_{c}") for c in spec.normalized_columns],
+        )
+        .persist()
+    )
+    row = per_item.agg(
+        F.count(F.lit(1)).alias("num_items"),
+        F.countDistinct("item_id").alias("distinct_items"),
+        F.sum("n").alias("num_events"),
+        *[F.sum(f"nulls_{c}").alias(f"nulls_{c}") for c in event_level],
+        *[F.sum(F.when(F.col(c).isNull(), F.col("n")).otherwise(0)).alias(f"nulls_{c}")
+          for c in string_cols + float_cols if c in ITEM_KEYS],
+    ).first().asDict()
+    if row["num_items"] != row["distinct_items"]:
+        clash = per_item.groupBy("item_id").count().filter(F.col("count") > 1).first()["item_id"]
+        raise ValueError(
+            f"filtered_events: item {clash!r} has more than one value of {list(ITEM_KEYS[1:])} within the day "
+            "(each item's catalogue columns must be constant across its events)"
+        )
+    moments = pooled_moments(per_item, spec.normalized_columns)
     normalization = {
         c: {
-            "mean": float(row[f"mean_{c}"] or 0.0),
-            "std": float(row[f"std_{c}"] or 0.0),
+            "mean": moments[c][0],
+            "std": moments[c][1],
             "transform": "log1p_zscore" if c in spec.log_columns else "zscore",
         }
         for c in spec.normalized_columns
     }
-    out = filled
+    out = joined.fillna(spec.string_fill, subset=string_cols).fillna(spec.float_fill, subset=float_cols)
     for c, m in normalization.items():
         std = m["std"] if m["std"] > 0 else 1.0
         out = out.withColumn(f"{c}_norm", ((feature(c) - F.lit(m["mean"])) / F.lit(std)).cast("float"))
 
+    # The items output: the per-item attributes as filled in the events (the catalogue columns' fill applies to
+    # both), with the embedding.
+    fill = {c: spec.string_fill for c in ITEM_ATTRIBUTES if c in string_cols}
+    fill.update({c: spec.float_fill for c in ("item_age_days", *ITEM_ATTRIBUTES) if c in float_cols})
     items = (
-        out.groupBy("item_id")
-        .agg(
-            F.count(F.lit(1)).alias("num_events"),
-            F.max("item_age_days").alias("item_age_days"),
-            F.first("item_language").alias("item_language"),
-            F.first("item_category").alias("item_category"),
-            F.first("item_author_id").alias("item_author_id"),
-            F.first("item_video_length_s").alias("item_video_length_s"),
-            F.first("item_created_at").alias("item_created_at"),
-        )
+        per_item.select(F.col("n").alias("num_events"), "item_id", "item_age_days", *ITEM_ATTRIBUTES)
+        .fillna(fill)
         .join(valid_emb, "item_id", "inner")
+        .select("item_id", "num_events", "item_age_days", *ITEM_ATTRIBUTES, "embedding")
     )
-    reject_counts = {
-        r["reject_reason"]: int(r["count"])
-        for r in checked.filter(F.col("reject_reason").isNotNull()).groupBy("reject_reason").count().collect()
-    }
-    items_after = int(row["num_items_post_embed_join"])
+    items_after = int(row["num_items"] or 0)
+    num_events = int(row["num_events"] or 0)
     stats = {
         "num_items_post_embed_join": items_after,
         "item_loss_post_embedding_join": round(
@@ -164,11 +218,10 @@ def build_training_events(
         )
         if num_unique_items_post_filters
         else 0.0,
-        "num_events_post_embedding_join": int(row["num_events_post_embedding_join"]),
-        "num_final_rows": int(row["num_events_post_embedding_join"]),
-        "num_users": int(row["num_users"]),
+        "num_events_post_embedding_join": num_events,
+        "num_final_rows": num_events,
         "num_embeddings_rejected": sum(reject_counts.values()),
         **{f"num_embeddings_rejected_{r}": reject_counts.get(r, 0) for r in EMBEDDING_REJECT_REASONS},
-        **{f"num_nulls_filled_{c}": int(row[f"nulls_{c}"]) for c in string_cols + float_cols},
+        **{f"num_nulls_filled_{c}": int(row[f"nulls_{c}"] or 0) for c in string_cols + float_cols},
     }
-    return TrainingEventsResult(events=out, items=items, stats=stats, normalization=normalization, cached=(checked, joined))
+    return TrainingEventsResult(events=out, items=items, stats=stats, normalization=normalization, cached=(checked, per_item))

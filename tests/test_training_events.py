@@ -1,0 +1,114 @@
+"""build_training_events against an independent pandas computation on a generated day: the per-item pass and the
+pooled moments give the same rows, items, null counts, user count and normalisation as a direct computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys_assets.datagen.filter_chain import run_filter_chain
+from recsys_assets.datagen.config import load_datagen_spec
+from recsys_assets.datagen.raw_inputs import read_raw
+from recsys_assets.datagen.training_events import TrainingEventsSpec, build_training_events, count_users
+from recsys_assets.partitions import window_micros, window_of
+from resources.storage import DatasetStore
+from tests.conftest import DAYS
+
+US_PER_DAY = 86_400_000_000
+
+
+def _expected(filtered: pd.DataFrame, embeddings: pd.DataFrame, users: pd.DataFrame, spec: TrainingEventsSpec):
+    # Embedding validity in file order: null id, wrong length, non-finite, then every copy after the first.
+    def reason(row, seen):
+        if row.item_id is None:
+            return "null_item_id"
+        emb = row.embedding
+        r = None
+        if emb is None or len(emb) != 128:
+            r = "wrong_length"
+        elif not np.all(np.isfinite(np.asarray(emb, dtype=np.float64))):
+            r = "non_finite_value"
+        elif row.item_id in seen:
+            r = "duplicate_item_id"
+        seen.add(row.item_id)
+        return r
+
+    seen: set = set()
+    reasons = [reason(r, seen) for r in embeddings.itertuples()]
+    valid = set(embeddings.item_id[[r is None for r in reasons]])
+    ev = filtered[filtered.item_id.isin(valid)].merge(
+        users.drop_duplicates("user_id").rename(
+            columns={"language": "user_language", "region": "user_region", "signup_ts": "user_signup_ts"}
+        )[["user_id", "user_language", "user_region", "user_signup_ts"]],
+        on="user_id", how="left",
+    )
+    ev["user_tenure_days"] = (ev.event_ts - ev.user_signup_ts).dt.total_seconds() / 86400.0
+    vl = ev.item_video_length_s
+    ev["watch_ratio"] = np.where(vl > 0, ev.play_duration_s / vl.where(vl > 0), np.nan)
+    ev = ev.drop(columns=["user_signup_ts"])
+    norm = {}
+    for c in spec.normalized_columns:
+        x = ev[c].fillna(spec.float_fill).to_numpy(dtype=np.float64)
+        if c in spec.log_columns:
+            x = np.log1p(np.maximum(x, 0.0))
+        norm[c] = (x.mean(), x.std())
+    return ev, norm, reasons
+
+
+def test_training_events_equal_a_direct_pandas_computation(spark, raw_root, tmp_path):
+    store = DatasetStore(str(raw_root))
+    day = DAYS[1]
+    start_us, end_us = window_micros(window_of(day))
+    chain = run_filter_chain(
+        read_raw(spark, store, "events", day), read_raw(spark, store, "items", day), load_datagen_spec(), start_us, end_us
+    )
+    try:
+        chain.filtered_events.write.parquet(str(tmp_path / "filtered"))
+    finally:
+        chain.release()
+    spec = TrainingEventsSpec()
+    result = build_training_events(
+        spark.read.parquet(str(tmp_path / "filtered")),
+        read_raw(spark, store, "item_embeddings", day),
+        read_raw(spark, store, "users", day),
+        spec,
+        chain.stats["num_unique_items_post_filters"],
+    )
+    try:
+        events = result.events.toPandas()
+        items = result.items.toPandas()
+    finally:
+        result.release()
+
+    filtered = pd.read_parquet(tmp_path / "filtered")
+    embeddings = pd.read_parquet(store.raw_partition_path("item_embeddings", day))
+    users = pd.read_parquet(store.raw_partition_path("users", day))
+    ev, norm, reasons = _expected(filtered, embeddings, users, spec)
+    stats = result.stats
+
+    assert stats["num_final_rows"] == len(events) == len(ev)
+    assert set(events.event_id) == set(ev.event_id)
+    assert count_users(result.events) == ev.user_id.nunique()
+    assert stats["num_items_post_embed_join"] == len(items) == ev.item_id.nunique()
+    assert stats["num_embeddings_rejected"] == sum(r is not None for r in reasons) > 0
+    # Null counts of every filled column, including the catalogue columns counted from the per-item keys.
+    for c in ("user_language", "user_region", "user_tenure_days", "watch_ratio", "item_category", "feed_source"):
+        assert stats[f"num_nulls_filled_{c}"] == int(ev[c].isna().sum()), c
+    assert stats["num_nulls_filled_user_language"] > 0  # users who signed up after the snapshot: really filled
+    for c, (mean, std) in norm.items():
+        assert result.normalization[c]["mean"] == pytest.approx(mean, rel=1e-9, abs=1e-12), c
+        assert result.normalization[c]["std"] == pytest.approx(std, rel=1e-9), c
+    # The written rows: filled, normalised with those moments.
+    got = events.set_index("event_id").sort_index()
+    want = ev.set_index("event_id").sort_index()
+    assert (got.user_language == want.user_language.fillna(spec.string_fill)).all()
+    x = np.log1p(np.maximum(want.play_duration_s.fillna(0.0).to_numpy(), 0.0))
+    np.testing.assert_allclose(got.play_duration_s_norm, (x - norm["play_duration_s"][0]) / norm["play_duration_s"][1],
+                               rtol=1e-5, atol=1e-5)
+    # Items: one row per final item with its event count, latest age and a 128-d embedding.
+    per_item = ev.groupby("item_id").agg(n=("event_id", "size"), age=("item_age_days", "max"))
+    it = items.set_index("item_id").sort_index()
+    assert (it.num_events == per_item.n.loc[it.index]).all()
+    np.testing.assert_allclose(it.item_age_days, per_item.age.loc[it.index].fillna(0.0))
+    assert all(len(e) == 128 for e in it.embedding)
