@@ -24,23 +24,27 @@ def last_json(name: str) -> dict:
 
 
 def datagen() -> None:
-    rows = last_json("datagen_local2.json")["rows"]
-    n = [r["raw_events"] / 1e6 for r in rows]
+    before = last_json("datagen_local2.json")["rows"]  # cached filter chain (2026-11-22)
+    after = last_json("datagen_local2_after.json")["results"]  # no event-sized cache (2026-11-23)
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    a.plot(n, [r["raw_events_per_s"] / 1e3 for r in rows], "o-", label="measured (local[2])")
+    for rows, label, rss_py, rss_jvm in ((before, "before (cached day)", "python_peak_rss_mb", "jvm_peak_rss_mb"),
+                                         (after, "after (no event-sized cache)", "driver_python_peak_rss_mb",
+                                          "spark_jvm_peak_rss_mb")):
+        n = [r["raw_events"] / 1e6 for r in rows]
+        a.plot(n, [r["raw_events_per_s"] / 1e3 for r in rows], "o-", label=label)
+        b.plot(n, [r[rss_py] for r in rows], "o--", label=f"Python driver, {label}")
+        b.plot(n, [r[rss_jvm] for r in rows], "s-", label=f"Spark JVM, {label}")
     a.axhline(250, color="red", ls="--", label="target 250k/s")
     a.set_xscale("log")
     a.set_xlabel("raw events in the day (millions)")
     a.set_ylabel("raw events/s (thousands)")
-    a.set_title("Datagen throughput, 2 cores")
+    a.set_title("Datagen throughput, local[2]")
     a.legend()
-    b.plot(n, [r["python_peak_rss_mb"] for r in rows], "o-", label="Python driver")
-    b.plot(n, [r["jvm_peak_rss_mb"] for r in rows], "s-", label="Spark JVM (driver+executor)")
     b.set_xscale("log")
     b.set_xlabel("raw events in the day (millions)")
     b.set_ylabel("peak RSS (MB)")
     b.set_title("Peak memory")
-    b.legend()
+    b.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(OUT / "datagen_throughput.png", dpi=110)
 
