@@ -1,8 +1,8 @@
 """What the per-filter stats cost: the filtered_events stage three ways on one synthetic day of N events.
 
 - one_pass: the platform's stage (stats for every filter from one per-item aggregation + a tiny item-sized job);
-- stats_off: the same plan and outputs without the stage-stats job (the duplicate scan and the per-item counts
-  stay: the item filter needs them to decide which items survive);
+- stats_off: `plan_filter_chain`, the stage's own plan and outputs without the stage-stats job (the duplicate
+  scan and the per-item counts stay: the item filter needs them to decide which items survive);
 - naive: the seed's way, apply filters one after another and count events and distinct items after each.
 
 Prints one JSON object with seconds per variant and the ratios the issue asks for.
@@ -26,17 +26,14 @@ from pyspark.sql import functions as F
 from recsys_assets.datagen.config import MinItemEventsFilter, load_datagen_spec
 from recsys_assets.datagen.filter_chain import (
     FILTERED_EVENT_COLUMNS,
-    deduplicate,
     enrich_events,
     filter_predicate,
-    flag_events,
     item_catalogue,
     mark_duplicates,
-    per_item_stage_counts,
+    plan_filter_chain,
     quarantine_reason,
     sample_predicate,
     stages_of,
-    with_quarantine_reason,
 )
 from recsys_assets.datagen.raw_inputs import read_raw
 from recsys_assets.datagen.stages import filtered_events_stage
@@ -49,21 +46,14 @@ DAY = "2024-03-01"
 
 
 def stats_off(session, store, out):
-    spec = load_datagen_spec()
     start_us, end_us = window_micros(window_of(DAY))
     events, items = read_raw(session, store, "events", DAY), read_raw(session, store, "items", DAY)
-    dedup = deduplicate(events)
-    checked = with_quarantine_reason(dedup.events, start_us, end_us)
-    flagged = flag_events(enrich_events(checked, item_catalogue(items)), spec)
-    per_item = per_item_stage_counts(flagged, spec).persist()
-    survivors = per_item.filter("alive").select("item_id")
-    n = len(stages_of(spec))
-    flagged.filter(F.col("fail_stage") == n).join(F.broadcast(survivors), "item_id", "left_semi").select(
-        *FILTERED_EVENT_COLUMNS).write.mode("overwrite").parquet(f"{out}/events")
-    checked.filter(F.col("quarantine_reason").isNotNull()).select(*events.columns, "quarantine_reason").write.mode(
-        "overwrite").parquet(f"{out}/quarantine")
-    for df in (*dedup.cached, per_item):
-        df.unpersist()
+    result = plan_filter_chain(events, items, load_datagen_spec(), start_us, end_us)
+    try:
+        result.filtered_events.write.mode("overwrite").parquet(f"{out}/events")
+        result.quarantined_events.write.mode("overwrite").parquet(f"{out}/quarantine")
+    finally:
+        result.release()
 
 
 def naive(session, store, out) -> dict:

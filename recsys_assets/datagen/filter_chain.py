@@ -290,6 +290,7 @@ class FilterChainResult:
     filtered_events: DataFrame  # lazily defined; the caller writes it
     quarantined_events: DataFrame
     stats: dict
+    per_item: DataFrame  # `per_item_stage_counts`, cached
     cached: tuple[DataFrame, ...] = ()
 
     def release(self) -> None:
@@ -318,20 +319,19 @@ FILTERED_EVENT_COLUMNS = [
 ]
 
 
-def run_filter_chain(
+def plan_filter_chain(
     events: DataFrame, items: DataFrame, spec: DatagenSpec, day_start_us: int, day_end_us: int
 ) -> FilterChainResult:
-    """Apply quarantine, language, sample and the configured chain. The duplicate scan and the stats run eagerly
-    (each one aggregation over the raw scan); the filtered output is a lazy re-read of the raw Parquet through
-    the same narrow flags, and the quarantine output reads only rows cached by the duplicate scan."""
+    """Quarantine, language, sample and the configured chain, without the stage statistics (`run_filter_chain`
+    adds them). The duplicate scan runs eagerly; the per-item counts run when first used; the filtered output is
+    a lazy re-read of the raw Parquet through the same narrow flags, and the quarantine output reads only rows
+    cached by the duplicate scan."""
     catalogue = item_catalogue(items).persist()
     small_catalogue = catalogue.count() <= BROADCAST_ROW_LIMIT
     dedup = deduplicate(events, also_cache=quarantine_reason(day_start_us, day_end_us).isNotNull())
     checked = with_quarantine_reason(dedup.events, day_start_us, day_end_us)
     flagged = flag_events(enrich_events(checked, catalogue, broadcast=small_catalogue), spec)
     per_item = per_item_stage_counts(flagged, spec).persist()
-    stats = stage_stats(per_item, spec)
-    stats["num_duplicate_candidates"] = dedup.duplicate_candidates
     n = len(stages_of(spec))
     # The write pass joins only the surviving items' catalogue rows (inner): events of every other item drop out at
     # the join, before the row predicates, and no second lookup by item_id is needed.
@@ -349,4 +349,17 @@ def run_filter_chain(
         .filter(F.col("quarantine_reason").isNotNull())
         .select(*events.columns, "quarantine_reason")
     )
-    return FilterChainResult(filtered, quarantined, stats, cached=(catalogue, *dedup.cached, per_item))
+    return FilterChainResult(
+        filtered, quarantined, {"num_duplicate_candidates": dedup.duplicate_candidates}, per_item,
+        cached=(catalogue, *dedup.cached, per_item),
+    )
+
+
+def run_filter_chain(
+    events: DataFrame, items: DataFrame, spec: DatagenSpec, day_start_us: int, day_end_us: int
+) -> FilterChainResult:
+    """`plan_filter_chain` plus every stage's event and item counts (one tiny job over the per-item table, which
+    also materializes it)."""
+    result = plan_filter_chain(events, items, spec, day_start_us, day_end_us)
+    result.stats.update(stage_stats(result.per_item, spec))
+    return result
