@@ -55,15 +55,38 @@ def _seconds(value: str) -> float | None:
     return float(m.group(1).replace(",", "")) * _UNITS[m.group(2)] if m else None
 
 
-def sql_time_profile(session, top: int = 15) -> list[dict]:
-    """Where the executors' time went, from the Spark UI's SQL metrics of every query this session ran: the time
-    metrics (scan, sort, aggregation build, shuffle write, ...) summed per (plan node, metric)."""
+def _sql_executions(session, details: bool) -> list[dict]:
     import urllib.request
 
     sc = session.sparkContext
-    url = f"{sc.uiWebUrl}/api/v1/applications/{sc.applicationId}/sql?details=true&planDescription=false&length=10000"
+    url = (f"{sc.uiWebUrl}/api/v1/applications/{sc.applicationId}/sql"
+           f"?details={str(details).lower()}&planDescription=false&length=10000")
     with urllib.request.urlopen(url, timeout=30) as r:
-        executions = json.loads(r.read())
+        return json.loads(r.read())
+
+
+def sql_execution_times(session, since_id: int = -1, min_s: float = 0.5) -> list[dict]:
+    """Wall time of each Spark SQL execution (one per action: a count, a collect, a write) after `since_id`, named
+    by the action and the line of our code that ran it: which pass of the stages the time went to."""
+    import re
+
+    rows = []
+    for ex in _sql_executions(session, details=False):
+        if ex["id"] <= since_id or ex.get("duration", 0) < min_s * 1000:
+            continue
+        desc = re.sub(r"/\S*/", "", ex.get("description", ""))  # 'collect at /…/filter_chain.py:273' -> file:line
+        rows.append({"id": ex["id"], "action": desc, "seconds": round(ex["duration"] / 1000, 1)})
+    return rows
+
+
+def last_sql_execution_id(session) -> int:
+    return max((ex["id"] for ex in _sql_executions(session, details=False)), default=-1)
+
+
+def sql_time_profile(session, top: int = 15) -> list[dict]:
+    """Where the executors' time went, from the Spark UI's SQL metrics of every query this session ran: the time
+    metrics (scan, sort, aggregation build, shuffle write, ...) summed per (plan node, metric)."""
+    executions = _sql_executions(session, details=True)
     totals: dict[tuple[str, str], float] = {}
     for ex in executions:
         for node in ex.get("nodes", []):
@@ -104,6 +127,7 @@ def main() -> None:
             raw = pool.submit(generate, store, cfg).result()[DAY]["events"]
         gen_s = time.perf_counter() - t0
 
+        since = last_sql_execution_id(session) if a.profile else -1
         t0 = time.perf_counter()
         version = store.new_version()
         fstats = filtered_events_stage(session, store, DAY, version)
@@ -123,6 +147,7 @@ def main() -> None:
         }
         if a.profile:
             row["profile_top_sql_time"] = sql_time_profile(session)
+            row["profile_actions"] = sql_execution_times(session, since)
         results.append(row)
         print(json.dumps(row), flush=True)
         if not a.workdir:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from contextlib import contextmanager
 
 from recsys_assets.datagen.config import load_datagen_spec
 from recsys_assets.datagen.raw_inputs import latest_raw_day, read_raw
@@ -41,6 +42,18 @@ def _schema(df) -> list[list[str]]:
     return [[f.name, f.dataType.simpleString()] for f in df.schema.fields]
 
 
+@contextmanager
+def _job_description(session, text: str):
+    """Name the Spark jobs of the enclosed actions (Spark UI, Dataproc job page, `benchmarks/datagen.py --profile`):
+    a write or count called through py4j is otherwise named 'parquet at NativeMethodAccessorImpl.java:0'."""
+    sc = session.sparkContext
+    sc.setJobDescription(text)
+    try:
+        yield
+    finally:
+        sc.setJobDescription(None)
+
+
 def filtered_events_stage(session, store: DatasetStore, day: str, version: str, datagen_config_path: str | None = None) -> dict:
     from recsys_assets.datagen.filter_chain import run_filter_chain
 
@@ -51,10 +64,12 @@ def filtered_events_stage(session, store: DatasetStore, day: str, version: str, 
         read_raw(session, store, "events", day), read_raw(session, store, "items", day), spec, start_us, end_us
     )
     try:
-        result.filtered_events.write.mode("overwrite").parquet(store.version_uri(FILTERED_EVENTS, day, version, "events"))
-        result.quarantined_events.write.mode("overwrite").parquet(
-            store.version_uri(FILTERED_EVENTS, day, version, "quarantine")
-        )
+        with _job_description(session, f"{FILTERED_EVENTS} {day}: write events"):
+            result.filtered_events.write.mode("overwrite").parquet(store.version_uri(FILTERED_EVENTS, day, version, "events"))
+        with _job_description(session, f"{FILTERED_EVENTS} {day}: write quarantine"):
+            result.quarantined_events.write.mode("overwrite").parquet(
+                store.version_uri(FILTERED_EVENTS, day, version, "quarantine")
+            )
         schema = _schema(result.filtered_events)
     finally:
         result.release()
@@ -90,14 +105,18 @@ def training_events_stage(
     )
     events_uri = store.version_uri(TRAINING_EVENTS, day, version, "events")
     try:
-        result.events.write.mode("overwrite").parquet(events_uri)
-        result.items.write.mode("overwrite").parquet(store.version_uri(TRAINING_EVENTS, day, version, "items"))
+        with _job_description(session, f"{TRAINING_EVENTS} {day}: write events"):
+            result.events.write.mode("overwrite").parquet(events_uri)
+        with _job_description(session, f"{TRAINING_EVENTS} {day}: write items"):
+            result.items.write.mode("overwrite").parquet(store.version_uri(TRAINING_EVENTS, day, version, "items"))
         schema, items_schema = _schema(result.events), _schema(result.items)
     finally:
         result.release()
+    with _job_description(session, f"{TRAINING_EVENTS} {day}: count users"):
+        num_users = count_users(session.read.parquet(events_uri))
     stats = {
         **result.stats,
-        "num_users": count_users(session.read.parquet(events_uri)),
+        "num_users": num_users,
         "num_unique_items_post_filters": filter_stats["num_unique_items_post_filters"],
         "users_snapshot_day": users_day,
         "thresholds": spec.thresholds.model_dump(),
