@@ -83,10 +83,10 @@ def last_sql_execution_id(session) -> int:
     return max((ex["id"] for ex in _sql_executions(session, details=False)), default=-1)
 
 
-def sql_time_profile(session, top: int = 15) -> list[dict]:
-    """Where the executors' time went, from the Spark UI's SQL metrics of every query this session ran: the time
+def sql_time_profile(session, since_id: int = -1, top: int = 15) -> list[dict]:
+    """Where the executors' time went, from the Spark UI's SQL metrics of the queries after `since_id`: the time
     metrics (scan, sort, aggregation build, shuffle write, ...) summed per (plan node, metric)."""
-    executions = _sql_executions(session, details=True)
+    executions = [ex for ex in _sql_executions(session, details=True) if ex["id"] > since_id]
     totals: dict[tuple[str, str], float] = {}
     for ex in executions:
         for node in ex.get("nodes", []):
@@ -146,7 +146,7 @@ def main() -> None:
             "spark_jvm_peak_rss_mb": jvm_peak_rss_mb(),
         }
         if a.profile:
-            row["profile_top_sql_time"] = sql_time_profile(session)
+            row["profile_top_sql_time"] = sql_time_profile(session, since)
             row["profile_actions"] = sql_execution_times(session, since)
         results.append(row)
         print(json.dumps(row), flush=True)

@@ -45,13 +45,15 @@ def _schema(df) -> list[list[str]]:
 @contextmanager
 def _job_description(session, text: str):
     """Name the Spark jobs of the enclosed actions (Spark UI, Dataproc job page, `benchmarks/datagen.py --profile`):
-    a write or count called through py4j is otherwise named 'parquet at NativeMethodAccessorImpl.java:0'."""
+    a write or count called through py4j is otherwise named 'parquet at NativeMethodAccessorImpl.java:0'. The
+    caller's own description (a Dagster op or a submitted job may set one) is restored afterwards."""
     sc = session.sparkContext
+    before = sc.getLocalProperty("spark.job.description")
     sc.setJobDescription(text)
     try:
         yield
     finally:
-        sc.setJobDescription(None)
+        sc.setJobDescription(before)
 
 
 def filtered_events_stage(session, store: DatasetStore, day: str, version: str, datagen_config_path: str | None = None) -> dict:
