@@ -26,6 +26,8 @@ from pyspark.sql import functions as F
 from recsys_assets.datagen.config import MinItemEventsFilter, load_datagen_spec
 from recsys_assets.datagen.filter_chain import (
     FILTERED_EVENT_COLUMNS,
+    FILTERED_ITEM_COLUMNS,
+    ITEM_ATTRIBUTE_COLUMNS,
     enrich_events,
     filter_predicate,
     item_catalogue,
@@ -51,6 +53,7 @@ def stats_off(session, store, out):
     result = plan_filter_chain(events, items, load_datagen_spec(), start_us, end_us)
     try:
         result.filtered_events.write.mode("overwrite").parquet(f"{out}/events")
+        result.filtered_items.write.mode("overwrite").parquet(f"{out}/items")
         result.quarantined_events.write.mode("overwrite").parquet(f"{out}/quarantine")
     finally:
         result.release()
@@ -80,6 +83,9 @@ def naive(session, store, out) -> dict:
             df = df.filter(filter_predicate(f))
         counts[f.name] = (df.count(), df.select(F.countDistinct("item_id")).first()[0])
     df.select(*FILTERED_EVENT_COLUMNS).write.mode("overwrite").parquet(f"{out}/events")
+    df.groupBy("item_id", *ITEM_ATTRIBUTE_COLUMNS).agg(
+        F.count(F.lit(1)).alias("num_events"), F.max("item_age_days").alias("item_age_days")
+    ).select(*FILTERED_ITEM_COLUMNS).write.mode("overwrite").parquet(f"{out}/items")
     return counts
 
 

@@ -15,7 +15,6 @@ EVENT_TYPES = {
     "item_id": "StringType",
     "event_ts": "TimestampType",
     "play_duration_s": "DoubleType",
-    "item_video_length_s": "DoubleType",
     "item_age_days": "DoubleType",
     "watch_ratio": "DoubleType",
     "liked": "BooleanType",
@@ -33,7 +32,6 @@ def training_events_suite(max_item_age_days: float) -> gx.ExpectationSuite:
         suite.add_expectation(E.ExpectColumnValuesToBeOfType(column=col, type_=t))
     suite.add_expectation(E.ExpectColumnValuesToBeUnique(column="event_id"))
     suite.add_expectation(E.ExpectColumnValuesToBeBetween(column="play_duration_s", min_value=0))
-    suite.add_expectation(E.ExpectColumnValuesToBeBetween(column="item_video_length_s", min_value=0, strict_min=True))
     suite.add_expectation(
         E.ExpectColumnValuesToBeBetween(column="item_age_days", min_value=0, max_value=max_item_age_days, strict_min=True)
     )
@@ -47,6 +45,10 @@ def items_suite() -> gx.ExpectationSuite:
     suite = gx.ExpectationSuite("training_items")
     suite.add_expectation(E.ExpectColumnValuesToNotBeNull(column="item_id"))
     suite.add_expectation(E.ExpectColumnValuesToBeUnique(column="item_id"))
+    # Catalogue columns live once per item (the events table holds no copies).
+    suite.add_expectation(E.ExpectColumnValuesToBeOfType(column="item_video_length_s", type_="DoubleType"))
+    suite.add_expectation(E.ExpectColumnValuesToBeBetween(column="item_video_length_s", min_value=0, strict_min=True))
+    suite.add_expectation(E.ExpectColumnValuesToBeBetween(column="num_events", min_value=1))
     suite.add_expectation(
         E.UnexpectedRowsExpectation(
             description=f"every embedding has {EMBEDDING_DIM} finite values",

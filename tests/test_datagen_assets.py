@@ -49,6 +49,21 @@ def test_two_days_materialize_with_all_checks_passing(instance, resources, store
     norm = events.column("play_duration_s_norm").to_numpy()
     assert abs(norm.mean()) < 1e-3 and abs(norm.std() - 1) < 1e-2
     assert sum(report["item_age_buckets"].values()) == items.num_rows
+    # Both datasets store the catalogue columns once per item; filtered_events' items table counts its events.
+    f_items = _rows(store, "filtered_events", day, "items").to_pandas().set_index("item_id")
+    assert "item_category" not in filtered.column_names and "item_category" not in events.column_names
+    per_item = filtered.to_pandas().groupby("item_id").size()
+    assert len(f_items) == fstats["num_unique_items_post_filters"]
+    assert (f_items.num_events.sort_index() == per_item.sort_index()).all()
+    # Readers see each event widened with its day's item columns, equal to the items table's row for that item.
+    from recsys_assets.training.loader import committed_events_dataset
+
+    wide = committed_events_dataset(store, [day]).to_table(
+        columns=["event_id", "item_id", "item_category", "item_video_length_s_norm"]).to_pandas()
+    assert len(wide) == events.num_rows
+    by_item = items.to_pandas().set_index("item_id").loc[wide.item_id]
+    assert (wide.item_category.to_numpy() == by_item.item_category.to_numpy()).all()
+    assert (wide.item_video_length_s_norm.to_numpy() == by_item.item_video_length_s_norm.to_numpy()).all()
     assert report["num_new_items_1d"] + report["num_common_items_1d"] == items.num_rows
     assert report["item_diff_1d_delta"] is not None and report["item_diff_7d_delta"] is None
 

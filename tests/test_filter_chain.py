@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -36,6 +37,7 @@ def test_one_pass_stats_equal_naive_counts(spark, raw_root, spec_name):
     result = run_filter_chain(events, items, spec, start_us, end_us)
     try:
         filtered_ids = {r.event_id for r in result.filtered_events.select("event_id").collect()}
+        filtered_items = result.filtered_items.toPandas().set_index("item_id").sort_index()
         quarantined = result.quarantined_events.groupBy("quarantine_reason").count().collect()
     finally:
         result.release()
@@ -59,6 +61,16 @@ def test_one_pass_stats_equal_naive_counts(spark, raw_root, spec_name):
     assert result.stats["stage_order"] == ["quarantine", "language", "sample", *[f.name for f in spec.filters]]
     # The written survivors are exactly the naive survivors, and the quarantine output has every reason's rows.
     assert filtered_ids == set(survivors["event_id"])
+    # The items table: one row per surviving item, its survivor count, oldest age and catalogue columns.
+    per_item = survivors.groupby("item_id").agg(
+        n=("event_id", "size"), age=("item_age_days", "max"), category=("item_category", "first"),
+        length=("item_video_length_s", "first"),
+    ).sort_index()
+    assert list(filtered_items.index) == list(per_item.index)
+    assert (filtered_items.num_events == per_item.n).all()
+    np.testing.assert_allclose(filtered_items.item_age_days, per_item.age)
+    assert (filtered_items.item_category.fillna("<null>") == per_item.category.fillna("<null>")).all()
+    np.testing.assert_allclose(filtered_items.item_video_length_s, per_item.length)
     assert {r["quarantine_reason"]: r["count"] for r in quarantined} == {
         k.removeprefix("num_quarantined_"): v
         for k, v in expected.items()

@@ -1,5 +1,6 @@
-"""build_training_events against an independent pandas computation on a generated day: the per-item pass and the
-pooled moments give the same rows, items, null counts, user count and normalisation as a direct computation."""
+"""build_training_events against an independent pandas computation on a generated day: the item-sized join with
+filtered_events' items table, the global moments pass and the nulls observed on the write give the same rows,
+items, null counts, user count and normalisation as a direct computation over the widened events."""
 
 from __future__ import annotations
 
@@ -65,11 +66,13 @@ def test_training_events_equal_a_direct_pandas_computation(spark, raw_root, tmp_
     )
     try:
         chain.filtered_events.write.parquet(str(tmp_path / "filtered"))
+        chain.filtered_items.write.parquet(str(tmp_path / "filtered_items"))
     finally:
         chain.release()
     spec = TrainingEventsSpec()
     result = build_training_events(
         spark.read.parquet(str(tmp_path / "filtered")),
+        spark.read.parquet(str(tmp_path / "filtered_items")),
         read_raw(spark, store, "item_embeddings", day),
         read_raw(spark, store, "users", day),
         spec,
@@ -77,11 +80,17 @@ def test_training_events_equal_a_direct_pandas_computation(spark, raw_root, tmp_
     )
     try:
         events = result.events.toPandas()
+        result.finish_stats()  # the event-level null counts, observed by the action above
         items = result.items.toPandas()
     finally:
         result.release()
 
-    filtered = pd.read_parquet(tmp_path / "filtered")
+    filtered_items = pd.read_parquet(tmp_path / "filtered_items")
+    # filtered_events widened with its items table: what the events were before the catalogue columns moved out.
+    filtered = pd.read_parquet(tmp_path / "filtered").merge(
+        filtered_items.drop(columns=["num_events", "item_age_days"]), on="item_id", how="left"
+    )
+    assert filtered.item_language.notna().all()  # every filtered event's item has a row in the items table
     embeddings = pd.read_parquet(store.raw_partition_path("item_embeddings", day))
     users = pd.read_parquet(store.raw_partition_path("users", day))
     ev, norm, reasons = _expected(filtered, embeddings, users, spec)
@@ -112,3 +121,11 @@ def test_training_events_equal_a_direct_pandas_computation(spark, raw_root, tmp_
     assert (it.num_events == per_item.n.loc[it.index]).all()
     np.testing.assert_allclose(it.item_age_days, per_item.age.loc[it.index].fillna(0.0))
     assert all(len(e) == 128 for e in it.embedding)
+    # Catalogue columns are stored once per item: not on the events, in the items table with the day's fills and
+    # the item-level normalised feature (event-weighted moments).
+    assert not {"item_language", "item_category", "item_video_length_s", "item_video_length_s_norm"} & set(events.columns)
+    attrs = ev.groupby("item_id")[["item_category", "item_video_length_s"]].first().loc[it.index]
+    assert (it.item_category == attrs.item_category.fillna(spec.string_fill)).all()
+    v = np.log1p(np.maximum(attrs.item_video_length_s.fillna(0.0).to_numpy(), 0.0))
+    mean, std = norm["item_video_length_s"]
+    np.testing.assert_allclose(it.item_video_length_s_norm, (v - mean) / std, rtol=1e-5, atol=1e-5)

@@ -60,7 +60,8 @@ def _now() -> str:
     kinds={"spark", "parquet"},
     backfill_policy=PER_DAY,
     description="Events after quarantine, language filter, seeded sample and the ordered filter chain of the "
-    "datagen YAML, with events/items counts and item loss per stage.",
+    "datagen YAML, with events/items counts and item loss per stage. Writes events/ (event columns), items/ "
+    "(one row per surviving item: catalogue columns, event count, max age) and quarantine/.",
 )
 def filtered_events(
     context: AssetExecutionContext, config: DatagenConfig, spark: SparkResource, storage: StorageResource
@@ -93,6 +94,7 @@ def filtered_events(
         metadata={
             "dagster/row_count": MetadataValue.int(stats["num_events_post_filters"]),
             "dagster/column_schema": column_schema(stats["schema"]),
+            "items_column_schema": column_schema(stats["items_schema"]),
             "filter_chain": md_table(
                 ["stage", "events after", "items after", "item loss %", "max item loss %"],
                 [["raw", stats["num_raw_events"], stats["num_raw_items"], "", ""], *stage_rows],
@@ -114,7 +116,8 @@ def filtered_events(
     kinds={"spark", "parquet"},
     backfill_policy=PER_DAY,
     description="Training rows: filtered events on items with a valid 128-d content embedding, with the latest "
-    "user features, nulls filled and float features normalised; plus the final items table with embeddings.",
+    "user features, nulls filled and float features normalised; plus the final items table (catalogue columns, "
+    "item-level normalised features, embedding), stored once per item rather than on every event.",
 )
 def training_events(
     context: AssetExecutionContext, config: TrainingEventsConfig, spark: SparkResource, storage: StorageResource

@@ -208,35 +208,52 @@ def with_quarantine_reason(deduped: DataFrame, day_start_us: int, day_end_us: in
     return deduped.withColumn("quarantine_reason", reason).drop("is_duplicate")
 
 
-def flag_events(enriched: DataFrame, spec: DatagenSpec) -> DataFrame:
-    """Add `fail_stage` (first failing row stage index; len(stages) = passed all) to enriched events that carry
+def row_predicates(spec: DatagenSpec) -> list[tuple[int, Column]]:
+    """(stage index, keep-predicate) of every row-level stage, in chain order, over enriched events that carry
     `quarantine_reason`."""
-    stages = stages_of(spec)
-    row_preds: list[tuple[int, Column]] = [
+    preds: list[tuple[int, Column]] = [
         (0, F.col("quarantine_reason").isNull()),
         (1, F.coalesce(F.col("item_language").isin(list(spec.language.allowed)), F.lit(False))),
         (2, sample_predicate(spec.sample.fraction, spec.sample.seed)),
     ]
     for i, f in enumerate(spec.filters, start=3):
         if not isinstance(f, MinItemEventsFilter):
-            row_preds.append((i, filter_predicate(f)))
-    fail = F.lit(len(stages))
-    for idx, pred in reversed(row_preds):
+            preds.append((i, filter_predicate(f)))
+    return preds
+
+
+def flag_events(enriched: DataFrame, spec: DatagenSpec) -> DataFrame:
+    """Add `fail_stage` (first failing row stage index; len(stages) = passed all) to enriched events that carry
+    `quarantine_reason`."""
+    fail = F.lit(len(stages_of(spec)))
+    for idx, pred in reversed(row_predicates(spec)):
         fail = F.when(~pred, F.lit(idx)).otherwise(fail)
     return enriched.withColumn("fail_stage", fail.cast("int"))
 
 
+def passes_row_stages(spec: DatagenSpec) -> Column:
+    """True where an event passes every row-level stage (`fail_stage == len(stages)`), as a conjunction: the
+    optimizer pushes each conjunct on event columns alone (validity, sample, feed_source, ...) below the
+    catalogue join and the duplicate anti-join, so only events that can survive are joined at all."""
+    return reduce(lambda a, b: a & b, [pred for _, pred in row_predicates(spec)])
+
+
 def per_item_stage_counts(flagged: DataFrame, spec: DatagenSpec) -> DataFrame:
     """One row per item_id (null included): c_<k> = events whose first failing row stage is k, c_pass, and
-    q_<reason> quarantine counts; plus `events_after_<stage>` and `alive` (passes the whole chain).
+    q_<reason> quarantine counts; plus `events_after_<stage>`, `alive` (passes the whole chain) and
+    `item_age_days` (the oldest age at which an event passing every row stage saw the item).
 
     The event-sized work is one count per (item, fail_stage, reason) key; the columns per item are then pivoted
     from that item-sized result, so the hash aggregation over events updates one buffer per row, not one
     conditional count per stage and reason."""
     stages = stages_of(spec)
     n = len(stages)
-    keyed = flagged.groupBy("item_id", "fail_stage", "quarantine_reason").agg(F.count(F.lit(1)).alias("cnt"))
-    aggs = [F.sum(F.when(F.col("fail_stage") == k, F.col("cnt")).otherwise(0)).alias(f"c_{k}") for k in range(n + 1)]
+    keyed = flagged.groupBy("item_id", "fail_stage", "quarantine_reason").agg(
+        F.count(F.lit(1)).alias("cnt"),
+        F.max(F.when(F.col("fail_stage") == n, F.col("item_age_days"))).alias("max_age"),
+    )
+    aggs = [F.max("max_age").alias("item_age_days")]
+    aggs += [F.sum(F.when(F.col("fail_stage") == k, F.col("cnt")).otherwise(0)).alias(f"c_{k}") for k in range(n + 1)]
     aggs += [
         F.sum(F.when(F.col("quarantine_reason") == r, F.col("cnt")).otherwise(0)).alias(f"q_{r}")
         for r in QUARANTINE_REASONS
@@ -288,6 +305,7 @@ def stage_stats(per_item: DataFrame, spec: DatagenSpec) -> dict:
 @dataclass
 class FilterChainResult:
     filtered_events: DataFrame  # lazily defined; the caller writes it
+    filtered_items: DataFrame  # one row per surviving item: catalogue attributes, event count, max age
     quarantined_events: DataFrame
     stats: dict
     per_item: DataFrame  # `per_item_stage_counts`, cached
@@ -298,6 +316,10 @@ class FilterChainResult:
             df.unpersist()
 
 
+# filtered_events is a fact table and a dimension table. Events keep what varies per event; the catalogue columns
+# (constant per item within a day: one catalogue row per item) are written once per item in `items`, not copied
+# onto every event row: on a 20M-event day the six copies cost 5-8 s of the events write (string dictionary
+# encoding per value), for data the items table holds in ~1% of the rows.
 FILTERED_EVENT_COLUMNS = [
     "event_id",
     "user_id",
@@ -309,14 +331,17 @@ FILTERED_EVENT_COLUMNS = [
     "liked",
     "shared",
     "followed",
+    "item_age_days",
+]
+ITEM_ATTRIBUTE_COLUMNS = [
     "item_language",
     "item_moderation_status",
     "item_video_length_s",
     "item_created_at",
     "item_author_id",
     "item_category",
-    "item_age_days",
 ]
+FILTERED_ITEM_COLUMNS = ["item_id", "num_events", "item_age_days", *ITEM_ATTRIBUTE_COLUMNS]
 
 
 def plan_filter_chain(
@@ -324,21 +349,25 @@ def plan_filter_chain(
 ) -> FilterChainResult:
     """Quarantine, language, sample and the configured chain, without the stage statistics (`run_filter_chain`
     adds them). The duplicate scan runs eagerly; the per-item counts run when first used; the filtered output is
-    a lazy re-read of the raw Parquet through the same narrow flags, and the quarantine output reads only rows
-    cached by the duplicate scan."""
+    a lazy re-read of the raw Parquet through the same narrow predicates, and the quarantine output reads only
+    rows cached by the duplicate scan."""
     catalogue = item_catalogue(items).persist()
     small_catalogue = catalogue.count() <= BROADCAST_ROW_LIMIT
     dedup = deduplicate(events, also_cache=quarantine_reason(day_start_us, day_end_us).isNotNull())
     checked = with_quarantine_reason(dedup.events, day_start_us, day_end_us)
     flagged = flag_events(enrich_events(checked, catalogue, broadcast=small_catalogue), spec)
     per_item = per_item_stage_counts(flagged, spec).persist()
-    n = len(stages_of(spec))
+    last = stages_of(spec)[-1].name
+    alive = per_item.filter("alive").select(
+        "item_id", F.col(f"events_after_{last}").alias("num_events"), "item_age_days"
+    )
+    filtered_items = catalogue.join(alive, "item_id", "inner").select(*FILTERED_ITEM_COLUMNS)
     # The write pass joins only the surviving items' catalogue rows (inner): events of every other item drop out at
-    # the join, before the row predicates, and no second lookup by item_id is needed.
-    surviving = catalogue.join(per_item.filter("alive").select("item_id"), "item_id", "left_semi")
+    # the join, and the event-only predicates run before it (`passes_row_stages`).
+    surviving = catalogue.join(alive.select("item_id"), "item_id", "left_semi")
     filtered = (
-        flag_events(enrich_events(checked, surviving, how="inner", broadcast=small_catalogue), spec)
-        .filter(F.col("fail_stage") == n)
+        enrich_events(checked, surviving, how="inner", broadcast=small_catalogue)
+        .filter(passes_row_stages(spec))
         .select(*FILTERED_EVENT_COLUMNS)
     )
     # Quarantine depends on the raw columns only: no catalogue join, and (unless the day had too many repeated
@@ -350,7 +379,7 @@ def plan_filter_chain(
         .select(*events.columns, "quarantine_reason")
     )
     return FilterChainResult(
-        filtered, quarantined, {"num_duplicate_candidates": dedup.duplicate_candidates}, per_item,
+        filtered, filtered_items, quarantined, {"num_duplicate_candidates": dedup.duplicate_candidates}, per_item,
         cached=(catalogue, *dedup.cached, per_item),
     )
 

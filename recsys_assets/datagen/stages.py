@@ -68,17 +68,20 @@ def filtered_events_stage(session, store: DatasetStore, day: str, version: str, 
     try:
         with _job_description(session, f"{FILTERED_EVENTS} {day}: write events"):
             result.filtered_events.write.mode("overwrite").parquet(store.version_uri(FILTERED_EVENTS, day, version, "events"))
+        with _job_description(session, f"{FILTERED_EVENTS} {day}: write items"):
+            result.filtered_items.write.mode("overwrite").parquet(store.version_uri(FILTERED_EVENTS, day, version, "items"))
         with _job_description(session, f"{FILTERED_EVENTS} {day}: write quarantine"):
             result.quarantined_events.write.mode("overwrite").parquet(
                 store.version_uri(FILTERED_EVENTS, day, version, "quarantine")
             )
-        schema = _schema(result.filtered_events)
+        schema, items_schema = _schema(result.filtered_events), _schema(result.filtered_items)
     finally:
         result.release()
     stats = {
         **result.stats,
         "max_item_loss_pct": {f.name: f.max_item_loss_pct for f in spec.filters},
         "schema": schema,
+        "items_schema": items_schema,
         "started_at": started_at,
         "finished_at": _now(),
         "run_time_s": round(time.monotonic() - t0, 2),
@@ -98,8 +101,15 @@ def training_events_stage(
     filter_stats = store.read_json(store.committed_path(FILTERED_EVENTS, day, "stats.json"))
     spec = load_datagen_spec(datagen_config_path or None)
     users_day = latest_raw_day(store, "users", day)
+    filtered_items_path = store.committed_path(FILTERED_EVENTS, day, "items")
+    if not store.exists(filtered_items_path):
+        raise FileNotFoundError(
+            f"filtered_events {day} has no items table ({filtered_items_path}): it was written by a version of the "
+            "filter chain that kept the catalogue columns on every event; rematerialize filtered_events for this day"
+        )
     result = build_training_events(
         session.read.parquet(store.committed_uri(FILTERED_EVENTS, day, "events")),
+        session.read.parquet(store.committed_uri(FILTERED_EVENTS, day, "items")),
         read_raw(session, store, "item_embeddings", day),
         read_raw(session, store, "users", users_day),
         te_spec,
@@ -109,6 +119,7 @@ def training_events_stage(
     try:
         with _job_description(session, f"{TRAINING_EVENTS} {day}: write events"):
             result.events.write.mode("overwrite").parquet(events_uri)
+        result.finish_stats()
         with _job_description(session, f"{TRAINING_EVENTS} {day}: write items"):
             result.items.write.mode("overwrite").parquet(store.version_uri(TRAINING_EVENTS, day, version, "items"))
         schema, items_schema = _schema(result.events), _schema(result.items)

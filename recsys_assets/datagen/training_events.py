@@ -1,9 +1,10 @@
 """training_events: filtered events joined with valid 128-d content embeddings and the latest user features,
 nulls filled with configured constants and float features normalised with the day's statistics.
 
-Output is two tables written in one commit: `events` (one row per event, no embedding) and `items` (one row per
-final item, with its embedding and attributes). Keeping the 512-byte embedding out of the event rows keeps a
-production day (~380M events) at tens of GB instead of ~190 GB; loaders look embeddings up by item_id.
+Output is two tables written in one commit: `events` (one row per event: event-level columns, user features) and
+`items` (one row per final item: catalogue columns, item-level normalised features, embedding). Keeping the
+512-byte embedding and the catalogue columns out of the event rows keeps a production day (~380M events) at tens
+of GB instead of ~190 GB and its write about a third shorter; loaders look items up by item_id.
 """
 
 from __future__ import annotations
@@ -52,10 +53,18 @@ def embedding_validity(embeddings: DataFrame) -> DataFrame:
     return embeddings.withColumn("reject_reason", reason)
 
 
-# Catalogue attributes carried to the items output (constant per item within a day's events).
-ITEM_ATTRIBUTES = ("item_language", "item_category", "item_author_id", "item_video_length_s", "item_created_at")
-# The per-item grouping keys: every catalogue column of filtered_events (item_age_days is per event).
-ITEM_KEYS = ("item_id", *ITEM_ATTRIBUTES, "item_moderation_status")
+# training_events is a fact table (`events`) and a dimension table (`items`): the catalogue columns are constant per
+# item within a day, so they are written once per item, not copied onto every event (on a 20M-event day the copies
+# cost ~8 s of the events write). Readers widen events with them by item_id (`recsys_assets.training.loader`).
+ITEM_ATTRIBUTES = (
+    "item_language", "item_category", "item_author_id", "item_video_length_s", "item_created_at", "item_moderation_status",
+)
+ITEM_KEYS = ("item_id", *ITEM_ATTRIBUTES)
+# The events output's columns, in order (the per-day *_norm columns of event-level features follow).
+EVENT_COLUMNS = (
+    "user_id", "item_id", "event_id", "event_ts", "feed_source", "client_event", "play_duration_s", "liked", "shared",
+    "followed", "item_age_days", "user_language", "user_region", "user_tenure_days", "watch_ratio",
+)
 
 
 def user_features(users: DataFrame) -> DataFrame:
@@ -74,6 +83,23 @@ class TrainingEventsResult:
     stats: dict
     normalization: dict[str, dict[str, float]]
     cached: tuple[DataFrame, ...] = ()
+    # Filled in by the events write (`Dataset.observe`): call `finish_stats` after writing `events`.
+    observation: object = None
+    event_level_columns: tuple[str, ...] = ()
+
+    def finish_stats(self) -> dict:
+        """The null counts of the event-level columns, observed while `events` was written, merged into `stats`;
+        raises if the written rows disagree with filtered_events' per-item event counts."""
+        row = self.observation.get
+        written = int(row["num_events"] or 0)
+        if written != self.stats["num_events_post_embedding_join"]:
+            raise ValueError(
+                f"training_events wrote {written} events, but filtered_events' items table counts "
+                f"{self.stats['num_events_post_embedding_join']} events for the same items: filtered_events' events "
+                "and items tables disagree (rematerialize filtered_events for this day)"
+            )
+        self.stats.update({f"num_nulls_filled_{c}": int(row[f"nulls_{c}"] or 0) for c in self.event_level_columns})
+        return self.stats
 
     def release(self) -> None:
         for df in self.cached:
@@ -91,27 +117,9 @@ def _broadcast_if_small(df: DataFrame, rows: int) -> DataFrame:
     return F.broadcast(df) if rows <= BROADCAST_ROW_LIMIT else df
 
 
-def pooled_moments(per_item: DataFrame, columns: tuple[str, ...]) -> dict[str, tuple[float, float]]:
-    """Day-level (mean, population std) of each column from per-item `n`, `mean_<c>` and `var_<c>` (population),
-    combined exactly (Chan et al.): M2 = sum(var_i * n_i) + sum(n_i * (mean_i - mean)^2). Two item-sized jobs."""
-    total = F.sum("n")
-    means = per_item.agg(
-        *[(F.sum(F.col("n") * F.col(f"mean_{c}")) / total).alias(c) for c in columns]
-    ).first().asDict()
-    m2 = per_item.agg(
-        *[
-            (
-                F.sum(F.col("n") * F.col(f"var_{c}") + F.col("n") * (F.col(f"mean_{c}") - F.lit(means[c] or 0.0)) ** 2)
-                / total
-            ).alias(c)
-            for c in columns
-        ]
-    ).first().asDict()
-    return {c: (float(means[c] or 0.0), float(max(m2[c] or 0.0, 0.0)) ** 0.5) for c in columns}
-
-
 def build_training_events(
     filtered_events: DataFrame,
+    filtered_items: DataFrame,
     embeddings: DataFrame,
     users: DataFrame,
     spec: TrainingEventsSpec,
@@ -119,22 +127,35 @@ def build_training_events(
 ) -> TrainingEventsResult:
     """Join, fill and normalise.
 
-    Nothing event-sized is cached: the joins are broadcasts of item- and user-sized tables (when they fit), so the
-    joined events are a narrow map of the filtered_events scan. One groupBy(item_id) pass over the few columns it
-    needs gives the items output and the normalisation moments (pooled from per-item moments); the events write
-    re-reads the scan through the same map. Distinct users are counted on the written events (`count_users`):
-    one column of our own output, no joins."""
+    Every item-level number comes from filtered_events' items table (one row per surviving item with its event
+    count, max age and catalogue columns): the embedding join keeps or drops whole items, so the final items and
+    their event counts are an item-sized join, with no aggregation of events. The events see two passes: a global
+    aggregate of the few columns the day's normalisation moments need (no shuffle), then the write, which also
+    observes the event-level null counts (`TrainingEventsResult.finish_stats`). Joins are broadcasts of item- and
+    user-sized tables when they fit; nothing event-sized is cached."""
+    from pyspark.sql import Observation
 
     checked = embedding_validity(embeddings).persist()
     valid_emb = checked.filter(F.col("reject_reason").isNull()).select("item_id", "embedding")
     reject_counts = {
         r["reject_reason"]: int(r["count"]) for r in checked.groupBy("reject_reason").count().collect()
     }
-    valid_items = reject_counts.pop(None, 0)
+    reject_counts.pop(None, 0)
+    final_items = filtered_items.join(valid_emb.select("item_id"), "item_id", "left_semi").persist()
+    item_row = final_items.agg(
+        F.count(F.lit(1)).alias("num_items"),
+        F.sum("num_events").alias("num_events"),
+        *[F.sum(F.when(F.col(c).isNull(), F.col("num_events")).otherwise(0)).alias(f"nulls_{c}") for c in ITEM_ATTRIBUTES],
+    ).first().asDict()
+    items_after = int(item_row["num_items"] or 0)
     user_rows = users.count()
 
+    # The inner join with the final items drops the events of items without a valid embedding (whole items) and
+    # brings the one item column an event-level feature needs (watch_ratio); it also feeds the moments of
+    # item_video_length_s over events, then is dropped from the events output.
     joined = (
-        filtered_events.join(_broadcast_if_small(valid_emb.select("item_id"), valid_items), "item_id", "left_semi")
+        filtered_events.select(*[c for c in filtered_events.columns if c not in ITEM_ATTRIBUTES])
+        .join(_broadcast_if_small(final_items.select("item_id", "item_video_length_s"), items_after), "item_id", "inner")
         .join(_broadcast_if_small(user_features(users), user_rows), "user_id", "left")
         .withColumn(
             "user_tenure_days",
@@ -144,73 +165,66 @@ def build_training_events(
             "watch_ratio",
             F.when(F.col("item_video_length_s") > 0, F.col("play_duration_s") / F.col("item_video_length_s")),
         )
-        .drop("user_signup_ts")
+        .select(*EVENT_COLUMNS, "item_video_length_s")
     )
-    string_cols = [f.name for f in joined.schema.fields if f.dataType.simpleString() == "string"]
-    float_cols = [f.name for f in joined.schema.fields if f.dataType.simpleString() == "double"]
+
+    def typed(df, t: str) -> list[str]:
+        return [f.name for f in df.schema.fields if f.dataType.simpleString() == t]
+
+    item_strings = [c for c in typed(final_items, "string") if c in ITEM_ATTRIBUTES]
+    item_floats = [c for c in typed(final_items, "double") if c in ITEM_ATTRIBUTES]
+    event_strings = [c for c in typed(joined, "string") if c not in ITEM_KEYS]
+    event_floats = [c for c in typed(joined, "double") if c not in ITEM_KEYS]
 
     def feature(c: str, fill_nulls: bool = False):
         col = F.coalesce(F.col(c), F.lit(spec.float_fill)) if fill_nulls else F.col(c)
         return F.log1p(F.greatest(col, F.lit(0.0))) if c in spec.log_columns else col
 
-    # Per item: its event count, the items output's attributes and the moments of the filled features; item-sized
-    # and cached, so every day-level number below is a tiny job over it. The catalogue attributes are grouping keys
-    # rather than first() aggregates: they are constant per item (filtered_events joined one catalogue row per
-    # item), and string aggregation buffers would force a sort-based aggregation of every event.
-    # Null counts: per event for the event-level columns; an item attribute's nulls are the events of the items
-    # whose (constant) attribute is null, summed from this table.
-    event_level = [c for c in string_cols + float_cols if c not in ITEM_KEYS]
-    per_item = (
-        joined.groupBy(*ITEM_KEYS)
-        .agg(
-            F.count(F.lit(1)).alias("n"),
-            *[F.count(F.when(F.col(c).isNull(), 1)).alias(f"nulls_{c}") for c in event_level],
-            F.max("item_age_days").alias("item_age_days"),
-            *[F.avg(feature(c, fill_nulls=True)).alias(f"mean_{c}") for c in spec.normalized_columns],
-            *[F.var_pop(feature(c, fill_nulls=True)).alias(f"var_{c}") for c in spec.normalized_columns],
-        )
-        .persist()
-    )
-    row = per_item.agg(
-        F.count(F.lit(1)).alias("num_items"),
-        F.countDistinct("item_id").alias("distinct_items"),
-        F.sum("n").alias("num_events"),
-        *[F.sum(f"nulls_{c}").alias(f"nulls_{c}") for c in event_level],
-        *[F.sum(F.when(F.col(c).isNull(), F.col("n")).otherwise(0)).alias(f"nulls_{c}")
-          for c in string_cols + float_cols if c in ITEM_KEYS],
+    # The day's moments of the filled (and log1p'd) features over events (an item column counts once per event),
+    # one global aggregate: each task folds its rows into one buffer per moment, so there is no shuffle, and
+    # column pruning reads only what the features need.
+    moment_row = joined.agg(
+        *[F.avg(feature(c, fill_nulls=True)).alias(f"mean_{c}") for c in spec.normalized_columns],
+        *[F.stddev_pop(feature(c, fill_nulls=True)).alias(f"std_{c}") for c in spec.normalized_columns],
     ).first().asDict()
-    if row["num_items"] != row["distinct_items"]:
-        clash = per_item.groupBy("item_id").count().filter(F.col("count") > 1).first()["item_id"]
-        raise ValueError(
-            f"filtered_events: item {clash!r} has more than one value of {list(ITEM_KEYS[1:])} within the day "
-            "(each item's catalogue columns must be constant across its events)"
-        )
-    moments = pooled_moments(per_item, spec.normalized_columns)
     normalization = {
         c: {
-            "mean": moments[c][0],
-            "std": moments[c][1],
+            "mean": float(moment_row[f"mean_{c}"] or 0.0),
+            "std": float(moment_row[f"std_{c}"] or 0.0),
             "transform": "log1p_zscore" if c in spec.log_columns else "zscore",
         }
         for c in spec.normalized_columns
     }
-    out = joined.fillna(spec.string_fill, subset=string_cols).fillna(spec.float_fill, subset=float_cols)
-    for c, m in normalization.items():
-        std = m["std"] if m["std"] > 0 else 1.0
-        out = out.withColumn(f"{c}_norm", ((feature(c) - F.lit(m["mean"])) / F.lit(std)).cast("float"))
 
-    # The items output: the per-item attributes as filled in the events (the catalogue columns' fill applies to
-    # both), with the embedding.
-    fill = {c: spec.string_fill for c in ITEM_ATTRIBUTES if c in string_cols}
-    fill.update({c: spec.float_fill for c in ("item_age_days", *ITEM_ATTRIBUTES) if c in float_cols})
-    items = (
-        per_item.select(F.col("n").alias("num_events"), "item_id", "item_age_days", *ITEM_ATTRIBUTES)
-        .fillna(fill)
-        .join(valid_emb, "item_id", "inner")
-        .select("item_id", "num_events", "item_age_days", *ITEM_ATTRIBUTES, "embedding")
+    def normalized(df, columns):
+        for c in columns:
+            m = normalization[c]
+            std = m["std"] if m["std"] > 0 else 1.0
+            df = df.withColumn(f"{c}_norm", ((feature(c) - F.lit(m["mean"])) / F.lit(std)).cast("float"))
+        return df
+
+    # Null counts: item attributes from the items table (an item's events share its attribute), the rest observed
+    # on the events as they are written.
+    event_level = tuple(event_strings + event_floats)
+    observation = Observation("training_events_nulls")
+    observed = joined.drop("item_video_length_s").observe(
+        observation, F.count(F.lit(1)).alias("num_events"),
+        *[F.count(F.when(F.col(c).isNull(), 1)).alias(f"nulls_{c}") for c in event_level],
     )
-    items_after = int(row["num_items"] or 0)
-    num_events = int(row["num_events"] or 0)
+    out = normalized(
+        observed.fillna(spec.string_fill, subset=event_strings).fillna(spec.float_fill, subset=event_floats),
+        [c for c in spec.normalized_columns if c not in ITEM_KEYS],
+    )
+
+    # The items output: the catalogue columns filled with the same constants, the item-level normalised features
+    # (with the day's event-weighted moments) and the embedding.
+    fill = {c: spec.string_fill for c in item_strings}
+    fill.update({c: spec.float_fill for c in ("item_age_days", *item_floats)})
+    items = normalized(
+        final_items.select("item_id", "num_events", "item_age_days", *ITEM_ATTRIBUTES).fillna(fill),
+        [c for c in spec.normalized_columns if c in ITEM_KEYS],
+    ).join(valid_emb, "item_id", "inner")
+    num_events = int(item_row["num_events"] or 0)
     stats = {
         "num_items_post_embed_join": items_after,
         "item_loss_post_embedding_join": round(
@@ -222,6 +236,9 @@ def build_training_events(
         "num_final_rows": num_events,
         "num_embeddings_rejected": sum(reject_counts.values()),
         **{f"num_embeddings_rejected_{r}": reject_counts.get(r, 0) for r in EMBEDDING_REJECT_REASONS},
-        **{f"num_nulls_filled_{c}": int(row[f"nulls_{c}"] or 0) for c in string_cols + float_cols},
+        **{f"num_nulls_filled_{c}": int(item_row[f"nulls_{c}"] or 0) for c in item_strings + item_floats},
     }
-    return TrainingEventsResult(events=out, items=items, stats=stats, normalization=normalization, cached=(checked, per_item))
+    return TrainingEventsResult(
+        events=out, items=items, stats=stats, normalization=normalization, cached=(checked, final_items),
+        observation=observation, event_level_columns=event_level,
+    )

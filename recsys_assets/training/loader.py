@@ -14,27 +14,128 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import torch
 
 from recsys_assets.datagen.stages import TRAINING_EVENTS
 from recsys_assets.training.config import RANKER_TASKS, LabelSpec
-from recsys_assets.training.features import DENSE_FEATURES, ItemCatalog, Vocab, standardize
+from recsys_assets.training.features import DENSE_FEATURES, ItemCatalog, Vocab, positions_in, standardize
 from resources.storage import DatasetStore
 
 LABEL_COLUMNS = ["liked", "shared", "followed", "watch_ratio"]
 
 
-def committed_events_dataset(store: DatasetStore, days: list[str]) -> pads.Dataset:
-    """The committed events of `days` as one Arrow dataset (fragments in day order, deterministic)."""
-    files: list[str] = []
-    for d in days:
-        infos = store.fs.get_file_info(pafs.FileSelector(store.committed_path(TRAINING_EVENTS, d, "events")))
-        files += sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet"))
-    return pads.dataset(files, filesystem=store.fs, format="parquet")
+# Columns of the items table that are not item columns of the events (ids, counts, the embedding).
+_NOT_WIDENED = {"item_id", "num_events", "embedding"}
+
+
+class DayFragment:
+    """One Parquet file of a day's training_events events, read widened with that day's item columns."""
+
+    def __init__(self, owner: "TrainingEventsDataset", day: str, fragment: pads.Fragment):
+        self.owner, self.day, self.fragment = owner, day, fragment
+
+    @property
+    def path(self) -> str:
+        return self.fragment.path
+
+    def to_batches(self, columns: list[str] | None = None, filter: pc.Expression | None = None,
+                   batch_size: int = 131_072) -> Iterator[pa.RecordBatch]:
+        columns = self.owner.columns_of(columns)
+        on_events = [c for c in columns if c in self.owner.event_columns]
+        from_items = [c for c in columns if c not in self.owner.event_columns]
+        read = on_events + (["item_id"] if from_items and "item_id" not in on_events else [])
+        for b in self.fragment.to_batches(columns=read, filter=filter, batch_size=batch_size):
+            yield self.owner.widen(self.day, b, columns, from_items)
+
+
+class TrainingEventsDataset:
+    """The committed training_events of some days as one dataset of event rows, each widened with its day's item
+    columns (catalogue attributes, item-level normalised features) from the day's items table, looked up by
+    item_id: the events table holds them once per item, readers see them per event. Fragments (files) are in day
+    order, so reads are deterministic. The subset of pyarrow.dataset.Dataset the training code uses."""
+
+    def __init__(self, store: DatasetStore, days: list[str]):
+        self.store = store
+        self._fragments: list[tuple[str, pads.Fragment]] = []
+        self._items: dict[str, tuple[pd.Index, pa.Table]] = {}
+        event_schema, item_schema = None, None
+        for d in days:
+            infos = store.fs.get_file_info(pafs.FileSelector(store.committed_path(TRAINING_EVENTS, d, "events")))
+            files = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet"))
+            if not files:
+                continue
+            ds = pads.dataset(files, filesystem=store.fs, format="parquet")
+            event_schema = event_schema or ds.schema
+            self._fragments += [(d, f) for f in ds.get_fragments()]
+            if item_schema is None:
+                item_schema = pq.read_schema(self._items_files(d)[0], filesystem=store.fs)
+        self.event_columns = list(event_schema.names) if event_schema is not None else []
+        self.item_columns = [
+            n for n in (item_schema.names if item_schema is not None else [])
+            if n not in _NOT_WIDENED and n not in self.event_columns
+        ]
+
+    def _items_files(self, day: str) -> list[str]:
+        infos = self.store.fs.get_file_info(pafs.FileSelector(self.store.committed_path(TRAINING_EVENTS, day, "items")))
+        return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet"))
+
+    def columns_of(self, columns: list[str] | None) -> list[str]:
+        if columns is None:
+            return self.event_columns + self.item_columns
+        unknown = [c for c in columns if c not in self.event_columns and c not in self.item_columns]
+        if unknown:
+            raise KeyError(f"training_events has no column(s) {unknown}; events: {self.event_columns}, "
+                           f"items: {self.item_columns}")
+        return list(columns)
+
+    def _item_table(self, day: str) -> tuple[pd.Index, pa.Table]:
+        if day not in self._items:
+            t = pads.dataset(self._items_files(day), filesystem=self.store.fs, format="parquet").to_table(
+                columns=["item_id", *self.item_columns]
+            )
+            self._items[day] = (pd.Index(t.column("item_id").to_numpy(zero_copy_only=False)), t)
+        return self._items[day]
+
+    def widen(self, day: str, batch: pa.RecordBatch, columns: list[str], from_items: list[str]) -> pa.RecordBatch:
+        if not from_items:
+            return batch.select(columns)
+        index, table = self._item_table(day)
+        rows = positions_in(index, batch.column("item_id"))
+        if (rows < 0).any():
+            missing = pc.filter(batch.column("item_id"), pa.array(rows < 0))[0]
+            raise ValueError(f"training_events {day}: item {missing} has events but no row in the day's items table")
+        taken = table.select(from_items).take(pa.array(rows))
+        arrays = [taken.column(c).combine_chunks() if c in from_items else batch.column(c) for c in columns]
+        return pa.RecordBatch.from_arrays(arrays, names=columns)
+
+    def get_fragments(self, filter: pc.Expression | None = None) -> list[DayFragment]:
+        return [DayFragment(self, d, f) for d, f in self._fragments]
+
+    def to_batches(self, columns: list[str] | None = None, filter: pc.Expression | None = None,
+                   batch_size: int = 131_072) -> Iterator[pa.RecordBatch]:
+        for f in self.get_fragments():
+            yield from f.to_batches(columns=columns, filter=filter, batch_size=batch_size)
+
+    def count_rows(self, filter: pc.Expression | None = None) -> int:
+        return sum(f.count_rows(filter=filter) for _, f in self._fragments)
+
+    def to_table(self, columns: list[str] | None = None, filter: pc.Expression | None = None) -> pa.Table:
+        columns = self.columns_of(columns)
+        batches = list(self.to_batches(columns=columns, filter=filter))
+        if batches:
+            return pa.Table.from_batches(batches)
+        return pa.table({c: pa.array([]) for c in columns})
+
+
+def committed_events_dataset(store: DatasetStore, days: list[str]) -> TrainingEventsDataset:
+    """The committed training_events of `days`, events widened with their day's item columns."""
+    return TrainingEventsDataset(store, days)
 
 
 def retrieval_positive_filter(labels: LabelSpec) -> pc.Expression:
@@ -86,7 +187,7 @@ LOADER_THREADS = min(4, os.cpu_count() or 1)
 
 
 def encoded_blocks(
-    dataset: pads.Dataset, encoder: BatchEncoder, filter: pc.Expression | None = None, read_rows: int = 65_536,
+    dataset: TrainingEventsDataset, encoder: BatchEncoder, filter: pc.Expression | None = None, read_rows: int = 65_536,
     fragment_order: np.ndarray | None = None, threads: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     fragments = list(dataset.get_fragments(filter=filter))
@@ -116,7 +217,7 @@ def _concat(blocks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def shuffled_batches(
-    dataset: pads.Dataset,
+    dataset: TrainingEventsDataset,
     encoder: BatchEncoder,
     batch_size: int,
     seed: int,
@@ -155,14 +256,14 @@ def shuffled_batches(
 
 
 def sequential_batches(
-    dataset: pads.Dataset, encoder: BatchEncoder, batch_size: int, filter: pc.Expression | None = None
+    dataset: TrainingEventsDataset, encoder: BatchEncoder, batch_size: int, filter: pc.Expression | None = None
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Evaluation batches in storage order."""
     for block in encoded_blocks(dataset, encoder, filter, read_rows=batch_size):
         yield {k: torch.from_numpy(v) for k, v in block.items()}
 
 
-def item_frequencies(dataset: pads.Dataset, catalog: ItemCatalog, filter: pc.Expression | None = None) -> np.ndarray:
+def item_frequencies(dataset: TrainingEventsDataset, catalog: ItemCatalog, filter: pc.Expression | None = None) -> np.ndarray:
     """Occurrences of each catalogue item in the (filtered) stream: the in-batch sampling distribution."""
     counts = np.zeros(len(catalog), np.int64)
     for b in dataset.to_batches(columns=["item_id"], filter=filter):

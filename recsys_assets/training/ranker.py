@@ -8,13 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.dataset as pads
 import torch
 
 from recsys_assets.training.config import RANKER_TASKS
 from recsys_assets.training.evaluation import roc_auc
 from recsys_assets.training.features import DENSE_FEATURES
-from recsys_assets.training.loader import BatchEncoder, sequential_batches, shuffled_batches
+from recsys_assets.training.loader import TrainingEventsDataset, BatchEncoder, sequential_batches, shuffled_batches
 from recsys_assets.training.models import MMoERanker, RankerConfig, ranker_loss
 from recsys_assets.training.trainer import CheckpointStore, FitResult, TrainSettings, fit
 
@@ -44,7 +43,7 @@ def ranker_config(encoder: BatchEncoder, hyper: RankerHyper) -> RankerConfig:
 
 
 def train_ranker(
-    train: pads.Dataset,
+    train: TrainingEventsDataset,
     encoder: BatchEncoder,
     hyper: RankerHyper,
     settings: TrainSettings,
@@ -73,7 +72,7 @@ def train_ranker(
 
 @torch.no_grad()
 def score_ranker(
-    model: MMoERanker, data: pads.Dataset, encoder: BatchEncoder, batch_size: int = 8192, max_rows: int | None = None
+    model: MMoERanker, data: TrainingEventsDataset, encoder: BatchEncoder, batch_size: int = 8192, max_rows: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Predicted probabilities and labels [rows, tasks] in storage order (up to max_rows)."""
     model.eval()

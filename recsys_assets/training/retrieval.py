@@ -9,13 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as pads
 import torch
 
 from recsys_assets.training.config import LabelSpec
 from recsys_assets.training.evaluation import exact_top_k, group_relevant, popularity_ranking, recall_ndcg_at_k
 from recsys_assets.training.features import DENSE_FEATURES, ItemCatalog, Vocab, standardize
-from recsys_assets.training.loader import BatchEncoder, item_frequencies, retrieval_positive_filter, shuffled_batches
+from recsys_assets.training.loader import TrainingEventsDataset, BatchEncoder, item_frequencies, retrieval_positive_filter, shuffled_batches
 from recsys_assets.training.models import TowerConfig, TwoTower, in_batch_softmax_loss
 from recsys_assets.training.trainer import CheckpointStore, FitResult, TrainSettings, fit
 
@@ -60,7 +59,7 @@ class _Split:
 
 
 def train_two_tower(
-    train: pads.Dataset,
+    train: TrainingEventsDataset,
     encoder: BatchEncoder,
     hyper: RetrievalHyper,
     settings: TrainSettings,
@@ -140,7 +139,7 @@ class EvalQueries:
 
 
 def evaluation_queries(
-    day: pads.Dataset, encoder: BatchEncoder, labels: LabelSpec, user_sample_pct: float = 100.0
+    day: TrainingEventsDataset, encoder: BatchEncoder, labels: LabelSpec, user_sample_pct: float = 100.0
 ) -> EvalQueries:
     """Users (hash-sampled, so the same users on any rerun) with >= 1 positive event on the evaluation day."""
     cols = ["user_id", "user_language", "user_region", "user_tenure_days", "item_id"]
