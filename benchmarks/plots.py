@@ -26,9 +26,12 @@ def last_json(name: str) -> dict:
 def datagen() -> None:
     before = last_json("datagen_local2.json")["rows"]  # cached filter chain (2026-11-22)
     after = last_json("datagen_local2_after.json")["results"]  # no event-sized cache (2026-11-23)
+    star = last_json("datagen_local2_star.json")["results"]  # catalogue columns once per item (2026-11-23)
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    for rows, label, rss_py, rss_jvm in ((before, "before (cached day)", "python_peak_rss_mb", "jvm_peak_rss_mb"),
-                                         (after, "after (no event-sized cache)", "driver_python_peak_rss_mb",
+    for rows, label, rss_py, rss_jvm in ((before, "cached day", "python_peak_rss_mb", "jvm_peak_rss_mb"),
+                                         (after, "no event-sized cache", "driver_python_peak_rss_mb",
+                                          "spark_jvm_peak_rss_mb"),
+                                         (star, "+ item columns once per item", "driver_python_peak_rss_mb",
                                           "spark_jvm_peak_rss_mb")):
         n = [r["raw_events"] / 1e6 for r in rows]
         a.plot(n, [r["raw_events_per_s"] / 1e3 for r in rows], "o-", label=label)
