@@ -64,6 +64,11 @@ def test_two_days_materialize_with_all_checks_passing(instance, resources, store
     by_item = items.to_pandas().set_index("item_id").loc[wide.item_id]
     assert (wide.item_category.to_numpy() == by_item.item_category.to_numpy()).all()
     assert (wide.item_video_length_s_norm.to_numpy() == by_item.item_video_length_s_norm.to_numpy()).all()
+    # The loader's path: the same item strings as dictionary arrays over the day's items.
+    fragment = committed_events_dataset(store, [day]).get_fragments()[0]
+    plain = next(fragment.to_batches(columns=["item_id", "item_category"]))
+    coded = next(fragment.to_batches(columns=["item_id", "item_category"], dictionary_items=True))
+    assert str(coded.column(1).type).startswith("dictionary") and coded.column(1).cast("string").equals(plain.column(1))
     assert report["num_new_items_1d"] + report["num_common_items_1d"] == items.num_rows
     assert report["item_diff_1d_delta"] is not None and report["item_diff_7d_delta"] is None
 

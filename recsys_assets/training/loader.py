@@ -45,13 +45,15 @@ class DayFragment:
         return self.fragment.path
 
     def to_batches(self, columns: list[str] | None = None, filter: pc.Expression | None = None,
-                   batch_size: int = 131_072) -> Iterator[pa.RecordBatch]:
+                   batch_size: int = 131_072, dictionary_items: bool = False) -> Iterator[pa.RecordBatch]:
+        """`dictionary_items`: item string columns come as dictionary arrays over the day's items (a take of int
+        indices instead of strings; the vocab lookup then hashes each distinct value once, not every row)."""
         columns = self.owner.columns_of(columns)
         on_events = [c for c in columns if c in self.owner.event_columns]
         from_items = [c for c in columns if c not in self.owner.event_columns]
         read = on_events + (["item_id"] if from_items and "item_id" not in on_events else [])
         for b in self.fragment.to_batches(columns=read, filter=filter, batch_size=batch_size):
-            yield self.owner.widen(self.day, b, columns, from_items)
+            yield self.owner.widen(self.day, b, columns, from_items, dictionary_items)
 
 
 class TrainingEventsDataset:
@@ -94,18 +96,23 @@ class TrainingEventsDataset:
                            f"items: {self.item_columns}")
         return list(columns)
 
-    def _item_table(self, day: str) -> tuple[pd.Index, pa.Table]:
+    def _item_table(self, day: str) -> tuple[pd.Index, pa.Table, pa.Table]:
+        """(item_id index, the day's item columns, the same with string columns dictionary-encoded)."""
         if day not in self._items:
             t = pads.dataset(self._items_files(day), filesystem=self.store.fs, format="parquet").to_table(
                 columns=["item_id", *self.item_columns]
-            )
-            self._items[day] = (pd.Index(t.column("item_id").to_numpy(zero_copy_only=False)), t)
+            ).combine_chunks()
+            coded = pa.table({n: pc.dictionary_encode(c) if pa.types.is_string(c.type) else c
+                              for n, c in zip(t.column_names, t.columns)})
+            self._items[day] = (pd.Index(t.column("item_id").to_numpy(zero_copy_only=False)), t, coded)
         return self._items[day]
 
-    def widen(self, day: str, batch: pa.RecordBatch, columns: list[str], from_items: list[str]) -> pa.RecordBatch:
+    def widen(self, day: str, batch: pa.RecordBatch, columns: list[str], from_items: list[str],
+              dictionary_items: bool = False) -> pa.RecordBatch:
         if not from_items:
             return batch.select(columns)
-        index, table = self._item_table(day)
+        index, plain, coded = self._item_table(day)
+        table = coded if dictionary_items else plain
         rows = positions_in(index, batch.column("item_id"))
         if (rows < 0).any():
             missing = pc.filter(batch.column("item_id"), pa.array(rows < 0))[0]
@@ -195,7 +202,8 @@ def encoded_blocks(
 
     def encode_fragment(i: int) -> list[dict[str, np.ndarray]]:
         return [encoder.encode(b) for b in fragments[i].to_batches(columns=encoder.columns, filter=filter,
-                                                                   batch_size=read_rows) if b.num_rows]
+                                                                   batch_size=read_rows, dictionary_items=True)
+                if b.num_rows]
 
     threads = LOADER_THREADS if threads is None else threads
     if threads <= 1 or len(order) <= 1:
