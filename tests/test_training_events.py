@@ -129,3 +129,32 @@ def test_training_events_equal_a_direct_pandas_computation(spark, raw_root, tmp_
     v = np.log1p(np.maximum(attrs.item_video_length_s.fillna(0.0).to_numpy(), 0.0))
     mean, std = norm["item_video_length_s"]
     np.testing.assert_allclose(it.item_video_length_s_norm, (v - mean) / std, rtol=1e-5, atol=1e-5)
+
+
+def test_events_and_items_tables_that_disagree_fail_the_stage(spark, raw_root, tmp_path):
+    """filtered_events' items table must count exactly the events its events table holds; a mismatch (a partial or
+    mixed-version partition) stops training_events after the write, before anything is committed."""
+    from pyspark.sql import functions as F
+
+    store = DatasetStore(str(raw_root))
+    day = DAYS[1]
+    start_us, end_us = window_micros(window_of(day))
+    chain = run_filter_chain(
+        read_raw(spark, store, "events", day), read_raw(spark, store, "items", day), load_datagen_spec(), start_us, end_us
+    )
+    try:
+        chain.filtered_events.write.parquet(str(tmp_path / "filtered"))
+        chain.filtered_items.withColumn("num_events", F.col("num_events") + 1).write.parquet(str(tmp_path / "items"))
+    finally:
+        chain.release()
+    result = build_training_events(
+        spark.read.parquet(str(tmp_path / "filtered")), spark.read.parquet(str(tmp_path / "items")),
+        read_raw(spark, store, "item_embeddings", day), read_raw(spark, store, "users", day), TrainingEventsSpec(),
+        chain.stats["num_unique_items_post_filters"],
+    )
+    try:
+        result.events.write.format("noop").mode("overwrite").save()
+        with pytest.raises(ValueError, match="events and items tables disagree"):
+            result.finish_stats()
+    finally:
+        result.release()
