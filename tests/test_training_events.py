@@ -57,20 +57,20 @@ def _expected(filtered: pd.DataFrame, embeddings: pd.DataFrame, users: pd.DataFr
     return ev, norm, reasons
 
 
-def test_training_events_equal_a_direct_pandas_computation(spark, raw_root, tmp_path):
-    store = DatasetStore(str(raw_root))
-    day = DAYS[1]
+def _build_from_filtered_day(spark, store: DatasetStore, day: str, tmp_path, spec: TrainingEventsSpec,
+                             items_transform=None):
+    """Run the filter chain on `day`, write its events and items tables (items through `items_transform`), and
+    build training_events from them."""
     start_us, end_us = window_micros(window_of(day))
     chain = run_filter_chain(
         read_raw(spark, store, "events", day), read_raw(spark, store, "items", day), load_datagen_spec(), start_us, end_us
     )
     try:
         chain.filtered_events.write.parquet(str(tmp_path / "filtered"))
-        chain.filtered_items.write.parquet(str(tmp_path / "filtered_items"))
+        (items_transform or (lambda df: df))(chain.filtered_items).write.parquet(str(tmp_path / "filtered_items"))
     finally:
         chain.release()
-    spec = TrainingEventsSpec()
-    result = build_training_events(
+    return build_training_events(
         spark.read.parquet(str(tmp_path / "filtered")),
         spark.read.parquet(str(tmp_path / "filtered_items")),
         read_raw(spark, store, "item_embeddings", day),
@@ -78,6 +78,13 @@ def test_training_events_equal_a_direct_pandas_computation(spark, raw_root, tmp_
         spec,
         chain.stats["num_unique_items_post_filters"],
     )
+
+
+def test_training_events_equal_a_direct_pandas_computation(spark, raw_root, tmp_path):
+    store = DatasetStore(str(raw_root))
+    day = DAYS[1]
+    spec = TrainingEventsSpec()
+    result = _build_from_filtered_day(spark, store, day, tmp_path, spec)
     try:
         events = result.events.toPandas()
         result.finish_stats()  # the event-level null counts, observed by the action above
@@ -136,21 +143,9 @@ def test_events_and_items_tables_that_disagree_fail_the_stage(spark, raw_root, t
     mixed-version partition) stops training_events after the write, before anything is committed."""
     from pyspark.sql import functions as F
 
-    store = DatasetStore(str(raw_root))
-    day = DAYS[1]
-    start_us, end_us = window_micros(window_of(day))
-    chain = run_filter_chain(
-        read_raw(spark, store, "events", day), read_raw(spark, store, "items", day), load_datagen_spec(), start_us, end_us
-    )
-    try:
-        chain.filtered_events.write.parquet(str(tmp_path / "filtered"))
-        chain.filtered_items.withColumn("num_events", F.col("num_events") + 1).write.parquet(str(tmp_path / "items"))
-    finally:
-        chain.release()
-    result = build_training_events(
-        spark.read.parquet(str(tmp_path / "filtered")), spark.read.parquet(str(tmp_path / "items")),
-        read_raw(spark, store, "item_embeddings", day), read_raw(spark, store, "users", day), TrainingEventsSpec(),
-        chain.stats["num_unique_items_post_filters"],
+    result = _build_from_filtered_day(
+        spark, DatasetStore(str(raw_root)), DAYS[1], tmp_path, TrainingEventsSpec(),
+        items_transform=lambda df: df.withColumn("num_events", F.col("num_events") + 1),
     )
     try:
         result.events.write.format("noop").mode("overwrite").save()
