@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from recsys_assets.datagen.filter_chain import BROADCAST_ROW_LIMIT, ITEM_ATTRIBUTE_COLUMNS
 from recsys_assets.schemas import EMBEDDING_DIM
 
 US_PER_DAY = 86_400_000_000
@@ -56,9 +57,7 @@ def embedding_validity(embeddings: DataFrame) -> DataFrame:
 # training_events is a fact table (`events`) and a dimension table (`items`): the catalogue columns are constant per
 # item within a day, so they are written once per item, not copied onto every event (on a 20M-event day the copies
 # cost ~8 s of the events write). Readers widen events with them by item_id (`recsys_assets.training.loader`).
-ITEM_ATTRIBUTES = (
-    "item_language", "item_category", "item_author_id", "item_video_length_s", "item_created_at", "item_moderation_status",
-)
+ITEM_ATTRIBUTES = tuple(ITEM_ATTRIBUTE_COLUMNS)  # filtered_events' items table carries the same
 ITEM_KEYS = ("item_id", *ITEM_ATTRIBUTES)
 # The events output's columns, in order (the per-day *_norm columns of event-level features follow).
 EVENT_COLUMNS = (
@@ -112,8 +111,6 @@ def count_users(events: DataFrame) -> int:
 
 
 def _broadcast_if_small(df: DataFrame, rows: int) -> DataFrame:
-    from recsys_assets.datagen.filter_chain import BROADCAST_ROW_LIMIT
-
     return F.broadcast(df) if rows <= BROADCAST_ROW_LIMIT else df
 
 

@@ -40,10 +40,6 @@ class DayFragment:
     def __init__(self, owner: "TrainingEventsDataset", day: str, fragment: pads.Fragment):
         self.owner, self.day, self.fragment = owner, day, fragment
 
-    @property
-    def path(self) -> str:
-        return self.fragment.path
-
     def to_batches(self, columns: list[str] | None = None, filter: pc.Expression | None = None,
                    batch_size: int = 131_072, dictionary_items: bool = False) -> Iterator[pa.RecordBatch]:
         """`dictionary_items`: item string columns come as dictionary arrays over the day's items (a take of int
@@ -65,26 +61,26 @@ class TrainingEventsDataset:
     def __init__(self, store: DatasetStore, days: list[str]):
         self.store = store
         self._fragments: list[tuple[str, pads.Fragment]] = []
-        self._items: dict[str, tuple[pd.Index, pa.Table]] = {}
+        self._items: dict[str, tuple[pd.Index, pa.Table, pa.Table]] = {}
         event_schema, item_schema = None, None
         for d in days:
-            infos = store.fs.get_file_info(pafs.FileSelector(store.committed_path(TRAINING_EVENTS, d, "events")))
-            files = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet"))
+            files = self._parquet_files(d, "events")
             if not files:
                 continue
             ds = pads.dataset(files, filesystem=store.fs, format="parquet")
             event_schema = event_schema or ds.schema
             self._fragments += [(d, f) for f in ds.get_fragments()]
             if item_schema is None:
-                item_schema = pq.read_schema(self._items_files(d)[0], filesystem=store.fs)
+                item_schema = pq.read_schema(self._parquet_files(d, "items")[0], filesystem=store.fs)
         self.event_columns = list(event_schema.names) if event_schema is not None else []
         self.item_columns = [
             n for n in (item_schema.names if item_schema is not None else [])
             if n not in _NOT_WIDENED and n not in self.event_columns
         ]
 
-    def _items_files(self, day: str) -> list[str]:
-        infos = self.store.fs.get_file_info(pafs.FileSelector(self.store.committed_path(TRAINING_EVENTS, day, "items")))
+    def _parquet_files(self, day: str, table: str) -> list[str]:
+        """The Parquet files of a committed training_events table ("events" or "items") of `day`, sorted."""
+        infos = self.store.fs.get_file_info(pafs.FileSelector(self.store.committed_path(TRAINING_EVENTS, day, table)))
         return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet"))
 
     def columns_of(self, columns: list[str] | None) -> list[str]:
@@ -99,7 +95,7 @@ class TrainingEventsDataset:
     def _item_table(self, day: str) -> tuple[pd.Index, pa.Table, pa.Table]:
         """(item_id index, the day's item columns, the same with string columns dictionary-encoded)."""
         if day not in self._items:
-            t = pads.dataset(self._items_files(day), filesystem=self.store.fs, format="parquet").to_table(
+            t = pads.dataset(self._parquet_files(day, "items"), filesystem=self.store.fs, format="parquet").to_table(
                 columns=["item_id", *self.item_columns]
             ).combine_chunks()
             coded = pa.table({n: pc.dictionary_encode(c) if pa.types.is_string(c.type) else c
