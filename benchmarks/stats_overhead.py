@@ -63,8 +63,9 @@ def naive(session, store, out) -> dict:
     spec = load_datagen_spec()
     start_us, end_us = window_micros(window_of(DAY))
     events, items = read_raw(session, store, "events", DAY), read_raw(session, store, "items", DAY)
-    df = mark_duplicates(enrich_events(events, item_catalogue(items)))
-    df = df.withColumn("quarantine_reason", F.coalesce(quarantine_reason(start_us, end_us),
+    invalid = quarantine_reason(start_us, end_us, spec.quarantine)
+    df = mark_duplicates(enrich_events(events, item_catalogue(items)), invalid=invalid.isNotNull())
+    df = df.withColumn("quarantine_reason", F.coalesce(invalid,
                                                        F.when(F.col("is_duplicate"), F.lit("duplicate_event_id"))))
     counts = {"raw": (df.count(), df.select(F.countDistinct("item_id")).first()[0])}
     df.filter(F.col("quarantine_reason").isNotNull()).select(*events.columns, "quarantine_reason").write.mode(

@@ -1,8 +1,9 @@
 """Partitioned checks on the datagen assets: production's error alerts, with thresholds from the datagen YAML.
 
-Each check judges the committed partition's stats (written with the data, including the thresholds in force
-when it was produced) and, for day-over-day deltas, previous partitions' metadata from the Dagster instance.
-ERROR checks that mean bad data are blocking, so downstream assets don't materialize from it.
+Each check judges the stats written with the partition's version under check (including the thresholds in force
+when it was produced); day-over-day deltas compare with the committed stats of earlier days, so a day withheld by a
+failed blocking check is never anyone's baseline. ERROR checks that mean bad data are blocking: they gate the
+version's commit (checks/gating.py), so no downstream asset in any run reads a day that failed them.
 """
 
 
@@ -10,36 +11,24 @@ from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
-    AssetKey,
-    AssetRecordsFilter,
-    DagsterInstance,
     MetadataValue,
     asset_check,
 )
 
 from checks.expectations import items_suite, training_events_suite, validate
-from recsys_assets.datagen.assets import (
-    FILTERED_EVENTS,
-    MONITORING_REPORT,
-    TRAINING_EVENTS,
-    datagen_monitoring_report,
-    filtered_events,
-    training_events,
-)
+from checks.gating import gate, judged_version
+from recsys_assets.core.datasets import FILTERED_EVENTS, MONITORING_REPORT, TRAINING_EVENTS
+from recsys_assets.datagen.assets import datagen_monitoring_report, filtered_events, training_events
 from recsys_assets.datagen.metadata import md_table
+from recsys_assets.datagen.quarantine import judge_input_losses
 from recsys_assets.partitions import daily_partitions, shift_day
 from resources.spark import SparkResource
-from resources.storage import StorageResource
+from resources.storage import DatasetStore, StorageResource
 
 
-def partition_metadata(instance: DagsterInstance, asset_key: AssetKey, day: str) -> dict | None:
-    """Metadata values of the latest materialization of one partition, or None if it was never materialized."""
-    records = instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=asset_key, asset_partitions=[day]), limit=1
-    ).records
-    if not records:
-        return None
-    return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+def _stats(store: DatasetStore, dataset: str, day: str) -> tuple[str, dict]:
+    version = judged_version(store, dataset, day)
+    return version, store.read_json(store.version_path(dataset, day, version, "stats.json"))
 
 
 @asset_check(
@@ -49,11 +38,11 @@ def partition_metadata(instance: DagsterInstance, asset_key: AssetKey, day: str)
     description="Every filter's item loss % is at most its max_item_loss_pct in the datagen YAML.",
 )
 def filter_item_loss_within_limits(context: AssetCheckExecutionContext, storage: StorageResource) -> AssetCheckResult:
-    store = storage.store
-    stats = store.read_json(store.committed_path(FILTERED_EVENTS, context.partition_key, "stats.json"))
+    store, day = storage.store, context.partition_key
+    version, stats = _stats(store, FILTERED_EVENTS, day)
     limits: dict = stats["max_item_loss_pct"]
     breaches = {n: stats[f"item_loss_percentage_{n}"] for n, lim in limits.items() if stats[f"item_loss_percentage_{n}"] > lim}
-    return AssetCheckResult(
+    return gate(store, FILTERED_EVENTS, day, version, "filter_item_loss_within_limits", AssetCheckResult(
         passed=not breaches,
         severity=AssetCheckSeverity.ERROR,
         description=("item loss above limit: " + ", ".join(f"{n} {v}% > {limits[n]}%" for n, v in breaches.items()))
@@ -65,7 +54,32 @@ def filter_item_loss_within_limits(context: AssetCheckExecutionContext, storage:
                 max((stats[f"item_loss_percentage_{n}"] for n in limits), default=0.0)
             ),
         },
-    )
+    ))
+
+
+@asset_check(
+    asset=filtered_events,
+    partitions_def=daily_partitions,
+    blocking=True,
+    description="Losses before the filter chain stay within the datagen YAML's limits: quarantined events in total "
+    "and per reason, the language stage's event and item loss, and the sample's kept share vs its fraction. Judged "
+    "the same on a deployment's first day (absolute limits, no previous day needed).",
+)
+def input_losses_within_limits(context: AssetCheckExecutionContext, storage: StorageResource) -> AssetCheckResult:
+    store, day = storage.store, context.partition_key
+    version, stats = _stats(store, FILTERED_EVENTS, day)
+    rows, breaches = judge_input_losses(stats, stats["input_limits"])
+    return gate(store, FILTERED_EVENTS, day, version, "input_losses_within_limits", AssetCheckResult(
+        passed=not breaches,
+        severity=AssetCheckSeverity.ERROR,
+        description="; ".join(breaches) or "quarantine, language and sample within limits",
+        metadata={
+            "input_losses": md_table(["stage", "what", "events", "of", "% (sample: pp off)", "limit", "result"], rows),
+            "num_raw_events": MetadataValue.int(stats["num_raw_events"]),
+            "num_quarantined_events": MetadataValue.int(stats["num_quarantined_events"]),
+            "num_breaches": MetadataValue.int(len(breaches)),
+        },
+    ))
 
 
 @asset_check(
@@ -75,10 +89,10 @@ def filter_item_loss_within_limits(context: AssetCheckExecutionContext, storage:
     description="Items lost for lack of a valid 128-d content embedding stay under the configured max.",
 )
 def embedding_join_item_loss(context: AssetCheckExecutionContext, storage: StorageResource) -> AssetCheckResult:
-    store = storage.store
-    stats = store.read_json(store.committed_path(TRAINING_EVENTS, context.partition_key, "stats.json"))
+    store, day = storage.store, context.partition_key
+    version, stats = _stats(store, TRAINING_EVENTS, day)
     loss, limit = stats["item_loss_post_embedding_join"], stats["thresholds"]["max_item_loss_pct_embedding_join"]
-    return AssetCheckResult(
+    return gate(store, TRAINING_EVENTS, day, version, "embedding_join_item_loss", AssetCheckResult(
         passed=loss <= limit,
         severity=AssetCheckSeverity.ERROR,
         description=f"embedding-join item loss {loss}% (max {limit}%)",
@@ -87,7 +101,7 @@ def embedding_join_item_loss(context: AssetCheckExecutionContext, storage: Stora
             "max_item_loss_pct": MetadataValue.float(limit),
             "num_embeddings_rejected": MetadataValue.int(stats["num_embeddings_rejected"]),
         },
-    )
+    ))
 
 
 @asset_check(
@@ -99,21 +113,19 @@ def embedding_join_item_loss(context: AssetCheckExecutionContext, storage: Stora
 def training_events_expectations(
     context: AssetCheckExecutionContext, spark: SparkResource, storage: StorageResource
 ) -> AssetCheckResult:
-    store = storage.store
-    day = context.partition_key
-    stats = store.read_json(store.committed_path(TRAINING_EVENTS, day, "stats.json"))
+    store, day = storage.store, context.partition_key
+    version, stats = _stats(store, TRAINING_EVENTS, day)
     session = spark.get_session()
+    events = session.read.parquet(store.version_uri(TRAINING_EVENTS, day, version, "events"))
+    items = session.read.parquet(store.version_uri(TRAINING_EVENTS, day, version, "items"))
     rows = validate(
         {
-            "training_events": (
-                session.read.parquet(store.committed_uri(TRAINING_EVENTS, day, "events")),
-                lambda: training_events_suite(stats["max_item_age_days"]),
-            ),
-            "training_items": (session.read.parquet(store.committed_uri(TRAINING_EVENTS, day, "items")), items_suite),
+            "training_events": (events, lambda: training_events_suite(stats["max_item_age_days"], events.columns)),
+            "training_items": (items, lambda: items_suite(items.columns)),
         }
     )
     failed = [r for r in rows if not r["success"]]
-    return AssetCheckResult(
+    return gate(store, TRAINING_EVENTS, day, version, "training_events_expectations", AssetCheckResult(
         passed=not failed,
         severity=AssetCheckSeverity.ERROR,
         description=f"{len(rows) - len(failed)}/{len(rows)} expectations met"
@@ -125,7 +137,7 @@ def training_events_expectations(
             ),
             "num_failed_expectations": MetadataValue.int(len(failed)),
         },
-    )
+    ))
 
 
 def _delta_pct(now: float, before: float) -> float:
@@ -135,21 +147,20 @@ def _delta_pct(now: float, before: float) -> float:
 @asset_check(
     asset=training_events,
     partitions_def=daily_partitions,
-    description="Final events and items change by at most the configured % vs 1 and 7 days before "
-    "(previous partitions' metadata from the instance).",
+    description="Final events and items change by at most the configured % vs 1 and 7 days before (the committed "
+    "versions of those days: a day withheld by a failed blocking check is no baseline).",
 )
 def events_items_delta_1d_7d(context: AssetCheckExecutionContext, storage: StorageResource) -> AssetCheckResult:
-    store = storage.store
-    day = context.partition_key
-    stats = store.read_json(store.committed_path(TRAINING_EVENTS, day, "stats.json"))
+    store, day = storage.store, context.partition_key
+    _, stats = _stats(store, TRAINING_EVENTS, day)
     th = stats["thresholds"]
     rows, breaches = [], []
     for label, offset, limit in (("1d", -1, th["max_abs_delta_pct_1d"]), ("7d", -7, th["max_abs_delta_pct_7d"])):
         base_day = shift_day(day, offset)
-        prev = partition_metadata(context.instance, training_events.key, base_day)
-        if prev is None:
-            rows.append([label, base_day, "no baseline", "", "", limit])
+        if not store.is_committed(TRAINING_EVENTS, base_day):
+            rows.append([label, base_day, "no baseline (no committed version)", "", "", limit])
             continue
+        prev = store.read_json(store.committed_path(TRAINING_EVENTS, base_day, "stats.json"))
         for metric, now_key in (("events", "num_final_rows"), ("items", "num_items_post_embed_join")):
             d = round(_delta_pct(stats[now_key], prev[now_key]), 2)
             rows.append([label, base_day, metric, prev[now_key], stats[now_key], f"{d:+}% (max ±{limit}%)"])
@@ -220,6 +231,7 @@ def new_items_1d(context: AssetCheckExecutionContext, storage: StorageResource) 
 
 datagen_checks = [
     filter_item_loss_within_limits,
+    input_losses_within_limits,
     embedding_join_item_loss,
     training_events_expectations,
     events_items_delta_1d_7d,

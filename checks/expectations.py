@@ -23,9 +23,23 @@ EVENT_TYPES = {
 }
 
 
-def training_events_suite(max_item_age_days: float) -> gx.ExpectationSuite:
+def _finite_rows(columns: list[str], what: str) -> "gx.expectations.UnexpectedRowsExpectation":
+    """Rows where any of `columns` is null, NaN or infinite: a poisoned moment makes a whole normalised column
+    non-finite, so this fails the day whatever let the bad value in."""
+    bad = " OR ".join(f"{c} IS NULL OR isnan({c}) OR abs({c}) = double('Infinity')" for c in columns)
+    return gx.expectations.UnexpectedRowsExpectation(
+        description=f"every {what} is finite", unexpected_rows_query=f"SELECT * FROM {{batch}} WHERE {bad}")
+
+
+def normalized_columns(columns: list[str]) -> list[str]:
+    return [c for c in columns if c.endswith("_norm")]
+
+
+def training_events_suite(max_item_age_days: float, columns: list[str] | None = None) -> gx.ExpectationSuite:
     E = gx.expectations
     suite = gx.ExpectationSuite("training_events")
+    if norm := normalized_columns(columns or []):
+        suite.add_expectation(_finite_rows(norm, "normalised value (" + ", ".join(norm) + ")"))
     for col in ("event_id", "user_id", "item_id", "event_ts"):
         suite.add_expectation(E.ExpectColumnValuesToNotBeNull(column=col))
     for col, t in EVENT_TYPES.items():
@@ -40,9 +54,11 @@ def training_events_suite(max_item_age_days: float) -> gx.ExpectationSuite:
     return suite
 
 
-def items_suite() -> gx.ExpectationSuite:
+def items_suite(columns: list[str] | None = None) -> gx.ExpectationSuite:
     E = gx.expectations
     suite = gx.ExpectationSuite("training_items")
+    if norm := normalized_columns(columns or []):
+        suite.add_expectation(_finite_rows(norm, "normalised item value (" + ", ".join(norm) + ")"))
     suite.add_expectation(E.ExpectColumnValuesToNotBeNull(column="item_id"))
     suite.add_expectation(E.ExpectColumnValuesToBeUnique(column="item_id"))
     # Catalogue columns live once per item (the events table holds no copies).
@@ -54,7 +70,7 @@ def items_suite() -> gx.ExpectationSuite:
             description=f"every embedding has {EMBEDDING_DIM} finite values",
             unexpected_rows_query=(
                 f"SELECT item_id FROM {{batch}} WHERE embedding IS NULL OR size(embedding) != {EMBEDDING_DIM} "
-                "OR exists(embedding, x -> x IS NULL OR isnan(x))"
+                "OR exists(embedding, x -> x IS NULL OR isnan(x) OR abs(x) = float('Infinity'))"
             ),
         )
     )

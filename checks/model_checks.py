@@ -9,6 +9,7 @@ import math
 
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
 
+from checks.gating import gate, judged_version
 from recsys_assets.datagen.metadata import md_table
 from recsys_assets.indexes.assets import cold_start_index, retrieval_index
 from recsys_assets.partitions import daily_partitions
@@ -18,8 +19,14 @@ from recsys_assets.training.ranker import ranker_gate
 from resources.storage import StorageResource
 
 
+def _judged(storage: StorageResource, dataset: str, day: str, name: str) -> tuple[str, dict]:
+    """(version under check, one of its JSON files): the staged model, else the committed one."""
+    version = judged_version(storage.store, dataset, day)
+    return version, ArtifactDir(storage.store, dataset, day, version).read_json(name)
+
+
 def _json(storage: StorageResource, dataset: str, day: str, name: str) -> dict:
-    return ArtifactDir.committed(storage.store, dataset, day).read_json(name)
+    return _judged(storage, dataset, day, name)[1]
 
 
 @asset_check(asset=vocab, partitions_def=daily_partitions, blocking=False,
@@ -41,23 +48,25 @@ def vocab_oov_rate_within_limits(context: AssetCheckExecutionContext, storage: S
              description="Per-task validation AUC above its floor and not worse than the previous model's AUC on "
              "the same validation events by more than ranker_max_auc_drop.")
 def ranker_auc_gate(context: AssetCheckExecutionContext, storage: StorageResource) -> AssetCheckResult:
-    metrics = _json(storage, RANKER_MODEL, context.partition_key, "metrics.json")
+    day = context.partition_key
+    version, metrics = _judged(storage, RANKER_MODEL, day, "metrics.json")
     ok, rows = ranker_gate(metrics)
     failing = [r[0] for r in rows if r[-1] == "FAIL"]
-    return AssetCheckResult(
+    return gate(storage.store, RANKER_MODEL, day, version, "ranker_auc_gate", AssetCheckResult(
         passed=ok,
         severity=AssetCheckSeverity.ERROR,
         description=f"AUC gate failed for {', '.join(failing)}" if failing else "all tasks pass the AUC gate",
         metadata={"auc_gate": md_table(["task", "AUC", "floor", "previous model AUC", "result"], rows),
                   "min_task_auc": MetadataValue.float(min(metrics["auc"].values()))},
-    )
+    ))
 
 
 @asset_check(asset=retrieval_model, partitions_def=daily_partitions, blocking=True,
              description="Full-corpus recall@k on the validation day above retrieval_min_recall and at least "
              "retrieval_min_lift_over_popularity times the most-popular baseline.")
 def retrieval_recall_gate(context: AssetCheckExecutionContext, storage: StorageResource) -> AssetCheckResult:
-    m = _json(storage, RETRIEVAL_MODEL, context.partition_key, "metrics.json")
+    day = context.partition_key
+    version, m = _judged(storage, RETRIEVAL_MODEL, day, "metrics.json")
     k = m["k"]
     recall, pop = m[f"model_recall@{k}"], m[f"popularity_recall@{k}"]
     lift = recall / pop if pop else float("inf")
@@ -66,26 +75,27 @@ def retrieval_recall_gate(context: AssetCheckExecutionContext, storage: StorageR
         problems.append(f"recall@{k} {recall:.4f} < {m['min_recall']}")
     if not lift >= m["min_lift_over_popularity"]:
         problems.append(f"lift over most-popular {lift:.2f} < {m['min_lift_over_popularity']}")
-    return AssetCheckResult(
+    return gate(storage.store, RETRIEVAL_MODEL, day, version, "retrieval_recall_gate", AssetCheckResult(
         passed=not problems,
         severity=AssetCheckSeverity.ERROR,
         description="; ".join(problems) or f"recall@{k} {recall:.4f}, {lift:.2f}x most-popular",
         metadata={f"recall_at_{k}": MetadataValue.float(recall), f"popularity_recall_at_{k}": MetadataValue.float(pop),
                   "lift_over_popularity": MetadataValue.float(lift if math.isfinite(lift) else -1.0)},
-    )
+    ))
 
 
 @asset_check(asset=retrieval_index, partitions_def=daily_partitions, blocking=True,
              description="The index returns at least index_min_recall_vs_exact of the exact top-k for validation users.")
 def retrieval_index_recall_vs_exact(context: AssetCheckExecutionContext, storage: StorageResource) -> AssetCheckResult:
-    d = _json(storage, RETRIEVAL_INDEX, context.partition_key, "index.json")
-    return AssetCheckResult(
+    day = context.partition_key
+    version, d = _judged(storage, RETRIEVAL_INDEX, day, "index.json")
+    return gate(storage.store, RETRIEVAL_INDEX, day, version, "retrieval_index_recall_vs_exact", AssetCheckResult(
         passed=bool(d["recall_vs_exact"] >= d["min_recall_vs_exact"]),
         severity=AssetCheckSeverity.ERROR,
         description=f"{d['type']}: recall@{d['recall_k']} vs exact {d['recall_vs_exact']:.4f} "
         f"(min {d['min_recall_vs_exact']})",
         metadata={"recall_vs_exact": MetadataValue.float(float(d["recall_vs_exact"])), "index_type": d["type"]},
-    )
+    ))
 
 
 @asset_check(asset=cold_start_index, partitions_def=daily_partitions, blocking=False,

@@ -3,11 +3,12 @@ reaches the feed), and online features must not drift from what the models were 
 
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
 
+from recsys_assets.core.datasets import FEATURE_SKEW_REPORT
 from recsys_assets.datagen.metadata import md_table
 from recsys_assets.partitions import daily_partitions
 from recsys_assets.serving import registry
 from recsys_assets.serving.assets import feature_skew_report, serving_config, serving_config_problems
-from recsys_assets.serving.serving_config import latest_config
+from recsys_assets.serving.serving_config import latest_config, latest_written_config
 from resources.postgres import PostgresResource
 from resources.storage import StorageResource
 
@@ -19,21 +20,27 @@ from resources.storage import StorageResource
 def serving_config_valid(context: AssetCheckExecutionContext, storage: StorageResource,
                          postgres: PostgresResource) -> AssetCheckResult:
     store = storage.store
-    cfg = latest_config(store)
+    cfg = latest_written_config(store)  # the newest written, so a withheld one fails here and shows why
     if cfg is None:
         return AssetCheckResult(passed=False, severity=AssetCheckSeverity.ERROR, description="no serving config published")
+    served = latest_config(store)
     with postgres.connect() as conn:
         registry.ensure_schema(conn)
         problems = serving_config_problems(store, conn, cfg)
         production = registry.production_version(conn, cfg["model_name"])
+    served_version = served["config_version"] if served else None
+    withheld = "" if served_version == cfg["config_version"] else (
+        f"WITHHELD from serving (current.json stays at v{served_version}): " if served_version else
+        "WITHHELD from serving (no valid config is served): ")
     return AssetCheckResult(
         passed=not problems,
         severity=AssetCheckSeverity.ERROR,
-        description="; ".join(problems) or f"config v{cfg['config_version']} is valid",
+        description=(withheld + "; ".join(problems)) if problems else f"config v{cfg['config_version']} is valid",
         metadata={"config_version": MetadataValue.int(cfg["config_version"]),
                   "traffic_pct_total": MetadataValue.float(float(sum(a["traffic_pct"] for a in cfg["arms"]))),
                   "production_version": MetadataValue.int(production) if production is not None else None,
-                  "problems": MetadataValue.int(len(problems))},
+                  "problems": MetadataValue.int(len(problems)),
+                  "served_config_version": MetadataValue.int(served_version) if served_version else None},
     )
 
 
@@ -42,7 +49,7 @@ def serving_config_valid(context: AssetCheckExecutionContext, storage: StorageRe
              "skew.max_ks between training_events and the logged online sample.")
 def feature_skew_within_limits(context: AssetCheckExecutionContext, storage: StorageResource) -> AssetCheckResult:
     store = storage.store
-    report = store.read_json(store.committed_path("feature_skew_report", context.partition_key, "report.json"))
+    report = store.read_json(store.committed_path(FEATURE_SKEW_REPORT, context.partition_key, "report.json"))
     failing = [r for r in report["features"] if not r["passed"]]
     return AssetCheckResult(
         passed=not failing,

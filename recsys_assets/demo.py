@@ -19,7 +19,9 @@ from dagster import DagsterInstance, build_sensor_context, materialize
 
 from checks.datagen_checks import datagen_checks
 from checks.model_checks import model_checks
-from recsys_assets.automation.sensors import check_failure_sensor, monitoring_summary_sensor
+from recsys_assets.automation.sensors import (
+    check_failure_sensor, monitoring_summary_sensor, notification_delivery_sensor,
+)
 from recsys_assets.datagen.assets import datagen_assets
 from recsys_assets.datagen.raw_sources import raw_specs
 from recsys_assets.definitions import default_resources
@@ -102,11 +104,14 @@ def main(argv: list[str] | None = None) -> None:
             summary.append(serve_day(datagen_days[-1], instance, resources, store, reset_registry=generated))
 
     # What the daemon's sensors would send: a summary per day (info route) and any failed check (error route),
-    # to the webhooks if RECSYS_*_WEBHOOK_URL are set, and always to notifications.jsonl.
+    # queued in the outbox and logged to notifications.jsonl, then delivered to the webhooks if RECSYS_*_WEBHOOK_URL
+    # are set.
     with build_sensor_context(instance=instance, resources=resources) as ctx:
         monitoring_summary_sensor(ctx)
     with build_sensor_context(instance=instance, resources=resources) as ctx:
         check_failure_sensor(ctx)
+    with build_sensor_context(instance=instance, resources=resources) as ctx:
+        print("notifications:", notification_delivery_sensor(ctx).skip_message)
     print("\nsummary:", json.dumps(summary, indent=1))
     print(f"\ndemo finished in {time.time() - t0:.0f}s; notifications in {home / 'notifications.jsonl'}")
     print(f"see runs, partitions, metadata and checks in the UI:  make ui   (DAGSTER_HOME={home})")

@@ -80,6 +80,7 @@ def datagen_root(raw_root, spark_resource, tmp_path_factory) -> Path:
     """The three raw days with every datagen asset materialized (read-only for tests: copy it first)."""
     from dagster import materialize
 
+    from checks.datagen_checks import datagen_checks
     from recsys_assets.datagen.assets import datagen_assets
     from recsys_assets.datagen.raw_sources import raw_specs
 
@@ -91,7 +92,8 @@ def datagen_root(raw_root, spark_resource, tmp_path_factory) -> Path:
         "notifier": NotifierResource(jsonl_path=str(root.parent / "n.jsonl")),
     }
     for day in DAYS:
-        assert materialize([*raw_specs, *datagen_assets], partition_key=day, resources=res).success
+        # With the blocking checks: a staged version is committed (readable downstream) only when they pass.
+        assert materialize([*raw_specs, *datagen_assets, *datagen_checks], partition_key=day, resources=res).success
     return root
 
 

@@ -15,27 +15,44 @@ def naive_chain(events: pd.DataFrame, items: pd.DataFrame, spec: DatagenSpec, da
     ev = events.copy()
     ts_us = ev["event_ts"].astype("int64") // 1000 if str(ev["event_ts"].dtype).endswith("[ns, UTC]") else ev["event_ts"].astype("int64")
     ev["_ts_us"] = ts_us
-    # Duplicates: every copy of an event_id after the first by (event_ts, item_id).
-    order = ev.sort_values(["event_ts", "item_id"], na_position="last", kind="stable")
-    dup_idx = order[order["event_id"].notna() & order.duplicated("event_id", keep="first")].index
-    reasons = pd.Series([None] * len(ev), index=ev.index, dtype=object)
     pd_ = ev["play_duration_s"]
+    q = spec.quarantine
+
+    def unstorable(c):
+        v = ev[c]
+        return v.notna() & ((v.str.len() < 1) | (v.str.len() > q.max_id_length) | v.str.contains("\x00", regex=False))
+
     checks = [
         ("null_event_id", ev["event_id"].isna()),
         ("null_user_id", ev["user_id"].isna()),
         ("null_item_id", ev["item_id"].isna()),
         ("null_event_ts", ev["event_ts"].isna()),
-        ("invalid_play_duration", pd_.isna() | (pd_ < 0)),
+        ("invalid_event_id", unstorable("event_id")),
+        ("invalid_user_id", unstorable("user_id")),
+        ("invalid_item_id", unstorable("item_id")),
+        ("invalid_play_duration", pd_.isna() | (pd_ < 0) | np.isinf(pd_)),
+        ("play_duration_over_max", pd_ > q.max_play_duration_s),
         ("event_ts_outside_day", (ev["_ts_us"] < day_start_us) | (ev["_ts_us"] >= day_end_us)),
-        ("duplicate_event_id", ev.index.isin(dup_idx)),
     ]
+    reasons = pd.Series([None] * len(ev), index=ev.index, dtype=object)
     for name, mask in checks:
         reasons[reasons.isna() & mask] = name
+    # Duplicates: every copy of an event_id after the first *valid* one (valid copies first, then by event_ts,
+    # item_id); invalid copies keep their own reason.
+    ev["_invalid"] = reasons.notna()
+    order = ev.sort_values(["_invalid", "event_ts", "item_id"], na_position="last", kind="stable")
+    dup_idx = order[order["event_id"].notna() & order.duplicated("event_id", keep="first")].index
+    reasons[reasons.isna() & ev.index.isin(dup_idx)] = "duplicate_event_id"
+    checks.append(("duplicate_event_id", None))
     for name, _ in checks:
         stats[f"num_quarantined_{name}"] = int((reasons == name).sum())
     stats["num_quarantined_events"] = int(reasons.notna().sum())
 
-    cat = items.drop_duplicates("item_id").rename(columns={c: f"item_{c}" for c in items.columns if c != "item_id"})
+    # One catalogue row per item: the most complete one, then the smallest values in column order.
+    rest = [c for c in items.columns if c != "item_id"]
+    ranked = items.assign(_nulls=items[rest].isna().sum(axis=1)).sort_values(["_nulls", *rest], na_position="last",
+                                                                             kind="stable")
+    cat = ranked.drop_duplicates("item_id").drop(columns="_nulls").rename(columns={c: f"item_{c}" for c in items.columns if c != "item_id"})
     ev = ev[reasons.isna()].merge(cat, on="item_id", how="left")
     ev["item_age_days"] = (ev["event_ts"] - ev["item_created_at"]).dt.total_seconds() / 86400.0
 

@@ -9,11 +9,12 @@ import os
 import signal
 import socket
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
 import pyspark
+
+from tests.waiting import file_size, wait_until
 
 
 def free_port() -> int:
@@ -41,17 +42,18 @@ def standalone_cluster(log_dir: Path, worker_cores: int = 2, worker_memory: str 
             [spark_class, "org.apache.spark.deploy.worker.Worker", master_url, "--host", "127.0.0.1",
              "--cores", str(worker_cores), "--memory", worker_memory, "--webui-port", str(free_port())],
             env=env, stdout=open(log_dir / "worker.log", "w"), stderr=subprocess.STDOUT, start_new_session=True))
-        deadline = time.monotonic() + 120
-        while True:
+        def worker_alive() -> bool:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{ui}/json/", timeout=2) as r:
-                    if sum(w.get("state") == "ALIVE" for w in json.load(r).get("workers", [])) >= 1:
-                        break
+                    return sum(w.get("state") == "ALIVE" for w in json.load(r).get("workers", [])) >= 1
             except OSError:
-                pass
-            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                raise RuntimeError(f"Spark standalone cluster did not come up; see {log_dir}/master.log, worker.log")
-            time.sleep(1)
+                return False
+
+        # Waits while the master's and worker's logs grow (JVM start on a loaded host), fails if either exits.
+        logs = [log_dir / "master.log", log_dir / "worker.log"]
+        wait_until(worker_alive, lambda: [file_size(p) for p in logs], "the Spark standalone cluster", stall_s=120,
+                   limit_s=900, failed=lambda: "a Spark daemon exited" if any(p.poll() is not None for p in procs)
+                   else None, context=lambda: f"see {log_dir}/master.log, worker.log")
         yield master_url
     finally:
         for p in procs:

@@ -9,13 +9,16 @@ import logging
 import os
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 from dagster import SensorResult, SkipReason, build_sensor_context
 
 from checks.datagen_checks import new_items_1d
-from recsys_assets.automation.sensors import check_failure_sensor, overdue_days, raw_success_file_sensor
+from recsys_assets.automation.sensors import (
+    check_failure_sensor, notification_delivery_sensor, overdue_days, raw_success_file_sensor,
+)
 from resources.notifier import NotifierResource
 from resources.storage import DatasetStore, StorageResource
 from tests.dagster_helpers import run_checks_only
@@ -23,18 +26,24 @@ from tests.test_checks import _commit_report
 
 
 class _Webhook:
-    """A local incoming-webhook server that records JSON bodies; fails the first `fail_first` requests."""
+    """A local incoming-webhook server that records JSON bodies; fails the first `fail_first` requests; while
+    `hang` is set it holds every request open without answering (a hung webhook) and records nothing."""
 
     def __init__(self, fail_first: int = 0):
         self.bodies: list[dict] = []
         self.requests = 0
+        self.hang = threading.Event()
+        self.released = threading.Event()
         hook = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 hook.requests += 1
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if hook.requests <= fail_first:
+                if hook.hang.is_set():
+                    hook.released.wait(30)
+                    self.send_response(503)
+                elif hook.requests <= fail_first:
                     self.send_response(503)
                 else:
                     hook.bodies.append(body)
@@ -53,6 +62,7 @@ class _Webhook:
         return self
 
     def __exit__(self, *exc):
+        self.released.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -105,22 +115,17 @@ def test_overdue_days_after_due_plus_grace():
     assert overdue_days(deadline, {"2024-03-01"}, 2, 5, 3) == ["2024-02-28", "2024-02-29"]
 
 
-def _failing_check_evaluation(store, instance, resources):
-    """Record a failed new_items_1d evaluation (1% new items) in the instance, as a real run would."""
-    yesterday = [f"i{i}" for i in range(1000)]
-    _commit_report(store, "2024-03-02", yesterday[10:] + [f"n{i}" for i in range(10)], np.full(1000, 5.0), prev_ids=yesterday)
-    from dagster import AssetCheckEvaluation, AssetCheckSeverity
+def _store_failed_evaluation(instance, partition: str, description: str, metadata: dict | None = None) -> None:
+    """Record a failed new_items_1d evaluation in the instance's event log, as a run's check step does."""
+    import time as _t
 
-    res = run_checks_only([new_items_1d], "2024-03-02", instance, resources).get_asset_check_evaluations()[0]
-    assert not res.passed
-    # Store the evaluation as a run would (the check-failure sensor reads it from the instance).
+    from dagster import AssetCheckEvaluation, AssetCheckSeverity
     from dagster._core.events import DagsterEvent, DagsterEventType
     from dagster._core.events.log import EventLogEntry
-    import time as _t
 
     evaluation = AssetCheckEvaluation(
         asset_key=new_items_1d.check_key.asset_key, check_name="new_items_1d", passed=False,
-        severity=AssetCheckSeverity.WARN, description=res.description, metadata=res.metadata, partition="2024-03-02",
+        severity=AssetCheckSeverity.WARN, description=description, metadata=metadata or {}, partition=partition,
     )
     instance.store_event(
         EventLogEntry(
@@ -133,71 +138,140 @@ def _failing_check_evaluation(store, instance, resources):
     )
 
 
+def _failing_check_evaluation(store, instance, resources):
+    """Evaluate new_items_1d on a day with 1% new items and record the failed evaluation in the instance."""
+    yesterday = [f"i{i}" for i in range(1000)]
+    _commit_report(store, "2024-03-02", yesterday[10:] + [f"n{i}" for i in range(10)], np.full(1000, 5.0), prev_ids=yesterday)
+    res = run_checks_only([new_items_1d], "2024-03-02", instance, resources).get_asset_check_evaluations()[0]
+    assert not res.passed
+    _store_failed_evaluation(instance, "2024-03-02", res.description, res.metadata)
+
+
+def _jsonl(tmp_path) -> list[dict]:
+    return [json.loads(x) for x in (tmp_path / "n.jsonl").read_text().splitlines()]
+
+
 def test_check_failure_is_delivered_to_the_error_webhook_once(store, instance, resources, tmp_path):
     _failing_check_evaluation(store, instance, resources)
     with _Webhook() as hook:
         res = {**resources, "notifier": NotifierResource(error_webhook_url=hook.url, jsonl_path=str(tmp_path / "n.jsonl"))}
         with build_sensor_context(instance=instance, resources=res) as ctx:
-            check_failure_sensor(ctx)
+            assert "queued 1" in check_failure_sensor(ctx).skip_message
             cursor = ctx.cursor
+        assert hook.bodies == []  # the check sensor only queues; delivery is its own step
+        with build_sensor_context(instance=instance, resources=res) as ctx:
+            assert "delivered 1" in notification_delivery_sensor(ctx).skip_message
         assert len(hook.bodies) == 1
         text = hook.bodies[0]["text"]
         assert "Check failed: datagen_monitoring_report:new_items_1d" in text
         assert "partition: 2024-03-02" in text and "new_items_pct_1d: 1.0" in text
-        # Next tick: nothing new, nothing sent.
+        # Next ticks: nothing new queued, nothing sent again.
         with build_sensor_context(instance=instance, resources=res, cursor=cursor) as ctx:
-            check_failure_sensor(ctx)
+            assert "queued 0" in check_failure_sensor(ctx).skip_message
+        with build_sensor_context(instance=instance, resources=res) as ctx:
+            notification_delivery_sensor(ctx)
         assert len(hook.bodies) == 1
-    record = json.loads((tmp_path / "n.jsonl").read_text().splitlines()[0])
-    assert record["route"] == "error" and record["delivered"] is True and record["fields"]["partition"] == "2024-03-02"
+        # Even a tick that starts over without a cursor (a reset sensor) queues nothing twice.
+        with build_sensor_context(instance=instance, resources=res) as ctx:
+            assert "queued 0" in check_failure_sensor(ctx).skip_message
+    (record,) = _jsonl(tmp_path)
+    assert record["route"] == "error" and record["fields"]["partition"] == "2024-03-02"
+    assert [n["state"] for n in res["notifier"].outbox()] == ["delivered"]
 
 
-def test_webhook_errors_are_retried(tmp_path):
+def test_webhook_errors_are_retried_with_backoff(tmp_path):
     with _Webhook(fail_first=2) as hook:
-        n = NotifierResource(info_webhook_url=hook.url, jsonl_path=str(tmp_path / "n.jsonl"), backoff_s=0.01)
-        assert n.notify("info", "summary", "body") is True
+        n = NotifierResource(info_webhook_url=hook.url, jsonl_path=str(tmp_path / "n.jsonl"), backoff_s=60)
+        n.enqueue("info", "summary", "body", key="k1")
+        t0 = time.time()
+        assert n.deliver_pending(now=t0)["failed"] == 1
+        assert n.deliver_pending(now=t0 + 1)["failed"] == 0  # not due before its backoff (60 s)
+        assert n.deliver_pending(now=t0 + 61)["failed"] == 1  # second attempt; next one after 120 s
+        assert n.deliver_pending(now=t0 + 61 + 121)["delivered"] == 1
     assert hook.requests == 3 and len(hook.bodies) == 1
-    assert json.loads((tmp_path / "n.jsonl").read_text())["attempts"] == 3
+    (row,) = n.outbox()
+    assert row["state"] == "delivered" and row["attempts"] == 3
+
+
+def test_hanging_webhook_never_stalls_a_tick_and_each_failure_is_delivered_exactly_once(instance, tmp_path):
+    """A webhook that accepts connections and never answers: 10 failed checks are queued in one quick tick, a
+    delivery tick spends one request timeout on it and returns, and once the webhook recovers every failure
+    arrives exactly once."""
+    for i in range(10):
+        _store_failed_evaluation(instance, f"2024-03-{i + 1:02d}", f"failure {i}")
+    with _Webhook() as hook:
+        hook.hang.set()
+        notifier = NotifierResource(error_webhook_url=hook.url, jsonl_path=str(tmp_path / "n.jsonl"), timeout_s=1.0,
+                                    delivery_budget_s=5.0, backoff_s=0.0)
+        res = {"notifier": notifier}
+        t0 = time.monotonic()
+        with build_sensor_context(instance=instance, resources=res) as ctx:
+            assert "queued 10" in check_failure_sensor(ctx).skip_message
+            cursor = ctx.cursor
+        with build_sensor_context(instance=instance, resources=res) as ctx:
+            skipped = notification_delivery_sensor(ctx).skip_message
+        elapsed = time.monotonic() - t0
+        # One timed-out request pauses the route for the pass: far inside a 60 s tick, whatever the queue length.
+        assert elapsed < 20, elapsed
+        assert "failed 1" in skipped and "left 9" in skipped and hook.bodies == []
+        # Each failure was logged once, and the cursor moved past all of them.
+        assert sorted(r["fields"]["partition"] for r in _jsonl(tmp_path)) == [f"2024-03-{i:02d}" for i in range(1, 11)]
+        with build_sensor_context(instance=instance, resources=res, cursor=cursor) as ctx:
+            assert "queued 0" in check_failure_sensor(ctx).skip_message
+
+        hook.hang.clear()
+        hook.released.set()
+        with build_sensor_context(instance=instance, resources=res) as ctx:
+            assert "delivered 10" in notification_delivery_sensor(ctx).skip_message
+        with build_sensor_context(instance=instance, resources=res) as ctx:
+            assert "delivered 0" in notification_delivery_sensor(ctx).skip_message
+    texts = sorted(b["text"] for b in hook.bodies)
+    assert len(texts) == 10 and len(set(texts)) == 10
+    assert all(sum(f"failure {i}\n" in t for t in texts) == 1 for i in range(10))
+    assert len(_jsonl(tmp_path)) == 10
 
 
 def test_dead_webhook_never_fails_and_never_leaks_the_url(store, instance, resources, tmp_path, caplog):
     _failing_check_evaluation(store, instance, resources)
     url = _dead_url()
     res = {**resources, "notifier": NotifierResource(error_webhook_url=url, jsonl_path=str(tmp_path / "n.jsonl"),
-                                                     backoff_s=0.01, timeout_s=1)}
+                                                     backoff_s=0.0, timeout_s=1, max_attempts=3)}
     caplog.set_level(logging.DEBUG)
     with build_sensor_context(instance=instance, resources=res) as ctx:
-        result = check_failure_sensor(ctx)  # completes: the tick is not failed by the dead webhook
-    assert isinstance(result, SkipReason) and "sent 1" in result.skip_message
-    record = json.loads((tmp_path / "n.jsonl").read_text().splitlines()[0])
-    assert record["delivered"] is False and record["attempts"] == 3 and record["error"] == "ConnectionError"
+        check_failure_sensor(ctx)
+    for _ in range(3):  # completes every time: a dead webhook fails no tick
+        with build_sensor_context(instance=instance, resources=res) as ctx:
+            assert isinstance(notification_delivery_sensor(ctx), SkipReason)
+    (row,) = res["notifier"].outbox()
+    assert row["state"] == "abandoned" and row["attempts"] == 3 and row["last_error"] == "ConnectionError"
     assert "SECRET-TOKEN-123" not in (tmp_path / "n.jsonl").read_text()
     assert "SECRET-TOKEN-123" not in caplog.text
-    assert "notification to error webhook failed after 3 attempts" in caplog.text
+    assert "notification to error webhook abandoned after 3 attempts" in caplog.text
 
 
 def test_dead_webhook_does_not_fail_a_datagen_run(instance, resources, tmp_path):
     """Notifications go through sensors, never run steps: a run with the notifier pointed at a dead webhook
-    succeeds and its summary is recorded as undelivered in the JSONL log by the summary sensor."""
+    succeeds, and the summary sensor queues one summary per materialized day, delivered (or not) later."""
     from recsys_assets.automation.sensors import monitoring_summary_sensor
     from tests.conftest import DAYS
     from tests.dagster_helpers import run_day
 
     res = {**resources, "notifier": NotifierResource(info_webhook_url=_dead_url(), error_webhook_url=_dead_url(),
-                                                     jsonl_path=str(tmp_path / "n.jsonl"), backoff_s=0.01, timeout_s=1)}
+                                                     jsonl_path=str(tmp_path / "n.jsonl"), backoff_s=0.0, timeout_s=1)}
     assert run_day(DAYS[0], instance, res).success
     assert run_day(DAYS[1], instance, res).success
     with build_sensor_context(instance=instance, resources=res) as ctx:
         monitoring_summary_sensor(ctx)  # one summary per materialized day, not only the latest
         cursor = ctx.cursor
-    lines = [json.loads(x) for x in (tmp_path / "n.jsonl").read_text().splitlines()]
-    summary = [x for x in lines if x["route"] == "info"]
+    summary = [x for x in _jsonl(tmp_path) if x["route"] == "info"]
     assert [x["fields"]["partition"] for x in summary] == DAYS[:2]
-    assert all(x["delivered"] is False for x in summary)
     body = summary[0]["body"]
     assert body.index("(0.0, 1.0]") < body.index("(2.0, 4.0]") < body.index("(14.0, 30.0]")  # edge order
+    with build_sensor_context(instance=instance, resources=res) as ctx:
+        notification_delivery_sensor(ctx)
+    assert {n["state"] for n in res["notifier"].outbox()} == {"pending"}  # failed, to be retried
     with build_sensor_context(instance=instance, resources=res, cursor=cursor) as ctx:
-        assert "sent 0" in monitoring_summary_sensor(ctx).skip_message
+        assert "queued 0" in monitoring_summary_sensor(ctx).skip_message
 
 
 def test_fallback_schedule_runs_yesterday_only_when_needed(store, instance, resources):
@@ -246,13 +320,15 @@ def test_failed_run_sends_an_error_notification(store, instance, resources, tmp_
             dagster_event=failure, resources={"notifier": notifier},
         ).for_run_failure()
         datagen_run_failure_sensor(ctx)
+        datagen_run_failure_sensor(ctx)  # a re-evaluated tick queues nothing twice
+        assert notifier.deliver_pending()["delivered"] == 1
     assert len(hook.bodies) == 1
     assert "Run failed" in hook.bodies[0]["text"] and "partition: 2024-03-02" in hook.bodies[0]["text"]
 
 
 def test_successful_datagen_run_requests_training_for_the_same_day(instance, tmp_path):
     """The training_job of a day starts when that day's datagen run succeeds (one request per datagen run), once
-    there are earlier training_events days to train on."""
+    the window has enough committed training_events days to train on (min_window_days of training.yaml)."""
     from dagster import DagsterEventType, asset, build_run_status_sensor_context, materialize
     from dagster._core.test_utils import create_run_for_test
 
@@ -264,7 +340,8 @@ def test_successful_datagen_run_requests_training_for_the_same_day(instance, tmp
         return 1
 
     store = DatasetStore(str(tmp_path / "data"))
-    populate(store, ["2024-03-01", "2024-03-02"], events_per_day=500)
+    days = [f"2024-03-{d:02d}" for d in range(1, 7)]
+    populate(store, days, events_per_day=300)
     done = materialize([probe], instance=instance)
     success = next(e for e in done.all_events if e.event_type == DagsterEventType.RUN_SUCCESS)
 
@@ -276,9 +353,12 @@ def test_successful_datagen_run_requests_training_for_the_same_day(instance, tmp
         )
         return run, training_after_datagen_sensor(ctx)
 
-    run, request = evaluate("2024-03-02")
-    assert request.partition_key == "2024-03-02"
-    assert request.run_key == f"training:2024-03-02:{run.run_id}"
+    run, request = evaluate("2024-03-06")  # 5 committed days before it: min_window_days met
+    assert request.partition_key == "2024-03-06"
+    assert request.run_key == f"training:2024-03-06:{run.run_id}"
     assert [t.job_name for t in training_after_datagen_sensor.targets] == ["training_job"]
     _, skipped = evaluate("2024-03-01")  # nothing before the first day: no run that could only fail
     assert "no committed training_events in the 7 days before 2024-03-01" in skipped.skip_message
+    _, short = evaluate("2024-03-04")  # 3 days before it: below min_window_days, named day by day
+    assert "only 3 of the 7 days before 2024-03-04" in short.skip_message
+    assert "2024-02-26: missing" in short.skip_message

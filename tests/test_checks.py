@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from dagster import AssetKey, AssetMaterialization
+from dagster import AssetKey
 
 from checks.datagen_checks import (
     events_items_delta_1d_7d,
@@ -18,6 +18,7 @@ from checks.datagen_checks import (
     new_items_1d,
     training_events_expectations,
 )
+from recsys_assets.core.datasets import publish_partition
 from recsys_assets.datagen.config import DEFAULT_CONFIG_PATH, load_datagen_spec
 from recsys_assets.datagen.monitoring import build_report
 from tests.conftest import DAYS
@@ -37,11 +38,16 @@ def _config(tmp_path, mutate) -> str:
 def test_filter_item_loss_breach_fails_and_blocks_downstream(tmp_path, instance, resources):
     path = _config(tmp_path, lambda r: r["filters"][-1].update(max_item_loss_pct=1.0))  # item_events loses more
     result = run_day(DAYS[0], instance, resources, config_path=path)
-    assert check_results(result) == {"filter_item_loss_within_limits": False}
+    assert check_results(result) == {"filter_item_loss_within_limits": False, "input_losses_within_limits": True}
     ev = [e for e in result.get_asset_check_evaluations() if e.check_name == "filter_item_loss_within_limits"][0]
     assert "item_events" in ev.description and "> 1.0%" in ev.description
+    assert ev.description.startswith("WITHHELD from downstream") and "nothing is readable" in ev.description
     assert not result.success
     assert instance.get_latest_materialization_event(AssetKey("training_events")) is None
+    # The staged version stays unreadable: no later run can read it either.
+    store = resources["storage"].store
+    assert not store.is_committed("filtered_events", DAYS[0])
+    assert store.gate_state("filtered_events", DAYS[0]).failed_checks == ["filter_item_loss_within_limits"]
 
 
 def test_embedding_join_loss_breach_fails_and_blocks_report(tmp_path, instance, resources):
@@ -56,7 +62,9 @@ def test_embedding_join_loss_breach_fails_and_blocks_report(tmp_path, instance, 
 def test_expectations_fail_on_bad_training_rows(instance, resources, store):
     day = DAYS[0]
     assert run_day(day, instance, resources).success
-    # Commit a new version of the partition with a negative duration, a null user id and a 64-d embedding.
+    good = store.committed_version("training_events", day)
+    # Stage a new version of the partition (as a rerun would) with a negative duration, a null user id, a 64-d
+    # embedding and a non-finite normalised value.
     events = pads.dataset(store.committed_path("training_events", day, "events"), format="parquet").to_table()
     items = pads.dataset(store.committed_path("training_events", day, "items"), format="parquet").to_table()
     pdur = events["play_duration_s"].to_numpy().copy()
@@ -65,6 +73,10 @@ def test_expectations_fail_on_bad_training_rows(instance, resources, store):
     users[1] = None
     events = events.set_column(events.schema.get_field_index("play_duration_s"), "play_duration_s", pa.array(pdur))
     events = events.set_column(events.schema.get_field_index("user_id"), "user_id", pa.array(users, pa.string()))
+    norm = events["watch_ratio_norm"].to_numpy().copy()
+    norm[2] = np.inf
+    events = events.set_column(events.schema.get_field_index("watch_ratio_norm"), "watch_ratio_norm",
+                               pa.array(norm, events.schema.field("watch_ratio_norm").type))
     emb = items["embedding"].to_pylist()
     emb[0] = emb[0][:64]
     items = items.set_column(
@@ -76,38 +88,46 @@ def test_expectations_fail_on_bad_training_rows(instance, resources, store):
         os.makedirs(store.version_path("training_events", day, v, sub))
         pq.write_table(table, store.version_path("training_events", day, v, sub, "part-0.parquet"))
     store.write_json_atomic(store.version_path("training_events", day, v, "stats.json"), stats)
-    store.commit("training_events", day, v)
+    publish_partition(store, "training_events", day, v)
 
     result = run_checks_only([training_events_expectations], day, instance, resources)
     ev = result.get_asset_check_evaluations()[0]
     assert not ev.passed
     for failed in ("expect_column_values_to_be_between(play_duration_s)", "expect_column_values_to_not_be_null(user_id)",
-                   "training_items.unexpected_rows_expectation"):
+                   "training_items.unexpected_rows_expectation", "training_events.unexpected_rows_expectation"):
         assert failed in ev.description
-    assert ev.metadata["num_failed_expectations"].value == 3
+    assert ev.metadata["num_failed_expectations"].value == 4
+    assert ev.metadata["judged_version"].value == v
+    # Withheld: readers keep the good version.
+    assert store.committed_version("training_events", day) == good
+    assert f"version {v} withheld" in ev.description
+
+
+def _commit_stats(store, dataset, day, stats) -> str:
+    v = store.new_version()
+    store.write_json_atomic(store.version_path(dataset, day, v, "stats.json"), stats)
+    store.commit(dataset, day, v)
+    return v
 
 
 def test_events_items_delta_fails_against_a_very_different_previous_day(instance, resources, store):
     day = DAYS[1]
     assert run_day(day, instance, resources).success
     stats = store.read_json(store.committed_path("training_events", day, "stats.json"))
-    # Yesterday as recorded in the instance: half today's events, same items.
-    instance.report_runless_asset_event(
-        AssetMaterialization(
-            asset_key="training_events", partition=DAYS[0],
-            metadata={"num_final_rows": stats["num_final_rows"] // 2, "num_items_post_embed_join": stats["num_items_post_embed_join"]},
-        )
-    )
+    # Yesterday's committed version: half today's events, same items.
+    _commit_stats(store, "training_events", DAYS[0], {**stats, "num_final_rows": stats["num_final_rows"] // 2})
     result = run_checks_only([events_items_delta_1d_7d], day, instance, resources)
     ev = result.get_asset_check_evaluations()[0]
     assert not ev.passed and "events 1d +" in ev.description and "items 1d" not in ev.description
     # Within the threshold: passes.
-    instance.report_runless_asset_event(
-        AssetMaterialization(
-            asset_key="training_events", partition=DAYS[0],
-            metadata={"num_final_rows": int(stats["num_final_rows"] * 0.97), "num_items_post_embed_join": stats["num_items_post_embed_join"]},
-        )
-    )
+    _commit_stats(store, "training_events", DAYS[0], {**stats, "num_final_rows": int(stats["num_final_rows"] * 0.97)})
+    assert run_checks_only([events_items_delta_1d_7d], day, instance, resources).get_asset_check_evaluations()[0].passed
+    # A newer version of yesterday that is withheld (staged, failed) is no baseline: the committed one still is.
+    v = store.new_version()
+    store.write_json_atomic(store.version_path("training_events", DAYS[0], v, "stats.json"),
+                            {**stats, "num_final_rows": 1})
+    publish_partition(store, "training_events", DAYS[0], v)
+    store.record_verdict("training_events", DAYS[0], v, "embedding_join_item_loss", False)
     assert run_checks_only([events_items_delta_1d_7d], day, instance, resources).get_asset_check_evaluations()[0].passed
 
 

@@ -24,7 +24,8 @@ RUN = textwrap.dedent(
     from recsys_assets.training.assets import vocab
     from resources.storage import StorageResource
 
-    result = materialize([vocab], partition_key={day!r}, resources={{"storage": StorageResource(data_root={root!r})}})
+    result = materialize([vocab], partition_key={day!r}, resources={{"storage": StorageResource(data_root={root!r})}},
+                         run_config={{"ops": {{"vocab": {{"config": {{"training_config_path": {cfg!r}}}}}}}}})
     print("VERSION", result.asset_materializations_for_node("vocab")[0].metadata["version"].value)
     """
 )
@@ -33,7 +34,10 @@ RUN = textwrap.dedent(
 def test_concurrent_runs_of_one_partition_commit_one_complete_version(tmp_path):
     store = DatasetStore(str(tmp_path / "data"))
     populate(store, DAYS, events_per_day=20_000, num_users=3000, num_items=2000)
-    code = RUN.format(repo=str(REPO), day=DAYS[-1], root=store.root_uri)
+    # Two earlier days in this world: a window of 2 is enough here (the packaged minimum is 5 of 7).
+    cfg = tmp_path / "training.yaml"
+    cfg.write_text("min_window_days: 2\n")
+    code = RUN.format(repo=str(REPO), day=DAYS[-1], root=store.root_uri, cfg=str(cfg))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]

@@ -22,6 +22,7 @@ def test_two_days_materialize_with_all_checks_passing(instance, resources, store
         assert result.success
         assert check_results(result) == {
             "filter_item_loss_within_limits": True,
+            "input_losses_within_limits": True,
             "embedding_join_item_loss": True,
             "training_events_expectations": True,
             "events_items_delta_1d_7d": True,

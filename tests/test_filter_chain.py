@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from pyspark.sql import functions as F
@@ -12,6 +14,7 @@ from recsys_assets.datagen.config import DEFAULT_CONFIG_PATH, load_datagen_spec,
 from recsys_assets.datagen.filter_chain import deduplicate, run_filter_chain, sample_predicate
 from recsys_assets.datagen.raw_inputs import read_raw
 from recsys_assets.partitions import window_micros, window_of
+from recsys_assets.schemas import RAW_EVENTS
 from resources.storage import DatasetStore
 from tests.conftest import DAYS
 from tests.naive import naive_chain
@@ -171,3 +174,60 @@ def test_deduplicate_keeps_one_copy_by_time_then_columns(spark):
         ], limit
         for cached in result.cached:
             cached.unpersist()
+
+
+def _hostile_day(store, day):
+    """The generated day plus rows that poisoned or leaked through the chain before: +-inf and absurd durations,
+    ids the feed table cannot store, and a late copy of an event that arrives (and sorts) before its valid copy."""
+    path = store.raw_partition_path("events", day)
+    events = pd.read_parquet(path)
+    start = pd.Timestamp(day, tz="Asia/Kolkata").tz_convert("UTC")
+    base = events.dropna(subset=["event_id", "user_id", "item_id", "event_ts"]).iloc[:12].copy()
+    base["play_duration_s"] = 10.0
+    base["event_ts"] = start + pd.Timedelta(hours=6)
+    hostile = base.copy()
+    hostile["event_id"] = [f"hostile-{i}" for i in range(len(hostile))]
+    hostile.iloc[0, hostile.columns.get_loc("play_duration_s")] = np.inf
+    hostile.iloc[1, hostile.columns.get_loc("play_duration_s")] = -np.inf
+    hostile.iloc[2, hostile.columns.get_loc("play_duration_s")] = 2 * 86_400.0
+    hostile.iloc[3, hostile.columns.get_loc("user_id")] = ""
+    hostile.iloc[4, hostile.columns.get_loc("user_id")] = "u\x00x"
+    hostile.iloc[5, hostile.columns.get_loc("item_id")] = "i" * 300
+    hostile.iloc[6, hostile.columns.get_loc("event_id")] = ""
+    # A late copy outside the day that sorts first by time, then the valid in-day copy of the same event.
+    late = hostile.iloc[[7]].assign(event_ts=start - pd.Timedelta(hours=1))
+    valid = hostile.iloc[[7]]
+    out = pd.concat([events, hostile.iloc[:7], late, valid], ignore_index=True)
+    out["event_ts"] = pd.to_datetime(out["event_ts"], utc=True).astype(events["event_ts"].dtype)
+    pq.write_table(pa.Table.from_pandas(out, schema=RAW_EVENTS, preserve_index=False), f"{path}/part-00000.parquet")
+    return out, valid["event_id"].iloc[0]
+
+
+def test_hostile_rows_are_quarantined_by_reason_and_a_late_copy_never_displaces_the_valid_one(spark, data_root):
+    store = DatasetStore(str(data_root))
+    day = DAYS[1]
+    spec = load_datagen_spec()
+    ev_pd, kept_id = _hostile_day(store, day)
+    start_us, end_us = window_micros(window_of(day))
+    events = read_raw(spark, store, "events", day)
+    result = run_filter_chain(events, read_raw(spark, store, "items", day), spec, start_us, end_us)
+    try:
+        stats = result.stats
+        kept = result.filtered_events.filter(F.col("event_id") == kept_id).count()
+        quarantined = {r.event_id: r.quarantine_reason for r in result.quarantined_events
+                       .filter(F.col("event_id").startswith("hostile-") | (F.col("event_id") == "")).collect()}
+        sampled = {r.event_id for r in events.filter(F.col("event_id").isNotNull())
+                   .filter(sample_predicate(spec.sample.fraction, spec.sample.seed)).select("event_id").collect()}
+    finally:
+        result.release()
+    expected, _ = naive_chain(ev_pd, pd.read_parquet(store.raw_partition_path("items", day)), spec, start_us, end_us,
+                              sampled)
+    assert {k: v for k, v in stats.items() if k in expected} == expected
+    assert quarantined == {
+        "hostile-0": "invalid_play_duration", "hostile-1": "invalid_play_duration",
+        "hostile-2": "play_duration_over_max", "hostile-3": "invalid_user_id", "hostile-4": "invalid_user_id",
+        "hostile-5": "invalid_item_id", "": "invalid_event_id", kept_id: "event_ts_outside_day",
+    }
+    # The valid copy is kept as the event (if the sample keeps it), the late copy is quarantined with its own reason.
+    assert stats["num_quarantined_duplicate_event_id"] == expected["num_quarantined_duplicate_event_id"]
+    assert kept == (1 if kept_id in sampled else 0)

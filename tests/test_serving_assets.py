@@ -155,3 +155,12 @@ def test_two_releases_feed_ab_split_skew_online_ctr_and_rollback(instance, train
             ("promote", None, 1), ("promote", 1, 2), ("rollback", 2, 1)]
     cfg = latest_config(store)
     assert cfg["config_version"] == 3 and [(a["name"], a["model_version"]) for a in cfg["arms"]] == [("production", 1), ("holdback", None)]
+
+    # The data root is a trust boundary: a release program swapped after export is refused, never unpickled.
+    from recsys_assets.serving.model_repository import UntrustedReleaseError, version_dir
+
+    program = Path(version_dir(store, "recsys_ranker", 1).path("model.pt2"))
+    program.write_bytes(program.read_bytes() + b"\0")
+    with pytest.raises(UntrustedReleaseError, match="recsys_ranker/1/model.pt2 differs from what was exported"):
+        load_release(store, 1)
+    load_release(store, 2)  # the untouched release still loads

@@ -11,6 +11,7 @@ import pyarrow.dataset as pads
 import pytest
 from dagster import materialize
 
+from checks.datagen_checks import datagen_checks
 from recsys_assets.datagen.assets import datagen_assets
 from recsys_assets.datagen.raw_sources import raw_specs
 from resources.notifier import NotifierResource
@@ -43,7 +44,7 @@ def test_datagen_submitted_to_a_standalone_cluster_equals_local_mode(raw_root, s
     shutil.copytree(raw_root, cluster_root)
     res = {"spark": spark_resource, "storage": StorageResource(data_root=str(local_root)),
            "notifier": NotifierResource(jsonl_path=str(tmp_path / "n.jsonl"))}
-    assert materialize([*raw_specs, *datagen_assets], partition_key=day, resources=res).success
+    assert materialize([*raw_specs, *datagen_assets, *datagen_checks], partition_key=day, resources=res).success
 
     (tmp_path / "cluster_logs").mkdir()
     with standalone_cluster(tmp_path / "cluster_logs") as master:
@@ -52,7 +53,8 @@ def test_datagen_submitted_to_a_standalone_cluster_equals_local_mode(raw_root, s
         submit = SparkSubmitResource(master=master, shuffle_partitions=4, driver_memory="1g",
                                      spark_conf={"spark.cores.max": "2"})
         res_cluster = {**res, "spark": submit, "storage": StorageResource(data_root=str(cluster_root))}
-        result = materialize([*raw_specs, *datagen_assets], partition_key=day, resources=res_cluster, instance=instance)
+        result = materialize([*raw_specs, *datagen_assets, *datagen_checks], partition_key=day, resources=res_cluster,
+                             instance=instance)
     assert result.success
     pipes_logs = [e.user_message for e in instance.all_logs(result.run_id) if "on spark://" in (e.user_message or "")]
     assert any(f"filtered_events {day} on {master}" in m for m in pipes_logs), pipes_logs  # ran on the cluster

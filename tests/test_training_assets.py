@@ -32,10 +32,12 @@ ASSETS = [*training_assets, *index_assets, offline_evaluation]
 CONFIGURED = ("vocab", "ranker_model", "retrieval_model", "retrieval_index", "cold_start_index")
 
 
-def training_yaml(tmp_path, **checks) -> str:
-    """The packaged training.yaml with some check thresholds replaced."""
+def training_yaml(tmp_path, min_window_days: int = 1, **checks) -> str:
+    """The packaged training.yaml with some check thresholds replaced; the test world has 3 days, so a window of
+    one earlier day is enough unless a test says otherwise."""
     spec = yaml.safe_load(DEFAULT_TRAINING_CONFIG_PATH.read_text())
     spec["checks"].update(checks)
+    spec["min_window_days"] = min_window_days
     path = tmp_path / "training.yaml"
     path.write_text(yaml.safe_dump(spec))
     return str(path)

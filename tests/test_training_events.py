@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from recsys_assets.datagen.filter_chain import run_filter_chain
@@ -13,6 +15,7 @@ from recsys_assets.datagen.config import load_datagen_spec
 from recsys_assets.datagen.raw_inputs import read_raw
 from recsys_assets.datagen.training_events import TrainingEventsSpec, build_training_events, count_users
 from recsys_assets.partitions import window_micros, window_of
+from recsys_assets.schemas import RAW_ITEM_EMBEDDINGS, RAW_USERS
 from resources.storage import DatasetStore
 from tests.conftest import DAYS
 
@@ -20,26 +23,31 @@ US_PER_DAY = 86_400_000_000
 
 
 def _expected(filtered: pd.DataFrame, embeddings: pd.DataFrame, users: pd.DataFrame, spec: TrainingEventsSpec):
-    # Embedding validity in file order: null id, wrong length, non-finite, then every copy after the first.
-    def reason(row, seen):
+    # Embedding validity: null id, wrong length, non-finite; then, per item, the first valid row in lexicographic
+    # order of the vector is kept and every other valid row is a duplicate (file order never matters).
+    def invalid(row):
         if row.item_id is None:
             return "null_item_id"
         emb = row.embedding
-        r = None
         if emb is None or len(emb) != 128:
-            r = "wrong_length"
-        elif not np.all(np.isfinite(np.asarray(emb, dtype=np.float64))):
-            r = "non_finite_value"
-        elif row.item_id in seen:
-            r = "duplicate_item_id"
-        seen.add(row.item_id)
-        return r
+            return "wrong_length"
+        if not np.all(np.isfinite(np.asarray(emb, dtype=np.float64))):
+            return "non_finite_value"
+        return None
 
-    seen: set = set()
-    reasons = [reason(r, seen) for r in embeddings.itertuples()]
+    reasons = [invalid(r) for r in embeddings.itertuples()]
+    ok = embeddings[[r is None for r in reasons]]
+    key = ok.embedding.map(lambda e: tuple(float(x) for x in e))
+    chosen = ok.assign(_key=key).sort_values("_key", kind="stable").drop_duplicates("item_id")
+    reasons = [r if r is not None or i in chosen.index else "duplicate_item_id"
+               for i, r in zip(embeddings.index, reasons)]
+    # One row per user: the most complete, then the smallest values in column order.
+    cols = ["language", "region", "signup_ts"]
+    users = users.assign(_nulls=users[cols].isna().sum(axis=1)).sort_values(
+        ["_nulls", *cols], na_position="last", kind="stable").drop_duplicates("user_id")
     valid = set(embeddings.item_id[[r is None for r in reasons]])
     ev = filtered[filtered.item_id.isin(valid)].merge(
-        users.drop_duplicates("user_id").rename(
+        users.rename(
             columns={"language": "user_language", "region": "user_region", "signup_ts": "user_signup_ts"}
         )[["user_id", "user_language", "user_region", "user_signup_ts"]],
         on="user_id", how="left",
@@ -54,7 +62,7 @@ def _expected(filtered: pd.DataFrame, embeddings: pd.DataFrame, users: pd.DataFr
         if c in spec.log_columns:
             x = np.log1p(np.maximum(x, 0.0))
         norm[c] = (x.mean(), x.std())
-    return ev, norm, reasons
+    return ev, norm, reasons, chosen.set_index("item_id").embedding
 
 
 def _build_from_filtered_day(spark, store: DatasetStore, day: str, tmp_path, spec: TrainingEventsSpec,
@@ -80,11 +88,47 @@ def _build_from_filtered_day(spark, store: DatasetStore, day: str, tmp_path, spe
     )
 
 
-def test_training_events_equal_a_direct_pandas_computation(spark, raw_root, tmp_path):
-    store = DatasetStore(str(raw_root))
+def _craft(store: DatasetStore, day: str) -> dict:
+    """Rows that made which one survives depend on the data's layout, or poisoned the moments: a NaN embedding row
+    before an item's valid one, a second valid embedding for an item, a user listed twice in the snapshot (once
+    with a null region, once complete), another twice with different regions."""
+    raw_events = pd.read_parquet(store.raw_partition_path("events", day))
+    busy_items = raw_events.item_id.value_counts().index[:50]  # surely among the final items
+    busy_users = raw_events.user_id.value_counts().index[:2]
+    emb_path = f"{store.raw_partition_path('item_embeddings', day)}/part-00000.parquet"
+    emb = pd.read_parquet(emb_path)
+    valid = emb[emb.embedding.map(lambda e: e is not None and len(e) == 128 and np.isfinite(e).all())
+                & emb.item_id.isin(busy_items)]
+    nan_first, two_valid = valid.item_id.iloc[0], valid.item_id.iloc[1]
+    poisoned = valid.iloc[[0]].assign(embedding=[np.full(128, np.nan, np.float32)])
+    smaller = valid.iloc[[1]].assign(embedding=[np.full(128, -1.0, np.float32)])
+    pq.write_table(pa.Table.from_pandas(pd.concat([poisoned, emb, smaller], ignore_index=True),
+                                        schema=RAW_ITEM_EMBEDDINGS, preserve_index=False), emb_path)
+    users_path = f"{store.raw_partition_path('users', day)}/part-00000.parquet"
+    users = pd.read_parquet(users_path)
+    one = users[users.user_id == busy_users[0]].iloc[[0]]
+    two = users[users.user_id == busy_users[1]].iloc[[0]]
+    u1, u2 = one.user_id.iloc[0], two.user_id.iloc[0]
+    extra = pd.concat([one.assign(region=None), two.assign(region="aaa-first")])
+    pq.write_table(pa.Table.from_pandas(pd.concat([extra, users], ignore_index=True), schema=RAW_USERS,
+                                        preserve_index=False), users_path)
+    return {"nan_first": nan_first, "two_valid": two_valid, "full_user": (u1, one.region.iloc[0]),
+            "smaller_region_user": u2, "valid_embedding": np.asarray(valid.embedding.iloc[0])}
+
+
+@pytest.mark.parametrize("crafted", [False, True], ids=["generated", "crafted"])
+def test_training_events_equal_a_direct_pandas_computation(spark, raw_root, data_root, tmp_path, crafted):
+    from pyspark.sql import functions as F
+
+    store = DatasetStore(str(data_root if crafted else raw_root))
     day = DAYS[1]
     spec = TrainingEventsSpec()
-    result = _build_from_filtered_day(spark, store, day, tmp_path, spec)
+    craft = _craft(store, day) if crafted else None
+    # Crafted: NaN video lengths on some items reach the moments (no range filter between them and here).
+    nan_lengths = (lambda df: df.withColumn("item_video_length_s", F.when(F.abs(F.hash("item_id")) % 7 == 0,
+                                                                          F.lit(float("nan"))).otherwise(
+        F.col("item_video_length_s")))) if crafted else None
+    result = _build_from_filtered_day(spark, store, day, tmp_path, spec, items_transform=nan_lengths)
     try:
         events = result.events.toPandas()
         result.finish_stats()  # the event-level null counts, observed by the action above
@@ -100,8 +144,24 @@ def test_training_events_equal_a_direct_pandas_computation(spark, raw_root, tmp_
     assert filtered.item_language.notna().all()  # every filtered event's item has a row in the items table
     embeddings = pd.read_parquet(store.raw_partition_path("item_embeddings", day))
     users = pd.read_parquet(store.raw_partition_path("users", day))
-    ev, norm, reasons = _expected(filtered, embeddings, users, spec)
+    ev, norm, reasons, kept_embedding = _expected(filtered, embeddings, users, spec)
     stats = result.stats
+    for c, m in result.normalization.items():
+        assert np.isfinite(m["mean"]) and np.isfinite(m["std"]), c
+    assert np.isfinite(events.filter(like="_norm").to_numpy(dtype=np.float64)).all()
+    assert np.isfinite(items.item_video_length_s_norm.to_numpy(dtype=np.float64)).all()
+    if craft:
+        assert filtered_items.item_video_length_s.isna().sum() > 0
+        by_item = items.set_index("item_id")
+        # A NaN row first in the file no longer drops the item; of two valid rows the smaller vector is kept.
+        np.testing.assert_array_equal(by_item.embedding[craft["nan_first"]], craft["valid_embedding"])
+        assert (np.asarray(by_item.embedding[craft["two_valid"]]) == -1.0).all()
+        user, region = craft["full_user"]
+        got_user = events[events.user_id == user]
+        assert len(got_user) and (got_user.user_region == region).all()  # the complete row, not the null one
+        other = events[events.user_id == craft["smaller_region_user"]]
+        assert len(other) and (other.user_region == "aaa-first").all()
+        assert stats["num_embeddings_rejected_duplicate_item_id"] >= 1
 
     assert stats["num_final_rows"] == len(events) == len(ev)
     assert set(events.event_id) == set(ev.event_id)

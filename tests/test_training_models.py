@@ -170,7 +170,8 @@ def test_training_killed_mid_run_resumes_from_last_checkpoint_with_identical_res
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    assert sorted(p.name for p in Path(ckpt).iterdir()) == ["epoch-0000.pt", "epoch-0001.pt"]
+    assert sorted(p.name for p in Path(ckpt).iterdir()) == [
+        "epoch-0000.json", "epoch-0000.pt", "epoch-0001.json", "epoch-0001.pt"]
 
     settings = TrainSettings(epochs=4, batch_size=512, num_threads=1)
     ds = committed_events_dataset(model_store, TRAIN_DAYS)

@@ -15,12 +15,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus
+
+from tests.waiting import file_size, tail, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 SHOTS = REPO / "docs" / "screenshots"
@@ -30,10 +31,14 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 DAY = "2024-03-01"
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM) and not os.environ.get("CI"), reason="chromium not installed"),
-]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _chromium_present():
+    # Not a skip: a suite that passes without its browser test hides a hole. `.ci/run` installs it.
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"the UI test needs Debian's Chromium at {CHROMIUM}: `apt-get install chromium` (.ci/run does)")
 
 
 def _free_port() -> int:
@@ -42,18 +47,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_http(url: str, timeout_s: float, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"dagster-webserver exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    raise TimeoutError(f"{url} not up after {timeout_s}s:\n{log.read_text()[-3000:]}")
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _wait_http(url: str, proc: subprocess.Popen, log: Path) -> None:
+    """Up when it answers; the wait follows the webserver's log (loading the code location) and fails at once if
+    it exits."""
+    wait_until(lambda: _http_ok(url), lambda: file_size(log), f"{url} to answer", stall_s=180, limit_s=900,
+               failed=lambda: None if proc.poll() is None else f"dagster-webserver exited ({proc.returncode})",
+               context=lambda: tail(log))
 
 
 @pytest.fixture()
@@ -74,7 +81,7 @@ def webserver(data_root, tmp_path):
             [str(Path(sys.executable).parent / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w",
              str(REPO / "workspace.yaml")], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        _wait_http(f"http://127.0.0.1:{port}/server_info", 180, proc, log)
+        _wait_http(f"http://127.0.0.1:{port}/server_info", proc, log)
         yield f"http://127.0.0.1:{port}", home
     finally:
         proc.terminate()
@@ -92,15 +99,19 @@ def _dismiss_community_modal(page) -> None:
         page.get_by_text("Join the Dagster community").wait_for(state="hidden")
 
 
-def _wait_for_run(home: Path, timeout_s: float):
-    deadline = time.monotonic() + timeout_s
+def _wait_for_run(home: Path):
+    """The launched run's end, waiting as long as its event log grows (a slow host), not a fixed budget."""
+    finished = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
     with DagsterInstance.from_config(str(home)) as instance:
-        while time.monotonic() < deadline:
+        def done():
             runs = instance.get_runs()
-            if runs and runs[0].status in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED):
-                return runs
-            time.sleep(2)
-    raise TimeoutError("the run launched from the UI did not finish")
+            return runs if runs and runs[0].status in finished else None
+
+        def progress():
+            runs = instance.get_runs()
+            return [(r.status, len(instance.get_records_for_run(r.run_id, limit=10_000).records)) for r in runs]
+
+        return wait_until(done, progress, "the run launched from the UI to finish", stall_s=300, limit_s=2400)
 
 
 def test_materialize_a_partition_from_the_ui_and_see_checks_and_metadata(webserver):
@@ -143,7 +154,7 @@ def test_materialize_a_partition_from_the_ui_and_see_checks_and_metadata(webserv
         page.screenshot(path=str(SHOTS / "02_launch_partition.png"))
         launch.click()
 
-        runs = _wait_for_run(home, 420)
+        runs = _wait_for_run(home)
         assert len(runs) == 1
         run = runs[0]
         assert run.status == DagsterRunStatus.SUCCESS, run.status

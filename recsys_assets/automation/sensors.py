@@ -36,7 +36,7 @@ from recsys_assets.datagen.raw_sources import raw_asset_key
 from recsys_assets.partitions import PARTITIONS_START, last_complete_day, window_of
 from recsys_assets.schemas import RAW_TABLES
 from recsys_assets.training.config import load_training_spec
-from recsys_assets.training.windows import NoTrainingDataError, training_window
+from recsys_assets.training.windows import NoTrainingDataError, window_for
 from resources.notifier import NotifierResource
 from resources.storage import StorageResource
 
@@ -111,11 +111,12 @@ def raw_data_freshness_sensor(context: SensorEvaluationContext, storage: Storage
     )
     new = [d for d in late if d not in alerted]
     for d in new:
-        notifier.notify(
+        notifier.enqueue(
             "error",
             f"Raw data missing for {d}",
             f"raw/daily_success_files/{d} is still missing {f.alert_after_hours:g} h after it was due "
             f"({f.raw_due_hours_after_day_end:g} h after the day ended, Asia/Kolkata).",
+            key=f"raw_missing:{d}",
             partition=d,
         )
     context.update_cursor(json.dumps(sorted(set(alerted) | set(new))[-60:]))
@@ -137,14 +138,15 @@ def _fmt_metadata(metadata: dict) -> dict:
 @sensor(
     minimum_interval_seconds=60,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Error notification for every failed evaluation of a datagen, model or index check (WARN ones too, which "
-    "do not fail runs): which check, partition, numbers.",
+    description="Queues an error notification for every failed evaluation of a datagen, model, index or serving check "
+    "(WARN ones too, which do not fail runs): which check, partition, numbers. Delivery is "
+    "notification_delivery_sensor's, so a slow webhook never holds this tick or its cursor back.",
 )
 def check_failure_sensor(context: SensorEvaluationContext, notifier: NotifierResource):
     # Cursor: the highest check-execution record id already handled per check (history pages backwards).
     cursor: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
     storage = context.instance.event_log_storage
-    sent = 0
+    queued = 0
     for key in CHECK_KEYS:
         name = key.to_user_string()
         last_id = cursor.get(name, 0)
@@ -152,20 +154,20 @@ def check_failure_sensor(context: SensorEvaluationContext, notifier: NotifierRes
         for rec in sorted((r for r in records if r.id > last_id), key=lambda r: r.id):
             ev = rec.evaluation
             if rec.status == AssetCheckExecutionRecordStatus.FAILED and ev is not None and not ev.passed:
-                notifier.notify(
+                queued += notifier.enqueue(
                     "error",
                     f"Check failed: {name}",
                     ev.description or "",
+                    key=f"check_failure:{name}:{rec.id}",
                     partition=rec.partition or "-",
                     severity=ev.severity.value,
                     run_id=rec.run_id,
                     **_fmt_metadata(ev.metadata),
                 )
-                sent += 1
         if records:
             cursor[name] = max(last_id, max(r.id for r in records))
     context.update_cursor(json.dumps(cursor, sort_keys=True))
-    return SkipReason(f"sent {sent} check-failure notifications")
+    return SkipReason(f"queued {queued} check-failure notifications")
 
 
 @run_failure_sensor(
@@ -175,10 +177,11 @@ def check_failure_sensor(context: SensorEvaluationContext, notifier: NotifierRes
 )
 def datagen_run_failure_sensor(context: RunFailureSensorContext, notifier: NotifierResource):
     run = context.dagster_run
-    notifier.notify(
+    notifier.enqueue(
         "error",
         f"Run failed: {run.job_name}",
         (context.failure_event.message or "")[:1000],
+        key=f"run_failure:{run.run_id}",
         partition=run.tags.get("dagster/partition", "-"),
         run_id=run.run_id,
     )
@@ -198,10 +201,11 @@ def monitoring_summary_sensor(context: SensorEvaluationContext, notifier: Notifi
         mat = record.asset_materialization
         report = mat.metadata["monitoring_dict"].value
         buckets = in_bucket_order(report["item_age_bucket_formated"])
-        notifier.notify(
+        notifier.enqueue(
             "info",
             f"Datagen {mat.partition}: {report['num_final_rows']:,} rows, {report['num_items_post_embed_join']:,} items",
             "age buckets: " + ", ".join(f"{k} {v}" for k, v in buckets),
+            key=f"monitoring_summary:{record.storage_id}",
             partition=mat.partition,
             new_items_1d=report["new_items_in_index_1d_delta"] or "n/a",
             item_diff_1d=report["item_diff_1d_delta"] or "n/a",
@@ -210,7 +214,19 @@ def monitoring_summary_sensor(context: SensorEvaluationContext, notifier: Notifi
         )
     if page.records:
         context.update_cursor(page.cursor)
-    return SkipReason(f"sent {len(page.records)} summaries")
+    return SkipReason(f"queued {len(page.records)} summaries")
+
+
+@sensor(
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Delivers queued notifications (check failures, failed runs, late raw data, daily summaries) to the "
+    "info/error webhooks within a time budget per tick; a down or hanging webhook is retried with backoff and "
+    "never re-sent what it already received.",
+)
+def notification_delivery_sensor(context: SensorEvaluationContext, notifier: NotifierResource):
+    counts = notifier.deliver_pending()
+    return SkipReason(", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
 @run_status_sensor(
@@ -226,7 +242,7 @@ def training_after_datagen_sensor(context: RunStatusSensorContext, storage: Stor
     if not day:
         return SkipReason(f"datagen run {run.run_id} has no partition")
     try:  # the first days of a deployment have nothing to train on yet: skip, don't start a run that must fail
-        training_window(storage.store, day, load_training_spec().window_days)
+        window_for(storage.store, day, load_training_spec())
     except NoTrainingDataError as e:
         return SkipReason(str(e))
     return RunRequest(partition_key=day, run_key=f"training:{day}:{run.run_id}", tags={"recsys/trigger": "datagen_success"})
@@ -277,6 +293,7 @@ datagen_sensors = [
     raw_success_file_sensor,
     raw_data_freshness_sensor,
     check_failure_sensor,
+    notification_delivery_sensor,
     datagen_run_failure_sensor,
     monitoring_summary_sensor,
     training_after_datagen_sensor,

@@ -17,18 +17,19 @@ from dagster import (
 )
 from pydantic import Field
 
+from recsys_assets.core.datasets import (
+    DATASETS, FILTERED_EVENTS, MONITORING_REPORT, TRAINING_EVENTS, publish_partition,
+)
 from recsys_assets.datagen.config import load_datagen_spec
-from recsys_assets.datagen.filter_chain import QUARANTINE_REASONS
 from recsys_assets.datagen.metadata import column_schema, md_table, numeric_metadata
 from recsys_assets.datagen.monitoring import build_report
+from recsys_assets.datagen.quarantine import QUARANTINE_REASONS, judge_input_losses
 from recsys_assets.datagen.raw_sources import raw_asset_key
-from recsys_assets.datagen.stages import FILTERED_EVENTS, TRAINING_EVENTS, read_final_items
+from recsys_assets.datagen.stages import read_final_items
 from recsys_assets.datagen.training_events import TrainingEventsSpec
 from recsys_assets.partitions import daily_partitions, shift_day
 from resources.spark import SparkResource
 from resources.storage import DatasetStore, StorageResource
-
-MONITORING_REPORT = "datagen_monitoring_report"
 
 # One run per day in backfills: the per-day asset checks then evaluate every day (a single-run range backfill
 # would record one check evaluation without a partition).
@@ -53,6 +54,12 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def _gate_metadata(dataset: str) -> dict:
+    checks = DATASETS[dataset].blocking_checks
+    return {"gate": "staged: committed (readable downstream) only when " + ", ".join(checks) + " pass"
+            if checks else "committed"}
+
+
 @asset(
     partitions_def=daily_partitions,
     group_name="datagen",
@@ -72,7 +79,8 @@ def filtered_events(
     version = store.new_version(context.run_id)
     stats = spark.run_stage(context, FILTERED_EVENTS, store, day, version,
                             {"datagen_config_path": config.datagen_config_path or None})
-    store.commit(FILTERED_EVENTS, day, version, row_count=stats["num_events_post_filters"])
+    publish_partition(store, FILTERED_EVENTS, day, version, row_count=stats["num_events_post_filters"])
+    input_rows, _ = judge_input_losses(stats, stats["input_limits"])
 
     limits = {f.name: f.max_item_loss_pct for f in spec.filters}
     stage_rows = [
@@ -102,8 +110,11 @@ def filtered_events(
             "quarantine": md_table(
                 ["reason", "events"], [[r, stats[f"num_quarantined_{r}"]] for r in QUARANTINE_REASONS]
             ),
+            "input_losses": md_table(["stage", "what", "events", "of", "% (sample: pp off)", "limit", "result"],
+                                     input_rows),
             "path": MetadataValue.path(store.version_uri(FILTERED_EVENTS, day, version)),
             "version": version,
+            **_gate_metadata(FILTERED_EVENTS),
             **numeric_metadata(stats),
         }
     )
@@ -132,7 +143,7 @@ def training_events(
     version = store.new_version(context.run_id)
     stats = spark.run_stage(context, TRAINING_EVENTS, store, day, version,
                             {"datagen_config_path": config.datagen_config_path or None, "training_events_spec": te_spec})
-    store.commit(TRAINING_EVENTS, day, version, row_count=stats["num_final_rows"])
+    publish_partition(store, TRAINING_EVENTS, day, version, row_count=stats["num_final_rows"])
     normalization = stats["normalization"]
     return MaterializeResult(
         metadata={
@@ -155,13 +166,14 @@ def training_events(
             ),
             "path": MetadataValue.path(store.version_uri(TRAINING_EVENTS, day, version)),
             "version": version,
+            **_gate_metadata(TRAINING_EVENTS),
             **numeric_metadata(stats),
         }
     )
 
 
 def read_committed_report(store: DatasetStore, day: str) -> dict | None:
-    if store.read_manifest(MONITORING_REPORT, day) is None:
+    if not store.is_committed(MONITORING_REPORT, day):
         return None
     return store.read_json(store.committed_path(MONITORING_REPORT, day, "report.json"))
 
@@ -186,7 +198,7 @@ def datagen_monitoring_report(
     items = read_final_items(store, day, ["item_id", "item_age_days"])
     prev_day, week_ago = shift_day(day, -1), shift_day(day, -7)
     prev_items = None
-    if store.read_manifest(TRAINING_EVENTS, prev_day) is not None:
+    if store.is_committed(TRAINING_EVENTS, prev_day):
         prev_items = read_final_items(store, prev_day, ["item_id"]).column("item_id").to_numpy(zero_copy_only=False)
     started = filter_stats["started_at"]
     finished = _now()
@@ -208,7 +220,7 @@ def datagen_monitoring_report(
     report["thresholds"] = spec.thresholds.model_dump()
     version = store.new_version(context.run_id)
     store.write_json_atomic(store.version_path(MONITORING_REPORT, day, version, "report.json"), report)
-    store.commit(MONITORING_REPORT, day, version)
+    publish_partition(store, MONITORING_REPORT, day, version)
 
     buckets = report["item_age_buckets"]
     share_delta = report["item_age_bucket_share_delta_pp_7d"] or {}

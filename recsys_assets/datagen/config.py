@@ -1,45 +1,39 @@
-"""The datagen YAML (filter chain + check thresholds), loaded and validated once with pydantic.
+"""The datagen YAML (filter chain, input limits + check thresholds), loaded and validated once with pydantic.
 
 Validation fails fast and names the offending key (e.g. `filters[3].column`), so a bad config never
-reaches Spark.
+reaches Spark: a filter on an unknown column, or whose kind does not fit the column's type (a `range` on a
+string column, an `in_set` on a number column), is rejected with the filter's name.
 """
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+import pyarrow as pa
+from pydantic import Field, model_validator
+
+from recsys_assets.core.config import ConfigFileError, StrictModel, load_config_file, parse_config
+from recsys_assets.datagen.quarantine import QUARANTINE_REASONS
+from recsys_assets.schemas import RAW_EVENTS, RAW_ITEMS
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "config" / "datagen.yaml"
 
-ITEM_COLUMNS = {
-    "item_language",
-    "item_moderation_status",
-    "item_video_length_s",
-    "item_created_at",
-    "item_author_id",
-    "item_category",
+# Columns a filter can use, with their types: the raw event columns, the day's catalogue columns prefixed `item_`
+# (derived from the raw contract, never restated), and the item's age at event time.
+FILTERABLE_COLUMN_TYPES: dict[str, pa.DataType] = {
+    **{f.name: f.type for f in RAW_EVENTS},
+    **{f"item_{f.name}": f.type for f in RAW_ITEMS if f.name != "item_id"},
+    "item_age_days": pa.float64(),
 }
-EVENT_COLUMNS = {
-    "event_id",
-    "user_id",
-    "item_id",
-    "event_ts",
-    "feed_source",
-    "client_event",
-    "play_duration_s",
-    "liked",
-    "shared",
-    "followed",
-}
-FILTERABLE_COLUMNS = EVENT_COLUMNS | ITEM_COLUMNS | {"item_age_days"}
+FILTERABLE_COLUMNS = set(FILTERABLE_COLUMN_TYPES)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def _numeric(t: pa.DataType) -> bool:
+    return pa.types.is_floating(t) or pa.types.is_integer(t)
+
+
+_Strict = StrictModel
 
 
 class _FilterBase(_Strict):
@@ -56,6 +50,12 @@ class _ColumnFilter(_FilterBase):
             raise ValueError(
                 f"filter {self.name!r}: unknown column {self.column!r}; known: {sorted(FILTERABLE_COLUMNS)}"
             )
+        t = FILTERABLE_COLUMN_TYPES[self.column]
+        if isinstance(self, RangeFilter) and not _numeric(t):
+            raise ValueError(f"filter {self.name!r}: kind 'range' needs a numeric column; {self.column!r} is {t}")
+        if isinstance(self, InSetFilter) and not pa.types.is_string(t):
+            raise ValueError(f"filter {self.name!r}: kind 'in_set' (string values) needs a string column; "
+                             f"{self.column!r} is {t}")
         return self
 
 
@@ -94,13 +94,33 @@ class MinItemEventsFilter(_FilterBase):
 FilterSpec = Annotated[Union[InSetFilter, RangeFilter, MinItemEventsFilter], Field(discriminator="kind")]
 
 
+class QuarantineSpec(_Strict):
+    """What makes a raw event invalid input, and how much of a day may be invalid before the day is judged
+    malformed upstream (blocking check `input_losses_within_limits`)."""
+
+    # play_duration_s above this is absurd (not a measurement): quarantined like NaN, negative or infinite ones.
+    max_play_duration_s: float = Field(default=86_400.0, gt=0)
+    # Longest event/user/item id kept (characters); longer ones, empty ones and ones with NUL cannot be stored in
+    # the serving tables and are quarantined.
+    max_id_length: int = Field(default=256, ge=1, le=10_000)
+    max_event_pct: float = Field(default=5.0, ge=0, le=100)
+    # Per reason; `default` applies to reasons not listed.
+    max_event_pct_per_reason: dict[str, float] = Field(default_factory=lambda: {"default": 2.0})
+
+
 class LanguageSpec(_Strict):
     allowed: list[str] = Field(min_length=1)
+    # Share of valid events / of their items that the language stage may drop.
+    max_event_loss_pct: float = Field(default=100.0, ge=0, le=100)
+    max_item_loss_pct: float = Field(default=100.0, ge=0, le=100)
 
 
 class SampleSpec(_Strict):
     fraction: float = Field(gt=0, le=1)
     seed: int = 0
+    # The kept share of events may differ from `fraction` by this many percentage points, widened on small days
+    # by 4 binomial standard errors (a 550-event day's sample is noisier than a 20M-event day's).
+    max_deviation_pp: float = Field(default=1.0, ge=0)
 
 
 class Thresholds(_Strict):
@@ -121,6 +141,7 @@ class FreshnessSpec(_Strict):
 
 
 class DatagenSpec(_Strict):
+    quarantine: QuarantineSpec = QuarantineSpec()
     language: LanguageSpec
     sample: SampleSpec
     filters: list[FilterSpec] = Field(min_length=1)
@@ -139,7 +160,24 @@ class DatagenSpec(_Strict):
             raise ValueError(f"filter names {sorted(reserved)} are reserved for built-in stages")
         if list(self.item_age_bucket_edges) != sorted(set(self.item_age_bucket_edges)):
             raise ValueError("item_age_bucket_edges must be strictly increasing")
+        unknown = sorted(set(self.quarantine.max_event_pct_per_reason) - {"default", *QUARANTINE_REASONS})
+        if unknown:
+            raise ValueError(f"quarantine.max_event_pct_per_reason: unknown reason(s) {unknown}; "
+                             f"known: {list(QUARANTINE_REASONS)}")
         return self
+
+    def input_limits(self) -> dict:
+        """The limits `input_losses_within_limits` judges, as recorded with each day's stats."""
+        per_reason = self.quarantine.max_event_pct_per_reason
+        return {
+            "max_quarantined_pct": self.quarantine.max_event_pct,
+            "max_quarantined_pct_per_reason": {r: per_reason.get(r, per_reason.get("default", 100.0))
+                                               for r in QUARANTINE_REASONS},
+            "max_language_event_loss_pct": self.language.max_event_loss_pct,
+            "max_language_item_loss_pct": self.language.max_item_loss_pct,
+            "sample_fraction": self.sample.fraction,
+            "sample_max_deviation_pp": self.sample.max_deviation_pp,
+        }
 
     @property
     def stage_names(self) -> list[str]:
@@ -147,27 +185,14 @@ class DatagenSpec(_Strict):
         return ["language", "sample"] + [f.name for f in self.filters]
 
 
-class DatagenConfigError(ValueError):
+class DatagenConfigError(ConfigFileError):
     pass
 
 
 def parse_datagen_spec(raw: dict, source: str = "<dict>") -> DatagenSpec:
-    try:
-        return DatagenSpec.model_validate(raw)
-    except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) if not isinstance(p, int) else f'[{p}]' for p in err['loc']).replace('.[', '[')}: {err['msg']}"
-            for err in e.errors()
-        )
-        raise DatagenConfigError(f"invalid datagen config {source}: {problems}") from None
+    return parse_config(raw, DatagenSpec, "datagen", source, DatagenConfigError)
 
 
-@functools.lru_cache(maxsize=16)
 def load_datagen_spec(path: str | None = None) -> DatagenSpec:
     """Load and validate the datagen YAML (default: the packaged recsys_assets/config/datagen.yaml)."""
-    p = Path(path) if path else DEFAULT_CONFIG_PATH
-    if not p.exists():
-        raise DatagenConfigError(f"datagen config file not found: {p}")
-    with p.open() as f:
-        raw = yaml.safe_load(f)
-    return parse_datagen_spec(raw, source=str(p))
+    return load_config_file(path or DEFAULT_CONFIG_PATH, DatagenSpec, "datagen", DatagenConfigError)

@@ -27,20 +27,12 @@ from recsys_assets.datagen.config import (
     DatagenSpec,
     InSetFilter,
     MinItemEventsFilter,
+    QuarantineSpec,
     RangeFilter,
 )
+from recsys_assets.datagen.quarantine import QUARANTINE_REASONS
 
 QUARANTINE_STAGE = "quarantine"
-# Reasons a raw event is invalid input (counted and written to quarantine, never silently dropped).
-QUARANTINE_REASONS = (
-    "null_event_id",
-    "null_user_id",
-    "null_item_id",
-    "null_event_ts",
-    "invalid_play_duration",
-    "event_ts_outside_day",
-    "duplicate_event_id",
-)
 US_PER_DAY = 86_400_000_000
 SAMPLE_BUCKETS = 1_000_000
 
@@ -62,11 +54,23 @@ def stages_of(spec: DatagenSpec) -> list[Stage]:
     return out
 
 
+def first_row_per_key(df: DataFrame, key: str) -> DataFrame:
+    """One row per `key` chosen by a rule of the data, not of file layout: the most complete row (fewest null
+    columns) first, ties broken by the other columns' values in schema order, ascending, nulls last. Rows that tie
+    on every column are identical, so which one is kept makes no difference. The input contract documents this
+    rule for catalogue and user snapshots that list an id twice; any cluster and any rerun keeps the same row."""
+    from pyspark.sql.window import Window
+
+    rest = [c for c in df.columns if c != key]
+    nulls = reduce(lambda a, b: a + b, [F.col(c).isNull().cast("int") for c in rest], F.lit(0))
+    w = Window.partitionBy(key).orderBy(nulls.asc(), *[F.col(c).asc_nulls_last() for c in rest])
+    return df.withColumn("_rank", F.row_number().over(w)).filter(F.col("_rank") == 1).drop("_rank")
+
+
 def item_catalogue(items: DataFrame) -> DataFrame:
-    """The day's catalogue with one row per item_id (a duplicated catalogue row can never multiply events) and
-    its columns prefixed item_. Item-sized: callers cache it, so every pass over the events sees the same row for
-    an item that the raw catalogue lists twice."""
-    return items.dropDuplicates(["item_id"]).select(
+    """The day's catalogue with one row per item_id (`first_row_per_key`: a duplicated catalogue row can never
+    multiply events) and its columns prefixed item_. Item-sized: callers cache it."""
+    return first_row_per_key(items, "item_id").select(
         "item_id", *[F.col(c).alias(f"item_{c}") for c in items.columns if c != "item_id"]
     )
 
@@ -81,18 +85,31 @@ def enrich_events(events: DataFrame, catalogue: DataFrame, how: str = "left", br
     return joined.withColumn("item_age_days", age_days)
 
 
-def quarantine_reason(day_start_us: int, day_end_us: int) -> Column:
-    """The first reason an event is invalid input, or null. Duplicates are marked by `mark_duplicates`."""
+def _unstorable_id(c: str, max_length: int) -> Column:
+    """An id the serving tables cannot hold: empty, longer than `max_length` characters, or containing NUL."""
+    col = F.col(c)
+    return (F.length(col) < 1) | (F.length(col) > max_length) | col.contains(F.expr("chr(0)"))
+
+
+def quarantine_reason(day_start_us: int, day_end_us: int, spec: QuarantineSpec | None = None) -> Column:
+    """The first reason (QUARANTINE_REASONS order) an event is invalid input, or null. Duplicates are marked by
+    `mark_duplicates`."""
+    spec = spec or QuarantineSpec()
     ts = F.unix_micros("event_ts")
+    duration = F.col("play_duration_s")
     return (
         F.when(F.col("event_id").isNull(), "null_event_id")
         .when(F.col("user_id").isNull(), "null_user_id")
         .when(F.col("item_id").isNull(), "null_item_id")
         .when(F.col("event_ts").isNull(), "null_event_ts")
+        .when(_unstorable_id("event_id", spec.max_id_length), "invalid_event_id")
+        .when(_unstorable_id("user_id", spec.max_id_length), "invalid_user_id")
+        .when(_unstorable_id("item_id", spec.max_id_length), "invalid_item_id")
         .when(
-            F.col("play_duration_s").isNull() | F.isnan("play_duration_s") | (F.col("play_duration_s") < 0),
+            duration.isNull() | F.isnan(duration) | (duration < 0) | (F.abs(duration) == float("inf")),
             "invalid_play_duration",
         )
+        .when(duration > F.lit(spec.max_play_duration_s), "play_duration_over_max")
         .when((ts < F.lit(day_start_us)) | (ts >= F.lit(day_end_us)), "event_ts_outside_day")
     )
 
@@ -102,14 +119,17 @@ BROADCAST_ROW_LIMIT = 2_000_000
 _ID_HASH = "_event_id_hash"
 
 
-def mark_duplicates(events: DataFrame) -> DataFrame:
-    """Column `is_duplicate`: true for every copy of an event_id after the first, ordered by event_ts, item_id and
-    then every other column, so which copy is kept never depends on partitioning (copies that tie on every column
-    are identical, and keeping any one of them is the same)."""
+def mark_duplicates(events: DataFrame, invalid: Column | None = None) -> DataFrame:
+    """Column `is_duplicate`: true for every copy of an event_id after the first, ordered by validity (`invalid`:
+    a predicate on the raw columns; valid copies rank first, so a late or broken copy never displaces the valid
+    one), then event_ts, item_id and every other column, so which copy is kept never depends on partitioning
+    (copies that tie on every column are identical, and keeping any one of them is the same)."""
     from pyspark.sql.window import Window
 
     rest = [c for c in events.columns if c not in ("event_id", "event_ts", "item_id", _ID_HASH)]
     order = [F.col(c).asc_nulls_last() for c in ("event_ts", "item_id", *rest)]
+    if invalid is not None:
+        order.insert(0, F.coalesce(invalid, F.lit(False)).asc())
     w = Window.partitionBy("event_id").orderBy(*order)
     return events.withColumn("is_duplicate", F.col("event_id").isNotNull() & (F.row_number().over(w) > 1))
 
@@ -134,14 +154,14 @@ def _session_conf(session, settings: dict[str, str]):
 class Deduplicated:
     events: DataFrame  # the input with `is_duplicate`; lazily defined
     duplicate_candidates: int  # rows routed through the window (ids whose hash occurs more than once)
-    # Every row of a repeated id (with `is_duplicate`) plus the rows matching `deduplicate`'s `also_cache`, read
+    # Every row of a repeated id (with `is_duplicate`) plus the invalid rows (`deduplicate`'s `invalid`), read
     # from the cache; None when the whole day went through the window.
     cached_rows: DataFrame | None = None
     cached: tuple[DataFrame, ...] = ()
 
 
 def deduplicate(
-    events: DataFrame, broadcast_limit: int = BROADCAST_ROW_LIMIT, also_cache: Column | None = None
+    events: DataFrame, broadcast_limit: int = BROADCAST_ROW_LIMIT, invalid: Column | None = None
 ) -> Deduplicated:
     """`mark_duplicates` without shuffling the day. One aggregation over a 64-bit hash of event_id (a single column
     read) finds the hashes that occur more than once; only those rows (every real duplicate, plus the odd hash
@@ -149,8 +169,9 @@ def deduplicate(
     `is_duplicate = false` by a broadcast anti-join, a narrow map that later passes recompute from the scan. If the
     candidates are too many to broadcast, the whole day goes through the window instead (same result).
 
-    `also_cache`: a predicate on the raw columns (such as "invalid input") whose rows the same scan caches next to
-    the repeated ones, so a later pass that needs only those rows (the quarantine) reads no events at all."""
+    `invalid`: a predicate on the raw columns ("invalid input"). Valid copies of an id rank before invalid ones
+    (`mark_duplicates`), and the same scan caches the invalid rows next to the repeated ones, so a later pass that
+    needs only those rows (the quarantine) reads no events at all."""
     hashed = events.withColumn(_ID_HASH, F.xxhash64("event_id"))
     # Almost every hash is unique, so a map-side partial count would build a day-sized hash map for nothing:
     # aggregate once after the shuffle (Spark 4's bypass; an older Spark ignores the unknown setting). The plan of
@@ -162,14 +183,14 @@ def deduplicate(
         rows = int(candidates.agg(F.sum("n")).first()[0] or 0)
     if rows > broadcast_limit:
         candidates.unpersist()
-        return Deduplicated(mark_duplicates(events), rows)
+        return Deduplicated(mark_duplicates(events, invalid), rows)
     keys = F.broadcast(candidates.select(_ID_HASH))
     repeated_flag = F.broadcast(candidates.select(_ID_HASH, F.lit(True).alias("_repeated")))
     keep = F.col("_repeated").isNotNull()
-    if also_cache is not None:
-        keep = keep | F.coalesce(also_cache, F.lit(False))
+    if invalid is not None:
+        keep = keep | F.coalesce(invalid, F.lit(False))
     small = hashed.join(repeated_flag, _ID_HASH, "left").filter(keep).persist()
-    repeated = mark_duplicates(small.filter(F.col("_repeated").isNotNull()).drop(_ID_HASH, "_repeated")).persist()
+    repeated = mark_duplicates(small.filter(F.col("_repeated").isNotNull()).drop(_ID_HASH, "_repeated"), invalid).persist()
     others = small.filter(F.col("_repeated").isNull()).drop(_ID_HASH, "_repeated").withColumn("is_duplicate", F.lit(False))
     unique = hashed.join(keys, _ID_HASH, "left_anti").drop(_ID_HASH).withColumn("is_duplicate", F.lit(False))
     return Deduplicated(
@@ -200,10 +221,11 @@ def sample_predicate(fraction: float, seed: int) -> Column:
     return bucket < F.lit(int(round(fraction * SAMPLE_BUCKETS)))
 
 
-def with_quarantine_reason(deduped: DataFrame, day_start_us: int, day_end_us: int) -> DataFrame:
+def with_quarantine_reason(deduped: DataFrame, day_start_us: int, day_end_us: int,
+                           spec: QuarantineSpec | None = None) -> DataFrame:
     """Raw events (with `is_duplicate`) -> the same rows with `quarantine_reason` (null for valid input)."""
     reason = F.coalesce(
-        quarantine_reason(day_start_us, day_end_us), F.when(F.col("is_duplicate"), F.lit("duplicate_event_id"))
+        quarantine_reason(day_start_us, day_end_us, spec), F.when(F.col("is_duplicate"), F.lit("duplicate_event_id"))
     )
     return deduped.withColumn("quarantine_reason", reason).drop("is_duplicate")
 
@@ -352,9 +374,12 @@ def plan_filter_chain(
     a lazy re-read of the raw Parquet through the same narrow predicates, and the quarantine output reads only
     rows cached by the duplicate scan."""
     catalogue = item_catalogue(items).persist()
-    small_catalogue = catalogue.count() <= BROADCAST_ROW_LIMIT
-    dedup = deduplicate(events, also_cache=quarantine_reason(day_start_us, day_end_us).isNotNull())
-    checked = with_quarantine_reason(dedup.events, day_start_us, day_end_us)
+    catalogue_items = catalogue.count()
+    small_catalogue = catalogue_items <= BROADCAST_ROW_LIMIT
+    catalogue_rows = items.count()  # item-sized; with the distinct count it shows duplicated catalogue rows
+    q = spec.quarantine
+    dedup = deduplicate(events, invalid=quarantine_reason(day_start_us, day_end_us, q).isNotNull())
+    checked = with_quarantine_reason(dedup.events, day_start_us, day_end_us, q)
     flagged = flag_events(enrich_events(checked, catalogue, broadcast=small_catalogue), spec)
     per_item = per_item_stage_counts(flagged, spec).persist()
     last = stages_of(spec)[-1].name
@@ -374,14 +399,14 @@ def plan_filter_chain(
     # ids to cache) no scan either.
     source = dedup.cached_rows if dedup.cached_rows is not None else dedup.events
     quarantined = (
-        with_quarantine_reason(source, day_start_us, day_end_us)
+        with_quarantine_reason(source, day_start_us, day_end_us, q)
         .filter(F.col("quarantine_reason").isNotNull())
         .select(*events.columns, "quarantine_reason")
     )
-    return FilterChainResult(
-        filtered, filtered_items, quarantined, {"num_duplicate_candidates": dedup.duplicate_candidates}, per_item,
-        cached=(catalogue, *dedup.cached, per_item),
-    )
+    stats = {"num_duplicate_candidates": dedup.duplicate_candidates, "num_catalogue_rows": catalogue_rows,
+             "num_duplicate_catalogue_rows": catalogue_rows - catalogue_items}
+    return FilterChainResult(filtered, filtered_items, quarantined, stats, per_item,
+                             cached=(catalogue, *dedup.cached, per_item))
 
 
 def run_filter_chain(

@@ -1,7 +1,11 @@
 """Reading raw partitions with the input contract checked at the boundary.
 
 Each Parquet file's footer is checked against the contract before Spark reads the data (footers only, never
-rows), so a missing column, a wrong type or a corrupt file fails with the file and column named.
+rows), so a missing column, a wrong type or a corrupt file fails with the file and column named. The check is
+about what Spark can actually read into the contract's types, not only the logical type: pandas' default
+nanosecond timestamps (INT64 TIMESTAMP(NANOS)), float16 values and list<double> embeddings are rejected here,
+before any asset commits, instead of failing inside Spark after one stage has run (Spark 4 reads INT96 and
+milli/microsecond timestamps, float32 into double, large strings and large lists).
 """
 
 from __future__ import annotations
@@ -18,20 +22,33 @@ class RawInputError(ValueError):
     """Raw input that breaks the data contract; the message names the file and column."""
 
 
-def _compatible(expected: pa.DataType, actual: pa.DataType) -> bool:
+def _type_problem(expected: pa.DataType, actual: pa.DataType, physical: str | None) -> str | None:
+    """Why Spark cannot read a column of `actual` logical / `physical` Parquet type as `expected`, or None."""
+    mismatch = f"has type {actual}, expected {expected}"
     if expected.equals(actual):
-        return True
+        return None
     if pa.types.is_timestamp(expected):
-        return pa.types.is_timestamp(actual)
+        if not pa.types.is_timestamp(actual):
+            return mismatch
+        if actual.unit == "ns" and physical != "INT96":
+            return ("holds nanosecond timestamps (INT64 TIMESTAMP(NANOS)), which Spark cannot read; write microseconds "
+                    "(pyarrow: coerce_timestamps='us'; pandas: to_parquet(..., coerce_timestamps='us', "
+                    "allow_truncated_timestamps=True))")
+        return None
     if pa.types.is_string(expected):
-        return pa.types.is_string(actual) or pa.types.is_large_string(actual)
+        return None if pa.types.is_string(actual) or pa.types.is_large_string(actual) else mismatch
     if pa.types.is_floating(expected):
-        return pa.types.is_floating(actual)
+        if pa.types.is_float16(actual):
+            return "holds float16 values, which Spark cannot read; write float32 or float64"
+        return None if pa.types.is_floating(actual) else mismatch
     if pa.types.is_list(expected):
-        return (pa.types.is_list(actual) or pa.types.is_large_list(actual)) and pa.types.is_floating(
-            actual.value_type
-        )
-    return False
+        if not (pa.types.is_list(actual) or pa.types.is_large_list(actual)):
+            return mismatch
+        if not actual.value_type.equals(expected.value_type):
+            return (f"has type {actual}: Spark cannot read {actual.value_type} elements as the contract's "
+                    f"{expected}; cast the values to {expected.value_type}")
+        return None
+    return mismatch
 
 
 def raw_parquet_files(store: DatasetStore, table: str, day: str) -> list[str]:
@@ -55,18 +72,18 @@ def check_raw_contract(store: DatasetStore, table: str, day: str) -> list[str]:
     files = raw_parquet_files(store, table, day)
     for path in files:
         try:
-            actual = pq.read_schema(path, filesystem=store.fs)
+            meta = pq.read_metadata(path, filesystem=store.fs)
+            actual = meta.schema.to_arrow_schema()
         except Exception as e:  # pyarrow raises ArrowInvalid/OSError for truncated or non-Parquet files
             raise RawInputError(f"raw {table} for {day}: {path} is not a readable Parquet file ({e})") from e
+        physical = {meta.schema.column(i).path: meta.schema.column(i).physical_type for i in range(meta.num_columns)}
         for field in expected:
             idx = actual.get_field_index(field.name)
             if idx < 0:
                 raise RawInputError(f"raw {table} for {day}: {path} has no column {field.name!r}")
-            if not _compatible(field.type, actual.field(idx).type):
-                raise RawInputError(
-                    f"raw {table} for {day}: {path} column {field.name!r} has type {actual.field(idx).type}, "
-                    f"expected {field.type}"
-                )
+            problem = _type_problem(field.type, actual.field(idx).type, physical.get(field.name))
+            if problem:
+                raise RawInputError(f"raw {table} for {day}: {path} column {field.name!r} {problem}")
     return files
 
 

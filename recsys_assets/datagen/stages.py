@@ -14,14 +14,13 @@ from contextlib import contextmanager
 
 from recsys_assets.datagen.config import load_datagen_spec
 from recsys_assets.datagen.raw_inputs import latest_raw_day, read_raw
+from recsys_assets.core.datasets import FILTERED_EVENTS, TRAINING_EVENTS
 from recsys_assets.partitions import window_micros, window_of
 from resources.storage import DatasetStore
 
 # The Spark transformations (filter_chain, training_events) are imported inside the stage functions: training
 # hosts import TRAINING_EVENTS / read_final_items from here and need no pyspark installed.
 
-FILTERED_EVENTS = "filtered_events"
-TRAINING_EVENTS = "training_events"
 STAGES = (FILTERED_EVENTS, TRAINING_EVENTS)
 
 
@@ -80,6 +79,7 @@ def filtered_events_stage(session, store: DatasetStore, day: str, version: str, 
     stats = {
         **result.stats,
         "max_item_loss_pct": {f.name: f.max_item_loss_pct for f in spec.filters},
+        "input_limits": spec.input_limits(),
         "schema": schema,
         "items_schema": items_schema,
         "started_at": started_at,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from recsys_assets.datagen.filter_chain import BROADCAST_ROW_LIMIT, ITEM_ATTRIBUTE_COLUMNS
+from recsys_assets.datagen.filter_chain import BROADCAST_ROW_LIMIT, ITEM_ATTRIBUTE_COLUMNS, first_row_per_key
 from recsys_assets.schemas import EMBEDDING_DIM
 
 US_PER_DAY = 86_400_000_000
@@ -40,18 +40,21 @@ class TrainingEventsSpec:
 
 
 def embedding_validity(embeddings: DataFrame) -> DataFrame:
-    """Every embedding row with `reject_reason` (null if valid). Duplicates after the first are rejected."""
+    """Every embedding row with `reject_reason` (null if valid). An item keeps its first *valid* row: invalid rows
+    rank after valid ones (a NaN row never displaces a good one), and among valid rows the smallest vector in
+    lexicographic order comes first, a rule of the data rather than of how Spark packed the files; the other
+    valid rows are rejected as duplicate_item_id, invalid ones with their own reason."""
     from pyspark.sql.window import Window
 
-    w = Window.partitionBy("item_id").orderBy(F.monotonically_increasing_id())
     bad_value = F.exists("embedding", lambda x: x.isNull() | F.isnan(x) | (F.abs(x) == float("inf")))
-    reason = (
+    invalid = (
         F.when(F.col("item_id").isNull(), "null_item_id")
         .when(F.col("embedding").isNull() | (F.size("embedding") != EMBEDDING_DIM), "wrong_length")
         .when(bad_value, "non_finite_value")
-        .when(F.row_number().over(w) > 1, "duplicate_item_id")
     )
-    return embeddings.withColumn("reject_reason", reason)
+    w = Window.partitionBy("item_id").orderBy(invalid.isNotNull().asc(), F.col("embedding").asc_nulls_last())
+    duplicate = F.when(F.row_number().over(w) > 1, "duplicate_item_id")
+    return embeddings.withColumn("reject_reason", F.coalesce(invalid, duplicate))
 
 
 # training_events is a fact table (`events`) and a dimension table (`items`): the catalogue columns are constant per
@@ -67,7 +70,9 @@ EVENT_COLUMNS = (
 
 
 def user_features(users: DataFrame) -> DataFrame:
-    return users.dropDuplicates(["user_id"]).select(
+    """One row per user of the snapshot (`first_row_per_key`: the most complete row, then by value), renamed."""
+    users = users.select("user_id", "language", "region", "signup_ts")
+    return first_row_per_key(users, "user_id").select(
         "user_id",
         F.col("language").alias("user_language"),
         F.col("region").alias("user_region"),
@@ -142,7 +147,8 @@ def build_training_events(
     item_row = final_items.agg(
         F.count(F.lit(1)).alias("num_items"),
         F.sum("num_events").alias("num_events"),
-        *[F.sum(F.when(F.col(c).isNull(), F.col("num_events")).otherwise(0)).alias(f"nulls_{c}") for c in ITEM_ATTRIBUTES],
+        *[F.sum(F.when(F.col(c).isNull() | (F.isnan(c) if dict(filtered_items.dtypes)[c] == "double" else F.lit(False)),
+                       F.col("num_events")).otherwise(0)).alias(f"nulls_{c}") for c in ITEM_ATTRIBUTES],
     ).first().asDict()
     items_after = int(item_row["num_items"] or 0)
     user_rows = users.count()
@@ -174,7 +180,11 @@ def build_training_events(
     event_floats = [c for c in typed(joined, "double") if c not in ITEM_KEYS]
 
     def feature(c: str, fill_nulls: bool = False):
-        col = F.coalesce(F.col(c), F.lit(spec.float_fill)) if fill_nulls else F.col(c)
+        # One rule for the moments and the outputs: NaN is missing, like null (the outputs' fillna replaces both),
+        # so a NaN that reaches here can never make the day's mean and every *_norm value NaN.
+        col = F.col(c)
+        if fill_nulls:
+            col = F.when(col.isNull() | F.isnan(col), F.lit(spec.float_fill)).otherwise(col)
         return F.log1p(F.greatest(col, F.lit(0.0))) if c in spec.log_columns else col
 
     # The day's moments of the filled (and log1p'd) features over events (an item column counts once per event),
@@ -204,9 +214,12 @@ def build_training_events(
     # on the events as they are written.
     event_level = tuple(event_strings + event_floats)
     observation = Observation("training_events_nulls")
+    def missing(c: str):
+        return F.col(c).isNull() | F.isnan(c) if c in event_floats else F.col(c).isNull()
+
     observed = joined.drop("item_video_length_s").observe(
         observation, F.count(F.lit(1)).alias("num_events"),
-        *[F.count(F.when(F.col(c).isNull(), 1)).alias(f"nulls_{c}") for c in event_level],
+        *[F.count(F.when(missing(c), 1)).alias(f"nulls_{c}") for c in event_level],
     )
     out = normalized(
         observed.fillna(spec.string_fill, subset=event_strings).fillna(spec.float_fill, subset=event_floats),

@@ -24,6 +24,7 @@ from recsys_assets.indexes.faiss_index import (
     serialize,
     valid_embeddings,
 )
+from recsys_assets.core.datasets import publish_partition
 from recsys_assets.partitions import daily_partitions, window_of
 from recsys_assets.schemas import EMBEDDING_DIM
 from recsys_assets.training.artifacts import COLD_START_INDEX, RETRIEVAL_INDEX, RETRIEVAL_MODEL, ArtifactDir
@@ -102,7 +103,7 @@ def retrieval_index(context: AssetExecutionContext, config: IndexConfig, storage
     out.write_bytes("query_tower.pt2", model_dir.read_bytes("query_tower.pt2"))
     out.write_vocab(vocab, moments)
     out.write_json("index.json", desc)
-    store.commit(RETRIEVAL_INDEX, day, out.version, row_count=len(catalog), index=desc)
+    publish_partition(store, RETRIEVAL_INDEX, day, out.version, row_count=len(catalog), index=desc)
     return MaterializeResult(
         metadata={
             "dagster/row_count": MetadataValue.int(len(catalog)),
@@ -162,7 +163,7 @@ def cold_start_index(context: AssetExecutionContext, config: IndexConfig, storag
     out.write_table("items.parquet", pa.Table.from_pandas(
         chosen.assign(row=np.arange(len(chosen), dtype=np.int64)), preserve_index=False))
     out.write_json("index.json", desc)
-    store.commit(COLD_START_INDEX, day, out.version, row_count=len(chosen), index=desc)
+    publish_partition(store, COLD_START_INDEX, day, out.version, row_count=len(chosen), index=desc)
     return MaterializeResult(
         metadata={
             "dagster/row_count": MetadataValue.int(len(chosen)),

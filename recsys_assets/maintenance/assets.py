@@ -50,6 +50,7 @@ def storage_retention(context: AssetExecutionContext, config: RetentionConfig, s
                               [[a.kind, a.path, a.bytes, a.reason] for a in plan.actions[:200]]),
             "protected": md_table(["dataset", "days kept for current models"],
                                   [[ds, ", ".join(days)] for ds, days in sorted(plan.protected.items())]),
+            "skipped_partitions": md_table(["problem"], [[x] for x in plan.problems]) if plan.problems else "none",
             "as_of": now.isoformat(),
         }
     )

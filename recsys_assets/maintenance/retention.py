@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pyarrow.fs as pafs
 
 from recsys_assets.partitions import shift_day
-from resources.storage import DatasetStore
+from resources.storage import DatasetStore, InvalidManifestError
 
 DERIVED_DATASETS = (
     "filtered_events", "training_events", "datagen_monitoring_report", "vocab", "ranker_model", "retrieval_model",
@@ -46,6 +46,7 @@ class Action:
 class RetentionPlan:
     actions: list[Action] = field(default_factory=list)
     protected: dict[str, list[str]] = field(default_factory=dict)  # dataset -> days kept because a model needs them
+    problems: list[str] = field(default_factory=list)  # partitions skipped: their manifest could not be trusted
 
     @property
     def total_bytes(self) -> int:
@@ -107,8 +108,15 @@ def plan_retention(store: DatasetStore, policy: RetentionPolicy, now: dt.datetim
                 plan.actions.append(Action("expired_partition", part.path, size,
                                            f"{ds} {day} older than {policy.max_partition_age_days} days"))
                 continue
-            manifest = store.read_manifest(ds, day)
+            try:
+                manifest = store.read_manifest(ds, day)
+                candidate = store.read_candidate(ds, day)
+            except InvalidManifestError as e:  # nothing in a partition with an untrusted manifest is touched
+                plan.problems.append(str(e))
+                continue
             live = {manifest["version"], *manifest.get("previous_versions", [])} if manifest else set()
+            if candidate is not None:  # staged (awaiting checks) or withheld: the UI and its checks point at it
+                live.add(candidate["version"])
             for v in _dirs(store, part.path, "v="):
                 if v.base_name[2:] in live:
                     continue

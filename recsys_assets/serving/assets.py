@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow.dataset as pads
 from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, MetadataValue, asset
 
+from recsys_assets.core.datasets import FEATURE_SKEW_REPORT, ONLINE_EVALUATION, publish_partition
 from recsys_assets.datagen.assets import training_events
 from recsys_assets.datagen.metadata import md_table
 from recsys_assets.datagen.stages import TRAINING_EVENTS, read_final_items
@@ -169,8 +170,9 @@ def publish_serving_config(store, conn, spec) -> tuple[dict, list[str]]:
     production = registry.production_version(conn, spec.model_name)
     previous = registry.previous_production_version(conn, spec.model_name)
     arms, notes = resolve_arms(spec.ab, production, previous)
-    cfg = publish_config(store, arms, spec.ab, spec.model_name, notes, {"created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
-    return cfg, serving_config_problems(store, conn, cfg)
+    return publish_config(store, arms, spec.ab, spec.model_name, notes,
+                          {"created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
+                          lambda cfg: serving_config_problems(store, conn, cfg))
 
 
 def serving_config_problems(store, conn, cfg: dict) -> list[str]:
@@ -201,6 +203,7 @@ def serving_config(context: AssetExecutionContext, config: ServingAssetConfig, s
                          [[a["name"], str(a["model"]), a["model_version"], a["traffic_pct"], f"[{a['buckets'][0]}, {a['buckets'][1]})"] for a in cfg["arms"]]),
         "notes": "; ".join(cfg.get("notes", [])) or "-",
         "problems": "; ".join(problems) or "none",
+        "served": MetadataValue.bool(not problems),
         "path": MetadataValue.path(store.uri("serving_config", f"serving_config.v{cfg['config_version']}.json")),
     })
 
@@ -295,8 +298,8 @@ def feature_skew_report(context: AssetExecutionContext, config: ServingAssetConf
     report = {"day": day, "max_psi": spec.max_psi, "max_ks": spec.max_ks, "features": rows,
               "offline_rows": int(len(offline)), "online_rows": int(len(online))}
     version = store.new_version(context.run_id)
-    store.write_json_atomic(store.version_path("feature_skew_report", day, version, "report.json"), report)
-    store.commit("feature_skew_report", day, version, row_count=len(rows))
+    store.write_json_atomic(store.version_path(FEATURE_SKEW_REPORT, day, version, "report.json"), report)
+    publish_partition(store, FEATURE_SKEW_REPORT, day, version, row_count=len(rows))
     return MaterializeResult(metadata={
         "skew": md_table(["feature", "kind", "PSI", "KS / max share diff", "passed"],
                          [[r["feature"], r["kind"], r["psi"], r.get("ks", r.get("max_share_diff")), r["passed"]] for r in rows]),
@@ -330,8 +333,8 @@ def online_evaluation(context: AssetExecutionContext, config: ServingAssetConfig
     rows = online_metrics(impressions, plays, window)
     version = store.new_version(context.run_id)
     report = {"day": day, "window_minutes": spec.plays_window_minutes, "play_days": present, "arms": rows}
-    store.write_json_atomic(store.version_path("online_evaluation", day, version, "report.json"), report)
-    store.commit("online_evaluation", day, version, row_count=len(impressions))
+    store.write_json_atomic(store.version_path(ONLINE_EVALUATION, day, version, "report.json"), report)
+    publish_partition(store, ONLINE_EVALUATION, day, version, row_count=len(impressions))
     return MaterializeResult(metadata={
         "online_ctr": md_table(["arm", "model version", "impressions", "users", "clicks", "CTR", "user hit rate"],
                                [[r["arm"], r["model_version"], r["impressions"], r["users"], r["clicks"],

@@ -19,6 +19,7 @@ loads ExportedPrograms, or our own loader below, can serve them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import posixpath
 from dataclasses import dataclass
@@ -113,13 +114,16 @@ def export_release(store: DatasetStore, day: str, version: int, item_features: p
     components = {}
     for name, (dataset, files) in COMPONENTS.items():
         src, dst = ArtifactDir.committed(store, dataset, day), version_dir(store, name, version)
+        hashes = {}
         for src_name, dst_name in files.items():
-            dst.write_bytes(dst_name, src.read_bytes(src_name))
+            data = src.read_bytes(src_name)
+            dst.write_bytes(dst_name, data)
+            hashes[dst_name] = hashlib.sha256(data).hexdigest()
         cfg = src.read_json("model_config.json") if "model_config.json" in files else None
         info = src.read_json("index.json") if "index.json" in files else None
         store.write_bytes_atomic(repository_path(store, name, "config.pbtxt"), triton_config(name, cfg, info).encode())
         components[name] = {"version": version, "source": f"{dataset}/dt={day}/v={src.version}",
-                            "files": sorted(files.values())}
+                            "files": sorted(files.values()), "sha256": hashes}
     release_dir = version_dir(store, RELEASE_MODEL, version)
     release_dir.write_table("item_features.parquet", item_features)
     store.write_bytes_atomic(repository_path(store, RELEASE_MODEL, "config.pbtxt"), triton_config(RELEASE_MODEL, None).encode())
@@ -171,20 +175,43 @@ class LoadedRelease:
     catalog: ItemCatalog
 
 
+class UntrustedReleaseError(ValueError):
+    """A release file that does not match the hash its release.json recorded when the platform exported it."""
+
+
+def verified_bytes(store: DatasetStore, manifest: dict, model: str, version: int, name: str) -> bytes:
+    """A component file of a release, only if its SHA-256 equals the one release.json recorded at export.
+
+    The data root is a trust boundary: `torch.export.load` unpickles and FAISS deserialises, so a program or index
+    swapped in after export must never be loaded. (Whoever can also rewrite release.json can do anything the
+    platform can; the data root's write access is the boundary, see README "Reliability".)"""
+    expected = (manifest.get("components", {}).get(model, {}).get("sha256") or {}).get(name)
+    data = version_dir(store, model, version).read_bytes(name)
+    if expected is None:
+        raise UntrustedReleaseError(f"release {version}: release.json records no hash for {model}/{name} (exported "
+                                    "by an older platform version?): re-export the release before serving it")
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise UntrustedReleaseError(f"release {version}: {model}/{version}/{name} differs from what was exported "
+                                    "(hash mismatch): refusing to load it")
+    return data
+
+
 def load_release(store: DatasetStore, version: int) -> LoadedRelease:
     from recsys_assets.indexes.faiss_index import deserialize
     from recsys_assets.training.ranker import load_program
 
     ranker, query = version_dir(store, "recsys_ranker", version), version_dir(store, "recsys_query_tower", version)
     index, release = version_dir(store, "recsys_retrieval_index", version), version_dir(store, RELEASE_MODEL, version)
+    manifest = release.read_json(RELEASE_FILE)
     ranker_vocab, ranker_moments = ranker.read_vocab()
     query_vocab, query_moments = query.read_vocab()
     return LoadedRelease(
-        version=version, manifest=release.read_json(RELEASE_FILE),
-        ranker=load_program(ranker.read_bytes("model.pt2")), ranker_config=ranker.read_json("model_config.json"),
-        ranker_vocab=ranker_vocab, ranker_moments=ranker_moments,
-        query_tower=load_program(query.read_bytes("model.pt2")), query_vocab=query_vocab, query_moments=query_moments,
-        index=deserialize(index.read_bytes("index.faiss")),
+        version=version, manifest=manifest,
+        ranker=load_program(verified_bytes(store, manifest, "recsys_ranker", version, "model.pt2")),
+        ranker_config=ranker.read_json("model_config.json"), ranker_vocab=ranker_vocab, ranker_moments=ranker_moments,
+        query_tower=load_program(verified_bytes(store, manifest, "recsys_query_tower", version, "model.pt2")),
+        query_vocab=query_vocab, query_moments=query_moments,
+        index=deserialize(verified_bytes(store, manifest, "recsys_retrieval_index", version, "index.faiss")),
         index_item_ids=index.read_table("items.parquet").column("item_id").to_numpy(zero_copy_only=False).astype(object),
         catalog=build_item_catalog([release.read_table("item_features.parquet")]),
     )

@@ -11,22 +11,23 @@ A user is in arm a when buckets[0] <= bucket(user) < buckets[1].
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, Union
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
+
+from recsys_assets.core.config import ConfigFileError, StrictModel, load_config_file
 
 DEFAULT_SERVING_CONFIG = Path(__file__).resolve().parents[1] / "config" / "serving.yaml"
 SERVING_CONFIG_DIR = "serving_config"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Strict = StrictModel
 
 
 class ArmSpec(_Strict):
@@ -80,13 +81,12 @@ class ServingSpec(_Strict):
     online_evaluation: OnlineEvalSpec
 
 
-@functools.lru_cache(maxsize=8)
+class ServingConfigError(ConfigFileError):
+    pass
+
+
 def load_serving_spec(path: str | None = None) -> ServingSpec:
-    p = Path(path) if path else DEFAULT_SERVING_CONFIG
-    try:
-        return ServingSpec.model_validate(yaml.safe_load(p.read_text()))
-    except ValidationError as e:
-        raise ValueError(f"invalid serving config {p}: {e}") from e
+    return load_config_file(path or DEFAULT_SERVING_CONFIG, ServingSpec, "serving", ServingConfigError)
 
 
 def stable_hash(user_ids: np.ndarray, salt: str) -> np.ndarray:
@@ -199,19 +199,41 @@ def current_config_path(store) -> str:
 
 
 def latest_config(store) -> dict | None:
+    """The config being served (current.json): only ever a config that was valid when published."""
     p = current_config_path(store)
     return store.read_json(p) if store.exists(p) else None
 
 
-def publish_config(store, arms: list[dict], spec: ABSpec, model_name: str, notes: list[str], extra: dict) -> dict:
-    """Write a new config version if the arms changed (else return the current one): serving_config.v<N>.json, then
-    current.json replaced atomically, so a polling load balancer always reads a complete config."""
+def written_config_versions(store) -> list[int]:
+    import pyarrow.fs as pafs
+
+    infos = store.fs.get_file_info(pafs.FileSelector(store.path(SERVING_CONFIG_DIR), allow_not_found=True))
+    found = (re.fullmatch(r"serving_config\.v(\d+)\.json", i.base_name) for i in infos)
+    return sorted(int(m.group(1)) for m in found if m)
+
+
+def latest_written_config(store) -> dict | None:
+    """The newest config version written, served or withheld (what the validity check judges)."""
+    versions = written_config_versions(store)
+    return store.read_json(config_path(store, versions[-1])) if versions else latest_config(store)
+
+
+def publish_config(store, arms: list[dict], spec: ABSpec, model_name: str, notes: list[str], extra: dict,
+                   problems_of: Callable[[dict], list[str]]) -> tuple[dict, list[str]]:
+    """Write a new config version if the arms changed (else return the current one) and serve it only if valid:
+    serving_config.v<N>.json, then, when `problems_of(config)` finds nothing, current.json replaced atomically, so
+    a polling load balancer always reads a complete, valid config. An invalid version is written (marked
+    `withheld`, with its problems) for inspection, and current.json keeps the last valid one."""
     current = latest_config(store)
     body = {"model_name": model_name, "salt": spec.salt, "buckets": spec.buckets, "arms": arms}
     if current is not None and {k: current.get(k) for k in body} == json.loads(json.dumps(body)):
-        return current
-    version = (current or {}).get("config_version", 0) + 1
+        return current, problems_of(current)
+    version = max([(current or {}).get("config_version", 0), *written_config_versions(store)]) + 1
     cfg = {"config_version": version, **body, "notes": notes, **extra}
+    problems = problems_of(cfg)
+    if problems:
+        cfg["withheld"] = problems
     store.write_json_atomic(config_path(store, version), cfg)
-    store.write_json_atomic(current_config_path(store), cfg)
-    return cfg
+    if not problems:
+        store.write_json_atomic(current_config_path(store), cfg)
+    return cfg, problems

@@ -15,16 +15,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from recsys_assets.core.datasets import (  # noqa: F401 (re-exported: the artifact datasets' names)
+    COLD_START_INDEX, OFFLINE_EVALUATION, RANKER_MODEL, RETRIEVAL_INDEX, RETRIEVAL_MODEL, VOCAB,
+)
 from recsys_assets.partitions import shift_day
 from recsys_assets.training.features import Vocab
 from resources.storage import DatasetStore
-
-VOCAB = "vocab"
-RANKER_MODEL = "ranker_model"
-RETRIEVAL_MODEL = "retrieval_model"
-RETRIEVAL_INDEX = "retrieval_index"
-COLD_START_INDEX = "cold_start_index"
-OFFLINE_EVALUATION = "offline_evaluation"
 
 
 class StoreDir:

@@ -59,7 +59,8 @@ from recsys_assets.training.retrieval import (
     train_two_tower,
 )
 from recsys_assets.training.trainer import CheckpointStore
-from recsys_assets.training.windows import TrainingWindow, training_window, window_dep
+from recsys_assets.core.datasets import publish_partition
+from recsys_assets.training.windows import TrainingWindow, window_dep, window_for
 from resources.storage import DatasetStore, StorageResource
 from resources.training import TrainingResource
 
@@ -146,7 +147,8 @@ class _ModelInputs:
         out.write_vocab(self.encoder.vocab, self.encoder.moments)
         out.write_json("metrics.json", metrics)
         out.write_json("training.json", training_info)
-        self.store.commit(asset_name, self.day, out.version, metrics=metrics if manifest_metrics is None else manifest_metrics)
+        publish_partition(self.store, asset_name, self.day, out.version,
+                          metrics=metrics if manifest_metrics is None else manifest_metrics)
         checkpoints.clear()
         return out
 
@@ -154,6 +156,7 @@ class _ModelInputs:
         return {
             "training_history": _history_table(fit.history),
             "train_days": ", ".join(self.window.train_days),
+            "window": window_table(self.window),
             "device": settings.device,
             "path": MetadataValue.path(out.uri),
             "version": out.version,
@@ -163,10 +166,17 @@ class _ModelInputs:
         }
 
 
+def window_table(window: TrainingWindow) -> MetadataValue:
+    """Each day of the window and what happened to it (used, withheld by a failed check, missing)."""
+    return md_table(["day", "training_events"], [[d, s] for d, s in window.status.items()])
+
+
 def _model_inputs(context: AssetExecutionContext, config: TrainingYamlConfig, storage: StorageResource) -> _ModelInputs:
     day, store = context.partition_key, storage.store
     spec = load_training_spec(config.training_config_path or None)
-    window = training_window(store, day, spec.window_days)
+    window = window_for(store, day, spec)
+    for d, status in window.unused_days.items():
+        context.log.warning(f"training window of {day}: {d} not used: {status}")
     vocab_dir = ArtifactDir.committed(store, VOCAB, day)
     return _ModelInputs(day, store, spec, window, vocab_dir, _encoder(store, window, vocab_dir, spec))
 
@@ -186,7 +196,7 @@ def _model_inputs(context: AssetExecutionContext, config: TrainingYamlConfig, st
 def vocab(context: AssetExecutionContext, config: TrainingYamlConfig, storage: StorageResource) -> MaterializeResult:
     day, store = context.partition_key, storage.store
     spec = load_training_spec(config.training_config_path or None)
-    window = training_window(store, day, spec.window_days)
+    window = window_for(store, day, spec)
     train = committed_events_dataset(store, window.train_days)
     previous_day = latest_committed_before(store, VOCAB, day)
     previous: Vocab | None = None
@@ -212,7 +222,7 @@ def vocab(context: AssetExecutionContext, config: TrainingYamlConfig, storage: S
     out = ArtifactDir(store, VOCAB, day, store.new_version(context.run_id))
     out.write_vocab(new_vocab, moments)
     out.write_json("vocab.json", stats)
-    store.commit(VOCAB, day, out.version, row_count=stats["num_tokens"])
+    publish_partition(store, VOCAB, day, out.version, row_count=stats["num_tokens"])
     return MaterializeResult(
         metadata={
             "dagster/row_count": MetadataValue.int(stats["num_tokens"]),
@@ -221,6 +231,7 @@ def vocab(context: AssetExecutionContext, config: TrainingYamlConfig, storage: S
                 [[f, sizes[f], stats["new_tokens"][f], round(oov[f], 4), stats["max_oov_rate"][f]] for f in sizes],
             ),
             "train_days": ", ".join(window.train_days),
+            "window": window_table(window),
             "warm_start_from": previous_day or "none (first vocab)",
             "path": MetadataValue.path(out.uri),
             "version": out.version,

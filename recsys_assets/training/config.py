@@ -5,11 +5,11 @@ Validation names the offending key, as the datagen YAML's does, so a typo fails 
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
+
+from recsys_assets.core.config import ConfigFileError, StrictModel, load_config_file
 
 DEFAULT_TRAINING_CONFIG_PATH = Path(__file__).resolve().parents[1] / "config" / "training.yaml"
 
@@ -21,8 +21,7 @@ CATEGORICAL_COLUMNS = (
 RANKER_TASKS = ("liked", "shared", "followed", "watch_complete")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Strict = StrictModel
 
 
 class VocabSpec(_Strict):
@@ -70,26 +69,18 @@ class ModelCheckSpec(_Strict):
 
 class TrainingSpec(_Strict):
     window_days: int = Field(default=7, ge=1, le=90)
+    # A model trains only when at least this many of the window's days have a committed training_events version
+    # (missing days and days withheld by a failed blocking check do not count); otherwise it fails naming them.
+    min_window_days: int = Field(default=5, ge=1)
     vocab: VocabSpec = VocabSpec()
     labels: LabelSpec = LabelSpec()
     cold_start: ColdStartSpec = ColdStartSpec()
     checks: ModelCheckSpec = ModelCheckSpec()
 
 
-class TrainingConfigError(ValueError):
+class TrainingConfigError(ConfigFileError):
     pass
 
 
-@functools.lru_cache(maxsize=8)
 def load_training_spec(path: str | None = None) -> TrainingSpec:
-    p = Path(path) if path else DEFAULT_TRAINING_CONFIG_PATH
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise TrainingConfigError(f"cannot read training config {p}: {e}") from e
-    try:
-        return TrainingSpec.model_validate(raw)
-    except ValidationError as e:
-        first = e.errors()[0]
-        key = ".".join(str(x) for x in first["loc"]) or "<root>"
-        raise TrainingConfigError(f"{p}: invalid key `{key}`: {first['msg']}") from e
+    return load_config_file(path or DEFAULT_TRAINING_CONFIG_PATH, TrainingSpec, "training", TrainingConfigError)

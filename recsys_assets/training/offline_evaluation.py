@@ -9,6 +9,7 @@ from dagster import AssetExecutionContext, BackfillPolicy, MaterializeResult, Me
 
 from recsys_assets.datagen.metadata import md_table, numeric_metadata
 from recsys_assets.indexes.assets import cold_start_index, retrieval_index
+from recsys_assets.core.datasets import publish_partition
 from recsys_assets.partitions import daily_partitions
 from recsys_assets.training.artifacts import (
     COLD_START_INDEX,
@@ -70,7 +71,7 @@ def offline_evaluation(context: AssetExecutionContext, storage: StorageResource)
     )
     out = ArtifactDir(store, OFFLINE_EVALUATION, day, store.new_version(context.run_id))
     out.write_json("report.json", report)
-    store.commit(OFFLINE_EVALUATION, day, out.version)
+    publish_partition(store, OFFLINE_EVALUATION, day, out.version)
     r, ret = report["ranker"], report["retrieval"]
     ks = sorted({int(m.split("@")[1]) for m in ret if m.startswith("model_recall@")})
     return MaterializeResult(

@@ -8,6 +8,7 @@ derived from (seed, epoch) alone, so a resumed run ends with the same weights as
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import posixpath
@@ -51,7 +52,12 @@ class FitResult:
 
 
 class CheckpointStore:
-    """Per-epoch checkpoints under one directory of the data root (local or gs://), written atomically."""
+    """Per-epoch checkpoints under one directory of the data root (local or gs://), written atomically.
+
+    The data root is a trust boundary: a file planted there must not run code. Each `epoch-NNNN.pt` has a JSON
+    sidecar `epoch-NNNN.json` (fingerprint of the run, SHA-256 of the .pt) written after it; `latest` reads only
+    sidecars whose fingerprint matches this run, checks the hash, and loads with `weights_only=True` (tensors and
+    plain containers only; the checkpoint format needs nothing else)."""
 
     _NAME = re.compile(r"^epoch-(\d{4})\.pt$")
 
@@ -64,23 +70,37 @@ class CheckpointStore:
         infos = self.store.fs.get_file_info(pafs.FileSelector(self.directory))
         return sorted(int(m.group(1)) for i in infos if (m := self._NAME.match(i.base_name)))
 
+    def _path(self, epoch: int, ext: str) -> str:
+        return posixpath.join(self.directory, f"epoch-{epoch:04d}.{ext}")
+
     def save(self, epoch: int, state: dict) -> str:
         buf = io.BytesIO()
         torch.save(state, buf)
-        path = posixpath.join(self.directory, f"epoch-{epoch:04d}.pt")
-        self.store.write_bytes_atomic(path, buf.getvalue())
+        data = buf.getvalue()
+        path = self._path(epoch, "pt")
+        self.store.write_bytes_atomic(path, data)
+        self.store.write_json_atomic(self._path(epoch, "json"), {
+            "epoch": epoch, "fingerprint": state.get("fingerprint", ""), "sha256": hashlib.sha256(data).hexdigest()})
         for old in self._epochs()[:-2]:  # keep the last two: the newest may be unreadable if the disk filled
-            self.store.fs.delete_file(posixpath.join(self.directory, f"epoch-{old:04d}.pt"))
+            for ext in ("pt", "json"):
+                if self.store.exists(self._path(old, ext)):
+                    self.store.fs.delete_file(self._path(old, ext))
         return path
 
     def latest(self, fingerprint: str) -> dict | None:
         for epoch in reversed(self._epochs()):
             try:
-                with self.store.fs.open_input_stream(posixpath.join(self.directory, f"epoch-{epoch:04d}.pt")) as f:
-                    state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)
-            except Exception:  # a torn or corrupt file: fall back to the previous epoch
+                meta = self.store.read_json(self._path(epoch, "json"))
+                if not isinstance(meta, dict) or meta.get("fingerprint") != fingerprint:
+                    continue  # another run's checkpoint, or one without a sidecar: never unpickled
+                with self.store.fs.open_input_stream(self._path(epoch, "pt")) as f:
+                    data = f.read()
+                if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+                    continue  # torn, corrupt or replaced since the sidecar was written
+                state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            except Exception:  # a torn, corrupt or foreign file: fall back to the previous epoch
                 continue
-            if state.get("fingerprint") == fingerprint:
+            if isinstance(state, dict) and state.get("fingerprint") == fingerprint:
                 return state
         return None
 

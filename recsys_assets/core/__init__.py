@@ -1,0 +1,1 @@
+"""The ground floor inside recsys_assets: what every domain package shares (dataset declarations, config files)."""
