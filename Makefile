@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export RECSYS_DATA_ROOT ?= $(CURDIR)/data
 
-.PHONY: demo test ui install clean dataproc-package
+.PHONY: demo test test-fast lint ui install clean dataproc-package
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,16 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra --timeout=900 tests
+
+# Under a minute: Definitions load + graph snapshot + layer contracts, and every test that needs no Spark session,
+# Dagster run of Spark assets, daemon, database server or browser.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -ra --timeout=300 -m "not slow and not spark" tests
+
+# Seconds: style and lint (pinned ruff); .ci/run runs it before the suite.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 ui: $(STAMP)
 	mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true

@@ -59,8 +59,10 @@ def _sql_executions(session, details: bool) -> list[dict]:
     import urllib.request
 
     sc = session.sparkContext
-    url = (f"{sc.uiWebUrl}/api/v1/applications/{sc.applicationId}/sql"
-           f"?details={str(details).lower()}&planDescription=false&length=10000")
+    url = (
+        f"{sc.uiWebUrl}/api/v1/applications/{sc.applicationId}/sql"
+        f"?details={str(details).lower()}&planDescription=false&length=10000"
+    )
     with urllib.request.urlopen(url, timeout=30) as r:
         return json.loads(r.read())
 
@@ -97,8 +99,9 @@ def sql_time_profile(session, since_id: int = -1, top: int = 15) -> list[dict]:
                 if sec:
                     key = (node["nodeName"], metric["name"])
                     totals[key] = totals.get(key, 0.0) + sec
-    rows = sorted(({"node": k[0], "metric": k[1], "seconds": round(v, 2)} for k, v in totals.items()),
-                  key=lambda r: -r["seconds"])
+    rows = sorted(
+        ({"node": k[0], "metric": k[1], "seconds": round(v, 2)} for k, v in totals.items()), key=lambda r: -r["seconds"]
+    )
     return rows[:top]
 
 
@@ -110,8 +113,12 @@ def main() -> None:
     p.add_argument("--workdir", default="")
     p.add_argument("--profile", action="store_true", help="add the Spark SQL time metrics per plan node")
     a = p.parse_args()
-    spark = SparkResource(master=a.master, driver_memory=a.driver_memory, shuffle_partitions=8,
-                          spark_conf={"spark.ui.enabled": "true"} if a.profile else {})
+    spark = SparkResource(
+        master=a.master,
+        driver_memory=a.driver_memory,
+        shuffle_partitions=8,
+        spark_conf={"spark.ui.enabled": "true"} if a.profile else {},
+    )
     session = spark.get_session()
     results = []
     for n in [int(x) for x in a.sizes.split(",")]:
@@ -119,8 +126,13 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
         store = DatasetStore(str(root))
         scale = n / SyntheticConfig.events_per_day
-        cfg = SyntheticConfig(start_date=DAY, num_days=1, events_per_day=n, num_users=int(30_000 * scale ** 0.5),
-                              initial_items=int(8_000 * scale ** 0.5))
+        cfg = SyntheticConfig(
+            start_date=DAY,
+            num_days=1,
+            events_per_day=n,
+            num_users=int(30_000 * scale**0.5),
+            initial_items=int(8_000 * scale**0.5),
+        )
         # Generated in a child process, so this process's peak RSS is the datagen driver's alone.
         t0 = time.perf_counter()
         with ProcessPoolExecutor(max_workers=1) as pool:
@@ -138,10 +150,16 @@ def main() -> None:
         store.commit("training_events", DAY, version)
         t2 = time.perf_counter()
         row = {
-            "raw_events": raw, "users": cfg.num_users, "initial_items": cfg.initial_items,
-            "generate_s": round(gen_s, 1), "filtered_events_s": round(t1 - t0, 1), "training_events_s": round(t2 - t1, 1),
-            "end_to_end_s": round(t2 - t0, 1), "raw_events_per_s": round(raw / (t2 - t0)),
-            "final_rows": tstats["num_final_rows"], "events_after_filters": fstats["num_events_post_filters"],
+            "raw_events": raw,
+            "users": cfg.num_users,
+            "initial_items": cfg.initial_items,
+            "generate_s": round(gen_s, 1),
+            "filtered_events_s": round(t1 - t0, 1),
+            "training_events_s": round(t2 - t1, 1),
+            "end_to_end_s": round(t2 - t0, 1),
+            "raw_events_per_s": round(raw / (t2 - t0)),
+            "final_rows": tstats["num_final_rows"],
+            "events_after_filters": fstats["num_events_post_filters"],
             "driver_python_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "spark_jvm_peak_rss_mb": jvm_peak_rss_mb(),
         }
@@ -152,8 +170,18 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         if not a.workdir:
             shutil.rmtree(root.parent, ignore_errors=True)
-    print(json.dumps({"benchmark": "datagen", "master": a.master, "cpus": os.cpu_count(), "driver_memory": a.driver_memory,
-                      "platform": platform.platform(), "results": results}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "datagen",
+                "master": a.master,
+                "cpus": os.cpu_count(),
+                "driver_memory": a.driver_memory,
+                "platform": platform.platform(),
+                "results": results,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -51,8 +51,12 @@ def main() -> None:
     p.add_argument("--single", type=int, default=200, help="queries timed one at a time")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--clusters", type=int, default=2_000)
-    p.add_argument("--noise", type=float, default=1.0,
-                   help="per-dimension noise around cluster centres (1.0: neighbours are not trivially separable)")
+    p.add_argument(
+        "--noise",
+        type=float,
+        default=1.0,
+        help="per-dimension noise around cluster centres (1.0: neighbours are not trivially separable)",
+    )
     p.add_argument("--hnsw", action="store_true", help="also build HNSW (slow to build on 2 cores at 1M)")
     a = p.parse_args()
     data = clustered(a.items + a.queries, a.dim, a.clusters, seed=0, noise=a.noise)
@@ -62,8 +66,16 @@ def main() -> None:
 
     def record(name, index, build_s, params):
         b, s, ids = qps(index, queries, a.k, a.single)
-        results.append({"index": name, **params, "build_s": round(build_s, 2), "recall_at_k": round(recall(ids, truth), 4),
-                        "batch_qps": round(b, 1), "single_qps": round(s, 1)})
+        results.append(
+            {
+                "index": name,
+                **params,
+                "build_s": round(build_s, 2),
+                "recall_at_k": round(recall(ids, truth), 4),
+                "batch_qps": round(b, 1),
+                "single_qps": round(s, 1),
+            }
+        )
         print(json.dumps(results[-1]), flush=True)
 
     t0 = time.perf_counter()
@@ -90,13 +102,27 @@ def main() -> None:
     flat_qps = results[0]["batch_qps"]
     eligible = [r for r in results[1:] if r["recall_at_k"] >= 0.95]
     best = max(eligible, key=lambda r: r["batch_qps"], default=None)
-    print(json.dumps({
-        "benchmark": "index", "items": a.items, "dim": a.dim, "noise": a.noise, "clusters": a.clusters, "queries": a.queries, "k": a.k,
-        "machine": {"cpus": os.cpu_count(), "faiss_threads": faiss.omp_get_max_threads(), "platform": platform.platform()},
-        "results": results,
-        "best_with_recall_ge_0.95": best,
-        "speedup_vs_exact": round(best["batch_qps"] / flat_qps, 2) if best else None,
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "index",
+                "items": a.items,
+                "dim": a.dim,
+                "noise": a.noise,
+                "clusters": a.clusters,
+                "queries": a.queries,
+                "k": a.k,
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "faiss_threads": faiss.omp_get_max_threads(),
+                    "platform": platform.platform(),
+                },
+                "results": results,
+                "best_with_recall_ge_0.95": best,
+                "speedup_vs_exact": round(best["batch_qps"] / flat_qps, 2) if best else None,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

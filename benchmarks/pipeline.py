@@ -46,8 +46,9 @@ def run_demo(workdir: Path, reuse: bool) -> dict:
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     env = {**os.environ, "DAGSTER_HOME": str(home), "RECSYS_DATA_ROOT": str(data)}
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "recsys_assets.demo"], cwd=REPO, env=env, capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "recsys_assets.demo"], cwd=REPO, env=env, capture_output=True, text=True
+    )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"demo failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -79,18 +80,20 @@ def run_timings(instance) -> list[dict]:
         first_step = min(s["start"] for s in done)
         step_total = sum(s["end"] - s["start"] for s in done)
         run_wall = end - record.create_timestamp.timestamp()
-        out.append({
-            "run_id": run.run_id[:8],
-            "job": run.job_name,
-            "partition": run.tags.get("dagster/partition"),
-            "steps": len(done),
-            "run_wall_s": round(run_wall, 3),
-            "created_to_run_start_s": round(start - record.create_timestamp.timestamp(), 3),
-            "run_start_to_first_step_s": round(first_step - start, 3),
-            "step_time_s": round(step_total, 3),
-            # In-process executor: steps run one after another, so what is not inside a step is Dagster's.
-            "outside_steps_s": round(run_wall - step_total, 3),
-        })
+        out.append(
+            {
+                "run_id": run.run_id[:8],
+                "job": run.job_name,
+                "partition": run.tags.get("dagster/partition"),
+                "steps": len(done),
+                "run_wall_s": round(run_wall, 3),
+                "created_to_run_start_s": round(start - record.create_timestamp.timestamp(), 3),
+                "run_start_to_first_step_s": round(first_step - start, 3),
+                "step_time_s": round(step_total, 3),
+                # In-process executor: steps run one after another, so what is not inside a step is Dagster's.
+                "outside_steps_s": round(run_wall - step_total, 3),
+            }
+        )
     return out
 
 
@@ -98,7 +101,7 @@ def noop_chain(n_assets: int, repeats: int) -> dict:
     """Per-asset Dagster overhead with no user compute: N chained daily-partitioned assets, each with one check."""
     from dagster import AssetCheckResult, DagsterInstance, asset, asset_check, materialize
 
-    from recsys_assets.partitions import daily_partitions
+    from recsys_assets.core.partitions import daily_partitions
 
     assets, checks = [], []
     for i in range(n_assets):
@@ -121,8 +124,12 @@ def noop_chain(n_assets: int, repeats: int) -> dict:
         with DagsterInstance.from_config(home) as instance:
             for r in range(repeats):
                 t0 = time.perf_counter()
-                res = materialize([*assets, *checks], partition_key=f"2024-03-{r + 1:02d}", instance=instance,
-                                  run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}})
+                res = materialize(
+                    [*assets, *checks],
+                    partition_key=f"2024-03-{r + 1:02d}",
+                    instance=instance,
+                    run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
+                )
                 walls.append(time.perf_counter() - t0)
                 assert res.success
             timings = run_timings(instance)
@@ -133,15 +140,23 @@ def noop_chain(n_assets: int, repeats: int) -> dict:
         "runs": repeats,
         "run_wall_s": {"median": round(statistics.median(walls), 3), "min": round(min(walls), 3)},
         "per_asset_with_check_s": {"median": round(statistics.median(per_asset), 3), "p90": _pct(per_asset, 0.9)},
-        "run_start_to_first_step_s": {"median": round(statistics.median(t["run_start_to_first_step_s"] for t in timings), 3)},
+        "run_start_to_first_step_s": {
+            "median": round(statistics.median(t["run_start_to_first_step_s"] for t in timings), 3)
+        },
     }
 
 
 def definitions_import_s() -> float:
     """What a launched run process pays to load the code location before it can start a step."""
     code = "import time; t=time.perf_counter(); import recsys_assets.definitions; print(time.perf_counter()-t)"
-    vals = [float(subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                                 check=True).stdout.strip()) for _ in range(3)]
+    vals = [
+        float(
+            subprocess.run(
+                [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+            ).stdout.strip()
+        )
+        for _ in range(3)
+    ]
     return round(statistics.median(vals), 2)
 
 
@@ -153,8 +168,12 @@ def main() -> None:
     p.add_argument("--noop-assets", type=int, default=10)
     p.add_argument("--noop-runs", type=int, default=5)
     a = p.parse_args()
-    out = {"benchmark": "pipeline", "cpus": os.cpu_count(), "platform": platform.platform(),
-           "python": platform.python_version()}
+    out = {
+        "benchmark": "pipeline",
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
     if not a.skip_demo:
         demo = run_demo(Path(a.workdir), a.reuse)
         from dagster import DagsterInstance
@@ -164,10 +183,13 @@ def main() -> None:
         out["demo"] = {"wall_s": demo["wall_s"], "runs": len(runs)}
         out["demo_runs"] = runs
         out["demo_overhead"] = {
-            "created_to_first_step_s_median": round(statistics.median(
-                r["created_to_run_start_s"] + r["run_start_to_first_step_s"] for r in runs), 3),
+            "created_to_first_step_s_median": round(
+                statistics.median(r["created_to_run_start_s"] + r["run_start_to_first_step_s"] for r in runs), 3
+            ),
             "outside_steps_s_total": round(sum(r["outside_steps_s"] for r in runs), 2),
-            "outside_steps_s_per_step_median": round(statistics.median(r["outside_steps_s"] / r["steps"] for r in runs), 3),
+            "outside_steps_s_per_step_median": round(
+                statistics.median(r["outside_steps_s"] / r["steps"] for r in runs), 3
+            ),
             "step_time_s_total": round(sum(r["step_time_s"] for r in runs), 2),
         }
     out["definitions_import_s"] = definitions_import_s()

@@ -1,6 +1,6 @@
 """PNG plots for docs/benchmarks.md from the JSON outputs in benchmarks/results/ (the last JSON line of each file).
 
-    .venv/bin/pip install -e ".[bench]" && .venv/bin/python benchmarks/plots.py
+.venv/bin/pip install -e ".[bench]" && .venv/bin/python benchmarks/plots.py
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ def datagen() -> None:
     after = last_json("datagen_local2_after.json")["results"]  # no event-sized cache (2026-11-23)
     star = last_json("datagen_local2_star.json")["results"]  # catalogue columns once per item (2026-11-23)
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    for rows, label, rss_py, rss_jvm in ((before, "cached day", "python_peak_rss_mb", "jvm_peak_rss_mb"),
-                                         (after, "no event-sized cache", "driver_python_peak_rss_mb",
-                                          "spark_jvm_peak_rss_mb"),
-                                         (star, "+ item columns once per item", "driver_python_peak_rss_mb",
-                                          "spark_jvm_peak_rss_mb")):
+    for rows, label, rss_py, rss_jvm in (
+        (before, "cached day", "python_peak_rss_mb", "jvm_peak_rss_mb"),
+        (after, "no event-sized cache", "driver_python_peak_rss_mb", "spark_jvm_peak_rss_mb"),
+        (star, "+ item columns once per item", "driver_python_peak_rss_mb", "spark_jvm_peak_rss_mb"),
+    ):
         n = [r["raw_events"] / 1e6 for r in rows]
         a.plot(n, [r["raw_events_per_s"] / 1e3 for r in rows], "o-", label=label)
         b.plot(n, [r[rss_py] for r in rows], "o--", label=f"Python driver, {label}")
@@ -53,11 +53,15 @@ def datagen() -> None:
 
 
 def training() -> None:
-    series = {"CPU, 2 cores": last_json("training_cpu2.json"),
-              "H100, 1 loader thread": last_json("training_h100_prefetch.json"),
-              "H100, 4 loader threads": last_json("training_h100_loader4.json")}
+    series = {
+        "CPU, 2 cores": last_json("training_cpu2.json"),
+        "H100, 1 loader thread": last_json("training_h100_prefetch.json"),
+        "H100, 4 loader threads": last_json("training_h100_loader4.json"),
+    }
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for ax, key, title in zip(axes, ("loader", "ranker", "two_tower"), ("loader only", "ranker (MMoE) training", "two-tower training")):
+    for ax, key, title in zip(
+        axes, ("loader", "ranker", "two_tower"), ("loader only", "ranker (MMoE) training", "two-tower training")
+    ):
         for label, d in series.items():
             bs = sorted(int(b) for b in d[key])
             ax.plot(bs, [d[key][str(b)] / 1e3 for b in bs], "o-", label=label)

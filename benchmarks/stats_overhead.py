@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pyspark.sql import functions as F
 
+from recsys_assets.core.partitions import window_micros, window_of
 from recsys_assets.datagen.config import MinItemEventsFilter, load_datagen_spec
 from recsys_assets.datagen.filter_chain import (
     FILTERED_EVENT_COLUMNS,
@@ -39,7 +40,6 @@ from recsys_assets.datagen.filter_chain import (
 )
 from recsys_assets.datagen.raw_inputs import read_raw
 from recsys_assets.datagen.stages import filtered_events_stage
-from recsys_assets.partitions import window_micros, window_of
 from recsys_assets.synthetic.generator import SyntheticConfig, generate
 from resources.spark import SparkResource
 from resources.storage import DatasetStore
@@ -65,14 +65,18 @@ def naive(session, store, out) -> dict:
     events, items = read_raw(session, store, "events", DAY), read_raw(session, store, "items", DAY)
     invalid = quarantine_reason(start_us, end_us, spec.quarantine)
     df = mark_duplicates(enrich_events(events, item_catalogue(items)), invalid=invalid.isNotNull())
-    df = df.withColumn("quarantine_reason", F.coalesce(invalid,
-                                                       F.when(F.col("is_duplicate"), F.lit("duplicate_event_id"))))
+    df = df.withColumn(
+        "quarantine_reason", F.coalesce(invalid, F.when(F.col("is_duplicate"), F.lit("duplicate_event_id")))
+    )
     counts = {"raw": (df.count(), df.select(F.countDistinct("item_id")).first()[0])}
     df.filter(F.col("quarantine_reason").isNotNull()).select(*events.columns, "quarantine_reason").write.mode(
-        "overwrite").parquet(f"{out}/quarantine")
-    steps = [("quarantine", F.col("quarantine_reason").isNull()),
-             ("language", F.col("item_language").isin(list(spec.language.allowed))),
-             ("sample", sample_predicate(spec.sample.fraction, spec.sample.seed))]
+        "overwrite"
+    ).parquet(f"{out}/quarantine")
+    steps = [
+        ("quarantine", F.col("quarantine_reason").isNull()),
+        ("language", F.col("item_language").isin(list(spec.language.allowed))),
+        ("sample", sample_predicate(spec.sample.fraction, spec.sample.seed)),
+    ]
     for name, pred in steps:
         df = df.filter(pred)
         counts[name] = (df.count(), df.select(F.countDistinct("item_id")).first()[0])
@@ -98,8 +102,13 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="stats-bench-"))
     store = DatasetStore(str(root))
     scale = a.events / SyntheticConfig.events_per_day
-    cfg = SyntheticConfig(start_date=DAY, num_days=1, events_per_day=a.events, num_users=int(30_000 * scale ** 0.5),
-                          initial_items=int(8_000 * scale ** 0.5))
+    cfg = SyntheticConfig(
+        start_date=DAY,
+        num_days=1,
+        events_per_day=a.events,
+        num_users=int(30_000 * scale**0.5),
+        initial_items=int(8_000 * scale**0.5),
+    )
     with ProcessPoolExecutor(max_workers=1) as pool:
         pool.submit(generate, store, cfg).result()
     session = SparkResource(master=a.master, driver_memory="6g", shuffle_partitions=8).get_session()
@@ -117,15 +126,25 @@ def main() -> None:
         seconds.setdefault(variant, []).append(round(time.perf_counter() - t0, 2))
     best = {k: min(v) for k, v in seconds.items()}
     last = stages_of(load_datagen_spec())[-1].name
-    print(json.dumps({
-        "benchmark": "stats_overhead", "events": a.events, "master": a.master, "cpus": os.cpu_count(),
-        "seconds": seconds, "best_seconds": best,
-        "one_pass_over_stats_off": round(best["one_pass"] / best["stats_off"], 3),
-        "naive_over_one_pass": round(best["naive"] / best["one_pass"], 3),
-        # Same answer both ways (the naive chain counts after each filter; one pass derives them all at once).
-        "final_events_one_pass": one_pass_stats["num_events_post_filters"], "final_events_naive": naive_counts[last][0],
-        "final_items_one_pass": one_pass_stats["num_unique_items_post_filters"], "final_items_naive": naive_counts[last][1],
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "stats_overhead",
+                "events": a.events,
+                "master": a.master,
+                "cpus": os.cpu_count(),
+                "seconds": seconds,
+                "best_seconds": best,
+                "one_pass_over_stats_off": round(best["one_pass"] / best["stats_off"], 3),
+                "naive_over_one_pass": round(best["naive"] / best["one_pass"], 3),
+                # Same answer both ways (the naive chain counts after each filter; one pass derives them all at once).
+                "final_events_one_pass": one_pass_stats["num_events_post_filters"],
+                "final_events_naive": naive_counts[last][0],
+                "final_items_one_pass": one_pass_stats["num_unique_items_post_filters"],
+                "final_items_naive": naive_counts[last][1],
+            }
+        )
+    )
     shutil.rmtree(root, ignore_errors=True)
 
 

@@ -44,8 +44,12 @@ def main() -> None:
 
         loader_module.LOADER_THREADS = a.loader_threads
     store = DatasetStore(a.data_root)
-    days = sorted(d.name[3:] for d in (os.scandir(store.path("training_events"))) if store.read_manifest("training_events", d.name[3:]))
-    train_days = days[-a.days:]
+    days = sorted(
+        d.name[3:]
+        for d in (os.scandir(store.path("training_events")))
+        if store.read_manifest("training_events", d.name[3:])
+    )
+    train_days = days[-a.days :]
     spec = load_training_spec()
     ds = committed_events_dataset(store, train_days)
     vocab_day = next((d for d in reversed(days) if store.read_manifest(VOCAB, d)), None)
@@ -58,10 +62,20 @@ def main() -> None:
     enc = BatchEncoder(vocab, moments, catalog, spec.labels)
     device = resolve_device(a.device)
     rows = ds.count_rows()
-    out = {"benchmark": "training", "rows": rows, "train_days": train_days, "device": device,
-           "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "loader_threads": __import__("recsys_assets.training.loader", fromlist=["x"]).LOADER_THREADS, "cpus": os.cpu_count(),
-           "platform": platform.platform(), "loader": {}, "ranker": {}, "two_tower": {}}
+    out = {
+        "benchmark": "training",
+        "rows": rows,
+        "train_days": train_days,
+        "device": device,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "loader_threads": __import__("recsys_assets.training.loader", fromlist=["x"]).LOADER_THREADS,
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "loader": {},
+        "ranker": {},
+        "two_tower": {},
+    }
     if device.startswith("cuda"):
         out["gpu"] = torch.cuda.get_device_name(0)
 
@@ -79,8 +93,17 @@ def main() -> None:
         out["ranker"][bs] = round(fit.samples_per_s, 1)
         _, fit, _ = train_two_tower(ds, enc, RetrievalHyper(), settings, log=lambda m: None)
         out["two_tower"][bs] = round(fit.samples_per_s, 1)
-        print(json.dumps({"batch_size": bs, "loader": out["loader"][bs], "ranker": out["ranker"][bs],
-                          "two_tower": out["two_tower"][bs]}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "batch_size": bs,
+                    "loader": out["loader"][bs],
+                    "ranker": out["ranker"][bs],
+                    "two_tower": out["two_tower"][bs],
+                }
+            ),
+            flush=True,
+        )
     positives = ds.count_rows(filter=retrieval_positive_filter(spec.labels))
     out["two_tower_positive_rows"] = positives
     out["loader_over_ranker_step"] = {bs: round(out["loader"][bs] / out["ranker"][bs], 2) for bs in out["ranker"]}

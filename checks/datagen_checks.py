@@ -6,7 +6,6 @@ failed blocking check is never anyone's baseline. ERROR checks that mean bad dat
 version's commit (checks/gating.py), so no downstream asset in any run reads a day that failed them.
 """
 
-
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
@@ -18,10 +17,10 @@ from dagster import (
 from checks.expectations import items_suite, training_events_suite, validate
 from checks.gating import gate, judged_version
 from recsys_assets.core.datasets import FILTERED_EVENTS, MONITORING_REPORT, TRAINING_EVENTS
+from recsys_assets.core.metadata import md_table
+from recsys_assets.core.partitions import daily_partitions, shift_day
 from recsys_assets.datagen.assets import datagen_monitoring_report, filtered_events, training_events
-from recsys_assets.datagen.metadata import md_table
 from recsys_assets.datagen.quarantine import judge_input_losses
-from recsys_assets.partitions import daily_partitions, shift_day
 from resources.spark import SparkResource
 from resources.storage import DatasetStore, StorageResource
 
@@ -41,20 +40,31 @@ def filter_item_loss_within_limits(context: AssetCheckExecutionContext, storage:
     store, day = storage.store, context.partition_key
     version, stats = _stats(store, FILTERED_EVENTS, day)
     limits: dict = stats["max_item_loss_pct"]
-    breaches = {n: stats[f"item_loss_percentage_{n}"] for n, lim in limits.items() if stats[f"item_loss_percentage_{n}"] > lim}
-    return gate(store, FILTERED_EVENTS, day, version, "filter_item_loss_within_limits", AssetCheckResult(
-        passed=not breaches,
-        severity=AssetCheckSeverity.ERROR,
-        description=("item loss above limit: " + ", ".join(f"{n} {v}% > {limits[n]}%" for n, v in breaches.items()))
-        if breaches
-        else "all filters within item-loss limits",
-        metadata={
-            "breaches": md_table(["filter", "item loss %", "max %"], [[n, v, limits[n]] for n, v in breaches.items()]),
-            "worst_filter_loss_pct": MetadataValue.float(
-                max((stats[f"item_loss_percentage_{n}"] for n in limits), default=0.0)
-            ),
-        },
-    ))
+    breaches = {
+        n: stats[f"item_loss_percentage_{n}"] for n, lim in limits.items() if stats[f"item_loss_percentage_{n}"] > lim
+    }
+    return gate(
+        store,
+        FILTERED_EVENTS,
+        day,
+        version,
+        "filter_item_loss_within_limits",
+        AssetCheckResult(
+            passed=not breaches,
+            severity=AssetCheckSeverity.ERROR,
+            description=("item loss above limit: " + ", ".join(f"{n} {v}% > {limits[n]}%" for n, v in breaches.items()))
+            if breaches
+            else "all filters within item-loss limits",
+            metadata={
+                "breaches": md_table(
+                    ["filter", "item loss %", "max %"], [[n, v, limits[n]] for n, v in breaches.items()]
+                ),
+                "worst_filter_loss_pct": MetadataValue.float(
+                    max((stats[f"item_loss_percentage_{n}"] for n in limits), default=0.0)
+                ),
+            },
+        ),
+    )
 
 
 @asset_check(
@@ -69,17 +79,26 @@ def input_losses_within_limits(context: AssetCheckExecutionContext, storage: Sto
     store, day = storage.store, context.partition_key
     version, stats = _stats(store, FILTERED_EVENTS, day)
     rows, breaches = judge_input_losses(stats, stats["input_limits"])
-    return gate(store, FILTERED_EVENTS, day, version, "input_losses_within_limits", AssetCheckResult(
-        passed=not breaches,
-        severity=AssetCheckSeverity.ERROR,
-        description="; ".join(breaches) or "quarantine, language and sample within limits",
-        metadata={
-            "input_losses": md_table(["stage", "what", "events", "of", "% (sample: pp off)", "limit", "result"], rows),
-            "num_raw_events": MetadataValue.int(stats["num_raw_events"]),
-            "num_quarantined_events": MetadataValue.int(stats["num_quarantined_events"]),
-            "num_breaches": MetadataValue.int(len(breaches)),
-        },
-    ))
+    return gate(
+        store,
+        FILTERED_EVENTS,
+        day,
+        version,
+        "input_losses_within_limits",
+        AssetCheckResult(
+            passed=not breaches,
+            severity=AssetCheckSeverity.ERROR,
+            description="; ".join(breaches) or "quarantine, language and sample within limits",
+            metadata={
+                "input_losses": md_table(
+                    ["stage", "what", "events", "of", "% (sample: pp off)", "limit", "result"], rows
+                ),
+                "num_raw_events": MetadataValue.int(stats["num_raw_events"]),
+                "num_quarantined_events": MetadataValue.int(stats["num_quarantined_events"]),
+                "num_breaches": MetadataValue.int(len(breaches)),
+            },
+        ),
+    )
 
 
 @asset_check(
@@ -92,16 +111,23 @@ def embedding_join_item_loss(context: AssetCheckExecutionContext, storage: Stora
     store, day = storage.store, context.partition_key
     version, stats = _stats(store, TRAINING_EVENTS, day)
     loss, limit = stats["item_loss_post_embedding_join"], stats["thresholds"]["max_item_loss_pct_embedding_join"]
-    return gate(store, TRAINING_EVENTS, day, version, "embedding_join_item_loss", AssetCheckResult(
-        passed=loss <= limit,
-        severity=AssetCheckSeverity.ERROR,
-        description=f"embedding-join item loss {loss}% (max {limit}%)",
-        metadata={
-            "item_loss_post_embedding_join": MetadataValue.float(loss),
-            "max_item_loss_pct": MetadataValue.float(limit),
-            "num_embeddings_rejected": MetadataValue.int(stats["num_embeddings_rejected"]),
-        },
-    ))
+    return gate(
+        store,
+        TRAINING_EVENTS,
+        day,
+        version,
+        "embedding_join_item_loss",
+        AssetCheckResult(
+            passed=loss <= limit,
+            severity=AssetCheckSeverity.ERROR,
+            description=f"embedding-join item loss {loss}% (max {limit}%)",
+            metadata={
+                "item_loss_post_embedding_join": MetadataValue.float(loss),
+                "max_item_loss_pct": MetadataValue.float(limit),
+                "num_embeddings_rejected": MetadataValue.int(stats["num_embeddings_rejected"]),
+            },
+        ),
+    )
 
 
 @asset_check(
@@ -125,19 +151,30 @@ def training_events_expectations(
         }
     )
     failed = [r for r in rows if not r["success"]]
-    return gate(store, TRAINING_EVENTS, day, version, "training_events_expectations", AssetCheckResult(
-        passed=not failed,
-        severity=AssetCheckSeverity.ERROR,
-        description=f"{len(rows) - len(failed)}/{len(rows)} expectations met"
-        + (": failed " + ", ".join(f"{r['table']}.{r['expectation']}({r['column']})" for r in failed) if failed else ""),
-        metadata={
-            "expectations": md_table(
-                ["table", "expectation", "column", "success", "unexpected / observed"],
-                [[r["table"], r["expectation"], r["column"], r["success"], r["unexpected"]] for r in rows],
+    return gate(
+        store,
+        TRAINING_EVENTS,
+        day,
+        version,
+        "training_events_expectations",
+        AssetCheckResult(
+            passed=not failed,
+            severity=AssetCheckSeverity.ERROR,
+            description=f"{len(rows) - len(failed)}/{len(rows)} expectations met"
+            + (
+                ": failed " + ", ".join(f"{r['table']}.{r['expectation']}({r['column']})" for r in failed)
+                if failed
+                else ""
             ),
-            "num_failed_expectations": MetadataValue.int(len(failed)),
-        },
-    ))
+            metadata={
+                "expectations": md_table(
+                    ["table", "expectation", "column", "success", "unexpected / observed"],
+                    [[r["table"], r["expectation"], r["column"], r["success"], r["unexpected"]] for r in rows],
+                ),
+                "num_failed_expectations": MetadataValue.int(len(failed)),
+            },
+        ),
+    )
 
 
 def _delta_pct(now: float, before: float) -> float:
@@ -169,7 +206,9 @@ def events_items_delta_1d_7d(context: AssetCheckExecutionContext, storage: Stora
     return AssetCheckResult(
         passed=not breaches,
         severity=AssetCheckSeverity.WARN,
-        description=("delta beyond threshold: " + ", ".join(breaches)) if breaches else "events/items deltas within thresholds",
+        description=("delta beyond threshold: " + ", ".join(breaches))
+        if breaches
+        else "events/items deltas within thresholds",
         metadata={"deltas": md_table(["window", "baseline day", "metric", "before", "now", "delta"], rows)},
     )
 
@@ -189,13 +228,16 @@ def item_age_bucket_delta_7d(context: AssetCheckExecutionContext, storage: Stora
     limit = report["thresholds"]["max_age_bucket_share_delta_pp_7d"]
     deltas = report["item_age_bucket_share_delta_pp_7d"]
     if deltas is None:
-        return AssetCheckResult(passed=True, description="no report 7 days before: nothing to compare",
-                                metadata={"baseline_available": False})
+        return AssetCheckResult(
+            passed=True,
+            description="no report 7 days before: nothing to compare",
+            metadata={"baseline_available": False},
+        )
     breaches = {k: v for k, v in deltas.items() if abs(v) > limit}
     return AssetCheckResult(
         passed=not breaches,
         severity=AssetCheckSeverity.WARN,
-        description=("age buckets beyond ±%spp: " % limit + ", ".join(f"{k} {v:+}pp" for k, v in breaches.items()))
+        description=(f"age buckets beyond ±{limit}pp: " + ", ".join(f"{k} {v:+}pp" for k, v in breaches.items()))
         if breaches
         else f"all age-bucket shares within ±{limit}pp of 7 days ago",
         metadata={
@@ -215,8 +257,11 @@ def new_items_1d(context: AssetCheckExecutionContext, storage: StorageResource) 
     limit = report["thresholds"]["min_new_items_pct_1d"]
     pct = report["new_items_pct_1d"]
     if pct is None:
-        return AssetCheckResult(passed=True, description="no final items yesterday: nothing to compare",
-                                metadata={"baseline_available": False})
+        return AssetCheckResult(
+            passed=True,
+            description="no final items yesterday: nothing to compare",
+            metadata={"baseline_available": False},
+        )
     return AssetCheckResult(
         passed=pct >= limit,
         severity=AssetCheckSeverity.WARN,

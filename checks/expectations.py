@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import great_expectations as gx
 from great_expectations.data_context.types.base import ProgressBarsConfig
 
-from recsys_assets.schemas import EMBEDDING_DIM
+from recsys_assets.core.schemas import EMBEDDING_DIM
 
 EVENT_TYPES = {
     "event_id": "StringType",
@@ -23,12 +23,13 @@ EVENT_TYPES = {
 }
 
 
-def _finite_rows(columns: list[str], what: str) -> "gx.expectations.UnexpectedRowsExpectation":
+def _finite_rows(columns: list[str], what: str) -> gx.expectations.UnexpectedRowsExpectation:
     """Rows where any of `columns` is null, NaN or infinite: a poisoned moment makes a whole normalised column
     non-finite, so this fails the day whatever let the bad value in."""
     bad = " OR ".join(f"{c} IS NULL OR isnan({c}) OR abs({c}) = double('Infinity')" for c in columns)
     return gx.expectations.UnexpectedRowsExpectation(
-        description=f"every {what} is finite", unexpected_rows_query=f"SELECT * FROM {{batch}} WHERE {bad}")
+        description=f"every {what} is finite", unexpected_rows_query=f"SELECT * FROM {{batch}} WHERE {bad}"
+    )
 
 
 def normalized_columns(columns: list[str]) -> list[str]:
@@ -47,7 +48,9 @@ def training_events_suite(max_item_age_days: float, columns: list[str] | None = 
     suite.add_expectation(E.ExpectColumnValuesToBeUnique(column="event_id"))
     suite.add_expectation(E.ExpectColumnValuesToBeBetween(column="play_duration_s", min_value=0))
     suite.add_expectation(
-        E.ExpectColumnValuesToBeBetween(column="item_age_days", min_value=0, max_value=max_item_age_days, strict_min=True)
+        E.ExpectColumnValuesToBeBetween(
+            column="item_age_days", min_value=0, max_value=max_item_age_days, strict_min=True
+        )
     )
     suite.add_expectation(E.ExpectColumnValuesToBeBetween(column="watch_ratio", min_value=0))
     suite.add_expectation(E.ExpectTableRowCountToBeBetween(min_value=1))

@@ -16,8 +16,9 @@ def judged_version(store: DatasetStore, dataset: str, day: str) -> str:
     return store.version_under_check(dataset, day)
 
 
-def gate(store: DatasetStore, dataset: str, day: str, version: str, check_name: str,
-         result: AssetCheckResult) -> AssetCheckResult:
+def gate(
+    store: DatasetStore, dataset: str, day: str, version: str, check_name: str, result: AssetCheckResult
+) -> AssetCheckResult:
     """Record a blocking check's verdict on `version` and return the result with what it means downstream."""
     state = store.record_verdict(dataset, day, version, check_name, result.passed, result.description or "")
     description = result.description or ""
@@ -32,5 +33,9 @@ def gate(store: DatasetStore, dataset: str, day: str, version: str, check_name: 
         "readable_version": state.committed_version or "none",
         "withheld": MetadataValue.bool(not result.passed),
     }
-    return AssetCheckResult(passed=result.passed, severity=result.severity or AssetCheckSeverity.ERROR,
-                            description=description, metadata=metadata)
+    return AssetCheckResult(
+        passed=result.passed,
+        severity=result.severity or AssetCheckSeverity.ERROR,
+        description=description,
+        metadata=metadata,
+    )

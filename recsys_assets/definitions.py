@@ -1,7 +1,8 @@
-"""The one Definitions object: assets, checks, jobs, schedules, sensors and resources on one screen.
+"""The one Definitions: each domain's own definitions merged, plus the checks, plus the resources of this deployment.
 
-Environments differ only in resource config: every value below falls back to the embedded local default
-(local Spark, ./data, JSONL notifications) when its environment variable is unset.
+Environments differ only in resource config: every value below falls back to the embedded local default (local
+Spark, ./data, the packaged YAMLs, JSONL notifications) when its environment variable is unset. Tests, the demo
+and benchmarks build the same Definitions with other resources (`build_defs`) and select jobs from it.
 """
 
 from __future__ import annotations
@@ -10,43 +11,34 @@ import os
 
 from dagster import Definitions, EnvVar
 
-from checks.datagen_checks import datagen_checks
-from checks.model_checks import model_checks
-from checks.serving_checks import serving_checks
-from recsys_assets.automation.jobs import (
-    datagen_job, online_evaluation_job, retention_job, serving_job, training_job,
-)
-from recsys_assets.automation.schedules import datagen_fallback_schedule, retention_schedule
-from recsys_assets.automation.sensors import datagen_sensors
-from recsys_assets.datagen.assets import datagen_assets
-from recsys_assets.datagen.raw_sources import raw_specs
-from recsys_assets.indexes.assets import index_assets
-from recsys_assets.maintenance.assets import storage_retention
-from recsys_assets.serving.assets import serving_assets
-from recsys_assets.serving.rollback import rollback_model_job
-from recsys_assets.training.assets import training_assets
-from recsys_assets.training.offline_evaluation import offline_evaluation
+import checks.definitions as checks_definitions
+import recsys_assets.alerts.definitions as alerts
+import recsys_assets.datagen.definitions as datagen
+import recsys_assets.indexes.definitions as indexes
+import recsys_assets.maintenance.definitions as maintenance
+import recsys_assets.serving.definitions as serving
+import recsys_assets.training.definitions as training
+from resources.config_files import ConfigFilesResource
+from resources.dataproc import DataprocSparkResource
 from resources.notifier import NotifierResource
 from resources.postgres import PostgresResource
-from resources.dataproc import DataprocSparkResource
 from resources.spark import SparkResource, SparkSubmitResource
 from resources.storage import StorageResource
 from resources.training import TrainingResource
 
+# Modules, not their `defs`: Dagster's loader requires exactly one Definitions at this module's scope.
+DOMAINS = (datagen, training, indexes, serving, maintenance, alerts, checks_definitions)
+
 
 def _env(name: str, default: str):
     """EnvVar when set (resolved at run time, never stored), else the local default."""
-    import os
-
     return EnvVar(name) if os.environ.get(name) else default
 
 
 def spark_backend():
-    """RECSYS_SPARK_BACKEND picks where the datagen Spark stages run (the asset code is the same for all):
-    `local` (default: in the Dagster process, master RECSYS_SPARK_MASTER), `submit` (spark-submit per stage to
-    RECSYS_SPARK_MASTER, stats back through Pipes), `dataproc` (Dataproc PySpark jobs, docs/dataproc.md)."""
-    import os
-
+    """RECSYS_SPARK_BACKEND picks where Spark jobs run (the asset code is the same for all): `local` (default: in
+    the Dagster process, master RECSYS_SPARK_MASTER), `submit` (spark-submit per job to RECSYS_SPARK_MASTER, stats
+    back through Pipes), `dataproc` (Dataproc PySpark jobs, docs/dataproc.md)."""
     backend = os.environ.get("RECSYS_SPARK_BACKEND", "local")
     master = _env("RECSYS_SPARK_MASTER", "local[*]")
     if backend == "local":
@@ -68,6 +60,11 @@ def spark_backend():
 def default_resources() -> dict:
     return {
         "storage": StorageResource(data_root=_env("RECSYS_DATA_ROOT", "./data")),
+        "config_files": ConfigFilesResource(
+            datagen=_env("RECSYS_DATAGEN_CONFIG", ""),
+            training=_env("RECSYS_TRAINING_CONFIG", ""),
+            serving=_env("RECSYS_SERVING_CONFIG", ""),
+        ),
         "spark": spark_backend(),
         "training": TrainingResource(device=_env("RECSYS_TRAINING_DEVICE", "auto")),
         # Registry, feed table: the machine's PostgreSQL by default; production sets RECSYS_PG_* (password from the
@@ -86,12 +83,9 @@ def default_resources() -> dict:
     }
 
 
-defs = Definitions(
-    assets=[*raw_specs, *datagen_assets, *training_assets, *index_assets, offline_evaluation, *serving_assets,
-            storage_retention],
-    asset_checks=[*datagen_checks, *model_checks, *serving_checks],
-    jobs=[datagen_job, training_job, serving_job, online_evaluation_job, rollback_model_job, retention_job],
-    schedules=[datagen_fallback_schedule, retention_schedule],
-    sensors=datagen_sensors,
-    resources=default_resources(),
-)
+def build_defs(resources: dict) -> Definitions:
+    """Every domain's definitions with these resources."""
+    return Definitions.merge(*(domain.defs for domain in DOMAINS), Definitions(resources=resources))
+
+
+defs = build_defs(default_resources())

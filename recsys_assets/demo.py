@@ -1,8 +1,8 @@
-"""`make demo`: synthetic raw data for N days, then every datagen asset and check materialized for each day
-through the persistent Dagster instance ($DAGSTER_HOME) on local Spark; then, for the last day, the vocab, both
-models (trained on the days before it, validated on it), both FAISS indexes and the offline evaluation with the
-model checks. Prints each day's monitoring dict, the evaluation report and check results, and sends
-notifications for failed checks as the sensor would."""
+"""`make demo`: synthetic raw data for N days, then the project's own jobs from the one Definitions through the
+persistent Dagster instance ($DAGSTER_HOME) on local Spark: datagen_job for each day; then, for the last day,
+training_job (vocab, both models trained on the days before it and validated on it, both FAISS indexes, the
+offline evaluation), serving_job and online_evaluation_job. Prints each day's monitoring dict, the evaluation
+report and check results, and runs the alert sensors as the daemon would."""
 
 from __future__ import annotations
 
@@ -14,28 +14,40 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from dagster import DagsterInstance, Definitions, build_sensor_context
 
-from dagster import DagsterInstance, build_sensor_context, materialize
-
-from checks.datagen_checks import datagen_checks
-from checks.model_checks import model_checks
-from recsys_assets.automation.sensors import (
-    check_failure_sensor, monitoring_summary_sensor, notification_delivery_sensor,
-)
-from recsys_assets.datagen.assets import datagen_assets
-from recsys_assets.datagen.raw_sources import raw_specs
-from recsys_assets.definitions import default_resources
-from recsys_assets.indexes.assets import index_assets
-from recsys_assets.training.assets import training_assets
-from recsys_assets.training.offline_evaluation import offline_evaluation
+from recsys_assets.alerts.sensors import check_failure_sensor, notification_delivery_sensor
+from recsys_assets.datagen.automation import monitoring_summary_sensor
+from recsys_assets.definitions import build_defs, default_resources
 from recsys_assets.synthetic.generator import SyntheticConfig, generate
 from resources.storage import DatasetStore
 
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def run_job(defs: Definitions, name: str, day: str, instance):
+    return defs.resolve_job_def(name).execute_in_process(
+        partition_key=day, instance=instance, raise_on_error=False, tags={"recsys/trigger": "demo"}, run_config=QUIET
+    )
+
+
 REPORT_KEYS = (
-    "num_raw_events", "num_raw_items", "num_quarantined_events", "num_events_post_filters",
-    "num_unique_items_post_filters", "num_items_post_embed_join", "item_loss_post_embedding_join",
-    "num_final_rows", "item_age_bucket_formated", "item_age_buckets_delta_7d", "new_items_in_index_1d_delta",
-    "common_items_in_index_1d_delta", "item_diff_1d_delta", "item_diff_7d_delta", "datagen_run_time", "SUCCESS",
+    "num_raw_events",
+    "num_raw_items",
+    "num_quarantined_events",
+    "num_events_post_filters",
+    "num_unique_items_post_filters",
+    "num_items_post_embed_join",
+    "item_loss_post_embedding_join",
+    "num_final_rows",
+    "item_age_bucket_formated",
+    "item_age_buckets_delta_7d",
+    "new_items_in_index_1d_delta",
+    "common_items_in_index_1d_delta",
+    "item_diff_1d_delta",
+    "item_diff_7d_delta",
+    "datagen_run_time",
+    "SUCCESS",
 )
 
 
@@ -75,79 +87,90 @@ def main(argv: list[str] | None = None) -> None:
 
     instance = DagsterInstance.get()
     resources = default_resources()
+    defs = build_defs(resources)
     summary = []
     for day in datagen_days:
         t = time.time()
-        result = materialize(
-            [*raw_specs, *datagen_assets, *datagen_checks],
-            partition_key=day,
-            instance=instance,
-            resources=resources,
-            raise_on_error=False,
-            tags={"recsys/trigger": "demo"},
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        result = run_job(defs, "datagen_job", day, instance)
+        checks = {
+            e.check_name: ("PASS" if e.passed else f"FAIL({e.severity.value})")
+            for e in result.get_asset_check_evaluations()
+        }
+        report_path = (
+            store.committed_path("datagen_monitoring_report", day, "report.json")
+            if store.read_manifest("datagen_monitoring_report", day)
+            else None
         )
-        checks = {e.check_name: ("PASS" if e.passed else f"FAIL({e.severity.value})") for e in result.get_asset_check_evaluations()}
-        report_path = store.committed_path("datagen_monitoring_report", day, "report.json") if store.read_manifest(
-            "datagen_monitoring_report", day) else None
         report = store.read_json(report_path) if report_path else {}
-        print(f"\n=== {day}  run {result.run_id[:8]}  {'SUCCESS' if result.success else 'FAILED'}  {time.time() - t:.1f}s")
+        print(
+            f"\n=== {day}  run {result.run_id[:8]}  {'SUCCESS' if result.success else 'FAILED'}  {time.time() - t:.1f}s"
+        )
         print(json.dumps({k: report.get(k) for k in REPORT_KEYS}, indent=1))
         print("checks:", json.dumps(checks))
-        summary.append({"day": day, "success": result.success, "seconds": round(time.time() - t, 1),
-                        "final_rows": report.get("num_final_rows"), "checks": checks})
+        summary.append(
+            {
+                "day": day,
+                "success": result.success,
+                "seconds": round(time.time() - t, 1),
+                "final_rows": report.get("num_final_rows"),
+                "checks": checks,
+            }
+        )
 
     if not a.skip_training:
-        trained = train_last_day(datagen_days[-1], instance, resources, store)
+        trained = train_last_day(datagen_days[-1], instance, defs, store)
         summary.append(trained)
         if trained["success"] and not a.skip_serving:
-            summary.append(serve_day(datagen_days[-1], instance, resources, store, reset_registry=generated))
+            summary.append(serve_day(datagen_days[-1], instance, defs, resources, store, reset_registry=generated))
 
     # What the daemon's sensors would send: a summary per day (info route) and any failed check (error route),
     # queued in the outbox and logged to notifications.jsonl, then delivered to the webhooks if RECSYS_*_WEBHOOK_URL
     # are set.
-    with build_sensor_context(instance=instance, resources=resources) as ctx:
-        monitoring_summary_sensor(ctx)
-    with build_sensor_context(instance=instance, resources=resources) as ctx:
-        check_failure_sensor(ctx)
-    with build_sensor_context(instance=instance, resources=resources) as ctx:
-        print("notifications:", notification_delivery_sensor(ctx).skip_message)
+    for sensor in (monitoring_summary_sensor, check_failure_sensor, notification_delivery_sensor):
+        with build_sensor_context(instance=instance, definitions=defs, resources=resources) as ctx:
+            print(f"{sensor.name}:", sensor(ctx).skip_message)
     print("\nsummary:", json.dumps(summary, indent=1))
     print(f"\ndemo finished in {time.time() - t0:.0f}s; notifications in {home / 'notifications.jsonl'}")
     print(f"see runs, partitions, metadata and checks in the UI:  make ui   (DAGSTER_HOME={home})")
 
 
-def train_last_day(day: str, instance, resources: dict, store: DatasetStore) -> dict:
+def train_last_day(day: str, instance, defs: Definitions, store: DatasetStore) -> dict:
     """What training_job (started by the sensor after datagen succeeds) does for `day`."""
     t = time.time()
-    result = materialize(
-        [*training_assets, *index_assets, offline_evaluation, *model_checks],
-        partition_key=day,
-        instance=instance,
-        resources={k: resources[k] for k in ("storage", "training")},
-        raise_on_error=False,
-        tags={"recsys/trigger": "demo"},
-        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-    )
-    checks = {e.check_name: ("PASS" if e.passed else f"FAIL({e.severity.value})") for e in result.get_asset_check_evaluations()}
+    result = run_job(defs, "training_job", day, instance)
+    checks = {
+        e.check_name: ("PASS" if e.passed else f"FAIL({e.severity.value})")
+        for e in result.get_asset_check_evaluations()
+    }
     report = {}
     if store.read_manifest("offline_evaluation", day):
         report = store.read_json(store.committed_path("offline_evaluation", day, "report.json"))
-    print(f"\n=== training {day}  run {result.run_id[:8]}  {'SUCCESS' if result.success else 'FAILED'}  {time.time() - t:.1f}s")
+    print(
+        f"\n=== training {day}  run {result.run_id[:8]}  {'SUCCESS' if result.success else 'FAILED'}  "
+        f"{time.time() - t:.1f}s"
+    )
     print(json.dumps(report, indent=1))
     print("checks:", json.dumps(checks))
-    return {"training_day": day, "success": result.success, "seconds": round(time.time() - t, 1), "checks": checks,
-            "artifacts": {a: store.committed_uri(a, day) for a in ("ranker_model", "retrieval_model", "retrieval_index",
-                                                                     "cold_start_index") if store.read_manifest(a, day)}}
+    return {
+        "training_day": day,
+        "success": result.success,
+        "seconds": round(time.time() - t, 1),
+        "checks": checks,
+        "artifacts": {
+            a: store.committed_uri(a, day)
+            for a in ("ranker_model", "retrieval_model", "retrieval_index", "cold_start_index")
+            if store.read_manifest(a, day)
+        },
+    }
 
 
-def serve_day(day: str, instance, resources: dict, store: DatasetStore, reset_registry: bool) -> dict:
+def serve_day(
+    day: str, instance, defs: Definitions, resources: dict, store: DatasetStore, reset_registry: bool
+) -> dict:
     """What serving_job (after training) and online_evaluation_job (when the impressions log lands) do for `day`,
     with simulated serving logs (recsys_assets.synthetic.online_logs)."""
     import psycopg2
 
-    from checks.serving_checks import serving_checks
-    from recsys_assets.serving.assets import online_evaluation, serving_assets
     from recsys_assets.serving.serving_config import load_serving_spec
     from recsys_assets.synthetic.online_logs import simulate_impressions, write_online_feature_sample
 
@@ -160,40 +183,65 @@ def serve_day(day: str, instance, resources: dict, store: DatasetStore, reset_re
         print(f"\nPostgreSQL not reachable at {pg.describe()} ({str(e).strip()[:200]}): serving hand-off skipped")
         return {"serving_day": day, "skipped": "postgres unreachable"}
     t = time.time()
-    spec = load_serving_spec()
-    res = {k: resources[k] for k in ("storage", "postgres")}
+    spec = load_serving_spec(resources["config_files"].process_config_and_initialize().serving)
     online_rows = write_online_feature_sample(store, day, spec.skew.online_feature_log)
-    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-    serving = [a for a in serving_assets if a is not online_evaluation]
-    result = materialize([*serving, *serving_checks], partition_key=day, instance=instance, resources=res,
-                         raise_on_error=False, tags={"recsys/trigger": "demo"}, run_config=quiet)
-    checks = {e.check_name: ("PASS" if e.passed else f"FAIL({e.severity.value})") for e in result.get_asset_check_evaluations()}
-    meta = {e.asset_key.path[-1]: e.step_materialization_data.materialization.metadata
-            for e in result.get_asset_materialization_events()}
-    print(f"\n=== serving {day}  run {result.run_id[:8]}  {'SUCCESS' if result.success else 'FAILED'}  {time.time() - t:.1f}s")
+    result = run_job(defs, "serving_job", day, instance)
+    checks = {
+        e.check_name: ("PASS" if e.passed else f"FAIL({e.severity.value})")
+        for e in result.get_asset_check_evaluations()
+    }
+    meta = {
+        e.asset_key.path[-1]: e.step_materialization_data.materialization.metadata
+        for e in result.get_asset_materialization_events()
+    }
+    print(
+        f"\n=== serving {day}  run {result.run_id[:8]}  {'SUCCESS' if result.success else 'FAILED'}  "
+        f"{time.time() - t:.1f}s"
+    )
     out = {"serving_day": day, "success": result.success, "checks": checks}
     if not result.success:
         print("checks:", json.dumps(checks))
         return out
     for name in ("model_repository", "model_promotion", "serving_config", "feed", "feature_skew_report"):
         m = meta.get(name, {})
-        keep = {k: getattr(v, "value", v) for k, v in m.items() if k in (
-            "version", "checks_passed", "decision", "config_version", "notes", "dagster/row_count", "active_users",
-            "generate_seconds", "max_psi_observed", "max_ks_observed", "online_rows")}
+        keep = {
+            k: getattr(v, "value", v)
+            for k, v in m.items()
+            if k
+            in (
+                "version",
+                "checks_passed",
+                "decision",
+                "config_version",
+                "notes",
+                "dagster/row_count",
+                "active_users",
+                "generate_seconds",
+                "max_psi_observed",
+                "max_ks_observed",
+                "online_rows",
+            )
+        }
         print(f"{name}: {json.dumps(keep, default=str)}")
     with pg.connect() as conn:
-        feed_rows = pd.read_sql_query("SELECT user_id, item_id, rank, model_version, arm FROM feed WHERE dt = %s",
-                                      conn, params=(day,))
+        feed_rows = pd.read_sql_query(
+            "SELECT user_id, item_id, rank, model_version, arm FROM feed WHERE dt = %s", conn, params=(day,)
+        )
     served = simulate_impressions(store, feed_rows, day, spec.online_evaluation.impressions_log)
-    ev = materialize([online_evaluation], partition_key=day,
-                     instance=instance, resources=res, raise_on_error=False, tags={"recsys/trigger": "demo"}, run_config=quiet)
+    ev = run_job(defs, "online_evaluation_job", day, instance)
     report = store.read_json(store.committed_path("online_evaluation", day, "report.json")) if ev.success else {}
     print(f"online evaluation ({served:,} simulated impressions, {online_rows:,} logged online feature rows):")
     for r in report.get("arms", []):
-        print(f"  arm {r['arm']} v{r['model_version']}: CTR {r['ctr']:.4f} ({r['clicks']:,}/{r['impressions']:,}), "
-              f"user hit rate {r['user_hit_rate']:.4f} over {r['users']:,} users")
+        print(
+            f"  arm {r['arm']} v{r['model_version']}: CTR {r['ctr']:.4f} ({r['clicks']:,}/{r['impressions']:,}), "
+            f"user hit rate {r['user_hit_rate']:.4f} over {r['users']:,} users"
+        )
     print("checks:", json.dumps(checks))
-    out |= {"online_evaluation": report.get("arms"), "seconds": round(time.time() - t, 1), "success": result.success and ev.success}
+    out |= {
+        "online_evaluation": report.get("arms"),
+        "seconds": round(time.time() - t, 1),
+        "success": result.success and ev.success,
+    }
     return out
 
 

@@ -1,6 +1,6 @@
-"""Google Dataproc backend for the datagen Spark stages: create or reuse a cluster, submit the same PySpark job
-file (`recsys_assets/datagen/spark_job.py`) with the project's wheel, get the stats back through Dagster Pipes over
-GCS, and delete an ephemeral cluster after the run (the seed's create -> submit -> delete lifecycle).
+"""Google Dataproc backend for Spark jobs: create or reuse a cluster, submit the job file an asset hands over (the
+datagen stages' `recsys_assets/datagen/spark_job.py`) with the project's wheel, get the stats back through Dagster
+Pipes over GCS, and delete an ephemeral cluster after the run (the seed's create -> submit -> delete lifecycle).
 
 Nothing here is reachable from CI (no GCP): the cluster/job requests are built by pure functions that tests check
 field by field, the lifecycle is tested against an in-memory stand-in for ClusterControllerClient, and the
@@ -10,12 +10,13 @@ Pipes hand-back is the one `SparkSubmitResource` exercises for real. Set-up on G
 from __future__ import annotations
 
 import contextlib
+import posixpath
 import re
 from collections.abc import Iterator
 
 from pydantic import Field
 
-from resources.spark import JOB_SPARK_CONF, SparkResource, stage_arguments, stats_from_pipes
+from resources.spark import JOB_SPARK_CONF, SparkJob, SparkResource, stats_from_pipes
 
 _LABEL = re.compile(r"[^a-z0-9-]")
 
@@ -25,11 +26,13 @@ def _label(value: str) -> str:
 
 
 class DataprocSparkResource(SparkResource):
-    """Datagen Spark stages as Dataproc PySpark jobs. `data_root` of the storage resource must be gs://."""
+    """Spark jobs as Dataproc PySpark jobs. `data_root` of the storage resource must be gs://."""
 
     project_id: str = Field(description="GCP project of the cluster.")
     region: str = Field(default="asia-south1", description="Dataproc region (production data lives in Mumbai).")
-    cluster_name: str = Field(default="recsys-datagen", description="Cluster to reuse, or the prefix of an ephemeral one.")
+    cluster_name: str = Field(
+        default="recsys-datagen", description="Cluster to reuse, or the prefix of an ephemeral one."
+    )
     ephemeral_cluster: bool = Field(default=True, description="Create a cluster per run and delete it afterwards.")
     image_version: str = Field(default="2.2-debian12", description="Dataproc image (Spark 3.5, Python 3.11).")
     master_machine_type: str = "n2-standard-8"
@@ -37,16 +40,21 @@ class DataprocSparkResource(SparkResource):
     num_workers: int = Field(default=4, ge=2)
     num_secondary_workers: int = Field(default=0, ge=0, description="Preemptible (spot) workers.")
     worker_disk_gb: int = 500
-    idle_delete_ttl_s: int = Field(default=3600, description="Dataproc deletes an idle cluster after this (safety net).")
+    idle_delete_ttl_s: int = Field(
+        default=3600, description="Dataproc deletes an idle cluster after this (safety net)."
+    )
     service_account: str = ""
     subnetwork_uri: str = ""
     staging_bucket: str = Field(description="Bucket for the job file, the wheel and Pipes context/messages.")
-    code_prefix: str = Field(default="recsys/code", description="gs://<staging_bucket>/<code_prefix>/ holds spark_job.py and the wheel.")
+    code_prefix: str = Field(
+        default="recsys/code", description="gs://<staging_bucket>/<code_prefix>/ holds spark_job.py and the wheel."
+    )
     wheel_name: str = Field(default="recsys_platform-0.1.0-py3-none-any.whl")
     pipes_prefix: str = "recsys/pipes"
     labels: dict[str, str] = Field(default_factory=lambda: {"team": "recsys", "managed-by": "dagster"})
     pip_packages: list[str] = Field(
-        default_factory=lambda: ["dagster==1.13.27", "dagster-pipes==1.13.27", "pydantic>=2.5", "pyyaml>=6"])
+        default_factory=lambda: ["dagster==1.13.27", "dagster-pipes==1.13.27", "pydantic>=2.5", "pyyaml>=6"]
+    )
 
     # ---- requests (pure) ----
     def effective_cluster_name(self, run_id: str) -> str:
@@ -66,10 +74,16 @@ class DataprocSparkResource(SparkResource):
         config: dict = {
             "config_bucket": self.staging_bucket,
             "gce_cluster_config": gce,
-            "master_config": {"num_instances": 1, "machine_type_uri": self.master_machine_type,
-                              "disk_config": {"boot_disk_size_gb": 200}},
-            "worker_config": {"num_instances": self.num_workers, "machine_type_uri": self.worker_machine_type,
-                              "disk_config": {"boot_disk_size_gb": self.worker_disk_gb}},
+            "master_config": {
+                "num_instances": 1,
+                "machine_type_uri": self.master_machine_type,
+                "disk_config": {"boot_disk_size_gb": 200},
+            },
+            "worker_config": {
+                "num_instances": self.num_workers,
+                "machine_type_uri": self.worker_machine_type,
+                "disk_config": {"boot_disk_size_gb": self.worker_disk_gb},
+            },
             "software_config": {
                 "image_version": self.image_version,
                 "properties": {
@@ -94,22 +108,23 @@ class DataprocSparkResource(SparkResource):
     def code_uri(self, name: str) -> str:
         return f"gs://{self.staging_bucket}/{self.code_prefix.strip('/')}/{name}"
 
-    def job_spec(self, run_id: str, stage: str, data_root: str, day: str, version: str, params: dict) -> dict:
+    def job_spec(self, run_id: str, job: SparkJob) -> dict:
         """The google.cloud.dataproc_v1.Job request body (Pipes bootstrap arguments are appended by the client)."""
-        if not data_root.startswith("gs://"):
-            raise ValueError(f"Dataproc jobs need a gs:// data root, got {data_root!r} (set RECSYS_DATA_ROOT)")
+        if not job.data_root.startswith("gs://"):
+            raise ValueError(f"Dataproc jobs need a gs:// data root, got {job.data_root!r} (set RECSYS_DATA_ROOT)")
         return {
             "placement": {"cluster_name": self.effective_cluster_name(run_id)},
-            "reference": {"job_id": _label(f"{stage}-{day}-{version}")[:100]},
+            "reference": {"job_id": _label(f"{job.name}-{run_id[:8]}")[:100]},
             "pyspark_job": {
-                "main_python_file_uri": self.code_uri("spark_job.py"),
+                "main_python_file_uri": self.code_uri(posixpath.basename(job.job_file)),
                 # The wheel carries recsys_assets/ and resources/; its dependencies are on the image + pip.
                 "python_file_uris": [self.code_uri(self.wheel_name)],
-                "args": [*stage_arguments(stage, data_root, day, version, params), "--pipes-transport", "gcs"],
+                "args": [*job.arguments, "--pipes-transport", "gcs"],
                 "properties": {"spark.submit.deployMode": "client"},
             },
-            "labels": {_label(k): _label(v) for k, v in
-                       {**self.labels, "stage": stage, "partition": day, "dagster-run": run_id[:8]}.items()},
+            "labels": {
+                _label(k): _label(v) for k, v in {**self.labels, **job.labels, "dagster-run": run_id[:8]}.items()
+            },
         }
 
     # ---- lifecycle ----
@@ -120,39 +135,49 @@ class DataprocSparkResource(SparkResource):
         name = self.effective_cluster_name(run_id)
         if not cluster_exists(controller, self.project_id, self.region, name):
             log(f"creating Dataproc cluster {name} in {self.region}")
-            controller.create_cluster(request={"project_id": self.project_id, "region": self.region,
-                                               "cluster": self.cluster_spec(run_id)}).result()
+            controller.create_cluster(
+                request={"project_id": self.project_id, "region": self.region, "cluster": self.cluster_spec(run_id)}
+            ).result()
         try:
             yield name
         finally:
             if self.ephemeral_cluster:
                 log(f"deleting ephemeral Dataproc cluster {name}")
-                controller.delete_cluster(request={"project_id": self.project_id, "region": self.region,
-                                                   "cluster_name": name}).result()
+                controller.delete_cluster(
+                    request={"project_id": self.project_id, "region": self.region, "cluster_name": name}
+                ).result()
 
     def _clients(self):  # pragma: no cover - needs GCP credentials
         from google.cloud import dataproc_v1, storage
 
         endpoint = {"api_endpoint": f"{self.region}-dataproc.googleapis.com:443"}
-        return (dataproc_v1.ClusterControllerClient(client_options=endpoint),
-                dataproc_v1.JobControllerClient(client_options=endpoint), storage.Client(project=self.project_id))
+        return (
+            dataproc_v1.ClusterControllerClient(client_options=endpoint),
+            dataproc_v1.JobControllerClient(client_options=endpoint),
+            storage.Client(project=self.project_id),
+        )
 
-    def run_stage(self, context, stage: str, store, day: str, version: str, params: dict) -> dict:
+    def run_job(self, context, job: SparkJob) -> dict:
         from dagster_gcp.pipes import PipesDataprocJobClient, PipesGCSContextInjector, PipesGCSMessageReader
 
         clusters, jobs, gcs = self._clients()
         with self.cluster(clusters, context.run_id, context.log.info):
             client = PipesDataprocJobClient(
                 client=jobs,
-                context_injector=PipesGCSContextInjector(bucket=self.staging_bucket, client=gcs, key_prefix=self.pipes_prefix),
+                context_injector=PipesGCSContextInjector(
+                    bucket=self.staging_bucket, client=gcs, key_prefix=self.pipes_prefix
+                ),
                 message_reader=PipesGCSMessageReader(bucket=self.staging_bucket, client=gcs),
             )
             invocation = client.run(
                 context=context,
-                submit_job_params={"project_id": self.project_id, "region": self.region,
-                                   "job": self.job_spec(context.run_id, stage, store.root_uri, day, version, params)},
+                submit_job_params={
+                    "project_id": self.project_id,
+                    "region": self.region,
+                    "job": self.job_spec(context.run_id, job),
+                },
             )
-        return stats_from_pipes(invocation, stage, day)
+        return stats_from_pipes(invocation, job)
 
 
 def cluster_exists(controller, project_id: str, region: str, name: str) -> bool:

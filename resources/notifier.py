@@ -70,7 +70,8 @@ class NotifierResource(ConfigurableResource):
     )
     timeout_s: float = Field(default=5.0, gt=0, description="Per-request timeout of a webhook POST.")
     delivery_budget_s: float = Field(
-        default=20.0, gt=0,
+        default=20.0,
+        gt=0,
         description="Most time one delivery pass starts requests for (a request started before the budget ends may "
         "take timeout_s more): well inside a sensor tick's 60 s.",
     )
@@ -112,15 +113,25 @@ class NotifierResource(ConfigurableResource):
             with closing(self._connect()) as conn:
                 cur = conn.execute(
                     "INSERT OR IGNORE INTO outbox (key, route, payload, created_at, next_attempt_at) "
-                    "VALUES (?, ?, ?, ?, ?)", (key, route, json.dumps(payload, default=str), now, now))
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (key, route, json.dumps(payload, default=str), now, now),
+                )
                 queued = cur.rowcount == 1
         except sqlite3.Error as e:
             log.warning("could not queue notification %r: %s", title, type(e).__name__)
             queued = True  # still logged below: the JSONL log is the record of last resort
         if queued:
-            self._log_jsonl({"ts": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "route": route,
-                             "title": title, "body": body, "fields": payload["fields"], "key": key,
-                             "webhook_configured": bool(self._url(route))})
+            self._log_jsonl(
+                {
+                    "ts": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                    "route": route,
+                    "title": title,
+                    "body": body,
+                    "fields": payload["fields"],
+                    "key": key,
+                    "webhook_configured": bool(self._url(route)),
+                }
+            )
             log.info("[%s] %s %s", route, title, body)
         return queued
 
@@ -159,7 +170,9 @@ class NotifierResource(ConfigurableResource):
             t = time.time() if now is None else now
             due = conn.execute(
                 "SELECT id, route, payload, attempts FROM outbox WHERE delivered_at IS NULL AND abandoned_at IS NULL "
-                "AND next_attempt_at <= ? ORDER BY id", (t,)).fetchall()
+                "AND next_attempt_at <= ? ORDER BY id",
+                (t,),
+            ).fetchall()
             for row_id, route, payload, attempts in due:
                 if time.monotonic() - started > budget or route in paused:
                     counts["left"] += 1
@@ -168,45 +181,69 @@ class NotifierResource(ConfigurableResource):
                 # Claim the row (a second delivery pass running at the same time skips it).
                 claimed = conn.execute(
                     "UPDATE outbox SET claimed_until = ? WHERE id = ? AND delivered_at IS NULL "
-                    "AND (claimed_until IS NULL OR claimed_until < ?)", (t + 2 * self.timeout_s + 1, row_id, t))
+                    "AND (claimed_until IS NULL OR claimed_until < ?)",
+                    (t + 2 * self.timeout_s + 1, row_id, t),
+                )
                 if claimed.rowcount != 1:
                     continue
                 url = self._url(route)
                 if not url:
-                    conn.execute("UPDATE outbox SET delivered_at = ?, last_error = ? WHERE id = ?",
-                                 (t, _LOGGED_ONLY, row_id))
+                    conn.execute(
+                        "UPDATE outbox SET delivered_at = ?, last_error = ? WHERE id = ?", (t, _LOGGED_ONLY, row_id)
+                    )
                     counts["logged_only"] += 1
                     continue
                 error = self._post(url, json.loads(payload))
                 t = time.time() if now is None else now
                 if error is None:
-                    conn.execute("UPDATE outbox SET delivered_at = ?, attempts = attempts + 1, last_error = NULL "
-                                 "WHERE id = ?", (t, row_id))
+                    conn.execute(
+                        "UPDATE outbox SET delivered_at = ?, attempts = attempts + 1, last_error = NULL WHERE id = ?",
+                        (t, row_id),
+                    )
                     counts["delivered"] += 1
                     continue
                 attempts += 1
                 if not error.startswith("HTTP 4"):  # down, hanging or overloaded: leave the route alone this pass
                     paused.add(route)
                 if attempts >= self.max_attempts:
-                    conn.execute("UPDATE outbox SET abandoned_at = ?, attempts = ?, last_error = ? WHERE id = ?",
-                                 (t, attempts, error, row_id))
-                    log.warning("notification to %s webhook abandoned after %d attempts (%s): %s", route, attempts,
-                                error, json.loads(payload)["title"])
+                    conn.execute(
+                        "UPDATE outbox SET abandoned_at = ?, attempts = ?, last_error = ? WHERE id = ?",
+                        (t, attempts, error, row_id),
+                    )
+                    log.warning(
+                        "notification to %s webhook abandoned after %d attempts (%s): %s",
+                        route,
+                        attempts,
+                        error,
+                        json.loads(payload)["title"],
+                    )
                     counts["abandoned"] += 1
                 else:
                     delay = min(self.backoff_s * 2 ** (attempts - 1), self.max_backoff_s)
-                    conn.execute("UPDATE outbox SET attempts = ?, last_error = ?, next_attempt_at = ?, "
-                                 "claimed_until = NULL WHERE id = ?", (attempts, error, t + delay, row_id))
-                    log.warning("notification to %s webhook failed (attempt %d, %s), retry in %.0f s: %s", route,
-                                attempts, error, delay, json.loads(payload)["title"])
+                    conn.execute(
+                        "UPDATE outbox SET attempts = ?, last_error = ?, next_attempt_at = ?, "
+                        "claimed_until = NULL WHERE id = ?",
+                        (attempts, error, t + delay, row_id),
+                    )
+                    log.warning(
+                        "notification to %s webhook failed (attempt %d, %s), retry in %.0f s: %s",
+                        route,
+                        attempts,
+                        error,
+                        delay,
+                        json.loads(payload)["title"],
+                    )
                     counts["failed"] += 1
         return counts
 
     def outbox(self) -> list[dict]:
         """Every queued notification with its delivery state (for tests, the CLI and metadata)."""
         with closing(self._connect()) as conn:
-            rows = conn.execute("SELECT id, key, route, payload, attempts, delivered_at, abandoned_at, last_error "
-                                "FROM outbox ORDER BY id").fetchall()
+            rows = conn.execute(
+                "SELECT id, key, route, payload, attempts, delivered_at, abandoned_at, last_error "
+                "FROM outbox ORDER BY id"
+            ).fetchall()
+
         def state(delivered_at, abandoned_at, error) -> str:
             if abandoned_at is not None:
                 return "abandoned"
@@ -214,8 +251,18 @@ class NotifierResource(ConfigurableResource):
                 return "pending"
             return "logged_only" if error == _LOGGED_ONLY else "delivered"
 
-        return [{"id": r[0], "key": r[1], "route": r[2], **json.loads(r[3]), "attempts": r[4],
-                 "state": state(r[5], r[6], r[7]), "last_error": r[7]} for r in rows]
+        return [
+            {
+                "id": r[0],
+                "key": r[1],
+                "route": r[2],
+                **json.loads(r[3]),
+                "attempts": r[4],
+                "state": state(r[5], r[6], r[7]),
+                "last_error": r[7],
+            }
+            for r in rows
+        ]
 
     def notify(self, route: Route, title: str, body: str = "", key: str | None = None, **fields: object) -> dict:
         """Queue, then run one bounded delivery pass (for callers outside the daemon, such as the demo)."""

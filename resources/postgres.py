@@ -26,8 +26,14 @@ class PostgresResource(ConfigurableResource):
         return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}"
 
     def _params(self, dbname: str | None = None) -> dict:
-        params = {"host": self.host, "port": self.port, "user": self.user, "dbname": dbname or self.dbname,
-                  "connect_timeout": self.connect_timeout_s, "application_name": "recsys-platform"}
+        params = {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "dbname": dbname or self.dbname,
+            "connect_timeout": self.connect_timeout_s,
+            "application_name": "recsys-platform",
+        }
         if self.password:
             params["password"] = self.password
         return params

@@ -1,12 +1,18 @@
-"""Spark session resource: local PySpark by default, a standalone/YARN master or Dataproc by config only.
+"""Spark resources: run the Spark work an asset hands them, in-process (local PySpark, or a standalone/YARN
+master), as a spark-submit of the same job file, or as a Dataproc job (resources/dataproc.py), by config only.
 
-The session is created lazily on first use and reused by every asset in the same process (starting a JVM
-costs seconds), with UTC as the session time zone so timestamps never depend on the host.
+The resource is a client: it knows nothing of what a job computes. An asset builds a `SparkJob` (a function of
+the session for the in-process path, and the job file + arguments that run the same function when submitted)
+and the resource runs it and returns the stats dict the job produced. The in-process session is created lazily
+and reused by every asset in the process (a JVM start costs seconds), with UTC as the session time zone.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from dagster import ConfigurableResource
 from pydantic import Field
@@ -21,6 +27,20 @@ JOB_SPARK_CONF = {
 }
 
 
+@dataclass(frozen=True)
+class SparkJob:
+    """One unit of Spark work. `run(session)` runs it in-process and returns its stats; submitted, `job_file` runs
+    with `arguments` (plus `--pipes-transport gcs` on Dataproc and the Pipes bootstrap arguments) and must report
+    `{"job": name, "stats": {...}}` as a Dagster Pipes custom message."""
+
+    name: str
+    run: Callable[[Any], dict]
+    job_file: str
+    arguments: tuple[str, ...]
+    data_root: str  # where the job reads and writes (Dataproc needs a gs:// one)
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
 class SparkResource(ConfigurableResource):
     master: str = Field(
         default="local[*]",
@@ -32,15 +52,18 @@ class SparkResource(ConfigurableResource):
     java_options: str = Field(
         default="-XX:+UseParallelGC",
         description="JVM options of the driver and executors (spark.*.extraJavaOptions unless spark_conf sets "
-        "them). The throughput collector: datagen is batch work with no latency goal, and on the 20M-event "
-        "benchmark day it ran ~5% faster than the default G1 (benchmarks/datagen.py, docs/benchmarks.md).",
+        "them). The throughput collector: datagen is batch work with no latency goal (measured in "
+        "docs/benchmarks.md).",
     )
     spark_conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark properties.")
 
     def jvm_conf(self) -> dict[str, str]:
         if not self.java_options:
             return {}
-        return {"spark.driver.extraJavaOptions": self.java_options, "spark.executor.extraJavaOptions": self.java_options}
+        return {
+            "spark.driver.extraJavaOptions": self.java_options,
+            "spark.executor.extraJavaOptions": self.java_options,
+        }
 
     def get_session(self):
         from pyspark.sql import SparkSession
@@ -62,55 +85,48 @@ class SparkResource(ConfigurableResource):
         session.sparkContext.setLogLevel("WARN")
         return session
 
-    def run_stage(self, context, stage: str, store, day: str, version: str, params: dict) -> dict:
-        """Run one datagen Spark stage (recsys_assets.datagen.stages) and return its stats. In-process here;
-        subclasses run the same stage function in a submitted job and hand the stats back through Pipes."""
-        from recsys_assets.datagen.stages import run_stage
-
-        return run_stage(self.get_session(), stage, store, day, version, params)
+    def run_job(self, context, job: SparkJob) -> dict:
+        """Run `job` and return its stats. In-process here; subclasses submit the job file and hand the stats
+        back through Pipes."""
+        return job.run(self.get_session())
 
 
-def stats_from_pipes(invocation, stage: str, day: str) -> dict:
-    """The stats a submitted stage reported as its Pipes custom message."""
-    messages = [m for m in invocation.get_custom_messages() if isinstance(m, dict) and m.get("stage") == stage]
+def stats_from_pipes(invocation, job: SparkJob) -> dict:
+    """The stats a submitted job reported as its Pipes custom message."""
+    messages = [m for m in invocation.get_custom_messages() if isinstance(m, dict) and m.get("job") == job.name]
     if not messages:
-        raise RuntimeError(f"{stage} {day}: the Spark job finished without reporting its stats through Dagster Pipes")
+        raise RuntimeError(f"{job.name}: the Spark job finished without reporting its stats through Dagster Pipes")
     return messages[-1]["stats"]
 
 
-def stage_arguments(stage: str, data_root: str, day: str, version: str, params: dict) -> list[str]:
-    import json
-
-    return ["--stage", stage, "--data-root", data_root, "--day", day, "--version", version,
-            "--params-json", json.dumps(params, sort_keys=True)]
-
-
 class SparkSubmitResource(SparkResource):
-    """Each stage as its own `spark-submit` of recsys_assets/datagen/spark_job.py (client mode) against `master`,
-    with Dagster Pipes over temp files: the Dagster step process never holds a JVM, and the job code and the
-    hand-back are exactly those of the Dataproc path."""
+    """Each job as its own `spark-submit` of the job file (client mode) against `master`, with Dagster Pipes over
+    temp files: the Dagster step process never holds a JVM, and the job code and the hand-back are exactly those
+    of the Dataproc path."""
 
     executor_memory: str = "1g"
 
-    def run_stage(self, context, stage: str, store, day: str, version: str, params: dict) -> dict:
+    def run_job(self, context, job: SparkJob) -> dict:
         import sys
         from pathlib import Path
 
         import pyspark
         from dagster import PipesSubprocessClient
 
-        import recsys_assets.datagen.spark_job as job
-
         submit = str(Path(pyspark.__file__).parent / "bin" / "spark-submit")
         confs = {
-            **JOB_SPARK_CONF, "spark.ui.enabled": "false", "spark.executor.memory": self.executor_memory,
-            "spark.log.level": "WARN", **self.jvm_conf(), **self.spark_conf,
+            **JOB_SPARK_CONF,
+            "spark.ui.enabled": "false",
+            "spark.executor.memory": self.executor_memory,
+            "spark.log.level": "WARN",
+            "spark.sql.shuffle.partitions": str(self.shuffle_partitions),
+            **self.jvm_conf(),
+            **self.spark_conf,
         }
         command = [submit, "--master", self.master, "--driver-memory", self.driver_memory]
         for k, v in confs.items():
             command += ["--conf", f"{k}={v}"]
-        command += [job.__file__, *stage_arguments(stage, store.root_uri, day, version, params),
-                    "--shuffle-partitions", str(self.shuffle_partitions)]
+        command += [job.job_file, *job.arguments]
         env = {"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
         invocation = PipesSubprocessClient(env=env).run(context=context, command=command)
-        return stats_from_pipes(invocation, stage, day)
+        return stats_from_pipes(invocation, job)

@@ -181,7 +181,7 @@ class DatasetStore:
         return self.path(_segment(dataset, "dataset"), f"dt={_segment(day, 'day')}")
 
     def new_version(self, run_id: str | None = None) -> str:
-        ts = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+        ts = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
         suffix = re.sub(r"[^0-9A-Za-z]", "", run_id or "")[:8] or uuid.uuid4().hex[:8]
         return f"{ts}-{suffix}"
 
@@ -208,7 +208,8 @@ class DatasetStore:
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise InvalidManifestError(
                 f"{marker} is not valid JSON ({len(raw)} bytes; torn write?): rematerialize {dataset} {day} to "
-                "replace it") from None
+                "replace it"
+            ) from None
         problem = None
         if not isinstance(body, dict):
             problem = "not a JSON object"
@@ -217,7 +218,8 @@ class DatasetStore:
         elif body.get("dataset", dataset) != dataset or body.get("partition", day) != day:
             problem = "written for another dataset or partition"
         elif not isinstance(body.get("previous_versions", []), list) or not all(
-                _valid_version(v) for v in body.get("previous_versions", [])):
+            _valid_version(v) for v in body.get("previous_versions", [])
+        ):
             problem = "'previous_versions' holds something that is not a version of this partition"
         if problem:
             raise InvalidManifestError(f"{marker}: {problem}; rematerialize {dataset} {day} to replace it")
@@ -234,8 +236,11 @@ class DatasetStore:
         manifest = self.read_manifest(dataset, day)
         if manifest is None:
             state = self.gate_state(dataset, day)
-            why = (f"its {state.describe()}; a version becomes readable only when its blocking checks pass"
-                   if state.candidate_version else "materialize it first")
+            why = (
+                f"its {state.describe()}; a version becomes readable only when its blocking checks pass"
+                if state.candidate_version
+                else "materialize it first"
+            )
             raise PartitionNotCommittedError(
                 f"{dataset} partition {day} has no committed version "
                 f"({posixpath.join(self.partition_dir(dataset, day), SUCCESS_MARKER)} missing): {why}"
@@ -289,7 +294,7 @@ class DatasetStore:
             "dataset": dataset,
             "partition": day,
             "version": version,
-            "committed_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "committed_at": dt.datetime.now(dt.UTC).isoformat(),
             "previous_versions": history[:KEEP_PREVIOUS_VERSIONS],
             **manifest,
         }
@@ -315,7 +320,7 @@ class DatasetStore:
             "dataset": dataset,
             "partition": day,
             "version": version,
-            "staged_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "staged_at": dt.datetime.now(dt.UTC).isoformat(),
             "required_checks": sorted(_check_name(c) for c in required_checks),
             "manifest": manifest,
         }
@@ -326,11 +331,15 @@ class DatasetStore:
         body = self._read_pointer(dataset, day, CANDIDATE_MARKER)
         if body is not None:
             checks = body.get("required_checks")
-            if not isinstance(checks, list) or not all(isinstance(c, str) and NAME_RE.match(c) for c in checks) or \
-                    not isinstance(body.get("manifest", {}), dict):
+            if (
+                not isinstance(checks, list)
+                or not all(isinstance(c, str) and NAME_RE.match(c) for c in checks)
+                or not isinstance(body.get("manifest", {}), dict)
+            ):
                 raise InvalidManifestError(
                     f"{self._marker(dataset, day, CANDIDATE_MARKER)}: invalid 'required_checks' or 'manifest'; "
-                    f"rematerialize {dataset} {day} to replace it")
+                    f"rematerialize {dataset} {day} to replace it"
+                )
         return body
 
     def verdicts(self, dataset: str, day: str, version: str) -> dict[str, dict]:
@@ -361,8 +370,7 @@ class DatasetStore:
         if candidate is None or (committed is not None and candidate["version"] <= committed):
             return GateState(committed)
         version = candidate["version"]
-        return GateState(committed, version, tuple(candidate["required_checks"]),
-                         self.verdicts(dataset, day, version))
+        return GateState(committed, version, tuple(candidate["required_checks"]), self.verdicts(dataset, day, version))
 
     def version_under_check(self, dataset: str, day: str) -> str:
         """The version a check of this partition judges: the staged candidate if there is one, else the committed
@@ -371,11 +379,13 @@ class DatasetStore:
         version = state.candidate_version or state.committed_version
         if version is None:
             raise PartitionNotCommittedError(
-                f"{dataset} partition {day} has no staged or committed version: materialize it first")
+                f"{dataset} partition {day} has no staged or committed version: materialize it first"
+            )
         return version
 
-    def record_verdict(self, dataset: str, day: str, version: str, check: str, passed: bool,
-                       description: str = "") -> GateState:
+    def record_verdict(
+        self, dataset: str, day: str, version: str, check: str, passed: bool, description: str = ""
+    ) -> GateState:
         """Record a check's verdict on a version, then commit the partition's candidate if that completed its
         required checks. Concurrent checks of one candidate are safe: each writes its own verdict file before
         looking at the others, so the last one to finish sees them all (a double commit of the same version is
@@ -384,8 +394,12 @@ class DatasetStore:
             raise FileNotFoundError(f"{dataset} {day}: version {version} does not exist")
         self.write_json_atomic(
             self.version_path(dataset, day, version, VERDICTS_DIR, f"{_check_name(check)}.json"),
-            {"check": check, "passed": bool(passed), "description": description[:2000],
-             "at": dt.datetime.now(dt.timezone.utc).isoformat()},
+            {
+                "check": check,
+                "passed": bool(passed),
+                "description": description[:2000],
+                "at": dt.datetime.now(dt.UTC).isoformat(),
+            },
         )
         return self.promote_if_passed(dataset, day)
 
@@ -394,8 +408,13 @@ class DatasetStore:
         if state.state == "pending" and not state.pending_checks:  # every required verdict is in, none failed
             candidate = self.read_candidate(dataset, day)
             if candidate is not None and candidate["version"] == state.candidate_version:
-                self.commit(dataset, day, state.candidate_version, **candidate.get("manifest", {}),
-                            checks={c: v["passed"] for c, v in state.verdicts.items()})
+                self.commit(
+                    dataset,
+                    day,
+                    state.candidate_version,
+                    **candidate.get("manifest", {}),
+                    checks={c: v["passed"] for c, v in state.verdicts.items()},
+                )
                 return self.gate_state(dataset, day)
         return state
 
@@ -409,7 +428,9 @@ class DatasetStore:
         if not self.exists(d):
             return []
         infos = self.fs.get_file_info(pafs.FileSelector(d, recursive=False))
-        return sorted(i.base_name[2:] for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("v="))
+        return sorted(
+            i.base_name[2:] for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("v=")
+        )
 
 
 def _check_name(name: str) -> str:

@@ -1,16 +1,39 @@
 """Training device resource: the same training code on CPU here and on a GPU node in production.
 
-Only the resource values differ between environments (RECSYS_TRAINING_DEVICE=cuda on a GPU host).
+Only the resource values differ between environments (RECSYS_TRAINING_DEVICE=cuda on a GPU host). The resource
+hands the training code its settings (`TrainSettings`); it imports nothing of the training code.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from recsys_assets.training.trainer import TrainSettings, resolve_device
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 2
+    batch_size: int = 2048
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.0
+    seed: int = 7
+    device: str = "cpu"  # resolved: "cpu" or "cuda[:n]"
+    mixed_precision: bool = False  # bf16 autocast, GPU only
+    num_threads: int = 0  # 0 = torch default
+    shuffle_buffer_rows: int = 1_000_000
+
+
+def resolve_device(requested: str) -> str:
+    import torch  # here: building the Definitions must not import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"training device {requested!r} requested but CUDA is not available on this host")
+    return requested
 
 
 class TrainingResource(ConfigurableResource):

@@ -14,6 +14,16 @@ from resources.notifier import NotifierResource
 from resources.spark import SparkResource
 from resources.storage import DatasetStore, StorageResource
 
+SPARK_FIXTURES = {"spark", "spark_resource", "datagen_root", "trained_root"}
+
+
+def pytest_collection_modifyitems(items):
+    # Tests that start (or share) a Spark session are outside `make test-fast`.
+    for item in items:
+        if SPARK_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.spark)
+
+
 SMALL = dict(events_per_day=30_000, num_users=4_000, initial_items=2_500, new_items_per_day=60, num_authors=400)
 DAYS = ["2024-03-01", "2024-03-02", "2024-03-03"]
 
@@ -78,11 +88,9 @@ def _dagster_home(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def datagen_root(raw_root, spark_resource, tmp_path_factory) -> Path:
     """The three raw days with every datagen asset materialized (read-only for tests: copy it first)."""
-    from dagster import materialize
+    from dagster import DagsterInstance
 
-    from checks.datagen_checks import datagen_checks
-    from recsys_assets.datagen.assets import datagen_assets
-    from recsys_assets.datagen.raw_sources import raw_specs
+    from tests.dagster_helpers import run_job
 
     root = tmp_path_factory.mktemp("datagen_data") / "data"
     shutil.copytree(raw_root, root)
@@ -92,8 +100,8 @@ def datagen_root(raw_root, spark_resource, tmp_path_factory) -> Path:
         "notifier": NotifierResource(jsonl_path=str(root.parent / "n.jsonl")),
     }
     for day in DAYS:
-        # With the blocking checks: a staged version is committed (readable downstream) only when they pass.
-        assert materialize([*raw_specs, *datagen_assets, *datagen_checks], partition_key=day, resources=res).success
+        # datagen_job includes the blocking checks: a staged version is committed only when they pass.
+        assert run_job("datagen_job", day, DagsterInstance.ephemeral(), res).success
     return root
 
 
@@ -130,7 +138,9 @@ def pg_database():
 def pg_env(pg_database, monkeypatch) -> dict[str, str]:
     """Environment for deploy/production/dagster.yaml pointing at the test database."""
     env = {
-        "DAGSTER_PG_HOST": PG_DSN["host"], "DAGSTER_PG_PORT": str(PG_DSN["port"]), "DAGSTER_PG_DB": pg_database,
+        "DAGSTER_PG_HOST": PG_DSN["host"],
+        "DAGSTER_PG_PORT": str(PG_DSN["port"]),
+        "DAGSTER_PG_DB": pg_database,
         "DAGSTER_PG_USERNAME": PG_DSN["user"],
         # The server trusts local connections, so any password works: a recognisable one lets tests prove it
         # never reaches logs, metadata or the event log.

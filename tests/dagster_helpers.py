@@ -1,30 +1,42 @@
-"""Helpers for running the real assets and checks through Dagster in tests."""
+"""Running the real jobs and checks in tests: always selected from the one Definitions (with test resources), never
+from a list of assets of the tests' own."""
 
 from __future__ import annotations
 
+import inspect
 from types import SimpleNamespace
 
-from dagster import materialize
+from dagster import build_op_context
 
-from checks.datagen_checks import datagen_checks
-from recsys_assets.datagen.assets import datagen_assets
-from recsys_assets.datagen.raw_sources import raw_specs
+from recsys_assets.definitions import build_defs, default_resources
+from resources.config_files import ConfigFilesResource
 
-ALL = [*raw_specs, *datagen_assets, *datagen_checks]
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
-def run_day(day, instance, resources, config_path: str | None = None, selection=None):
-    run_config = dict(QUIET)
-    if config_path:
-        run_config["ops"] = {
-            name: {"config": {"datagen_config_path": config_path}}
-            for name in ("filtered_events", "training_events", "datagen_monitoring_report")
-        }
-    return materialize(
-        ALL, partition_key=day, instance=instance, resources=resources, raise_on_error=False,
-        run_config=run_config, selection=selection,
+def defs_with(resources: dict):
+    """The project's Definitions with the test's resources over the local defaults."""
+    return build_defs({**default_resources(), **resources})
+
+
+def run_job(job_name: str, day: str, instance, resources: dict, asset_selection=None, tags=None):
+    """One partition of a job of the Definitions, through `instance`; failures are returned, not raised."""
+    job = defs_with(resources).resolve_job_def(job_name)
+    return job.execute_in_process(
+        partition_key=day,
+        instance=instance,
+        raise_on_error=False,
+        run_config=QUIET,
+        asset_selection=asset_selection,
+        tags=tags,
     )
+
+
+def run_day(day, instance, resources, config_path: str | None = None):
+    """datagen_job for one day (every datagen asset and check), optionally with another datagen YAML."""
+    if config_path:
+        resources = {**resources, "config_files": ConfigFilesResource(datagen=config_path)}
+    return run_job("datagen_job", day, instance, resources)
 
 
 class _CheckRun:
@@ -38,22 +50,23 @@ class _CheckRun:
 
 
 def run_checks_only(check_defs, day, instance, resources):
-    """Evaluate just these partitioned checks for one day against committed data and the instance's metadata.
+    """Evaluate just these partitioned checks for one day against committed data and the instance.
 
-    Dagster 1.13 refuses a run whose selection is only partitioned checks ("no PartitionsDefinition shared by
-    all the provided assets"), so the check functions are invoked directly with a partition-aware context.
-    """
-    from dagster import build_op_context
-    from dagster._core.execution.context.invocation import DirectAssetCheckExecutionContext
-
+    Dagster 1.13 refuses a run whose selection holds only partitioned checks ("no PartitionsDefinition shared by
+    all the provided assets"), so the check functions are invoked directly with a partition-aware op context."""
     out = []
     for check_def in check_defs:
-        params = check_def.op.compute_fn.decorated_fn.__code__.co_varnames
-        kwargs = {k: v for k, v in resources.items() if k in params}
-        ctx = DirectAssetCheckExecutionContext(build_op_context(partition_key=day, instance=instance))
-        res = check_def(ctx, **kwargs)
-        out.append(SimpleNamespace(check_name=check_def.check_key.name, passed=res.passed,
-                                   description=res.description, metadata=res.metadata))
+        params = inspect.signature(check_def.op.compute_fn.decorated_fn).parameters
+        kwargs = {k: v for k, v in {**default_resources(), **resources}.items() if k in params}
+        res = check_def(build_op_context(partition_key=day, instance=instance), **kwargs)
+        out.append(
+            SimpleNamespace(
+                check_name=check_def.check_key.name,
+                passed=res.passed,
+                description=res.description,
+                metadata=res.metadata,
+            )
+        )
     return _CheckRun(out)
 
 

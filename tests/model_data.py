@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recsys_assets.schemas import EMBEDDING_DIM
+from recsys_assets.core.schemas import EMBEDDING_DIM
 from resources.storage import DatasetStore
 
 LANGS = ["hi", "ta", "te"]
@@ -55,11 +55,13 @@ def make_day(world, day: str, events: int, seed: int) -> tuple[pa.Table, pa.Tabl
     followed = rng.uniform(size=events) < 1 / (1 + np.exp(-(logit - 1.5)))
     watch = np.clip(rng.beta(1 + 3 * affinity, 2.5 - affinity), 0, 1.2)
     length = 10 + (items % 50).astype(np.float64)
-    start = dt.datetime.fromisoformat(day).replace(tzinfo=dt.timezone.utc)
+    start = dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC)
     created = [start - dt.timedelta(days=int(i % 40)) for i in range(ni)]
     uid = np.array([f"u{u}" for u in range(nu)], dtype=object)
     iid = np.array([f"i{i}" for i in range(ni)], dtype=object)
-    ts = pa.array([start + dt.timedelta(seconds=int(s)) for s in rng.integers(0, 86_000, events)], pa.timestamp("us", tz="UTC"))
+    ts = pa.array(
+        [start + dt.timedelta(seconds=int(s)) for s in rng.integers(0, 86_000, events)], pa.timestamp("us", tz="UTC")
+    )
     events_tbl = pa.table(
         {
             "user_id": pa.array(uid[users], pa.string()),

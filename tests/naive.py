@@ -9,11 +9,21 @@ import pandas as pd
 from recsys_assets.datagen.config import DatagenSpec, InSetFilter, MinItemEventsFilter, RangeFilter
 
 
-def naive_chain(events: pd.DataFrame, items: pd.DataFrame, spec: DatagenSpec, day_start_us: int, day_end_us: int,
-                sampled_event_ids: set[str]) -> tuple[dict, pd.DataFrame]:
+def naive_chain(
+    events: pd.DataFrame,
+    items: pd.DataFrame,
+    spec: DatagenSpec,
+    day_start_us: int,
+    day_end_us: int,
+    sampled_event_ids: set[str],
+) -> tuple[dict, pd.DataFrame]:
     stats: dict = {"num_raw_events": len(events), "num_raw_items": events["item_id"].nunique()}
     ev = events.copy()
-    ts_us = ev["event_ts"].astype("int64") // 1000 if str(ev["event_ts"].dtype).endswith("[ns, UTC]") else ev["event_ts"].astype("int64")
+    ts_us = (
+        ev["event_ts"].astype("int64") // 1000
+        if str(ev["event_ts"].dtype).endswith("[ns, UTC]")
+        else ev["event_ts"].astype("int64")
+    )
     ev["_ts_us"] = ts_us
     pd_ = ev["play_duration_s"]
     q = spec.quarantine
@@ -50,9 +60,14 @@ def naive_chain(events: pd.DataFrame, items: pd.DataFrame, spec: DatagenSpec, da
 
     # One catalogue row per item: the most complete one, then the smallest values in column order.
     rest = [c for c in items.columns if c != "item_id"]
-    ranked = items.assign(_nulls=items[rest].isna().sum(axis=1)).sort_values(["_nulls", *rest], na_position="last",
-                                                                             kind="stable")
-    cat = ranked.drop_duplicates("item_id").drop(columns="_nulls").rename(columns={c: f"item_{c}" for c in items.columns if c != "item_id"})
+    ranked = items.assign(_nulls=items[rest].isna().sum(axis=1)).sort_values(
+        ["_nulls", *rest], na_position="last", kind="stable"
+    )
+    cat = (
+        ranked.drop_duplicates("item_id")
+        .drop(columns="_nulls")
+        .rename(columns={c: f"item_{c}" for c in items.columns if c != "item_id"})
+    )
     ev = ev[reasons.isna()].merge(cat, on="item_id", how="left")
     ev["item_age_days"] = (ev["event_ts"] - ev["item_created_at"]).dt.total_seconds() / 86400.0
 
@@ -63,7 +78,9 @@ def naive_chain(events: pd.DataFrame, items: pd.DataFrame, spec: DatagenSpec, da
         n_items = df["item_id"].nunique()
         stats[f"num_events_post_filter_{name}"] = len(df)
         stats[f"num_items_post_filter_{name}"] = n_items
-        stats[f"item_loss_percentage_{name}"] = round(100.0 * (prev_items - n_items) / prev_items, 4) if prev_items else 0.0
+        stats[f"item_loss_percentage_{name}"] = (
+            round(100.0 * (prev_items - n_items) / prev_items, 4) if prev_items else 0.0
+        )
         prev_items = n_items
 
     record("quarantine", ev)

@@ -16,13 +16,16 @@ import numpy as np
 from dagster import SensorResult, SkipReason, build_sensor_context
 
 from checks.datagen_checks import new_items_1d
-from recsys_assets.automation.sensors import (
-    check_failure_sensor, notification_delivery_sensor, overdue_days, raw_success_file_sensor,
-)
+from recsys_assets.alerts.sensors import check_failure_sensor, notification_delivery_sensor, run_failure_alert_sensor
+from recsys_assets.datagen.automation import monitoring_summary_sensor, overdue_days, raw_success_file_sensor
+from resources.config_files import ConfigFilesResource
 from resources.notifier import NotifierResource
 from resources.storage import DatasetStore, StorageResource
-from tests.dagster_helpers import run_checks_only
+from tests.dagster_helpers import defs_with, run_checks_only
 from tests.test_checks import _commit_report
+
+# The project's Definitions: the alert sensors read the checks to watch from them.
+DEFS = defs_with({})
 
 
 class _Webhook:
@@ -76,14 +79,14 @@ def _dead_url() -> str:
 
 
 def test_success_file_sensor_requests_exactly_one_run_per_new_file(store, instance, resources):
-    with build_sensor_context(instance=instance, resources=resources) as ctx:
+    with build_sensor_context(instance=instance, definitions=DEFS, resources=resources) as ctx:
         first = raw_success_file_sensor(ctx)
     assert isinstance(first, SensorResult)
     assert [r.partition_key for r in first.run_requests] == ["2024-03-01", "2024-03-02", "2024-03-03"]
     assert len({r.run_key for r in first.run_requests}) == 3
     assert len(first.asset_events) == 3 * 4  # raw events/items/embeddings/users per day
 
-    with build_sensor_context(instance=instance, resources=resources, cursor=first.cursor) as ctx:
+    with build_sensor_context(instance=instance, definitions=DEFS, resources=resources, cursor=first.cursor) as ctx:
         again = raw_success_file_sensor(ctx)
     assert isinstance(again, SkipReason)
 
@@ -91,7 +94,7 @@ def test_success_file_sensor_requests_exactly_one_run_per_new_file(store, instan
     store.write_bytes_atomic(store.raw_success_file("2024-03-04"), b"done")
     # A file that is not a day is ignored.
     store.write_bytes_atomic(store.raw_success_file("README"), b"x")
-    with build_sensor_context(instance=instance, resources=resources, cursor=first.cursor) as ctx:
+    with build_sensor_context(instance=instance, definitions=DEFS, resources=resources, cursor=first.cursor) as ctx:
         new = raw_success_file_sensor(ctx)
     assert [r.partition_key for r in new.run_requests] == ["2024-03-04"]
 
@@ -99,7 +102,7 @@ def test_success_file_sensor_requests_exactly_one_run_per_new_file(store, instan
     path = store.raw_success_file("2024-03-02")
     st = os.stat(path)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    with build_sensor_context(instance=instance, resources=resources, cursor=new.cursor) as ctx:
+    with build_sensor_context(instance=instance, definitions=DEFS, resources=resources, cursor=new.cursor) as ctx:
         redo = raw_success_file_sensor(ctx)
     assert [r.partition_key for r in redo.run_requests] == ["2024-03-02"]
     assert redo.run_requests[0].run_key not in {r.run_key for r in first.run_requests}
@@ -107,7 +110,7 @@ def test_success_file_sensor_requests_exactly_one_run_per_new_file(store, instan
 
 def test_overdue_days_after_due_plus_grace():
     # Day 2024-03-01 (IST) ends 2024-03-01T18:30Z; raw data is due 5 h later and alerted on 3 h after that.
-    deadline = dt.datetime(2024, 3, 2, 2, 30, tzinfo=dt.timezone.utc)
+    deadline = dt.datetime(2024, 3, 2, 2, 30, tzinfo=dt.UTC)
     before = deadline - dt.timedelta(minutes=1)
     assert overdue_days(before, set(), 0, 5, 3) == []
     assert overdue_days(deadline, set(), 0, 5, 3) == ["2024-03-01"]
@@ -116,24 +119,19 @@ def test_overdue_days_after_due_plus_grace():
 
 
 def _store_failed_evaluation(instance, partition: str, description: str, metadata: dict | None = None) -> None:
-    """Record a failed new_items_1d evaluation in the instance's event log, as a run's check step does."""
-    import time as _t
-
+    """Record a failed new_items_1d evaluation in the instance's event log (as a runless check evaluation: the same
+    execution record a run's check step leaves)."""
     from dagster import AssetCheckEvaluation, AssetCheckSeverity
-    from dagster._core.events import DagsterEvent, DagsterEventType
-    from dagster._core.events.log import EventLogEntry
 
-    evaluation = AssetCheckEvaluation(
-        asset_key=new_items_1d.check_key.asset_key, check_name="new_items_1d", passed=False,
-        severity=AssetCheckSeverity.WARN, description=description, metadata=metadata or {}, partition=partition,
-    )
-    instance.store_event(
-        EventLogEntry(
-            error_info=None, level=logging.INFO, user_message="", run_id="test-run", timestamp=_t.time(),
-            dagster_event=DagsterEvent(
-                event_type_value=DagsterEventType.ASSET_CHECK_EVALUATION.value, job_name="datagen_job",
-                event_specific_data=evaluation,
-            ),
+    instance.report_runless_asset_event(
+        AssetCheckEvaluation(
+            asset_key=new_items_1d.check_key.asset_key,
+            check_name="new_items_1d",
+            passed=False,
+            severity=AssetCheckSeverity.WARN,
+            description=description,
+            metadata=metadata or {},
+            partition=partition,
         )
     )
 
@@ -141,7 +139,9 @@ def _store_failed_evaluation(instance, partition: str, description: str, metadat
 def _failing_check_evaluation(store, instance, resources):
     """Evaluate new_items_1d on a day with 1% new items and record the failed evaluation in the instance."""
     yesterday = [f"i{i}" for i in range(1000)]
-    _commit_report(store, "2024-03-02", yesterday[10:] + [f"n{i}" for i in range(10)], np.full(1000, 5.0), prev_ids=yesterday)
+    _commit_report(
+        store, "2024-03-02", yesterday[10:] + [f"n{i}" for i in range(10)], np.full(1000, 5.0), prev_ids=yesterday
+    )
     res = run_checks_only([new_items_1d], "2024-03-02", instance, resources).get_asset_check_evaluations()[0]
     assert not res.passed
     _store_failed_evaluation(instance, "2024-03-02", res.description, res.metadata)
@@ -154,25 +154,28 @@ def _jsonl(tmp_path) -> list[dict]:
 def test_check_failure_is_delivered_to_the_error_webhook_once(store, instance, resources, tmp_path):
     _failing_check_evaluation(store, instance, resources)
     with _Webhook() as hook:
-        res = {**resources, "notifier": NotifierResource(error_webhook_url=hook.url, jsonl_path=str(tmp_path / "n.jsonl"))}
-        with build_sensor_context(instance=instance, resources=res) as ctx:
+        res = {
+            **resources,
+            "notifier": NotifierResource(error_webhook_url=hook.url, jsonl_path=str(tmp_path / "n.jsonl")),
+        }
+        with build_sensor_context(instance=instance, definitions=DEFS, resources=res) as ctx:
             assert "queued 1" in check_failure_sensor(ctx).skip_message
             cursor = ctx.cursor
         assert hook.bodies == []  # the check sensor only queues; delivery is its own step
-        with build_sensor_context(instance=instance, resources=res) as ctx:
+        with build_sensor_context(instance=instance, definitions=DEFS, resources=res) as ctx:
             assert "delivered 1" in notification_delivery_sensor(ctx).skip_message
         assert len(hook.bodies) == 1
         text = hook.bodies[0]["text"]
         assert "Check failed: datagen_monitoring_report:new_items_1d" in text
         assert "partition: 2024-03-02" in text and "new_items_pct_1d: 1.0" in text
         # Next ticks: nothing new queued, nothing sent again.
-        with build_sensor_context(instance=instance, resources=res, cursor=cursor) as ctx:
+        with build_sensor_context(instance=instance, definitions=DEFS, resources=res, cursor=cursor) as ctx:
             assert "queued 0" in check_failure_sensor(ctx).skip_message
-        with build_sensor_context(instance=instance, resources=res) as ctx:
+        with build_sensor_context(instance=instance, definitions=DEFS, resources=res) as ctx:
             notification_delivery_sensor(ctx)
         assert len(hook.bodies) == 1
         # Even a tick that starts over without a cursor (a reset sensor) queues nothing twice.
-        with build_sensor_context(instance=instance, resources=res) as ctx:
+        with build_sensor_context(instance=instance, definitions=DEFS, resources=res) as ctx:
             assert "queued 0" in check_failure_sensor(ctx).skip_message
     (record,) = _jsonl(tmp_path)
     assert record["route"] == "error" and record["fields"]["partition"] == "2024-03-02"
@@ -201,14 +204,19 @@ def test_hanging_webhook_never_stalls_a_tick_and_each_failure_is_delivered_exact
         _store_failed_evaluation(instance, f"2024-03-{i + 1:02d}", f"failure {i}")
     with _Webhook() as hook:
         hook.hang.set()
-        notifier = NotifierResource(error_webhook_url=hook.url, jsonl_path=str(tmp_path / "n.jsonl"), timeout_s=1.0,
-                                    delivery_budget_s=5.0, backoff_s=0.0)
+        notifier = NotifierResource(
+            error_webhook_url=hook.url,
+            jsonl_path=str(tmp_path / "n.jsonl"),
+            timeout_s=1.0,
+            delivery_budget_s=5.0,
+            backoff_s=0.0,
+        )
         res = {"notifier": notifier}
         t0 = time.monotonic()
-        with build_sensor_context(instance=instance, resources=res) as ctx:
+        with build_sensor_context(instance=instance, definitions=DEFS, resources=res) as ctx:
             assert "queued 10" in check_failure_sensor(ctx).skip_message
             cursor = ctx.cursor
-        with build_sensor_context(instance=instance, resources=res) as ctx:
+        with build_sensor_context(instance=instance, definitions=DEFS, resources=res) as ctx:
             skipped = notification_delivery_sensor(ctx).skip_message
         elapsed = time.monotonic() - t0
         # One timed-out request pauses the route for the pass: far inside a 60 s tick, whatever the queue length.
@@ -216,14 +224,14 @@ def test_hanging_webhook_never_stalls_a_tick_and_each_failure_is_delivered_exact
         assert "failed 1" in skipped and "left 9" in skipped and hook.bodies == []
         # Each failure was logged once, and the cursor moved past all of them.
         assert sorted(r["fields"]["partition"] for r in _jsonl(tmp_path)) == [f"2024-03-{i:02d}" for i in range(1, 11)]
-        with build_sensor_context(instance=instance, resources=res, cursor=cursor) as ctx:
+        with build_sensor_context(instance=instance, definitions=DEFS, resources=res, cursor=cursor) as ctx:
             assert "queued 0" in check_failure_sensor(ctx).skip_message
 
         hook.hang.clear()
         hook.released.set()
-        with build_sensor_context(instance=instance, resources=res) as ctx:
+        with build_sensor_context(instance=instance, definitions=DEFS, resources=res) as ctx:
             assert "delivered 10" in notification_delivery_sensor(ctx).skip_message
-        with build_sensor_context(instance=instance, resources=res) as ctx:
+        with build_sensor_context(instance=instance, definitions=DEFS, resources=res) as ctx:
             assert "delivered 0" in notification_delivery_sensor(ctx).skip_message
     texts = sorted(b["text"] for b in hook.bodies)
     assert len(texts) == 10 and len(set(texts)) == 10
@@ -234,13 +242,17 @@ def test_hanging_webhook_never_stalls_a_tick_and_each_failure_is_delivered_exact
 def test_dead_webhook_never_fails_and_never_leaks_the_url(store, instance, resources, tmp_path, caplog):
     _failing_check_evaluation(store, instance, resources)
     url = _dead_url()
-    res = {**resources, "notifier": NotifierResource(error_webhook_url=url, jsonl_path=str(tmp_path / "n.jsonl"),
-                                                     backoff_s=0.0, timeout_s=1, max_attempts=3)}
+    res = {
+        **resources,
+        "notifier": NotifierResource(
+            error_webhook_url=url, jsonl_path=str(tmp_path / "n.jsonl"), backoff_s=0.0, timeout_s=1, max_attempts=3
+        ),
+    }
     caplog.set_level(logging.DEBUG)
-    with build_sensor_context(instance=instance, resources=res) as ctx:
+    with build_sensor_context(instance=instance, definitions=DEFS, resources=res) as ctx:
         check_failure_sensor(ctx)
     for _ in range(3):  # completes every time: a dead webhook fails no tick
-        with build_sensor_context(instance=instance, resources=res) as ctx:
+        with build_sensor_context(instance=instance, definitions=DEFS, resources=res) as ctx:
             assert isinstance(notification_delivery_sensor(ctx), SkipReason)
     (row,) = res["notifier"].outbox()
     assert row["state"] == "abandoned" and row["attempts"] == 3 and row["last_error"] == "ConnectionError"
@@ -252,41 +264,49 @@ def test_dead_webhook_never_fails_and_never_leaks_the_url(store, instance, resou
 def test_dead_webhook_does_not_fail_a_datagen_run(instance, resources, tmp_path):
     """Notifications go through sensors, never run steps: a run with the notifier pointed at a dead webhook
     succeeds, and the summary sensor queues one summary per materialized day, delivered (or not) later."""
-    from recsys_assets.automation.sensors import monitoring_summary_sensor
     from tests.conftest import DAYS
     from tests.dagster_helpers import run_day
 
-    res = {**resources, "notifier": NotifierResource(info_webhook_url=_dead_url(), error_webhook_url=_dead_url(),
-                                                     jsonl_path=str(tmp_path / "n.jsonl"), backoff_s=0.0, timeout_s=1)}
+    res = {
+        **resources,
+        "notifier": NotifierResource(
+            info_webhook_url=_dead_url(),
+            error_webhook_url=_dead_url(),
+            jsonl_path=str(tmp_path / "n.jsonl"),
+            backoff_s=0.0,
+            timeout_s=1,
+        ),
+    }
     assert run_day(DAYS[0], instance, res).success
     assert run_day(DAYS[1], instance, res).success
-    with build_sensor_context(instance=instance, resources=res) as ctx:
+    with build_sensor_context(instance=instance, definitions=DEFS, resources=res) as ctx:
         monitoring_summary_sensor(ctx)  # one summary per materialized day, not only the latest
         cursor = ctx.cursor
     summary = [x for x in _jsonl(tmp_path) if x["route"] == "info"]
     assert [x["fields"]["partition"] for x in summary] == DAYS[:2]
     body = summary[0]["body"]
     assert body.index("(0.0, 1.0]") < body.index("(2.0, 4.0]") < body.index("(14.0, 30.0]")  # edge order
-    with build_sensor_context(instance=instance, resources=res) as ctx:
+    with build_sensor_context(instance=instance, definitions=DEFS, resources=res) as ctx:
         notification_delivery_sensor(ctx)
     assert {n["state"] for n in res["notifier"].outbox()} == {"pending"}  # failed, to be retried
-    with build_sensor_context(instance=instance, resources=res, cursor=cursor) as ctx:
+    with build_sensor_context(instance=instance, definitions=DEFS, resources=res, cursor=cursor) as ctx:
         assert "queued 0" in monitoring_summary_sensor(ctx).skip_message
 
 
 def test_fallback_schedule_runs_yesterday_only_when_needed(store, instance, resources):
     from dagster import RunRequest, build_schedule_context
 
-    from recsys_assets.automation.schedules import datagen_fallback_schedule
+    from recsys_assets.datagen.automation import datagen_fallback_schedule
 
     # 08:30 IST on 2024-03-04 -> yesterday is 2024-03-03, whose success file exists and which never ran.
-    at = dt.datetime(2024, 3, 4, 3, 0, tzinfo=dt.timezone.utc)
+    at = dt.datetime(2024, 3, 4, 3, 0, tzinfo=dt.UTC)
     with build_schedule_context(instance=instance, resources=resources, scheduled_execution_time=at) as ctx:
         req = datagen_fallback_schedule(ctx)
     assert isinstance(req, RunRequest) and req.partition_key == "2024-03-03"
     # Success file missing (e.g. for 2024-03-04 a day later): skip, the freshness sensor alerts instead.
-    with build_schedule_context(instance=instance, resources=resources,
-                                scheduled_execution_time=at + dt.timedelta(days=1)) as ctx:
+    with build_schedule_context(
+        instance=instance, resources=resources, scheduled_execution_time=at + dt.timedelta(days=1)
+    ) as ctx:
         skip = datagen_fallback_schedule(ctx)
     assert isinstance(skip, SkipReason) and "success file missing" in skip.skip_message
     # Already materialized by the sensor-triggered run: skip.
@@ -304,7 +324,6 @@ def test_failed_run_sends_an_error_notification(store, instance, resources, tmp_
 
     from dagster import DagsterEventType, build_run_status_sensor_context
 
-    from recsys_assets.automation.sensors import datagen_run_failure_sensor
     from tests.dagster_helpers import run_day
 
     shutil.rmtree(store.raw_partition_path("events", "2024-03-02"))
@@ -316,11 +335,14 @@ def test_failed_run_sends_an_error_notification(store, instance, resources, tmp_
     with _Webhook() as hook:
         notifier = NotifierResource(error_webhook_url=hook.url, jsonl_path=str(tmp_path / "n.jsonl"))
         ctx = build_run_status_sensor_context(
-            sensor_name="datagen_run_failure_sensor", dagster_instance=instance, dagster_run=run,
-            dagster_event=failure, resources={"notifier": notifier},
+            sensor_name="run_failure_alert_sensor",
+            dagster_instance=instance,
+            dagster_run=run,
+            dagster_event=failure,
+            resources={"notifier": notifier},
         ).for_run_failure()
-        datagen_run_failure_sensor(ctx)
-        datagen_run_failure_sensor(ctx)  # a re-evaluated tick queues nothing twice
+        run_failure_alert_sensor(ctx)
+        run_failure_alert_sensor(ctx)  # a re-evaluated tick queues nothing twice
         assert notifier.deliver_pending()["delivered"] == 1
     assert len(hook.bodies) == 1
     assert "Run failed" in hook.bodies[0]["text"] and "partition: 2024-03-02" in hook.bodies[0]["text"]
@@ -330,9 +352,8 @@ def test_successful_datagen_run_requests_training_for_the_same_day(instance, tmp
     """The training_job of a day starts when that day's datagen run succeeds (one request per datagen run), once
     the window has enough committed training_events days to train on (min_window_days of training.yaml)."""
     from dagster import DagsterEventType, asset, build_run_status_sensor_context, materialize
-    from dagster._core.test_utils import create_run_for_test
 
-    from recsys_assets.automation.sensors import training_after_datagen_sensor
+    from recsys_assets.training.automation import training_after_datagen_sensor
     from tests.model_data import populate
 
     @asset
@@ -342,14 +363,18 @@ def test_successful_datagen_run_requests_training_for_the_same_day(instance, tmp
     store = DatasetStore(str(tmp_path / "data"))
     days = [f"2024-03-{d:02d}" for d in range(1, 7)]
     populate(store, days, events_per_day=300)
-    done = materialize([probe], instance=instance)
-    success = next(e for e in done.all_events if e.event_type == DagsterEventType.RUN_SUCCESS)
 
     def evaluate(day):
-        run = create_run_for_test(instance, job_name="datagen_job", tags={"dagster/partition": day})
+        # A real successful run of the day (the sensor reads its partition tag and run id).
+        done = materialize([probe], instance=instance, tags={"dagster/partition": day})
+        success = next(e for e in done.all_events if e.event_type == DagsterEventType.RUN_SUCCESS)
+        run = instance.get_run_by_id(done.run_id)
         ctx = build_run_status_sensor_context(
-            sensor_name="training_after_datagen_sensor", dagster_instance=instance, dagster_run=run,
-            dagster_event=success, resources={"storage": StorageResource(data_root=store.root_uri)},
+            sensor_name="training_after_datagen_sensor",
+            dagster_instance=instance,
+            dagster_run=run,
+            dagster_event=success,
+            resources={"storage": StorageResource(data_root=store.root_uri), "config_files": ConfigFilesResource()},
         )
         return run, training_after_datagen_sensor(ctx)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import pyarrow.dataset as pads
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -75,8 +75,11 @@ def test_expectations_fail_on_bad_training_rows(instance, resources, store):
     events = events.set_column(events.schema.get_field_index("user_id"), "user_id", pa.array(users, pa.string()))
     norm = events["watch_ratio_norm"].to_numpy().copy()
     norm[2] = np.inf
-    events = events.set_column(events.schema.get_field_index("watch_ratio_norm"), "watch_ratio_norm",
-                               pa.array(norm, events.schema.field("watch_ratio_norm").type))
+    events = events.set_column(
+        events.schema.get_field_index("watch_ratio_norm"),
+        "watch_ratio_norm",
+        pa.array(norm, events.schema.field("watch_ratio_norm").type),
+    )
     emb = items["embedding"].to_pylist()
     emb[0] = emb[0][:64]
     items = items.set_column(
@@ -93,8 +96,12 @@ def test_expectations_fail_on_bad_training_rows(instance, resources, store):
     result = run_checks_only([training_events_expectations], day, instance, resources)
     ev = result.get_asset_check_evaluations()[0]
     assert not ev.passed
-    for failed in ("expect_column_values_to_be_between(play_duration_s)", "expect_column_values_to_not_be_null(user_id)",
-                   "training_items.unexpected_rows_expectation", "training_events.unexpected_rows_expectation"):
+    for failed in (
+        "expect_column_values_to_be_between(play_duration_s)",
+        "expect_column_values_to_not_be_null(user_id)",
+        "training_items.unexpected_rows_expectation",
+        "training_events.unexpected_rows_expectation",
+    ):
         assert failed in ev.description
     assert ev.metadata["num_failed_expectations"].value == 4
     assert ev.metadata["judged_version"].value == v
@@ -124,8 +131,9 @@ def test_events_items_delta_fails_against_a_very_different_previous_day(instance
     assert run_checks_only([events_items_delta_1d_7d], day, instance, resources).get_asset_check_evaluations()[0].passed
     # A newer version of yesterday that is withheld (staged, failed) is no baseline: the committed one still is.
     v = store.new_version()
-    store.write_json_atomic(store.version_path("training_events", DAYS[0], v, "stats.json"),
-                            {**stats, "num_final_rows": 1})
+    store.write_json_atomic(
+        store.version_path("training_events", DAYS[0], v, "stats.json"), {**stats, "num_final_rows": 1}
+    )
     publish_partition(store, "training_events", DAYS[0], v)
     store.record_verdict("training_events", DAYS[0], v, "embedding_join_item_loss", False)
     assert run_checks_only([events_items_delta_1d_7d], day, instance, resources).get_asset_check_evaluations()[0].passed
@@ -134,11 +142,18 @@ def test_events_items_delta_fails_against_a_very_different_previous_day(instance
 def _commit_report(store, day, item_ids, ages, prev_ids=None, prev_7d=None):
     spec = load_datagen_spec()
     report = build_report(
-        day=day, filter_stats={}, join_stats={"num_final_rows": 1000, "num_items_post_embed_join": len(item_ids)},
-        item_ids=np.array(item_ids, dtype=object), item_age_days=np.array(ages, dtype=float),
-        edges=spec.item_age_bucket_edges, prev_1d_item_ids=None if prev_ids is None else np.array(prev_ids, dtype=object),
-        prev_1d_report=None, prev_7d_report=prev_7d, started_at="2024-03-01T00:00:00+00:00",
-        finished_at="2024-03-01T00:10:00+00:00", run_time_s=600,
+        day=day,
+        filter_stats={},
+        join_stats={"num_final_rows": 1000, "num_items_post_embed_join": len(item_ids)},
+        item_ids=np.array(item_ids, dtype=object),
+        item_age_days=np.array(ages, dtype=float),
+        edges=spec.item_age_bucket_edges,
+        prev_1d_item_ids=None if prev_ids is None else np.array(prev_ids, dtype=object),
+        prev_1d_report=None,
+        prev_7d_report=prev_7d,
+        started_at="2024-03-01T00:00:00+00:00",
+        finished_at="2024-03-01T00:10:00+00:00",
+        run_time_s=600,
     )
     report["thresholds"] = spec.thresholds.model_dump()
     v = store.new_version()

@@ -9,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from recsys_assets.training.artifacts import ArtifactDir
 from resources.storage import DatasetStore
 from tests.model_data import populate
@@ -20,17 +22,21 @@ RUN = textwrap.dedent(
     """
     import sys
     sys.path.insert(0, {repo!r})
-    from dagster import materialize
-    from recsys_assets.training.assets import vocab
+    from dagster import AssetKey
+    from tests.dagster_helpers import defs_with
+    from resources.config_files import ConfigFilesResource
     from resources.storage import StorageResource
 
-    result = materialize([vocab], partition_key={day!r}, resources={{"storage": StorageResource(data_root={root!r})}},
-                         run_config={{"ops": {{"vocab": {{"config": {{"training_config_path": {cfg!r}}}}}}}}})
+    defs = defs_with({{"storage": StorageResource(data_root={root!r}),
+                      "config_files": ConfigFilesResource(training={cfg!r})}})
+    result = defs.resolve_job_def("training_job").execute_in_process(partition_key={day!r},
+                                                                    asset_selection=[AssetKey("vocab")])
     print("VERSION", result.asset_materializations_for_node("vocab")[0].metadata["version"].value)
     """
 )
 
 
+@pytest.mark.slow  # two Dagster runs in subprocesses
 def test_concurrent_runs_of_one_partition_commit_one_complete_version(tmp_path):
     store = DatasetStore(str(tmp_path / "data"))
     populate(store, DAYS, events_per_day=20_000, num_users=3000, num_items=2000)
@@ -39,8 +45,12 @@ def test_concurrent_runs_of_one_partition_commit_one_complete_version(tmp_path):
     cfg.write_text("min_window_days: 2\n")
     code = RUN.format(repo=str(REPO), day=DAYS[-1], root=store.root_uri, cfg=str(cfg))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     versions = {line.split()[1] for out, _ in outs for line in out.splitlines() if line.startswith("VERSION")}

@@ -15,7 +15,13 @@ def _raw():
 def test_default_config_lists_production_filters_in_order():
     spec = load_datagen_spec()
     assert [f.name for f in spec.filters] == [
-        "item_moderation", "feed_source", "client_events", "video_length", "play_duration", "item_age", "item_events",
+        "item_moderation",
+        "feed_source",
+        "client_events",
+        "video_length",
+        "play_duration",
+        "item_age",
+        "item_events",
     ]
     assert spec.sample.fraction == 0.7
     assert spec.thresholds.min_new_items_pct_1d == 3.0

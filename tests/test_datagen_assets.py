@@ -59,8 +59,11 @@ def test_two_days_materialize_with_all_checks_passing(instance, resources, store
     # Readers see each event widened with its day's item columns, equal to the items table's row for that item.
     from recsys_assets.training.loader import committed_events_dataset
 
-    wide = committed_events_dataset(store, [day]).to_table(
-        columns=["event_id", "item_id", "item_category", "item_video_length_s_norm"]).to_pandas()
+    wide = (
+        committed_events_dataset(store, [day])
+        .to_table(columns=["event_id", "item_id", "item_category", "item_video_length_s_norm"])
+        .to_pandas()
+    )
     assert len(wide) == events.num_rows
     by_item = items.to_pandas().set_index("item_id").loc[wide.item_id]
     assert (wide.item_category.to_numpy() == by_item.item_category.to_numpy()).all()
@@ -83,7 +86,9 @@ def test_two_days_materialize_with_all_checks_passing(instance, resources, store
     assert {c.name for c in md["dagster/column_schema"].value.columns} >= {"event_id", "item_age_days"}
     te_md = instance.get_latest_materialization_event(AssetKey("training_events")).asset_materialization.metadata
     assert te_md["num_final_rows"].value == events.num_rows
-    mon_md = instance.get_latest_materialization_event(AssetKey("datagen_monitoring_report")).asset_materialization.metadata
+    mon_md = instance.get_latest_materialization_event(
+        AssetKey("datagen_monitoring_report")
+    ).asset_materialization.metadata
     assert mon_md["monitoring_dict"].value["num_final_rows"] == events.num_rows
     assert "(14.0, 30.0]" in mon_md["item_age_buckets"].value
 
@@ -101,7 +106,9 @@ def test_rerunning_a_partition_is_idempotent(instance, resources, store):
     report2 = store.read_json(store.committed_path("datagen_monitoring_report", day, "report.json"))
     assert v2 != v1 and ids1 == ids2 and len(ids1) == len(set(ids1))
     volatile = {"datagen_start_time", "datagen_end_time", "datagen_run_time", "datagen_run_time_s"}
-    assert {k: v for k, v in report1.items() if k not in volatile} == {k: v for k, v in report2.items() if k not in volatile}
+    assert {k: v for k, v in report1.items() if k not in volatile} == {
+        k: v for k, v in report2.items() if k not in volatile
+    }
     # No partition accumulates versions: the committed one plus at most the previous one.
     assert len(store.list_versions("training_events", day)) == 2
 

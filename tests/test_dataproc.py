@@ -21,8 +21,14 @@ def resource(**kw) -> DataprocSparkResource:
 
 
 def test_cluster_request_carries_the_configured_shape_and_is_a_valid_dataproc_cluster():
-    r = resource(num_workers=6, worker_machine_type="n2-highmem-32", num_secondary_workers=4, region="asia-south1",
-                 spark_conf={"spark.executor.memory": "40g"}, service_account="dp@josh.iam.gserviceaccount.com")
+    r = resource(
+        num_workers=6,
+        worker_machine_type="n2-highmem-32",
+        num_secondary_workers=4,
+        region="asia-south1",
+        spark_conf={"spark.executor.memory": "40g"},
+        service_account="dp@josh.iam.gserviceaccount.com",
+    )
     spec = r.cluster_spec(RUN_ID)
     cluster = dataproc_v1.Cluster(spec)  # raises on any unknown field or wrong type
     assert cluster.cluster_name == "recsys-datagen-3f2a9c1e"  # ephemeral: scoped to the run
@@ -32,29 +38,51 @@ def test_cluster_request_carries_the_configured_shape_and_is_a_valid_dataproc_cl
     assert cluster.config.software_config.image_version == "2.2-debian12"
     assert cluster.config.software_config.properties["spark:spark.executor.memory"] == "40g"
     assert cluster.config.lifecycle_config.idle_delete_ttl.seconds == 3600
-    assert cluster.config.initialization_actions[0].executable_file.startswith("gs://goog-dataproc-initialization-actions-asia-south1/")
+    assert cluster.config.initialization_actions[0].executable_file.startswith(
+        "gs://goog-dataproc-initialization-actions-asia-south1/"
+    )
     assert "dagster-pipes==1.13.27" in cluster.config.gce_cluster_config.metadata["PIP_PACKAGES"]
     assert cluster.labels["dagster-run"] == "3f2a9c1e" and cluster.labels["managed-by"] == "dagster"
     assert resource(ephemeral_cluster=False).cluster_spec(RUN_ID)["cluster_name"] == "recsys-datagen"
 
 
 def test_job_request_submits_the_shared_job_file_with_arguments_it_parses():
+    from recsys_assets.datagen.config import load_datagen_spec
+    from recsys_assets.datagen.stages import stage_job
+    from resources.storage import DatasetStore
+
     r = resource()
-    params = {"datagen_config_path": "gs://josh-recsys-staging/recsys/config/datagen.yaml"}
-    spec = r.job_spec(RUN_ID, "filtered_events", "gs://josh-recsys-data/recsys", "2024-03-01", "20240302T010203-abcd", params)
-    job = dataproc_v1.Job(spec)
-    assert job.placement.cluster_name == "recsys-datagen-3f2a9c1e"
-    assert job.pyspark_job.main_python_file_uri == "gs://josh-recsys-staging/recsys/code/spark_job.py"
-    assert list(job.pyspark_job.python_file_uris) == ["gs://josh-recsys-staging/recsys/code/recsys_platform-0.1.0-py3-none-any.whl"]
-    assert job.labels["stage"] == "filtered-events" and job.labels["partition"] == "2024-03-01"
+    spec = load_datagen_spec()
+    job = stage_job(
+        "filtered_events",
+        DatasetStore("gs://josh-recsys-data/recsys"),
+        "2024-03-01",
+        "20240302T010203000000-abcd",
+        spec,
+    )
+    request = dataproc_v1.Job(r.job_spec(RUN_ID, job))
+    assert request.placement.cluster_name == "recsys-datagen-3f2a9c1e"
+    assert request.pyspark_job.main_python_file_uri == "gs://josh-recsys-staging/recsys/code/spark_job.py"
+    assert list(request.pyspark_job.python_file_uris) == [
+        "gs://josh-recsys-staging/recsys/code/recsys_platform-0.1.0-py3-none-any.whl"
+    ]
+    assert request.labels["stage"] == "filtered-events" and request.labels["partition"] == "2024-03-01"
     # What PipesDataprocJobClient appends, then what spark_job.py sees.
-    argv = [*job.pyspark_job.args, "--dagster-pipes-context", "e30=", "--dagster-pipes-messages", "e30="]
+    argv = [*request.pyspark_job.args, "--dagster-pipes-context", "e30=", "--dagster-pipes-messages", "e30="]
     args, unknown = build_parser().parse_known_args(argv)
     assert (args.stage, args.day, args.version, args.data_root, args.pipes_transport) == (
-        "filtered_events", "2024-03-01", "20240302T010203-abcd", "gs://josh-recsys-data/recsys", "gcs")
-    assert json.loads(args.params_json) == params and unknown[0] == "--dagster-pipes-context"
+        "filtered_events",
+        "2024-03-01",
+        "20240302T010203000000-abcd",
+        "gs://josh-recsys-data/recsys",
+        "gcs",
+    )
+    # The validated datagen spec travels as content: the job reads no YAML file on the cluster.
+    assert json.loads(args.params_json)["datagen_spec"] == spec.model_dump(mode="json")
+    assert unknown[0] == "--dagster-pipes-context"
+    local = stage_job("filtered_events", DatasetStore("/local/data"), "2024-03-01", "v", spec)
     with pytest.raises(ValueError, match="gs:// data root"):
-        r.job_spec(RUN_ID, "filtered_events", "/local/data", "2024-03-01", "v", {})
+        r.job_spec(RUN_ID, local)
 
 
 class _Operation:

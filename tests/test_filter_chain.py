@@ -10,11 +10,11 @@ import pytest
 import yaml
 from pyspark.sql import functions as F
 
+from recsys_assets.core.partitions import window_micros, window_of
+from recsys_assets.core.schemas import RAW_EVENTS
 from recsys_assets.datagen.config import DEFAULT_CONFIG_PATH, load_datagen_spec, parse_datagen_spec
 from recsys_assets.datagen.filter_chain import deduplicate, run_filter_chain, sample_predicate
 from recsys_assets.datagen.raw_inputs import read_raw
-from recsys_assets.partitions import window_micros, window_of
-from recsys_assets.schemas import RAW_EVENTS
 from resources.storage import DatasetStore
 from tests.conftest import DAYS
 from tests.naive import naive_chain
@@ -57,7 +57,13 @@ def test_one_pass_stats_equal_naive_counts(spark, raw_root, spec_name):
     expected, survivors = naive_chain(ev_pd, it_pd, spec, start_us, end_us, sampled)
 
     # The generated day really has dirty rows of every kind the generator makes.
-    for reason in ("null_event_id", "null_item_id", "invalid_play_duration", "event_ts_outside_day", "duplicate_event_id"):
+    for reason in (
+        "null_event_id",
+        "null_item_id",
+        "invalid_play_duration",
+        "event_ts_outside_day",
+        "duplicate_event_id",
+    ):
         assert expected[f"num_quarantined_{reason}"] > 0, reason
     got = {k: v for k, v in result.stats.items() if k in expected}
     assert got == expected
@@ -65,10 +71,16 @@ def test_one_pass_stats_equal_naive_counts(spark, raw_root, spec_name):
     # The written survivors are exactly the naive survivors, and the quarantine output has every reason's rows.
     assert filtered_ids == set(survivors["event_id"])
     # The items table: one row per surviving item, its survivor count, oldest age and catalogue columns.
-    per_item = survivors.groupby("item_id").agg(
-        n=("event_id", "size"), age=("item_age_days", "max"), category=("item_category", "first"),
-        length=("item_video_length_s", "first"),
-    ).sort_index()
+    per_item = (
+        survivors.groupby("item_id")
+        .agg(
+            n=("event_id", "size"),
+            age=("item_age_days", "max"),
+            category=("item_category", "first"),
+            length=("item_video_length_s", "first"),
+        )
+        .sort_index()
+    )
     assert list(filtered_items.index) == list(per_item.index)
     assert (filtered_items.num_events == per_item.n).all()
     np.testing.assert_allclose(filtered_items.item_age_days, per_item.age)
@@ -95,7 +107,9 @@ def test_reordering_filters_changes_stage_order_not_row_filter_results(spark, ra
         assert reordered.stats["stage_order"].index("item_events") < reordered.stats["stage_order"].index("item_age")
         # Row stages before both are unaffected by the move.
         for stage in ("quarantine", "language", "sample", "play_duration"):
-            assert default.stats[f"num_events_post_filter_{stage}"] == reordered.stats[f"num_events_post_filter_{stage}"]
+            assert (
+                default.stats[f"num_events_post_filter_{stage}"] == reordered.stats[f"num_events_post_filter_{stage}"]
+            )
         # Filtering by min events before the age filter keeps items that the default order drops.
         assert reordered.stats["num_unique_items_post_filters"] != default.stats["num_unique_items_post_filters"]
     finally:
@@ -166,10 +180,15 @@ def test_deduplicate_keeps_one_copy_by_time_then_columns(spark):
             for r in result.events.orderBy("event_id", "play_duration_s", "is_duplicate").collect()
         ]
         assert got == [
-            (None, 1.0, False), (None, 1.0, False),
-            ("e1", 5.0, False), ("e1", 5.0, True), ("e1", 5.0, True),
-            ("e2", 1.0, True), ("e2", 9.0, False),
-            ("e3", 2.0, False), ("e3", 7.0, True),
+            (None, 1.0, False),
+            (None, 1.0, False),
+            ("e1", 5.0, False),
+            ("e1", 5.0, True),
+            ("e1", 5.0, True),
+            ("e2", 1.0, True),
+            ("e2", 9.0, False),
+            ("e3", 2.0, False),
+            ("e3", 7.0, True),
             ("e4", 3.0, False),
         ], limit
         for cached in result.cached:
@@ -214,19 +233,34 @@ def test_hostile_rows_are_quarantined_by_reason_and_a_late_copy_never_displaces_
     try:
         stats = result.stats
         kept = result.filtered_events.filter(F.col("event_id") == kept_id).count()
-        quarantined = {r.event_id: r.quarantine_reason for r in result.quarantined_events
-                       .filter(F.col("event_id").startswith("hostile-") | (F.col("event_id") == "")).collect()}
-        sampled = {r.event_id for r in events.filter(F.col("event_id").isNotNull())
-                   .filter(sample_predicate(spec.sample.fraction, spec.sample.seed)).select("event_id").collect()}
+        quarantined = {
+            r.event_id: r.quarantine_reason
+            for r in result.quarantined_events.filter(
+                F.col("event_id").startswith("hostile-") | (F.col("event_id") == "")
+            ).collect()
+        }
+        sampled = {
+            r.event_id
+            for r in events.filter(F.col("event_id").isNotNull())
+            .filter(sample_predicate(spec.sample.fraction, spec.sample.seed))
+            .select("event_id")
+            .collect()
+        }
     finally:
         result.release()
-    expected, _ = naive_chain(ev_pd, pd.read_parquet(store.raw_partition_path("items", day)), spec, start_us, end_us,
-                              sampled)
+    expected, _ = naive_chain(
+        ev_pd, pd.read_parquet(store.raw_partition_path("items", day)), spec, start_us, end_us, sampled
+    )
     assert {k: v for k, v in stats.items() if k in expected} == expected
     assert quarantined == {
-        "hostile-0": "invalid_play_duration", "hostile-1": "invalid_play_duration",
-        "hostile-2": "play_duration_over_max", "hostile-3": "invalid_user_id", "hostile-4": "invalid_user_id",
-        "hostile-5": "invalid_item_id", "": "invalid_event_id", kept_id: "event_ts_outside_day",
+        "hostile-0": "invalid_play_duration",
+        "hostile-1": "invalid_play_duration",
+        "hostile-2": "play_duration_over_max",
+        "hostile-3": "invalid_user_id",
+        "hostile-4": "invalid_user_id",
+        "hostile-5": "invalid_item_id",
+        "": "invalid_event_id",
+        kept_id: "event_ts_outside_day",
     }
     # The valid copy is kept as the event (if the sample keeps it), the late copy is quarantined with its own reason.
     assert stats["num_quarantined_duplicate_event_id"] == expected["num_quarantined_duplicate_event_id"]

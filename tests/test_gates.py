@@ -4,7 +4,6 @@ and checkpoints read from outside cannot be turned against the platform."""
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import threading
 from pathlib import Path
@@ -36,6 +35,7 @@ def _read(store: DatasetStore, dataset: str = "ds") -> bytes:
 
 
 # ---- the gate protocol ----
+
 
 def test_a_staged_version_is_readable_only_after_every_blocking_check_passed(tmp_path):
     store = DatasetStore(str(tmp_path))
@@ -126,6 +126,7 @@ def test_every_dataset_gate_is_the_set_of_blocking_checks_defined_on_its_asset()
 
 # ---- manifests that cannot be turned against the store ----
 
+
 def test_a_hostile_manifest_never_deletes_outside_its_partition(tmp_path):
     root, outside = tmp_path / "data", tmp_path / "outside"
     (outside / "precious").mkdir(parents=True)
@@ -163,14 +164,21 @@ def test_a_torn_success_file_is_an_error_naming_it_and_a_rerun_repairs_it(tmp_pa
 
 # ---- serving config: an invalid one is never served ----
 
+
 def test_an_invalid_serving_config_is_written_for_inspection_but_never_served(tmp_path):
     from recsys_assets.serving.serving_config import (
-        ABSpec, ArmSpec, latest_config, latest_written_config, publish_config,
+        ABSpec,
+        ArmSpec,
+        latest_config,
+        latest_written_config,
+        publish_config,
     )
 
     store = DatasetStore(str(tmp_path))
     ab = ABSpec(salt="s", arms=[ArmSpec(name="production", model="production", traffic_pct=100)])
-    arms = [{"name": "production", "model": "production", "model_version": 1, "traffic_pct": 100.0, "buckets": [0, 100]}]
+    arms = [
+        {"name": "production", "model": "production", "model_version": 1, "traffic_pct": 100.0, "buckets": [0, 100]}
+    ]
     good, problems = publish_config(store, arms, ab, "m", [], {}, lambda cfg: [])
     assert problems == [] and latest_config(store)["config_version"] == 1
     arms2 = [{**arms[0], "model_version": 2}]
@@ -187,12 +195,15 @@ def test_an_invalid_serving_config_is_written_for_inspection_but_never_served(tm
 SECRET = "pg-pass-7a1f0c"
 
 
-@pytest.mark.parametrize("text", [
-    f"RECSYS_PG_PASSWORD={SECRET}\nRECSYS_ERROR_WEBHOOK_URL=https://x/{SECRET}\n",   # an env file: a YAML string
-    f"password: {SECRET}\nfilters: {SECRET}\n",                                    # a mapping with a secret
-    f"key: [unclosed {SECRET}\n  other: {{{SECRET}\n",                              # not YAML at all
-    f"language: {{allowed: [{SECRET}]}}\nsample: {{fraction: {SECRET}}}\n",           # wrong types
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"RECSYS_PG_PASSWORD={SECRET}\nRECSYS_ERROR_WEBHOOK_URL=https://x/{SECRET}\n",  # an env file: a YAML string
+        f"password: {SECRET}\nfilters: {SECRET}\n",  # a mapping with a secret
+        f"key: [unclosed {SECRET}\n  other: {{{SECRET}\n",  # not YAML at all
+        f"language: {{allowed: [{SECRET}]}}\nsample: {{fraction: {SECRET}}}\n",  # wrong types
+    ],
+)
 def test_config_errors_never_echo_the_file(tmp_path, text):
     from recsys_assets.datagen.config import DatagenConfigError, load_datagen_spec
     from recsys_assets.serving.serving_config import ServingConfigError, load_serving_spec
@@ -200,8 +211,11 @@ def test_config_errors_never_echo_the_file(tmp_path, text):
 
     path = tmp_path / "secrets.env"
     path.write_text(text)
-    for load, error in ((load_datagen_spec, DatagenConfigError), (load_training_spec, TrainingConfigError),
-                        (load_serving_spec, ServingConfigError)):
+    for load, error in (
+        (load_datagen_spec, DatagenConfigError),
+        (load_training_spec, TrainingConfigError),
+        (load_serving_spec, ServingConfigError),
+    ):
         with pytest.raises(error) as e:
             load(str(path))
         assert str(path) in str(e.value)
@@ -209,14 +223,28 @@ def test_config_errors_never_echo_the_file(tmp_path, text):
         assert SECRET not in rendered, rendered
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda r: (r["filters"][0].pop("values"), r["filters"][0].update(kind="range", min=1.0)), "filter 'item_moderation': kind 'range' needs a numeric column"),
-    (lambda r: r["filters"].__setitem__(3, {"name": "video_length", "kind": "in_set", "column": "item_video_length_s",
-                                            "values": ["3"]}), "filter 'video_length': kind 'in_set' (string values) needs a string column"),
-    (lambda r: r["filters"].insert(0, {"name": "liked_only", "kind": "in_set", "column": "liked", "values": ["true"]}),
-     "filter 'liked_only'"),
-    (lambda r: r["quarantine"]["max_event_pct_per_reason"].update(tz_shift=1.0), "unknown reason(s) ['tz_shift']"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (
+            lambda r: (r["filters"][0].pop("values"), r["filters"][0].update(kind="range", min=1.0)),
+            "filter 'item_moderation': kind 'range' needs a numeric column",
+        ),
+        (
+            lambda r: r["filters"].__setitem__(
+                3, {"name": "video_length", "kind": "in_set", "column": "item_video_length_s", "values": ["3"]}
+            ),
+            "filter 'video_length': kind 'in_set' (string values) needs a string column",
+        ),
+        (
+            lambda r: r["filters"].insert(
+                0, {"name": "liked_only", "kind": "in_set", "column": "liked", "values": ["true"]}
+            ),
+            "filter 'liked_only'",
+        ),
+        (lambda r: r["quarantine"]["max_event_pct_per_reason"].update(tz_shift=1.0), "unknown reason(s) ['tz_shift']"),
+    ],
+)
 def test_filters_whose_kind_does_not_fit_the_column_type_are_rejected_before_spark(mutate, message):
     from recsys_assets.datagen.config import DEFAULT_CONFIG_PATH, DatagenConfigError, parse_datagen_spec
 
@@ -229,17 +257,41 @@ def test_filters_whose_kind_does_not_fit_the_column_type_are_rejected_before_spa
 
 # ---- raw files Spark cannot read as the contract says ----
 
-@pytest.mark.parametrize("table, column, make, kwargs, expect", [
-    ("items", "created_at", lambda t: t.column("created_at").cast(pa.timestamp("ns", tz="UTC")), {},  # pandas' default
-     "nanosecond timestamps"),
-    ("events", "play_duration_s", lambda t: pa.array(t.column("play_duration_s").to_numpy().astype(np.float16)), {},
-     "float16"),
-    ("item_embeddings", "embedding", lambda t: t.column("embedding").cast(pa.list_(pa.float64())), {},
-     "Spark cannot read double elements"),
-    ("items", "created_at", lambda t: t.column("created_at").cast(pa.timestamp("ns", tz="UTC")),
-     {"use_deprecated_int96_timestamps": True}, None),  # INT96 (Spark's own legacy format) is fine
-    ("events", "play_duration_s", lambda t: t.column("play_duration_s").cast(pa.float32()), {}, None),
-])
+
+@pytest.mark.parametrize(
+    "table, column, make, kwargs, expect",
+    [
+        (
+            "items",
+            "created_at",
+            lambda t: t.column("created_at").cast(pa.timestamp("ns", tz="UTC")),
+            {},  # pandas' default
+            "nanosecond timestamps",
+        ),
+        (
+            "events",
+            "play_duration_s",
+            lambda t: pa.array(t.column("play_duration_s").to_numpy().astype(np.float16)),
+            {},
+            "float16",
+        ),
+        (
+            "item_embeddings",
+            "embedding",
+            lambda t: t.column("embedding").cast(pa.list_(pa.float64())),
+            {},
+            "Spark cannot read double elements",
+        ),
+        (
+            "items",
+            "created_at",
+            lambda t: t.column("created_at").cast(pa.timestamp("ns", tz="UTC")),
+            {"use_deprecated_int96_timestamps": True},
+            None,
+        ),  # INT96 (Spark's own legacy format) is fine
+        ("events", "play_duration_s", lambda t: t.column("play_duration_s").cast(pa.float32()), {}, None),
+    ],
+)
 def test_raw_physical_types_spark_cannot_read_are_rejected_at_the_footer(store, table, column, make, kwargs, expect):
     from recsys_assets.datagen.raw_inputs import RawInputError, check_raw_contract
 
@@ -274,13 +326,24 @@ def test_a_pandas_written_catalogue_fails_before_any_asset_commits(instance, res
 
 # ---- losses before the filter chain ----
 
-def _stats(raw=10_000, quarantined=0, reason="event_ts_outside_day", language_kept=8_000, language_items=(500, 450),
-           sampled=5_600):
+
+def _stats(
+    raw=10_000,
+    quarantined=0,
+    reason="event_ts_outside_day",
+    language_kept=8_000,
+    language_items=(500, 450),
+    sampled=5_600,
+):
     valid = raw - quarantined
     return {
-        "num_raw_events": raw, "num_quarantined_events": quarantined, f"num_quarantined_{reason}": quarantined,
-        "num_events_post_filter_quarantine": valid, "num_items_post_filter_quarantine": language_items[0],
-        "num_events_post_filter_language": language_kept, "num_items_post_filter_language": language_items[1],
+        "num_raw_events": raw,
+        "num_quarantined_events": quarantined,
+        f"num_quarantined_{reason}": quarantined,
+        "num_events_post_filter_quarantine": valid,
+        "num_items_post_filter_quarantine": language_items[0],
+        "num_events_post_filter_language": language_kept,
+        "num_items_post_filter_language": language_items[1],
         "item_loss_percentage_language": round(100 * (1 - language_items[1] / language_items[0]), 4),
         "num_events_post_filter_sample": sampled,
     }
@@ -293,8 +356,9 @@ def test_input_losses_are_judged_by_stage_and_reason():
     limits = load_datagen_spec().input_limits()
     assert judge_input_losses(_stats(), limits)[1] == []
     # A day laid out in UTC: 546 of 548 events outside the Asia/Kolkata day.
-    _, breaches = judge_input_losses(_stats(raw=548, quarantined=546, language_kept=2, language_items=(2, 2),
-                                            sampled=1), limits)
+    _, breaches = judge_input_losses(
+        _stats(raw=548, quarantined=546, language_kept=2, language_items=(2, 2), sampled=1), limits
+    )
     assert "quarantine all reasons: 546 of 548 events (99.635% > 5.0%)" in breaches
     assert "quarantine event_ts_outside_day: 546 of 548 events (99.635% > 2.0%)" in breaches
     # A broken sampler keeps 90% instead of 70%; on a small day the same share is within sampling noise.
@@ -319,10 +383,13 @@ def test_a_day_laid_out_in_utc_fails_the_input_loss_check_and_trains_nothing(ins
     assert check_results(result)["input_losses_within_limits"] is False
     ev = next(e for e in result.get_asset_check_evaluations() if e.check_name == "input_losses_within_limits")
     assert "quarantine event_ts_outside_day:" in ev.description and "WITHHELD" in ev.description
-    assert not store.is_committed("filtered_events", DAY) and not store.exists(store.partition_dir("training_events", DAY))
+    assert not store.is_committed("filtered_events", DAY) and not store.exists(
+        store.partition_dir("training_events", DAY)
+    )
 
 
 # ---- checkpoints and programs read back from the data root ----
+
 
 class _Exploit:
     def __init__(self, marker: str):
@@ -337,8 +404,13 @@ def test_a_planted_checkpoint_is_never_unpickled(tmp_path):
 
     store = DatasetStore(str(tmp_path / "data"))
     ckpts = CheckpointStore(store, store.path("_checkpoints", "ranker_model", f"dt={DAY}", "fp"))
-    legit = {"epoch": 0, "fingerprint": "fp", "model": {"w": torch.ones(2)}, "optimizer": {"state": {}},
-             "history": [{"epoch": 0, "loss": 0.5}]}
+    legit = {
+        "epoch": 0,
+        "fingerprint": "fp",
+        "model": {"w": torch.ones(2)},
+        "optimizer": {"state": {}},
+        "history": [{"epoch": 0, "loss": 0.5}],
+    }
     ckpts.save(0, legit)
     marker = tmp_path / "pwned"
     evil = pickle.dumps({"fingerprint": "fp", "x": _Exploit(str(marker))})
@@ -349,7 +421,9 @@ def test_a_planted_checkpoint_is_never_unpickled(tmp_path):
     (directory / "epoch-0002.pt").write_bytes(evil)
     import hashlib
 
-    (directory / "epoch-0002.json").write_text(json.dumps({"fingerprint": "fp", "sha256": hashlib.sha256(evil).hexdigest()}))
+    (directory / "epoch-0002.json").write_text(
+        json.dumps({"fingerprint": "fp", "sha256": hashlib.sha256(evil).hexdigest()})
+    )
     (directory / "epoch-0001.pt").write_bytes(evil)
     (directory / "epoch-0001.json").write_text(json.dumps({"fingerprint": "other", "sha256": "0"}))
     state = ckpts.latest("fp")
@@ -371,9 +445,11 @@ def test_the_local_instance_fails_runs_whose_worker_died(tmp_path):
 
 # ---- end to end: a blocked day is kept out of everything downstream until it is fixed ----
 
+
 @pytest.mark.slow
-def test_a_day_failing_embedding_join_is_kept_out_of_training_and_deltas_until_fixed(instance, resources, store,
-                                                                                   tmp_path):
+def test_a_day_failing_embedding_join_is_kept_out_of_training_and_deltas_until_fixed(
+    instance, resources, store, tmp_path
+):
     import shutil
 
     from recsys_assets.training.artifacts import ArtifactDir

@@ -52,10 +52,14 @@ def test_large_catalogue_gets_ivf_with_high_recall_and_survives_serialisation():
 
 def test_valid_embeddings_counts_every_rejected_row():
     good = [0.1] * 128
-    tbl = pa.table({
-        "item_id": pa.array(["a", None, "b", "c", "a", "d", "e"], pa.string()),
-        "embedding": pa.array([good, good, [0.1] * 64, [float("nan")] + good[1:], good, None, good], pa.list_(pa.float32())),
-    })
+    tbl = pa.table(
+        {
+            "item_id": pa.array(["a", None, "b", "c", "a", "d", "e"], pa.string()),
+            "embedding": pa.array(
+                [good, good, [0.1] * 64, [float("nan")] + good[1:], good, None, good], pa.list_(pa.float32())
+            ),
+        }
+    )
     ids, vecs, rejects = valid_embeddings(tbl, 128)
     assert ids.tolist() == ["a", "e"] and vecs.shape == (2, 128)
     assert rejects == {"null_item_id": 1, "wrong_length": 2, "non_finite_value": 1, "duplicate_item_id": 1}
@@ -63,11 +67,15 @@ def test_valid_embeddings_counts_every_rejected_row():
 
 def test_cold_start_candidates_are_approved_items_that_are_new_or_rare():
     as_of = pd.Timestamp("2024-03-10", tz="UTC")
-    items = pd.DataFrame({
-        "item_id": ["new", "old_rare", "old_popular", "rejected_new", "future"],
-        "moderation_status": ["approved", "approved", "approved", "rejected", "approved"],
-        "created_at": pd.to_datetime(["2024-03-09", "2024-01-01", "2024-01-01", "2024-03-09", "2024-03-11"], utc=True),
-    })
+    items = pd.DataFrame(
+        {
+            "item_id": ["new", "old_rare", "old_popular", "rejected_new", "future"],
+            "moderation_status": ["approved", "approved", "approved", "rejected", "approved"],
+            "created_at": pd.to_datetime(
+                ["2024-03-09", "2024-01-01", "2024-01-01", "2024-03-09", "2024-03-11"], utc=True
+            ),
+        }
+    )
     counts = pd.Series({"new": 40, "old_rare": 2, "old_popular": 500})
     got = cold_start_candidates(items, as_of, counts, max_age_days=3, max_window_events=5)
     assert got["item_id"].tolist() == ["new", "old_rare"]

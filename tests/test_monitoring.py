@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from recsys_assets.datagen.monitoring import age_bucket_counts, build_report, bucket_labels, fmt_count_pct, fmt_delta
+from recsys_assets.datagen.monitoring import age_bucket_counts, bucket_labels, build_report, fmt_count_pct, fmt_delta
 
 EDGES = [0, 1, 2, 4, 7, 14, 30, 60, 90]
 
 
 def test_bucket_labels_match_production_keys():
     assert bucket_labels(EDGES) == [
-        "(-inf, 0.0]", "(0.0, 1.0]", "(1.0, 2.0]", "(2.0, 4.0]", "(4.0, 7.0]", "(7.0, 14.0]", "(14.0, 30.0]",
-        "(30.0, 60.0]", "(60.0, 90.0]", "(90.0, inf]",
+        "(-inf, 0.0]",
+        "(0.0, 1.0]",
+        "(1.0, 2.0]",
+        "(2.0, 4.0]",
+        "(4.0, 7.0]",
+        "(7.0, 14.0]",
+        "(14.0, 30.0]",
+        "(30.0, 60.0]",
+        "(60.0, 90.0]",
+        "(90.0, inf]",
     ]
 
 
@@ -53,8 +61,13 @@ def _report(item_ids, ages, prev_ids=None, prev_1d=None, prev_7d=None):
 def test_report_new_common_items_and_deltas():
     week_ago = _report(["a", "b", "c", "d"], [0.5, 0.5, 3.0, 50.0])
     yesterday = _report(["a", "b", "c"], [0.5, 3.0, 3.0])
-    r = _report(["a", "b", "x", "y", "z"], [0.5, 0.5, 3.0, 3.0, 50.0], prev_ids=["a", "b", "c"],
-                prev_1d=yesterday, prev_7d=week_ago)
+    r = _report(
+        ["a", "b", "x", "y", "z"],
+        [0.5, 0.5, 3.0, 3.0, 50.0],
+        prev_ids=["a", "b", "c"],
+        prev_1d=yesterday,
+        prev_7d=week_ago,
+    )
     assert r["num_new_items_1d"] == 3 and r["num_common_items_1d"] == 2
     assert r["new_items_in_index_1d_delta"] == "3 (60.0%)"
     assert r["common_items_in_index_1d_delta"] == "2 (40.0%)"

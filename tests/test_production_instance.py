@@ -31,11 +31,19 @@ def _datagen_progress(instance: DagsterInstance, log: Path):
     return file_size(log), tuple(r.status for r in runs), events
 
 
-def _datagen_failed(instance: DagsterInstance, proc: subprocess.Popen) -> str | None:
+# The daemon keeps running (and logging every tick) when the code location cannot load: that is a failure, not
+# progress.
+LOAD_ERRORS = ("Error loading repository location", "Error while importing code")
+
+
+def _datagen_failed(instance: DagsterInstance, proc: subprocess.Popen, log: Path) -> str | None:
     if proc.poll() is not None:
         return f"dagster-daemon exited ({proc.returncode})"
-    bad = instance.get_runs(RunsFilter(job_name="datagen_job", statuses=[DagsterRunStatus.FAILURE,
-                                                                         DagsterRunStatus.CANCELED]))
+    if any(e in tail(log, 200_000) for e in LOAD_ERRORS):
+        return "the code location failed to load"
+    bad = instance.get_runs(
+        RunsFilter(job_name="datagen_job", statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED])
+    )
     return f"datagen run {bad[0].run_id} ended {bad[0].status.value}" if bad else None
 
 
@@ -48,8 +56,12 @@ def test_daemon_sensor_tick_queues_datagen_and_postgres_holds_runs_events_checks
     for day in DAYS[1:]:  # upstream has delivered only the first day
         (data / "raw" / "daily_success_files" / day).unlink()
     env = {
-        **os.environ, **pg_env, "DAGSTER_HOME": str(home), "RECSYS_DATA_ROOT": str(data),
-        "RECSYS_SPARK_MASTER": "local[2]", "RECSYS_TRAINING_DEVICE": "cpu",
+        **os.environ,
+        **pg_env,
+        "DAGSTER_HOME": str(home),
+        "RECSYS_DATA_ROOT": str(data),
+        "RECSYS_SPARK_MASTER": "local[2]",
+        "RECSYS_TRAINING_DEVICE": "cpu",
         "RECSYS_ERROR_WEBHOOK_URL": f"http://127.0.0.1:9/error?token={WEBHOOK_SECRET}",
         "RECSYS_INFO_WEBHOOK_URL": f"http://127.0.0.1:9/info?token={WEBHOOK_SECRET}",
         "PYSPARK_PYTHON": sys.executable,
@@ -58,16 +70,26 @@ def test_daemon_sensor_tick_queues_datagen_and_postgres_holds_runs_events_checks
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         instance = DagsterInstance.from_config(str(home))
         datagen = RunsFilter(job_name="datagen_job", statuses=[DagsterRunStatus.SUCCESS])
         # Waits as long as the daemon and the run make progress (a loaded CI host is slow, not stuck), fails at once
         # when the daemon exits or the run fails.
-        runs = wait_until(lambda: instance.get_runs(datagen), lambda: _datagen_progress(instance, log),
-                          "a successful datagen run", stall_s=300, limit_s=2400,
-                          failed=lambda: _datagen_failed(instance, proc), context=lambda: tail(log))
+        runs = wait_until(
+            lambda: instance.get_runs(datagen),
+            lambda: _datagen_progress(instance, log),
+            "a successful datagen run",
+            stall_s=300,
+            limit_s=2400,
+            failed=lambda: _datagen_failed(instance, proc, log),
+            context=lambda: tail(log),
+        )
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -90,9 +112,7 @@ def test_daemon_sensor_tick_queues_datagen_and_postgres_holds_runs_events_checks
     mat = instance.get_latest_materialization_event(AssetKey("training_events")).asset_materialization
     assert mat.partition == DAYS[0] and mat.metadata["dagster/row_count"].value > 0
     checks = {}
-    for key in instance.event_log_storage.get_asset_check_summary_records(
-        [k for k in _check_keys()]
-    ).values():
+    for key in instance.event_log_storage.get_asset_check_summary_records([k for k in _check_keys()]).values():
         if key.last_check_execution_record is not None:
             checks[key.asset_check_key.name] = key.last_check_execution_record.status.value
     assert checks["embedding_join_item_loss"] == "SUCCEEDED"
@@ -106,8 +126,11 @@ def test_daemon_sensor_tick_queues_datagen_and_postgres_holds_runs_events_checks
         cur.execute("SELECT run_body FROM runs")
         stored += "\n".join(r[0] for r in cur.fetchall())
     conn.close()
-    texts = [stored, log.read_text()] + [p.read_text(errors="ignore") for p in home.rglob("*") if p.is_file()
-                                         and p.suffix in (".out", ".err", ".jsonl", ".log", ".txt")]
+    texts = [stored, log.read_text()] + [
+        p.read_text(errors="ignore")
+        for p in home.rglob("*")
+        if p.is_file() and p.suffix in (".out", ".err", ".jsonl", ".log", ".txt")
+    ]
     assert len(stored) > 10_000  # the event log was actually read
     for secret in (pg_env["DAGSTER_PG_PASSWORD"], WEBHOOK_SECRET):
         assert not any(secret in t for t in texts), secret

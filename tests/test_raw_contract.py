@@ -30,7 +30,9 @@ def test_missing_column_names_file_and_column(store):
 def test_wrong_type_names_file_column_and_types(store):
     path = _events_file(store)
     t = pq.read_table(path)
-    t = t.set_column(t.schema.get_field_index("play_duration_s"), "play_duration_s", t["play_duration_s"].cast(pa.string()))
+    t = t.set_column(
+        t.schema.get_field_index("play_duration_s"), "play_duration_s", t["play_duration_s"].cast(pa.string())
+    )
     pq.write_table(t, path)
     with pytest.raises(RawInputError, match=r"column 'play_duration_s' has type string, expected double") as e:
         check_raw_contract(store, "events", DAY)

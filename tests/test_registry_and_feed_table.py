@@ -23,8 +23,16 @@ def conn(pg_database):
 
 def _register(conn, day: str, passed: bool) -> int:
     version, created = registry.register_version(
-        conn, "m", day, fingerprint=f"fp-{day}", repository_uri="/repo", code_version="abc123",
-        data_versions={"training_events": {day: "v1"}}, components={}, metrics={"auc": 0.7})
+        conn,
+        "m",
+        day,
+        fingerprint=f"fp-{day}",
+        repository_uri="/repo",
+        code_version="abc123",
+        data_versions={"training_events": {day: "v1"}},
+        components={},
+        metrics={"auc": 0.7},
+    )
     assert created
     registry.record_checks(conn, "m", version, {"ranker_auc_gate": passed, "retrieval_recall_gate": True})
     return version
@@ -58,8 +66,12 @@ def test_rollback_walks_back_through_promotions_and_logs_every_change(conn, pg_d
     # The command-line rollback (what an on-call engineer runs) against the same database.
     import os
 
-    env = {"RECSYS_PG_HOST": PG_DSN["host"], "RECSYS_PG_PORT": str(PG_DSN["port"]), "RECSYS_PG_USER": PG_DSN["user"],
-           "RECSYS_PG_DB": pg_database}
+    env = {
+        "RECSYS_PG_HOST": PG_DSN["host"],
+        "RECSYS_PG_PORT": str(PG_DSN["port"]),
+        "RECSYS_PG_USER": PG_DSN["user"],
+        "RECSYS_PG_DB": pg_database,
+    }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -72,16 +84,28 @@ def test_rollback_walks_back_through_promotions_and_logs_every_change(conn, pg_d
                 os.environ[k] = v
     assert registry.production_version(conn, "m") == v1
     log = [(d["action"], d["from_version"], d["to_version"], d["reason"]) for d in registry.deployments(conn, "m")]
-    assert log == [("promote", None, 1, "day 1"), ("promote", 1, 2, "day 2"), ("promote", 2, 3, "day 3"),
-                   ("rollback", 3, 2, "ctr drop"), ("rollback", 2, 1, "cli")]
+    assert log == [
+        ("promote", None, 1, "day 1"),
+        ("promote", 1, 2, "day 2"),
+        ("promote", 2, 3, "day 3"),
+        ("rollback", 3, 2, "ctr drop"),
+        ("rollback", 2, 1, "cli"),
+    ]
 
 
 def _feed_rows(n_users: int, day: str, version: int) -> pd.DataFrame:
-    return pd.DataFrame({
-        "strategy_name": "s", "dt": day, "user_id": [f"u{i // 20}" for i in range(n_users * 20)],
-        "rank": [i % 20 + 1 for i in range(n_users * 20)], "item_id": [f"i{i % 997}" for i in range(n_users * 20)],
-        "score": [1.0 / (i % 20 + 1) for i in range(n_users * 20)], "model_version": version, "arm": "production",
-    })[FEED_COLUMNS]
+    return pd.DataFrame(
+        {
+            "strategy_name": "s",
+            "dt": day,
+            "user_id": [f"u{i // 20}" for i in range(n_users * 20)],
+            "rank": [i % 20 + 1 for i in range(n_users * 20)],
+            "item_id": [f"i{i % 997}" for i in range(n_users * 20)],
+            "score": [1.0 / (i % 20 + 1) for i in range(n_users * 20)],
+            "model_version": version,
+            "arm": "production",
+        }
+    )[FEED_COLUMNS]
 
 
 def test_feed_swap_is_atomic_for_concurrent_readers(conn, pg_database):
@@ -96,7 +120,10 @@ def test_feed_swap_is_atomic_for_concurrent_readers(conn, pg_database):
         r.autocommit = True
         with r.cursor() as cur:
             while not stop.is_set():
-                cur.execute("SELECT count(*), count(DISTINCT model_version) FROM feed WHERE strategy_name = 's' AND dt = %s", (day,))
+                cur.execute(
+                    "SELECT count(*), count(DISTINCT model_version) FROM feed WHERE strategy_name = 's' AND dt = %s",
+                    (day,),
+                )
                 seen.add(cur.fetchone())
         r.close()
 

@@ -12,36 +12,33 @@ import pandas as pd
 import psycopg2
 import pytest
 import torch
-from dagster import materialize
 
-from checks.serving_checks import serving_checks
 from recsys_assets.serving import registry
-from recsys_assets.serving.assets import active_users, online_evaluation, serving_assets
+from recsys_assets.serving.assets import active_users
 from recsys_assets.serving.model_repository import load_release
-from recsys_assets.serving.online_eval import IMPRESSION_COLUMNS
-from recsys_assets.serving.rollback import rollback_model_job
+from recsys_assets.serving.online_eval import IMPRESSION_COLUMNS, read_raw_plays
 from recsys_assets.serving.serving_config import latest_config, load_serving_spec, user_buckets
-from recsys_assets.serving.online_eval import read_raw_plays
 from recsys_assets.synthetic.online_logs import simulate_impressions, write_online_feature_sample
 from recsys_assets.training.artifacts import ArtifactDir
 from recsys_assets.training.models import MMoERanker, RankerConfig
 from resources.postgres import PostgresResource
 from resources.storage import DatasetStore, StorageResource
 from tests.conftest import DAYS, PG_DSN
-from tests.dagster_helpers import QUIET
+from tests.dagster_helpers import defs_with, run_job
 from tests.test_training_assets import LENIENT, checks_of, train_day, training_yaml
 
 pytestmark = pytest.mark.slow
 
-SERVING = [a for a in serving_assets if a is not online_evaluation]
+
+def _resources(root, pg_database) -> dict:
+    return {
+        "storage": StorageResource(data_root=str(root)),
+        "postgres": PostgresResource(host=PG_DSN["host"], port=PG_DSN["port"], user=PG_DSN["user"], dbname=pg_database),
+    }
 
 
 def serve(day, instance, root, pg_database):
-    return materialize(
-        [*SERVING, *serving_checks], partition_key=day, instance=instance, raise_on_error=False, run_config=QUIET,
-        resources={"storage": StorageResource(data_root=str(root)),
-                   "postgres": PostgresResource(host=PG_DSN["host"], port=PG_DSN["port"], user=PG_DSN["user"], dbname=pg_database)},
-    )
+    return run_job("serving_job", day, instance, _resources(root, pg_database))
 
 
 def feed_rows(pg_database, day) -> pd.DataFrame:
@@ -56,7 +53,10 @@ def brute_force_ctr(impressions: pd.DataFrame, plays: pd.DataFrame, minutes: int
         by_pair.setdefault((r.user_id, r.item_id), []).append(r.event_ts)
     out: dict[str, list[int]] = {}
     for r in impressions.itertuples():
-        hit = any(r.served_at <= ts <= r.served_at + pd.Timedelta(minutes=minutes) for ts in by_pair.get((r.user_id, r.item_id), []))
+        hit = any(
+            r.served_at <= ts <= r.served_at + pd.Timedelta(minutes=minutes)
+            for ts in by_pair.get((r.user_id, r.item_id), [])
+        )
         c = out.setdefault(r.arm, [0, 0])
         c[0] += int(hit)
         c[1] += 1
@@ -76,20 +76,32 @@ def test_two_releases_feed_ab_split_skew_online_ctr_and_rollback(instance, train
     result = serve(day1, instance, trained_root, pg_database)
     assert result.success
     assert checks_of(result) == {"serving_config_valid": True, "feature_skew_within_limits": True}
-    meta = {e.asset_key.path[-1]: e.step_materialization_data.materialization.metadata for e in result.get_asset_materialization_events()}
+    meta = {
+        e.asset_key.path[-1]: e.step_materialization_data.materialization.metadata
+        for e in result.get_asset_materialization_events()
+    }
     assert meta["model_repository"]["version"].value == 1 and meta["model_repository"]["checks_passed"].value is True
     assert meta["model_promotion"]["decision"].value == "promoted v1 (replaced nothing)"
     assert meta["feature_skew_report"]["online_rows"].value == logged > 0
 
     # Triton-style layout, and the served ranker program equals the trained model on the same inputs.
     repo = Path(trained_root) / "model_repository"
-    for name in ("recsys_ranker", "recsys_query_tower", "recsys_item_tower", "recsys_retrieval_index", "recsys_cold_start_index", "recsys_feed"):
+    for name in (
+        "recsys_ranker",
+        "recsys_query_tower",
+        "recsys_item_tower",
+        "recsys_retrieval_index",
+        "recsys_cold_start_index",
+        "recsys_feed",
+    ):
         assert (repo / name / "config.pbtxt").read_text().startswith(f'name: "{name}"')
         assert (repo / name / "1").is_dir()
     ranker_cfg = (repo / "recsys_ranker" / "config.pbtxt").read_text()
     assert 'backend: "pytorch"' in ranker_cfg and 'name: "cat" data_type: TYPE_INT64 dims: [ -1, 8 ]' in ranker_cfg
     release = json.loads((repo / "recsys_feed" / "1" / "release.json").read_text())
-    assert release["partition_day"] == day1 and release["components"]["recsys_ranker"]["source"].startswith(f"ranker_model/dt={day1}/")
+    assert release["partition_day"] == day1 and release["components"]["recsys_ranker"]["source"].startswith(
+        f"ranker_model/dt={day1}/"
+    )
     loaded = load_release(store, 1)
     src = ArtifactDir.committed(store, "ranker_model", day1)
     eager = MMoERanker(RankerConfig(**src.read_json("model_config.json")))
@@ -97,7 +109,10 @@ def test_two_releases_feed_ab_split_skew_online_ctr_and_rollback(instance, train
     eager.eval()
     g = torch.Generator().manual_seed(0)
     cat = torch.stack([torch.randint(0, c, (64,), generator=g) for c in eager.cfg.cardinalities], dim=1)
-    dense, content = torch.randn(64, eager.cfg.num_dense, generator=g), torch.randn(64, eager.cfg.content_dim, generator=g)
+    dense, content = (
+        torch.randn(64, eager.cfg.num_dense, generator=g),
+        torch.randn(64, eager.cfg.content_dim, generator=g),
+    )
     with torch.no_grad():
         torch.testing.assert_close(loaded.ranker(cat, dense, content), eager(cat, dense, content))
 
@@ -112,11 +127,14 @@ def test_two_releases_feed_ab_split_skew_online_ctr_and_rollback(instance, train
     assert not feed1.duplicated(["user_id", "item_id"]).any()
 
     # Online CTR from simulated serving logs of day 3 equals a brute-force count.
-    served = simulate_impressions(store, feed1[["user_id", "item_id", "rank", "model_version", "arm"]], day1,
-                                  spec.online_evaluation.impressions_log)
+    served = simulate_impressions(
+        store,
+        feed1[["user_id", "item_id", "rank", "model_version", "arm"]],
+        day1,
+        spec.online_evaluation.impressions_log,
+    )
     assert served > 0
-    ev = materialize([online_evaluation], partition_key=day1, instance=instance, run_config=QUIET,
-                     resources={"storage": StorageResource(data_root=str(trained_root))})
+    ev = run_job("online_evaluation_job", day1, instance, _resources(trained_root, pg_database))
     report = store.read_json(store.committed_path("online_evaluation", day1, "report.json"))
     impressions = pd.read_parquet(Path(trained_root) / "online_logs" / "impressions" / f"dt={day1}")
     assert list(impressions.columns) == IMPRESSION_COLUMNS
@@ -126,15 +144,22 @@ def test_two_releases_feed_ab_split_skew_online_ctr_and_rollback(instance, train
 
     # Release 2 (day 3) with a skewed online sample: v2 promoted, v1 becomes the 10% holdback arm, skew warns.
     assert train_day(day2, instance, trained_root, cfg_path).success
-    write_online_feature_sample(store, day2, spec.skew.online_feature_log,
-                                transform=lambda df: df.assign(user_tenure_days=df["user_tenure_days"] * 24))
+    write_online_feature_sample(
+        store,
+        day2,
+        spec.skew.online_feature_log,
+        transform=lambda df: df.assign(user_tenure_days=df["user_tenure_days"] * 24),
+    )
     result = serve(day2, instance, trained_root, pg_database)
     assert result.success
     assert checks_of(result) == {"serving_config_valid": True, "feature_skew_within_limits": False}
     skew = store.read_json(store.committed_path("feature_skew_report", day2, "report.json"))
     assert [f["feature"] for f in skew["features"] if not f["passed"]] == ["user_tenure_days"]
     cfg = latest_config(store)
-    assert [(a["name"], a["model_version"], a["buckets"]) for a in cfg["arms"]] == [("production", 2, [0, 90]), ("holdback", 1, [90, 100])]
+    assert [(a["name"], a["model_version"], a["buckets"]) for a in cfg["arms"]] == [
+        ("production", 2, [0, 90]),
+        ("holdback", 1, [90, 100]),
+    ]
     feed2 = feed_rows(pg_database, day2)
     by_user = feed2.drop_duplicates("user_id").set_index("user_id")
     buckets = user_buckets(by_user.index.to_numpy(dtype=object), cfg["salt"], cfg["buckets"])
@@ -144,17 +169,24 @@ def test_two_releases_feed_ab_split_skew_online_ctr_and_rollback(instance, train
     assert len(feed_rows(pg_database, day1)) == len(feed1)  # day 2's feed is untouched
 
     # One UI action: the rollback job returns production to v1 and republishes the config.
-    res = rollback_model_job.execute_in_process(
-        instance=instance, run_config={"ops": {"rollback_production": {"config": {"reason": "test"}}}},
-        resources={"storage": StorageResource(data_root=str(trained_root)),
-                   "postgres": PostgresResource(host=PG_DSN["host"], port=PG_DSN["port"], user=PG_DSN["user"], dbname=pg_database)})
+    res = (
+        defs_with(_resources(trained_root, pg_database))
+        .resolve_job_def("rollback_model_job")
+        .execute_in_process(
+            instance=instance, run_config={"ops": {"rollback_production": {"config": {"reason": "test"}}}}
+        )
+    )
     assert res.success
     with psycopg2.connect(dbname=pg_database, **PG_DSN) as conn:
         assert registry.production_version(conn, "recsys_feed") == 1
-        assert [(d["action"], d["from_version"], d["to_version"]) for d in registry.deployments(conn, "recsys_feed")] == [
-            ("promote", None, 1), ("promote", 1, 2), ("rollback", 2, 1)]
+        assert [
+            (d["action"], d["from_version"], d["to_version"]) for d in registry.deployments(conn, "recsys_feed")
+        ] == [("promote", None, 1), ("promote", 1, 2), ("rollback", 2, 1)]
     cfg = latest_config(store)
-    assert cfg["config_version"] == 3 and [(a["name"], a["model_version"]) for a in cfg["arms"]] == [("production", 1), ("holdback", None)]
+    assert cfg["config_version"] == 3 and [(a["name"], a["model_version"]) for a in cfg["arms"]] == [
+        ("production", 1),
+        ("holdback", None),
+    ]
 
     # The data root is a trust boundary: a release program swapped after export is refused, never unpickled.
     from recsys_assets.serving.model_repository import UntrustedReleaseError, version_dir

@@ -13,7 +13,13 @@ from scipy import stats
 from recsys_assets.serving.feed import stratified_users
 from recsys_assets.serving.online_eval import online_metrics
 from recsys_assets.serving.serving_config import (
-    ABSpec, ArmSpec, arm_of_buckets, load_serving_spec, resolve_arms, user_buckets, validate_serving_config,
+    ABSpec,
+    ArmSpec,
+    arm_of_buckets,
+    load_serving_spec,
+    resolve_arms,
+    user_buckets,
+    validate_serving_config,
 )
 from recsys_assets.serving.skew import feature_skew, ks_2samp, numeric_psi, psi
 
@@ -30,10 +36,19 @@ def test_user_buckets_are_the_documented_md5_rule_stable_and_near_uniform():
 
 
 def test_resolve_arms_covers_every_bucket_once_and_gives_missing_arms_traffic_to_the_first():
-    spec = ABSpec(salt="s", buckets=100, arms=[ArmSpec(name="production", model="production", traffic_pct=90),
-                                                ArmSpec(name="holdback", model="previous_production", traffic_pct=10)])
+    spec = ABSpec(
+        salt="s",
+        buckets=100,
+        arms=[
+            ArmSpec(name="production", model="production", traffic_pct=90),
+            ArmSpec(name="holdback", model="previous_production", traffic_pct=10),
+        ],
+    )
     arms, notes = resolve_arms(spec, production=7, previous_production=6)
-    assert [(a["name"], a["model_version"], a["buckets"]) for a in arms] == [("production", 7, [0, 90]), ("holdback", 6, [90, 100])]
+    assert [(a["name"], a["model_version"], a["buckets"]) for a in arms] == [
+        ("production", 7, [0, 90]),
+        ("holdback", 6, [90, 100]),
+    ]
     assert notes == []
     cfg = {"buckets": 100, "arms": arms}
     assert validate_serving_config(cfg, {6, 7}, {6, 7}, 7) == []
@@ -45,17 +60,24 @@ def test_resolve_arms_covers_every_bucket_once_and_gives_missing_arms_traffic_to
     assert "holdback" in notes[0]
     assert validate_serving_config({"buckets": 100, "arms": arms}, {1}, {1}, 1) == []
 
-    three = ABSpec(salt="s", buckets=7, arms=[ArmSpec(name=n, model=v, traffic_pct=100 / 3) for n, v in (("a", 1), ("b", 2), ("c", 3))])
+    three = ABSpec(
+        salt="s",
+        buckets=7,
+        arms=[ArmSpec(name=n, model=v, traffic_pct=100 / 3) for n, v in (("a", 1), ("b", 2), ("c", 3))],
+    )
     arms, _ = resolve_arms(three, production=1, previous_production=None)
     assert arms[0]["buckets"][0] == 0 and arms[-1]["buckets"][1] == 7
     assert all(a["buckets"][1] == b["buckets"][0] for a, b in zip(arms, arms[1:]))
 
 
 def test_validation_names_every_problem():
-    cfg = {"buckets": 100, "arms": [
-        {"name": "production", "model": "production", "model_version": 3, "traffic_pct": 80, "buckets": [0, 80]},
-        {"name": "b", "model": 9, "model_version": 9, "traffic_pct": 30, "buckets": [70, 100]},
-    ]}
+    cfg = {
+        "buckets": 100,
+        "arms": [
+            {"name": "production", "model": "production", "model_version": 3, "traffic_pct": 80, "buckets": [0, 80]},
+            {"name": "b", "model": 9, "model_version": 9, "traffic_pct": 30, "buckets": [70, 100]},
+        ],
+    }
     problems = validate_serving_config(cfg, registered_versions={3, 4}, repository_versions={3}, production=4)
     text = " | ".join(problems)
     assert "sum to 110" in text
@@ -82,11 +104,20 @@ def test_psi_and_ks_match_reference_values():
 def test_feature_skew_flags_only_the_skewed_features():
     rng = np.random.default_rng(1)
     n = 20_000
-    offline = pd.DataFrame({"tenure": rng.exponential(100, n), "length": rng.uniform(5, 60, n),
-                            "region": rng.choice(["IN-N", "IN-S", "IN-W"], n, p=[0.5, 0.3, 0.2])})
-    online = pd.DataFrame({"tenure": rng.exponential(100, n // 5) * 24,  # a unit bug: hours instead of days
-                           "length": rng.uniform(5, 60, n // 5),
-                           "region": rng.choice(["IN-N", "IN-S", "IN-W"], n // 5, p=[0.5, 0.3, 0.2])})
+    offline = pd.DataFrame(
+        {
+            "tenure": rng.exponential(100, n),
+            "length": rng.uniform(5, 60, n),
+            "region": rng.choice(["IN-N", "IN-S", "IN-W"], n, p=[0.5, 0.3, 0.2]),
+        }
+    )
+    online = pd.DataFrame(
+        {
+            "tenure": rng.exponential(100, n // 5) * 24,  # a unit bug: hours instead of days
+            "length": rng.uniform(5, 60, n // 5),
+            "region": rng.choice(["IN-N", "IN-S", "IN-W"], n // 5, p=[0.5, 0.3, 0.2]),
+        }
+    )
     rows = {r["feature"]: r for r in feature_skew(offline, online, ["tenure", "length"], ["region"], 10, 0.2, 0.1)}
     assert not rows["tenure"]["passed"] and rows["tenure"]["psi"] > 1 and rows["tenure"]["ks"] > 0.5
     assert rows["length"]["passed"] and rows["region"]["passed"]
@@ -96,22 +127,40 @@ def test_feature_skew_flags_only_the_skewed_features():
 
 def test_online_ctr_counts_plays_of_served_items_within_the_window_only():
     t0 = pd.Timestamp("2024-03-03 08:00", tz="UTC")
-    imp = pd.DataFrame({
-        "user_id": ["a", "a", "b", "b", "c"], "item_id": ["i1", "i2", "i1", "i3", "i9"], "rank": [1, 2, 1, 2, 1],
-        "model_version": [2, 2, 1, 1, 2], "arm": ["production", "production", "holdback", "holdback", "production"],
-        "served_at": [t0, t0, t0, t0, t0],
-    })
-    plays = pd.DataFrame({
-        "user_id": ["a", "a", "b", "b", "c"], "item_id": ["i2", "i1", "i3", "i7", "i9"],
-        "event_ts": [t0 + pd.Timedelta(minutes=30),   # a/i2 clicked
-                     t0 - pd.Timedelta(minutes=5),    # a/i1 before serving: not a click
-                     t0 + pd.Timedelta(minutes=61),   # b/i3 after the window: not a click
-                     t0 + pd.Timedelta(minutes=1),    # b/i7 not served
-                     t0 + pd.Timedelta(minutes=60)],  # c/i9 on the boundary: clicked
-    })
+    imp = pd.DataFrame(
+        {
+            "user_id": ["a", "a", "b", "b", "c"],
+            "item_id": ["i1", "i2", "i1", "i3", "i9"],
+            "rank": [1, 2, 1, 2, 1],
+            "model_version": [2, 2, 1, 1, 2],
+            "arm": ["production", "production", "holdback", "holdback", "production"],
+            "served_at": [t0, t0, t0, t0, t0],
+        }
+    )
+    plays = pd.DataFrame(
+        {
+            "user_id": ["a", "a", "b", "b", "c"],
+            "item_id": ["i2", "i1", "i3", "i7", "i9"],
+            "event_ts": [
+                t0 + pd.Timedelta(minutes=30),  # a/i2 clicked
+                t0 - pd.Timedelta(minutes=5),  # a/i1 before serving: not a click
+                t0 + pd.Timedelta(minutes=61),  # b/i3 after the window: not a click
+                t0 + pd.Timedelta(minutes=1),  # b/i7 not served
+                t0 + pd.Timedelta(minutes=60),
+            ],  # c/i9 on the boundary: clicked
+        }
+    )
     rows = {r["arm"]: r for r in online_metrics(imp, plays, pd.Timedelta(minutes=60))}
-    assert rows["production"] == {"arm": "production", "model_version": 2, "impressions": 3, "users": 2, "clicks": 2,
-                                  "ctr": pytest.approx(2 / 3), "user_hit_rate": 1.0, "mean_clicked_rank": 1.5}
+    assert rows["production"] == {
+        "arm": "production",
+        "model_version": 2,
+        "impressions": 3,
+        "users": 2,
+        "clicks": 2,
+        "ctr": pytest.approx(2 / 3),
+        "user_hit_rate": 1.0,
+        "mean_clicked_rank": 1.5,
+    }
     assert rows["holdback"]["clicks"] == 0 and rows["holdback"]["user_hit_rate"] == 0.0
 
 
@@ -135,17 +184,22 @@ def test_impressions_log_sensor_requests_one_online_evaluation_per_log_marker(tm
 
     from dagster import build_sensor_context
 
-    from recsys_assets.automation.sensors import impressions_log_sensor
-    from recsys_assets.partitions import last_complete_day
+    from recsys_assets.core.partitions import last_complete_day
+    from recsys_assets.serving.automation import impressions_log_sensor
+    from resources.config_files import ConfigFilesResource
     from resources.storage import StorageResource
 
-    day = (dt.date.fromisoformat(last_complete_day(dt.datetime.now(dt.timezone.utc))) - dt.timedelta(days=1)).isoformat()
+    day = (dt.date.fromisoformat(last_complete_day(dt.datetime.now(dt.UTC))) - dt.timedelta(days=1)).isoformat()
     folder = tmp_path / "online_logs" / "impressions" / f"dt={day}"
     folder.mkdir(parents=True)
-    with build_sensor_context(resources={"storage": StorageResource(data_root=str(tmp_path))}) as ctx:
+    with build_sensor_context(
+        resources={"storage": StorageResource(data_root=str(tmp_path)), "config_files": ConfigFilesResource()}
+    ) as ctx:
         assert impressions_log_sensor(ctx).skip_message.startswith("no impressions logs")
     (folder / "_SUCCESS").write_bytes(b"")
-    with build_sensor_context(resources={"storage": StorageResource(data_root=str(tmp_path))}) as ctx:
+    with build_sensor_context(
+        resources={"storage": StorageResource(data_root=str(tmp_path)), "config_files": ConfigFilesResource()}
+    ) as ctx:
         requests = impressions_log_sensor(ctx)
     assert [r.partition_key for r in requests] == [day]
     assert requests[0].run_key.startswith(f"online_eval:{day}:")

@@ -9,19 +9,17 @@ from pathlib import Path
 
 import pyarrow.dataset as pads
 import pytest
-from dagster import materialize
 
-from checks.datagen_checks import datagen_checks
-from recsys_assets.datagen.assets import datagen_assets
-from recsys_assets.datagen.raw_sources import raw_specs
 from resources.notifier import NotifierResource
 from resources.spark import SparkSubmitResource
 from resources.storage import DatasetStore, StorageResource
 from tests.conftest import DAYS
+from tests.dagster_helpers import run_job
 from tests.spark_cluster import standalone_cluster
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
+
 
 def _table(store, dataset, day, sub):
     import pyarrow as pa
@@ -42,33 +40,45 @@ def test_datagen_submitted_to_a_standalone_cluster_equals_local_mode(raw_root, s
     local_root, cluster_root = tmp_path / "local", tmp_path / "cluster"
     shutil.copytree(raw_root, local_root)
     shutil.copytree(raw_root, cluster_root)
-    res = {"spark": spark_resource, "storage": StorageResource(data_root=str(local_root)),
-           "notifier": NotifierResource(jsonl_path=str(tmp_path / "n.jsonl"))}
-    assert materialize([*raw_specs, *datagen_assets, *datagen_checks], partition_key=day, resources=res).success
+    res = {
+        "spark": spark_resource,
+        "storage": StorageResource(data_root=str(local_root)),
+        "notifier": NotifierResource(jsonl_path=str(tmp_path / "n.jsonl")),
+    }
+    assert run_job("datagen_job", day, instance, res).success
 
     (tmp_path / "cluster_logs").mkdir()
     with standalone_cluster(tmp_path / "cluster_logs") as master:
         # Submitted like production: spark-submit of recsys_assets/datagen/spark_job.py against the master, stats
         # handed back through Dagster Pipes (the Dataproc path uses the same job file and protocol over GCS).
-        submit = SparkSubmitResource(master=master, shuffle_partitions=4, driver_memory="1g",
-                                     spark_conf={"spark.cores.max": "2"})
+        submit = SparkSubmitResource(
+            master=master, shuffle_partitions=4, driver_memory="1g", spark_conf={"spark.cores.max": "2"}
+        )
         res_cluster = {**res, "spark": submit, "storage": StorageResource(data_root=str(cluster_root))}
-        result = materialize([*raw_specs, *datagen_assets, *datagen_checks], partition_key=day, resources=res_cluster,
-                             instance=instance)
+        result = run_job("datagen_job", day, instance, res_cluster)
     assert result.success
     pipes_logs = [e.user_message for e in instance.all_logs(result.run_id) if "on spark://" in (e.user_message or "")]
     assert any(f"filtered_events {day} on {master}" in m for m in pipes_logs), pipes_logs  # ran on the cluster
     md = result.asset_materializations_for_node("filtered_events")[0].metadata
-    assert md["dagster/row_count"].value == DatasetStore(str(local_root)).read_json(
-        DatasetStore(str(local_root)).committed_path("filtered_events", day, "stats.json"))["num_events_post_filters"]
+    assert (
+        md["dagster/row_count"].value
+        == DatasetStore(str(local_root)).read_json(
+            DatasetStore(str(local_root)).committed_path("filtered_events", day, "stats.json")
+        )["num_events_post_filters"]
+    )
 
     local, cluster = DatasetStore(str(local_root)), DatasetStore(str(cluster_root))
-    for dataset, sub in (("filtered_events", "events"), ("filtered_events", "quarantine"),
-                         ("training_events", "events"), ("training_events", "items")):
+    for dataset, sub in (
+        ("filtered_events", "events"),
+        ("filtered_events", "quarantine"),
+        ("training_events", "events"),
+        ("training_events", "items"),
+    ):
         a, b = _table(local, dataset, day, sub), _table(cluster, dataset, day, sub)
         assert a.num_rows == b.num_rows > 0 or sub == "quarantine"
         # pandas equality: NaN (quarantined NaN durations) equals NaN in the same place; values otherwise exact.
         assert a.schema == b.schema and a.to_pandas().equals(b.to_pandas()), f"{dataset}/{sub} differs"
     assert _stats(local, "filtered_events", day) == _stats(cluster, "filtered_events", day)
     assert json.dumps(_stats(local, "training_events", day), sort_keys=True) == json.dumps(
-        _stats(cluster, "training_events", day), sort_keys=True)
+        _stats(cluster, "training_events", day), sort_keys=True
+    )

@@ -44,7 +44,7 @@ def test_commit_switches_pointer_and_prunes_old_committed_versions(tmp_path):
 def test_uncommitted_versions_of_a_concurrent_writer_are_not_deleted(tmp_path):
     store = DatasetStore(str(tmp_path))
     in_progress = _write_version(store, "2024-03-01", b"writer A, still writing")
-    for i in range(3):
+    for _ in range(3):
         store.commit("ds", "2024-03-01", _write_version(store, "2024-03-01", b"B"))
     assert in_progress in store.list_versions("ds", "2024-03-01")
     # last writer wins: A commits later and becomes visible
@@ -81,7 +81,10 @@ def test_writer_killed_mid_write_leaves_previous_version_readable(tmp_path):
     # and a rerun commits normally
     v3 = _write_version(store, "2024-03-01", b"rerun")
     store.commit("ds", "2024-03-01", v3)
-    assert json.loads(store.fs.open_input_stream(store.partition_dir("ds", "2024-03-01") + "/_SUCCESS").read())["version"] == v3
+    assert (
+        json.loads(store.fs.open_input_stream(store.partition_dir("ds", "2024-03-01") + "/_SUCCESS").read())["version"]
+        == v3
+    )
 
 
 def test_gcs_uris_are_passed_to_spark_unchanged():

@@ -3,33 +3,29 @@ artifacts, lineage to data versions, exported programs, blocking gates, and day-
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 import torch
 import yaml
-from dagster import AssetKey, materialize
+from dagster import AssetKey
 
-from checks.model_checks import model_checks
 from recsys_assets.datagen.stages import read_final_items
-from recsys_assets.indexes.assets import index_assets
 from recsys_assets.indexes.faiss_index import deserialize, search
 from recsys_assets.training.artifacts import ArtifactDir
-from recsys_assets.training.assets import training_assets
 from recsys_assets.training.config import DEFAULT_TRAINING_CONFIG_PATH, LabelSpec
 from recsys_assets.training.evaluation import exact_top_k
 from recsys_assets.training.features import build_item_catalog
 from recsys_assets.training.loader import BatchEncoder, committed_events_dataset, sequential_batches
 from recsys_assets.training.models import MMoERanker, RankerConfig
-from recsys_assets.training.offline_evaluation import offline_evaluation
 from recsys_assets.training.ranker import load_program
+from resources.config_files import ConfigFilesResource
 from resources.storage import DatasetStore, StorageResource
 from resources.training import TrainingResource
 from tests.conftest import DAYS
-from tests.dagster_helpers import QUIET
+from tests.dagster_helpers import run_job
 
 pytestmark = pytest.mark.slow
-
-ASSETS = [*training_assets, *index_assets, offline_evaluation]
-CONFIGURED = ("vocab", "ranker_model", "retrieval_model", "retrieval_index", "cold_start_index")
 
 
 def training_yaml(tmp_path, min_window_days: int = 1, **checks) -> str:
@@ -38,22 +34,22 @@ def training_yaml(tmp_path, min_window_days: int = 1, **checks) -> str:
     spec = yaml.safe_load(DEFAULT_TRAINING_CONFIG_PATH.read_text())
     spec["checks"].update(checks)
     spec["min_window_days"] = min_window_days
-    path = tmp_path / "training.yaml"
+    path = tmp_path / f"training-{uuid.uuid4().hex[:8]}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return str(path)
 
 
 def train_day(day, instance, root, config_path):
-    return materialize(
-        [*ASSETS, *model_checks],
-        partition_key=day,
-        instance=instance,
-        resources={
+    """training_job of the Definitions for one day, with this training YAML."""
+    return run_job(
+        "training_job",
+        day,
+        instance,
+        {
             "storage": StorageResource(data_root=str(root)),
             "training": TrainingResource(device="cpu", epochs=2, batch_size=512, num_threads=2),
+            "config_files": ConfigFilesResource(training=config_path),
         },
-        raise_on_error=False,
-        run_config={**QUIET, "ops": {n: {"config": {"training_config_path": config_path}} for n in CONFIGURED}},
     )
 
 
@@ -67,18 +63,28 @@ def checks_of(result) -> dict[str, bool]:
 # model-vs-popularity margin: the same events written in a different row order (a datagen plan change) moved the
 # two-tower's recall@10 from above the most-popular baseline to 0.357 vs 0.365 (NDCG still higher). Model quality
 # against most-popular is measured at demo scale (README, docs/serving.md), where the margin is large.
-LENIENT = dict(ranker_min_auc={"liked": 0.52, "shared": 0.5, "followed": 0.5, "watch_complete": 0.5},
-               retrieval_k=10, retrieval_min_recall=0.01, retrieval_min_lift_over_popularity=0.9, ranker_max_auc_drop=0.05)
+LENIENT = dict(
+    ranker_min_auc={"liked": 0.52, "shared": 0.5, "followed": 0.5, "watch_complete": 0.5},
+    retrieval_k=10,
+    retrieval_min_recall=0.01,
+    retrieval_min_lift_over_popularity=0.9,
+    ranker_max_auc_drop=0.05,
+)
 
 
-def test_training_job_trains_on_the_window_validates_on_the_day_and_builds_both_indexes(instance, trained_root, tmp_path):
+def test_training_job_trains_on_the_window_validates_on_the_day_and_builds_both_indexes(
+    instance, trained_root, tmp_path
+):
     store = DatasetStore(str(trained_root))
     day = DAYS[2]
     result = train_day(day, instance, trained_root, training_yaml(tmp_path, **LENIENT))
     assert result.success
     assert checks_of(result) == {
-        "vocab_oov_rate_within_limits": True, "ranker_auc_gate": True, "retrieval_recall_gate": True,
-        "retrieval_index_recall_vs_exact": True, "cold_start_index_self_recall": True,
+        "vocab_oov_rate_within_limits": True,
+        "ranker_auc_gate": True,
+        "retrieval_recall_gate": True,
+        "retrieval_index_recall_vs_exact": True,
+        "cold_start_index_self_recall": True,
     }
 
     ranker = ArtifactDir.committed(store, "ranker_model", day)
@@ -101,7 +107,9 @@ def test_training_job_trains_on_the_window_validates_on_the_day_and_builds_both_
     content = torch.from_numpy(catalog.embeddings)[batch["content_row"]]
     served = load_program(ranker.read_bytes("ranker.pt2"))
     with torch.no_grad():
-        assert torch.allclose(served(batch["cat"], batch["dense"], content), model(batch["cat"], batch["dense"], content), atol=1e-5)
+        assert torch.allclose(
+            served(batch["cat"], batch["dense"], content), model(batch["cat"], batch["dense"], content), atol=1e-5
+        )
 
     # Retrieval index: one vector per catalogue item, exact for this size, same top-k as brute force.
     index_dir = ArtifactDir.committed(store, "retrieval_index", day)
@@ -122,13 +130,18 @@ def test_training_job_trains_on_the_window_validates_on_the_day_and_builds_both_
     retrieval = ArtifactDir.committed(store, "retrieval_model", day).read_json("metrics.json")
     assert report["retrieval"]["model_recall@10"] == retrieval["model_recall@10"]
     # Within the lenient gate's lift of most-popular (see LENIENT for why not strictly above it at this size).
-    assert retrieval["model_recall@10"] >= LENIENT["retrieval_min_lift_over_popularity"] * retrieval["popularity_recall@10"]
+    assert (
+        retrieval["model_recall@10"]
+        >= LENIENT["retrieval_min_lift_over_popularity"] * retrieval["popularity_recall@10"]
+    )
     mat = instance.fetch_materializations(AssetKey("ranker_model"), limit=1).records[0].asset_materialization
     assert mat.partition == day and mat.metadata["auc_liked"].value == pytest.approx(metrics["auc"]["liked"])
     assert not store.exists(store.path("_checkpoints", "ranker_model", f"dt={day}"))  # cleared after commit
 
 
-def test_vocab_ids_are_stable_across_days_and_the_previous_model_is_scored_on_the_same_day(instance, trained_root, tmp_path):
+def test_vocab_ids_are_stable_across_days_and_the_previous_model_is_scored_on_the_same_day(
+    instance, trained_root, tmp_path
+):
     store = DatasetStore(str(trained_root))
     # Day 2's models train on a single small day, where two-tower does not beat most-popular (its gate would
     # rightly stop the run); this test is about ids and the previous-model comparison, so that gate is off.
@@ -144,7 +157,7 @@ def test_vocab_ids_are_stable_across_days_and_the_previous_model_is_scored_on_th
         merged = old.merge(new, on="token", suffixes=("_old", "_new"))
         assert len(merged) == len(old)  # every token kept
         assert (merged["index_old"] == merged["index_new"]).all()  # with the same id
-        assert (new["index"].iloc[len(old):] >= len(old) + 2).all()  # new ids appended after
+        assert (new["index"].iloc[len(old) :] >= len(old) + 2).all()  # new ids appended after
     assert v2.cardinality("user_id") > v1.cardinality("user_id")
     metrics = ArtifactDir.committed(store, "ranker_model", DAYS[2]).read_json("metrics.json")
     assert metrics["previous_model_day"] == DAYS[1]
@@ -152,10 +165,14 @@ def test_vocab_ids_are_stable_across_days_and_the_previous_model_is_scored_on_th
     assert all(0.3 < v < 1.0 for v in metrics["previous_model_auc"].values())
 
 
-def test_a_ranker_below_its_auc_floor_blocks_the_evaluation_but_not_the_retrieval_branch(instance, trained_root, tmp_path):
+def test_a_ranker_below_its_auc_floor_blocks_the_evaluation_but_not_the_retrieval_branch(
+    instance, trained_root, tmp_path
+):
     store = DatasetStore(str(trained_root))
     day = DAYS[2]
-    result = train_day(day, instance, trained_root, training_yaml(tmp_path, **{**LENIENT, "ranker_min_auc": {"liked": 0.99}}))
+    result = train_day(
+        day, instance, trained_root, training_yaml(tmp_path, **{**LENIENT, "ranker_min_auc": {"liked": 0.99}})
+    )
     assert not result.success
     assert checks_of(result)["ranker_auc_gate"] is False
     materialized = {e.asset_key.path[-1] for e in result.get_asset_materialization_events()}
@@ -171,5 +188,3 @@ def test_training_without_any_earlier_day_fails_with_a_clear_error(instance, tra
     error = failure.event_specific_data.error
     assert error.cause.cls_name == "NoTrainingDataError"
     assert "no committed training_events in the 7 days before 2024-03-01" in error.cause.message
-
-

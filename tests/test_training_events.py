@@ -10,12 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recsys_assets.datagen.filter_chain import run_filter_chain
+from recsys_assets.core.partitions import window_micros, window_of
+from recsys_assets.core.schemas import RAW_ITEM_EMBEDDINGS, RAW_USERS
 from recsys_assets.datagen.config import load_datagen_spec
+from recsys_assets.datagen.filter_chain import run_filter_chain
 from recsys_assets.datagen.raw_inputs import read_raw
 from recsys_assets.datagen.training_events import TrainingEventsSpec, build_training_events, count_users
-from recsys_assets.partitions import window_micros, window_of
-from recsys_assets.schemas import RAW_ITEM_EMBEDDINGS, RAW_USERS
 from resources.storage import DatasetStore
 from tests.conftest import DAYS
 
@@ -39,18 +39,23 @@ def _expected(filtered: pd.DataFrame, embeddings: pd.DataFrame, users: pd.DataFr
     ok = embeddings[[r is None for r in reasons]]
     key = ok.embedding.map(lambda e: tuple(float(x) for x in e))
     chosen = ok.assign(_key=key).sort_values("_key", kind="stable").drop_duplicates("item_id")
-    reasons = [r if r is not None or i in chosen.index else "duplicate_item_id"
-               for i, r in zip(embeddings.index, reasons)]
+    reasons = [
+        r if r is not None or i in chosen.index else "duplicate_item_id" for i, r in zip(embeddings.index, reasons)
+    ]
     # One row per user: the most complete, then the smallest values in column order.
     cols = ["language", "region", "signup_ts"]
-    users = users.assign(_nulls=users[cols].isna().sum(axis=1)).sort_values(
-        ["_nulls", *cols], na_position="last", kind="stable").drop_duplicates("user_id")
+    users = (
+        users.assign(_nulls=users[cols].isna().sum(axis=1))
+        .sort_values(["_nulls", *cols], na_position="last", kind="stable")
+        .drop_duplicates("user_id")
+    )
     valid = set(embeddings.item_id[[r is None for r in reasons]])
     ev = filtered[filtered.item_id.isin(valid)].merge(
-        users.rename(
-            columns={"language": "user_language", "region": "user_region", "signup_ts": "user_signup_ts"}
-        )[["user_id", "user_language", "user_region", "user_signup_ts"]],
-        on="user_id", how="left",
+        users.rename(columns={"language": "user_language", "region": "user_region", "signup_ts": "user_signup_ts"})[
+            ["user_id", "user_language", "user_region", "user_signup_ts"]
+        ],
+        on="user_id",
+        how="left",
     )
     ev["user_tenure_days"] = (ev.event_ts - ev.user_signup_ts).dt.total_seconds() / 86400.0
     vl = ev.item_video_length_s
@@ -65,13 +70,18 @@ def _expected(filtered: pd.DataFrame, embeddings: pd.DataFrame, users: pd.DataFr
     return ev, norm, reasons, chosen.set_index("item_id").embedding
 
 
-def _build_from_filtered_day(spark, store: DatasetStore, day: str, tmp_path, spec: TrainingEventsSpec,
-                             items_transform=None):
+def _build_from_filtered_day(
+    spark, store: DatasetStore, day: str, tmp_path, spec: TrainingEventsSpec, items_transform=None
+):
     """Run the filter chain on `day`, write its events and items tables (items through `items_transform`), and
     build training_events from them."""
     start_us, end_us = window_micros(window_of(day))
     chain = run_filter_chain(
-        read_raw(spark, store, "events", day), read_raw(spark, store, "items", day), load_datagen_spec(), start_us, end_us
+        read_raw(spark, store, "events", day),
+        read_raw(spark, store, "items", day),
+        load_datagen_spec(),
+        start_us,
+        end_us,
     )
     try:
         chain.filtered_events.write.parquet(str(tmp_path / "filtered"))
@@ -97,23 +107,36 @@ def _craft(store: DatasetStore, day: str) -> dict:
     busy_users = raw_events.user_id.value_counts().index[:2]
     emb_path = f"{store.raw_partition_path('item_embeddings', day)}/part-00000.parquet"
     emb = pd.read_parquet(emb_path)
-    valid = emb[emb.embedding.map(lambda e: e is not None and len(e) == 128 and np.isfinite(e).all())
-                & emb.item_id.isin(busy_items)]
+    valid = emb[
+        emb.embedding.map(lambda e: e is not None and len(e) == 128 and np.isfinite(e).all())
+        & emb.item_id.isin(busy_items)
+    ]
     nan_first, two_valid = valid.item_id.iloc[0], valid.item_id.iloc[1]
     poisoned = valid.iloc[[0]].assign(embedding=[np.full(128, np.nan, np.float32)])
     smaller = valid.iloc[[1]].assign(embedding=[np.full(128, -1.0, np.float32)])
-    pq.write_table(pa.Table.from_pandas(pd.concat([poisoned, emb, smaller], ignore_index=True),
-                                        schema=RAW_ITEM_EMBEDDINGS, preserve_index=False), emb_path)
+    pq.write_table(
+        pa.Table.from_pandas(
+            pd.concat([poisoned, emb, smaller], ignore_index=True), schema=RAW_ITEM_EMBEDDINGS, preserve_index=False
+        ),
+        emb_path,
+    )
     users_path = f"{store.raw_partition_path('users', day)}/part-00000.parquet"
     users = pd.read_parquet(users_path)
     one = users[users.user_id == busy_users[0]].iloc[[0]]
     two = users[users.user_id == busy_users[1]].iloc[[0]]
     u1, u2 = one.user_id.iloc[0], two.user_id.iloc[0]
     extra = pd.concat([one.assign(region=None), two.assign(region="aaa-first")])
-    pq.write_table(pa.Table.from_pandas(pd.concat([extra, users], ignore_index=True), schema=RAW_USERS,
-                                        preserve_index=False), users_path)
-    return {"nan_first": nan_first, "two_valid": two_valid, "full_user": (u1, one.region.iloc[0]),
-            "smaller_region_user": u2, "valid_embedding": np.asarray(valid.embedding.iloc[0])}
+    pq.write_table(
+        pa.Table.from_pandas(pd.concat([extra, users], ignore_index=True), schema=RAW_USERS, preserve_index=False),
+        users_path,
+    )
+    return {
+        "nan_first": nan_first,
+        "two_valid": two_valid,
+        "full_user": (u1, one.region.iloc[0]),
+        "smaller_region_user": u2,
+        "valid_embedding": np.asarray(valid.embedding.iloc[0]),
+    }
 
 
 @pytest.mark.parametrize("crafted", [False, True], ids=["generated", "crafted"])
@@ -125,9 +148,16 @@ def test_training_events_equal_a_direct_pandas_computation(spark, raw_root, data
     spec = TrainingEventsSpec()
     craft = _craft(store, day) if crafted else None
     # Crafted: NaN video lengths on some items reach the moments (no range filter between them and here).
-    nan_lengths = (lambda df: df.withColumn("item_video_length_s", F.when(F.abs(F.hash("item_id")) % 7 == 0,
-                                                                          F.lit(float("nan"))).otherwise(
-        F.col("item_video_length_s")))) if crafted else None
+    nan_lengths = (
+        (
+            lambda df: df.withColumn(
+                "item_video_length_s",
+                F.when(F.abs(F.hash("item_id")) % 7 == 0, F.lit(float("nan"))).otherwise(F.col("item_video_length_s")),
+            )
+        )
+        if crafted
+        else None
+    )
     result = _build_from_filtered_day(spark, store, day, tmp_path, spec, items_transform=nan_lengths)
     try:
         events = result.events.toPandas()
@@ -180,8 +210,9 @@ def test_training_events_equal_a_direct_pandas_computation(spark, raw_root, data
     want = ev.set_index("event_id").sort_index()
     assert (got.user_language == want.user_language.fillna(spec.string_fill)).all()
     x = np.log1p(np.maximum(want.play_duration_s.fillna(0.0).to_numpy(), 0.0))
-    np.testing.assert_allclose(got.play_duration_s_norm, (x - norm["play_duration_s"][0]) / norm["play_duration_s"][1],
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        got.play_duration_s_norm, (x - norm["play_duration_s"][0]) / norm["play_duration_s"][1], rtol=1e-5, atol=1e-5
+    )
     # Items: one row per final item with its event count, latest age and a 128-d embedding.
     per_item = ev.groupby("item_id").agg(n=("event_id", "size"), age=("item_age_days", "max"))
     it = items.set_index("item_id").sort_index()
@@ -190,7 +221,9 @@ def test_training_events_equal_a_direct_pandas_computation(spark, raw_root, data
     assert all(len(e) == 128 for e in it.embedding)
     # Catalogue columns are stored once per item: not on the events, in the items table with the day's fills and
     # the item-level normalised feature (event-weighted moments).
-    assert not {"item_language", "item_category", "item_video_length_s", "item_video_length_s_norm"} & set(events.columns)
+    assert not {"item_language", "item_category", "item_video_length_s", "item_video_length_s_norm"} & set(
+        events.columns
+    )
     attrs = ev.groupby("item_id")[["item_category", "item_video_length_s"]].first().loc[it.index]
     assert (it.item_category == attrs.item_category.fillna(spec.string_fill)).all()
     v = np.log1p(np.maximum(attrs.item_video_length_s.fillna(0.0).to_numpy(), 0.0))
@@ -204,7 +237,11 @@ def test_events_and_items_tables_that_disagree_fail_the_stage(spark, raw_root, t
     from pyspark.sql import functions as F
 
     result = _build_from_filtered_day(
-        spark, DatasetStore(str(raw_root)), DAYS[1], tmp_path, TrainingEventsSpec(),
+        spark,
+        DatasetStore(str(raw_root)),
+        DAYS[1],
+        tmp_path,
+        TrainingEventsSpec(),
         items_transform=lambda df: df.withColumn("num_events", F.col("num_events") + 1),
     )
     try:

@@ -44,7 +44,16 @@ from tests.model_data import populate
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_DAYS = ["2024-05-01", "2024-05-02", "2024-05-03"]
 VALID_DAY = "2024-05-04"
-FEATURES = ["user_id", "item_id", "item_author_id", "item_category", "item_language", "user_language", "user_region", "feed_source"]
+FEATURES = [
+    "user_id",
+    "item_id",
+    "item_author_id",
+    "item_category",
+    "item_language",
+    "user_language",
+    "user_region",
+    "feed_source",
+]
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +96,13 @@ def test_loader_yields_every_row_once_per_epoch_in_a_seeded_order(model_store):
 
 def test_ranker_learns_labels_that_depend_on_features(model_store):
     enc = make_encoder(model_store)
-    model, fit = train_ranker(committed_events_dataset(model_store, TRAIN_DAYS), enc, RankerHyper(),
-                              TrainSettings(epochs=4, batch_size=256, num_threads=1), log=lambda m: None)
+    model, fit = train_ranker(
+        committed_events_dataset(model_store, TRAIN_DAYS),
+        enc,
+        RankerHyper(),
+        TrainSettings(epochs=4, batch_size=256, num_threads=1),
+        log=lambda m: None,
+    )
     scores, labels = score_ranker(model, committed_events_dataset(model_store, [VALID_DAY]), enc)
     aucs = task_aucs(scores, labels)
     assert len(labels) == 6000
@@ -99,8 +113,13 @@ def test_ranker_learns_labels_that_depend_on_features(model_store):
 
 def test_exported_ranker_program_matches_the_eager_model(model_store):
     enc = make_encoder(model_store)
-    model, _ = train_ranker(committed_events_dataset(model_store, TRAIN_DAYS[:1]), enc, RankerHyper(),
-                            TrainSettings(epochs=1, batch_size=512), log=lambda m: None)
+    model, _ = train_ranker(
+        committed_events_dataset(model_store, TRAIN_DAYS[:1]),
+        enc,
+        RankerHyper(),
+        TrainSettings(epochs=1, batch_size=512),
+        log=lambda m: None,
+    )
     served = load_program(export_program(model, ranker_example_inputs(model.cfg)))
     # A batch size other than the export example's, ids anywhere in each feature's range.
     cat = torch.stack([torch.randint(0, c, (37,)) for c in model.cfg.cardinalities], dim=1)
@@ -111,8 +130,13 @@ def test_exported_ranker_program_matches_the_eager_model(model_store):
 
 def test_two_tower_beats_most_popular_on_full_corpus_recall(model_store):
     enc = make_encoder(model_store)
-    model, fit, counts = train_two_tower(committed_events_dataset(model_store, TRAIN_DAYS), enc, RetrievalHyper(),
-                                         TrainSettings(epochs=6, batch_size=256, num_threads=1), log=lambda m: None)
+    model, fit, counts = train_two_tower(
+        committed_events_dataset(model_store, TRAIN_DAYS),
+        enc,
+        RetrievalHyper(),
+        TrainSettings(epochs=6, batch_size=256, num_threads=1),
+        log=lambda m: None,
+    )
     queries = evaluation_queries(committed_events_dataset(model_store, [VALID_DAY]), enc, LabelSpec())
     items = item_vectors(model, enc.catalog, enc.vocab, enc.moments, pd.Timestamp("2024-05-05", tz="UTC"))
     m = evaluate_retrieval(query_vectors(model, queries), items, queries.relevant, counts, [10, 50])
@@ -124,7 +148,9 @@ def test_two_tower_beats_most_popular_on_full_corpus_recall(model_store):
     # The exported query tower gives the same vectors.
     served = load_program(export_program(QueryTowerModule(model), (queries.cat[:4], queries.dense[:4])))
     with torch.no_grad():
-        assert torch.allclose(served(queries.cat, queries.dense), torch.from_numpy(query_vectors(model, queries)), atol=1e-5)
+        assert torch.allclose(
+            served(queries.cat, queries.dense), torch.from_numpy(query_vectors(model, queries)), atol=1e-5
+        )
 
 
 def test_in_batch_loss_masks_other_rows_of_the_same_item_and_applies_logq():
@@ -164,24 +190,49 @@ RESUME_WORKER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a killed subprocess and three trainings
 def test_training_killed_mid_run_resumes_from_last_checkpoint_with_identical_result(model_store, tmp_path):
     ckpt = str(tmp_path / "ckpt")
     code = RESUME_WORKER.format(repo=str(REPO), root=model_store.root_uri, ckpt=ckpt)
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert sorted(p.name for p in Path(ckpt).iterdir()) == [
-        "epoch-0000.json", "epoch-0000.pt", "epoch-0001.json", "epoch-0001.pt"]
+        "epoch-0000.json",
+        "epoch-0000.pt",
+        "epoch-0001.json",
+        "epoch-0001.pt",
+    ]
 
     settings = TrainSettings(epochs=4, batch_size=512, num_threads=1)
     ds = committed_events_dataset(model_store, TRAIN_DAYS)
-    resumed, fit = train_ranker(ds, make_encoder(model_store), RankerHyper(), settings,
-                                CheckpointStore(model_store, ckpt), "fp", log=lambda m: None)
+    resumed, fit = train_ranker(
+        ds,
+        make_encoder(model_store),
+        RankerHyper(),
+        settings,
+        CheckpointStore(model_store, ckpt),
+        "fp",
+        log=lambda m: None,
+    )
     assert fit.resumed_from_epoch == 1 and [h["epoch"] for h in fit.history] == [0, 1, 2, 3]
     straight, _ = train_ranker(ds, make_encoder(model_store), RankerHyper(), settings, log=lambda m: None)
     for (name, a), (_, b) in zip(resumed.state_dict().items(), straight.state_dict().items()):
         assert torch.equal(a, b), name
     # A checkpoint of another configuration (fingerprint) is never resumed from.
-    _, other = train_ranker(ds, make_encoder(model_store), RankerHyper(), TrainSettings(epochs=1, batch_size=512),
-                            CheckpointStore(model_store, ckpt), "another-fp", log=lambda m: None)
+    _, other = train_ranker(
+        ds,
+        make_encoder(model_store),
+        RankerHyper(),
+        TrainSettings(epochs=1, batch_size=512),
+        CheckpointStore(model_store, ckpt),
+        "another-fp",
+        log=lambda m: None,
+    )
     assert other.resumed_from_epoch is None

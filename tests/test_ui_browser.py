@@ -27,8 +27,16 @@ REPO = Path(__file__).resolve().parents[1]
 SHOTS = REPO / "docs" / "screenshots"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Debian Chromium as root in a closed network: no sandbox, no background connections (see the machine notes).
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 DAY = "2024-03-01"
 
 pytestmark = pytest.mark.slow
@@ -58,9 +66,15 @@ def _http_ok(url: str) -> bool:
 def _wait_http(url: str, proc: subprocess.Popen, log: Path) -> None:
     """Up when it answers; the wait follows the webserver's log (loading the code location) and fails at once if
     it exits."""
-    wait_until(lambda: _http_ok(url), lambda: file_size(log), f"{url} to answer", stall_s=180, limit_s=900,
-               failed=lambda: None if proc.poll() is None else f"dagster-webserver exited ({proc.returncode})",
-               context=lambda: tail(log))
+    wait_until(
+        lambda: _http_ok(url),
+        lambda: file_size(log),
+        f"{url} to answer",
+        stall_s=180,
+        limit_s=900,
+        failed=lambda: None if proc.poll() is None else f"dagster-webserver exited ({proc.returncode})",
+        context=lambda: tail(log),
+    )
 
 
 @pytest.fixture()
@@ -73,13 +87,30 @@ def webserver(data_root, tmp_path):
         "run_coordinator:\n  module: dagster.core.run_coordinator\n  class: DefaultRunCoordinator\n"
     )
     port = _free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(home), "RECSYS_DATA_ROOT": str(data_root),
-           "RECSYS_SPARK_MASTER": "local[2]", "RECSYS_SPARK_BACKEND": "local"}
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "RECSYS_DATA_ROOT": str(data_root),
+        "RECSYS_SPARK_MASTER": "local[2]",
+        "RECSYS_SPARK_BACKEND": "local",
+    }
     log = tmp_path / "webserver.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w",
-             str(REPO / "workspace.yaml")], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+            [
+                str(Path(sys.executable).parent / "dagster-webserver"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-w",
+                str(REPO / "workspace.yaml"),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         _wait_http(f"http://127.0.0.1:{port}/server_info", proc, log)
         yield f"http://127.0.0.1:{port}", home
@@ -103,6 +134,7 @@ def _wait_for_run(home: Path):
     """The launched run's end, waiting as long as its event log grows (a slow host), not a fixed budget."""
     finished = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
     with DagsterInstance.from_config(str(home)) as instance:
+
         def done():
             runs = instance.get_runs()
             return runs if runs and runs[0].status in finished else None

@@ -23,7 +23,10 @@ from recsys_assets.training.features import (
 
 
 def batches_of(values: list, size: int, column: str = "f"):
-    return [pa.RecordBatch.from_pydict({column: pa.array(values[i : i + size], pa.string())}) for i in range(0, len(values), size)]
+    return [
+        pa.RecordBatch.from_pydict({column: pa.array(values[i : i + size], pa.string())})
+        for i in range(0, len(values), size)
+    ]
 
 
 def test_count_tokens_over_batches_equals_value_counts_and_skips_nulls():
@@ -50,7 +53,9 @@ def test_vocab_encodes_unknown_and_null_to_oov_and_round_trips_through_parquet_t
     again = Vocab.from_table(v.to_table())
     assert again.encode("user_id", pa.array(["u1", "u2"])).tolist() == [3, 2]
     assert oov_rates(v, [pa.RecordBatch.from_pydict({"user_id": ["u1", "x", "y", "u2"], "region": ["r"] * 4})]) == {
-        "user_id": 0.5, "region": 0.0}
+        "user_id": 0.5,
+        "region": 0.0,
+    }
 
 
 def test_vocab_rejects_non_contiguous_ids():
@@ -60,8 +65,11 @@ def test_vocab_rejects_non_contiguous_ids():
 
 def test_dense_moments_match_numpy_over_batches():
     rng = np.random.default_rng(1)
-    cols = {"item_video_length_s": rng.uniform(1, 100, 1000), "item_age_days": rng.uniform(0, 30, 1000),
-            "user_tenure_days": rng.uniform(0, 900, 1000)}
+    cols = {
+        "item_video_length_s": rng.uniform(1, 100, 1000),
+        "item_age_days": rng.uniform(0, 30, 1000),
+        "user_tenure_days": rng.uniform(0, 900, 1000),
+    }
     tbl = pa.table(cols)
     m = dense_moments(tbl.to_batches(max_chunksize=128))
     assert m["item_video_length_s"]["mean"] == pytest.approx(np.log1p(cols["item_video_length_s"]).mean())

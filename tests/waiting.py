@@ -20,9 +20,17 @@ class StalledError(AssertionError):
     pass
 
 
-def wait_until(done: Callable[[], T], progress: Callable[[], object], what: str, *, stall_s: float = 300,
-               limit_s: float = 3600, failed: Callable[[], str | None] = lambda: None,
-               context: Callable[[], str] = lambda: "", poll_s: float = 1.0) -> T:
+def wait_until(
+    done: Callable[[], T],
+    progress: Callable[[], object],
+    what: str,
+    *,
+    stall_s: float = 300,
+    limit_s: float = 3600,
+    failed: Callable[[], str | None] = lambda: None,
+    context: Callable[[], str] = lambda: "",
+    poll_s: float = 1.0,
+) -> T:
     """Poll `done()` until it returns something truthy and return it. `progress()` returns any value that changes
     while the work advances; `failed()` returns a message once the work can no longer succeed (raised at once)."""
     start = last_move = time.monotonic()

@@ -1,21 +1,31 @@
-"""The derived datasets, declared once: their names and the blocking checks that gate each partition's commit.
+"""The derived datasets, declared once: name (= the asset and the directory under the data root), what protects
+each partition (blocking checks), and what retention does with it.
 
-A dataset with blocking checks is staged by its asset and committed by the storage layer only when every one of
-those checks has recorded a passing verdict (resources/storage.py); one without is committed by its asset. The
-check names here must equal the blocking asset checks defined for the asset of the same name in `checks/`
-(tests/test_gates.py holds the two lists together).
+Protection: a dataset with blocking checks is staged by its asset and committed by the storage layer only when
+every one of those checks has recorded a passing verdict (resources/storage.py); one without is committed by its
+asset. The check names must equal the blocking asset checks defined on the asset of the same name in `checks/`
+(tests/test_gates.py holds the two together).
+
+Retention (recsys_assets/maintenance/retention.py): every partition older than the retention age is deleted unless
+protected. The latest committed partitions of each `model` dataset are kept, with the days of every
+`training_data` dataset their training.json says they were trained and validated on, and the same day of every
+`model_companion` dataset (the vocab and indexes served with them). `report` partitions are never protected.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from resources.storage import DatasetStore
+
+Retention = Literal["training_data", "model", "model_companion", "report"]
 
 
 @dataclass(frozen=True)
 class DatasetDecl:
     name: str
+    retention: Retention
     blocking_checks: tuple[str, ...] = ()
 
 
@@ -34,19 +44,23 @@ ONLINE_EVALUATION = "online_evaluation"
 DATASETS: dict[str, DatasetDecl] = {
     d.name: d
     for d in (
-        DatasetDecl(FILTERED_EVENTS, ("filter_item_loss_within_limits", "input_losses_within_limits")),
-        DatasetDecl(TRAINING_EVENTS, ("embedding_join_item_loss", "training_events_expectations")),
-        DatasetDecl(MONITORING_REPORT),
-        DatasetDecl(VOCAB),
-        DatasetDecl(RANKER_MODEL, ("ranker_auc_gate",)),
-        DatasetDecl(RETRIEVAL_MODEL, ("retrieval_recall_gate",)),
-        DatasetDecl(RETRIEVAL_INDEX, ("retrieval_index_recall_vs_exact",)),
-        DatasetDecl(COLD_START_INDEX),
-        DatasetDecl(OFFLINE_EVALUATION),
-        DatasetDecl(FEATURE_SKEW_REPORT),
-        DatasetDecl(ONLINE_EVALUATION),
+        DatasetDecl(FILTERED_EVENTS, "training_data", ("filter_item_loss_within_limits", "input_losses_within_limits")),
+        DatasetDecl(TRAINING_EVENTS, "training_data", ("embedding_join_item_loss", "training_events_expectations")),
+        DatasetDecl(MONITORING_REPORT, "training_data"),
+        DatasetDecl(VOCAB, "model_companion"),
+        DatasetDecl(RANKER_MODEL, "model", ("ranker_auc_gate",)),
+        DatasetDecl(RETRIEVAL_MODEL, "model", ("retrieval_recall_gate",)),
+        DatasetDecl(RETRIEVAL_INDEX, "model_companion", ("retrieval_index_recall_vs_exact",)),
+        DatasetDecl(COLD_START_INDEX, "model_companion"),
+        DatasetDecl(OFFLINE_EVALUATION, "model_companion"),
+        DatasetDecl(FEATURE_SKEW_REPORT, "report"),
+        DatasetDecl(ONLINE_EVALUATION, "report"),
     )
 }
+
+
+def datasets_with(retention: Retention) -> tuple[str, ...]:
+    return tuple(name for name, d in DATASETS.items() if d.retention == retention)
 
 
 def publish_partition(store: DatasetStore, dataset: str, day: str, version: str, **manifest: object) -> dict:

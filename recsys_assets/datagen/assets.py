@@ -1,15 +1,14 @@
 """Datagen assets: raw events -> filtered_events -> training_events -> datagen_monitoring_report.
 
-Each asset is a thin wrapper: resolve resources, the partition's day window and config, call the pure functions
-in this package, write a new version of the partition, commit it atomically, and report rich metadata.
+Each asset is a thin wrapper: resolve resources, the partition's day and config, hand the Spark stage to the
+Spark resource (or call the pure functions), publish the written version (recsys_assets/core/store_dirs.py), and
+report rich metadata.
 """
-
 
 import datetime as dt
 
 from dagster import (
     AssetExecutionContext,
-    BackfillPolicy,
     Config,
     MaterializeResult,
     MetadataValue,
@@ -17,33 +16,22 @@ from dagster import (
 )
 from pydantic import Field
 
-from recsys_assets.core.datasets import (
-    DATASETS, FILTERED_EVENTS, MONITORING_REPORT, TRAINING_EVENTS, publish_partition,
-)
+from recsys_assets.core.datasets import DATASETS, FILTERED_EVENTS, MONITORING_REPORT, TRAINING_EVENTS
+from recsys_assets.core.metadata import column_schema, md_table, numeric_metadata
+from recsys_assets.core.partitions import PER_DAY, daily_partitions, shift_day
+from recsys_assets.core.store_dirs import PartitionVersion
 from recsys_assets.datagen.config import load_datagen_spec
-from recsys_assets.datagen.metadata import column_schema, md_table, numeric_metadata
 from recsys_assets.datagen.monitoring import build_report
 from recsys_assets.datagen.quarantine import QUARANTINE_REASONS, judge_input_losses
 from recsys_assets.datagen.raw_sources import raw_asset_key
-from recsys_assets.datagen.stages import read_final_items
+from recsys_assets.datagen.stages import read_final_items, stage_job
 from recsys_assets.datagen.training_events import TrainingEventsSpec
-from recsys_assets.partitions import daily_partitions, shift_day
+from resources.config_files import ConfigFilesResource
 from resources.spark import SparkResource
 from resources.storage import DatasetStore, StorageResource
 
-# One run per day in backfills: the per-day asset checks then evaluate every day (a single-run range backfill
-# would record one check evaluation without a partition).
-PER_DAY = BackfillPolicy.multi_run(max_partitions_per_run=1)
 
-
-class DatagenConfig(Config):
-    datagen_config_path: str = Field(
-        default="",
-        description="Path of the datagen YAML (filter chain + thresholds); empty = the packaged default.",
-    )
-
-
-class TrainingEventsConfig(DatagenConfig):
+class TrainingEventsConfig(Config):
     normalized_columns: list[str] = Field(default_factory=lambda: list(TrainingEventsSpec.normalized_columns))
     log_columns: list[str] = Field(default_factory=lambda: list(TrainingEventsSpec.log_columns))
     string_fill: str = TrainingEventsSpec.string_fill
@@ -51,13 +39,16 @@ class TrainingEventsConfig(DatagenConfig):
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def _gate_metadata(dataset: str) -> dict:
     checks = DATASETS[dataset].blocking_checks
-    return {"gate": "staged: committed (readable downstream) only when " + ", ".join(checks) + " pass"
-            if checks else "committed"}
+    return {
+        "gate": "staged: committed (readable downstream) only when " + ", ".join(checks) + " pass"
+        if checks
+        else "committed"
+    }
 
 
 @asset(
@@ -71,15 +62,13 @@ def _gate_metadata(dataset: str) -> dict:
     "(one row per surviving item: catalogue columns, event count, max age) and quarantine/.",
 )
 def filtered_events(
-    context: AssetExecutionContext, config: DatagenConfig, spark: SparkResource, storage: StorageResource
+    context: AssetExecutionContext, spark: SparkResource, storage: StorageResource, config_files: ConfigFilesResource
 ) -> MaterializeResult:
-    day = context.partition_key
-    spec = load_datagen_spec(config.datagen_config_path or None)
-    store = storage.store
-    version = store.new_version(context.run_id)
-    stats = spark.run_stage(context, FILTERED_EVENTS, store, day, version,
-                            {"datagen_config_path": config.datagen_config_path or None})
-    publish_partition(store, FILTERED_EVENTS, day, version, row_count=stats["num_events_post_filters"])
+    day, store = context.partition_key, storage.store
+    spec = load_datagen_spec(config_files.datagen)
+    out = PartitionVersion.new(store, FILTERED_EVENTS, day, context.run_id)
+    stats = spark.run_job(context, stage_job(FILTERED_EVENTS, store, day, out.version, spec))
+    out.publish(row_count=stats["num_events_post_filters"])
     input_rows, _ = judge_input_losses(stats, stats["input_limits"])
 
     limits = {f.name: f.max_item_loss_pct for f in spec.filters}
@@ -95,7 +84,10 @@ def filtered_events(
     ]
     context.log.info(
         "filtered_events %s: %d raw -> %d events, %d items, %d quarantined",
-        day, stats["num_raw_events"], stats["num_events_post_filters"], stats["num_unique_items_post_filters"],
+        day,
+        stats["num_raw_events"],
+        stats["num_events_post_filters"],
+        stats["num_unique_items_post_filters"],
         stats["num_quarantined_events"],
     )
     return MaterializeResult(
@@ -110,10 +102,11 @@ def filtered_events(
             "quarantine": md_table(
                 ["reason", "events"], [[r, stats[f"num_quarantined_{r}"]] for r in QUARANTINE_REASONS]
             ),
-            "input_losses": md_table(["stage", "what", "events", "of", "% (sample: pp off)", "limit", "result"],
-                                     input_rows),
-            "path": MetadataValue.path(store.version_uri(FILTERED_EVENTS, day, version)),
-            "version": version,
+            "input_losses": md_table(
+                ["stage", "what", "events", "of", "% (sample: pp off)", "limit", "result"], input_rows
+            ),
+            "path": MetadataValue.path(out.uri),
+            "version": out.version,
             **_gate_metadata(FILTERED_EVENTS),
             **numeric_metadata(stats),
         }
@@ -131,19 +124,31 @@ def filtered_events(
     "item-level normalised features, embedding), stored once per item rather than on every event.",
 )
 def training_events(
-    context: AssetExecutionContext, config: TrainingEventsConfig, spark: SparkResource, storage: StorageResource
+    context: AssetExecutionContext,
+    config: TrainingEventsConfig,
+    spark: SparkResource,
+    storage: StorageResource,
+    config_files: ConfigFilesResource,
 ) -> MaterializeResult:
-    day = context.partition_key
-    store = storage.store
+    day, store = context.partition_key, storage.store
     te_spec = {
-        "normalized_columns": list(config.normalized_columns), "log_columns": list(config.log_columns),
-        "string_fill": config.string_fill, "float_fill": config.float_fill,
+        "normalized_columns": list(config.normalized_columns),
+        "log_columns": list(config.log_columns),
+        "string_fill": config.string_fill,
+        "float_fill": config.float_fill,
     }
     filter_stats = store.read_json(store.committed_path(FILTERED_EVENTS, day, "stats.json"))
-    version = store.new_version(context.run_id)
-    stats = spark.run_stage(context, TRAINING_EVENTS, store, day, version,
-                            {"datagen_config_path": config.datagen_config_path or None, "training_events_spec": te_spec})
-    publish_partition(store, TRAINING_EVENTS, day, version, row_count=stats["num_final_rows"])
+    out = PartitionVersion.new(store, TRAINING_EVENTS, day, context.run_id)
+    job = stage_job(
+        TRAINING_EVENTS,
+        store,
+        day,
+        out.version,
+        load_datagen_spec(config_files.datagen),
+        {"training_events_spec": te_spec},
+    )
+    stats = spark.run_job(context, job)
+    out.publish(row_count=stats["num_final_rows"])
     normalization = stats["normalization"]
     return MaterializeResult(
         metadata={
@@ -152,20 +157,22 @@ def training_events(
             "items_column_schema": column_schema(stats["items_schema"]),
             "embedding_join": md_table(
                 ["items before", "items after", "item loss %", "events after", "embeddings rejected"],
-                [[
-                    filter_stats["num_unique_items_post_filters"],
-                    stats["num_items_post_embed_join"],
-                    stats["item_loss_post_embedding_join"],
-                    stats["num_events_post_embedding_join"],
-                    stats["num_embeddings_rejected"],
-                ]],
+                [
+                    [
+                        filter_stats["num_unique_items_post_filters"],
+                        stats["num_items_post_embed_join"],
+                        stats["item_loss_post_embedding_join"],
+                        stats["num_events_post_embedding_join"],
+                        stats["num_embeddings_rejected"],
+                    ]
+                ],
             ),
             "normalization": md_table(
                 ["column", "transform", "mean", "std"],
                 [[c, m["transform"], round(m["mean"], 5), round(m["std"], 5)] for c, m in normalization.items()],
             ),
-            "path": MetadataValue.path(store.version_uri(TRAINING_EVENTS, day, version)),
-            "version": version,
+            "path": MetadataValue.path(out.uri),
+            "version": out.version,
             **_gate_metadata(TRAINING_EVENTS),
             **numeric_metadata(stats),
         }
@@ -188,11 +195,10 @@ def read_committed_report(store: DatasetStore, day: str) -> dict | None:
     "with 7-day deltas, new/common items vs yesterday, item diffs 1d/7d, run time. JSON next to the data.",
 )
 def datagen_monitoring_report(
-    context: AssetExecutionContext, config: DatagenConfig, storage: StorageResource
+    context: AssetExecutionContext, storage: StorageResource, config_files: ConfigFilesResource
 ) -> MaterializeResult:
-    day = context.partition_key
-    store = storage.store
-    spec = load_datagen_spec(config.datagen_config_path or None)
+    day, store = context.partition_key, storage.store
+    spec = load_datagen_spec(config_files.datagen)
     filter_stats = store.read_json(store.committed_path(FILTERED_EVENTS, day, "stats.json"))
     join_stats = store.read_json(store.committed_path(TRAINING_EVENTS, day, "stats.json"))
     items = read_final_items(store, day, ["item_id", "item_age_days"])
@@ -218,9 +224,9 @@ def datagen_monitoring_report(
         run_time_s=run_time_s,
     )
     report["thresholds"] = spec.thresholds.model_dump()
-    version = store.new_version(context.run_id)
-    store.write_json_atomic(store.version_path(MONITORING_REPORT, day, version, "report.json"), report)
-    publish_partition(store, MONITORING_REPORT, day, version)
+    out = PartitionVersion.new(store, MONITORING_REPORT, day, context.run_id)
+    out.write_json("report.json", report)
+    out.publish()
 
     buckets = report["item_age_buckets"]
     share_delta = report["item_age_bucket_share_delta_pp_7d"] or {}
@@ -229,27 +235,40 @@ def datagen_monitoring_report(
             "item_age_buckets": md_table(
                 ["bucket (days)", "items", "7d delta", "share delta 7d (pp)"],
                 [
-                    [k, report["item_age_bucket_formated"][k], (report["item_age_buckets_delta_7d"] or {}).get(k, "n/a"), share_delta.get(k, "n/a")]
+                    [
+                        k,
+                        report["item_age_bucket_formated"][k],
+                        (report["item_age_buckets_delta_7d"] or {}).get(k, "n/a"),
+                        share_delta.get(k, "n/a"),
+                    ]
                     for k in buckets
                 ],
             ),
             "index_deltas": md_table(
                 ["new items 1d", "common items 1d", "item diff 1d", "item diff 7d"],
-                [[
-                    report["new_items_in_index_1d_delta"] or "n/a",
-                    report["common_items_in_index_1d_delta"] or "n/a",
-                    report["item_diff_1d_delta"] or "n/a",
-                    report["item_diff_7d_delta"] or "n/a",
-                ]],
+                [
+                    [
+                        report["new_items_in_index_1d_delta"] or "n/a",
+                        report["common_items_in_index_1d_delta"] or "n/a",
+                        report["item_diff_1d_delta"] or "n/a",
+                        report["item_diff_7d_delta"] or "n/a",
+                    ]
+                ],
             ),
             "monitoring_dict": MetadataValue.json(report),
-            "report_path": MetadataValue.path(store.version_uri(MONITORING_REPORT, day, version, "report.json")),
+            "report_path": MetadataValue.path(store.version_uri(MONITORING_REPORT, day, out.version, "report.json")),
             **numeric_metadata(
                 {
                     k: report[k]
                     for k in (
-                        "num_final_rows", "num_items_post_embed_join", "new_items_pct_1d", "num_new_items_1d",
-                        "item_delta_pct_1d", "item_delta_pct_7d", "event_delta_pct_1d", "event_delta_pct_7d",
+                        "num_final_rows",
+                        "num_items_post_embed_join",
+                        "new_items_pct_1d",
+                        "num_new_items_1d",
+                        "item_delta_pct_1d",
+                        "item_delta_pct_7d",
+                        "event_delta_pct_1d",
+                        "event_delta_pct_7d",
                         "datagen_run_time_s",
                     )
                 }

@@ -8,14 +8,14 @@ string column, an `in_set` on a number column), is rejected with the filter's na
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 import pyarrow as pa
 from pydantic import Field, model_validator
 
 from recsys_assets.core.config import ConfigFileError, StrictModel, load_config_file, parse_config
+from recsys_assets.core.schemas import RAW_EVENTS, RAW_ITEMS
 from recsys_assets.datagen.quarantine import QUARANTINE_REASONS
-from recsys_assets.schemas import RAW_EVENTS, RAW_ITEMS
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "config" / "datagen.yaml"
 
@@ -54,8 +54,9 @@ class _ColumnFilter(_FilterBase):
         if isinstance(self, RangeFilter) and not _numeric(t):
             raise ValueError(f"filter {self.name!r}: kind 'range' needs a numeric column; {self.column!r} is {t}")
         if isinstance(self, InSetFilter) and not pa.types.is_string(t):
-            raise ValueError(f"filter {self.name!r}: kind 'in_set' (string values) needs a string column; "
-                             f"{self.column!r} is {t}")
+            raise ValueError(
+                f"filter {self.name!r}: kind 'in_set' (string values) needs a string column; {self.column!r} is {t}"
+            )
         return self
 
 
@@ -91,7 +92,7 @@ class MinItemEventsFilter(_FilterBase):
     min_events: int = Field(ge=1)
 
 
-FilterSpec = Annotated[Union[InSetFilter, RangeFilter, MinItemEventsFilter], Field(discriminator="kind")]
+FilterSpec = Annotated[InSetFilter | RangeFilter | MinItemEventsFilter, Field(discriminator="kind")]
 
 
 class QuarantineSpec(_Strict):
@@ -162,8 +163,9 @@ class DatagenSpec(_Strict):
             raise ValueError("item_age_bucket_edges must be strictly increasing")
         unknown = sorted(set(self.quarantine.max_event_pct_per_reason) - {"default", *QUARANTINE_REASONS})
         if unknown:
-            raise ValueError(f"quarantine.max_event_pct_per_reason: unknown reason(s) {unknown}; "
-                             f"known: {list(QUARANTINE_REASONS)}")
+            raise ValueError(
+                f"quarantine.max_event_pct_per_reason: unknown reason(s) {unknown}; known: {list(QUARANTINE_REASONS)}"
+            )
         return self
 
     def input_limits(self) -> dict:
@@ -171,8 +173,9 @@ class DatagenSpec(_Strict):
         per_reason = self.quarantine.max_event_pct_per_reason
         return {
             "max_quarantined_pct": self.quarantine.max_event_pct,
-            "max_quarantined_pct_per_reason": {r: per_reason.get(r, per_reason.get("default", 100.0))
-                                               for r in QUARANTINE_REASONS},
+            "max_quarantined_pct_per_reason": {
+                r: per_reason.get(r, per_reason.get("default", 100.0)) for r in QUARANTINE_REASONS
+            },
             "max_language_event_loss_pct": self.language.max_event_loss_pct,
             "max_language_item_loss_pct": self.language.max_item_loss_pct,
             "sample_fraction": self.sample.fraction,

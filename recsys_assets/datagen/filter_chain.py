@@ -23,6 +23,7 @@ from functools import reduce
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from recsys_assets.core.partitions import US_PER_DAY
 from recsys_assets.datagen.config import (
     DatagenSpec,
     InSetFilter,
@@ -33,7 +34,7 @@ from recsys_assets.datagen.config import (
 from recsys_assets.datagen.quarantine import QUARANTINE_REASONS
 
 QUARANTINE_STAGE = "quarantine"
-US_PER_DAY = 86_400_000_000
+
 SAMPLE_BUCKETS = 1_000_000
 
 
@@ -177,9 +178,7 @@ def deduplicate(
     # aggregate once after the shuffle (Spark 4's bypass; an older Spark ignores the unknown setting). The plan of
     # a persisted DataFrame is fixed when it is persisted, so the setting is scoped to building this one table.
     with _session_conf(events.sparkSession, {"spark.sql.execution.bypassPartialAggregation": "true"}):
-        candidates = (
-            hashed.groupBy(_ID_HASH).agg(F.count(F.lit(1)).alias("n")).filter(F.col("n") > 1).persist()
-        )
+        candidates = hashed.groupBy(_ID_HASH).agg(F.count(F.lit(1)).alias("n")).filter(F.col("n") > 1).persist()
         rows = int(candidates.agg(F.sum("n")).first()[0] or 0)
     if rows > broadcast_limit:
         candidates.unpersist()
@@ -190,11 +189,18 @@ def deduplicate(
     if invalid is not None:
         keep = keep | F.coalesce(invalid, F.lit(False))
     small = hashed.join(repeated_flag, _ID_HASH, "left").filter(keep).persist()
-    repeated = mark_duplicates(small.filter(F.col("_repeated").isNotNull()).drop(_ID_HASH, "_repeated"), invalid).persist()
-    others = small.filter(F.col("_repeated").isNull()).drop(_ID_HASH, "_repeated").withColumn("is_duplicate", F.lit(False))
+    repeated = mark_duplicates(
+        small.filter(F.col("_repeated").isNotNull()).drop(_ID_HASH, "_repeated"), invalid
+    ).persist()
+    others = (
+        small.filter(F.col("_repeated").isNull()).drop(_ID_HASH, "_repeated").withColumn("is_duplicate", F.lit(False))
+    )
     unique = hashed.join(keys, _ID_HASH, "left_anti").drop(_ID_HASH).withColumn("is_duplicate", F.lit(False))
     return Deduplicated(
-        unique.unionByName(repeated), rows, cached_rows=others.unionByName(repeated), cached=(candidates, small, repeated)
+        unique.unionByName(repeated),
+        rows,
+        cached_rows=others.unionByName(repeated),
+        cached=(candidates, small, repeated),
     )
 
 
@@ -221,8 +227,9 @@ def sample_predicate(fraction: float, seed: int) -> Column:
     return bucket < F.lit(int(round(fraction * SAMPLE_BUCKETS)))
 
 
-def with_quarantine_reason(deduped: DataFrame, day_start_us: int, day_end_us: int,
-                           spec: QuarantineSpec | None = None) -> DataFrame:
+def with_quarantine_reason(
+    deduped: DataFrame, day_start_us: int, day_end_us: int, spec: QuarantineSpec | None = None
+) -> DataFrame:
     """Raw events (with `is_duplicate`) -> the same rows with `quarantine_reason` (null for valid input)."""
     reason = F.coalesce(
         quarantine_reason(day_start_us, day_end_us, spec), F.when(F.col("is_duplicate"), F.lit("duplicate_event_id"))
@@ -308,14 +315,18 @@ def stage_stats(per_item: DataFrame, spec: DatagenSpec) -> dict:
     for st in stages:
         c = F.col(f"events_after_{st.name}")
         aggs.append(F.sum(c).alias(f"num_events_post_filter_{st.name}"))
-        aggs.append(F.count(F.when(F.col("item_id").isNotNull() & (c > 0), 1)).alias(f"num_items_post_filter_{st.name}"))
+        aggs.append(
+            F.count(F.when(F.col("item_id").isNotNull() & (c > 0), 1)).alias(f"num_items_post_filter_{st.name}")
+        )
     row = per_item.agg(*aggs).collect()[0].asDict()
     stats: dict = {k: int(v or 0) for k, v in row.items()}
     stats["num_quarantined_events"] = sum(stats[f"num_quarantined_{r}"] for r in QUARANTINE_REASONS)
     prev_items = stats["num_raw_items"]
     for st in stages:
         items = stats[f"num_items_post_filter_{st.name}"]
-        stats[f"item_loss_percentage_{st.name}"] = round(100.0 * (prev_items - items) / prev_items, 4) if prev_items else 0.0
+        stats[f"item_loss_percentage_{st.name}"] = (
+            round(100.0 * (prev_items - items) / prev_items, 4) if prev_items else 0.0
+        )
         prev_items = items
     last = stages[-1].name
     stats["num_events_post_filters"] = stats[f"num_events_post_filter_{last}"]
@@ -340,8 +351,8 @@ class FilterChainResult:
 
 # filtered_events is a fact table and a dimension table. Events keep what varies per event; the catalogue columns
 # (constant per item within a day: one catalogue row per item) are written once per item in `items`, not copied
-# onto every event row: on a 20M-event day the six copies cost 5-8 s of the events write (string dictionary
-# encoding per value), for data the items table holds in ~1% of the rows.
+# onto every event row: string dictionary encoding of six copies per event cost more of the events write than the
+# items table's ~1% of the rows does (docs/benchmarks.md).
 FILTERED_EVENT_COLUMNS = [
     "event_id",
     "user_id",
@@ -403,10 +414,14 @@ def plan_filter_chain(
         .filter(F.col("quarantine_reason").isNotNull())
         .select(*events.columns, "quarantine_reason")
     )
-    stats = {"num_duplicate_candidates": dedup.duplicate_candidates, "num_catalogue_rows": catalogue_rows,
-             "num_duplicate_catalogue_rows": catalogue_rows - catalogue_items}
-    return FilterChainResult(filtered, filtered_items, quarantined, stats, per_item,
-                             cached=(catalogue, *dedup.cached, per_item))
+    stats = {
+        "num_duplicate_candidates": dedup.duplicate_candidates,
+        "num_catalogue_rows": catalogue_rows,
+        "num_duplicate_catalogue_rows": catalogue_rows - catalogue_items,
+    }
+    return FilterChainResult(
+        filtered, filtered_items, quarantined, stats, per_item, cached=(catalogue, *dedup.cached, per_item)
+    )
 
 
 def run_filter_chain(

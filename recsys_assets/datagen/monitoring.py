@@ -72,7 +72,9 @@ def build_report(
     report.update({k: v for k, v in filter_stats.items() if k != "stage_order"})
     report.update(join_stats)
     report["item_age_buckets"] = buckets
-    report["item_age_bucket_share_pct"] = {k: round(100.0 * v / n_items, 4) if n_items else 0.0 for k, v in buckets.items()}
+    report["item_age_bucket_share_pct"] = {
+        k: round(100.0 * v / n_items, 4) if n_items else 0.0 for k, v in buckets.items()
+    }
     report["item_age_bucket_formated"] = {k: fmt_count_pct(v, n_items) for k, v in buckets.items()}
 
     if prev_7d_report is not None:

@@ -46,12 +46,22 @@ def judge_input_losses(stats: dict, limits: dict) -> tuple[list[list], list[str]
     def judge(stage: str, what: str, count: int, of: int, pct: float, limit: float, ok: bool):
         rows.append([stage, what, count, of, pct, limit, "ok" if ok else "BREACH"])
         if not ok:
-            breaches.append(f"{stage} {what}: {count:,} of {of:,} events ({pct}% > {limit}%)"
-                            if stage == "quarantine" else f"{stage} {what}: {pct}% (limit {limit})")
+            breaches.append(
+                f"{stage} {what}: {count:,} of {of:,} events ({pct}% > {limit}%)"
+                if stage == "quarantine"
+                else f"{stage} {what}: {pct}% (limit {limit})"
+            )
 
     pct = _pct(quarantined, raw)
-    judge("quarantine", "all reasons", quarantined, raw, pct, limits["max_quarantined_pct"],
-          pct <= limits["max_quarantined_pct"])
+    judge(
+        "quarantine",
+        "all reasons",
+        quarantined,
+        raw,
+        pct,
+        limits["max_quarantined_pct"],
+        pct <= limits["max_quarantined_pct"],
+    )
     for reason, limit in limits["max_quarantined_pct_per_reason"].items():
         n = stats.get(f"num_quarantined_{reason}", 0)
         pct = _pct(n, raw)
@@ -61,12 +71,25 @@ def judge_input_losses(stats: dict, limits: dict) -> tuple[list[list], list[str]
     valid = stats["num_events_post_filter_quarantine"]
     after_language = stats["num_events_post_filter_language"]
     pct = _pct(valid - after_language, valid)
-    judge("language", "event loss", valid - after_language, valid, pct, limits["max_language_event_loss_pct"],
-          pct <= limits["max_language_event_loss_pct"])
+    judge(
+        "language",
+        "event loss",
+        valid - after_language,
+        valid,
+        pct,
+        limits["max_language_event_loss_pct"],
+        pct <= limits["max_language_event_loss_pct"],
+    )
     item_loss = stats["item_loss_percentage_language"]
-    judge("language", "item loss", stats["num_items_post_filter_quarantine"] - stats["num_items_post_filter_language"],
-          stats["num_items_post_filter_quarantine"], item_loss, limits["max_language_item_loss_pct"],
-          item_loss <= limits["max_language_item_loss_pct"])
+    judge(
+        "language",
+        "item loss",
+        stats["num_items_post_filter_quarantine"] - stats["num_items_post_filter_language"],
+        stats["num_items_post_filter_quarantine"],
+        item_loss,
+        limits["max_language_item_loss_pct"],
+        item_loss <= limits["max_language_item_loss_pct"],
+    )
 
     kept = stats["num_events_post_filter_sample"]
     p = limits["sample_fraction"]
@@ -74,9 +97,20 @@ def judge_input_losses(stats: dict, limits: dict) -> tuple[list[list], list[str]
     noise_pp = SAMPLE_STANDARD_ERRORS * 100.0 * math.sqrt(p * (1 - p) / after_language) if after_language else 0.0
     allowed = round(limits["sample_max_deviation_pp"] + noise_pp, 4)
     deviation = round(100.0 * abs(observed - p), 4)
-    rows.append(["sample", f"kept {round(100 * observed, 4)}% (configured {round(100 * p, 4)}%)", kept,
-                 after_language, deviation, allowed, "ok" if deviation <= allowed else "BREACH"])
+    rows.append(
+        [
+            "sample",
+            f"kept {round(100 * observed, 4)}% (configured {round(100 * p, 4)}%)",
+            kept,
+            after_language,
+            deviation,
+            allowed,
+            "ok" if deviation <= allowed else "BREACH",
+        ]
+    )
     if deviation > allowed:
-        breaches.append(f"sample kept {kept:,} of {after_language:,} events = {round(100 * observed, 2)}%, "
-                        f"configured {round(100 * p, 2)}% (off by {deviation}pp > {allowed}pp)")
+        breaches.append(
+            f"sample kept {kept:,} of {after_language:,} events = {round(100 * observed, 2)}%, "
+            f"configured {round(100 * p, 2)}% (off by {deviation}pp > {allowed}pp)"
+        )
     return rows, breaches

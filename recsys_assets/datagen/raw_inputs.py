@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from recsys_assets.schemas import RAW_TABLES, spark_schema
+from recsys_assets.core.schemas import RAW_TABLES, spark_schema
 from resources.storage import DatasetStore
 
 
@@ -31,9 +31,11 @@ def _type_problem(expected: pa.DataType, actual: pa.DataType, physical: str | No
         if not pa.types.is_timestamp(actual):
             return mismatch
         if actual.unit == "ns" and physical != "INT96":
-            return ("holds nanosecond timestamps (INT64 TIMESTAMP(NANOS)), which Spark cannot read; write microseconds "
-                    "(pyarrow: coerce_timestamps='us'; pandas: to_parquet(..., coerce_timestamps='us', "
-                    "allow_truncated_timestamps=True))")
+            return (
+                "holds nanosecond timestamps (INT64 TIMESTAMP(NANOS)), which Spark cannot read; write microseconds "
+                "(pyarrow: coerce_timestamps='us'; pandas: to_parquet(..., coerce_timestamps='us', "
+                "allow_truncated_timestamps=True))"
+            )
         return None
     if pa.types.is_string(expected):
         return None if pa.types.is_string(actual) or pa.types.is_large_string(actual) else mismatch
@@ -45,8 +47,10 @@ def _type_problem(expected: pa.DataType, actual: pa.DataType, physical: str | No
         if not (pa.types.is_list(actual) or pa.types.is_large_list(actual)):
             return mismatch
         if not actual.value_type.equals(expected.value_type):
-            return (f"has type {actual}: Spark cannot read {actual.value_type} elements as the contract's "
-                    f"{expected}; cast the values to {expected.value_type}")
+            return (
+                f"has type {actual}: Spark cannot read {actual.value_type} elements as the contract's "
+                f"{expected}; cast the values to {expected.value_type}"
+            )
         return None
     return mismatch
 
@@ -57,9 +61,7 @@ def raw_parquet_files(store: DatasetStore, table: str, day: str) -> list[str]:
         raise RawInputError(f"raw {table} for {day}: directory {d} does not exist")
     infos = store.fs.get_file_info(pafs.FileSelector(d, recursive=True))
     files = sorted(
-        i.path
-        for i in infos
-        if i.type == pafs.FileType.File and not i.base_name.startswith(("_", ".")) and i.size > 0
+        i.path for i in infos if i.type == pafs.FileType.File and not i.base_name.startswith(("_", ".")) and i.size > 0
     )
     if not files:
         raise RawInputError(f"raw {table} for {day}: no Parquet files under {d} (empty day)")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dagster import AssetKey, AssetSpec
 
-from recsys_assets.partitions import daily_partitions
-from recsys_assets.schemas import RAW_TABLES
+from recsys_assets.core.partitions import daily_partitions
+from recsys_assets.core.schemas import RAW_TABLES
 
 RAW_DESCRIPTIONS = {
     "events": "Raw app events (plays, completes, likes, ...) for the day, Parquet under raw/events/dt=<day>/.",

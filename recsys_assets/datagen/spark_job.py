@@ -3,7 +3,7 @@ Dataproc PySpark job. It runs the same stage functions as the in-process path an
 Pipes (logs, and the stats as a custom message); the stats are also in the version dir's stats.json.
 
     python -m recsys_assets.datagen.spark_job --stage filtered_events --data-root gs://b/p --day 2024-03-01 \
-        --version 20240302T... [--params-json '{"datagen_config_path": ...}'] [--pipes-transport gcs]
+        --version 20240302T... [--params-json '{"datagen_spec": {...}}'] [--pipes-transport gcs]
 
 Pipes bootstrap parameters arrive as environment variables (subprocess) or as `--dagster-pipes-*` command-line
 arguments (Dataproc); both are handled. Without any (a manual run) it still runs and prints the stats.
@@ -17,7 +17,7 @@ import json
 import os
 import sys
 
-from recsys_assets.datagen.stages import STAGES, run_stage
+from recsys_assets.datagen.stages import STAGES, job_name, run_stage
 from resources.spark import JOB_SPARK_CONF
 from resources.storage import DatasetStore
 
@@ -39,7 +39,10 @@ def _pipes(transport: str):
         from google.cloud import storage
 
         client = storage.Client()
-        kwargs |= {"context_loader": PipesGCSContextLoader(client=client), "message_writer": PipesGCSMessageWriter(client=client)}
+        kwargs |= {
+            "context_loader": PipesGCSContextLoader(client=client),
+            "message_writer": PipesGCSMessageWriter(client=client),
+        }
     return open_dagster_pipes(**kwargs)
 
 
@@ -51,7 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", required=True)
     p.add_argument("--params-json", default="{}")
     p.add_argument("--pipes-transport", default="default", choices=["default", "gcs"])
-    p.add_argument("--shuffle-partitions", type=int, default=0)
     return p
 
 
@@ -66,16 +68,18 @@ def main(argv: list[str] | None = None) -> dict:
         builder = builder.config(k, v)
     if os.environ.get("SPARK_MASTER"):
         builder = builder.master(os.environ["SPARK_MASTER"])
-    if args.shuffle_partitions:
-        builder = builder.config("spark.sql.shuffle.partitions", str(args.shuffle_partitions))
     session = builder.getOrCreate()
 
     with _pipes(args.pipes_transport) as pipes:
         if pipes is not None:
             pipes.log.info(f"{args.stage} {args.day} on {session.sparkContext.master} -> version {args.version}")
-        stats = run_stage(session, args.stage, DatasetStore(args.data_root), args.day, args.version, json.loads(args.params_json))
+        stats = run_stage(
+            session, args.stage, DatasetStore(args.data_root), args.day, args.version, json.loads(args.params_json)
+        )
         if pipes is not None:
-            pipes.report_custom_message({"stage": args.stage, "day": args.day, "version": args.version, "stats": stats})
+            pipes.report_custom_message(
+                {"job": job_name(args.stage, args.day), "version": args.version, "stats": stats}
+            )
         else:
             print(json.dumps(stats, default=str))
     return stats

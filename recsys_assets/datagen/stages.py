@@ -9,13 +9,16 @@ the stats the job handed back, so every backend produces byte-for-byte the same 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
-from recsys_assets.datagen.config import load_datagen_spec
-from recsys_assets.datagen.raw_inputs import latest_raw_day, read_raw
 from recsys_assets.core.datasets import FILTERED_EVENTS, TRAINING_EVENTS
-from recsys_assets.partitions import window_micros, window_of
+from recsys_assets.core.partitions import window_micros, window_of
+from recsys_assets.datagen.config import DatagenSpec, load_datagen_spec, parse_datagen_spec
+from recsys_assets.datagen.raw_inputs import latest_raw_day, read_raw
+from resources.spark import SparkJob
 from resources.storage import DatasetStore
 
 # The Spark transformations (filter_chain, training_events) are imported inside the stage functions: training
@@ -28,13 +31,13 @@ def read_final_items(store: DatasetStore, day: str, columns: list[str] | None = 
     """The final items (item-sized) of a committed training_events partition as a pyarrow table."""
     import pyarrow.dataset as pads
 
-    return pads.dataset(store.committed_path(TRAINING_EVENTS, day, "items"), filesystem=store.fs, format="parquet").to_table(
-        columns=columns
-    )
+    return pads.dataset(
+        store.committed_path(TRAINING_EVENTS, day, "items"), filesystem=store.fs, format="parquet"
+    ).to_table(columns=columns)
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def _schema(df) -> list[list[str]]:
@@ -55,20 +58,26 @@ def _job_description(session, text: str):
         sc.setJobDescription(before)
 
 
-def filtered_events_stage(session, store: DatasetStore, day: str, version: str, datagen_config_path: str | None = None) -> dict:
+def filtered_events_stage(
+    session, store: DatasetStore, day: str, version: str, spec: DatagenSpec | None = None
+) -> dict:
     from recsys_assets.datagen.filter_chain import run_filter_chain
 
     started_at, t0 = _now(), time.monotonic()
-    spec = load_datagen_spec(datagen_config_path or None)
+    spec = spec or load_datagen_spec()
     start_us, end_us = window_micros(window_of(day))
     result = run_filter_chain(
         read_raw(session, store, "events", day), read_raw(session, store, "items", day), spec, start_us, end_us
     )
     try:
         with _job_description(session, f"{FILTERED_EVENTS} {day}: write events"):
-            result.filtered_events.write.mode("overwrite").parquet(store.version_uri(FILTERED_EVENTS, day, version, "events"))
+            result.filtered_events.write.mode("overwrite").parquet(
+                store.version_uri(FILTERED_EVENTS, day, version, "events")
+            )
         with _job_description(session, f"{FILTERED_EVENTS} {day}: write items"):
-            result.filtered_items.write.mode("overwrite").parquet(store.version_uri(FILTERED_EVENTS, day, version, "items"))
+            result.filtered_items.write.mode("overwrite").parquet(
+                store.version_uri(FILTERED_EVENTS, day, version, "items")
+            )
         with _job_description(session, f"{FILTERED_EVENTS} {day}: write quarantine"):
             result.quarantined_events.write.mode("overwrite").parquet(
                 store.version_uri(FILTERED_EVENTS, day, version, "quarantine")
@@ -91,7 +100,11 @@ def filtered_events_stage(session, store: DatasetStore, day: str, version: str, 
 
 
 def training_events_stage(
-    session, store: DatasetStore, day: str, version: str, datagen_config_path: str | None = None,
+    session,
+    store: DatasetStore,
+    day: str,
+    version: str,
+    spec: DatagenSpec | None = None,
     te_spec=None,
 ) -> dict:
     from recsys_assets.datagen.training_events import TrainingEventsSpec, build_training_events, count_users
@@ -99,7 +112,7 @@ def training_events_stage(
     te_spec = te_spec or TrainingEventsSpec()
     t0 = time.monotonic()
     filter_stats = store.read_json(store.committed_path(FILTERED_EVENTS, day, "stats.json"))
-    spec = load_datagen_spec(datagen_config_path or None)
+    spec = spec or load_datagen_spec()
     users_day = latest_raw_day(store, "users", day)
     filtered_items_path = store.committed_path(FILTERED_EVENTS, day, "items")
     if not store.exists(filtered_items_path):
@@ -147,13 +160,51 @@ def training_events_stage(
 
 
 def run_stage(session, stage: str, store: DatasetStore, day: str, version: str, params: dict) -> dict:
-    """Dispatch by stage name with JSON-able params (what a submitted job receives on its command line)."""
+    """Dispatch by stage name with JSON-able params (what a submitted job receives on its command line). The datagen
+    spec travels as its validated content (`datagen_spec`), so a submitted job needs no access to the YAML file."""
+    spec = parse_datagen_spec(params["datagen_spec"], "job parameters") if params.get("datagen_spec") else None
     if stage == FILTERED_EVENTS:
-        return filtered_events_stage(session, store, day, version, params.get("datagen_config_path"))
+        return filtered_events_stage(session, store, day, version, spec)
     if stage == TRAINING_EVENTS:
         from recsys_assets.datagen.training_events import TrainingEventsSpec
 
         te = params.get("training_events_spec") or {}
         te_spec = TrainingEventsSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in te.items()})
-        return training_events_stage(session, store, day, version, params.get("datagen_config_path"), te_spec)
+        return training_events_stage(session, store, day, version, spec, te_spec)
     raise ValueError(f"unknown datagen stage {stage!r}; known: {STAGES}")
+
+
+def job_name(stage: str, day: str) -> str:
+    return f"{stage} {day}"
+
+
+def stage_arguments(stage: str, data_root: str, day: str, version: str, params: dict) -> list[str]:
+    """The command line of `spark_job.py` for one stage (what the job's parser reads)."""
+    return [
+        "--stage",
+        stage,
+        "--data-root",
+        data_root,
+        "--day",
+        day,
+        "--version",
+        version,
+        "--params-json",
+        json.dumps(params, sort_keys=True),
+    ]
+
+
+def stage_job(
+    stage: str, store: DatasetStore, day: str, version: str, spec: DatagenSpec, extra: dict | None = None
+) -> SparkJob:
+    """One datagen stage as a SparkJob for the Spark resource: the stage function in-process, or spark_job.py with
+    the same arguments when submitted (spark-submit, Dataproc)."""
+    params = {"datagen_spec": spec.model_dump(mode="json"), **(extra or {})}
+    return SparkJob(
+        name=job_name(stage, day),
+        run=lambda session: run_stage(session, stage, store, day, version, params),
+        job_file=str(Path(__file__).with_name("spark_job.py")),
+        arguments=tuple(stage_arguments(stage, store.root_uri, day, version, params)),
+        data_root=store.root_uri,
+        labels={"stage": stage, "partition": day},
+    )

@@ -2,9 +2,9 @@
 nulls filled with configured constants and float features normalised with the day's statistics.
 
 Output is two tables written in one commit: `events` (one row per event: event-level columns, user features) and
-`items` (one row per final item: catalogue columns, item-level normalised features, embedding). Keeping the
-512-byte embedding and the catalogue columns out of the event rows keeps a production day (~380M events) at tens
-of GB instead of ~190 GB and its write about a third shorter; loaders look items up by item_id.
+`items` (one row per final item: catalogue columns, item-level normalised features, embedding). The 512-byte
+embedding and the catalogue columns stay out of the event rows, which keeps a production day's output and its
+write small (sizes and times in docs/benchmarks.md); loaders look items up by item_id.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from recsys_assets.core.partitions import US_PER_DAY
+from recsys_assets.core.schemas import EMBEDDING_DIM
 from recsys_assets.datagen.filter_chain import BROADCAST_ROW_LIMIT, ITEM_ATTRIBUTE_COLUMNS, first_row_per_key
-from recsys_assets.schemas import EMBEDDING_DIM
-
-US_PER_DAY = 86_400_000_000
 
 EMBEDDING_REJECT_REASONS = ("null_item_id", "wrong_length", "non_finite_value", "duplicate_item_id")
 
@@ -58,14 +57,27 @@ def embedding_validity(embeddings: DataFrame) -> DataFrame:
 
 
 # training_events is a fact table (`events`) and a dimension table (`items`): the catalogue columns are constant per
-# item within a day, so they are written once per item, not copied onto every event (on a 20M-event day the copies
-# cost ~8 s of the events write). Readers widen events with them by item_id (`recsys_assets.training.loader`).
+# item within a day, so they are written once per item, not copied onto every event (the copies dominated the
+# events write, docs/benchmarks.md). Readers widen events with them by item_id (`recsys_assets.training.loader`).
 ITEM_ATTRIBUTES = tuple(ITEM_ATTRIBUTE_COLUMNS)  # filtered_events' items table carries the same
 ITEM_KEYS = ("item_id", *ITEM_ATTRIBUTES)
 # The events output's columns, in order (the per-day *_norm columns of event-level features follow).
 EVENT_COLUMNS = (
-    "user_id", "item_id", "event_id", "event_ts", "feed_source", "client_event", "play_duration_s", "liked", "shared",
-    "followed", "item_age_days", "user_language", "user_region", "user_tenure_days", "watch_ratio",
+    "user_id",
+    "item_id",
+    "event_id",
+    "event_ts",
+    "feed_source",
+    "client_event",
+    "play_duration_s",
+    "liked",
+    "shared",
+    "followed",
+    "item_age_days",
+    "user_language",
+    "user_region",
+    "user_tenure_days",
+    "watch_ratio",
 )
 
 
@@ -139,17 +151,27 @@ def build_training_events(
 
     checked = embedding_validity(embeddings).persist()
     valid_emb = checked.filter(F.col("reject_reason").isNull()).select("item_id", "embedding")
-    reject_counts = {
-        r["reject_reason"]: int(r["count"]) for r in checked.groupBy("reject_reason").count().collect()
-    }
+    reject_counts = {r["reject_reason"]: int(r["count"]) for r in checked.groupBy("reject_reason").count().collect()}
     reject_counts.pop(None, 0)
     final_items = filtered_items.join(valid_emb.select("item_id"), "item_id", "left_semi").persist()
-    item_row = final_items.agg(
-        F.count(F.lit(1)).alias("num_items"),
-        F.sum("num_events").alias("num_events"),
-        *[F.sum(F.when(F.col(c).isNull() | (F.isnan(c) if dict(filtered_items.dtypes)[c] == "double" else F.lit(False)),
-                       F.col("num_events")).otherwise(0)).alias(f"nulls_{c}") for c in ITEM_ATTRIBUTES],
-    ).first().asDict()
+    item_row = (
+        final_items.agg(
+            F.count(F.lit(1)).alias("num_items"),
+            F.sum("num_events").alias("num_events"),
+            *[
+                F.sum(
+                    F.when(
+                        F.col(c).isNull()
+                        | (F.isnan(c) if dict(filtered_items.dtypes)[c] == "double" else F.lit(False)),
+                        F.col("num_events"),
+                    ).otherwise(0)
+                ).alias(f"nulls_{c}")
+                for c in ITEM_ATTRIBUTES
+            ],
+        )
+        .first()
+        .asDict()
+    )
     items_after = int(item_row["num_items"] or 0)
     user_rows = users.count()
 
@@ -158,7 +180,9 @@ def build_training_events(
     # item_video_length_s over events, then is dropped from the events output.
     joined = (
         filtered_events.select(*[c for c in filtered_events.columns if c not in ITEM_ATTRIBUTES])
-        .join(_broadcast_if_small(final_items.select("item_id", "item_video_length_s"), items_after), "item_id", "inner")
+        .join(
+            _broadcast_if_small(final_items.select("item_id", "item_video_length_s"), items_after), "item_id", "inner"
+        )
         .join(_broadcast_if_small(user_features(users), user_rows), "user_id", "left")
         .withColumn(
             "user_tenure_days",
@@ -190,10 +214,14 @@ def build_training_events(
     # The day's moments of the filled (and log1p'd) features over events (an item column counts once per event),
     # one global aggregate: each task folds its rows into one buffer per moment, so there is no shuffle, and
     # column pruning reads only what the features need.
-    moment_row = joined.agg(
-        *[F.avg(feature(c, fill_nulls=True)).alias(f"mean_{c}") for c in spec.normalized_columns],
-        *[F.stddev_pop(feature(c, fill_nulls=True)).alias(f"std_{c}") for c in spec.normalized_columns],
-    ).first().asDict()
+    moment_row = (
+        joined.agg(
+            *[F.avg(feature(c, fill_nulls=True)).alias(f"mean_{c}") for c in spec.normalized_columns],
+            *[F.stddev_pop(feature(c, fill_nulls=True)).alias(f"std_{c}") for c in spec.normalized_columns],
+        )
+        .first()
+        .asDict()
+    )
     normalization = {
         c: {
             "mean": float(moment_row[f"mean_{c}"] or 0.0),
@@ -214,11 +242,13 @@ def build_training_events(
     # on the events as they are written.
     event_level = tuple(event_strings + event_floats)
     observation = Observation("training_events_nulls")
+
     def missing(c: str):
         return F.col(c).isNull() | F.isnan(c) if c in event_floats else F.col(c).isNull()
 
     observed = joined.drop("item_video_length_s").observe(
-        observation, F.count(F.lit(1)).alias("num_events"),
+        observation,
+        F.count(F.lit(1)).alias("num_events"),
         *[F.count(F.when(missing(c), 1)).alias(f"nulls_{c}") for c in event_level],
     )
     out = normalized(
@@ -249,6 +279,11 @@ def build_training_events(
         **{f"num_nulls_filled_{c}": int(item_row[f"nulls_{c}"] or 0) for c in item_strings + item_floats},
     }
     return TrainingEventsResult(
-        events=out, items=items, stats=stats, normalization=normalization, cached=(checked, final_items),
-        observation=observation, event_level_columns=event_level,
+        events=out,
+        items=items,
+        stats=stats,
+        normalization=normalization,
+        cached=(checked, final_items),
+        observation=observation,
+        event_level_columns=event_level,
     )

@@ -6,11 +6,13 @@ import time
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from dagster import AssetExecutionContext, BackfillPolicy, Config, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
+from recsys_assets.core.metadata import md_table, numeric_metadata
+from recsys_assets.core.partitions import PER_DAY, daily_partitions, window_of
+from recsys_assets.core.schemas import EMBEDDING_DIM
 from recsys_assets.datagen.assets import training_events
-from recsys_assets.datagen.metadata import md_table, numeric_metadata
 from recsys_assets.datagen.raw_inputs import read_raw_table
 from recsys_assets.datagen.raw_sources import raw_asset_key
 from recsys_assets.datagen.stages import read_final_items
@@ -24,9 +26,6 @@ from recsys_assets.indexes.faiss_index import (
     serialize,
     valid_embeddings,
 )
-from recsys_assets.core.datasets import publish_partition
-from recsys_assets.partitions import daily_partitions, window_of
-from recsys_assets.schemas import EMBEDDING_DIM
 from recsys_assets.training.artifacts import COLD_START_INDEX, RETRIEVAL_INDEX, RETRIEVAL_MODEL, ArtifactDir
 from recsys_assets.training.assets import retrieval_model
 from recsys_assets.training.config import load_training_spec
@@ -35,13 +34,11 @@ from recsys_assets.training.loader import BatchEncoder, committed_events_dataset
 from recsys_assets.training.models import TowerConfig, TwoTower
 from recsys_assets.training.retrieval import evaluation_queries, item_vectors, query_vectors
 from recsys_assets.training.windows import training_window, window_dep
+from resources.config_files import ConfigFilesResource
 from resources.storage import StorageResource
-
-PER_DAY = BackfillPolicy.multi_run(max_partitions_per_run=1)
 
 
 class IndexConfig(Config):
-    training_config_path: str = Field(default="", description="Path of training.yaml; empty = the packaged default.")
     ivf_min_items: int = Field(default=100_000, description="Catalogues smaller than this get an exact IndexFlatIP.")
     nlist: int = Field(default=0, description="IVF lists; 0 = 4 * sqrt(items).")
     nprobe: int = Field(default=32, description="IVF lists searched per query.")
@@ -70,9 +67,11 @@ def _queries_per_s(index, queries: np.ndarray, k: int) -> float:
     "validation day (exact for small catalogues, IVF above ivf_min_items), with the query tower exported beside it "
     "and the index's recall@k against exact search on validation-day users.",
 )
-def retrieval_index(context: AssetExecutionContext, config: IndexConfig, storage: StorageResource) -> MaterializeResult:
+def retrieval_index(
+    context: AssetExecutionContext, config: IndexConfig, storage: StorageResource, config_files: ConfigFilesResource
+) -> MaterializeResult:
     day, store = context.partition_key, storage.store
-    spec = load_training_spec(config.training_config_path or None)
+    spec = load_training_spec(config_files.training)
     model_dir = ArtifactDir.committed(store, RETRIEVAL_MODEL, day)
     info = model_dir.read_json("training.json")
     cfg = model_dir.read_json("model_config.json")
@@ -92,23 +91,33 @@ def retrieval_index(context: AssetExecutionContext, config: IndexConfig, storage
     recall = recall_vs_exact(index, vectors, queries, config.recall_k)
     qps = _queries_per_s(index, queries, config.recall_k)
     desc |= {
-        "model_day": day, "model_version": model_dir.version, "recall_vs_exact": recall, "recall_k": config.recall_k,
-        "recall_queries": int(len(queries)), "min_recall_vs_exact": spec.checks.index_min_recall_vs_exact,
-        "build_seconds": round(build_s, 3), "batch_queries_per_s": round(qps, 1), "data_versions": info["data_versions"],
+        "model_day": day,
+        "model_version": model_dir.version,
+        "recall_vs_exact": recall,
+        "recall_k": config.recall_k,
+        "recall_queries": int(len(queries)),
+        "min_recall_vs_exact": spec.checks.index_min_recall_vs_exact,
+        "build_seconds": round(build_s, 3),
+        "batch_queries_per_s": round(qps, 1),
+        "data_versions": info["data_versions"],
     }
-    out = ArtifactDir(store, RETRIEVAL_INDEX, day, store.new_version(context.run_id))
+    out = ArtifactDir.new(store, RETRIEVAL_INDEX, day, context.run_id)
     out.write_bytes("index.faiss", serialize(index))
-    out.write_table("items.parquet", pa.table({"row": np.arange(len(catalog), dtype=np.int64),
-                                               "item_id": pa.array(catalog.item_ids, pa.string())}))
+    out.write_table(
+        "items.parquet",
+        pa.table({"row": np.arange(len(catalog), dtype=np.int64), "item_id": pa.array(catalog.item_ids, pa.string())}),
+    )
     out.write_bytes("query_tower.pt2", model_dir.read_bytes("query_tower.pt2"))
     out.write_vocab(vocab, moments)
     out.write_json("index.json", desc)
-    publish_partition(store, RETRIEVAL_INDEX, day, out.version, row_count=len(catalog), index=desc)
+    out.publish(row_count=len(catalog), index=desc)
     return MaterializeResult(
         metadata={
             "dagster/row_count": MetadataValue.int(len(catalog)),
-            "index": md_table(["type", "metric", "vectors", "dim", f"recall@{config.recall_k} vs exact", "queries/s"],
-                              [[desc["type"], desc["metric"], desc["num_vectors"], desc["dim"], round(recall, 4), round(qps)]]),
+            "index": md_table(
+                ["type", "metric", "vectors", "dim", f"recall@{config.recall_k} vs exact", "queries/s"],
+                [[desc["type"], desc["metric"], desc["num_vectors"], desc["dim"], round(recall, 4), round(qps)]],
+            ),
             "path": MetadataValue.path(out.uri),
             "version": out.version,
             "recall_vs_exact": MetadataValue.float(float(recall)),
@@ -128,17 +137,22 @@ def retrieval_index(context: AssetExecutionContext, config: IndexConfig, storage
     "are new (age <= cold_start.max_age_days) or have fewer than cold_start.max_window_events events in the "
     "window, so items without interactions can still be retrieved by content.",
 )
-def cold_start_index(context: AssetExecutionContext, config: IndexConfig, storage: StorageResource) -> MaterializeResult:
+def cold_start_index(
+    context: AssetExecutionContext, config: IndexConfig, storage: StorageResource, config_files: ConfigFilesResource
+) -> MaterializeResult:
     day, store = context.partition_key, storage.store
-    spec = load_training_spec(config.training_config_path or None)
+    spec = load_training_spec(config_files.training)
     window = training_window(store, day, spec.window_days)
     events = committed_events_dataset(store, [*window.train_days, day])
     window_counts = count_tokens(events.to_batches(columns=["item_id"]), ["item_id"])["item_id"]
     items = read_raw_table(store, "items", day, ["item_id", "moderation_status", "created_at"]).to_pandas()
     as_of = pd.Timestamp(window_of(day).end)
-    candidates = cold_start_candidates(items, as_of, window_counts, spec.cold_start.max_age_days,
-                                       spec.cold_start.max_window_events)
-    emb_ids, emb, rejects = valid_embeddings(read_raw_table(store, "item_embeddings", day, ["item_id", "embedding"]), EMBEDDING_DIM)
+    candidates = cold_start_candidates(
+        items, as_of, window_counts, spec.cold_start.max_age_days, spec.cold_start.max_window_events
+    )
+    emb_ids, emb, rejects = valid_embeddings(
+        read_raw_table(store, "item_embeddings", day, ["item_id", "embedding"]), EMBEDDING_DIM
+    )
     rows = pd.Index(emb_ids).get_indexer(candidates["item_id"])
     without_embedding = int((rows < 0).sum())
     chosen = candidates[rows >= 0].reset_index(drop=True)
@@ -152,28 +166,48 @@ def cold_start_index(context: AssetExecutionContext, config: IndexConfig, storag
     self_recall = float((top1[:, 0] == sample).mean()) if len(sample) else float("nan")
     recall = recall_vs_exact(index, vectors, vectors[sample], min(config.recall_k, len(vectors)))
     desc |= {
-        "num_new": int(chosen["is_new"].sum()), "num_rare": int(chosen["is_rare"].sum()),
-        "num_candidates_without_valid_embedding": without_embedding, "embedding_rejects": rejects,
-        "self_recall_at_1": self_recall, "recall_vs_exact": recall, "build_seconds": round(build_s, 3),
-        "max_age_days": spec.cold_start.max_age_days, "max_window_events": spec.cold_start.max_window_events,
+        "num_new": int(chosen["is_new"].sum()),
+        "num_rare": int(chosen["is_rare"].sum()),
+        "num_candidates_without_valid_embedding": without_embedding,
+        "embedding_rejects": rejects,
+        "self_recall_at_1": self_recall,
+        "recall_vs_exact": recall,
+        "build_seconds": round(build_s, 3),
+        "max_age_days": spec.cold_start.max_age_days,
+        "max_window_events": spec.cold_start.max_window_events,
         "window": window.as_dict(),
     }
-    out = ArtifactDir(store, COLD_START_INDEX, day, store.new_version(context.run_id))
+    out = ArtifactDir.new(store, COLD_START_INDEX, day, context.run_id)
     out.write_bytes("index.faiss", serialize(index))
-    out.write_table("items.parquet", pa.Table.from_pandas(
-        chosen.assign(row=np.arange(len(chosen), dtype=np.int64)), preserve_index=False))
+    out.write_table(
+        "items.parquet",
+        pa.Table.from_pandas(chosen.assign(row=np.arange(len(chosen), dtype=np.int64)), preserve_index=False),
+    )
     out.write_json("index.json", desc)
-    publish_partition(store, COLD_START_INDEX, day, out.version, row_count=len(chosen), index=desc)
+    out.publish(row_count=len(chosen), index=desc)
     return MaterializeResult(
         metadata={
             "dagster/row_count": MetadataValue.int(len(chosen)),
-            "items": md_table(["new (age)", "rare (events)", "candidates without valid embedding", "index type"],
-                              [[desc["num_new"], desc["num_rare"], without_embedding, desc["type"]]]),
+            "items": md_table(
+                ["new (age)", "rare (events)", "candidates without valid embedding", "index type"],
+                [[desc["num_new"], desc["num_rare"], without_embedding, desc["type"]]],
+            ),
             "embedding_rejects": md_table(["reason", "rows"], [[k, v] for k, v in rejects.items()]),
             "path": MetadataValue.path(out.uri),
             "version": out.version,
-            **numeric_metadata({k: desc[k] for k in ("num_new", "num_rare", "self_recall_at_1", "recall_vs_exact",
-                                                     "build_seconds", "num_candidates_without_valid_embedding")}),
+            **numeric_metadata(
+                {
+                    k: desc[k]
+                    for k in (
+                        "num_new",
+                        "num_rare",
+                        "self_recall_at_1",
+                        "recall_vs_exact",
+                        "build_seconds",
+                        "num_candidates_without_valid_embedding",
+                    )
+                }
+            ),
         }
     )
 

@@ -50,7 +50,11 @@ def build_ip_index(vectors: np.ndarray, spec: IndexSpec = IndexSpec()) -> tuple[
     index.add(vectors)
     index.nprobe = spec.nprobe
     return index, {
-        "type": "IndexIVFFlat", "metric": "inner_product", "num_vectors": n, "dim": d, "nlist": nlist,
+        "type": "IndexIVFFlat",
+        "metric": "inner_product",
+        "num_vectors": n,
+        "dim": d,
+        "nlist": nlist,
         "nprobe": spec.nprobe,
     }
 
@@ -103,7 +107,11 @@ def valid_embeddings(table: pa.Table, dim: int) -> tuple[np.ndarray, np.ndarray,
 
 
 def cold_start_candidates(
-    items: pd.DataFrame, as_of: pd.Timestamp, window_event_counts: pd.Series, max_age_days: float, max_window_events: int
+    items: pd.DataFrame,
+    as_of: pd.Timestamp,
+    window_event_counts: pd.Series,
+    max_age_days: float,
+    max_window_events: int,
 ) -> pd.DataFrame:
     """Approved catalogue items that are new (age <= max_age_days at `as_of`) or rarely seen in the window.
 

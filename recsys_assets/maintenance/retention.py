@@ -15,16 +15,16 @@ from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
 
-from recsys_assets.partitions import shift_day
+from recsys_assets.core.datasets import DATASETS, datasets_with
+from recsys_assets.core.partitions import shift_day
 from resources.storage import DatasetStore, InvalidManifestError
 
-DERIVED_DATASETS = (
-    "filtered_events", "training_events", "datagen_monitoring_report", "vocab", "ranker_model", "retrieval_model",
-    "retrieval_index", "cold_start_index", "offline_evaluation",
-)
-MODEL_DATASETS = ("ranker_model", "retrieval_model")
+# What each dataset's partitions are for, and so what protects them, is declared once in core/datasets.py.
+DERIVED_DATASETS = tuple(DATASETS)
+MODEL_DATASETS = datasets_with("model")
+TRAINING_DATA = datasets_with("training_data")
 # Datasets of a protected model day that belong with the model (its vocab and indexes) and so are kept with it.
-MODEL_COMPANIONS = ("vocab", "ranker_model", "retrieval_model", "retrieval_index", "cold_start_index", "offline_evaluation")
+MODEL_COMPANIONS = (*datasets_with("model_companion"), *MODEL_DATASETS)
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,11 @@ def _dirs(store: DatasetStore, path: str, prefix: str) -> list[pafs.FileInfo]:
     if not store.exists(path):
         return []
     return sorted(
-        (i for i in store.fs.get_file_info(pafs.FileSelector(path)) if i.type == pafs.FileType.Directory and i.base_name.startswith(prefix)),
+        (
+            i
+            for i in store.fs.get_file_info(pafs.FileSelector(path))
+            if i.type == pafs.FileType.Directory and i.base_name.startswith(prefix)
+        ),
         key=lambda i: i.base_name,
     )
 
@@ -82,11 +86,15 @@ def protected_partitions(store: DatasetStore, keep_latest: int) -> dict[str, set
     """Days per dataset that the latest `keep_latest` committed partitions of each model depend on."""
     keep: dict[str, set[str]] = {}
     for model in MODEL_DATASETS:
-        days = [d.base_name[3:] for d in _dirs(store, store.path(model), "dt=") if store.read_manifest(model, d.base_name[3:])]
+        days = [
+            d.base_name[3:]
+            for d in _dirs(store, store.path(model), "dt=")
+            if store.read_manifest(model, d.base_name[3:])
+        ]
         for day in days[-keep_latest:] if keep_latest else []:
             info = store.read_json(store.committed_path(model, day, "training.json"))
             for data_day in info.get("data_versions", {}):
-                for ds in ("training_events", "filtered_events", "datagen_monitoring_report"):
+                for ds in TRAINING_DATA:
                     keep.setdefault(ds, set()).add(data_day)
             for ds in MODEL_COMPANIONS:
                 keep.setdefault(ds, set()).add(day)
@@ -105,8 +113,14 @@ def plan_retention(store: DatasetStore, policy: RetentionPolicy, now: dt.datetim
             day = part.base_name[3:]
             if day < cutoff_day and day not in protected.get(ds, set()):
                 size, _ = _size_and_newest_mtime(store, part.path)
-                plan.actions.append(Action("expired_partition", part.path, size,
-                                           f"{ds} {day} older than {policy.max_partition_age_days} days"))
+                plan.actions.append(
+                    Action(
+                        "expired_partition",
+                        part.path,
+                        size,
+                        f"{ds} {day} older than {policy.max_partition_age_days} days",
+                    )
+                )
                 continue
             try:
                 manifest = store.read_manifest(ds, day)
@@ -123,8 +137,15 @@ def plan_retention(store: DatasetStore, policy: RetentionPolicy, now: dt.datetim
                 size, newest = _size_and_newest_mtime(store, v.path)
                 # A version still being written has fresh files: only long-untouched ones are abandoned.
                 if newest is not None and newest < staging_cutoff:
-                    plan.actions.append(Action("stale_version", v.path, size,
-                                               f"{ds} {day} version never committed or superseded, untouched since {newest:%Y-%m-%d %H:%M}"))
+                    plan.actions.append(
+                        Action(
+                            "stale_version",
+                            v.path,
+                            size,
+                            f"{ds} {day} version never committed or superseded, untouched since "
+                            f"{newest:%Y-%m-%d %H:%M}",
+                        )
+                    )
             for f in store.fs.get_file_info(pafs.FileSelector(part.path)):
                 if f.type == pafs.FileType.File and ".tmp-" in f.base_name and f.mtime and f.mtime < staging_cutoff:
                     plan.actions.append(Action("temp_file", f.path, f.size or 0, "torn atomic write"))
@@ -135,8 +156,15 @@ def plan_retention(store: DatasetStore, policy: RetentionPolicy, now: dt.datetim
             for run in _dirs(store, part.path, ""):
                 size, newest = _size_and_newest_mtime(store, run.path)
                 if newest is not None and newest < staging_cutoff:
-                    plan.actions.append(Action("abandoned_checkpoint", run.path, size,
-                                               f"{model_dir.base_name} {part.base_name[3:]} checkpoints untouched since {newest:%Y-%m-%d %H:%M}"))
+                    plan.actions.append(
+                        Action(
+                            "abandoned_checkpoint",
+                            run.path,
+                            size,
+                            f"{model_dir.base_name} {part.base_name[3:]} checkpoints untouched since "
+                            f"{newest:%Y-%m-%d %H:%M}",
+                        )
+                    )
     return plan
 
 

@@ -49,18 +49,21 @@ class ItemSide:
     feed_source_id: int
 
     @classmethod
-    def of(cls, release: LoadedRelease, feed_source: str, as_of: pd.Timestamp) -> "ItemSide":
+    def of(cls, release: LoadedRelease, feed_source: str, as_of: pd.Timestamp) -> ItemSide:
         catalog, vocab = release.catalog, release.ranker_vocab
         return cls(
             cat={f: catalog.encode(vocab, f) for f in release.ranker_config["cat_features"] if f.startswith("item_")},
-            dense={"item_video_length_s": catalog.attributes["item_video_length_s"].to_numpy(np.float64),
-                   "item_age_days": catalog.age_days(as_of)},
+            dense={
+                "item_video_length_s": catalog.attributes["item_video_length_s"].to_numpy(np.float64),
+                "item_age_days": catalog.age_days(as_of),
+            },
             feed_source_id=int(vocab.encode("feed_source", pa.array([feed_source], pa.string()))[0]),
         )
 
 
-def ranker_inputs(release: LoadedRelease, items: ItemSide, users: pd.DataFrame, user_row: np.ndarray,
-                  item_row: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def ranker_inputs(
+    release: LoadedRelease, items: ItemSide, users: pd.DataFrame, user_row: np.ndarray, item_row: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Model inputs for (user, item) pairs given as row numbers into `users` and the release's item catalogue,
     in the ranker's own feature order."""
     cols = []
@@ -70,18 +73,31 @@ def ranker_inputs(release: LoadedRelease, items: ItemSide, users: pd.DataFrame, 
         elif f in items.cat:
             cols.append(items.cat[f][item_row])
         else:
-            cols.append(release.ranker_vocab.encode(f, pa.array(users[f].to_numpy(dtype=object), pa.string()))[user_row])
-    raw_dense = {**{f: v[item_row] for f, v in items.dense.items()},
-                 "user_tenure_days": users["user_tenure_days"].to_numpy(np.float64)[user_row]}
+            cols.append(
+                release.ranker_vocab.encode(f, pa.array(users[f].to_numpy(dtype=object), pa.string()))[user_row]
+            )
+    raw_dense = {
+        **{f: v[item_row] for f, v in items.dense.items()},
+        "user_tenure_days": users["user_tenure_days"].to_numpy(np.float64)[user_row],
+    }
     dense = np.stack([standardize(f, raw_dense[f], release.ranker_moments) for f in DENSE_FEATURES], axis=1)
-    return (torch.from_numpy(np.stack(cols, axis=1)), torch.from_numpy(dense),
-            torch.from_numpy(release.catalog.embeddings[item_row]))
+    return (
+        torch.from_numpy(np.stack(cols, axis=1)),
+        torch.from_numpy(dense),
+        torch.from_numpy(release.catalog.embeddings[item_row]),
+    )
 
 
 @torch.no_grad()
 def generate_feed(
-    release: LoadedRelease, users: pd.DataFrame, k_retrieve: int, k_feed: int, task_weights: dict[str, float],
-    feed_source: str, as_of: pd.Timestamp, user_batch: int = 2048,
+    release: LoadedRelease,
+    users: pd.DataFrame,
+    k_retrieve: int,
+    k_feed: int,
+    task_weights: dict[str, float],
+    feed_source: str,
+    as_of: pd.Timestamp,
+    user_batch: int = 2048,
 ) -> pd.DataFrame:
     """user_id, rank (1 = top), item_id, score for every user; score = sum_t w_t * P(task t)."""
     if len(users) == 0:
@@ -99,7 +115,11 @@ def generate_feed(
     out = []
     for s in range(0, len(users), user_batch):
         chunk = users.iloc[s : s + user_batch].reset_index(drop=True)
-        q = release.query_tower(*query_tower_inputs(chunk, release.query_vocab, release.query_moments)).numpy().astype(np.float32)
+        q = (
+            release.query_tower(*query_tower_inputs(chunk, release.query_vocab, release.query_moments))
+            .numpy()
+            .astype(np.float32)
+        )
         _, idx = release.index.search(q, k_retrieve)
         valid = idx >= 0
         cand = np.where(valid, index_to_catalog[np.maximum(idx, 0)], -1)
@@ -114,12 +134,16 @@ def generate_feed(
         top_scores = np.take_along_axis(score, order, axis=1)
         keep = np.isfinite(top_scores)
         ranks = np.broadcast_to(np.arange(1, k_feed + 1), order.shape)
-        out.append(pd.DataFrame({
-            "user_id": np.repeat(chunk["user_id"].to_numpy(dtype=object), k_feed)[keep.reshape(-1)],
-            "rank": ranks[keep].astype(np.int32),
-            "item_id": release.catalog.item_ids[top_rows[keep]],
-            "score": top_scores[keep].astype(np.float64),
-        }))
+        out.append(
+            pd.DataFrame(
+                {
+                    "user_id": np.repeat(chunk["user_id"].to_numpy(dtype=object), k_feed)[keep.reshape(-1)],
+                    "rank": ranks[keep].astype(np.int32),
+                    "item_id": release.catalog.item_ids[top_rows[keep]],
+                    "score": top_scores[keep].astype(np.float64),
+                }
+            )
+        )
     return pd.concat(out, ignore_index=True)
 
 
@@ -129,7 +153,12 @@ def stratified_users(users: pd.DataFrame, segment_column: str, per_segment: int,
         raise ValueError(f"feed stratify_by column {segment_column!r} is not a user column ({list(users.columns)})")
     ranked = users.assign(_h=stable_hash(users["user_id"].to_numpy(dtype=object), salt))
     ranked = ranked.sort_values([segment_column, "_h"], kind="stable")
-    return ranked.groupby(segment_column, sort=True, dropna=False).head(per_segment).drop(columns="_h").reset_index(drop=True)
+    return (
+        ranked.groupby(segment_column, sort=True, dropna=False)
+        .head(per_segment)
+        .drop(columns="_h")
+        .reset_index(drop=True)
+    )
 
 
 def ensure_feed_table(conn) -> None:
@@ -158,4 +187,3 @@ def publish_feed(conn, rows: pd.DataFrame, strategy_name: str, day: str) -> int:
             raise RuntimeError(f"feed COPY wrote {written} rows, expected {len(rows)}; rolled back")
     conn.commit()
     return written
-

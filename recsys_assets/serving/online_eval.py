@@ -32,7 +32,8 @@ def clicked_impressions(impressions: pd.DataFrame, plays: pd.DataFrame, window: 
         raise ValueError(f"impressions log lacks columns {missing}")
     imp = impressions.reset_index(drop=True).assign(_row=lambda d: np.arange(len(d)))
     m = imp[["_row", "user_id", "item_id", "served_at"]].merge(
-        plays[["user_id", "item_id", "event_ts"]], on=["user_id", "item_id"], how="inner")
+        plays[["user_id", "item_id", "event_ts"]], on=["user_id", "item_id"], how="inner"
+    )
     hit = (m["event_ts"] >= m["served_at"]) & (m["event_ts"] <= m["served_at"] + window)
     clicked = np.zeros(len(imp), dtype=bool)
     clicked[m.loc[hit, "_row"].to_numpy()] = True
@@ -46,10 +47,16 @@ def online_metrics(impressions: pd.DataFrame, plays: pd.DataFrame, window: pd.Ti
     rows = []
     for (arm, version), g in df.groupby(["arm", "model_version"], sort=True):
         users = g.groupby("user_id")["clicked"].any()
-        rows.append({
-            "arm": arm, "model_version": int(version), "impressions": int(len(g)), "users": int(len(users)),
-            "clicks": int(g["clicked"].sum()), "ctr": float(g["clicked"].mean()) if len(g) else float("nan"),
-            "user_hit_rate": float(users.mean()) if len(users) else float("nan"),
-            "mean_clicked_rank": float(g.loc[g["clicked"], "rank"].mean()) if g["clicked"].any() else None,
-        })
+        rows.append(
+            {
+                "arm": arm,
+                "model_version": int(version),
+                "impressions": int(len(g)),
+                "users": int(len(users)),
+                "clicks": int(g["clicked"].sum()),
+                "ctr": float(g["clicked"].mean()) if len(g) else float("nan"),
+                "user_hit_rate": float(users.mean()) if len(users) else float("nan"),
+                "mean_clicked_rank": float(g.loc[g["clicked"], "rank"].mean()) if g["clicked"].any() else None,
+            }
+        )
     return rows

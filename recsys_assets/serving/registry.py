@@ -75,11 +75,14 @@ class ModelVersion:
     checks_passed: bool
 
     @classmethod
-    def from_row(cls, row) -> "ModelVersion":
+    def from_row(cls, row) -> ModelVersion:
         return cls(row[0], int(row[1]), str(row[2]), row[3], row[4], row[5], row[6], row[7], row[8], bool(row[9]))
 
 
-_COLS = "model_name, version, partition_day, repository_uri, code_version, data_versions, components, metrics, checks, checks_passed"
+_COLS = (
+    "model_name, version, partition_day, repository_uri, code_version, data_versions, components, metrics, checks, "
+    "checks_passed"
+)
 
 
 def ensure_schema(conn) -> None:
@@ -96,15 +99,24 @@ def _lock_model(cur, model_name: str) -> None:
 
 
 def register_version(
-    conn, model_name: str, partition_day: str, fingerprint: str, repository_uri: str, code_version: str,
-    data_versions: dict, components: dict, metrics: dict, run_id: str | None = None,
+    conn,
+    model_name: str,
+    partition_day: str,
+    fingerprint: str,
+    repository_uri: str,
+    code_version: str,
+    data_versions: dict,
+    components: dict,
+    metrics: dict,
+    run_id: str | None = None,
 ) -> tuple[int, bool]:
     """The version of this release: the existing one if the same fingerprint (same source artifacts) was
     registered before (reruns are idempotent), else the next integer. Returns (version, created)."""
     with conn.cursor() as cur:
         _lock_model(cur, model_name)
-        cur.execute("SELECT version FROM model_versions WHERE model_name = %s AND fingerprint = %s",
-                    (model_name, fingerprint))
+        cur.execute(
+            "SELECT version FROM model_versions WHERE model_name = %s AND fingerprint = %s", (model_name, fingerprint)
+        )
         row = cur.fetchone()
         if row:
             conn.commit()
@@ -114,8 +126,18 @@ def register_version(
         cur.execute(
             "INSERT INTO model_versions (model_name, version, partition_day, fingerprint, repository_uri, code_version,"
             " data_versions, components, metrics, run_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (model_name, version, partition_day, fingerprint, repository_uri, code_version, json.dumps(data_versions),
-             json.dumps(components), json.dumps(metrics), run_id),
+            (
+                model_name,
+                version,
+                partition_day,
+                fingerprint,
+                repository_uri,
+                code_version,
+                json.dumps(data_versions),
+                json.dumps(components),
+                json.dumps(metrics),
+                run_id,
+            ),
         )
     conn.commit()
     return version, True
@@ -123,15 +145,18 @@ def register_version(
 
 def set_components(conn, model_name: str, version: int, components: dict) -> None:
     with conn.cursor() as cur:
-        cur.execute("UPDATE model_versions SET components = %s WHERE model_name = %s AND version = %s",
-                    (json.dumps(components), model_name, version))
+        cur.execute(
+            "UPDATE model_versions SET components = %s WHERE model_name = %s AND version = %s",
+            (json.dumps(components), model_name, version),
+        )
     conn.commit()
 
 
 def version_for_fingerprint(conn, model_name: str, fingerprint: str) -> int | None:
     with conn.cursor() as cur:
-        cur.execute("SELECT version FROM model_versions WHERE model_name = %s AND fingerprint = %s",
-                    (model_name, fingerprint))
+        cur.execute(
+            "SELECT version FROM model_versions WHERE model_name = %s AND fingerprint = %s", (model_name, fingerprint)
+        )
         row = cur.fetchone()
     return int(row[0]) if row else None
 
@@ -140,8 +165,10 @@ def record_checks(conn, model_name: str, version: int, checks: dict[str, bool]) 
     """Store the blocking checks' outcomes for a version; returns whether all passed (and at least one exists)."""
     passed = bool(checks) and all(checks.values())
     with conn.cursor() as cur:
-        cur.execute("UPDATE model_versions SET checks = %s, checks_passed = %s WHERE model_name = %s AND version = %s",
-                    (json.dumps(checks), passed, model_name, version))
+        cur.execute(
+            "UPDATE model_versions SET checks = %s, checks_passed = %s WHERE model_name = %s AND version = %s",
+            (json.dumps(checks), passed, model_name, version),
+        )
         if cur.rowcount != 1:
             raise PromotionRefused(f"{model_name} version {version} is not registered")
     conn.commit()
@@ -171,18 +198,27 @@ def production_version(conn, model_name: str) -> int | None:
 def previous_production_version(conn, model_name: str) -> int | None:
     """The version the current production version replaced when it was promoted (what a rollback returns to)."""
     with conn.cursor() as cur:
-        cur.execute("SELECT d.from_version FROM model_deployments d JOIN model_production p USING (model_name) "
-                    "WHERE d.model_name = %s AND d.to_version = p.version AND d.action = 'promote' "
-                    "ORDER BY d.id DESC LIMIT 1", (model_name,))
+        cur.execute(
+            "SELECT d.from_version FROM model_deployments d JOIN model_production p USING (model_name) "
+            "WHERE d.model_name = %s AND d.to_version = p.version AND d.action = 'promote' "
+            "ORDER BY d.id DESC LIMIT 1",
+            (model_name,),
+        )
         row = cur.fetchone()
     return int(row[0]) if row and row[0] is not None else None
 
 
 def deployments(conn, model_name: str) -> list[dict]:
     with conn.cursor() as cur:
-        cur.execute("SELECT id, action, from_version, to_version, reason, actor, at FROM model_deployments "
-                    "WHERE model_name = %s ORDER BY id", (model_name,))
-        return [dict(zip(("id", "action", "from_version", "to_version", "reason", "actor", "at"), r)) for r in cur.fetchall()]
+        cur.execute(
+            "SELECT id, action, from_version, to_version, reason, actor, at FROM model_deployments "
+            "WHERE model_name = %s ORDER BY id",
+            (model_name,),
+        )
+        return [
+            dict(zip(("id", "action", "from_version", "to_version", "reason", "actor", "at"), r))
+            for r in cur.fetchall()
+        ]
 
 
 def _set_production(cur, model_name: str, action: str, to_version: int, reason: str, actor: str) -> int | None:
@@ -196,8 +232,11 @@ def _set_production(cur, model_name: str, action: str, to_version: int, reason: 
         "ON CONFLICT (model_name) DO UPDATE SET version = EXCLUDED.version, since = EXCLUDED.since",
         (model_name, to_version),
     )
-    cur.execute("INSERT INTO model_deployments (model_name, action, from_version, to_version, reason, actor) "
-                "VALUES (%s, %s, %s, %s, %s, %s)", (model_name, action, current, to_version, reason, actor))
+    cur.execute(
+        "INSERT INTO model_deployments (model_name, action, from_version, to_version, reason, actor) "
+        "VALUES (%s, %s, %s, %s, %s, %s)",
+        (model_name, action, current, to_version, reason, actor),
+    )
     return current
 
 
@@ -205,8 +244,10 @@ def promote(conn, model_name: str, version: int, reason: str = "", actor: str = 
     """Make `version` production if its blocking checks passed. One transaction; returns the replaced version."""
     with conn.cursor() as cur:
         _lock_model(cur, model_name)
-        cur.execute("SELECT checks_passed, checks FROM model_versions WHERE model_name = %s AND version = %s",
-                    (model_name, version))
+        cur.execute(
+            "SELECT checks_passed, checks FROM model_versions WHERE model_name = %s AND version = %s",
+            (model_name, version),
+        )
         row = cur.fetchone()
         if row is None:
             conn.rollback()
@@ -214,7 +255,9 @@ def promote(conn, model_name: str, version: int, reason: str = "", actor: str = 
         if not row[0]:
             conn.rollback()
             failed = sorted(k for k, v in (row[1] or {}).items() if not v) or ["no blocking check results recorded"]
-            raise PromotionRefused(f"{model_name} version {version} did not pass its blocking checks: {', '.join(failed)}")
+            raise PromotionRefused(
+                f"{model_name} version {version} did not pass its blocking checks: {', '.join(failed)}"
+            )
         replaced = _set_production(cur, model_name, "promote", version, reason, actor)
     conn.commit()
     return replaced
@@ -232,12 +275,17 @@ def rollback(conn, model_name: str, reason: str = "", actor: str = "") -> tuple[
         current = int(row[0])
         # The newest promotion of `current` tells what it replaced; successive rollbacks walk back through
         # promotions (v3 -> v2 -> v1), they do not toggle between the last two.
-        cur.execute("SELECT from_version FROM model_deployments WHERE model_name = %s AND to_version = %s "
-                    "AND action = 'promote' ORDER BY id DESC LIMIT 1", (model_name, current))
+        cur.execute(
+            "SELECT from_version FROM model_deployments WHERE model_name = %s AND to_version = %s "
+            "AND action = 'promote' ORDER BY id DESC LIMIT 1",
+            (model_name, current),
+        )
         prev = cur.fetchone()
         if prev is None or prev[0] is None:
             conn.rollback()
-            raise PromotionRefused(f"{model_name} version {current} is the first production version: nothing to roll back to")
+            raise PromotionRefused(
+                f"{model_name} version {current} is the first production version: nothing to roll back to"
+            )
         target = int(prev[0])
         _set_production(cur, model_name, "rollback", target, reason, actor)
     conn.commit()
@@ -248,8 +296,10 @@ def _connect_from_env():
     from resources.postgres import PostgresResource
 
     return PostgresResource(
-        host=os.environ.get("RECSYS_PG_HOST", "127.0.0.1"), port=int(os.environ.get("RECSYS_PG_PORT", "5432")),
-        user=os.environ.get("RECSYS_PG_USER", "postgres"), password=os.environ.get("RECSYS_PG_PASSWORD", ""),
+        host=os.environ.get("RECSYS_PG_HOST", "127.0.0.1"),
+        port=int(os.environ.get("RECSYS_PG_PORT", "5432")),
+        user=os.environ.get("RECSYS_PG_USER", "postgres"),
+        password=os.environ.get("RECSYS_PG_PASSWORD", ""),
         dbname=os.environ.get("RECSYS_PG_DB", "recsys"),
     ).connect()
 
@@ -272,8 +322,10 @@ def main(argv: list[str] | None = None) -> int:
             prod = production_version(conn, a.model)
             for v in list_versions(conn, a.model):
                 flag = "production" if v.version == prod else ""
-                print(f"{v.version:>4}  {v.partition_day}  checks={'pass' if v.checks_passed else 'FAIL/none'}  "
-                      f"code={v.code_version[:12]}  {flag}")
+                print(
+                    f"{v.version:>4}  {v.partition_day}  checks={'pass' if v.checks_passed else 'FAIL/none'}  "
+                    f"code={v.code_version[:12]}  {flag}"
+                )
         elif a.cmd == "promote":
             replaced = promote(conn, a.model, a.version, a.reason, actor)
             print(f"{a.model}: production {replaced} -> {a.version}")

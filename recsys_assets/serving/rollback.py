@@ -3,26 +3,30 @@ registry returns production to the version the current one replaced, then a new 
 published with the rolled-back arms. The same as `python -m recsys_assets.serving.registry rollback` followed by
 materializing serving_config."""
 
-
 from dagster import Config, MetadataValue, OpExecutionContext, Output, job, op
 
 from recsys_assets.serving import registry
 from recsys_assets.serving.serving_config import load_serving_spec
+from resources.config_files import ConfigFilesResource
 from resources.postgres import PostgresResource
 from resources.storage import StorageResource
 
 
 class RollbackConfig(Config):
     reason: str = "rollback from the Dagster UI"
-    serving_config_path: str = ""
 
 
 @op(description="Production -> the version it replaced; publish a serving config for the new arms.")
-def rollback_production(context: OpExecutionContext, config: RollbackConfig, storage: StorageResource,
-                        postgres: PostgresResource):
+def rollback_production(
+    context: OpExecutionContext,
+    config: RollbackConfig,
+    storage: StorageResource,
+    postgres: PostgresResource,
+    config_files: ConfigFilesResource,
+):
     from recsys_assets.serving.assets import publish_serving_config
 
-    spec = load_serving_spec(config.serving_config_path or None)
+    spec = load_serving_spec(config_files.serving)
     with postgres.connect() as conn:
         registry.ensure_schema(conn)
         frm, to = registry.rollback(conn, spec.model_name, config.reason, actor=f"dagster run {context.run_id}")
@@ -30,11 +34,19 @@ def rollback_production(context: OpExecutionContext, config: RollbackConfig, sto
     if problems:
         raise RuntimeError(f"rolled back {frm} -> {to}, but the new serving config is invalid: {'; '.join(problems)}")
     context.log.info(f"{spec.model_name}: production v{frm} -> v{to}; serving config v{cfg['config_version']}")
-    yield Output(None, metadata={"from_version": MetadataValue.int(frm), "to_version": MetadataValue.int(to),
-                                 "serving_config_version": MetadataValue.int(cfg["config_version"])})
+    yield Output(
+        None,
+        metadata={
+            "from_version": MetadataValue.int(frm),
+            "to_version": MetadataValue.int(to),
+            "serving_config_version": MetadataValue.int(cfg["config_version"]),
+        },
+    )
 
 
-@job(description="Roll production back to the previous model version and republish the serving config.",
-     tags={"recsys/stage": "serving"})
+@job(
+    description="Roll production back to the previous model version and republish the serving config.",
+    tags={"recsys/stage": "serving"},
+)
 def rollback_model_job():
     rollback_production()

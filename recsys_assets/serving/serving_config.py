@@ -16,7 +16,7 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -32,7 +32,7 @@ _Strict = StrictModel
 
 class ArmSpec(_Strict):
     name: str
-    model: Union[Literal["production", "previous_production"], int]
+    model: Literal["production", "previous_production"] | int
     traffic_pct: float = Field(ge=0, le=100)
 
 
@@ -111,11 +111,15 @@ def resolve_arms(spec: ABSpec, production: int | None, previous_production: int 
     resolved, notes = [], []
     for arm in spec.arms:
         version = named[arm.model] if isinstance(arm.model, str) else arm.model
-        resolved.append({"name": arm.name, "model": arm.model, "model_version": version, "traffic_pct": arm.traffic_pct})
+        resolved.append(
+            {"name": arm.name, "model": arm.model, "model_version": version, "traffic_pct": arm.traffic_pct}
+        )
     for arm in resolved[1:]:
         if arm["model_version"] is None:
-            notes.append(f"arm {arm['name']!r} ({arm['model']}) has no model yet: its {arm['traffic_pct']}% goes to "
-                         f"arm {resolved[0]['name']!r}")
+            notes.append(
+                f"arm {arm['name']!r} ({arm['model']}) has no model yet: its {arm['traffic_pct']}% goes to "
+                f"arm {resolved[0]['name']!r}"
+            )
             resolved[0]["traffic_pct"] += arm["traffic_pct"]
             arm["traffic_pct"] = 0.0
     # Boundaries from cumulative traffic, so rounding never leaves a gap or an overlap between arms.
@@ -128,8 +132,9 @@ def resolve_arms(spec: ABSpec, production: int | None, previous_production: int 
     return resolved, notes
 
 
-def validate_serving_config(cfg: dict, registered_versions: set[int], repository_versions: set[int],
-                            production: int | None) -> list[str]:
+def validate_serving_config(
+    cfg: dict, registered_versions: set[int], repository_versions: set[int], production: int | None
+) -> list[str]:
     """Problems with a resolved serving config (empty list = valid)."""
     problems = []
     arms = cfg.get("arms") or []
@@ -157,13 +162,19 @@ def validate_serving_config(cfg: dict, registered_versions: set[int], repository
             if v not in registered_versions:
                 problems.append(f"arm {a['name']!r} serves version {v}, which is not in the registry")
             if v not in repository_versions:
-                problems.append(f"arm {a['name']!r} serves version {v}, which has no complete release in the model repository")
+                problems.append(
+                    f"arm {a['name']!r} serves version {v}, which has no complete release in the model repository"
+                )
     if n and (covered != 1).any():
         bad = np.flatnonzero(covered != 1)
-        problems.append(f"{len(bad)} buckets are covered {sorted(set(covered[bad].tolist()))} times (must be exactly once)")
+        problems.append(
+            f"{len(bad)} buckets are covered {sorted(set(covered[bad].tolist()))} times (must be exactly once)"
+        )
     production_arms = [a for a in arms if a.get("model") == "production"]
     if production_arms and any(a["model_version"] != production for a in production_arms):
-        problems.append(f"production arm serves {production_arms[0]['model_version']}, registry production is {production}")
+        problems.append(
+            f"production arm serves {production_arms[0]['model_version']}, registry production is {production}"
+        )
     return problems
 
 
@@ -218,8 +229,15 @@ def latest_written_config(store) -> dict | None:
     return store.read_json(config_path(store, versions[-1])) if versions else latest_config(store)
 
 
-def publish_config(store, arms: list[dict], spec: ABSpec, model_name: str, notes: list[str], extra: dict,
-                   problems_of: Callable[[dict], list[str]]) -> tuple[dict, list[str]]:
+def publish_config(
+    store,
+    arms: list[dict],
+    spec: ABSpec,
+    model_name: str,
+    notes: list[str],
+    extra: dict,
+    problems_of: Callable[[dict], list[str]],
+) -> tuple[dict, list[str]]:
     """Write a new config version if the arms changed (else return the current one) and serve it only if valid:
     serving_config.v<N>.json, then, when `problems_of(config)` finds nothing, current.json replaced atomically, so
     a polling load balancer always reads a complete, valid config. An invalid version is written (marked

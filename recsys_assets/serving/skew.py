@@ -66,8 +66,15 @@ def categorical_shift(offline: pd.Series, online: pd.Series) -> tuple[float, flo
     return psi(e, a), float(diff.max()) if len(diff) else 0.0, cats[worst] if cats else ""
 
 
-def feature_skew(offline: pd.DataFrame, online: pd.DataFrame, numeric: list[str], categorical: list[str],
-                 bins: int, max_psi: float, max_ks: float) -> list[dict]:
+def feature_skew(
+    offline: pd.DataFrame,
+    online: pd.DataFrame,
+    numeric: list[str],
+    categorical: list[str],
+    bins: int,
+    max_psi: float,
+    max_ks: float,
+) -> list[dict]:
     """One row per feature: kind, PSI, KS (numeric) or max share difference (categorical), and pass/fail."""
     missing = [c for c in [*numeric, *categorical] if c not in online.columns]
     if missing:
@@ -79,13 +86,32 @@ def feature_skew(offline: pd.DataFrame, online: pd.DataFrame, numeric: list[str]
         p = numeric_psi(x, y, bins) if len(x) and len(y) else float("nan")
         d, pv = ks_2samp(x, y)
         ok = bool(p <= max_psi and d <= max_ks)
-        rows.append({"feature": f, "kind": "numeric", "psi": round(p, 5), "ks": round(d, 5), "ks_pvalue": pv,
-                     "offline_mean": float(np.mean(x)) if len(x) else None,
-                     "online_mean": float(np.mean(y)) if len(y) else None,
-                     "offline_rows": int(len(x)), "online_rows": int(len(y)), "passed": ok})
+        rows.append(
+            {
+                "feature": f,
+                "kind": "numeric",
+                "psi": round(p, 5),
+                "ks": round(d, 5),
+                "ks_pvalue": pv,
+                "offline_mean": float(np.mean(x)) if len(x) else None,
+                "online_mean": float(np.mean(y)) if len(y) else None,
+                "offline_rows": int(len(x)),
+                "online_rows": int(len(y)),
+                "passed": ok,
+            }
+        )
     for f in categorical:
         p, diff, worst = categorical_shift(offline[f], online[f])
-        rows.append({"feature": f, "kind": "categorical", "psi": round(p, 5), "max_share_diff": round(diff, 5),
-                     "worst_category": worst, "offline_rows": int(len(offline)), "online_rows": int(len(online)),
-                     "passed": bool(p <= max_psi)})
+        rows.append(
+            {
+                "feature": f,
+                "kind": "categorical",
+                "psi": round(p, 5),
+                "max_share_diff": round(diff, 5),
+                "worst_category": worst,
+                "offline_rows": int(len(offline)),
+                "online_rows": int(len(online)),
+                "passed": bool(p <= max_psi),
+            }
+        )
     return rows

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recsys_assets.schemas import (
+from recsys_assets.core.schemas import (
     EMBEDDING_DIM,
     RAW_EVENTS,
     RAW_ITEM_EMBEDDINGS,
@@ -99,7 +99,9 @@ class _World:
         self.user_ids = np.char.add("u", np.char.zfill(np.arange(n_users).astype(str), 7))
         self.user_lang = rng.choice(len(LANGUAGES), n_users, p=LANGUAGE_P)
         self.user_region = rng.integers(0, len(REGIONS), n_users)
-        self.user_signup_us = (int(start.timestamp()) - rng.uniform(0, 400, n_users) * 86400).astype(np.int64) * 1_000_000
+        self.user_signup_us = (int(start.timestamp()) - rng.uniform(0, 400, n_users) * 86400).astype(
+            np.int64
+        ) * 1_000_000
         # Users joining during the window (a few % of users sign up on later days).
         joiners = rng.uniform(size=n_users) < 0.03
         self.user_signup_us[joiners] = (
@@ -235,7 +237,9 @@ def _generate_day(world: _World, day_index: int, day: str, rng: np.random.Genera
     values = pa.array(emb.reshape(-1), pa.float32())
     offsets = np.arange(0, emb.size + 1, EMBEDDING_DIM, dtype=np.int32)
     emb_list = pa.ListArray.from_arrays(pa.array(offsets), values)
-    emb_tbl = pa.table({"item_id": pa.array(world.item_ids[emb_idx].astype(object), pa.string()), "embedding": emb_list})
+    emb_tbl = pa.table(
+        {"item_id": pa.array(world.item_ids[emb_idx].astype(object), pa.string()), "embedding": emb_list}
+    )
     short = pa.table(
         {
             "item_id": pa.array([world.item_ids[emb_idx[0]] + "-short"], pa.string()),

@@ -35,11 +35,19 @@ def _write(store: DatasetStore, folder: str, table: pa.Table) -> None:
     store.write_bytes_atomic(posixpath.join(folder, "_SUCCESS"), b"")
 
 
-def write_online_feature_sample(store: DatasetStore, day: str, template: str, fraction: float = 0.1,
-                                transform: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> int:
+def write_online_feature_sample(
+    store: DatasetStore,
+    day: str,
+    template: str,
+    fraction: float = 0.1,
+    transform: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+) -> int:
     events = committed_events_dataset(store, [day]).to_table().to_pandas()
-    keep = pd.util.hash_array(events["user_id"].to_numpy(dtype=object) + "|" +
-                              events["item_id"].to_numpy(dtype=object)) % 10_000 < fraction * 10_000
+    keep = (
+        pd.util.hash_array(events["user_id"].to_numpy(dtype=object) + "|" + events["item_id"].to_numpy(dtype=object))
+        % 10_000
+        < fraction * 10_000
+    )
     sample = events[keep].reset_index(drop=True)
     if transform is not None:
         sample = transform(sample)

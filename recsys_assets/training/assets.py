@@ -13,7 +13,6 @@ from dagster import (
     AssetDep,
     AssetExecutionContext,
     AssetKey,
-    BackfillPolicy,
     Config,
     MaterializeResult,
     MetadataValue,
@@ -22,10 +21,10 @@ from dagster import (
 )
 from pydantic import Field
 
+from recsys_assets.core.metadata import md_table, numeric_metadata
+from recsys_assets.core.partitions import PER_DAY, daily_partitions, window_of
 from recsys_assets.datagen.assets import training_events
-from recsys_assets.datagen.metadata import md_table, numeric_metadata
 from recsys_assets.datagen.stages import read_final_items
-from recsys_assets.partitions import daily_partitions, window_of
 from recsys_assets.training.artifacts import (
     RANKER_MODEL,
     RETRIEVAL_MODEL,
@@ -35,14 +34,22 @@ from recsys_assets.training.artifacts import (
     latest_committed_before,
 )
 from recsys_assets.training.config import RANKER_TASKS, TrainingSpec, load_training_spec
-from recsys_assets.training.features import DENSE_FEATURES, Vocab, build_item_catalog, build_vocab, count_tokens, dense_moments, oov_rates
+from recsys_assets.training.features import (
+    DENSE_FEATURES,
+    Vocab,
+    build_item_catalog,
+    build_vocab,
+    count_tokens,
+    dense_moments,
+    oov_rates,
+)
 from recsys_assets.training.loader import BatchEncoder, committed_events_dataset
 from recsys_assets.training.models import MMoERanker, RankerConfig
 from recsys_assets.training.ranker import (
     RankerHyper,
     export_program,
-    ranker_gate,
     ranker_example_inputs,
+    ranker_gate,
     score_ranker,
     task_aucs,
     task_positive_rates,
@@ -59,19 +66,13 @@ from recsys_assets.training.retrieval import (
     train_two_tower,
 )
 from recsys_assets.training.trainer import CheckpointStore
-from recsys_assets.core.datasets import publish_partition
 from recsys_assets.training.windows import TrainingWindow, window_dep, window_for
+from resources.config_files import ConfigFilesResource
 from resources.storage import DatasetStore, StorageResource
 from resources.training import TrainingResource
 
-PER_DAY = BackfillPolicy.multi_run(max_partitions_per_run=1)
 
-
-class TrainingYamlConfig(Config):
-    training_config_path: str = Field(default="", description="Path of training.yaml; empty = the packaged default.")
-
-
-class RankerTrainingConfig(TrainingYamlConfig):
+class RankerTrainingConfig(Config):
     epochs: int | None = Field(default=None, description="Overrides the training resource's epochs.")
     embedding_dim: int = 16
     num_experts: int = 4
@@ -82,7 +83,7 @@ class RankerTrainingConfig(TrainingYamlConfig):
     max_validation_rows: int = Field(default=2_000_000, description="Validation-day rows scored for AUC.")
 
 
-class RetrievalTrainingConfig(TrainingYamlConfig):
+class RetrievalTrainingConfig(Config):
     epochs: int | None = None
     batch_size: int | None = Field(default=None, description="In-batch negatives per positive = batch_size - 1.")
     embedding_dim: int = 32
@@ -103,8 +104,10 @@ def _encoder(store, window: TrainingWindow, vocab_dir: ArtifactDir, spec):
 
 
 def _history_table(history: list[dict]) -> MetadataValue:
-    return md_table(["epoch", "loss", "samples", "seconds", "samples/s"],
-                    [[h["epoch"], round(h["loss"], 5), h["samples"], h["seconds"], h["samples_per_s"]] for h in history])
+    return md_table(
+        ["epoch", "loss", "samples", "seconds", "samples/s"],
+        [[h["epoch"], round(h["loss"], 5), h["samples"], h["seconds"], h["samples_per_s"]] for h in history],
+    )
 
 
 @dataclass
@@ -121,25 +124,45 @@ class _ModelInputs:
     def checkpoints(self, asset_name: str, hyper, settings, *extra) -> tuple[str, CheckpointStore]:
         """Checkpoint dir keyed by everything that determines the weights (not the device): a retried run of the
         same config and data resumes; any other config starts fresh."""
-        fp = fingerprint(hyper, {k: v for k, v in settings.__dict__.items() if k not in ("device", "num_threads")},
-                         self.window.as_dict(), self.vocab_dir.version, *extra)
+        fp = fingerprint(
+            hyper,
+            {k: v for k, v in settings.__dict__.items() if k not in ("device", "num_threads")},
+            self.window.as_dict(),
+            self.vocab_dir.version,
+            *extra,
+        )
         return fp, CheckpointStore(self.store, self.store.path("_checkpoints", asset_name, f"dt={self.day}", fp))
 
     def training_info(self, settings, hyper, fit, run_id: str, **extra) -> dict:
         return {
-            **self.window.as_dict(), "vocab_version": self.vocab_dir.version, "settings": settings.__dict__,
-            "hyper": hyper.__dict__, "history": fit.history, "resumed_from_epoch": fit.resumed_from_epoch,
-            "train_seconds": round(fit.train_seconds, 2), "samples_per_s": round(fit.samples_per_s, 1),
-            "run_id": run_id, **extra,
+            **self.window.as_dict(),
+            "vocab_version": self.vocab_dir.version,
+            "settings": settings.__dict__,
+            "hyper": hyper.__dict__,
+            "history": fit.history,
+            "resumed_from_epoch": fit.resumed_from_epoch,
+            "train_seconds": round(fit.train_seconds, 2),
+            "samples_per_s": round(fit.samples_per_s, 1),
+            "run_id": run_id,
+            **extra,
         }
 
     def commit_model(
-        self, asset_name: str, run_id: str, *, state_dict: dict, model_config: dict, programs: dict[str, bytes],
-        metrics: dict, training_info: dict, checkpoints: CheckpointStore, manifest_metrics: dict | None = None,
+        self,
+        asset_name: str,
+        run_id: str,
+        *,
+        state_dict: dict,
+        model_config: dict,
+        programs: dict[str, bytes],
+        metrics: dict,
+        training_info: dict,
+        checkpoints: CheckpointStore,
+        manifest_metrics: dict | None = None,
     ) -> ArtifactDir:
         """Write a model partition (weights, config, exported programs, the vocab it was trained with, metrics,
         lineage), commit it, then drop the run's checkpoints."""
-        out = ArtifactDir(self.store, asset_name, self.day, self.store.new_version(run_id))
+        out = ArtifactDir.new(self.store, asset_name, self.day, run_id)
         out.write_torch("model.pt", state_dict)
         out.write_json("model_config.json", model_config)
         for name, data in programs.items():
@@ -147,8 +170,7 @@ class _ModelInputs:
         out.write_vocab(self.encoder.vocab, self.encoder.moments)
         out.write_json("metrics.json", metrics)
         out.write_json("training.json", training_info)
-        publish_partition(self.store, asset_name, self.day, out.version,
-                          metrics=metrics if manifest_metrics is None else manifest_metrics)
+        out.publish(metrics=metrics if manifest_metrics is None else manifest_metrics)
         checkpoints.clear()
         return out
 
@@ -171,9 +193,11 @@ def window_table(window: TrainingWindow) -> MetadataValue:
     return md_table(["day", "training_events"], [[d, s] for d, s in window.status.items()])
 
 
-def _model_inputs(context: AssetExecutionContext, config: TrainingYamlConfig, storage: StorageResource) -> _ModelInputs:
+def _model_inputs(
+    context: AssetExecutionContext, storage: StorageResource, config_files: ConfigFilesResource
+) -> _ModelInputs:
     day, store = context.partition_key, storage.store
-    spec = load_training_spec(config.training_config_path or None)
+    spec = load_training_spec(config_files.training)
     window = window_for(store, day, spec)
     for d, status in window.unused_days.items():
         context.log.warning(f"training window of {day}: {d} not used: {status}")
@@ -185,17 +209,26 @@ def _model_inputs(context: AssetExecutionContext, config: TrainingYamlConfig, st
     partitions_def=daily_partitions,
     group_name="training",
     # Self-dependency on the previous day: ids extend yesterday's vocab, so backfills run days in order.
-    deps=[window_dep(training_events), AssetDep(AssetKey("vocab"), partition_mapping=TimeWindowPartitionMapping(
-        start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True))],
+    deps=[
+        window_dep(training_events),
+        AssetDep(
+            AssetKey("vocab"),
+            partition_mapping=TimeWindowPartitionMapping(
+                start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True
+            ),
+        ),
+    ],
     kinds={"python", "parquet"},
     backfill_policy=PER_DAY,
     description="Vocabularies of the categorical features over the training window with stable ids (yesterday's "
     "ids kept, new tokens appended), reserved padding/OOV ids, counts, dense-feature moments, and the OOV rate of "
     "each feature on the validation day.",
 )
-def vocab(context: AssetExecutionContext, config: TrainingYamlConfig, storage: StorageResource) -> MaterializeResult:
+def vocab(
+    context: AssetExecutionContext, storage: StorageResource, config_files: ConfigFilesResource
+) -> MaterializeResult:
     day, store = context.partition_key, storage.store
-    spec = load_training_spec(config.training_config_path or None)
+    spec = load_training_spec(config_files.training)
     window = window_for(store, day, spec)
     train = committed_events_dataset(store, window.train_days)
     previous_day = latest_committed_before(store, VOCAB, day)
@@ -219,10 +252,10 @@ def vocab(context: AssetExecutionContext, config: TrainingYamlConfig, storage: S
         "max_oov_rate": {f: spec.checks.oov_limit(f) for f in sizes},
         "num_tokens": sum(sizes.values()) - 2 * len(sizes),
     }
-    out = ArtifactDir(store, VOCAB, day, store.new_version(context.run_id))
+    out = ArtifactDir.new(store, VOCAB, day, context.run_id)
     out.write_vocab(new_vocab, moments)
     out.write_json("vocab.json", stats)
-    publish_partition(store, VOCAB, day, out.version, row_count=stats["num_tokens"])
+    out.publish(row_count=stats["num_tokens"])
     return MaterializeResult(
         metadata={
             "dagster/row_count": MetadataValue.int(stats["num_tokens"]),
@@ -277,13 +310,21 @@ def _previous_ranker_aucs(inputs: _ModelInputs, max_rows: int, log) -> tuple[str
     "partition's model on the same day. Weights + exported program + vocab in a versioned directory.",
 )
 def ranker_model(
-    context: AssetExecutionContext, config: RankerTrainingConfig, storage: StorageResource, training: TrainingResource
+    context: AssetExecutionContext,
+    config: RankerTrainingConfig,
+    storage: StorageResource,
+    training: TrainingResource,
+    config_files: ConfigFilesResource,
 ) -> MaterializeResult:
-    inputs = _model_inputs(context, config, storage)
+    inputs = _model_inputs(context, storage, config_files)
     day, store, spec, window, encoder = inputs.day, inputs.store, inputs.spec, inputs.window, inputs.encoder
     hyper = RankerHyper(
-        embedding_dim=config.embedding_dim, num_experts=config.num_experts, expert_sizes=tuple(config.expert_sizes),
-        tower_sizes=tuple(config.tower_sizes), dropout=config.dropout, task_weights=tuple(config.task_weights),
+        embedding_dim=config.embedding_dim,
+        num_experts=config.num_experts,
+        expert_sizes=tuple(config.expert_sizes),
+        tower_sizes=tuple(config.tower_sizes),
+        dropout=config.dropout,
+        task_weights=tuple(config.task_weights),
     )
     settings = training.settings(epochs=config.epochs)
     fp, checkpoints = inputs.checkpoints(RANKER_MODEL, hyper, settings)
@@ -291,7 +332,9 @@ def ranker_model(
         committed_events_dataset(store, window.train_days), encoder, hyper, settings, checkpoints, fp, context.log.info
     )
     t0 = time.perf_counter()
-    scores, labels = score_ranker(model, committed_events_dataset(store, [day]), encoder, max_rows=config.max_validation_rows)
+    scores, labels = score_ranker(
+        model, committed_events_dataset(store, [day]), encoder, max_rows=config.max_validation_rows
+    )
     aucs, rates = task_aucs(scores, labels), task_positive_rates(labels)
     prev_day, prev_aucs = _previous_ranker_aucs(inputs, config.max_validation_rows, context.log.info)
     metrics = {
@@ -307,16 +350,29 @@ def ranker_model(
     }
     training_info = inputs.training_info(settings, hyper, fit, context.run_id)
     out = inputs.commit_model(
-        RANKER_MODEL, context.run_id, state_dict=model.state_dict(), model_config=model.cfg.to_dict(),
+        RANKER_MODEL,
+        context.run_id,
+        state_dict=model.state_dict(),
+        model_config=model.cfg.to_dict(),
         programs={"ranker.pt2": export_program(model, ranker_example_inputs(model.cfg))},
-        metrics=metrics, training_info=training_info, checkpoints=checkpoints,
+        metrics=metrics,
+        training_info=training_info,
+        checkpoints=checkpoints,
     )
     return MaterializeResult(
         metadata={
             "validation_auc": md_table(
                 ["task", "AUC", f"previous model ({prev_day or 'none'})", "floor", "positive rate"],
-                [[t, round(aucs[t], 4), round(prev_aucs[t], 4) if t in prev_aucs else "n/a",
-                  spec.checks.ranker_min_auc.get(t, "-"), round(rates[t], 4)] for t in RANKER_TASKS],
+                [
+                    [
+                        t,
+                        round(aucs[t], 4),
+                        round(prev_aucs[t], 4) if t in prev_aucs else "n/a",
+                        spec.checks.ranker_min_auc.get(t, "-"),
+                        round(rates[t], 4),
+                    ]
+                    for t in RANKER_TASKS
+                ],
             ),
             **inputs.training_metadata(fit, settings, out),
             **numeric_metadata({f"auc_{t}": float(v) for t, v in aucs.items()}),
@@ -336,13 +392,20 @@ def ranker_model(
     "the index's metric. Full-corpus recall/NDCG@K on the validation day vs a most-popular baseline.",
 )
 def retrieval_model(
-    context: AssetExecutionContext, config: RetrievalTrainingConfig, storage: StorageResource, training: TrainingResource
+    context: AssetExecutionContext,
+    config: RetrievalTrainingConfig,
+    storage: StorageResource,
+    training: TrainingResource,
+    config_files: ConfigFilesResource,
 ) -> MaterializeResult:
-    inputs = _model_inputs(context, config, storage)
+    inputs = _model_inputs(context, storage, config_files)
     day, store, spec, window, encoder = inputs.day, inputs.store, inputs.spec, inputs.window, inputs.encoder
     hyper = RetrievalHyper(
-        embedding_dim=config.embedding_dim, hidden_sizes=tuple(config.hidden_sizes), output_dim=config.output_dim,
-        temperature=config.temperature, logq_correction=config.logq_correction,
+        embedding_dim=config.embedding_dim,
+        hidden_sizes=tuple(config.hidden_sizes),
+        output_dim=config.output_dim,
+        temperature=config.temperature,
+        logq_correction=config.logq_correction,
     )
     settings = training.settings(epochs=config.epochs, batch_size=config.batch_size)
     fp, checkpoints = inputs.checkpoints(RETRIEVAL_MODEL, hyper, settings, spec.labels.model_dump())
@@ -350,34 +413,51 @@ def retrieval_model(
         committed_events_dataset(store, window.train_days), encoder, hyper, settings, checkpoints, fp, context.log.info
     )
     t0 = time.perf_counter()
-    queries = evaluation_queries(committed_events_dataset(store, [day]), encoder, spec.labels, config.validation_user_sample_pct)
+    queries = evaluation_queries(
+        committed_events_dataset(store, [day]), encoder, spec.labels, config.validation_user_sample_pct
+    )
     as_of = pd.Timestamp(window_of(day).end)
     k = spec.checks.retrieval_k
     ks = sorted({10, k})
     metrics = evaluate_retrieval(
-        query_vectors(model, queries), item_vectors(model, encoder.catalog, encoder.vocab, encoder.moments, as_of),
-        queries.relevant, positive_counts, ks,
+        query_vectors(model, queries),
+        item_vectors(model, encoder.catalog, encoder.vocab, encoder.moments, as_of),
+        queries.relevant,
+        positive_counts,
+        ks,
     )
     metrics |= {
-        "validation_day": day, "k": k, "ks": ks, "min_recall": spec.checks.retrieval_min_recall,
+        "validation_day": day,
+        "k": k,
+        "ks": ks,
+        "min_recall": spec.checks.retrieval_min_recall,
         "min_lift_over_popularity": spec.checks.retrieval_min_lift_over_popularity,
         "eval_seconds": round(time.perf_counter() - t0, 2),
     }
-    training_info = inputs.training_info(settings, hyper, fit, context.run_id, positive_events=int(positive_counts.sum()))
+    training_info = inputs.training_info(
+        settings, hyper, fit, context.run_id, positive_events=int(positive_counts.sum())
+    )
     q_cfg, i_cfg = model.query_tower.cfg, model.item_tower.cfg
     q_ids, i_ids = (torch.ones(4, len(c.cardinalities), dtype=torch.long) for c in (q_cfg, i_cfg))
     out = inputs.commit_model(
-        RETRIEVAL_MODEL, context.run_id, state_dict=model.state_dict(),
+        RETRIEVAL_MODEL,
+        context.run_id,
+        state_dict=model.state_dict(),
         model_config={"query": q_cfg.to_dict(), "item": i_cfg.to_dict(), "temperature": hyper.temperature},
         programs={
             "query_tower.pt2": export_program(QueryTowerModule(model), (q_ids, torch.zeros(4, q_cfg.num_dense))),
             "item_tower.pt2": export_program(
-                ItemTowerModule(model), (i_ids, torch.zeros(4, i_cfg.num_dense), torch.zeros(4, i_cfg.content_dim))),
+                ItemTowerModule(model), (i_ids, torch.zeros(4, i_cfg.num_dense), torch.zeros(4, i_cfg.content_dim))
+            ),
         },
-        metrics=metrics, training_info=training_info, checkpoints=checkpoints,
+        metrics=metrics,
+        training_info=training_info,
+        checkpoints=checkpoints,
         manifest_metrics={k_: v for k_, v in metrics.items() if k_ != "ks"},
     )
-    rows = [[f"recall@{x}", round(metrics[f"model_recall@{x}"], 4), round(metrics[f"popularity_recall@{x}"], 4)] for x in ks]
+    rows = [
+        [f"recall@{x}", round(metrics[f"model_recall@{x}"], 4), round(metrics[f"popularity_recall@{x}"], 4)] for x in ks
+    ]
     rows += [[f"ndcg@{x}", round(metrics[f"model_ndcg@{x}"], 4), round(metrics[f"popularity_ndcg@{x}"], 4)] for x in ks]
     return MaterializeResult(
         metadata={

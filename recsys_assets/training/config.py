@@ -15,7 +15,13 @@ DEFAULT_TRAINING_CONFIG_PATH = Path(__file__).resolve().parents[1] / "config" / 
 
 # Categorical columns of training_events a vocabulary can be built for.
 CATEGORICAL_COLUMNS = (
-    "user_id", "item_id", "item_author_id", "item_category", "item_language", "user_language", "user_region",
+    "user_id",
+    "item_id",
+    "item_author_id",
+    "item_category",
+    "item_language",
+    "user_language",
+    "user_region",
     "feed_source",
 )
 RANKER_TASKS = ("liked", "shared", "followed", "watch_complete")

@@ -22,10 +22,14 @@ NUM_RESERVED = 2
 # Dense model inputs and their transform before standardising (heavy tails -> log1p).
 DENSE_FEATURES = {"item_video_length_s": "log1p", "item_age_days": "identity", "user_tenure_days": "log1p"}
 
-VOCAB_SCHEMA = pa.schema([("feature", pa.string()), ("token", pa.string()), ("index", pa.int64()), ("count", pa.int64())])
+VOCAB_SCHEMA = pa.schema(
+    [("feature", pa.string()), ("token", pa.string()), ("index", pa.int64()), ("count", pa.int64())]
+)
 
 
-def count_tokens(batches: Iterable[pa.RecordBatch], features: list[str], compact_every: int = 32) -> dict[str, pd.Series]:
+def count_tokens(
+    batches: Iterable[pa.RecordBatch], features: list[str], compact_every: int = 32
+) -> dict[str, pd.Series]:
     """Occurrences of every token per feature over a stream of record batches (nulls are not tokens)."""
     partial: dict[str, list[pd.Series]] = {f: [] for f in features}
     totals: dict[str, pd.Series] = {f: pd.Series(dtype="int64") for f in features}
@@ -54,8 +58,10 @@ def _sum_series(parts: list[pd.Series]) -> pd.Series:
 def merge_vocab(previous: pd.DataFrame | None, counts: pd.Series, min_count: int) -> pd.DataFrame:
     """One feature's vocabulary: previous tokens keep their index (count refreshed, 0 if unseen); new tokens
     with count >= min_count are appended by descending count, then token, so the result is deterministic."""
-    prev = previous[["token", "index"]] if previous is not None and len(previous) else pd.DataFrame(
-        {"token": pd.Series(dtype="object"), "index": pd.Series(dtype="int64")}
+    prev = (
+        previous[["token", "index"]]
+        if previous is not None and len(previous)
+        else pd.DataFrame({"token": pd.Series(dtype="object"), "index": pd.Series(dtype="int64")})
     )
     kept = prev.assign(count=counts.reindex(prev["token"]).fillna(0).astype("int64").to_numpy())
     new = counts[(counts >= min_count) & ~counts.index.isin(prev["token"])]
@@ -101,9 +107,11 @@ class Vocab:
         return pa.Table.from_pandas(pd.concat(frames, ignore_index=True), schema=VOCAB_SCHEMA, preserve_index=False)
 
     @classmethod
-    def from_table(cls, table: pa.Table) -> "Vocab":
+    def from_table(cls, table: pa.Table) -> Vocab:
         df = table.to_pandas()
-        return cls({f: g[["token", "index", "count"]].reset_index(drop=True) for f, g in df.groupby("feature", sort=False)})
+        return cls(
+            {f: g[["token", "index", "count"]].reset_index(drop=True) for f, g in df.groupby("feature", sort=False)}
+        )
 
 
 def positions_in(index: pd.Index, values: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -189,7 +197,7 @@ class ItemCatalog:
         """Catalogue rows of item ids (-1 where unknown or null)."""
         return positions_in(self._index, item_ids)
 
-    def encode(self, vocab: "Vocab", feature: str) -> np.ndarray:
+    def encode(self, vocab: Vocab, feature: str) -> np.ndarray:
         """Vocab ids of a categorical item feature (item_id or an attribute) for every catalogue row."""
         values = self.item_ids if feature == "item_id" else self.attributes[feature].to_numpy(dtype=object)
         return vocab.encode(feature, pa.array(values, pa.string()))
@@ -214,7 +222,13 @@ def build_item_catalog(day_tables: list[pa.Table]) -> ItemCatalog:
 
 
 ITEM_CATALOG_COLUMNS = [
-    "item_id", "item_author_id", "item_category", "item_language", "item_video_length_s", "item_created_at", "embedding"
+    "item_id",
+    "item_author_id",
+    "item_category",
+    "item_language",
+    "item_video_length_s",
+    "item_created_at",
+    "embedding",
 ]
 
 

@@ -37,11 +37,16 @@ _NOT_WIDENED = {"item_id", "num_events", "embedding"}
 class DayFragment:
     """One Parquet file of a day's training_events events, read widened with that day's item columns."""
 
-    def __init__(self, owner: "TrainingEventsDataset", day: str, fragment: pads.Fragment):
+    def __init__(self, owner: TrainingEventsDataset, day: str, fragment: pads.Fragment):
         self.owner, self.day, self.fragment = owner, day, fragment
 
-    def to_batches(self, columns: list[str] | None = None, filter: pc.Expression | None = None,
-                   batch_size: int = 131_072, dictionary_items: bool = False) -> Iterator[pa.RecordBatch]:
+    def to_batches(
+        self,
+        columns: list[str] | None = None,
+        filter: pc.Expression | None = None,
+        batch_size: int = 131_072,
+        dictionary_items: bool = False,
+    ) -> Iterator[pa.RecordBatch]:
         """`dictionary_items`: item string columns come as dictionary arrays over the day's items (a take of int
         indices instead of strings; the vocab lookup then hashes each distinct value once, not every row)."""
         columns = self.owner.columns_of(columns)
@@ -74,7 +79,8 @@ class TrainingEventsDataset:
                 item_schema = pq.read_schema(self._parquet_files(d, "items")[0], filesystem=store.fs)
         self.event_columns = list(event_schema.names) if event_schema is not None else []
         self.item_columns = [
-            n for n in (item_schema.names if item_schema is not None else [])
+            n
+            for n in (item_schema.names if item_schema is not None else [])
             if n not in _NOT_WIDENED and n not in self.event_columns
         ]
 
@@ -88,23 +94,31 @@ class TrainingEventsDataset:
             return self.event_columns + self.item_columns
         unknown = [c for c in columns if c not in self.event_columns and c not in self.item_columns]
         if unknown:
-            raise KeyError(f"training_events has no column(s) {unknown}; events: {self.event_columns}, "
-                           f"items: {self.item_columns}")
+            raise KeyError(
+                f"training_events has no column(s) {unknown}; events: {self.event_columns}, items: {self.item_columns}"
+            )
         return list(columns)
 
     def _item_table(self, day: str) -> tuple[pd.Index, pa.Table, pa.Table]:
         """(item_id index, the day's item columns, the same with string columns dictionary-encoded)."""
         if day not in self._items:
-            t = pads.dataset(self._parquet_files(day, "items"), filesystem=self.store.fs, format="parquet").to_table(
-                columns=["item_id", *self.item_columns]
-            ).combine_chunks()
-            coded = pa.table({n: pc.dictionary_encode(c) if pa.types.is_string(c.type) else c
-                              for n, c in zip(t.column_names, t.columns)})
+            t = (
+                pads.dataset(self._parquet_files(day, "items"), filesystem=self.store.fs, format="parquet")
+                .to_table(columns=["item_id", *self.item_columns])
+                .combine_chunks()
+            )
+            coded = pa.table(
+                {
+                    n: pc.dictionary_encode(c) if pa.types.is_string(c.type) else c
+                    for n, c in zip(t.column_names, t.columns)
+                }
+            )
             self._items[day] = (pd.Index(t.column("item_id").to_numpy(zero_copy_only=False)), t, coded)
         return self._items[day]
 
-    def widen(self, day: str, batch: pa.RecordBatch, columns: list[str], from_items: list[str],
-              dictionary_items: bool = False) -> pa.RecordBatch:
+    def widen(
+        self, day: str, batch: pa.RecordBatch, columns: list[str], from_items: list[str], dictionary_items: bool = False
+    ) -> pa.RecordBatch:
         if not from_items:
             return batch.select(columns)
         index, plain, coded = self._item_table(day)
@@ -120,8 +134,9 @@ class TrainingEventsDataset:
     def get_fragments(self, filter: pc.Expression | None = None) -> list[DayFragment]:
         return [DayFragment(self, d, f) for d, f in self._fragments]
 
-    def to_batches(self, columns: list[str] | None = None, filter: pc.Expression | None = None,
-                   batch_size: int = 131_072) -> Iterator[pa.RecordBatch]:
+    def to_batches(
+        self, columns: list[str] | None = None, filter: pc.Expression | None = None, batch_size: int = 131_072
+    ) -> Iterator[pa.RecordBatch]:
         for f in self.get_fragments():
             yield from f.to_batches(columns=columns, filter=filter, batch_size=batch_size)
 
@@ -174,7 +189,8 @@ class BatchEncoder:
         return {
             "cat": np.stack([self.vocab.encode(f, batch.column(f)) for f in self.vocab.features], axis=1),
             "dense": np.stack(
-                [standardize(f, batch.column(f).to_numpy(zero_copy_only=False), self.moments) for f in DENSE_FEATURES], axis=1
+                [standardize(f, batch.column(f).to_numpy(zero_copy_only=False), self.moments) for f in DENSE_FEATURES],
+                axis=1,
             ),
             "content_row": content_row.astype(np.int64),
             "labels": np.stack([*flags, (watch >= self.labels.watch_complete_min_ratio).astype(np.float32)], axis=1),
@@ -190,16 +206,24 @@ LOADER_THREADS = min(4, os.cpu_count() or 1)
 
 
 def encoded_blocks(
-    dataset: TrainingEventsDataset, encoder: BatchEncoder, filter: pc.Expression | None = None, read_rows: int = 65_536,
-    fragment_order: np.ndarray | None = None, threads: int | None = None,
+    dataset: TrainingEventsDataset,
+    encoder: BatchEncoder,
+    filter: pc.Expression | None = None,
+    read_rows: int = 65_536,
+    fragment_order: np.ndarray | None = None,
+    threads: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     fragments = list(dataset.get_fragments(filter=filter))
     order = fragment_order if fragment_order is not None else np.arange(len(fragments))
 
     def encode_fragment(i: int) -> list[dict[str, np.ndarray]]:
-        return [encoder.encode(b) for b in fragments[i].to_batches(columns=encoder.columns, filter=filter,
-                                                                   batch_size=read_rows, dictionary_items=True)
-                if b.num_rows]
+        return [
+            encoder.encode(b)
+            for b in fragments[i].to_batches(
+                columns=encoder.columns, filter=filter, batch_size=read_rows, dictionary_items=True
+            )
+            if b.num_rows
+        ]
 
     threads = LOADER_THREADS if threads is None else threads
     if threads <= 1 or len(order) <= 1:
@@ -267,7 +291,9 @@ def sequential_batches(
         yield {k: torch.from_numpy(v) for k, v in block.items()}
 
 
-def item_frequencies(dataset: TrainingEventsDataset, catalog: ItemCatalog, filter: pc.Expression | None = None) -> np.ndarray:
+def item_frequencies(
+    dataset: TrainingEventsDataset, catalog: ItemCatalog, filter: pc.Expression | None = None
+) -> np.ndarray:
     """Occurrences of each catalogue item in the (filtered) stream: the in-batch sampling distribution."""
     counts = np.zeros(len(catalog), np.int64)
     for b in dataset.to_batches(columns=["item_id"], filter=filter):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsys_assets.schemas import EMBEDDING_DIM
+from recsys_assets.core.schemas import EMBEDDING_DIM
 from recsys_assets.training.config import RANKER_TASKS
 
 
@@ -63,7 +63,9 @@ class MMoERanker(nn.Module):
         self.experts = nn.ModuleList(_mlp([in_dim, *cfg.expert_sizes], cfg.dropout) for _ in range(cfg.num_experts))
         self.gates = nn.ModuleList(nn.Linear(in_dim, cfg.num_experts) for _ in cfg.tasks)
         self.towers = nn.ModuleList(
-            nn.Sequential(_mlp([cfg.expert_sizes[-1], *cfg.tower_sizes], cfg.dropout), nn.Linear(cfg.tower_sizes[-1], 1))
+            nn.Sequential(
+                _mlp([cfg.expert_sizes[-1], *cfg.tower_sizes], cfg.dropout), nn.Linear(cfg.tower_sizes[-1], 1)
+            )
             for _ in cfg.tasks
         )
         for e in self.embeddings:
@@ -84,7 +86,9 @@ class MMoERanker(nn.Module):
         return torch.cat(logits, dim=1)
 
 
-def ranker_loss(model: MMoERanker, logits: torch.Tensor, labels: torch.Tensor, task_weights: list[float]) -> torch.Tensor:
+def ranker_loss(
+    model: MMoERanker, logits: torch.Tensor, labels: torch.Tensor, task_weights: list[float]
+) -> torch.Tensor:
     per_task = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(dim=0)
     return (per_task * torch.tensor(task_weights, device=logits.device, dtype=per_task.dtype)).sum()
 

@@ -13,7 +13,7 @@ import torch
 from recsys_assets.training.config import RANKER_TASKS
 from recsys_assets.training.evaluation import roc_auc
 from recsys_assets.training.features import DENSE_FEATURES
-from recsys_assets.training.loader import TrainingEventsDataset, BatchEncoder, sequential_batches, shuffled_batches
+from recsys_assets.training.loader import BatchEncoder, TrainingEventsDataset, sequential_batches, shuffled_batches
 from recsys_assets.training.models import MMoERanker, RankerConfig, ranker_loss
 from recsys_assets.training.trainer import CheckpointStore, FitResult, TrainSettings, fit
 
@@ -72,7 +72,11 @@ def train_ranker(
 
 @torch.no_grad()
 def score_ranker(
-    model: MMoERanker, data: TrainingEventsDataset, encoder: BatchEncoder, batch_size: int = 8192, max_rows: int | None = None
+    model: MMoERanker,
+    data: TrainingEventsDataset,
+    encoder: BatchEncoder,
+    batch_size: int = 8192,
+    max_rows: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Predicted probabilities and labels [rows, tasks] in storage order (up to max_rows)."""
     model.eval()
@@ -89,11 +93,11 @@ def score_ranker(
     return np.concatenate(scores)[:max_rows], np.concatenate(labels)[:max_rows]
 
 
-def task_aucs(scores: np.ndarray, labels: np.ndarray, tasks: list[str] = list(RANKER_TASKS)) -> dict[str, float]:
+def task_aucs(scores: np.ndarray, labels: np.ndarray, tasks: tuple[str, ...] = RANKER_TASKS) -> dict[str, float]:
     return {t: roc_auc(labels[:, i], scores[:, i]) for i, t in enumerate(tasks)}
 
 
-def task_positive_rates(labels: np.ndarray, tasks: list[str] = list(RANKER_TASKS)) -> dict[str, float]:
+def task_positive_rates(labels: np.ndarray, tasks: tuple[str, ...] = RANKER_TASKS) -> dict[str, float]:
     return {t: float(labels[:, i].mean()) if len(labels) else float("nan") for i, t in enumerate(tasks)}
 
 
@@ -128,7 +132,13 @@ def ranker_gate(metrics: dict) -> tuple[bool, list[list]]:
         below_floor = floor is not None and not (auc >= floor)
         regressed = prev is not None and not math.isnan(prev) and auc < prev - metrics["max_auc_drop"]
         ok &= not (below_floor or regressed)
-        rows.append([task, round(auc, 4), floor if floor is not None else "-",
-                     round(prev, 4) if prev is not None else "n/a",
-                     "FAIL" if below_floor or regressed else "ok"])
+        rows.append(
+            [
+                task,
+                round(auc, 4),
+                floor if floor is not None else "-",
+                round(prev, 4) if prev is not None else "n/a",
+                "FAIL" if below_floor or regressed else "ok",
+            ]
+        )
     return ok, rows

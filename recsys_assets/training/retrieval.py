@@ -14,7 +14,13 @@ import torch
 from recsys_assets.training.config import LabelSpec
 from recsys_assets.training.evaluation import exact_top_k, group_relevant, popularity_ranking, recall_ndcg_at_k
 from recsys_assets.training.features import DENSE_FEATURES, ItemCatalog, Vocab, standardize
-from recsys_assets.training.loader import TrainingEventsDataset, BatchEncoder, item_frequencies, retrieval_positive_filter, shuffled_batches
+from recsys_assets.training.loader import (
+    BatchEncoder,
+    TrainingEventsDataset,
+    item_frequencies,
+    retrieval_positive_filter,
+    shuffled_batches,
+)
 from recsys_assets.training.models import TowerConfig, TwoTower, in_batch_softmax_loss
 from recsys_assets.training.trainer import CheckpointStore, FitResult, TrainSettings, fit
 
@@ -90,8 +96,14 @@ def train_two_tower(
 
     def batches(epoch: int):
         return shuffled_batches(
-            train, encoder, settings.batch_size, settings.seed, epoch, filter=positives,
-            shuffle_buffer_rows=settings.shuffle_buffer_rows, drop_last=True,
+            train,
+            encoder,
+            settings.batch_size,
+            settings.seed,
+            epoch,
+            filter=positives,
+            shuffle_buffer_rows=settings.shuffle_buffer_rows,
+            drop_last=True,
         )
 
     result = fit(model, step, batches, settings, checkpoints, fingerprint, log, on_epoch_end)
@@ -104,25 +116,34 @@ def item_tower_inputs(
     """Item tower inputs for every catalogue row, item age measured at `as_of` (the index build time)."""
     cat = np.stack([catalog.encode(vocab, f) for f in ITEM_CAT], axis=1)
     dense = np.stack(
-        [standardize("item_video_length_s", catalog.attributes["item_video_length_s"].to_numpy(np.float64), moments),
-         standardize("item_age_days", catalog.age_days(as_of), moments)], axis=1,
+        [
+            standardize("item_video_length_s", catalog.attributes["item_video_length_s"].to_numpy(np.float64), moments),
+            standardize("item_age_days", catalog.age_days(as_of), moments),
+        ],
+        axis=1,
     )
     return torch.from_numpy(cat), torch.from_numpy(dense), torch.from_numpy(catalog.embeddings)
 
 
 @torch.no_grad()
-def item_vectors(model: TwoTower, catalog: ItemCatalog, vocab: Vocab, moments: dict, as_of: pd.Timestamp,
-                 batch_size: int = 65_536) -> np.ndarray:
+def item_vectors(
+    model: TwoTower, catalog: ItemCatalog, vocab: Vocab, moments: dict, as_of: pd.Timestamp, batch_size: int = 65_536
+) -> np.ndarray:
     cat, dense, content = item_tower_inputs(catalog, vocab, moments, as_of)
-    out = [model.item_tower(cat[s : s + batch_size], dense[s : s + batch_size], content[s : s + batch_size])
-           for s in range(0, len(cat), batch_size)]
+    out = [
+        model.item_tower(cat[s : s + batch_size], dense[s : s + batch_size], content[s : s + batch_size])
+        for s in range(0, len(cat), batch_size)
+    ]
     return torch.cat(out).numpy() if out else np.zeros((0, model.item_tower.cfg.output_dim), np.float32)
 
 
 def query_tower_inputs(users: pd.DataFrame, vocab: Vocab, moments: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Query tower inputs (QUERY_CAT ids, standardized tenure) for one row per user: evaluation and the feed."""
-    cat = np.stack([vocab.encode(f, pa.array(users[f].to_numpy(dtype=object), pa.string())) for f in QUERY_CAT], axis=1) \
-        if len(users) else np.zeros((0, len(QUERY_CAT)), np.int64)
+    cat = (
+        np.stack([vocab.encode(f, pa.array(users[f].to_numpy(dtype=object), pa.string())) for f in QUERY_CAT], axis=1)
+        if len(users)
+        else np.zeros((0, len(QUERY_CAT)), np.int64)
+    )
     dense = standardize("user_tenure_days", users["user_tenure_days"].to_numpy(np.float64), moments)[:, None]
     return torch.from_numpy(cat), torch.from_numpy(dense)
 
@@ -157,8 +178,7 @@ def evaluation_queries(
     item_row = encoder.catalog.rows(pa.array(df["item_id"].to_numpy(dtype=object), pa.string()))
     ok = item_row >= 0
     relevant = group_relevant(user_row[ok], item_row[ok], len(users))
-    return EvalQueries(users["user_id"].to_numpy(dtype=object), cat, dense, relevant,
-                       int(len(df)))
+    return EvalQueries(users["user_id"].to_numpy(dtype=object), cat, dense, relevant, int(len(df)))
 
 
 @torch.no_grad()
@@ -200,4 +220,3 @@ class ItemTowerModule(torch.nn.Module):
 
     def forward(self, cat: torch.Tensor, dense: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
         return self.tower(cat, dense, content)
-

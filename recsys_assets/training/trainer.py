@@ -24,19 +24,7 @@ import torch
 from torch import nn
 
 from resources.storage import DatasetStore
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    epochs: int = 2
-    batch_size: int = 2048
-    learning_rate: float = 2e-3
-    weight_decay: float = 0.0
-    seed: int = 7
-    device: str = "cpu"  # resolved: "cpu" or "cuda[:n]"
-    mixed_precision: bool = False  # bf16 autocast, GPU only
-    num_threads: int = 0  # 0 = torch default
-    shuffle_buffer_rows: int = 1_000_000
+from resources.training import TrainSettings, resolve_device  # noqa: F401 (resolve_device: re-exported)
 
 
 @dataclass
@@ -79,8 +67,10 @@ class CheckpointStore:
         data = buf.getvalue()
         path = self._path(epoch, "pt")
         self.store.write_bytes_atomic(path, data)
-        self.store.write_json_atomic(self._path(epoch, "json"), {
-            "epoch": epoch, "fingerprint": state.get("fingerprint", ""), "sha256": hashlib.sha256(data).hexdigest()})
+        self.store.write_json_atomic(
+            self._path(epoch, "json"),
+            {"epoch": epoch, "fingerprint": state.get("fingerprint", ""), "sha256": hashlib.sha256(data).hexdigest()},
+        )
         for old in self._epochs()[:-2]:  # keep the last two: the newest may be unreadable if the disk filled
             for ext in ("pt", "json"):
                 if self.store.exists(self._path(old, ext)):
@@ -111,14 +101,6 @@ class CheckpointStore:
         self.store.delete_dir_if_empty(posixpath.dirname(self.directory))
 
 
-def resolve_device(requested: str) -> str:
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"training device {requested!r} requested but CUDA is not available on this host")
-    return requested
-
-
 class _LoaderError:
     def __init__(self, exc: BaseException):
         self.exc = exc
@@ -127,8 +109,9 @@ class _LoaderError:
 _END = object()
 
 
-def prefetched(batches: Iterator[dict[str, torch.Tensor]], depth: int = 3, pin_memory: bool = False
-               ) -> Iterator[dict[str, torch.Tensor]]:
+def prefetched(
+    batches: Iterator[dict[str, torch.Tensor]], depth: int = 3, pin_memory: bool = False
+) -> Iterator[dict[str, torch.Tensor]]:
     """Produce batches on a background thread (pyarrow decode and numpy gather release the GIL) so reading the
     next batch overlaps the training step; order is unchanged, so training stays deterministic. With
     pin_memory, host tensors are page-locked so the copy to the GPU can be asynchronous."""

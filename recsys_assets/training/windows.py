@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from dagster import AssetDep, TimeWindowPartitionMapping
 
 from recsys_assets.core.datasets import TRAINING_EVENTS
-from recsys_assets.partitions import shift_day
+from recsys_assets.core.partitions import shift_day
 from recsys_assets.training.config import load_training_spec
 from resources.storage import DatasetStore
 
@@ -28,10 +28,15 @@ def day_status(store: DatasetStore, dataset: str, day: str) -> str:
         return "used"
     if state.state == "missing":
         return "missing"
-    what = (f"failed {', '.join(state.failed_checks)}" if state.state == "withheld"
-            else f"awaiting {', '.join(state.pending_checks)}")
+    what = (
+        f"failed {', '.join(state.failed_checks)}"
+        if state.state == "withheld"
+        else f"awaiting {', '.join(state.pending_checks)}"
+    )
     if state.committed_version:
-        return f"used (version {state.committed_version}; newer version {state.candidate_version} {state.state}: {what})"
+        return (
+            f"used (version {state.committed_version}; newer version {state.candidate_version} {state.state}: {what})"
+        )
     return f"withheld ({what})" if state.state == "withheld" else f"awaiting checks ({what})"
 
 
@@ -45,8 +50,12 @@ class TrainingWindow:
     status: dict[str, str]
 
     def as_dict(self) -> dict:
-        return {"train_days": self.train_days, "validation_day": self.validation_day, "data_versions": self.versions,
-                "window_status": self.status}
+        return {
+            "train_days": self.train_days,
+            "validation_day": self.validation_day,
+            "data_versions": self.versions,
+            "window_status": self.status,
+        }
 
     @property
     def unused_days(self) -> dict[str, str]:
@@ -67,8 +76,10 @@ def training_window(store: DatasetStore, day: str, window_days: int, min_days: i
         elif day in unusable:
             head = f"the validation day {day} has no committed training_events"
         else:
-            head = (f"only {len(train)} of the {window_days} days before {day} have committed training_events "
-                    f"(min_window_days: {min_days})")
+            head = (
+                f"only {len(train)} of the {window_days} days before {day} have committed training_events "
+                f"(min_window_days: {min_days})"
+            )
         raise NoTrainingDataError(
             f"{head} ({candidates[0]}..{candidates[-1]}); {listed}. Materialize (or fix and rerun) training_events "
             "for those days first"
@@ -87,5 +98,7 @@ def window_dep(asset) -> AssetDep:
     w = load_training_spec().window_days
     return AssetDep(
         asset,
-        partition_mapping=TimeWindowPartitionMapping(start_offset=-w, end_offset=0, allow_nonexistent_upstream_partitions=True),
+        partition_mapping=TimeWindowPartitionMapping(
+            start_offset=-w, end_offset=0, allow_nonexistent_upstream_partitions=True
+        ),
     )

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from dagster import DailyPartitionsDefinition, TimeWindow
+from dagster import BackfillPolicy, DailyPartitionsDefinition, TimeWindow
 
 APP_TIMEZONE = "Asia/Kolkata"
 PARTITIONS_START = "2024-01-01"
+US_PER_DAY = 86_400_000_000
 
 daily_partitions = DailyPartitionsDefinition(start_date=PARTITIONS_START, timezone=APP_TIMEZONE)
+
+# One run per day in backfills: per-day partitioned checks then evaluate every day (a single-run range backfill
+# records one check evaluation without a partition; DAGSTER_NOTES).
+PER_DAY = BackfillPolicy.multi_run(max_partitions_per_run=1)
 
 
 def window_micros(window: TimeWindow) -> tuple[int, int]:

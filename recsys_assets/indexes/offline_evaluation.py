@@ -5,12 +5,11 @@ model on the same events, full-corpus recall/NDCG@K against most-popular, the in
 search, the cold-start index's self-recall) into one JSON beside the data and tables in the UI.
 """
 
-from dagster import AssetExecutionContext, BackfillPolicy, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from recsys_assets.datagen.metadata import md_table, numeric_metadata
+from recsys_assets.core.metadata import md_table, numeric_metadata
+from recsys_assets.core.partitions import PER_DAY, daily_partitions
 from recsys_assets.indexes.assets import cold_start_index, retrieval_index
-from recsys_assets.core.datasets import publish_partition
-from recsys_assets.partitions import daily_partitions
 from recsys_assets.training.artifacts import (
     COLD_START_INDEX,
     OFFLINE_EVALUATION,
@@ -23,7 +22,9 @@ from recsys_assets.training.assets import ranker_model, retrieval_model
 from resources.storage import StorageResource
 
 
-def build_evaluation_report(ranker: dict, ranker_training: dict, retrieval: dict, index: dict, cold_start: dict) -> dict:
+def build_evaluation_report(
+    ranker: dict, ranker_training: dict, retrieval: dict, index: dict, cold_start: dict
+) -> dict:
     k = retrieval["k"]
     return {
         "validation_day": ranker["validation_day"],
@@ -41,12 +42,17 @@ def build_evaluation_report(ranker: dict, ranker_training: dict, retrieval: dict
         "retrieval": {
             **{m: retrieval[m] for m in retrieval if m.startswith(("model_", "popularity_"))},
             f"recall_lift_over_popularity@{k}": retrieval[f"model_recall@{k}"] / retrieval[f"popularity_recall@{k}"]
-            if retrieval[f"popularity_recall@{k}"] else None,
+            if retrieval[f"popularity_recall@{k}"]
+            else None,
             "num_queries": retrieval["num_queries"],
             "corpus_size": retrieval["corpus_size"],
         },
-        "retrieval_index": {x: index[x] for x in ("type", "num_vectors", "recall_vs_exact", "recall_k", "batch_queries_per_s")},
-        "cold_start_index": {x: cold_start[x] for x in ("type", "num_vectors", "num_new", "num_rare", "self_recall_at_1")},
+        "retrieval_index": {
+            x: index[x] for x in ("type", "num_vectors", "recall_vs_exact", "recall_k", "batch_queries_per_s")
+        },
+        "cold_start_index": {
+            x: cold_start[x] for x in ("type", "num_vectors", "num_new", "num_rare", "self_recall_at_1")
+        },
     }
 
 
@@ -55,7 +61,7 @@ def build_evaluation_report(ranker: dict, ranker_training: dict, retrieval: dict
     group_name="evaluation",
     deps=[ranker_model, retrieval_model, retrieval_index, cold_start_index],
     kinds={"python", "json"},
-    backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=1),
+    backfill_policy=PER_DAY,
     description="Temporal-split offline evaluation of partition D's models on day D: ranker AUC per task (and vs "
     "the previous model on the same events), retrieval recall/NDCG@K vs most-popular, index recall vs exact.",
 )
@@ -69,30 +75,56 @@ def offline_evaluation(context: AssetExecutionContext, storage: StorageResource)
         ArtifactDir.committed(store, RETRIEVAL_INDEX, day).read_json("index.json"),
         ArtifactDir.committed(store, COLD_START_INDEX, day).read_json("index.json"),
     )
-    out = ArtifactDir(store, OFFLINE_EVALUATION, day, store.new_version(context.run_id))
+    out = ArtifactDir.new(store, OFFLINE_EVALUATION, day, context.run_id)
     out.write_json("report.json", report)
-    publish_partition(store, OFFLINE_EVALUATION, day, out.version)
+    out.publish()
     r, ret = report["ranker"], report["retrieval"]
     ks = sorted({int(m.split("@")[1]) for m in ret if m.startswith("model_recall@")})
     return MaterializeResult(
         metadata={
             "ranker_auc": md_table(
                 ["task", "AUC", f"previous model ({r['previous_model_day'] or 'none'})", "delta"],
-                [[t, round(v, 4), round(r["previous_model_auc"][t], 4) if t in r["previous_model_auc"] else "n/a",
-                  round(r["auc_delta_vs_previous"][t], 4) if t in r["auc_delta_vs_previous"] else "n/a"]
-                 for t, v in r["auc"].items()],
+                [
+                    [
+                        t,
+                        round(v, 4),
+                        round(r["previous_model_auc"][t], 4) if t in r["previous_model_auc"] else "n/a",
+                        round(r["auc_delta_vs_previous"][t], 4) if t in r["auc_delta_vs_previous"] else "n/a",
+                    ]
+                    for t, v in r["auc"].items()
+                ],
             ),
             "retrieval": md_table(
                 ["k", "recall two-tower", "recall most-popular", "NDCG two-tower", "NDCG most-popular"],
-                [[x, round(ret[f"model_recall@{x}"], 4), round(ret[f"popularity_recall@{x}"], 4),
-                  round(ret[f"model_ndcg@{x}"], 4), round(ret[f"popularity_ndcg@{x}"], 4)] for x in ks],
+                [
+                    [
+                        x,
+                        round(ret[f"model_recall@{x}"], 4),
+                        round(ret[f"popularity_recall@{x}"], 4),
+                        round(ret[f"model_ndcg@{x}"], 4),
+                        round(ret[f"popularity_ndcg@{x}"], 4),
+                    ]
+                    for x in ks
+                ],
             ),
             "indexes": md_table(
                 ["index", "type", "vectors", "recall vs exact", "self-recall@1"],
-                [["retrieval_index", report["retrieval_index"]["type"], report["retrieval_index"]["num_vectors"],
-                  round(report["retrieval_index"]["recall_vs_exact"], 4), "-"],
-                 ["cold_start_index", report["cold_start_index"]["type"], report["cold_start_index"]["num_vectors"], "-",
-                  round(report["cold_start_index"]["self_recall_at_1"], 4)]],
+                [
+                    [
+                        "retrieval_index",
+                        report["retrieval_index"]["type"],
+                        report["retrieval_index"]["num_vectors"],
+                        round(report["retrieval_index"]["recall_vs_exact"], 4),
+                        "-",
+                    ],
+                    [
+                        "cold_start_index",
+                        report["cold_start_index"]["type"],
+                        report["cold_start_index"]["num_vectors"],
+                        "-",
+                        round(report["cold_start_index"]["self_recall_at_1"], 4),
+                    ],
+                ],
             ),
             "report": MetadataValue.json(report),
             "path": MetadataValue.path(out.uri),

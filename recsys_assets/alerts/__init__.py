@@ -1,0 +1,1 @@
+"""Alerts across every domain: failed checks, failed runs, and delivery of the notification outbox."""

@@ -1,0 +1,168 @@
+"""What starts datagen and who hears about its days: the success-file sensor (upstream's completeness signal), the
+08:30 fallback schedule, the late-raw-data alert and the daily monitoring summary."""
+
+import datetime as dt
+import json
+import re
+
+from dagster import (
+    AssetMaterialization,
+    DefaultSensorStatus,
+    RunRequest,
+    ScheduleEvaluationContext,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    schedule,
+    sensor,
+)
+
+from recsys_assets.core.partitions import APP_TIMEZONE, PARTITIONS_START, last_complete_day, window_of
+from recsys_assets.core.schemas import RAW_TABLES
+from recsys_assets.datagen.assets import datagen_monitoring_report
+from recsys_assets.datagen.config import load_datagen_spec
+from recsys_assets.datagen.jobs import datagen_job
+from recsys_assets.datagen.monitoring import in_bucket_order
+from recsys_assets.datagen.raw_sources import raw_asset_key
+from resources.config_files import ConfigFilesResource
+from resources.notifier import NotifierResource
+from resources.storage import StorageResource
+
+DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# Days remembered in the success-file cursor (older success files are never re-read).
+CURSOR_DAYS_KEPT = 400
+
+
+def new_success_files(files: list[tuple[str, int]], seen: dict[str, int]) -> list[tuple[str, int]]:
+    """(day, mtime_ns) of success files not seen before, or rewritten since (a re-delivered day reruns)."""
+    return [(day, m) for day, m in files if DAY_RE.match(day) and day >= PARTITIONS_START and seen.get(day) != m]
+
+
+@sensor(
+    job=datagen_job,
+    minimum_interval_seconds=60,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Requests the datagen run for a day once raw/daily_success_files/<day> exists (once per file "
+    "version), and records the raw inputs' partitions as materialized.",
+)
+def raw_success_file_sensor(context: SensorEvaluationContext, storage: StorageResource):
+    seen: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
+    files = [(i.base_name, int(i.mtime_ns or 0)) for i in storage.store.list_success_files()]
+    fresh = new_success_files(files, seen)
+    if not fresh:
+        return SkipReason(f"no new success files ({len(files)} seen)")
+    run_requests, events = [], []
+    for day, mtime in fresh:
+        run_requests.append(
+            RunRequest(partition_key=day, run_key=f"datagen:{day}:{mtime}", tags={"recsys/trigger": "success_file"})
+        )
+        events += [
+            AssetMaterialization(
+                asset_key=raw_asset_key(t),
+                partition=day,
+                metadata={"path": storage.store.raw_partition_uri(t, day), "success_file_mtime_ns": mtime},
+            )
+            for t in RAW_TABLES
+        ]
+        seen[day] = mtime
+    keep = dict(sorted(seen.items())[-CURSOR_DAYS_KEPT:])
+    return SensorResult(run_requests=run_requests, asset_events=events, cursor=json.dumps(keep, sort_keys=True))
+
+
+def overdue_days(
+    now: dt.datetime, present: set[str], lookback_days: int, due_after_h: float, alert_after_h: float
+) -> list[str]:
+    """Days (the most recent `lookback_days` whose deadline has passed) whose success file is still missing."""
+    out = []
+    day = dt.date.fromisoformat(last_complete_day(now))
+    for back in range(lookback_days + 1):
+        d = (day - dt.timedelta(days=back)).isoformat()
+        if d < PARTITIONS_START:
+            break
+        deadline = window_of(d).end + dt.timedelta(hours=due_after_h + alert_after_h)
+        if now >= deadline and d not in present:
+            out.append(d)
+    return sorted(out)
+
+
+@sensor(
+    minimum_interval_seconds=600,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Error notification when a day's raw data (success file) is still missing hours after it is due.",
+)
+def raw_data_freshness_sensor(
+    context: SensorEvaluationContext,
+    storage: StorageResource,
+    notifier: NotifierResource,
+    config_files: ConfigFilesResource,
+):
+    f = load_datagen_spec(config_files.datagen).freshness
+    alerted: list[str] = json.loads(context.cursor) if context.cursor else []
+    present = {i.base_name for i in storage.store.list_success_files()}
+    late = overdue_days(
+        dt.datetime.now(dt.UTC), present, f.lookback_days, f.raw_due_hours_after_day_end, f.alert_after_hours
+    )
+    new = [d for d in late if d not in alerted]
+    for d in new:
+        notifier.enqueue(
+            "error",
+            f"Raw data missing for {d}",
+            f"raw/daily_success_files/{d} is still missing {f.alert_after_hours:g} h after it was due "
+            f"({f.raw_due_hours_after_day_end:g} h after the day ended, Asia/Kolkata).",
+            key=f"raw_missing:{d}",
+            partition=d,
+        )
+    context.update_cursor(json.dumps(sorted(set(alerted) | set(new))[-60:]))
+    return SkipReason(f"raw data overdue: {late}" if late else "raw data on time")
+
+
+@sensor(
+    minimum_interval_seconds=60,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Info notification with each day's monitoring summary when its report is materialized "
+    "(every materialization, also during backfills).",
+)
+def monitoring_summary_sensor(context: SensorEvaluationContext, notifier: NotifierResource):
+    page = context.instance.fetch_materializations(
+        datagen_monitoring_report.key, limit=100, cursor=context.cursor, ascending=True
+    )
+    for record in page.records:
+        mat = record.asset_materialization
+        report = mat.metadata["monitoring_dict"].value
+        buckets = in_bucket_order(report["item_age_bucket_formated"])
+        notifier.enqueue(
+            "info",
+            f"Datagen {mat.partition}: {report['num_final_rows']:,} rows, "
+            f"{report['num_items_post_embed_join']:,} items",
+            "age buckets: " + ", ".join(f"{k} {v}" for k, v in buckets),
+            key=f"monitoring_summary:{record.storage_id}",
+            partition=mat.partition,
+            new_items_1d=report["new_items_in_index_1d_delta"] or "n/a",
+            item_diff_1d=report["item_diff_1d_delta"] or "n/a",
+            item_diff_7d=report["item_diff_7d_delta"] or "n/a",
+            run_time=report["datagen_run_time"],
+        )
+    if page.records:
+        context.update_cursor(page.cursor)
+    return SkipReason(f"queued {len(page.records)} summaries")
+
+
+@schedule(
+    job=datagen_job,
+    cron_schedule="30 8 * * *",
+    execution_timezone=APP_TIMEZONE,
+    description="Fallback at 08:30 Asia/Kolkata: yesterday's datagen if it has not run and its raw data is complete.",
+)
+def datagen_fallback_schedule(context: ScheduleEvaluationContext, storage: StorageResource):
+    now = context.scheduled_execution_time or dt.datetime.now(dt.UTC)
+    day = last_complete_day(now)
+    done = context.instance.get_materialized_partitions(datagen_monitoring_report.key)
+    if day in done:
+        return SkipReason(f"{day} already materialized")
+    if not storage.store.exists(storage.store.raw_success_file(day)):
+        return SkipReason(f"{day}: success file missing (the freshness sensor alerts)")
+    return RunRequest(partition_key=day, run_key=f"fallback:{day}", tags={"recsys/trigger": "fallback_schedule"})
+
+
+datagen_sensors = [raw_success_file_sensor, raw_data_freshness_sensor, monitoring_summary_sensor]
+datagen_schedules = [datagen_fallback_schedule]
