@@ -1,9 +1,11 @@
-"""The asset checks of every domain, as one Definitions to merge with the assets they judge."""
+"""The asset checks of the model and serving domains, as one Definitions to merge with the assets they judge.
+
+The datagen checks are declared by the datagen assets themselves and judged per day as each day is written
+(recsys_assets/datagen/day_checks.py): a range run must give each day its own evaluation."""
 
 from dagster import Definitions
 
-from checks.datagen_checks import datagen_checks
 from checks.model_checks import model_checks
 from checks.serving_checks import serving_checks
 
-defs = Definitions(asset_checks=[*datagen_checks, *model_checks, *serving_checks])
+defs = Definitions(asset_checks=[*model_checks, *serving_checks])

@@ -9,7 +9,7 @@ import math
 
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
 
-from checks.gating import gate, judged_version
+from recsys_assets.core.gating import gate, judged_version
 from recsys_assets.core.metadata import md_table
 from recsys_assets.core.partitions import daily_partitions
 from recsys_assets.indexes.assets import cold_start_index, retrieval_index
@@ -22,7 +22,6 @@ from recsys_assets.training.artifacts import (
     ArtifactDir,
 )
 from recsys_assets.training.assets import ranker_model, retrieval_model, vocab
-from recsys_assets.training.ranker import ranker_gate
 from resources.storage import StorageResource
 
 
@@ -66,6 +65,8 @@ def vocab_oov_rate_within_limits(context: AssetCheckExecutionContext, storage: S
     "the same validation events by more than ranker_max_auc_drop.",
 )
 def ranker_auc_gate(context: AssetCheckExecutionContext, storage: StorageResource) -> AssetCheckResult:
+    from recsys_assets.training.ranker import ranker_gate
+
     day = context.partition_key
     version, metrics = _judged(storage, RANKER_MODEL, day, "metrics.json")
     ok, rows = ranker_gate(metrics)

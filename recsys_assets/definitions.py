@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from dagster import Definitions, EnvVar
+from dagster import Definitions, EnvVar, in_process_executor
 
 import checks.definitions as checks_definitions
 import recsys_assets.alerts.definitions as alerts
@@ -83,9 +83,14 @@ def default_resources() -> dict:
     }
 
 
-def build_defs(resources: dict) -> Definitions:
-    """Every domain's definitions with these resources."""
-    return Definitions.merge(*(domain.defs for domain in DOMAINS), Definitions(resources=resources))
+def build_defs(resources: dict, executor=in_process_executor) -> Definitions:
+    """Every domain's definitions with these resources.
+
+    Runs execute their steps in one process (the in-process executor) unless a job says otherwise: a datagen run's
+    steps then share one Spark session (a JVM start costs seconds per step process), a range run's steps pay the
+    code location's import once, and training steps are one at a time anyway (the training pool). Measured in
+    docs/benchmarks.md (backfill)."""
+    return Definitions.merge(*(domain.defs for domain in DOMAINS), Definitions(resources=resources, executor=executor))
 
 
 defs = build_defs(default_resources())

@@ -32,6 +32,19 @@ def run_job(job_name: str, day: str, instance, resources: dict, asset_selection=
     )
 
 
+def run_range(job_name: str, first: str, last: str, instance, resources: dict, asset_selection=None):
+    """One run over the partition key range [first, last] (what a backfill launches with a range policy)."""
+    job = defs_with(resources).resolve_job_def(job_name)
+    return job.execute_in_process(
+        instance=instance,
+        raise_on_error=False,
+        run_config=QUIET,
+        asset_selection=asset_selection,
+        # the run tags a backfill with a range policy sets (Dagster exports no public constant for them)
+        tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
+    )
+
+
 def run_day(day, instance, resources, config_path: str | None = None):
     """datagen_job for one day (every datagen asset and check), optionally with another datagen YAML."""
     if config_path:
@@ -68,6 +81,14 @@ def run_checks_only(check_defs, day, instance, resources):
             )
         )
     return _CheckRun(out)
+
+
+def judge_day_checks(names, day, resources):
+    """Re-judge these datagen day checks on the day's version under check, shaped like a run result."""
+    from recsys_assets.datagen.day_checks import judge_day_check
+
+    res = {**default_resources(), **resources}
+    return _CheckRun([judge_day_check(name, res["storage"].store, day, spark=res.get("spark")) for name in names])
 
 
 def check_results(result) -> dict[str, bool]:

@@ -15,13 +15,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 from dagster import SensorResult, SkipReason, build_sensor_context
 
-from checks.datagen_checks import new_items_1d
 from recsys_assets.alerts.sensors import check_failure_sensor, notification_delivery_sensor, run_failure_alert_sensor
 from recsys_assets.datagen.automation import monitoring_summary_sensor, overdue_days, raw_success_file_sensor
-from resources.config_files import ConfigFilesResource
 from resources.notifier import NotifierResource
-from resources.storage import DatasetStore, StorageResource
-from tests.dagster_helpers import defs_with, run_checks_only
+from tests.dagster_helpers import defs_with, judge_day_checks
 from tests.test_checks import _commit_report
 
 # The project's Definitions: the alert sensors read the checks to watch from them.
@@ -121,11 +118,11 @@ def test_overdue_days_after_due_plus_grace():
 def _store_failed_evaluation(instance, partition: str, description: str, metadata: dict | None = None) -> None:
     """Record a failed new_items_1d evaluation in the instance's event log (as a runless check evaluation: the same
     execution record a run's check step leaves)."""
-    from dagster import AssetCheckEvaluation, AssetCheckSeverity
+    from dagster import AssetCheckEvaluation, AssetCheckSeverity, AssetKey
 
     instance.report_runless_asset_event(
         AssetCheckEvaluation(
-            asset_key=new_items_1d.check_key.asset_key,
+            asset_key=AssetKey("datagen_monitoring_report"),
             check_name="new_items_1d",
             passed=False,
             severity=AssetCheckSeverity.WARN,
@@ -142,7 +139,7 @@ def _failing_check_evaluation(store, instance, resources):
     _commit_report(
         store, "2024-03-02", yesterday[10:] + [f"n{i}" for i in range(10)], np.full(1000, 5.0), prev_ids=yesterday
     )
-    res = run_checks_only([new_items_1d], "2024-03-02", instance, resources).get_asset_check_evaluations()[0]
+    res = judge_day_checks(["new_items_1d"], "2024-03-02", resources).get_asset_check_evaluations()[0]
     assert not res.passed
     _store_failed_evaluation(instance, "2024-03-02", res.description, res.metadata)
 
@@ -348,42 +345,81 @@ def test_failed_run_sends_an_error_notification(store, instance, resources, tmp_
     assert "Run failed" in hook.bodies[0]["text"] and "partition: 2024-03-02" in hook.bodies[0]["text"]
 
 
-def test_successful_datagen_run_requests_training_for_the_same_day(instance, tmp_path):
-    """The training_job of a day starts when that day's datagen run succeeds (one request per datagen run), once
-    the window has enough committed training_events days to train on (min_window_days of training.yaml)."""
-    from dagster import DagsterEventType, asset, build_run_status_sensor_context, materialize
+def _datagen_day(instance, day: str, embedding_join_passed: bool) -> None:
+    """What a datagen run leaves in the instance for a day (as the range runner reports it): training_events
+    materialized with its blocking check evaluations pointing at it, and, for a day that passed, the report."""
+    from dagster import AssetCheckEvaluation, AssetCheckSeverity, AssetKey, AssetMaterialization
 
-    from recsys_assets.training.automation import training_after_datagen_sensor
-    from tests.model_data import populate
+    from recsys_assets.core.dagster_compat import latest_materialization_target
 
-    @asset
-    def probe():
-        return 1
-
-    store = DatasetStore(str(tmp_path / "data"))
-    days = [f"2024-03-{d:02d}" for d in range(1, 7)]
-    populate(store, days, events_per_day=300)
-
-    def evaluate(day):
-        # A real successful run of the day (the sensor reads its partition tag and run id).
-        done = materialize([probe], instance=instance, tags={"dagster/partition": day})
-        success = next(e for e in done.all_events if e.event_type == DagsterEventType.RUN_SUCCESS)
-        run = instance.get_run_by_id(done.run_id)
-        ctx = build_run_status_sensor_context(
-            sensor_name="training_after_datagen_sensor",
-            dagster_instance=instance,
-            dagster_run=run,
-            dagster_event=success,
-            resources={"storage": StorageResource(data_root=store.root_uri), "config_files": ConfigFilesResource()},
+    key = AssetKey("training_events")
+    instance.report_runless_asset_event(AssetMaterialization(key, partition=day))
+    target = latest_materialization_target(instance, key, day)
+    for check in ("embedding_join_item_loss", "training_events_expectations"):
+        instance.report_runless_asset_event(
+            AssetCheckEvaluation(
+                asset_key=key,
+                check_name=check,
+                passed=embedding_join_passed or check != "embedding_join_item_loss",
+                severity=AssetCheckSeverity.ERROR,
+                partition=day,
+                target_materialization_data=target,
+            )
         )
-        return run, training_after_datagen_sensor(ctx)
+    if embedding_join_passed:  # the report step runs only after training_events passed
+        instance.report_runless_asset_event(AssetMaterialization("datagen_monitoring_report", partition=day))
 
-    run, request = evaluate("2024-03-06")  # 5 committed days before it: min_window_days met
-    assert request.partition_key == "2024-03-06"
-    assert request.run_key == f"training:2024-03-06:{run.run_id}"
-    assert [t.job_name for t in training_after_datagen_sensor.targets] == ["training_job"]
-    _, skipped = evaluate("2024-03-01")  # nothing before the first day: no run that could only fail
-    assert "no committed training_events in the 7 days before 2024-03-01" in skipped.skip_message
-    _, short = evaluate("2024-03-04")  # 3 days before it: below min_window_days, named day by day
-    assert "only 3 of the 7 days before 2024-03-04" in short.skip_message
-    assert "2024-02-26: missing" in short.skip_message
+
+def test_automation_trains_a_day_whose_datagen_passed_and_not_one_withheld(instance):
+    """Declarative Automation (the daemon's evaluation, through Dagster's public evaluation API): a newly
+    materialized day whose blocking checks passed starts its training; a day whose blocking check failed does not;
+    nothing is requested twice; serving waits for the models' own blocking checks."""
+    import datetime as dt
+
+    from dagster import AssetKey, AssetSelection, evaluate_automation_conditions
+
+    defs = DEFS
+    now = dt.datetime(2024, 3, 4, 6, 0, tzinfo=dt.UTC)  # 2024-03-03 (Asia/Kolkata) is the newest complete day
+    selection = AssetSelection.groups("training", "indexes", "evaluation", "serving")
+    first = evaluate_automation_conditions(defs, instance, asset_selection=selection, evaluation_time=now)
+    assert first.total_requested == 0  # nothing upstream happened: nothing to do (no run per missing day)
+
+    _datagen_day(instance, "2024-03-02", embedding_join_passed=True)
+    _datagen_day(instance, "2024-03-03", embedding_join_passed=False)
+    second = evaluate_automation_conditions(
+        defs, instance, asset_selection=selection, evaluation_time=now, cursor=first.cursor
+    )
+    for asset in ("vocab", "ranker_model", "retrieval_model", "cold_start_index"):
+        assert second.get_requested_partitions(AssetKey(asset)) == {"2024-03-02"}, asset
+    # The index waits for the model's blocking recall gate, serving for every model check: not in this tick.
+    for asset in ("retrieval_index", "offline_evaluation", "model_repository", "feed"):
+        assert second.get_num_requested(AssetKey(asset)) == 0, asset
+
+    third = evaluate_automation_conditions(
+        defs, instance, asset_selection=selection, evaluation_time=now, cursor=second.cursor
+    )
+    assert third.total_requested == 0  # requested once; in flight or done, never again for the same update
+
+
+def test_the_run_sensors_that_chained_jobs_are_gone():
+    """Training and serving start by Declarative Automation; the sensors are the external signals and alerts."""
+    names = {s.name for s in DEFS.sensors}
+    assert not names & {"training_after_datagen_sensor", "serving_after_training_sensor"}
+    assert {"raw_success_file_sensor", "check_failure_sensor", "impressions_log_sensor"} <= names
+    automation = next(s for s in DEFS.sensors if s.name == "training_and_serving_automation")
+    assert automation.default_status.value == "RUNNING"
+    graph = DEFS.resolve_asset_graph()
+    automated = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).automation_condition}
+    assert automated == {
+        "vocab",
+        "ranker_model",
+        "retrieval_model",
+        "retrieval_index",
+        "cold_start_index",
+        "offline_evaluation",
+        "model_repository",
+        "model_promotion",
+        "serving_config",
+        "feed",
+        "feature_skew_report",
+    }

@@ -12,17 +12,11 @@ import pytest
 import yaml
 from dagster import AssetKey
 
-from checks.datagen_checks import (
-    events_items_delta_1d_7d,
-    item_age_bucket_delta_7d,
-    new_items_1d,
-    training_events_expectations,
-)
 from recsys_assets.core.datasets import publish_partition
 from recsys_assets.datagen.config import DEFAULT_CONFIG_PATH, load_datagen_spec
 from recsys_assets.datagen.monitoring import build_report
 from tests.conftest import DAYS
-from tests.dagster_helpers import check_results, run_checks_only, run_day
+from tests.dagster_helpers import check_results, judge_day_checks, run_day
 
 pytestmark = pytest.mark.slow
 
@@ -93,7 +87,7 @@ def test_expectations_fail_on_bad_training_rows(instance, resources, store):
     store.write_json_atomic(store.version_path("training_events", day, v, "stats.json"), stats)
     publish_partition(store, "training_events", day, v)
 
-    result = run_checks_only([training_events_expectations], day, instance, resources)
+    result = judge_day_checks(["training_events_expectations"], day, resources)
     ev = result.get_asset_check_evaluations()[0]
     assert not ev.passed
     for failed in (
@@ -123,12 +117,12 @@ def test_events_items_delta_fails_against_a_very_different_previous_day(instance
     stats = store.read_json(store.committed_path("training_events", day, "stats.json"))
     # Yesterday's committed version: half today's events, same items.
     _commit_stats(store, "training_events", DAYS[0], {**stats, "num_final_rows": stats["num_final_rows"] // 2})
-    result = run_checks_only([events_items_delta_1d_7d], day, instance, resources)
+    result = judge_day_checks(["events_items_delta_1d_7d"], day, resources)
     ev = result.get_asset_check_evaluations()[0]
     assert not ev.passed and "events 1d +" in ev.description and "items 1d" not in ev.description
     # Within the threshold: passes.
     _commit_stats(store, "training_events", DAYS[0], {**stats, "num_final_rows": int(stats["num_final_rows"] * 0.97)})
-    assert run_checks_only([events_items_delta_1d_7d], day, instance, resources).get_asset_check_evaluations()[0].passed
+    assert judge_day_checks(["events_items_delta_1d_7d"], day, resources).get_asset_check_evaluations()[0].passed
     # A newer version of yesterday that is withheld (staged, failed) is no baseline: the committed one still is.
     v = store.new_version()
     store.write_json_atomic(
@@ -136,7 +130,7 @@ def test_events_items_delta_fails_against_a_very_different_previous_day(instance
     )
     publish_partition(store, "training_events", DAYS[0], v)
     store.record_verdict("training_events", DAYS[0], v, "embedding_join_item_loss", False)
-    assert run_checks_only([events_items_delta_1d_7d], day, instance, resources).get_asset_check_evaluations()[0].passed
+    assert judge_day_checks(["events_items_delta_1d_7d"], day, resources).get_asset_check_evaluations()[0].passed
 
 
 def _commit_report(store, day, item_ids, ages, prev_ids=None, prev_7d=None):
@@ -171,7 +165,7 @@ def test_item_age_bucket_delta_7d(instance, resources, store, shift, passes):
     ages = base_ages.copy()
     ages[: int(shift * 1000)] = 0.5
     _commit_report(store, "2024-03-02", [f"i{i}" for i in range(1000)], ages, prev_7d=week_ago)
-    ev = run_checks_only([item_age_bucket_delta_7d], "2024-03-02", instance, resources).get_asset_check_evaluations()[0]
+    ev = judge_day_checks(["item_age_bucket_delta_7d"], "2024-03-02", resources).get_asset_check_evaluations()[0]
     assert ev.passed is passes
     if not passes:
         assert "(0.0, 1.0]" in ev.description
@@ -182,6 +176,6 @@ def test_new_items_1d(instance, resources, store, n_new, passes):
     yesterday = [f"i{i}" for i in range(1000)]
     today = yesterday[n_new:] + [f"new{i}" for i in range(n_new)]
     _commit_report(store, "2024-03-02", today, np.full(1000, 5.0), prev_ids=yesterday)
-    ev = run_checks_only([new_items_1d], "2024-03-02", instance, resources).get_asset_check_evaluations()[0]
+    ev = judge_day_checks(["new_items_1d"], "2024-03-02", resources).get_asset_check_evaluations()[0]
     assert ev.passed is passes
     assert ev.metadata["new_items_pct_1d"].value == pytest.approx(100 * n_new / 1000)

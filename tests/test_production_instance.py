@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import AssetCheckKey, AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 
 from tests.conftest import DAYS, PG_DSN
 from tests.waiting import file_size, tail, wait_until
@@ -137,6 +137,6 @@ def test_daemon_sensor_tick_queues_datagen_and_postgres_holds_runs_events_checks
 
 
 def _check_keys():
-    from checks.datagen_checks import datagen_checks
+    from recsys_assets.datagen.day_checks import DAY_CHECKS
 
-    return [k for c in datagen_checks for k in c.check_keys]
+    return [AssetCheckKey(AssetKey(c.dataset), c.name) for c in DAY_CHECKS]

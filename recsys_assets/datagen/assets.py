@@ -1,31 +1,33 @@
 """Datagen assets: raw events -> filtered_events -> training_events -> datagen_monitoring_report.
 
-Each asset is a thin wrapper: resolve resources, the partition's day and config, hand the Spark stage to the
-Spark resource (or call the pure functions), publish the written version (recsys_assets/core/store_dirs.py), and
-report rich metadata.
+Each asset is a thin wrapper: resolve resources, the run's days and config, and for each day hand the Spark stage
+to the Spark resource (or call the pure functions), publish the written version (recsys_assets/core/store_dirs.py)
+and report rich metadata. A run may cover a range of days (a backfill): recsys_assets/datagen/ranges.py processes
+them in date order in one Spark session, judging each day with the asset's checks (day_checks.py) before the next.
 """
 
 import datetime as dt
 
 from dagster import (
     AssetExecutionContext,
+    AssetSpec,
     Config,
-    MaterializeResult,
     MetadataValue,
-    asset,
+    multi_asset,
 )
 from pydantic import Field
 
 from recsys_assets.core.datasets import DATASETS, FILTERED_EVENTS, MONITORING_REPORT, TRAINING_EVENTS
 from recsys_assets.core.metadata import column_schema, md_table, numeric_metadata
-from recsys_assets.core.partitions import PER_DAY, daily_partitions, shift_day
+from recsys_assets.core.partitions import DATAGEN_BACKFILL, daily_partitions, shift_day
 from recsys_assets.core.store_dirs import PartitionVersion
-from recsys_assets.datagen.config import load_datagen_spec
+from recsys_assets.datagen.config import TrainingEventsSpec, load_datagen_spec
+from recsys_assets.datagen.day_checks import check_specs
 from recsys_assets.datagen.monitoring import build_report
 from recsys_assets.datagen.quarantine import QUARANTINE_REASONS, judge_input_losses
+from recsys_assets.datagen.ranges import DayWritten, run_days
 from recsys_assets.datagen.raw_sources import raw_asset_key
 from recsys_assets.datagen.stages import read_final_items, stage_job
-from recsys_assets.datagen.training_events import TrainingEventsSpec
 from resources.config_files import ConfigFilesResource
 from resources.spark import SparkResource
 from resources.storage import DatasetStore, StorageResource
@@ -51,21 +53,46 @@ def _gate_metadata(dataset: str) -> dict:
     }
 
 
-@asset(
-    partitions_def=daily_partitions,
-    group_name="datagen",
+def _datagen_asset(name: str, deps: list, kinds: set[str], description: str):
+    """A datagen asset: daily partitioned, range runs per DATAGEN_BACKFILL, its day checks declared with it."""
+    return multi_asset(
+        specs=[
+            AssetSpec(
+                name,
+                deps=deps,
+                group_name="datagen",
+                kinds=kinds,
+                description=description,
+                partitions_def=daily_partitions,
+            )
+        ],
+        name=name,
+        partitions_def=daily_partitions,
+        backfill_policy=DATAGEN_BACKFILL,
+        check_specs=check_specs(name),
+        can_subset=True,  # the check outputs are reported per day (ranges.py), not as one output per run
+    )
+
+
+@_datagen_asset(
+    FILTERED_EVENTS,
     deps=[raw_asset_key("events"), raw_asset_key("items")],
     kinds={"spark", "parquet"},
-    backfill_policy=PER_DAY,
     description="Events after quarantine, language filter, seeded sample and the ordered filter chain of the "
     "datagen YAML, with events/items counts and item loss per stage. Writes events/ (event columns), items/ "
     "(one row per surviving item: catalogue columns, event count, max age) and quarantine/.",
 )
 def filtered_events(
     context: AssetExecutionContext, spark: SparkResource, storage: StorageResource, config_files: ConfigFilesResource
-) -> MaterializeResult:
-    day, store = context.partition_key, storage.store
+):
+    store = storage.store
     spec = load_datagen_spec(config_files.datagen)
+    yield from run_days(
+        context, FILTERED_EVENTS, store, lambda day: _filtered_events_day(context, spark, store, spec, day)
+    )
+
+
+def _filtered_events_day(context, spark: SparkResource, store: DatasetStore, spec, day: str) -> DayWritten:
     out = PartitionVersion.new(store, FILTERED_EVENTS, day, context.run_id)
     stats = spark.run_job(context, stage_job(FILTERED_EVENTS, store, day, out.version, spec))
     out.publish(row_count=stats["num_events_post_filters"])
@@ -90,8 +117,10 @@ def filtered_events(
         stats["num_unique_items_post_filters"],
         stats["num_quarantined_events"],
     )
-    return MaterializeResult(
-        metadata={
+    return DayWritten(
+        out.version,
+        stats,
+        {
             "dagster/row_count": MetadataValue.int(stats["num_events_post_filters"]),
             "dagster/column_schema": column_schema(stats["schema"]),
             "items_column_schema": column_schema(stats["items_schema"]),
@@ -109,16 +138,14 @@ def filtered_events(
             "version": out.version,
             **_gate_metadata(FILTERED_EVENTS),
             **numeric_metadata(stats),
-        }
+        },
     )
 
 
-@asset(
-    partitions_def=daily_partitions,
-    group_name="datagen",
+@_datagen_asset(
+    TRAINING_EVENTS,
     deps=[filtered_events, raw_asset_key("item_embeddings"), raw_asset_key("users")],
     kinds={"spark", "parquet"},
-    backfill_policy=PER_DAY,
     description="Training rows: filtered events on items with a valid 128-d content embedding, with the latest "
     "user features, nulls filled and float features normalised; plus the final items table (catalogue columns, "
     "item-level normalised features, embedding), stored once per item rather than on every event.",
@@ -129,14 +156,25 @@ def training_events(
     spark: SparkResource,
     storage: StorageResource,
     config_files: ConfigFilesResource,
-) -> MaterializeResult:
-    day, store = context.partition_key, storage.store
+):
+    store = storage.store
     te_spec = {
         "normalized_columns": list(config.normalized_columns),
         "log_columns": list(config.log_columns),
         "string_fill": config.string_fill,
         "float_fill": config.float_fill,
     }
+    spec = load_datagen_spec(config_files.datagen)
+    yield from run_days(
+        context,
+        TRAINING_EVENTS,
+        store,
+        lambda day: _training_events_day(context, spark, store, spec, te_spec, day),
+        spark=spark,
+    )
+
+
+def _training_events_day(context, spark: SparkResource, store: DatasetStore, spec, te_spec: dict, day: str):
     filter_stats = store.read_json(store.committed_path(FILTERED_EVENTS, day, "stats.json"))
     out = PartitionVersion.new(store, TRAINING_EVENTS, day, context.run_id)
     job = stage_job(
@@ -144,14 +182,16 @@ def training_events(
         store,
         day,
         out.version,
-        load_datagen_spec(config_files.datagen),
+        spec,
         {"training_events_spec": te_spec},
     )
     stats = spark.run_job(context, job)
     out.publish(row_count=stats["num_final_rows"])
     normalization = stats["normalization"]
-    return MaterializeResult(
-        metadata={
+    return DayWritten(
+        out.version,
+        stats,
+        {
             "dagster/row_count": MetadataValue.int(stats["num_final_rows"]),
             "dagster/column_schema": column_schema(stats["schema"]),
             "items_column_schema": column_schema(stats["items_schema"]),
@@ -175,7 +215,7 @@ def training_events(
             "version": out.version,
             **_gate_metadata(TRAINING_EVENTS),
             **numeric_metadata(stats),
-        }
+        },
     )
 
 
@@ -185,20 +225,24 @@ def read_committed_report(store: DatasetStore, day: str) -> dict | None:
     return store.read_json(store.committed_path(MONITORING_REPORT, day, "report.json"))
 
 
-@asset(
-    partitions_def=daily_partitions,
-    group_name="datagen",
+@_datagen_asset(
+    MONITORING_REPORT,
     deps=[training_events],
     kinds={"python", "json"},
-    backfill_policy=PER_DAY,
     description="Production's daily monitoring dict: filter-stage losses, embedding-join loss, item-age buckets "
     "with 7-day deltas, new/common items vs yesterday, item diffs 1d/7d, run time. JSON next to the data.",
 )
 def datagen_monitoring_report(
     context: AssetExecutionContext, storage: StorageResource, config_files: ConfigFilesResource
-) -> MaterializeResult:
-    day, store = context.partition_key, storage.store
+):
+    store = storage.store
     spec = load_datagen_spec(config_files.datagen)
+    yield from run_days(
+        context, MONITORING_REPORT, store, lambda day: _monitoring_report_day(context, store, spec, day)
+    )
+
+
+def _monitoring_report_day(context, store: DatasetStore, spec, day: str) -> DayWritten:
     filter_stats = store.read_json(store.committed_path(FILTERED_EVENTS, day, "stats.json"))
     join_stats = store.read_json(store.committed_path(TRAINING_EVENTS, day, "stats.json"))
     items = read_final_items(store, day, ["item_id", "item_age_days"])
@@ -230,8 +274,10 @@ def datagen_monitoring_report(
 
     buckets = report["item_age_buckets"]
     share_delta = report["item_age_bucket_share_delta_pp_7d"] or {}
-    return MaterializeResult(
-        metadata={
+    return DayWritten(
+        out.version,
+        report,
+        {
             "item_age_buckets": md_table(
                 ["bucket (days)", "items", "7d delta", "share delta 7d (pp)"],
                 [
@@ -273,7 +319,7 @@ def datagen_monitoring_report(
                     )
                 }
             ),
-        }
+        },
     )
 
 

@@ -7,6 +7,7 @@ string column, an `in_set` on a number column), is rejected with the filter's na
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -199,3 +200,20 @@ def parse_datagen_spec(raw: dict, source: str = "<dict>") -> DatagenSpec:
 def load_datagen_spec(path: str | None = None) -> DatagenSpec:
     """Load and validate the datagen YAML (default: the packaged recsys_assets/config/datagen.yaml)."""
     return load_config_file(path or DEFAULT_CONFIG_PATH, DatagenSpec, "datagen", DatagenConfigError)
+
+
+@dataclass(frozen=True)
+class TrainingEventsSpec:
+    """What the join normalises and fills. Column names refer to the training_events output."""
+
+    normalized_columns: tuple[str, ...] = (
+        "play_duration_s",
+        "item_video_length_s",
+        "item_age_days",
+        "user_tenure_days",
+        "watch_ratio",
+    )
+    # log1p before standardising: durations and ages are heavy-tailed.
+    log_columns: tuple[str, ...] = ("play_duration_s", "item_video_length_s", "user_tenure_days")
+    string_fill: str = "unknown"
+    float_fill: float = 0.0

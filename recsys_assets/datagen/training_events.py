@@ -16,26 +16,10 @@ from pyspark.sql import functions as F
 
 from recsys_assets.core.partitions import US_PER_DAY
 from recsys_assets.core.schemas import EMBEDDING_DIM
+from recsys_assets.datagen.config import TrainingEventsSpec  # noqa: F401 (re-exported: the join's spec)
 from recsys_assets.datagen.filter_chain import BROADCAST_ROW_LIMIT, ITEM_ATTRIBUTE_COLUMNS, first_row_per_key
 
 EMBEDDING_REJECT_REASONS = ("null_item_id", "wrong_length", "non_finite_value", "duplicate_item_id")
-
-
-@dataclass(frozen=True)
-class TrainingEventsSpec:
-    """What the join normalises and fills. Column names refer to the training_events output."""
-
-    normalized_columns: tuple[str, ...] = (
-        "play_duration_s",
-        "item_video_length_s",
-        "item_age_days",
-        "user_tenure_days",
-        "watch_ratio",
-    )
-    # log1p before standardising: durations and ages are heavy-tailed.
-    log_columns: tuple[str, ...] = ("play_duration_s", "item_video_length_s", "user_tenure_days")
-    string_fill: str = "unknown"
-    float_fill: float = 0.0
 
 
 def embedding_validity(embeddings: DataFrame) -> DataFrame:

@@ -2,11 +2,9 @@
 new or rarely seen items), both FAISS inner-product indexes with their row -> item_id table."""
 
 import time
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pandas as pd
-import pyarrow as pa
-from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
 from recsys_assets.core.metadata import md_table, numeric_metadata
@@ -16,26 +14,18 @@ from recsys_assets.datagen.assets import training_events
 from recsys_assets.datagen.raw_inputs import read_raw_table
 from recsys_assets.datagen.raw_sources import raw_asset_key
 from recsys_assets.datagen.stages import read_final_items
-from recsys_assets.indexes.faiss_index import (
-    IndexSpec,
-    build_ip_index,
-    cold_start_candidates,
-    l2_normalize,
-    recall_vs_exact,
-    search,
-    serialize,
-    valid_embeddings,
-)
 from recsys_assets.training.artifacts import COLD_START_INDEX, RETRIEVAL_INDEX, RETRIEVAL_MODEL, ArtifactDir
 from recsys_assets.training.assets import retrieval_model
+from recsys_assets.training.automation import TRAIN_AFTER_DATAGEN, TRAIN_AFTER_VOCAB
 from recsys_assets.training.config import load_training_spec
-from recsys_assets.training.features import build_item_catalog, count_tokens
-from recsys_assets.training.loader import BatchEncoder, committed_events_dataset
-from recsys_assets.training.models import TowerConfig, TwoTower
-from recsys_assets.training.retrieval import evaluation_queries, item_vectors, query_vectors
 from recsys_assets.training.windows import training_window, window_dep
 from resources.config_files import ConfigFilesResource
 from resources.storage import StorageResource
+
+if TYPE_CHECKING:  # annotations only: the modules load where they are used
+    import numpy as np
+
+    from recsys_assets.indexes.faiss_index import IndexSpec
 
 
 class IndexConfig(Config):
@@ -45,11 +35,15 @@ class IndexConfig(Config):
     recall_k: int = Field(default=50, description="k for the index's recall against exact search.")
     max_recall_queries: int = Field(default=2_000, description="Validation-day users used to measure index recall.")
 
-    def spec(self) -> IndexSpec:
+    def spec(self) -> "IndexSpec":
+        from recsys_assets.indexes.faiss_index import IndexSpec
+
         return IndexSpec(ivf_min_items=self.ivf_min_items, nlist=self.nlist, nprobe=self.nprobe)
 
 
-def _queries_per_s(index, queries: np.ndarray, k: int) -> float:
+def _queries_per_s(index, queries: "np.ndarray", k: int) -> float:
+    from recsys_assets.indexes.faiss_index import search
+
     if len(queries) == 0:
         return 0.0
     t0 = time.perf_counter()
@@ -59,6 +53,7 @@ def _queries_per_s(index, queries: np.ndarray, k: int) -> float:
 
 @asset(
     partitions_def=daily_partitions,
+    automation_condition=TRAIN_AFTER_VOCAB,
     group_name="indexes",
     deps=[retrieval_model, window_dep(training_events)],
     kinds={"faiss"},
@@ -70,6 +65,16 @@ def _queries_per_s(index, queries: np.ndarray, k: int) -> float:
 def retrieval_index(
     context: AssetExecutionContext, config: IndexConfig, storage: StorageResource, config_files: ConfigFilesResource
 ) -> MaterializeResult:
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    from recsys_assets.indexes.faiss_index import build_ip_index, recall_vs_exact, serialize
+    from recsys_assets.training.features import build_item_catalog
+    from recsys_assets.training.loader import BatchEncoder, committed_events_dataset
+    from recsys_assets.training.models import TowerConfig, TwoTower
+    from recsys_assets.training.retrieval import evaluation_queries, item_vectors, query_vectors
+
     day, store = context.partition_key, storage.store
     spec = load_training_spec(config_files.training)
     model_dir = ArtifactDir.committed(store, RETRIEVAL_MODEL, day)
@@ -129,8 +134,14 @@ def retrieval_index(
 
 @asset(
     partitions_def=daily_partitions,
+    automation_condition=TRAIN_AFTER_DATAGEN,
     group_name="indexes",
-    deps=[raw_asset_key("items"), raw_asset_key("item_embeddings"), window_dep(training_events)],
+    deps=[
+        raw_asset_key("items"),
+        raw_asset_key("item_embeddings"),
+        window_dep(training_events),
+        AssetKey("datagen_monitoring_report"),  # the day's datagen finished: what starts it
+    ],
     kinds={"faiss"},
     backfill_policy=PER_DAY,
     description="FAISS inner-product index over the L2-normalised 128-d content embeddings of approved items that "
@@ -140,6 +151,22 @@ def retrieval_index(
 def cold_start_index(
     context: AssetExecutionContext, config: IndexConfig, storage: StorageResource, config_files: ConfigFilesResource
 ) -> MaterializeResult:
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    from recsys_assets.indexes.faiss_index import (
+        build_ip_index,
+        cold_start_candidates,
+        l2_normalize,
+        recall_vs_exact,
+        search,
+        serialize,
+        valid_embeddings,
+    )
+    from recsys_assets.training.features import count_tokens
+    from recsys_assets.training.loader import committed_events_dataset
+
     day, store = context.partition_key, storage.store
     spec = load_training_spec(config_files.training)
     window = training_window(store, day, spec.window_days)

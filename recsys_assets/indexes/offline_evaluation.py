@@ -19,6 +19,7 @@ from recsys_assets.training.artifacts import (
     ArtifactDir,
 )
 from recsys_assets.training.assets import ranker_model, retrieval_model
+from recsys_assets.training.automation import TRAIN_AFTER_VOCAB
 from resources.storage import StorageResource
 
 
@@ -58,6 +59,7 @@ def build_evaluation_report(
 
 @asset(
     partitions_def=daily_partitions,
+    automation_condition=TRAIN_AFTER_VOCAB,
     group_name="evaluation",
     deps=[ranker_model, retrieval_model, retrieval_index, cold_start_index],
     kinds={"python", "json"},

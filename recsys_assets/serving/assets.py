@@ -6,9 +6,8 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-import pyarrow.dataset as pads
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
 from recsys_assets.core.datasets import DATASETS, FEATURE_SKEW_REPORT, ONLINE_EVALUATION
@@ -19,17 +18,6 @@ from recsys_assets.datagen.assets import training_events
 from recsys_assets.datagen.stages import TRAINING_EVENTS, read_final_items
 from recsys_assets.indexes.assets import cold_start_index, retrieval_index
 from recsys_assets.serving import registry
-from recsys_assets.serving.feed import USER_COLUMNS, ensure_feed_table, generate_feed, publish_feed, stratified_users
-from recsys_assets.serving.model_repository import (
-    export_release,
-    item_features_table,
-    load_release,
-    release_fingerprint,
-    release_versions,
-    repository_path,
-    source_versions,
-)
-from recsys_assets.serving.online_eval import online_metrics, read_raw_plays
 from recsys_assets.serving.serving_config import (
     arm_of_buckets,
     latest_config,
@@ -40,14 +28,15 @@ from recsys_assets.serving.serving_config import (
     user_buckets,
     validate_serving_config,
 )
-from recsys_assets.serving.skew import feature_skew
 from recsys_assets.training.artifacts import RANKER_MODEL, RETRIEVAL_INDEX, RETRIEVAL_MODEL, ArtifactDir
 from recsys_assets.training.assets import ranker_model, retrieval_model
-from recsys_assets.training.features import build_item_catalog
-from recsys_assets.training.loader import committed_events_dataset
+from recsys_assets.training.automation import SERVE_NEWEST_DAY
 from resources.config_files import ConfigFilesResource
 from resources.postgres import PostgresResource
 from resources.storage import StorageResource
+
+if TYPE_CHECKING:  # annotations only: the modules load where they are used
+    import pandas as pd
 
 SERVING_GROUP = "serving"
 
@@ -81,6 +70,7 @@ def blocking_check_results(store, day: str) -> dict[str, bool]:
 
 
 @asset(
+    automation_condition=SERVE_NEWEST_DAY,
     partitions_def=daily_partitions,
     group_name=SERVING_GROUP,
     deps=[ranker_model, retrieval_model, retrieval_index, cold_start_index],
@@ -95,6 +85,15 @@ def model_repository(
     config_files: ConfigFilesResource,
     postgres: PostgresResource,
 ) -> MaterializeResult:
+    from recsys_assets.serving.model_repository import (
+        export_release,
+        item_features_table,
+        release_fingerprint,
+        repository_path,
+        source_versions,
+    )
+    from recsys_assets.training.features import build_item_catalog
+
     day, store = context.partition_key, storage.store
     spec = load_serving_spec(config_files.serving)
     sources = source_versions(store, day)
@@ -159,6 +158,7 @@ def model_repository(
 
 
 @asset(
+    automation_condition=SERVE_NEWEST_DAY,
     partitions_def=daily_partitions,
     group_name=SERVING_GROUP,
     deps=[model_repository],
@@ -173,6 +173,8 @@ def model_promotion(
     config_files: ConfigFilesResource,
     postgres: PostgresResource,
 ) -> MaterializeResult:
+    from recsys_assets.serving.model_repository import release_fingerprint, source_versions
+
     day, store = context.partition_key, storage.store
     spec = load_serving_spec(config_files.serving)
     checks = blocking_check_results(store, day)
@@ -235,12 +237,15 @@ def publish_serving_config(store, conn, spec) -> tuple[dict, list[str]]:
 
 def serving_config_problems(store, conn, cfg: dict) -> list[str]:
     """validate_serving_config against what the registry and the model repository hold now."""
+    from recsys_assets.serving.model_repository import release_versions
+
     registered = {v.version for v in registry.list_versions(conn, cfg["model_name"])}
     production = registry.production_version(conn, cfg["model_name"])
     return validate_serving_config(cfg, registered, set(release_versions(store)), production)
 
 
 @asset(
+    automation_condition=SERVE_NEWEST_DAY,
     partitions_def=daily_partitions,
     group_name=SERVING_GROUP,
     deps=[model_promotion],
@@ -283,8 +288,11 @@ def serving_config(
     )
 
 
-def active_users(store, day: str) -> pd.DataFrame:
+def active_users(store, day: str) -> "pd.DataFrame":
     """Distinct users with events on the day and their latest attributes."""
+    from recsys_assets.serving.feed import USER_COLUMNS
+    from recsys_assets.training.loader import committed_events_dataset
+
     t = committed_events_dataset(store, [day]).to_table(columns=[*USER_COLUMNS, "event_ts"])
     df = t.to_pandas().sort_values("event_ts", kind="stable")
     return (
@@ -296,6 +304,7 @@ def active_users(store, day: str) -> pd.DataFrame:
 
 
 @asset(
+    automation_condition=SERVE_NEWEST_DAY,
     partitions_def=daily_partitions,
     group_name=SERVING_GROUP,
     deps=[serving_config, training_events],
@@ -309,6 +318,11 @@ def feed(
     config_files: ConfigFilesResource,
     postgres: PostgresResource,
 ) -> MaterializeResult:
+    import pandas as pd
+
+    from recsys_assets.serving.feed import ensure_feed_table, generate_feed, publish_feed, stratified_users
+    from recsys_assets.serving.model_repository import load_release
+
     day, store = context.partition_key, storage.store
     spec = load_serving_spec(config_files.serving)
     cfg = latest_config(store)
@@ -366,8 +380,10 @@ def feed(
     )
 
 
-def _read_parquet_dir(store, path: str, what: str) -> pd.DataFrame:
+def _read_parquet_dir(store, path: str, what: str) -> "pd.DataFrame":
     import posixpath
+
+    import pyarrow.dataset as pads
 
     if not store.exists(posixpath.join(path, "_SUCCESS")):
         raise Failure(f"{what} not found (no _SUCCESS under {path}); the serving side's log export writes it")
@@ -375,6 +391,7 @@ def _read_parquet_dir(store, path: str, what: str) -> pd.DataFrame:
 
 
 @asset(
+    automation_condition=SERVE_NEWEST_DAY,
     partitions_def=daily_partitions,
     group_name=SERVING_GROUP,
     deps=[training_events],
@@ -385,6 +402,11 @@ def _read_parquet_dir(store, path: str, what: str) -> pd.DataFrame:
 def feature_skew_report(
     context: AssetExecutionContext, storage: StorageResource, config_files: ConfigFilesResource
 ) -> MaterializeResult:
+    import pandas as pd
+
+    from recsys_assets.serving.skew import feature_skew
+    from recsys_assets.training.loader import committed_events_dataset
+
     day, store = context.partition_key, storage.store
     spec = load_serving_spec(config_files.serving).skew
     online = _read_parquet_dir(store, log_path(spec.online_feature_log, store, day), "online feature log")
@@ -435,6 +457,10 @@ def feature_skew_report(
 def online_evaluation(
     context: AssetExecutionContext, storage: StorageResource, config_files: ConfigFilesResource
 ) -> MaterializeResult:
+    import pandas as pd
+
+    from recsys_assets.serving.online_eval import online_metrics, read_raw_plays
+
     day, store = context.partition_key, storage.store
     spec = load_serving_spec(config_files.serving).online_evaluation
     impressions = _read_parquet_dir(store, log_path(spec.impressions_log, store, day), "impressions log")

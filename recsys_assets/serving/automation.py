@@ -1,46 +1,23 @@
-"""What starts serving: the day's serving_job when its training run succeeds, and online_evaluation when the
-serving side's impressions log for the day lands."""
+"""What starts online_evaluation: the serving side's impressions log for a day landing. (The day's serving assets
+are started by Declarative Automation once its models passed their blocking checks: serving/assets.py.)"""
 
 import datetime as dt
 import posixpath
 
 import pyarrow.fs as pafs
 from dagster import (
-    DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
-    RunStatusSensorContext,
     SensorEvaluationContext,
     SkipReason,
-    run_status_sensor,
     sensor,
 )
 
 from recsys_assets.core.partitions import last_complete_day
-from recsys_assets.serving.jobs import online_evaluation_job, serving_job
+from recsys_assets.serving.jobs import online_evaluation_job
 from recsys_assets.serving.serving_config import load_serving_spec, log_path
-from recsys_assets.training.jobs import training_job
 from resources.config_files import ConfigFilesResource
 from resources.storage import StorageResource
-
-
-@run_status_sensor(
-    run_status=DagsterRunStatus.SUCCESS,
-    monitored_jobs=[training_job],
-    request_job=serving_job,
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Starts serving_job (export, register, promote, A/B config, feed) for a day when its training run "
-    "succeeds; a training run that failed a blocking model check never gets here.",
-)
-def serving_after_training_sensor(context: RunStatusSensorContext):
-    day = context.dagster_run.tags.get("dagster/partition")
-    if not day:
-        return SkipReason(f"training run {context.dagster_run.run_id} has no partition")
-    return RunRequest(
-        partition_key=day,
-        run_key=f"serving:{day}:{context.dagster_run.run_id}",
-        tags={"recsys/trigger": "training_success"},
-    )
 
 
 @sensor(

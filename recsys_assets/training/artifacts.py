@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import TYPE_CHECKING
 
 from recsys_assets.core.datasets import (  # noqa: F401 (re-exported: the artifact datasets' names)
     COLD_START_INDEX,
@@ -19,8 +20,10 @@ from recsys_assets.core.datasets import (  # noqa: F401 (re-exported: the artifa
 )
 from recsys_assets.core.partitions import shift_day
 from recsys_assets.core.store_dirs import PartitionVersion, StoreDir
-from recsys_assets.training.features import Vocab
 from resources.storage import DatasetStore
+
+if TYPE_CHECKING:  # annotations only: the modules load where they are used
+    from recsys_assets.training.features import Vocab
 
 
 def write_vocab(directory: StoreDir, vocab: Vocab, moments: dict) -> None:
@@ -30,6 +33,8 @@ def write_vocab(directory: StoreDir, vocab: Vocab, moments: dict) -> None:
 
 
 def read_vocab(directory: StoreDir) -> tuple[Vocab, dict]:
+    from recsys_assets.training.features import Vocab
+
     return Vocab.from_table(directory.read_table("vocab.parquet")), directory.read_json("feature_moments.json")
 
 

@@ -6,9 +6,8 @@ config/training.yaml), so every model carries next-day metrics that the blocking
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import pandas as pd
-import torch
 from dagster import (
     AssetDep,
     AssetExecutionContext,
@@ -33,43 +32,16 @@ from recsys_assets.training.artifacts import (
     fingerprint,
     latest_committed_before,
 )
+from recsys_assets.training.automation import TRAIN_AFTER_DATAGEN, TRAIN_AFTER_VOCAB
 from recsys_assets.training.config import RANKER_TASKS, TrainingSpec, load_training_spec
-from recsys_assets.training.features import (
-    DENSE_FEATURES,
-    Vocab,
-    build_item_catalog,
-    build_vocab,
-    count_tokens,
-    dense_moments,
-    oov_rates,
-)
-from recsys_assets.training.loader import BatchEncoder, committed_events_dataset
-from recsys_assets.training.models import MMoERanker, RankerConfig
-from recsys_assets.training.ranker import (
-    RankerHyper,
-    export_program,
-    ranker_example_inputs,
-    ranker_gate,
-    score_ranker,
-    task_aucs,
-    task_positive_rates,
-    train_ranker,
-)
-from recsys_assets.training.retrieval import (
-    ItemTowerModule,
-    QueryTowerModule,
-    RetrievalHyper,
-    evaluate_retrieval,
-    evaluation_queries,
-    item_vectors,
-    query_vectors,
-    train_two_tower,
-)
-from recsys_assets.training.trainer import CheckpointStore
 from recsys_assets.training.windows import TrainingWindow, window_dep, window_for
 from resources.config_files import ConfigFilesResource
 from resources.storage import DatasetStore, StorageResource
 from resources.training import TrainingResource
+
+if TYPE_CHECKING:  # annotations only: the modules load where they are used
+    from recsys_assets.training.loader import BatchEncoder
+    from recsys_assets.training.trainer import CheckpointStore
 
 
 class RankerTrainingConfig(Config):
@@ -95,10 +67,14 @@ class RetrievalTrainingConfig(Config):
 
 
 def _catalog(store, window: TrainingWindow):
+    from recsys_assets.training.features import build_item_catalog
+
     return build_item_catalog([read_final_items(store, d) for d in [*window.train_days, window.validation_day]])
 
 
 def _encoder(store, window: TrainingWindow, vocab_dir: ArtifactDir, spec):
+    from recsys_assets.training.loader import BatchEncoder
+
     vocab, moments = vocab_dir.read_vocab()
     return BatchEncoder(vocab, moments, _catalog(store, window), spec.labels)
 
@@ -119,11 +95,13 @@ class _ModelInputs:
     spec: TrainingSpec
     window: TrainingWindow
     vocab_dir: ArtifactDir
-    encoder: BatchEncoder
+    encoder: "BatchEncoder"
 
-    def checkpoints(self, asset_name: str, hyper, settings, *extra) -> tuple[str, CheckpointStore]:
+    def checkpoints(self, asset_name: str, hyper, settings, *extra) -> tuple[str, "CheckpointStore"]:
         """Checkpoint dir keyed by everything that determines the weights (not the device): a retried run of the
         same config and data resumes; any other config starts fresh."""
+        from recsys_assets.training.trainer import CheckpointStore
+
         fp = fingerprint(
             hyper,
             {k: v for k, v in settings.__dict__.items() if k not in ("device", "num_threads")},
@@ -157,7 +135,7 @@ class _ModelInputs:
         programs: dict[str, bytes],
         metrics: dict,
         training_info: dict,
-        checkpoints: CheckpointStore,
+        checkpoints: "CheckpointStore",
         manifest_metrics: dict | None = None,
     ) -> ArtifactDir:
         """Write a model partition (weights, config, exported programs, the vocab it was trained with, metrics,
@@ -207,10 +185,13 @@ def _model_inputs(
 
 @asset(
     partitions_def=daily_partitions,
+    automation_condition=TRAIN_AFTER_DATAGEN,
     group_name="training",
     # Self-dependency on the previous day: ids extend yesterday's vocab, so backfills run days in order.
     deps=[
         window_dep(training_events),
+        # The day's datagen finished (its report is written from a committed training_events day): what starts it.
+        AssetKey("datagen_monitoring_report"),
         AssetDep(
             AssetKey("vocab"),
             partition_mapping=TimeWindowPartitionMapping(
@@ -227,6 +208,16 @@ def _model_inputs(
 def vocab(
     context: AssetExecutionContext, storage: StorageResource, config_files: ConfigFilesResource
 ) -> MaterializeResult:
+    from recsys_assets.training.features import (
+        DENSE_FEATURES,
+        Vocab,
+        build_vocab,
+        count_tokens,
+        dense_moments,
+        oov_rates,
+    )
+    from recsys_assets.training.loader import committed_events_dataset
+
     day, store = context.partition_key, storage.store
     spec = load_training_spec(config_files.training)
     window = window_for(store, day, spec)
@@ -277,6 +268,10 @@ def vocab(
 def _previous_ranker_aucs(inputs: _ModelInputs, max_rows: int, log) -> tuple[str | None, dict]:
     """The last model that passed its own AUC gate (the one serving), scored on this validation day with its own
     vocabulary and this run's item catalogue: a same-data comparison. A failed model is never the baseline."""
+    from recsys_assets.training.loader import BatchEncoder, committed_events_dataset
+    from recsys_assets.training.models import MMoERanker, RankerConfig
+    from recsys_assets.training.ranker import ranker_gate, score_ranker, task_aucs
+
     store, day = inputs.store, inputs.day
     prev_day = day
     for _ in range(30):
@@ -300,6 +295,7 @@ def _previous_ranker_aucs(inputs: _ModelInputs, max_rows: int, log) -> tuple[str
 
 @asset(
     partitions_def=daily_partitions,
+    automation_condition=TRAIN_AFTER_VOCAB,
     group_name="training",
     deps=[vocab, window_dep(training_events)],
     kinds={"pytorch"},
@@ -316,6 +312,17 @@ def ranker_model(
     training: TrainingResource,
     config_files: ConfigFilesResource,
 ) -> MaterializeResult:
+    from recsys_assets.training.loader import committed_events_dataset
+    from recsys_assets.training.ranker import (
+        RankerHyper,
+        export_program,
+        ranker_example_inputs,
+        score_ranker,
+        task_aucs,
+        task_positive_rates,
+        train_ranker,
+    )
+
     inputs = _model_inputs(context, storage, config_files)
     day, store, spec, window, encoder = inputs.day, inputs.store, inputs.spec, inputs.window, inputs.encoder
     hyper = RankerHyper(
@@ -382,6 +389,7 @@ def ranker_model(
 
 @asset(
     partitions_def=daily_partitions,
+    automation_condition=TRAIN_AFTER_VOCAB,
     group_name="training",
     deps=[vocab, window_dep(training_events)],
     kinds={"pytorch"},
@@ -398,6 +406,22 @@ def retrieval_model(
     training: TrainingResource,
     config_files: ConfigFilesResource,
 ) -> MaterializeResult:
+    import pandas as pd
+    import torch
+
+    from recsys_assets.training.loader import committed_events_dataset
+    from recsys_assets.training.ranker import export_program
+    from recsys_assets.training.retrieval import (
+        ItemTowerModule,
+        QueryTowerModule,
+        RetrievalHyper,
+        evaluate_retrieval,
+        evaluation_queries,
+        item_vectors,
+        query_vectors,
+        train_two_tower,
+    )
+
     inputs = _model_inputs(context, storage, config_files)
     day, store, spec, window, encoder = inputs.day, inputs.store, inputs.spec, inputs.window, inputs.encoder
     hyper = RetrievalHyper(

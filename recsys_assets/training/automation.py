@@ -1,40 +1,58 @@
-"""What starts training: a day's training_job when that day's datagen run succeeds."""
+"""What starts training and serving: Declarative Automation conditions on the assets (no run-status sensors).
 
-from dagster import (
-    DagsterRunStatus,
-    DefaultSensorStatus,
-    RunRequest,
-    RunStatusSensorContext,
-    SkipReason,
-    run_status_sensor,
-)
+A day's training starts when that day's datagen has finished (its datagen_monitoring_report partition was
+updated: the report is written only from a committed training_events day, so a day withheld by a failed blocking
+check never starts training), nothing upstream is still running (a range backfill finishes first) and the day is
+not already running; the models, indexes and evaluation of the day follow in the same run. It covers the last
+RECSYS_AUTOMATION_LOOKBACK_DAYS days (default 60), so a datagen backfill of past days retrains those days, not only
+the newest. Only the listed trigger assets start a day: a change to another day inside a training window does not
+retrain every later day, and the vocab's dependency on the previous day orders days without chaining them.
+`all_deps_blocking_checks_passed` keeps a day whose models failed a blocking check (AUC, recall gates) from serving.
+Dagster caveat: for a window dependency that condition holds when *any* day of the window passed, hence the
+report trigger for the day itself (docs/backfills.md).
+"""
 
-from recsys_assets.datagen.jobs import datagen_job
-from recsys_assets.training.config import load_training_spec
-from recsys_assets.training.jobs import training_job
-from recsys_assets.training.windows import NoTrainingDataError, window_for
-from resources.config_files import ConfigFilesResource
-from resources.storage import StorageResource
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+from dagster import AssetSelection, AutomationCondition
+
+AUTOMATION_LOOKBACK_DAYS = int(os.environ.get("RECSYS_AUTOMATION_LOOKBACK_DAYS", "60"))
 
 
-@run_status_sensor(
-    run_status=DagsterRunStatus.SUCCESS,
-    monitored_jobs=[datagen_job],
-    request_job=training_job,
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Starts training_job for a day when its datagen run succeeds (models for day D validate on D).",
-)
-def training_after_datagen_sensor(
-    context: RunStatusSensorContext, storage: StorageResource, config_files: ConfigFilesResource
-):
-    run = context.dagster_run
-    day = run.tags.get("dagster/partition")
-    if not day:
-        return SkipReason(f"datagen run {run.run_id} has no partition")
-    try:  # the first days of a deployment have nothing to train on yet: skip, don't start a run that must fail
-        window_for(storage.store, day, load_training_spec(config_files.training))
-    except NoTrainingDataError as e:
-        return SkipReason(str(e))
-    return RunRequest(
-        partition_key=day, run_key=f"training:{day}:{run.run_id}", tags={"recsys/trigger": "datagen_success"}
+def after_upstream(
+    triggers: AssetSelection, lookback_days: int | None = AUTOMATION_LOOKBACK_DAYS, all_deps_present: bool = False
+) -> AutomationCondition:
+    """Requested when a trigger dependency was updated (or is requested in the same tick) since the partition was
+    last handled, upstream blocking checks passed, nothing upstream or here is in progress; over the last
+    `lookback_days` days (None: the newest day only)."""
+    window = AutomationCondition.in_latest_time_window(
+        lookback_delta=dt.timedelta(days=lookback_days) if lookback_days else None
     )
+    trigger = (
+        AutomationCondition.any_deps_match(
+            AutomationCondition.newly_updated() | AutomationCondition.will_be_requested()
+        )
+        .allow(triggers)
+        .since_last_handled()
+    )
+    condition = (
+        window
+        & trigger
+        & AutomationCondition.all_deps_blocking_checks_passed()
+        & ~AutomationCondition.any_deps_in_progress()
+        & ~AutomationCondition.in_progress()
+    )
+    if all_deps_present:
+        condition = condition & ~AutomationCondition.any_deps_missing()
+    return condition.with_label("upstream updated and its blocking checks passed")
+
+
+# The day's datagen finished (vocab, cold-start index).
+TRAIN_AFTER_DATAGEN = after_upstream(AssetSelection.assets("datagen_monitoring_report"))
+# The day's vocab / models / indexes updated (ranker, retrieval, retrieval index, offline evaluation).
+TRAIN_AFTER_VOCAB = after_upstream(AssetSelection.groups("training", "indexes"))
+# Serving: the newest day only, once every input of the day is there (a backfill must not re-promote old models).
+SERVE_NEWEST_DAY = after_upstream(AssetSelection.all(), lookback_days=None, all_deps_present=True)

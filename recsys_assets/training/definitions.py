@@ -1,9 +1,18 @@
-"""Training's definitions: vocab and both models, the training job and the sensor that starts it."""
+"""Training's definitions: vocab and both models, the training job for manual runs, and the Declarative Automation
+sensor that evaluates the training, index, evaluation and serving assets' conditions (automation.py)."""
 
-from dagster import Definitions
+from dagster import AssetSelection, AutomationConditionSensorDefinition, DefaultSensorStatus, Definitions
 
 from recsys_assets.training.assets import training_assets
-from recsys_assets.training.automation import training_after_datagen_sensor
 from recsys_assets.training.jobs import training_job
 
-defs = Definitions(assets=training_assets, jobs=[training_job], sensors=[training_after_datagen_sensor])
+automation_sensor = AutomationConditionSensorDefinition(
+    "training_and_serving_automation",
+    target=AssetSelection.groups("training", "indexes", "evaluation", "serving"),
+    default_status=DefaultSensorStatus.RUNNING,  # on from the first `make ui` / production deploy
+    minimum_interval_seconds=30,
+    description="Starts a day's training once its datagen passed its blocking checks (last 60 days, so backfills "
+    "retrain), and the newest day's serving once its models passed theirs.",
+)
+
+defs = Definitions(assets=training_assets, jobs=[training_job], sensors=[automation_sensor])

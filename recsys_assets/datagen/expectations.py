@@ -1,11 +1,11 @@
-"""great-expectations 1.x suites for training_events, run on Spark DataFrames (no rows leave Spark)."""
+"""great-expectations 1.x suites for training_events, run on Spark DataFrames (no rows leave Spark).
+
+great_expectations is imported where a suite is built (seconds of import): loading the code location must not
+pay for it."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-
-import great_expectations as gx
-from great_expectations.data_context.types.base import ProgressBarsConfig
 
 from recsys_assets.core.schemas import EMBEDDING_DIM
 
@@ -23,9 +23,11 @@ EVENT_TYPES = {
 }
 
 
-def _finite_rows(columns: list[str], what: str) -> gx.expectations.UnexpectedRowsExpectation:
+def _finite_rows(columns: list[str], what: str):
     """Rows where any of `columns` is null, NaN or infinite: a poisoned moment makes a whole normalised column
     non-finite, so this fails the day whatever let the bad value in."""
+    import great_expectations as gx
+
     bad = " OR ".join(f"{c} IS NULL OR isnan({c}) OR abs({c}) = double('Infinity')" for c in columns)
     return gx.expectations.UnexpectedRowsExpectation(
         description=f"every {what} is finite", unexpected_rows_query=f"SELECT * FROM {{batch}} WHERE {bad}"
@@ -36,7 +38,9 @@ def normalized_columns(columns: list[str]) -> list[str]:
     return [c for c in columns if c.endswith("_norm")]
 
 
-def training_events_suite(max_item_age_days: float, columns: list[str] | None = None) -> gx.ExpectationSuite:
+def training_events_suite(max_item_age_days: float, columns: list[str] | None = None):
+    import great_expectations as gx
+
     E = gx.expectations
     suite = gx.ExpectationSuite("training_events")
     if norm := normalized_columns(columns or []):
@@ -57,7 +61,9 @@ def training_events_suite(max_item_age_days: float, columns: list[str] | None = 
     return suite
 
 
-def items_suite(columns: list[str] | None = None) -> gx.ExpectationSuite:
+def items_suite(columns: list[str] | None = None):
+    import great_expectations as gx
+
     E = gx.expectations
     suite = gx.ExpectationSuite("training_items")
     if norm := normalized_columns(columns or []):
@@ -80,9 +86,12 @@ def items_suite(columns: list[str] | None = None) -> gx.ExpectationSuite:
     return suite
 
 
-def validate(frames: dict[str, tuple[object, Callable[[], gx.ExpectationSuite]]]) -> list[dict]:
+def validate(frames: dict[str, tuple[object, Callable[[], object]]]) -> list[dict]:
     """Validate each Spark DataFrame against the suite its factory builds (suites need a live context, so
     they are built after it); one summary row per expectation."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
     source = ctx.data_sources.add_spark("recsys_spark")
