@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export RECSYS_DATA_ROOT ?= $(CURDIR)/data
 
-.PHONY: demo test test-fast lint ui install clean dataproc-package
+.PHONY: demo demo-real test test-fast lint ui install clean dataproc-package
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
 	$(PY) -m recsys_assets.demo
+
+# MovieLens latest-small (../shared/realdata) laid out as 10 daily logs: import, datagen, training + evaluation,
+# in its own instance and data root (docs/real_data.md).
+demo-real: $(STAMP)
+	DAGSTER_HOME=$(CURDIR)/.dagster_home_real RECSYS_DATA_ROOT=$(CURDIR)/data-real $(PY) -m recsys_assets.demo --dataset movielens
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra --timeout=900 tests

@@ -7,7 +7,21 @@ import os
 from dagster import BackfillPolicy, DailyPartitionsDefinition, TimeWindow
 
 APP_TIMEZONE = "Asia/Kolkata"
-PARTITIONS_START = "2024-01-01"
+
+
+def _partitions_start() -> str:
+    """The first day of the partitions: a deployment setting (RECSYS_PARTITIONS_START, an ISO date), read when the
+    code location loads; data of earlier days is outside every asset (re-lay it, recsys-import --start-date)."""
+    import datetime as dt
+
+    value = os.environ.get("RECSYS_PARTITIONS_START", "2024-01-01")
+    try:
+        return dt.date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise ValueError(f"RECSYS_PARTITIONS_START must be an ISO date (YYYY-MM-DD), got {value!r}") from None
+
+
+PARTITIONS_START = _partitions_start()
 US_PER_DAY = 86_400_000_000
 
 daily_partitions = DailyPartitionsDefinition(start_date=PARTITIONS_START, timezone=APP_TIMEZONE)
@@ -30,8 +44,22 @@ def window_micros(window: TimeWindow) -> tuple[int, int]:
     return int(window.start.timestamp()) * 1_000_000, int(window.end.timestamp()) * 1_000_000
 
 
+class DayOutsidePartitionsError(ValueError):
+    """A day before the first partition (RECSYS_PARTITIONS_START)."""
+
+
+def check_day(day: str) -> str:
+    """`day` if it is a partition of this deployment, else an error that says which setting decides."""
+    if day < PARTITIONS_START:
+        raise DayOutsidePartitionsError(
+            f"day {day} is before the first partition {PARTITIONS_START} (RECSYS_PARTITIONS_START): set it earlier, "
+            "or lay the data onto later days"
+        )
+    return day
+
+
 def window_of(day: str) -> TimeWindow:
-    return daily_partitions.time_window_for_partition_key(day)
+    return daily_partitions.time_window_for_partition_key(check_day(day))
 
 
 def shift_day(day: str, days: int) -> str:

@@ -111,3 +111,13 @@ def latest_raw_day(store: DatasetStore, table: str, day: str) -> str:
     if not days:
         raise RawInputError(f"raw {table}: no snapshot on or before {day} under {store.path('raw', table)}")
     return days[-1]
+
+
+def write_raw_day(store: DatasetStore, day: str, tables: dict[str, pa.Table], write_success: bool = True) -> None:
+    """Write one day's raw tables, then (last, as upstream does) its success file."""
+    for name, table in tables.items():
+        d = store.raw_partition_path(name, day)
+        store.fs.create_dir(d, recursive=True)
+        pq.write_table(table, f"{d}/part-00000.parquet", filesystem=store.fs, row_group_size=256_000)
+    if write_success:
+        store.write_bytes_atomic(store.raw_success_file(day), f"{day} complete\n".encode())

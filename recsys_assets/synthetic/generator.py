@@ -15,7 +15,6 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from recsys_assets.core.schemas import (
     EMBEDDING_DIM,
@@ -24,6 +23,7 @@ from recsys_assets.core.schemas import (
     RAW_ITEMS,
     RAW_USERS,
 )
+from recsys_assets.datagen.raw_inputs import write_raw_day
 from resources.storage import DatasetStore
 
 APP_TZ = ZoneInfo("Asia/Kolkata")
@@ -259,16 +259,6 @@ def _generate_day(world: _World, day_index: int, day: str, rng: np.random.Genera
         schema=RAW_USERS,
     )
     return {"events": events, "items": items_tbl, "item_embeddings": emb_tbl, "users": users_tbl}
-
-
-def write_raw_day(store: DatasetStore, day: str, tables: dict[str, pa.Table], write_success: bool = True) -> None:
-    """Write one day's raw tables, then (last, as upstream does) its success file."""
-    for name, table in tables.items():
-        d = store.raw_partition_path(name, day)
-        store.fs.create_dir(d, recursive=True)
-        pq.write_table(table, f"{d}/part-00000.parquet", filesystem=store.fs, row_group_size=256_000)
-    if write_success:
-        store.write_bytes_atomic(store.raw_success_file(day), f"{day} complete\n".encode())
 
 
 def generate(store: DatasetStore, cfg: SyntheticConfig, write_success: bool = True) -> dict[str, dict[str, int]]:
