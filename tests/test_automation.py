@@ -384,13 +384,20 @@ def test_automation_trains_a_day_whose_datagen_passed_and_not_one_withheld(insta
     first = evaluate_automation_conditions(defs, instance, asset_selection=selection, evaluation_time=now)
     assert first.total_requested == 0  # nothing upstream happened: nothing to do (no run per missing day)
 
-    _datagen_day(instance, "2024-03-02", embedding_join_passed=True)
-    _datagen_day(instance, "2024-03-03", embedding_join_passed=False)
+    import datetime as dtm
+
+    # 2024-02-23 .. 03-02 through datagen and passed; 03-03 withheld (failed embedding_join_item_loss).
+    days = [(dtm.date(2024, 2, 23) + dtm.timedelta(days=i)).isoformat() for i in range(10)]
+    for day in days[:-1]:
+        _datagen_day(instance, day, embedding_join_passed=True)
+    _datagen_day(instance, days[-1], embedding_join_passed=False)
     second = evaluate_automation_conditions(
         defs, instance, asset_selection=selection, evaluation_time=now, cursor=first.cursor
     )
+    # 03-01 and 03-02 have their whole 7-day window through datagen: both train (a backfill's past days too);
+    # 02-29's window lacks 02-22 (nothing to train on yet: no run that could only fail); 03-03 was withheld.
     for asset in ("vocab", "ranker_model", "retrieval_model", "cold_start_index"):
-        assert second.get_requested_partitions(AssetKey(asset)) == {"2024-03-02"}, asset
+        assert second.get_requested_partitions(AssetKey(asset)) == {"2024-03-01", "2024-03-02"}, asset
     # The index waits for the model's blocking recall gate, serving for every model check: not in this tick.
     for asset in ("retrieval_index", "offline_evaluation", "model_repository", "feed"):
         assert second.get_num_requested(AssetKey(asset)) == 0, asset

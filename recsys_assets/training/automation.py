@@ -23,7 +23,10 @@ AUTOMATION_LOOKBACK_DAYS = int(os.environ.get("RECSYS_AUTOMATION_LOOKBACK_DAYS",
 
 
 def after_upstream(
-    triggers: AssetSelection, lookback_days: int | None = AUTOMATION_LOOKBACK_DAYS, all_deps_present: bool = False
+    triggers: AssetSelection,
+    lookback_days: int | None = AUTOMATION_LOOKBACK_DAYS,
+    all_deps_present: bool = False,
+    present: AssetSelection | None = None,
 ) -> AutomationCondition:
     """Requested when a trigger dependency was updated (or is requested in the same tick) since the partition was
     last handled, upstream blocking checks passed, nothing upstream or here is in progress; over the last
@@ -47,11 +50,18 @@ def after_upstream(
     )
     if all_deps_present:
         condition = condition & ~AutomationCondition.any_deps_missing()
+    elif present is not None:  # every partition of these dependencies materialized (e.g. a whole training window)
+        condition = condition & ~AutomationCondition.any_deps_match(AutomationCondition.missing()).allow(present)
     return condition.with_label("upstream updated and its blocking checks passed")
 
 
-# The day's datagen finished (vocab, cold-start index).
-TRAIN_AFTER_DATAGEN = after_upstream(AssetSelection.assets("datagen_monitoring_report"))
+# The day's datagen finished (vocab, cold-start index), and every day of its training window has been through
+# datagen (committed or withheld): the first days of a deployment, or a week after a day that never arrived, start no
+# training run that could only fail for want of data (the freshness sensor alerts the missing day; a run launched
+# by hand trains on the usable days, min_window_days of training.yaml).
+TRAIN_AFTER_DATAGEN = after_upstream(
+    AssetSelection.assets("datagen_monitoring_report"), present=AssetSelection.assets("training_events")
+)
 # The day's vocab / models / indexes updated (ranker, retrieval, retrieval index, offline evaluation).
 TRAIN_AFTER_VOCAB = after_upstream(AssetSelection.groups("training", "indexes"))
 # Serving: the newest day only, once every input of the day is there (a backfill must not re-promote old models).
