@@ -75,34 +75,60 @@ def _dead_url() -> str:
     return f"http://127.0.0.1:{port}/hook?token=SECRET-TOKEN-123"
 
 
-def test_success_file_sensor_requests_exactly_one_run_per_new_file(store, instance, resources):
+def _apply(instance, result: SensorResult) -> None:
+    """What the daemon does with a sensor result's asset events: store them in the instance."""
+    for event in result.asset_events:
+        instance.report_runless_asset_event(event)
+
+
+def test_success_file_sensor_reports_each_new_file_once_and_automation_runs_its_day(store, instance, resources):
+    from dagster import AssetKey, AssetSelection, evaluate_automation_conditions
+
+    datagen = AssetSelection.groups("datagen")
+    now = dt.datetime(2024, 3, 6, 6, 0, tzinfo=dt.UTC)
+    idle = evaluate_automation_conditions(DEFS, instance, asset_selection=datagen, evaluation_time=now)
+    assert idle.total_requested == 0  # no raw day reported: nothing to run
+
     with build_sensor_context(instance=instance, definitions=DEFS, resources=resources) as ctx:
         first = raw_success_file_sensor(ctx)
-    assert isinstance(first, SensorResult)
-    assert [r.partition_key for r in first.run_requests] == ["2024-03-01", "2024-03-02", "2024-03-03"]
-    assert len({r.run_key for r in first.run_requests}) == 3
+    assert isinstance(first, SensorResult) and not first.run_requests  # automation runs datagen, not the sensor
     assert len(first.asset_events) == 3 * 4  # raw events/items/embeddings/users per day
+    assert sorted({e.partition for e in first.asset_events}) == ["2024-03-01", "2024-03-02", "2024-03-03"]
+    _apply(instance, first)
+    tick = evaluate_automation_conditions(
+        DEFS, instance, asset_selection=datagen, evaluation_time=now, cursor=idle.cursor
+    )
+    for asset in ("filtered_events", "training_events", "datagen_monitoring_report"):  # one tick: one run per range
+        assert tick.get_requested_partitions(AssetKey(asset)) == {"2024-03-01", "2024-03-02", "2024-03-03"}, asset
 
     with build_sensor_context(instance=instance, definitions=DEFS, resources=resources, cursor=first.cursor) as ctx:
         again = raw_success_file_sensor(ctx)
     assert isinstance(again, SkipReason)
+    # The next tick sees its own requests as handled and asks for nothing more.
+    settled = evaluate_automation_conditions(
+        DEFS, instance, asset_selection=datagen, evaluation_time=now, cursor=tick.cursor
+    )
+    assert settled.total_requested == 0
 
-    # A new day's success file: exactly one run, for that day.
+    # A new day's success file: that day only. A file that is not a day is ignored.
     store.write_bytes_atomic(store.raw_success_file("2024-03-04"), b"done")
-    # A file that is not a day is ignored.
     store.write_bytes_atomic(store.raw_success_file("README"), b"x")
     with build_sensor_context(instance=instance, definitions=DEFS, resources=resources, cursor=first.cursor) as ctx:
         new = raw_success_file_sensor(ctx)
-    assert [r.partition_key for r in new.run_requests] == ["2024-03-04"]
+    assert {e.partition for e in new.asset_events} == {"2024-03-04"}
 
-    # Upstream re-delivers 2024-03-02 (rewritten file): one rerun with a new run key.
+    # Upstream re-delivers 2024-03-02 (rewritten file): reported again, so automation reruns that day.
     path = store.raw_success_file("2024-03-02")
     st = os.stat(path)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     with build_sensor_context(instance=instance, definitions=DEFS, resources=resources, cursor=new.cursor) as ctx:
         redo = raw_success_file_sensor(ctx)
-    assert [r.partition_key for r in redo.run_requests] == ["2024-03-02"]
-    assert redo.run_requests[0].run_key not in {r.run_key for r in first.run_requests}
+    assert {e.partition for e in redo.asset_events} == {"2024-03-02"}
+    _apply(instance, redo)
+    rerun = evaluate_automation_conditions(
+        DEFS, instance, asset_selection=datagen, evaluation_time=now, cursor=settled.cursor
+    )
+    assert rerun.get_requested_partitions(AssetKey("filtered_events")) == {"2024-03-02"}
 
 
 def test_overdue_days_after_due_plus_grace():
@@ -413,11 +439,14 @@ def test_the_run_sensors_that_chained_jobs_are_gone():
     names = {s.name for s in DEFS.sensors}
     assert not names & {"training_after_datagen_sensor", "serving_after_training_sensor"}
     assert {"raw_success_file_sensor", "check_failure_sensor", "impressions_log_sensor"} <= names
-    automation = next(s for s in DEFS.sensors if s.name == "training_and_serving_automation")
+    automation = next(s for s in DEFS.sensors if s.name == "declarative_automation")
     assert automation.default_status.value == "RUNNING"
     graph = DEFS.resolve_asset_graph()
     automated = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).automation_condition}
     assert automated == {
+        "filtered_events",
+        "training_events",
+        "datagen_monitoring_report",
         "vocab",
         "ranker_model",
         "retrieval_model",

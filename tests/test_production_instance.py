@@ -24,9 +24,18 @@ REPO = Path(__file__).resolve().parents[1]
 WEBHOOK_SECRET = "hooks-secret-0b7e4d"
 
 
+def _datagen_runs(instance: DagsterInstance, statuses=None) -> list:
+    """Runs of the datagen assets, whatever job launched them (Declarative Automation uses the asset job)."""
+    return [
+        r
+        for r in instance.get_runs(RunsFilter(statuses=statuses) if statuses else None)
+        if r.asset_selection and AssetKey("filtered_events") in r.asset_selection
+    ]
+
+
 def _datagen_progress(instance: DagsterInstance, log: Path):
     """What moves while the daemon works: its log (ticks, launches) and the datagen runs' statuses and events."""
-    runs = instance.get_runs(RunsFilter(job_name="datagen_job"))
+    runs = _datagen_runs(instance)
     events = sum(len(instance.get_records_for_run(r.run_id, limit=10_000).records) for r in runs)
     return file_size(log), tuple(r.status for r in runs), events
 
@@ -41,9 +50,7 @@ def _datagen_failed(instance: DagsterInstance, proc: subprocess.Popen, log: Path
         return f"dagster-daemon exited ({proc.returncode})"
     if any(e in tail(log, 200_000) for e in LOAD_ERRORS):
         return "the code location failed to load"
-    bad = instance.get_runs(
-        RunsFilter(job_name="datagen_job", statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED])
-    )
+    bad = _datagen_runs(instance, [DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED])
     return f"datagen run {bad[0].run_id} ended {bad[0].status.value}" if bad else None
 
 
@@ -65,6 +72,9 @@ def test_daemon_sensor_tick_queues_datagen_and_postgres_holds_runs_events_checks
         "RECSYS_ERROR_WEBHOOK_URL": f"http://127.0.0.1:9/error?token={WEBHOOK_SECRET}",
         "RECSYS_INFO_WEBHOOK_URL": f"http://127.0.0.1:9/info?token={WEBHOOK_SECRET}",
         "PYSPARK_PYTHON": sys.executable,
+        # The test's days are in 2024: Declarative Automation's lookback (default 60 days before today) must
+        # reach them.
+        "RECSYS_AUTOMATION_LOOKBACK_DAYS": "3650",
     }
     log = tmp_path / "daemon.log"
     with open(log, "w") as out:
@@ -78,11 +88,10 @@ def test_daemon_sensor_tick_queues_datagen_and_postgres_holds_runs_events_checks
         )
     try:
         instance = DagsterInstance.from_config(str(home))
-        datagen = RunsFilter(job_name="datagen_job", statuses=[DagsterRunStatus.SUCCESS])
         # Waits as long as the daemon and the run make progress (a loaded CI host is slow, not stuck), fails at once
         # when the daemon exits or the run fails.
         runs = wait_until(
-            lambda: instance.get_runs(datagen),
+            lambda: _datagen_runs(instance, [DagsterRunStatus.SUCCESS]),
             lambda: _datagen_progress(instance, log),
             "a successful datagen run",
             stall_s=300,
@@ -99,14 +108,19 @@ def test_daemon_sensor_tick_queues_datagen_and_postgres_holds_runs_events_checks
 
     run = runs[0]
     assert type(instance.run_storage).__name__ == "PostgresRunStorage"
-    assert run.tags["dagster/partition"] == DAYS[0] and run.tags["recsys/trigger"] == "success_file"
-    # Exactly one datagen run: one success file, one request (the run key dedupes later ticks).
-    assert len(instance.get_runs(RunsFilter(job_name="datagen_job"))) == 1
+    # The success-file sensor reported the day's raw inputs; Declarative Automation launched the day's datagen.
+    assert run.tags["dagster/partition"] == DAYS[0]
+    assert run.tags.get("dagster/from_automation_condition") == "true" or "dagster/backfill" in run.tags, run.tags
+    # Exactly one datagen run: one success file, one report, one request (later ticks see it handled).
+    assert len(_datagen_runs(instance)) == 1
+    raw = instance.fetch_materializations(AssetKey(["raw", "events"]), limit=10).records
+    assert [r.partition_key for r in raw] == [DAYS[0]]
 
-    # The tick that requested it, in PostgreSQL schedule storage.
-    state = next(s for s in instance.all_instigator_state() if s.instigator_name == "raw_success_file_sensor")
-    ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id)
-    assert any(run.run_id in t.run_ids for t in ticks)
+    # The sensors' ticks, in PostgreSQL schedule storage.
+    names = {s.instigator_name: s for s in instance.all_instigator_state()}
+    assert {"raw_success_file_sensor", "declarative_automation"} <= set(names)
+    auto = names["declarative_automation"]
+    assert instance.get_ticks(auto.instigator_origin_id, auto.selector_id)
 
     # Materializations and check evaluations of that partition, read back from the PostgreSQL event log.
     mat = instance.get_latest_materialization_event(AssetKey("training_events")).asset_materialization

@@ -17,6 +17,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from recsys_assets.core.automation import after_upstream
 from recsys_assets.core.datasets import DATASETS, FILTERED_EVENTS, MONITORING_REPORT, TRAINING_EVENTS
 from recsys_assets.core.metadata import column_schema, md_table, numeric_metadata
 from recsys_assets.core.partitions import DATAGEN_BACKFILL, daily_partitions, shift_day
@@ -53,6 +54,13 @@ def _gate_metadata(dataset: str) -> dict:
     }
 
 
+# Started by Declarative Automation when the success-file sensor reports a day's raw partitions (or upstream
+# re-delivers them): the day's three assets are requested in one tick and run in one run (their checks are judged
+# inside it, hence the `not_failed` gate: no upstream blocking check failed); a range of days reported at once is
+# launched as a backfill, in range runs of up to RECSYS_DATAGEN_DAYS_PER_RUN days.
+DATAGEN_AFTER_RAW = after_upstream(None, all_deps_present=True, gate="not_failed")
+
+
 def _datagen_asset(name: str, deps: list, kinds: set[str], description: str):
     """A datagen asset: daily partitioned, range runs per DATAGEN_BACKFILL, its day checks declared with it."""
     return multi_asset(
@@ -64,6 +72,7 @@ def _datagen_asset(name: str, deps: list, kinds: set[str], description: str):
                 kinds=kinds,
                 description=description,
                 partitions_def=daily_partitions,
+                automation_condition=DATAGEN_AFTER_RAW,
             )
         ],
         name=name,

@@ -39,11 +39,10 @@ def new_success_files(files: list[tuple[str, int]], seen: dict[str, int]) -> lis
 
 
 @sensor(
-    job=datagen_job,
     minimum_interval_seconds=60,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Requests the datagen run for a day once raw/daily_success_files/<day> exists (once per file "
-    "version), and records the raw inputs' partitions as materialized.",
+    description="Records a day's raw inputs as materialized once raw/daily_success_files/<day> exists (again when "
+    "the file is rewritten); Declarative Automation then runs the day's datagen.",
 )
 def raw_success_file_sensor(context: SensorEvaluationContext, storage: StorageResource):
     seen: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
@@ -51,11 +50,8 @@ def raw_success_file_sensor(context: SensorEvaluationContext, storage: StorageRe
     fresh = new_success_files(files, seen)
     if not fresh:
         return SkipReason(f"no new success files ({len(files)} seen)")
-    run_requests, events = [], []
+    events = []
     for day, mtime in fresh:
-        run_requests.append(
-            RunRequest(partition_key=day, run_key=f"datagen:{day}:{mtime}", tags={"recsys/trigger": "success_file"})
-        )
         events += [
             AssetMaterialization(
                 asset_key=raw_asset_key(t),
@@ -66,7 +62,7 @@ def raw_success_file_sensor(context: SensorEvaluationContext, storage: StorageRe
         ]
         seen[day] = mtime
     keep = dict(sorted(seen.items())[-CURSOR_DAYS_KEPT:])
-    return SensorResult(run_requests=run_requests, asset_events=events, cursor=json.dumps(keep, sort_keys=True))
+    return SensorResult(asset_events=events, cursor=json.dumps(keep, sort_keys=True))
 
 
 def overdue_days(

@@ -14,46 +14,9 @@ report trigger for the day itself (docs/backfills.md).
 
 from __future__ import annotations
 
-import datetime as dt
-import os
+from dagster import AssetSelection
 
-from dagster import AssetSelection, AutomationCondition
-
-AUTOMATION_LOOKBACK_DAYS = int(os.environ.get("RECSYS_AUTOMATION_LOOKBACK_DAYS", "60"))
-
-
-def after_upstream(
-    triggers: AssetSelection,
-    lookback_days: int | None = AUTOMATION_LOOKBACK_DAYS,
-    all_deps_present: bool = False,
-    present: AssetSelection | None = None,
-) -> AutomationCondition:
-    """Requested when a trigger dependency was updated (or is requested in the same tick) since the partition was
-    last handled, upstream blocking checks passed, nothing upstream or here is in progress; over the last
-    `lookback_days` days (None: the newest day only)."""
-    window = AutomationCondition.in_latest_time_window(
-        lookback_delta=dt.timedelta(days=lookback_days) if lookback_days else None
-    )
-    trigger = (
-        AutomationCondition.any_deps_match(
-            AutomationCondition.newly_updated() | AutomationCondition.will_be_requested()
-        )
-        .allow(triggers)
-        .since_last_handled()
-    )
-    condition = (
-        window
-        & trigger
-        & AutomationCondition.all_deps_blocking_checks_passed()
-        & ~AutomationCondition.any_deps_in_progress()
-        & ~AutomationCondition.in_progress()
-    )
-    if all_deps_present:
-        condition = condition & ~AutomationCondition.any_deps_missing()
-    elif present is not None:  # every partition of these dependencies materialized (e.g. a whole training window)
-        condition = condition & ~AutomationCondition.any_deps_match(AutomationCondition.missing()).allow(present)
-    return condition.with_label("upstream updated and its blocking checks passed")
-
+from recsys_assets.core.automation import after_upstream
 
 # The day's datagen finished (vocab, cold-start index), and every day of its training window has been through
 # datagen (committed or withheld): the first days of a deployment, or a week after a day that never arrived, start no
@@ -65,4 +28,4 @@ TRAIN_AFTER_DATAGEN = after_upstream(
 # The day's vocab / models / indexes updated (ranker, retrieval, retrieval index, offline evaluation).
 TRAIN_AFTER_VOCAB = after_upstream(AssetSelection.groups("training", "indexes"))
 # Serving: the newest day only, once every input of the day is there (a backfill must not re-promote old models).
-SERVE_NEWEST_DAY = after_upstream(AssetSelection.all(), lookback_days=None, all_deps_present=True)
+SERVE_NEWEST_DAY = after_upstream(None, lookback_days=None, all_deps_present=True)

@@ -7,12 +7,13 @@ from recsys_assets.training.assets import training_assets
 from recsys_assets.training.jobs import training_job
 
 automation_sensor = AutomationConditionSensorDefinition(
-    "training_and_serving_automation",
-    target=AssetSelection.groups("training", "indexes", "evaluation", "serving"),
+    "declarative_automation",
+    target=AssetSelection.groups("datagen", "training", "indexes", "evaluation", "serving"),
     default_status=DefaultSensorStatus.RUNNING,  # on from the first `make ui` / production deploy
     minimum_interval_seconds=30,
-    description="Starts a day's training once its datagen passed its blocking checks (last 60 days, so backfills "
-    "retrain), and the newest day's serving once its models passed theirs.",
+    description="Starts a day's datagen when its raw inputs are reported (success-file sensor), its training once its "
+    "datagen passed its blocking checks (last 60 days, so backfills retrain), and the newest day's serving once its "
+    "models passed theirs.",
 )
 
 defs = Definitions(assets=training_assets, jobs=[training_job], sensors=[automation_sensor])
