@@ -12,7 +12,8 @@ Both use the in-process executor (the steps of a run share the process and its S
 Per run, the child process reports: `import_s` (importing the code location, `recsys_assets.definitions`),
 `jvm_start_s` (creating the Spark session), `run_s` (the Dagster run, from launch to finish), and `work_s`: the
 Spark and check work the assets report per day (`write_s` + `checks_s` in each day's materialization metadata).
-`framework_s` = process wall - work_s (interpreter start, import, JVM start, Dagster's own time per run and step).
+`framework_s` = process wall - work_s (interpreter start, import, JVM start, Dagster's own time per run and step,
+JVM shutdown); the benchmark's own read-back of the timings (`measure_s`) is left out of the wall time.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def child(first: str, last: str) -> None:
             run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
         )
         run_s = time.perf_counter() - t0
+        t_measure = time.perf_counter()  # reading the per-day timings back is this benchmark's, not the platform's
         work_s = 0.0
         for asset in ("filtered_events", "training_events", "datagen_monitoring_report"):
             records = instance.fetch_materializations(AssetRecordsFilter(asset_key=AssetKey(asset)), limit=1000).records
@@ -69,6 +71,7 @@ def child(first: str, last: str) -> None:
                     continue
                 meta = r.asset_materialization.metadata
                 work_s += sum(meta[k].value for k in ("write_s", "checks_s") if k in meta)
+        measure_s = time.perf_counter() - t_measure
     print(
         json.dumps(
             {
@@ -77,6 +80,7 @@ def child(first: str, last: str) -> None:
                 "jvm_start_s": round(jvm_start_s, 2),
                 "run_s": round(run_s, 2),
                 "work_s": round(work_s, 2),
+                "measure_s": round(measure_s, 2),
             }
         )
     )
@@ -103,7 +107,8 @@ def run_mode(name: str, raw: Path, workdir: Path, ranges: list[tuple[str, str]])
         if not out["success"]:
             raise SystemExit(f"{name} run {first}..{last} did not succeed:\n{proc.stderr[-3000:]}")
         runs.append({"days": f"{first}..{last}", "process_wall_s": round(wall, 2), **out})
-    wall = time.perf_counter() - t0
+    # the benchmark's own read-back of the per-day timings is not part of the platform's wall time
+    wall = time.perf_counter() - t0 - sum(r["measure_s"] for r in runs)
     work = sum(r["work_s"] for r in runs)
     return {
         "runs": len(runs),
