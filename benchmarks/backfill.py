@@ -42,22 +42,19 @@ def child(first: str, last: str) -> None:
     import_s = time.perf_counter() - t_import
     from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
+    from recsys_assets.core.partitions import partition_range_tags
+
     resources = definitions.default_resources()
     t0 = time.perf_counter()
     resources["spark"].get_session()
     jvm_start_s = time.perf_counter() - t0
     job = definitions.build_defs(resources).resolve_job_def("datagen_job")
-    tags = (
-        {"dagster/partition": first}
-        if first == last
-        else {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
-    )
     with DagsterInstance.get() as instance:
         t0 = time.perf_counter()
         result = job.execute_in_process(
             instance=instance,
             partition_key=first if first == last else None,
-            tags=None if first == last else tags,
+            tags=None if first == last else partition_range_tags(first, last),
             raise_on_error=False,
             run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
         )

@@ -17,7 +17,7 @@ import pandas as pd
 from dagster import DagsterInstance, Definitions, build_sensor_context
 
 from recsys_assets.alerts.sensors import check_failure_sensor, notification_delivery_sensor
-from recsys_assets.core.partitions import DATAGEN_DAYS_PER_RUN
+from recsys_assets.core.partitions import DATAGEN_DAYS_PER_RUN, partition_range_tags
 from recsys_assets.datagen.automation import monitoring_summary_sensor
 from recsys_assets.definitions import build_defs, default_resources
 from recsys_assets.synthetic.generator import SyntheticConfig, generate
@@ -30,21 +30,21 @@ def run_range(defs: Definitions, name: str, first: str, last: str, instance):
     """One run over the days [first, last] (a single day: an ordinary one-day run)."""
     if first == last:
         return run_job(defs, name, first, instance)
+    return run_job(defs, name, None, instance, partition_range_tags(first, last))
+
+
+def backfill_runs(days: list[str]) -> list[list[str]]:
+    """The days in runs of up to RECSYS_DATAGEN_DAYS_PER_RUN, as a backfill of the datagen assets splits them."""
+    return [days[i : i + DATAGEN_DAYS_PER_RUN] for i in range(0, len(days), DATAGEN_DAYS_PER_RUN)]
+
+
+def run_job(defs: Definitions, name: str, day: str | None, instance, tags: dict | None = None):
     return defs.resolve_job_def(name).execute_in_process(
+        partition_key=day,
         instance=instance,
         raise_on_error=False,
+        tags={"recsys/trigger": "demo", **(tags or {})},
         run_config=QUIET,
-        tags={
-            "recsys/trigger": "demo",
-            "dagster/asset_partition_range_start": first,
-            "dagster/asset_partition_range_end": last,
-        },
-    )
-
-
-def run_job(defs: Definitions, name: str, day: str, instance):
-    return defs.resolve_job_def(name).execute_in_process(
-        partition_key=day, instance=instance, raise_on_error=False, tags={"recsys/trigger": "demo"}, run_config=QUIET
     )
 
 
@@ -124,8 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = []
     # Datagen as a backfill runs it: ranges of up to RECSYS_DATAGEN_DAYS_PER_RUN days, one run and one Spark session
     # each, every day committed and checked on its own (recsys_assets/datagen/ranges.py).
-    for i in range(0, len(datagen_days), DATAGEN_DAYS_PER_RUN):
-        chunk = datagen_days[i : i + DATAGEN_DAYS_PER_RUN]
+    for chunk in backfill_runs(datagen_days):
         t = time.time()
         result = run_range(defs, "datagen_job", chunk[0], chunk[-1], instance)
         seconds = time.time() - t
@@ -192,8 +191,7 @@ def main_movielens(a) -> None:
     instance = DagsterInstance.get()
     defs = build_defs(default_resources())
     summary = []
-    for i in range(0, len(datagen_days), DATAGEN_DAYS_PER_RUN):
-        chunk = datagen_days[i : i + DATAGEN_DAYS_PER_RUN]
+    for chunk in backfill_runs(datagen_days):
         result = run_range(defs, "datagen_job", chunk[0], chunk[-1], instance)
         failed = sorted({(e.partition, e.check_name) for e in result.get_asset_check_evaluations() if not e.passed})
         print(

@@ -3,11 +3,7 @@ from a list of assets of the tests' own."""
 
 from __future__ import annotations
 
-import inspect
-from types import SimpleNamespace
-
-from dagster import build_op_context
-
+from recsys_assets.core.partitions import partition_range_tags
 from recsys_assets.definitions import build_defs, default_resources
 from resources.config_files import ConfigFilesResource
 
@@ -19,8 +15,9 @@ def defs_with(resources: dict):
     return build_defs({**default_resources(), **resources})
 
 
-def run_job(job_name: str, day: str, instance, resources: dict, asset_selection=None, tags=None):
-    """One partition of a job of the Definitions, through `instance`; failures are returned, not raised."""
+def run_job(job_name: str, day: str | None, instance, resources: dict, asset_selection=None, tags=None):
+    """One partition of a job of the Definitions (or the range its tags name), through `instance`; failures are
+    returned, not raised."""
     job = defs_with(resources).resolve_job_def(job_name)
     return job.execute_in_process(
         partition_key=day,
@@ -34,15 +31,7 @@ def run_job(job_name: str, day: str, instance, resources: dict, asset_selection=
 
 def run_range(job_name: str, first: str, last: str, instance, resources: dict, asset_selection=None):
     """One run over the partition key range [first, last] (what a backfill launches with a range policy)."""
-    job = defs_with(resources).resolve_job_def(job_name)
-    return job.execute_in_process(
-        instance=instance,
-        raise_on_error=False,
-        run_config=QUIET,
-        asset_selection=asset_selection,
-        # the run tags a backfill with a range policy sets (Dagster exports no public constant for them)
-        tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
-    )
+    return run_job(job_name, None, instance, resources, asset_selection, partition_range_tags(first, last))
 
 
 def run_day(day, instance, resources, config_path: str | None = None):
@@ -60,27 +49,6 @@ class _CheckRun:
 
     def get_asset_check_evaluations(self):
         return self._evaluations
-
-
-def run_checks_only(check_defs, day, instance, resources):
-    """Evaluate just these partitioned checks for one day against committed data and the instance.
-
-    Dagster 1.13 refuses a run whose selection holds only partitioned checks ("no PartitionsDefinition shared by
-    all the provided assets"), so the check functions are invoked directly with a partition-aware op context."""
-    out = []
-    for check_def in check_defs:
-        params = inspect.signature(check_def.op.compute_fn.decorated_fn).parameters
-        kwargs = {k: v for k, v in {**default_resources(), **resources}.items() if k in params}
-        res = check_def(build_op_context(partition_key=day, instance=instance), **kwargs)
-        out.append(
-            SimpleNamespace(
-                check_name=check_def.check_key.name,
-                passed=res.passed,
-                description=res.description,
-                metadata=res.metadata,
-            )
-        )
-    return _CheckRun(out)
 
 
 def judge_day_checks(names, day, resources):

@@ -39,6 +39,12 @@ if DATAGEN_DAYS_PER_RUN < 1:
 DATAGEN_BACKFILL = BackfillPolicy.multi_run(max_partitions_per_run=DATAGEN_DAYS_PER_RUN)
 
 
+def partition_range_tags(first: str, last: str) -> dict[str, str]:
+    """The run tags of one run over the partition key range [first, last], as a backfill with a range policy sets
+    them (Dagster exports no public constant for these names)."""
+    return {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
+
+
 def window_micros(window: TimeWindow) -> tuple[int, int]:
     """[start, end) of a partition as UTC epoch microseconds (what Spark's unix_micros compares against)."""
     return int(window.start.timestamp()) * 1_000_000, int(window.end.timestamp()) * 1_000_000

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, MetadataValue
 
 from recsys_assets.core.datasets import DATASETS, FILTERED_EVENTS, MONITORING_REPORT, TRAINING_EVENTS
-from recsys_assets.core.gating import gate
+from recsys_assets.core.gating import gate, judged_version
 from recsys_assets.core.metadata import md_table
 from recsys_assets.core.partitions import daily_partitions, shift_day
 from recsys_assets.datagen.quarantine import judge_input_losses
@@ -42,9 +42,13 @@ class DayInput:
 class DayCheck:
     name: str
     dataset: str
-    blocking: bool
     description: str
     judge: Callable[[DayInput], AssetCheckResult]
+
+    @property
+    def blocking(self) -> bool:
+        """Blocking exactly when the dataset's declaration says it gates the commit (core/datasets.py)."""
+        return self.name in DATASETS[self.dataset].blocking_checks
 
     def spec(self) -> AssetCheckSpec:
         return AssetCheckSpec(
@@ -171,17 +175,22 @@ def judge_events_items_delta(d: DayInput) -> AssetCheckResult:
     )
 
 
+def _no_baseline(what: str) -> AssetCheckResult:
+    """A day-over-day WARN check with nothing to compare against (a deployment's first days): passed, and says so."""
+    return AssetCheckResult(
+        passed=True,
+        severity=AssetCheckSeverity.WARN,
+        description=f"{what}: nothing to compare",
+        metadata={"baseline_available": False},
+    )
+
+
 def judge_item_age_bucket_delta_7d(d: DayInput) -> AssetCheckResult:
     report = d.stats
     limit = report["thresholds"]["max_age_bucket_share_delta_pp_7d"]
     deltas = report["item_age_bucket_share_delta_pp_7d"]
     if deltas is None:
-        return AssetCheckResult(
-            passed=True,
-            severity=AssetCheckSeverity.WARN,
-            description="no report 7 days before: nothing to compare",
-            metadata={"baseline_available": False},
-        )
+        return _no_baseline("no report 7 days before")
     breaches = {k: v for k, v in deltas.items() if abs(v) > limit}
     return AssetCheckResult(
         passed=not breaches,
@@ -201,12 +210,7 @@ def judge_new_items_1d(d: DayInput) -> AssetCheckResult:
     limit = report["thresholds"]["min_new_items_pct_1d"]
     pct = report["new_items_pct_1d"]
     if pct is None:
-        return AssetCheckResult(
-            passed=True,
-            severity=AssetCheckSeverity.WARN,
-            description="no final items yesterday: nothing to compare",
-            metadata={"baseline_available": False},
-        )
+        return _no_baseline("no final items yesterday")
     return AssetCheckResult(
         passed=pct >= limit,
         severity=AssetCheckSeverity.WARN,
@@ -223,14 +227,12 @@ DAY_CHECKS: tuple[DayCheck, ...] = (
     DayCheck(
         "filter_item_loss_within_limits",
         FILTERED_EVENTS,
-        True,
         "Every filter's item loss % is at most its max_item_loss_pct in the datagen YAML.",
         judge_filter_item_loss,
     ),
     DayCheck(
         "input_losses_within_limits",
         FILTERED_EVENTS,
-        True,
         "Losses before the filter chain stay within the datagen YAML's limits: quarantined events in total and per "
         "reason, the language stage's event and item loss, and the sample's kept share vs its fraction. Judged the "
         "same on a deployment's first day (absolute limits, no previous day needed).",
@@ -239,21 +241,18 @@ DAY_CHECKS: tuple[DayCheck, ...] = (
     DayCheck(
         "embedding_join_item_loss",
         TRAINING_EVENTS,
-        True,
         "Items lost for lack of a valid 128-d content embedding stay under the configured max.",
         judge_embedding_join_item_loss,
     ),
     DayCheck(
         "training_events_expectations",
         TRAINING_EVENTS,
-        True,
         "great-expectations: column types, non-null and unique ids, value ranges, 128-d finite embeddings.",
         judge_training_events_expectations,
     ),
     DayCheck(
         "events_items_delta_1d_7d",
         TRAINING_EVENTS,
-        False,
         "Final events and items change by at most the configured % vs 1 and 7 days before (the committed versions "
         "of those days: a day withheld by a failed blocking check is no baseline).",
         judge_events_items_delta,
@@ -261,14 +260,12 @@ DAY_CHECKS: tuple[DayCheck, ...] = (
     DayCheck(
         "item_age_bucket_delta_7d",
         MONITORING_REPORT,
-        False,
         "No item-age bucket's share of final items moves more than the configured points vs 7 days ago.",
         judge_item_age_bucket_delta_7d,
     ),
     DayCheck(
         "new_items_1d",
         MONITORING_REPORT,
-        False,
         "At least the configured % of today's final items are new (absent from yesterday's).",
         judge_new_items_1d,
     ),
@@ -290,20 +287,14 @@ def evaluate_day(
     """Judge every check of `dataset` on the day's version `version`; each blocking verdict is recorded on the
     version (the storage layer commits it when all pass, recsys_assets/core/gating.py). Results carry the asset key
     and check name."""
-    blocking = set(DATASETS[dataset].blocking_checks)
-    out = []
-    for check in checks_of(dataset):
-        result = check.judge(DayInput(store, day, version, stats, spark))
-        if check.blocking:
-            if check.name not in blocking:
-                raise ValueError(f"{check.name} is blocking but not declared on dataset {dataset}")
-            result = gate(store, dataset, day, version, check.name, result)
-        out.append(_named(check, result))
-    return out
+    return [_evaluate(check, DayInput(store, day, version, stats, spark)) for check in checks_of(dataset)]
 
 
-def _named(check: DayCheck, result: AssetCheckResult) -> AssetCheckResult:
-    """The judge's result under the check's asset key and name (what Dagster records)."""
+def _evaluate(check: DayCheck, d: DayInput) -> AssetCheckResult:
+    """Judge `d`'s version, record a blocking verdict on it, and name the result as Dagster records it."""
+    result = check.judge(d)
+    if check.blocking:
+        result = gate(d.store, check.dataset, d.day, d.version, check.name, result)
     return AssetCheckResult(
         asset_key=check.dataset,
         check_name=check.name,
@@ -315,7 +306,7 @@ def _named(check: DayCheck, result: AssetCheckResult) -> AssetCheckResult:
 
 
 def blocking_failures(results: list[AssetCheckResult]) -> list[str]:
-    return [r.check_name for r in results if not r.passed and DAY_CHECK_BY_NAME[r.check_name].blocking and r.check_name]
+    return [r.check_name for r in results if not r.passed and DAY_CHECK_BY_NAME[r.check_name].blocking]
 
 
 def judge_day_check(name: str, store: DatasetStore, day: str, spark=None) -> AssetCheckResult:
@@ -323,10 +314,7 @@ def judge_day_check(name: str, store: DatasetStore, day: str, spark=None) -> Ass
     the asset does after writing it; a blocking verdict is recorded. For operators and tests: re-evaluating a day
     after a threshold change or a repaired baseline without rewriting it."""
     check = DAY_CHECK_BY_NAME[name]
-    version = store.version_under_check(check.dataset, day)
+    version = judged_version(store, check.dataset, day)
     stats_file = "report.json" if check.dataset == MONITORING_REPORT else "stats.json"
     stats = store.read_json(store.version_path(check.dataset, day, version, stats_file))
-    result = check.judge(DayInput(store, day, version, stats, spark))
-    if check.blocking:
-        result = gate(store, check.dataset, day, version, check.name, result)
-    return _named(check, result)
+    return _evaluate(check, DayInput(store, day, version, stats, spark))

@@ -36,11 +36,19 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pyarrow as pa
 
-from recsys_assets.core.partitions import PARTITIONS_START, US_PER_DAY, check_day, window_micros, window_of
+from recsys_assets.core.partitions import (
+    APP_TIMEZONE,
+    PARTITIONS_START,
+    US_PER_DAY,
+    check_day,
+    window_micros,
+    window_of,
+)
 from recsys_assets.core.schemas import EMBEDDING_DIM, RAW_EVENTS, RAW_ITEM_EMBEDDINGS, RAW_ITEMS, RAW_USERS
 from recsys_assets.datagen.raw_inputs import write_raw_day
 from resources.storage import DatasetStore
@@ -190,18 +198,12 @@ def lay_out_days(ts_us: np.ndarray, spec: ImportSpec) -> tuple[np.ndarray, np.nd
     """(day index into the returned day list, new timestamps) per event, and the ISO days."""
     n = len(ts_us)
     if not spec.relay_days:
-        from zoneinfo import ZoneInfo
-
-        from recsys_assets.core.partitions import APP_TIMEZONE
-
-        tz = ZoneInfo(APP_TIMEZONE)
         # Asia/Kolkata has a fixed offset (+05:30, no DST): the local day of each event by integer arithmetic.
-        offset_us = int(dt.datetime(2024, 1, 1, tzinfo=tz).utcoffset().total_seconds()) * US
+        offset_us = int(dt.datetime(2024, 1, 1, tzinfo=ZoneInfo(APP_TIMEZONE)).utcoffset().total_seconds()) * US
         epoch_day = (ts_us + offset_us) // US_PER_DAY
         uniq, day_idx = np.unique(epoch_day, return_inverse=True)
         days = [(dt.date(1970, 1, 1) + dt.timedelta(days=int(d))).isoformat() for d in uniq]
-        for d in days[:1]:
-            check_day(d)
+        check_day(days[0])  # the earliest: days are sorted
         return day_idx, ts_us.copy(), days
     start = dt.date.fromisoformat(check_day(spec.start_date or PARTITIONS_START))
     days = [(start + dt.timedelta(days=k)).isoformat() for k in range(spec.relay_days)]
@@ -252,6 +254,14 @@ def content_embeddings(item_ids: np.ndarray, meta: ItemMeta | None, seed: int) -
     return vecs.astype(np.float32)
 
 
+def _first_events(keys: np.ndarray, ts_us: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct keys in the order of their first event (`order`: the events in time order) and that time."""
+    in_time = keys[order]
+    _, first = np.unique(in_time, return_index=True)
+    at = np.sort(first)
+    return in_time[at], ts_us[order][at]
+
+
 def _ts(us: np.ndarray) -> pa.Array:
     return pa.array(us, pa.int64()).cast(pa.timestamp("us", tz="UTC"))
 
@@ -280,29 +290,24 @@ def import_interactions(
     else:
         liked = np.zeros(n, dtype=bool)
 
-    # Items: the source catalogue (MovieLens) or the items seen; first event time per item and per user.
-    catalogue = np.array([f"{src}-i{i}" for i in meta.item], dtype=object) if meta is not None else np.unique(item_id)
-    first_day_start = window_micros(window_of(days[0]))[0]
-    item_first = dict.fromkeys(catalogue.tolist(), first_day_start)
+    # Items: the source catalogue (MovieLens; else the items seen, sorted), then items seen outside it in order of
+    # their first event; each created one day before its first event (never seen: before the first day).
     order = np.lexsort((np.arange(n), ts_us))
-    first_ts_item = {}
-    for pos in order:  # first event (time order) per item and user
-        first_ts_item.setdefault(item_id[pos], ts_us[pos])
-    item_first.update(first_ts_item)
-    items = np.array(list(item_first), dtype=object)
-    created_us = np.array([item_first[i] for i in items], dtype=np.int64) - US_PER_DAY
-    if meta is not None:
-        genre_of = {f"{src}-i{i}": (g[0].lower() if g else "unknown") for i, g in zip(meta.item, meta.genres)}
-    else:
-        genre_of = {}
-    category = np.array([genre_of.get(i, "unknown") for i in items], dtype=object)
-    raw_ids = np.array([i[len(src) + 2 :] for i in items], dtype=object)
-    embeddings = content_embeddings(raw_ids, meta, spec.seed)
-    first_ts_user: dict[str, int] = {}
-    for pos in order:
-        first_ts_user.setdefault(user_id[pos], ts_us[pos])
-    users = np.array(list(first_ts_user), dtype=object)
-    signup_us = np.array([first_ts_user[u] for u in users], dtype=np.int64) - US_PER_DAY
+    seen_items, seen_first_us = _first_events(data.item, ts_us, order)
+    first_us = dict(zip(seen_items.tolist(), seen_first_us.tolist()))
+    catalogue = list(meta.item) if meta is not None else sorted(first_us)
+    in_catalogue = set(catalogue)
+    raw_items = np.array(catalogue + [i for i in seen_items if i not in in_catalogue], dtype=object)
+    first_day_start = window_micros(window_of(days[0]))[0]
+    created_us = np.array([first_us.get(i, first_day_start) for i in raw_items], dtype=np.int64) - US_PER_DAY
+    items = np.array([f"{src}-i{i}" for i in raw_items], dtype=object)
+    genre_of = (
+        {i: (g[0].lower() if g else "unknown") for i, g in zip(meta.item, meta.genres)} if meta is not None else {}
+    )
+    category = np.array([genre_of.get(i, "unknown") for i in raw_items], dtype=object)
+    embeddings = content_embeddings(raw_items, meta, spec.seed)
+    users, signup_us = _first_events(user_id, ts_us, order)
+    signup_us = signup_us - US_PER_DAY
 
     counts: dict[str, dict[str, int]] = {}
     row = np.arange(n)
