@@ -5,7 +5,8 @@ The datagen checks are declared by the datagen assets themselves and judged per 
 
 from dagster import Definitions
 
+from checks.history_checks import history_checks
 from checks.model_checks import model_checks
 from checks.serving_checks import serving_checks
 
-defs = Definitions(asset_checks=[*model_checks, *serving_checks])
+defs = Definitions(asset_checks=[*history_checks, *model_checks, *serving_checks])

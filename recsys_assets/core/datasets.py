@@ -32,6 +32,7 @@ class DatasetDecl:
 FILTERED_EVENTS = "filtered_events"
 TRAINING_EVENTS = "training_events"
 MONITORING_REPORT = "datagen_monitoring_report"
+USER_HISTORY = "user_history"
 VOCAB = "vocab"
 RANKER_MODEL = "ranker_model"
 RETRIEVAL_MODEL = "retrieval_model"
@@ -47,6 +48,7 @@ DATASETS: dict[str, DatasetDecl] = {
         DatasetDecl(FILTERED_EVENTS, "training_data", ("filter_item_loss_within_limits", "input_losses_within_limits")),
         DatasetDecl(TRAINING_EVENTS, "training_data", ("embedding_join_item_loss", "training_events_expectations")),
         DatasetDecl(MONITORING_REPORT, "training_data"),
+        DatasetDecl(USER_HISTORY, "training_data", ("user_history_point_in_time",)),
         DatasetDecl(VOCAB, "model_companion"),
         DatasetDecl(RANKER_MODEL, "model", ("ranker_auc_gate",)),
         DatasetDecl(RETRIEVAL_MODEL, "model", ("retrieval_recall_gate",)),

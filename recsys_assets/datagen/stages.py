@@ -14,7 +14,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from recsys_assets.core.datasets import FILTERED_EVENTS, TRAINING_EVENTS
+from recsys_assets.core.datasets import FILTERED_EVENTS, TRAINING_EVENTS, USER_HISTORY
 from recsys_assets.core.partitions import window_micros, window_of
 from recsys_assets.datagen.config import DatagenSpec, load_datagen_spec, parse_datagen_spec
 from recsys_assets.datagen.raw_inputs import latest_raw_day, read_raw
@@ -24,7 +24,7 @@ from resources.storage import DatasetStore
 # The Spark transformations (filter_chain, training_events) are imported inside the stage functions: training
 # hosts import TRAINING_EVENTS / read_final_items from here and need no pyspark installed.
 
-STAGES = (FILTERED_EVENTS, TRAINING_EVENTS)
+STAGES = (FILTERED_EVENTS, TRAINING_EVENTS, USER_HISTORY)
 
 
 def read_final_items(store: DatasetStore, day: str, columns: list[str] | None = None):
@@ -171,6 +171,10 @@ def run_stage(session, stage: str, store: DatasetStore, day: str, version: str, 
         te = params.get("training_events_spec") or {}
         te_spec = TrainingEventsSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in te.items()})
         return training_events_stage(session, store, day, version, spec, te_spec)
+    if stage == USER_HISTORY:
+        from recsys_assets.datagen.user_history import user_history_stage
+
+        return user_history_stage(session, store, day, version, params["user_history"])
     raise ValueError(f"unknown datagen stage {stage!r}; known: {STAGES}")
 
 
@@ -195,11 +199,11 @@ def stage_arguments(stage: str, data_root: str, day: str, version: str, params: 
 
 
 def stage_job(
-    stage: str, store: DatasetStore, day: str, version: str, spec: DatagenSpec, extra: dict | None = None
+    stage: str, store: DatasetStore, day: str, version: str, spec: DatagenSpec | None, extra: dict | None = None
 ) -> SparkJob:
     """One datagen stage as a SparkJob for the Spark resource: the stage function in-process, or spark_job.py with
     the same arguments when submitted (spark-submit, Dataproc)."""
-    params = {"datagen_spec": spec.model_dump(mode="json"), **(extra or {})}
+    params = {**({"datagen_spec": spec.model_dump(mode="json")} if spec is not None else {}), **(extra or {})}
     return SparkJob(
         name=job_name(stage, day),
         run=lambda session: run_stage(session, stage, store, day, version, params),

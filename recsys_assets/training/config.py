@@ -73,6 +73,48 @@ class ModelCheckSpec(_Strict):
         return self.max_oov_rate.get(feature, self.max_oov_rate.get("default", 1.0))
 
 
+class HistorySpec(_Strict):
+    """user_history and the models' use of it."""
+
+    # false: both models are the history-free design (user id and attributes only) and need no user_history.
+    enabled: bool = True
+    keep: int = Field(default=50, ge=1, le=1000)  # entries user_history keeps per user
+    max_len: int = Field(default=20, ge=1)  # newest entries the models read
+    lookback_days: int = Field(default=30, ge=1, le=365)  # entries older than this are dropped
+    # WARN check: share of the latest folded day's active users with a history may drop at most this much vs D-1.
+    max_coverage_drop: float = Field(default=0.1, ge=0, le=1)
+    # offline_evaluation also trains the history-free variant of each model on the same data, for the comparison.
+    compare_history_free: bool = True
+
+    @model_validator(mode="after")
+    def _len(self):
+        if self.max_len > self.keep:
+            raise ValueError(f"history.max_len ({self.max_len}) cannot exceed history.keep ({self.keep})")
+        return self
+
+
+class ModelSizes(_Strict):
+    """Training sizes of one model; null keeps the asset config's / training resource's value."""
+
+    epochs: int | None = Field(default=None, ge=1)
+    batch_size: int | None = Field(default=None, ge=2)
+    learning_rate: float | None = Field(default=None, gt=0)
+    embedding_dim: int | None = Field(default=None, ge=1)
+    # Epoch selection on a held-out slice of the window (validation-driven, never on day D): train up to `epochs`,
+    # keep the epoch with the best held-out score, stop after `patience` epochs without improvement.
+    early_stopping: bool = False
+    patience: int = Field(default=2, ge=1)
+    holdout_pct: float = Field(default=10.0, gt=0, lt=100)
+
+
+class EvaluationSpec(_Strict):
+    # Exclude items the user already interacted with in the window from every method's top-K (on for catalogues
+    # where re-consumption is rare, like MovieLens). The report says which was used.
+    exclude_seen: bool = False
+    # Smoothing of the ranker's item-prior baseline: (positives + m * global rate) / (events + m).
+    item_prior_smoothing: float = Field(default=20.0, ge=0)
+
+
 class TrainingSpec(_Strict):
     window_days: int = Field(default=7, ge=1, le=90)
     # A model trains only when at least this many of the window's days have a committed training_events version
@@ -82,6 +124,10 @@ class TrainingSpec(_Strict):
     labels: LabelSpec = LabelSpec()
     cold_start: ColdStartSpec = ColdStartSpec()
     checks: ModelCheckSpec = ModelCheckSpec()
+    history: HistorySpec = HistorySpec()
+    ranker: ModelSizes = ModelSizes()
+    retrieval: ModelSizes = ModelSizes()
+    evaluation: EvaluationSpec = EvaluationSpec()
 
 
 class TrainingConfigError(ConfigFileError):

@@ -4,11 +4,12 @@ sensor that evaluates the training, index, evaluation and serving assets' condit
 from dagster import AssetSelection, AutomationConditionSensorDefinition, DefaultSensorStatus, Definitions
 
 from recsys_assets.training.assets import training_assets
+from recsys_assets.training.history_assets import history_assets, user_history_job
 from recsys_assets.training.jobs import training_job
 
 automation_sensor = AutomationConditionSensorDefinition(
     "declarative_automation",
-    target=AssetSelection.groups("datagen", "training", "indexes", "evaluation", "serving"),
+    target=AssetSelection.groups("datagen", "history", "training", "indexes", "evaluation", "serving"),
     default_status=DefaultSensorStatus.RUNNING,  # on from the first `make ui` / production deploy
     minimum_interval_seconds=30,
     description="Starts a day's datagen when its raw inputs are reported (success-file sensor), its training once its "
@@ -16,4 +17,6 @@ automation_sensor = AutomationConditionSensorDefinition(
     "models passed theirs.",
 )
 
-defs = Definitions(assets=training_assets, jobs=[training_job], sensors=[automation_sensor])
+defs = Definitions(
+    assets=[*history_assets, *training_assets], jobs=[training_job, user_history_job], sensors=[automation_sensor]
+)

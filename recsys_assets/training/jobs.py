@@ -7,7 +7,7 @@ from recsys_assets.core.partitions import daily_partitions
 # The "training" pool (dagster.yaml) keeps two trainings off one GPU.
 training_job = define_asset_job(
     "training_job",
-    selection=AssetSelection.groups("training", "indexes", "evaluation"),
+    selection=AssetSelection.groups("history", "training", "indexes", "evaluation"),
     partitions_def=daily_partitions,
     description="Train the ranker and two-tower models on the window before the day, validate on the day, build "
     "the retrieval and cold-start indexes and the offline evaluation report.",
