@@ -87,7 +87,8 @@ def _dagster_home(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def datagen_root(raw_root, spark_resource, tmp_path_factory) -> Path:
-    """The three raw days with every datagen asset materialized (read-only for tests: copy it first)."""
+    """The three raw days with every datagen asset and user_history materialized (read-only for tests: copy it
+    first)."""
     from dagster import DagsterInstance
 
     from tests.dagster_helpers import run_job
@@ -102,6 +103,8 @@ def datagen_root(raw_root, spark_resource, tmp_path_factory) -> Path:
     for day in DAYS:
         # datagen_job includes the blocking checks: a staged version is committed only when they pass.
         assert run_job("datagen_job", day, DagsterInstance.ephemeral(), res).success
+    for day in DAYS:  # in date order: each day's history extends the day before's
+        assert run_job("user_history_job", day, DagsterInstance.ephemeral(), res).success
     return root
 
 

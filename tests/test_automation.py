@@ -396,6 +396,26 @@ def _datagen_day(instance, day: str, embedding_join_passed: bool) -> None:
         instance.report_runless_asset_event(AssetMaterialization("datagen_monitoring_report", partition=day))
 
 
+def _user_history_day(instance, day: str) -> None:
+    """What a user_history run leaves: the materialization and its passing point-in-time check."""
+    from dagster import AssetCheckEvaluation, AssetCheckSeverity, AssetKey, AssetMaterialization
+
+    from recsys_assets.core.dagster_compat import latest_materialization_target
+
+    key = AssetKey("user_history")
+    instance.report_runless_asset_event(AssetMaterialization(key, partition=day))
+    instance.report_runless_asset_event(
+        AssetCheckEvaluation(
+            asset_key=key,
+            check_name="user_history_point_in_time",
+            passed=True,
+            severity=AssetCheckSeverity.ERROR,
+            partition=day,
+            target_materialization_data=latest_materialization_target(instance, key, day),
+        )
+    )
+
+
 def test_automation_trains_a_day_whose_datagen_passed_and_not_one_withheld(instance):
     """Declarative Automation (the daemon's evaluation, through Dagster's public evaluation API): a newly
     materialized day whose blocking checks passed starts its training; a day whose blocking check failed does not;
@@ -406,7 +426,7 @@ def test_automation_trains_a_day_whose_datagen_passed_and_not_one_withheld(insta
 
     defs = DEFS
     now = dt.datetime(2024, 3, 4, 6, 0, tzinfo=dt.UTC)  # 2024-03-03 (Asia/Kolkata) is the newest complete day
-    selection = AssetSelection.groups("training", "indexes", "evaluation", "serving")
+    selection = AssetSelection.groups("history", "training", "indexes", "evaluation", "serving")
     first = evaluate_automation_conditions(defs, instance, asset_selection=selection, evaluation_time=now)
     assert first.total_requested == 0  # nothing upstream happened: nothing to do (no run per missing day)
 
@@ -420,18 +440,30 @@ def test_automation_trains_a_day_whose_datagen_passed_and_not_one_withheld(insta
     second = evaluate_automation_conditions(
         defs, instance, asset_selection=selection, evaluation_time=now, cursor=first.cursor
     )
-    # 03-01 and 03-02 have their whole 7-day window through datagen: both train (a backfill's past days too);
-    # 02-29's window lacks 02-22 (nothing to train on yet: no run that could only fail); 03-03 was withheld.
-    for asset in ("vocab", "ranker_model", "retrieval_model", "cold_start_index"):
+    # user_history of the day after each passed day (03-03's history reads 03-02; 03-04 is not a partition yet).
+    assert second.get_requested_partitions(AssetKey("user_history")) == set(days[1:])
+    # 03-01 and 03-02 have their whole 7-day window through datagen: both get a vocab and a cold-start index (a
+    # backfill's past days too); 02-29's window lacks 02-22 (no run that could only fail); 03-03 was withheld.
+    for asset in ("vocab", "cold_start_index"):
         assert second.get_requested_partitions(AssetKey(asset)) == {"2024-03-01", "2024-03-02"}, asset
-    # The index waits for the model's blocking recall gate, serving for every model check: not in this tick.
-    for asset in ("retrieval_index", "offline_evaluation", "model_repository", "feed"):
+    # The models wait for the user_history their window reads (its point-in-time check), the index for the model's
+    # blocking recall gate, serving for every model check: not in this tick.
+    for asset in ("ranker_model", "retrieval_model", "retrieval_index", "offline_evaluation", "model_repository"):
         assert second.get_num_requested(AssetKey(asset)) == 0, asset
 
+    for day in days[1:]:
+        _user_history_day(instance, day)
     third = evaluate_automation_conditions(
         defs, instance, asset_selection=selection, evaluation_time=now, cursor=second.cursor
     )
-    assert third.total_requested == 0  # requested once; in flight or done, never again for the same update
+    for asset in ("ranker_model", "retrieval_model"):
+        assert third.get_requested_partitions(AssetKey(asset)) == {"2024-03-01", "2024-03-02"}, asset
+    assert third.get_num_requested(AssetKey("user_history")) == 0
+
+    fourth = evaluate_automation_conditions(
+        defs, instance, asset_selection=selection, evaluation_time=now, cursor=third.cursor
+    )
+    assert fourth.total_requested == 0  # requested once; in flight or done, never again for the same update
 
 
 def test_the_run_sensors_that_chained_jobs_are_gone():
@@ -444,6 +476,7 @@ def test_the_run_sensors_that_chained_jobs_are_gone():
     graph = DEFS.resolve_asset_graph()
     automated = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).automation_condition}
     assert automated == {
+        "user_history",
         "filtered_events",
         "training_events",
         "datagen_monitoring_report",

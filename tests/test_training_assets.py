@@ -15,7 +15,8 @@ from recsys_assets.indexes.faiss_index import deserialize, search
 from recsys_assets.training.artifacts import ArtifactDir
 from recsys_assets.training.config import DEFAULT_TRAINING_CONFIG_PATH, LabelSpec
 from recsys_assets.training.evaluation import exact_top_k
-from recsys_assets.training.features import build_item_catalog
+from recsys_assets.training.features import build_item_catalog, padded_content
+from recsys_assets.training.history import load_histories
 from recsys_assets.training.loader import BatchEncoder, committed_events_dataset, sequential_batches
 from recsys_assets.training.models import MMoERanker, RankerConfig
 from recsys_assets.training.ranker import load_program
@@ -80,6 +81,8 @@ def test_training_job_trains_on_the_window_validates_on_the_day_and_builds_both_
     result = train_day(day, instance, trained_root, training_yaml(tmp_path, **LENIENT))
     assert result.success
     assert checks_of(result) == {
+        "user_history_point_in_time": True,
+        "user_history_coverage": True,
         "vocab_oov_rate_within_limits": True,
         "ranker_auc_gate": True,
         "retrieval_recall_gate": True,
@@ -102,14 +105,19 @@ def test_training_job_trains_on_the_window_validates_on_the_day_and_builds_both_
     model.load_state_dict(ranker.read_torch("model.pt"))
     vocab, moments = ranker.read_vocab()
     catalog = build_item_catalog([read_final_items(store, d) for d in DAYS])
-    encoder = BatchEncoder(vocab, moments, catalog, LabelSpec())
+    assert model.cfg.history_len == 20  # training.yaml history.max_len: the history-aware ranker
+    history = load_histories(store, [day], model.cfg.history_len, vocab, catalog)
+    encoder = BatchEncoder(vocab, moments, catalog, LabelSpec(), history)
     batch = next(sequential_batches(committed_events_dataset(store, [day]), encoder, 256))
-    content = torch.from_numpy(catalog.embeddings)[batch["content_row"]]
+    assert (batch["hist_ids"] != 0).any()  # users with a history as of the day
+    padded = padded_content(catalog)
+    inputs = (batch["cat"], batch["dense"], padded[batch["content_row"]], batch["hist_ids"], padded[batch["hist_rows"]])
     served = load_program(ranker.read_bytes("ranker.pt2"))
     with torch.no_grad():
-        assert torch.allclose(
-            served(batch["cat"], batch["dense"], content), model(batch["cat"], batch["dense"], content), atol=1e-5
-        )
+        assert torch.allclose(served(*inputs), model(*inputs), atol=1e-5)
+        # the history changes the scores (the attention is not a no-op)
+        no_history = (*inputs[:3], torch.zeros_like(inputs[3]), inputs[4])
+        assert not torch.allclose(model(*inputs), model(*no_history), atol=1e-4)
 
     # Retrieval index: one vector per catalogue item, exact for this size, same top-k as brute force.
     index_dir = ArtifactDir.committed(store, "retrieval_index", day)
@@ -125,8 +133,21 @@ def test_training_job_trains_on_the_window_validates_on_the_day_and_builds_both_
     cold = ArtifactDir.committed(store, "cold_start_index", day).read_json("index.json")
     assert cold["num_vectors"] > 0 and cold["self_recall_at_1"] == 1.0 and cold["num_new"] > 0
 
+    # Every method on one protocol, in the model's metrics and the report; the ranker beside its baselines.
     report = ArtifactDir.committed(store, "offline_evaluation", day).read_json("report.json")
     assert report["ranker"]["auc"] == metrics["auc"]
+    assert set(report["ranker"]["auc_history_free"]) == set(report["ranker"]["auc_item_prior"]) == set(metrics["auc"])
+    assert 0.5 < report["ranker"]["auc_item_prior"]["liked"] < 1.0
+    assert report["gates"] == {"ranker_model": "passed", "retrieval_model": "passed"}
+    assert set(report["retrieval"]["methods"]) == {
+        "two-tower (history)",
+        "two-tower (history-free)",
+        "most-popular",
+        "recent-popular",
+        "item-kNN",
+    }
+    for m in report["retrieval"]["methods"].values():
+        assert 0 <= m["recall@10"] <= 1 and 0 < m["coverage@10"] <= 1
     retrieval = ArtifactDir.committed(store, "retrieval_model", day).read_json("metrics.json")
     assert report["retrieval"]["model_recall@10"] == retrieval["model_recall@10"]
     # Within the lenient gate's lift of most-popular (see LENIENT for why not strictly above it at this size).
@@ -165,7 +186,7 @@ def test_vocab_ids_are_stable_across_days_and_the_previous_model_is_scored_on_th
     assert all(0.3 < v < 1.0 for v in metrics["previous_model_auc"].values())
 
 
-def test_a_ranker_below_its_auc_floor_blocks_the_evaluation_but_not_the_retrieval_branch(
+def test_a_ranker_below_its_auc_floor_is_withheld_but_still_evaluated_beside_its_baselines(
     instance, trained_root, tmp_path
 ):
     store = DatasetStore(str(trained_root))
@@ -177,8 +198,26 @@ def test_a_ranker_below_its_auc_floor_blocks_the_evaluation_but_not_the_retrieva
     assert checks_of(result)["ranker_auc_gate"] is False
     materialized = {e.asset_key.path[-1] for e in result.get_asset_materialization_events()}
     assert {"vocab", "ranker_model", "retrieval_model", "retrieval_index", "cold_start_index"} <= materialized
-    assert "offline_evaluation" not in materialized
-    assert store.read_manifest("offline_evaluation", day) is None
+    assert "offline_evaluation" not in materialized  # skipped in the run the gate failed in...
+    assert not store.is_committed("ranker_model", day)
+    # ... and run on its own after it (what automation does, gate `any`): the withheld model is in the report,
+    # beside every baseline, with the gate's verdict.
+    from dagster import AssetKey as Key
+
+    evaluation = run_job(
+        "training_job",
+        day,
+        instance,
+        {"storage": StorageResource(data_root=str(trained_root))},
+        asset_selection=[Key("offline_evaluation")],
+    )
+    assert evaluation.success
+    report = ArtifactDir.committed(store, "offline_evaluation", day).read_json("report.json")
+    assert report["gates"] == {"ranker_model": "withheld", "retrieval_model": "passed"}
+    withheld = store.gate_state("ranker_model", day).candidate_version
+    metrics = ArtifactDir(store, "ranker_model", day, withheld).read_json("metrics.json")
+    assert report["ranker"]["auc"] == metrics["auc"] and report["ranker"]["auc_item_prior"]
+    assert "most-popular" in report["retrieval"]["methods"]
 
 
 def test_training_without_any_earlier_day_fails_with_a_clear_error(instance, trained_root, tmp_path):

@@ -2,9 +2,10 @@
 
 A partition is requested when a trigger dependency was updated (or is requested in the same tick) since the
 partition was last handled, its upstream gate holds, nothing upstream or here is in progress, within a lookback of
-days. Two gates: `passed` (every upstream blocking check passed: Dagster's `all_deps_blocking_checks_passed`) and
+days. Three gates: `passed` (every upstream blocking check passed: Dagster's `all_deps_blocking_checks_passed`),
 `not_failed` (no upstream blocking check failed: lets a chain requested in one tick run in one run, where the
-upstream's checks are judged inside the run, as the datagen assets do).
+upstream's checks are judged inside the run, as the datagen assets do), and `any` (for a report that must exist
+whatever the verdict, offline_evaluation: it reads the judged versions and says what the gates decided).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def after_upstream(
     lookback_days: int | None = AUTOMATION_LOOKBACK_DAYS,
     all_deps_present: bool = False,
     present: AssetSelection | None = None,
-    gate: Literal["passed", "not_failed"] = "passed",
+    gate: Literal["passed", "not_failed", "any"] = "passed",
 ) -> AutomationCondition:
     """See the module docstring; `lookback_days=None`: the newest day only; `all_deps_present`: no dependency
     partition missing (unless requested in the same tick); `present`: every partition of these dependencies
@@ -36,20 +37,13 @@ def after_upstream(
     )
     # triggers=None: any dependency, external ones (the raw inputs) included
     trigger = (updated if triggers is None else updated.allow(triggers)).since_last_handled()
-    upstream_gate = (
-        AutomationCondition.all_deps_blocking_checks_passed()
-        if gate == "passed"
-        else ~AutomationCondition.any_deps_match(
+    condition = window & trigger & ~AutomationCondition.any_deps_in_progress() & ~AutomationCondition.in_progress()
+    if gate == "passed":
+        condition = condition & AutomationCondition.all_deps_blocking_checks_passed()
+    elif gate == "not_failed":
+        condition = condition & ~AutomationCondition.any_deps_match(
             AutomationCondition.any_checks_match(AutomationCondition.check_failed(), blocking_only=True)
         )
-    )
-    condition = (
-        window
-        & trigger
-        & upstream_gate
-        & ~AutomationCondition.any_deps_in_progress()
-        & ~AutomationCondition.in_progress()
-    )
     if all_deps_present:
         condition = condition & ~AutomationCondition.any_deps_missing()
     elif present is not None:

@@ -71,8 +71,9 @@ def retrieval_index(
 
     from recsys_assets.indexes.faiss_index import build_ip_index, recall_vs_exact, serialize
     from recsys_assets.training.features import build_item_catalog
+    from recsys_assets.training.history import load_histories
     from recsys_assets.training.loader import BatchEncoder, committed_events_dataset
-    from recsys_assets.training.models import TowerConfig, TwoTower
+    from recsys_assets.training.models import TwoTower
     from recsys_assets.training.retrieval import evaluation_queries, item_vectors, query_vectors
 
     day, store = context.partition_key, storage.store
@@ -80,7 +81,7 @@ def retrieval_index(
     model_dir = ArtifactDir.committed(store, RETRIEVAL_MODEL, day)
     info = model_dir.read_json("training.json")
     cfg = model_dir.read_json("model_config.json")
-    model = TwoTower(TowerConfig(**cfg["query"]), TowerConfig(**cfg["item"]), cfg["temperature"])
+    model = TwoTower.from_config(cfg)
     model.load_state_dict(model_dir.read_torch("model.pt"))
     model.eval()
     vocab, moments = model_dir.read_vocab()
@@ -90,8 +91,11 @@ def retrieval_index(
     vectors = item_vectors(model, catalog, vocab, moments, pd.Timestamp(window_of(day).end))
     index, desc = build_ip_index(vectors, config.spec())
     build_s = time.perf_counter() - t0
-    encoder = BatchEncoder(vocab, moments, catalog, spec.labels)
-    queries = query_vectors(model, evaluation_queries(committed_events_dataset(store, [day]), encoder, spec.labels))
+    history = load_histories(store, [day], model.history_len, vocab, catalog) if model.history_len else None
+    encoder = BatchEncoder(vocab, moments, catalog, spec.labels, history)
+    queries = query_vectors(
+        model, evaluation_queries(committed_events_dataset(store, [day]), encoder, spec.labels), catalog
+    )
     queries = queries[np.random.default_rng(0).permutation(len(queries))[: config.max_recall_queries]]
     recall = recall_vs_exact(index, vectors, queries, config.recall_k)
     qps = _queries_per_s(index, queries, config.recall_k)

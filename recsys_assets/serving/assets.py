@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetKey, Failure, MaterializeResult, MetadataValue, asset
 
-from recsys_assets.core.datasets import DATASETS, FEATURE_SKEW_REPORT, ONLINE_EVALUATION
+from recsys_assets.core.datasets import DATASETS, FEATURE_SKEW_REPORT, ONLINE_EVALUATION, USER_HISTORY
 from recsys_assets.core.metadata import md_table
 from recsys_assets.core.partitions import daily_partitions, window_of
 from recsys_assets.core.store_dirs import PartitionVersion
@@ -307,7 +307,7 @@ def active_users(store, day: str) -> "pd.DataFrame":
     automation_condition=SERVE_NEWEST_DAY,
     partitions_def=daily_partitions,
     group_name=SERVING_GROUP,
-    deps=[serving_config, training_events],
+    deps=[serving_config, training_events, AssetKey(USER_HISTORY)],
     kinds={"postgres"},
     description="Top-K recommendations per active user of the day (retrieval -> ranker with the user's A/B arm's "
     "model version), replacing the day's rows of the Postgres `feed` table in one transaction.",
@@ -336,6 +336,11 @@ def feed(
         user_buckets(users["user_id"].to_numpy(dtype=object), cfg["salt"], cfg["buckets"]), cfg
     )
     as_of = pd.Timestamp(window_of(day).end)
+    history = None
+    if store.is_committed(USER_HISTORY, day):  # each user's history as of the serving day
+        from recsys_assets.training.history import read_history_table
+
+        history = read_history_table(store, day)
     parts, per_arm, t0 = [], [], time.perf_counter()
     for version in sorted(set(versions.tolist())):
         release = load_release(store, int(version))
@@ -348,6 +353,7 @@ def feed(
             spec.feed.task_weights,
             spec.feed.feed_source,
             as_of,
+            history=history,
         )
         arm_by_user = pd.Series(arms[mask], index=users.loc[mask, "user_id"].to_numpy())
         rows = rows.assign(model_version=int(version), arm=rows["user_id"].map(arm_by_user))
@@ -376,6 +382,7 @@ def feed(
             "generate_seconds": MetadataValue.float(round(gen_s, 2)),
             "users_per_s": MetadataValue.float(round(len(users) / max(gen_s, 1e-9), 1)),
             "table": postgres.describe() + "#feed",
+            "user_history": f"as of {day}" if history is not None else "none committed (history-free releases only)",
         }
     )
 

@@ -88,6 +88,42 @@ def ranker_inputs(
     )
 
 
+class ReleaseHistory:
+    """The users' histories as of the serving day in each model's own encoding (its vocabulary's item ids and the
+    release catalogue's content; items outside it get a zero content vector), for the release's history-aware
+    query tower and ranker. A history-free component gets no history inputs (old releases keep working)."""
+
+    def __init__(self, release: LoadedRelease, history: pa.Table | None):
+        from recsys_assets.training.features import padded_content
+        from recsys_assets.training.history import HistoryArrays, history_arrays
+
+        self.query_len = int(release.query_config.get("history_len", 0))
+        self.ranker_len = int(release.ranker_config.get("history_len", 0))
+        if (self.query_len or self.ranker_len) and history is None:
+            raise ValueError(
+                f"release {release.version} has history-aware models but no user_history was given for the feed"
+            )
+
+        def arrays(length: int, vocab) -> HistoryArrays | None:
+            return history_arrays(history, length, vocab, release.catalog) if length else None
+
+        self.query = arrays(self.query_len, release.query_vocab)
+        self.ranker = arrays(self.ranker_len, release.ranker_vocab)
+        self.content = padded_content(release.catalog)
+
+    def query_inputs(self, user_ids: np.ndarray) -> tuple:
+        if self.query is None:
+            return ()
+        ids, rows = self.query.lookup(pa.array(user_ids, pa.string()))
+        return torch.from_numpy(ids), self.content[torch.from_numpy(rows)]
+
+    def ranker_inputs(self, user_ids: np.ndarray, user_row: np.ndarray) -> tuple:
+        if self.ranker is None:
+            return ()
+        ids, rows = self.ranker.lookup(pa.array(user_ids, pa.string()))
+        return torch.from_numpy(ids[user_row]), self.content[torch.from_numpy(rows[user_row])]
+
+
 @torch.no_grad()
 def generate_feed(
     release: LoadedRelease,
@@ -98,8 +134,10 @@ def generate_feed(
     feed_source: str,
     as_of: pd.Timestamp,
     user_batch: int = 2048,
+    history: pa.Table | None = None,
 ) -> pd.DataFrame:
-    """user_id, rank (1 = top), item_id, score for every user; score = sum_t w_t * P(task t)."""
+    """user_id, rank (1 = top), item_id, score for every user; score = sum_t w_t * P(task t). `history`: the
+    user_history table (user_id, item_ids) as of the serving day, for a release with history-aware models."""
     if len(users) == 0:
         return pd.DataFrame({"user_id": [], "rank": [], "item_id": [], "score": []})
     tasks = release.ranker_config["tasks"]
@@ -110,13 +148,17 @@ def generate_feed(
     # Index rows -> catalogue rows (the index was built over the same window catalogue; map by id to be safe).
     index_to_catalog = release.catalog.rows(pa.array(release.index_item_ids, pa.string()))
     items = ItemSide.of(release, feed_source, as_of)
+    hist = ReleaseHistory(release, history)
     k_retrieve = min(k_retrieve, release.index.ntotal)
     k_feed = min(k_feed, k_retrieve)
     out = []
     for s in range(0, len(users), user_batch):
         chunk = users.iloc[s : s + user_batch].reset_index(drop=True)
+        chunk_ids = chunk["user_id"].to_numpy(dtype=object)
         q = (
-            release.query_tower(*query_tower_inputs(chunk, release.query_vocab, release.query_moments))
+            release.query_tower(
+                *query_tower_inputs(chunk, release.query_vocab, release.query_moments), *hist.query_inputs(chunk_ids)
+            )
             .numpy()
             .astype(np.float32)
         )
@@ -126,7 +168,9 @@ def generate_feed(
         valid &= cand >= 0
         user_row = np.repeat(np.arange(len(chunk)), k_retrieve)
         item_row = np.maximum(cand.reshape(-1), 0)
-        logits = release.ranker(*ranker_inputs(release, items, chunk, user_row, item_row))
+        logits = release.ranker(
+            *ranker_inputs(release, items, chunk, user_row, item_row), *hist.ranker_inputs(chunk_ids, user_row)
+        )
         score = (torch.sigmoid(logits.float()) * weights).sum(dim=1).numpy().reshape(len(chunk), k_retrieve)
         score = np.where(valid, score, -np.inf)
         order = np.argsort(-score, axis=1, kind="stable")[:, :k_feed]

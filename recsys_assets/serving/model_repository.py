@@ -66,6 +66,14 @@ def _tensor(name: str, dtype: str, dims: list[int]) -> str:
     return f'  {{ name: "{name}" data_type: {dtype} dims: [ {", ".join(str(d) for d in dims)} ] }}'
 
 
+def _history_tensors(length: int, content_dim: int) -> list[str]:
+    """The user's last positives, newest first: item_id vocab ids (0 = padding) and their content embeddings."""
+    return [
+        _tensor("hist_ids", "TYPE_INT64", [-1, length]),
+        _tensor("hist_content", "TYPE_FP32", [-1, length, content_dim]),
+    ]
+
+
 def triton_config(name: str, model_config: dict | None, index_info: dict | None = None) -> str:
     """config.pbtxt text for one component (Triton model-configuration text format)."""
     lines = [f'name: "{name}"']
@@ -84,6 +92,8 @@ def triton_config(name: str, model_config: dict | None, index_info: dict | None 
                 _tensor("dense", "TYPE_FP32", [-1, model_config["num_dense"]]),
                 _tensor("content", "TYPE_FP32", [-1, model_config["content_dim"]]),
             ]
+            if model_config.get("history_len"):
+                inputs += _history_tensors(model_config["history_len"], model_config["content_dim"])
             outputs = [_tensor("logits", "TYPE_FP32", [-1, len(model_config["tasks"])])]
             params = {"tasks": ",".join(model_config["tasks"]), "cat_features": ",".join(model_config["cat_features"])}
         else:
@@ -94,6 +104,8 @@ def triton_config(name: str, model_config: dict | None, index_info: dict | None 
             ]
             if name == "recsys_item_tower":
                 inputs.append(_tensor("content", "TYPE_FP32", [-1, tower["content_dim"]]))
+            elif model_config.get("history_len"):
+                inputs += _history_tensors(model_config["history_len"], tower["content_dim"])
             outputs = [_tensor("embedding", "TYPE_FP32", [-1, tower["output_dim"]])]
             params = {"normalized": "true"}
         lines += ["input [", ",\n".join(inputs), "]", "output [", ",\n".join(outputs), "]"]
@@ -209,6 +221,7 @@ class LoadedRelease:
     ranker_vocab: Vocab
     ranker_moments: dict
     query_tower: object
+    query_config: dict
     query_vocab: Vocab
     query_moments: dict
     index: object
@@ -258,6 +271,7 @@ def load_release(store: DatasetStore, version: int) -> LoadedRelease:
         ranker_vocab=ranker_vocab,
         ranker_moments=ranker_moments,
         query_tower=load_program(verified_bytes(store, manifest, "recsys_query_tower", version, "model.pt2")),
+        query_config=query.read_json("model_config.json"),
         query_vocab=query_vocab,
         query_moments=query_moments,
         index=deserialize(verified_bytes(store, manifest, "recsys_retrieval_index", version, "index.faiss")),

@@ -4,6 +4,7 @@ Partition D trains on training_events of the window_days before D and is validat
 config/training.yaml), so every model carries next-day metrics that the blocking checks judge before indexing.
 """
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -20,6 +21,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from recsys_assets.core.datasets import USER_HISTORY
 from recsys_assets.core.metadata import md_table, numeric_metadata
 from recsys_assets.core.partitions import PER_DAY, daily_partitions, window_of
 from recsys_assets.datagen.assets import training_events
@@ -34,7 +36,7 @@ from recsys_assets.training.artifacts import (
 )
 from recsys_assets.training.automation import TRAIN_AFTER_DATAGEN, TRAIN_AFTER_VOCAB
 from recsys_assets.training.config import RANKER_TASKS, TrainingSpec, load_training_spec
-from recsys_assets.training.windows import TrainingWindow, window_dep, window_for
+from recsys_assets.training.windows import TrainingWindow, window_dep, window_for, with_user_history
 from resources.config_files import ConfigFilesResource
 from resources.storage import DatasetStore, StorageResource
 from resources.training import TrainingResource
@@ -73,10 +75,20 @@ def _catalog(store, window: TrainingWindow):
 
 
 def _encoder(store, window: TrainingWindow, vocab_dir: ArtifactDir, spec):
+    from recsys_assets.training.history import load_histories
     from recsys_assets.training.loader import BatchEncoder
 
     vocab, moments = vocab_dir.read_vocab()
-    return BatchEncoder(vocab, moments, _catalog(store, window), spec.labels)
+    catalog = _catalog(store, window)
+    history = None
+    if spec.history.enabled:
+        days = [*window.train_days, window.validation_day]
+        history = load_histories(store, days, spec.history.max_len, vocab, catalog)
+    return BatchEncoder(vocab, moments, catalog, spec.labels, history)
+
+
+def _history_len(spec: TrainingSpec) -> int:
+    return spec.history.max_len if spec.history.enabled else 0
 
 
 def _history_table(history: list[dict]) -> MetadataValue:
@@ -177,6 +189,8 @@ def _model_inputs(
     day, store = context.partition_key, storage.store
     spec = load_training_spec(config_files.training)
     window = window_for(store, day, spec)
+    if spec.history.enabled:
+        window = with_user_history(store, window, spec.min_window_days)
     for d, status in window.unused_days.items():
         context.log.warning(f"training window of {day}: {d} not used: {status}")
     vocab_dir = ArtifactDir.committed(store, VOCAB, day)
@@ -287,7 +301,12 @@ def _previous_ranker_aucs(inputs: _ModelInputs, max_rows: int, log) -> tuple[str
     model = MMoERanker(RankerConfig(**prev.read_json("model_config.json")))
     model.load_state_dict(prev.read_torch("model.pt"))
     vocab, moments = prev.read_vocab()
-    encoder = BatchEncoder(vocab, moments, inputs.encoder.catalog, inputs.spec.labels)
+    history = None
+    if model.cfg.history_len:  # its own vocabulary's ids for the history items
+        from recsys_assets.training.history import load_histories
+
+        history = load_histories(store, [day], model.cfg.history_len, vocab, inputs.encoder.catalog)
+    encoder = BatchEncoder(vocab, moments, inputs.encoder.catalog, inputs.spec.labels, history)
     scores, labels = score_ranker(model, committed_events_dataset(store, [day]), encoder, max_rows=max_rows)
     log(f"previous ranker ({prev_day}) scored on {day}")
     return prev_day, task_aucs(scores, labels)
@@ -297,7 +316,7 @@ def _previous_ranker_aucs(inputs: _ModelInputs, max_rows: int, log) -> tuple[str
     partitions_def=daily_partitions,
     automation_condition=TRAIN_AFTER_VOCAB,
     group_name="training",
-    deps=[vocab, window_dep(training_events)],
+    deps=[vocab, window_dep(training_events), window_dep(AssetKey(USER_HISTORY))],
     kinds={"pytorch"},
     backfill_policy=PER_DAY,
     pool="training",
@@ -312,7 +331,8 @@ def ranker_model(
     training: TrainingResource,
     config_files: ConfigFilesResource,
 ) -> MaterializeResult:
-    from recsys_assets.training.loader import committed_events_dataset
+    from recsys_assets.training.baselines import item_prior_aucs
+    from recsys_assets.training.loader import committed_events_dataset, sequential_batches
     from recsys_assets.training.ranker import (
         RankerHyper,
         export_program,
@@ -326,24 +346,44 @@ def ranker_model(
     inputs = _model_inputs(context, storage, config_files)
     day, store, spec, window, encoder = inputs.day, inputs.store, inputs.spec, inputs.window, inputs.encoder
     hyper = RankerHyper(
-        embedding_dim=config.embedding_dim,
+        embedding_dim=spec.ranker.embedding_dim or config.embedding_dim,
         num_experts=config.num_experts,
         expert_sizes=tuple(config.expert_sizes),
         tower_sizes=tuple(config.tower_sizes),
         dropout=config.dropout,
         task_weights=tuple(config.task_weights),
+        history_len=_history_len(spec),
     )
-    settings = training.settings(epochs=config.epochs)
+    settings = training.settings(
+        epochs=config.epochs or spec.ranker.epochs,
+        batch_size=spec.ranker.batch_size,
+        learning_rate=spec.ranker.learning_rate,
+    )
+    train_data = committed_events_dataset(store, window.train_days)
+    valid_data = committed_events_dataset(store, [day])
     fp, checkpoints = inputs.checkpoints(RANKER_MODEL, hyper, settings)
-    model, fit = train_ranker(
-        committed_events_dataset(store, window.train_days), encoder, hyper, settings, checkpoints, fp, context.log.info
-    )
+    model, fit = train_ranker(train_data, encoder, hyper, settings, checkpoints, fp, context.log.info)
     t0 = time.perf_counter()
-    scores, labels = score_ranker(
-        model, committed_events_dataset(store, [day]), encoder, max_rows=config.max_validation_rows
-    )
+    scores, labels = score_ranker(model, valid_data, encoder, max_rows=config.max_validation_rows)
     aucs, rates = task_aucs(scores, labels), task_positive_rates(labels)
     prev_day, prev_aucs = _previous_ranker_aucs(inputs, config.max_validation_rows, context.log.info)
+    # The same protocol for the cheap baselines: the history-free ranker (same data, sizes and seed) and the item
+    # prior (the item's smoothed label rate in the window).
+    history_free_aucs: dict = {}
+    if hyper.history_len and spec.history.compare_history_free:
+        hf_hyper = dataclasses.replace(hyper, history_len=0)
+        hf_fp, hf_checkpoints = inputs.checkpoints(RANKER_MODEL, hf_hyper, settings)
+        hf_model, _ = train_ranker(train_data, encoder, hf_hyper, settings, hf_checkpoints, hf_fp, context.log.info)
+        history_free_aucs = task_aucs(*score_ranker(hf_model, valid_data, encoder, max_rows=config.max_validation_rows))
+        hf_checkpoints.clear()
+    prior_aucs = item_prior_aucs(
+        sequential_batches(train_data, encoder, 8192),
+        sequential_batches(valid_data, encoder, 8192),
+        len(encoder.catalog),
+        RANKER_TASKS,
+        spec.evaluation.item_prior_smoothing,
+        config.max_validation_rows,
+    )
     metrics = {
         "validation_day": day,
         "validation_rows": int(len(labels)),
@@ -351,6 +391,9 @@ def ranker_model(
         "positive_rate": rates,
         "previous_model_day": prev_day,
         "previous_model_auc": prev_aucs,
+        "history_len": hyper.history_len,
+        "auc_history_free": history_free_aucs,
+        "auc_item_prior": prior_aucs,
         "min_auc": spec.checks.ranker_min_auc,
         "max_auc_drop": spec.checks.ranker_max_auc_drop,
         "eval_seconds": round(time.perf_counter() - t0, 2),
@@ -366,23 +409,39 @@ def ranker_model(
         training_info=training_info,
         checkpoints=checkpoints,
     )
+
+    def r4(v):
+        return round(v, 4) if v is not None else "n/a"
+
     return MaterializeResult(
         metadata={
             "validation_auc": md_table(
-                ["task", "AUC", f"previous model ({prev_day or 'none'})", "floor", "positive rate"],
+                [
+                    "task",
+                    "AUC" + (" (history)" if hyper.history_len else ""),
+                    "history-free ranker",
+                    "item prior",
+                    f"previous model ({prev_day or 'none'})",
+                    "floor",
+                    "positive rate",
+                ],
                 [
                     [
                         t,
-                        round(aucs[t], 4),
-                        round(prev_aucs[t], 4) if t in prev_aucs else "n/a",
+                        r4(aucs[t]),
+                        r4(history_free_aucs.get(t)),
+                        r4(prior_aucs.get(t)),
+                        r4(prev_aucs.get(t)),
                         spec.checks.ranker_min_auc.get(t, "-"),
-                        round(rates[t], 4),
+                        r4(rates[t]),
                     ]
                     for t in RANKER_TASKS
                 ],
             ),
             **inputs.training_metadata(fit, settings, out),
             **numeric_metadata({f"auc_{t}": float(v) for t, v in aucs.items()}),
+            **numeric_metadata({f"auc_history_free_{t}": float(v) for t, v in history_free_aucs.items()}),
+            **numeric_metadata({f"auc_item_prior_{t}": float(v) for t, v in prior_aucs.items()}),
         }
     )
 
@@ -391,7 +450,7 @@ def ranker_model(
     partitions_def=daily_partitions,
     automation_condition=TRAIN_AFTER_VOCAB,
     group_name="training",
-    deps=[vocab, window_dep(training_events)],
+    deps=[vocab, window_dep(training_events), window_dep(AssetKey(USER_HISTORY))],
     kinds={"pytorch"},
     backfill_policy=PER_DAY,
     pool="training",
@@ -409,48 +468,71 @@ def retrieval_model(
     import pandas as pd
     import torch
 
-    from recsys_assets.training.loader import committed_events_dataset
+    from recsys_assets.training.baselines import seen_items
+    from recsys_assets.training.loader import committed_events_dataset, item_frequencies, retrieval_positive_filter
     from recsys_assets.training.ranker import export_program
     from recsys_assets.training.retrieval import (
         ItemTowerModule,
-        QueryTowerModule,
         RetrievalHyper,
-        evaluate_retrieval,
+        compare_retrieval,
         evaluation_queries,
-        item_vectors,
-        query_vectors,
+        query_tower_program,
         train_two_tower,
     )
 
     inputs = _model_inputs(context, storage, config_files)
     day, store, spec, window, encoder = inputs.day, inputs.store, inputs.spec, inputs.window, inputs.encoder
     hyper = RetrievalHyper(
-        embedding_dim=config.embedding_dim,
+        embedding_dim=spec.retrieval.embedding_dim or config.embedding_dim,
         hidden_sizes=tuple(config.hidden_sizes),
         output_dim=config.output_dim,
         temperature=config.temperature,
         logq_correction=config.logq_correction,
+        history_len=_history_len(spec),
     )
-    settings = training.settings(epochs=config.epochs, batch_size=config.batch_size)
+    settings = training.settings(
+        epochs=config.epochs or spec.retrieval.epochs,
+        batch_size=config.batch_size or spec.retrieval.batch_size,
+        learning_rate=spec.retrieval.learning_rate,
+    )
+    train_data = committed_events_dataset(store, window.train_days)
     fp, checkpoints = inputs.checkpoints(RETRIEVAL_MODEL, hyper, settings, spec.labels.model_dump())
     model, fit, positive_counts = train_two_tower(
-        committed_events_dataset(store, window.train_days), encoder, hyper, settings, checkpoints, fp, context.log.info
+        train_data, encoder, hyper, settings, checkpoints, fp, context.log.info
     )
+    primary = "two-tower (history)" if hyper.history_len else "two-tower"
+    models = {primary: model}
+    if hyper.history_len and spec.history.compare_history_free:
+        hf_hyper = dataclasses.replace(hyper, history_len=0)
+        hf_fp, hf_checkpoints = inputs.checkpoints(RETRIEVAL_MODEL, hf_hyper, settings, spec.labels.model_dump())
+        models["two-tower (history-free)"] = train_two_tower(
+            train_data, encoder, hf_hyper, settings, hf_checkpoints, hf_fp, context.log.info
+        )[0]
+        hf_checkpoints.clear()
     t0 = time.perf_counter()
     queries = evaluation_queries(
         committed_events_dataset(store, [day]), encoder, spec.labels, config.validation_user_sample_pct
     )
-    as_of = pd.Timestamp(window_of(day).end)
     k = spec.checks.retrieval_k
     ks = sorted({10, k})
-    metrics = evaluate_retrieval(
-        query_vectors(model, queries),
-        item_vectors(model, encoder.catalog, encoder.vocab, encoder.moments, as_of),
-        queries.relevant,
-        positive_counts,
-        ks,
+    positives = retrieval_positive_filter(spec.labels)
+    recent_counts = item_frequencies(
+        committed_events_dataset(store, window.train_days[-1:]), encoder.catalog, positives
     )
+    seen = seen_items(train_data, queries.user_ids, encoder.catalog) if spec.evaluation.exclude_seen else None
+    methods = compare_retrieval(
+        models, queries, encoder, pd.Timestamp(window_of(day).end), positive_counts, recent_counts, ks, seen
+    )
+    # The gate's keys: the model vs most-popular, under the same protocol as every other method.
+    metrics = {f"model_{m}": v for m, v in methods[primary].items()}
+    metrics |= {f"popularity_{m}": v for m, v in methods["most-popular"].items()}
     metrics |= {
+        "methods": methods,
+        "primary_method": primary,
+        "history_len": hyper.history_len,
+        "exclude_seen": spec.evaluation.exclude_seen,
+        "num_queries": int(sum(1 for r in queries.relevant if len(r))),
+        "corpus_size": len(encoder.catalog),
         "validation_day": day,
         "k": k,
         "ks": ks,
@@ -461,15 +543,15 @@ def retrieval_model(
     training_info = inputs.training_info(
         settings, hyper, fit, context.run_id, positive_events=int(positive_counts.sum())
     )
-    q_cfg, i_cfg = model.query_tower.cfg, model.item_tower.cfg
-    q_ids, i_ids = (torch.ones(4, len(c.cardinalities), dtype=torch.long) for c in (q_cfg, i_cfg))
+    i_cfg = model.item_tower.cfg
+    i_ids = torch.ones(4, len(i_cfg.cardinalities), dtype=torch.long)
     out = inputs.commit_model(
         RETRIEVAL_MODEL,
         context.run_id,
         state_dict=model.state_dict(),
-        model_config={"query": q_cfg.to_dict(), "item": i_cfg.to_dict(), "temperature": hyper.temperature},
+        model_config=model.config(),
         programs={
-            "query_tower.pt2": export_program(QueryTowerModule(model), (q_ids, torch.zeros(4, q_cfg.num_dense))),
+            "query_tower.pt2": query_tower_program(model),
             "item_tower.pt2": export_program(
                 ItemTowerModule(model), (i_ids, torch.zeros(4, i_cfg.num_dense), torch.zeros(4, i_cfg.content_dim))
             ),
@@ -477,21 +559,36 @@ def retrieval_model(
         metrics=metrics,
         training_info=training_info,
         checkpoints=checkpoints,
-        manifest_metrics={k_: v for k_, v in metrics.items() if k_ != "ks"},
+        manifest_metrics={k_: v for k_, v in metrics.items() if k_ not in ("ks", "methods")},
     )
-    rows = [
-        [f"recall@{x}", round(metrics[f"model_recall@{x}"], 4), round(metrics[f"popularity_recall@{x}"], 4)] for x in ks
-    ]
-    rows += [[f"ndcg@{x}", round(metrics[f"model_ndcg@{x}"], 4), round(metrics[f"popularity_ndcg@{x}"], 4)] for x in ks]
+    names = list(methods)
+    rows = [[f"{m}@{x}", *[round(methods[n][f"{m}@{x}"], 4) for n in names]] for m in ("recall", "ndcg") for x in ks]
+    rows.append(["coverage@10", *[round(methods[n]["coverage@10"], 4) for n in names]])
     return MaterializeResult(
         metadata={
-            "validation_retrieval": md_table(["metric", "two-tower", "most popular"], rows),
+            "validation_retrieval": md_table(["metric", *names], rows),
+            "protocol": f"day {day}, full corpus ({len(encoder.catalog):,} items), exact top-K, "
+            + ("items seen in the window excluded" if spec.evaluation.exclude_seen else "seen items not excluded"),
+            "recall_plot": _recall_plot(methods, ks),
             **inputs.training_metadata(fit, settings, out),
             "num_validation_users": MetadataValue.int(metrics["num_queries"]),
             "corpus_size": MetadataValue.int(metrics["corpus_size"]),
             **numeric_metadata({k_: v for k_, v in metrics.items() if k_.startswith(("model_", "popularity_"))}),
         }
     )
+
+
+def _recall_plot(methods: dict, ks: list[int]) -> MetadataValue:
+    """recall@k of every method as a bar chart (markdown: the UI renders it without a plotting library)."""
+    lines = []
+    for x in ks:
+        top = max(m[f"recall@{x}"] for m in methods.values()) or 1.0
+        lines.append(f"**recall@{x}**\n")
+        for name, m in methods.items():
+            bar = "#" * round(30 * m[f"recall@{x}"] / top)
+            lines.append(f"    {name:<26} {bar:<30} {m[f'recall@{x}']:.4f}")
+        lines.append("")
+    return MetadataValue.md("\n".join(lines))
 
 
 training_assets = [vocab, ranker_model, retrieval_model]

@@ -236,3 +236,12 @@ def iter_chunks(arrays: dict[str, np.ndarray], size: int) -> Iterator[dict[str, 
     n = len(next(iter(arrays.values())))
     for s in range(0, n, size):
         yield {k: v[s : s + size] for k, v in arrays.items()}
+
+
+def padded_content(catalog: ItemCatalog) -> torch.Tensor:  # noqa: F821 (torch imported here: features loads without it)
+    """The catalogue's content embeddings plus one zero row last: history rows of -1 (padding, or an item outside
+    the catalogue) index it."""
+    import torch
+
+    emb = catalog.embeddings
+    return torch.from_numpy(np.concatenate([emb, np.zeros((1, emb.shape[1]), emb.dtype)]))

@@ -91,3 +91,18 @@ def history_arrays(table: pa.Table, max_len: int, vocab, catalog) -> HistoryArra
         np.concatenate([item_ids, pad_row[0]]),
         np.concatenate([content_rows, pad_row[1]]),
     )
+
+
+def read_history_table(store, day: str) -> pa.Table:
+    """The committed user_history of `day` (user_id, item_ids): user-sized, read whole."""
+    import pyarrow.dataset as pads
+
+    from recsys_assets.core.datasets import USER_HISTORY
+
+    path = store.committed_path(USER_HISTORY, day, "history")
+    return pads.dataset(path, filesystem=store.fs, format="parquet").to_table(columns=["user_id", "item_ids"])
+
+
+def load_histories(store, days: list[str], max_len: int, vocab, catalog) -> dict[str, HistoryArrays]:
+    """HistoryArrays of the committed user_history of each day (each event is joined with its own day's)."""
+    return {d: history_arrays(read_history_table(store, d), max_len, vocab, catalog) for d in days}

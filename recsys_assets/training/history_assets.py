@@ -57,8 +57,10 @@ def history_inputs(store: DatasetStore, day: str, spec: TrainingSpec) -> dict:
 
 @asset(
     partitions_def=daily_partitions,
-    # Built when the previous day's training_events is committed (its checks passed): ready before day D's data.
-    automation_condition=after_upstream(AssetSelection.assets("training_events")),
+    # Built when the previous day's training_events is updated and none of its blocking checks failed (they are
+    # judged inside the datagen run): ready before day D's data. `not_failed`, not `passed`: the self-dependency on
+    # yesterday's history may be missing (the stage then rebuilds from the lookback).
+    automation_condition=after_upstream(AssetSelection.assets("training_events"), gate="not_failed"),
     group_name="history",
     deps=[
         AssetDep(training_events, partition_mapping=_YESTERDAY),

@@ -25,6 +25,7 @@ import torch
 from recsys_assets.datagen.stages import TRAINING_EVENTS
 from recsys_assets.training.config import RANKER_TASKS, LabelSpec
 from recsys_assets.training.features import DENSE_FEATURES, ItemCatalog, Vocab, positions_in, standardize
+from recsys_assets.training.history import HistoryArrays
 from resources.storage import DatasetStore
 
 LABEL_COLUMNS = ["liked", "shared", "followed", "watch_ratio"]
@@ -171,12 +172,24 @@ class BatchEncoder:
     moments: dict[str, dict[str, float]]
     catalog: ItemCatalog
     labels: LabelSpec
+    # user_history of each day the encoder reads (as of that day: point-in-time per event); None: no history inputs.
+    history: dict[str, HistoryArrays] | None = None
 
     @property
     def columns(self) -> list[str]:
-        return sorted({*self.vocab.features, *DENSE_FEATURES, *LABEL_COLUMNS, "item_id"})
+        return sorted({*self.vocab.features, *DENSE_FEATURES, *LABEL_COLUMNS, "item_id", "user_id"})
 
-    def encode(self, batch: pa.RecordBatch) -> dict[str, np.ndarray]:
+    def encode(self, batch: pa.RecordBatch, day: str | None = None) -> dict[str, np.ndarray]:
+        """Model arrays of a batch of `day`'s events; with history, also `hist_ids` (item_id vocab ids) and
+        `hist_rows` (catalogue rows, -1 = none) [rows, max_len] of each event's user as of `day`."""
+        out = self._encode(batch)
+        if self.history is not None:
+            if day not in self.history:
+                raise KeyError(f"no user_history loaded for {day}: the encoder has {sorted(self.history)}")
+            out["hist_ids"], out["hist_rows"] = self.history[day].lookup(batch.column("user_id"))
+        return out
+
+    def _encode(self, batch: pa.RecordBatch) -> dict[str, np.ndarray]:
         content_row = self.catalog.rows(batch.column("item_id"))
         if (content_row < 0).any():
             missing = pc.filter(batch.column("item_id"), pa.array(content_row < 0))[0]
@@ -218,7 +231,7 @@ def encoded_blocks(
 
     def encode_fragment(i: int) -> list[dict[str, np.ndarray]]:
         return [
-            encoder.encode(b)
+            encoder.encode(b, fragments[i].day)
             for b in fragments[i].to_batches(
                 columns=encoder.columns, filter=filter, batch_size=read_rows, dictionary_items=True
             )

@@ -37,9 +37,37 @@ class RankerConfig:
     tower_sizes: list[int] = field(default_factory=lambda: [32])
     dropout: float = 0.0
     content_dim: int = EMBEDDING_DIM
+    # Newest history entries the model attends over (0: the history-free design; configs saved before history
+    # existed load as 0, so old releases keep working).
+    history_len: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def masked_attention_pool(scores: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """sum_j softmax(scores)_j * values_j over the unmasked j ([B, L] scores, [B, L, d] values); a row with nothing
+    unmasked pools to zeros (a user without history), never NaN."""
+    weights = torch.softmax(scores.masked_fill(~mask, -1e9), dim=1) * mask
+    return (weights.unsqueeze(-1) * values).sum(dim=1)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(values.dtype)
+    return (values * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+
+
+class TargetAttention(nn.Module):
+    """DIN-style attention of a candidate item over the history: weight_j = MLP([h_j, t, h_j * t, h_j - t])."""
+
+    def __init__(self, dim: int, hidden: int = 32):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(4 * dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, history: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        t = target.unsqueeze(1).expand_as(history)
+        scores = self.mlp(torch.cat([history, t, history * t, history - t], dim=-1)).squeeze(-1)
+        return masked_attention_pool(scores, history, mask)
 
 
 class MMoERanker(nn.Module):
@@ -55,7 +83,11 @@ class MMoERanker(nn.Module):
         d = cfg.embedding_dim
         self.embeddings = nn.ModuleList(nn.Embedding(c, d, padding_idx=0) for c in cfg.cardinalities)
         self.content_proj = nn.Linear(cfg.content_dim, d)
-        n_vec = len(cfg.cardinalities) + 1
+        n_vec = len(cfg.cardinalities) + 1 + int(cfg.history_len > 0)
+        if cfg.history_len:
+            # The history's items are represented like the candidate: its item_id embedding + projected content.
+            self.item_pos = cfg.cat_features.index("item_id")
+            self.target_attention = TargetAttention(d)
         iu = torch.triu_indices(n_vec, n_vec, offset=1)
         self.register_buffer("_iu0", iu[0], persistent=False)
         self.register_buffer("_iu1", iu[1], persistent=False)
@@ -71,10 +103,24 @@ class MMoERanker(nn.Module):
         for e in self.embeddings:
             nn.init.normal_(e.weight, std=0.05)
 
-    def forward(self, cat: torch.Tensor, dense: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
-        """Logits [batch, tasks]."""
+    def forward(
+        self,
+        cat: torch.Tensor,
+        dense: torch.Tensor,
+        content: torch.Tensor,
+        hist_ids: torch.Tensor | None = None,
+        hist_content: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits [batch, tasks]. With history_len: hist_ids [batch, L] item_id vocab ids (0 = padding) and
+        hist_content [batch, L, content_dim], newest first."""
         vecs = [emb(cat[:, i]) for i, emb in enumerate(self.embeddings)]
         vecs.append(self.content_proj(content))
+        if self.cfg.history_len:
+            ids, hc = hist_ids[:, : self.cfg.history_len], hist_content[:, : self.cfg.history_len]
+            item_emb = self.embeddings[self.item_pos]
+            history = item_emb(ids) + self.content_proj(hc)
+            target = vecs[self.item_pos] + vecs[len(self.embeddings)]
+            vecs.append(self.target_attention(history, target, ids != 0))
         stacked = torch.stack(vecs, dim=1)  # [B, n_vec, d]
         dots = torch.bmm(stacked, stacked.transpose(1, 2))[:, self._iu0, self._iu1]
         x = torch.cat([stacked.flatten(1), dots, dense], dim=1)
@@ -103,6 +149,7 @@ class TowerConfig:
     hidden_sizes: list[int] = field(default_factory=lambda: [128])
     output_dim: int = 64
     content_dim: int = EMBEDDING_DIM
+    extra_dim: int = 0  # width of extra input vectors (the query tower's pooled history)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,25 +167,73 @@ class Tower(nn.Module):
         d = cfg.embedding_dim
         self.embeddings = nn.ModuleList(nn.Embedding(c, d, padding_idx=0) for c in cfg.cardinalities)
         self.content_proj = nn.Linear(cfg.content_dim, d) if cfg.use_content else None
-        in_dim = d * (len(cfg.cardinalities) + int(cfg.use_content)) + cfg.num_dense
+        in_dim = d * (len(cfg.cardinalities) + int(cfg.use_content)) + cfg.num_dense + cfg.extra_dim
         self.mlp = nn.Sequential(_mlp([in_dim, *cfg.hidden_sizes]), nn.Linear(cfg.hidden_sizes[-1], cfg.output_dim))
         for e in self.embeddings:
             nn.init.normal_(e.weight, std=0.05)
 
-    def forward(self, cat: torch.Tensor, dense: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, cat: torch.Tensor, dense: torch.Tensor, content: torch.Tensor, extra: torch.Tensor | None = None
+    ) -> torch.Tensor:
         parts = [emb(cat[:, i]) for i, emb in enumerate(self.embeddings)]
         if self.content_proj is not None:
             parts.append(self.content_proj(content))
         parts.append(dense)
+        if extra is not None:
+            parts.append(extra)
         return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=1)
 
 
 class TwoTower(nn.Module):
-    def __init__(self, query: TowerConfig, item: TowerConfig, temperature: float = 0.05):
+    """Query tower (user features [+ pooled history]) and item tower (item features + content embedding).
+
+    With history_len, the query tower also sees the user's last positives, each represented by the item tower's own
+    item_id embedding + content projection (shared weights: what a user watched and what is retrieved live in one
+    space), pooled two ways: a masked mean and a learned attention. Users without history pool to zeros."""
+
+    def __init__(self, query: TowerConfig, item: TowerConfig, temperature: float = 0.05, history_len: int = 0):
         super().__init__()
+        self.history_len = history_len
+        if history_len and query.extra_dim != 2 * item.embedding_dim:
+            raise ValueError("query tower extra_dim must be 2 * item embedding_dim for history pooling")
         self.query_tower = Tower(query)
         self.item_tower = Tower(item)
         self.temperature = temperature
+        if history_len:
+            self.history_attention = nn.Linear(item.embedding_dim, 1)
+
+    def history_vector(self, hist_ids: torch.Tensor, hist_content: torch.Tensor) -> torch.Tensor:
+        ids, hc = hist_ids[:, : self.history_len], hist_content[:, : self.history_len]
+        h = self.item_tower.embeddings[0](ids) + self.item_tower.content_proj(hc)
+        mask = ids != 0
+        return torch.cat(
+            [masked_mean(h, mask), masked_attention_pool(self.history_attention(h).squeeze(-1), h, mask)], 1
+        )
+
+    def query(
+        self,
+        cat: torch.Tensor,
+        dense: torch.Tensor,
+        hist_ids: torch.Tensor | None = None,
+        hist_content: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        extra = self.history_vector(hist_ids, hist_content) if self.history_len else None
+        return self.query_tower(cat, dense, dense[:, :0], extra)
+
+    def config(self) -> dict:
+        return {
+            "query": self.query_tower.cfg.to_dict(),
+            "item": self.item_tower.cfg.to_dict(),
+            "temperature": self.temperature,
+            "history_len": self.history_len,
+        }
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> TwoTower:
+        """From a saved model_config.json (one saved before history existed loads history-free)."""
+        return cls(
+            TowerConfig(**cfg["query"]), TowerConfig(**cfg["item"]), cfg["temperature"], cfg.get("history_len", 0)
+        )
 
 
 def in_batch_softmax_loss(

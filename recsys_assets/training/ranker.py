@@ -12,7 +12,7 @@ import torch
 
 from recsys_assets.training.config import RANKER_TASKS
 from recsys_assets.training.evaluation import roc_auc
-from recsys_assets.training.features import DENSE_FEATURES
+from recsys_assets.training.features import DENSE_FEATURES, padded_content
 from recsys_assets.training.loader import BatchEncoder, TrainingEventsDataset, sequential_batches, shuffled_batches
 from recsys_assets.training.models import MMoERanker, RankerConfig, ranker_loss
 from recsys_assets.training.trainer import CheckpointStore, FitResult, TrainSettings, fit
@@ -26,6 +26,7 @@ class RankerHyper:
     tower_sizes: tuple[int, ...] = (32,)
     dropout: float = 0.0
     task_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
+    history_len: int = 0  # 0: the history-free ranker
 
 
 def ranker_config(encoder: BatchEncoder, hyper: RankerHyper) -> RankerConfig:
@@ -39,6 +40,7 @@ def ranker_config(encoder: BatchEncoder, hyper: RankerHyper) -> RankerConfig:
         expert_sizes=list(hyper.expert_sizes),
         tower_sizes=list(hyper.tower_sizes),
         dropout=hyper.dropout,
+        history_len=hyper.history_len,
     )
 
 
@@ -53,12 +55,14 @@ def train_ranker(
     on_epoch_end: Callable[[int], None] | None = None,
 ) -> tuple[MMoERanker, FitResult]:
     torch.manual_seed(settings.seed)  # initial weights
+    if hyper.history_len and encoder.history is None:
+        raise ValueError("a history-aware ranker needs an encoder with user_history loaded")
     model = MMoERanker(ranker_config(encoder, hyper))
-    content = torch.from_numpy(encoder.catalog.embeddings).to(settings.device)
+    content = padded_content(encoder.catalog).to(settings.device)
     weights = list(hyper.task_weights)
 
     def step(m: MMoERanker, b: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = m(b["cat"], b["dense"], content[b["content_row"]])
+        logits = m(b["cat"], b["dense"], content[b["content_row"]], *history_inputs(m, b, content))
         return ranker_loss(m, logits.float(), b["labels"], weights)
 
     def batches(epoch: int):
@@ -80,10 +84,11 @@ def score_ranker(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Predicted probabilities and labels [rows, tasks] in storage order (up to max_rows)."""
     model.eval()
-    content = torch.from_numpy(encoder.catalog.embeddings)
+    content = padded_content(encoder.catalog)
     scores, labels, n = [], [], 0
     for b in sequential_batches(data, encoder, batch_size):
-        scores.append(torch.sigmoid(model(b["cat"], b["dense"], content[b["content_row"]])).numpy())
+        logits = model(b["cat"], b["dense"], content[b["content_row"]], *history_inputs(model, b, content))
+        scores.append(torch.sigmoid(logits).numpy())
         labels.append(b["labels"].numpy())
         n += len(labels[-1])
         if max_rows is not None and n >= max_rows:
@@ -115,11 +120,26 @@ def load_program(data: bytes) -> torch.nn.Module:
     return torch.export.load(io.BytesIO(data)).module()
 
 
+def history_inputs(model: MMoERanker, batch: dict[str, torch.Tensor], content: torch.Tensor) -> tuple:
+    """(hist_ids, hist_content) of a batch for a history-aware ranker, () for a history-free one."""
+    if not model.cfg.history_len:
+        return ()
+    return batch["hist_ids"], content[batch["hist_rows"]]
+
+
 def ranker_example_inputs(cfg: RankerConfig, batch: int = 4) -> tuple[torch.Tensor, ...]:
-    return (
+    """Example inputs of the exported ranker: (cat, dense, content) [+ (hist_ids, hist_content) with history]."""
+    base = (
         torch.ones(batch, len(cfg.cardinalities), dtype=torch.long),
         torch.zeros(batch, cfg.num_dense),
         torch.zeros(batch, cfg.content_dim),
+    )
+    if not cfg.history_len:
+        return base
+    return (
+        *base,
+        torch.ones(batch, cfg.history_len, dtype=torch.long),
+        torch.zeros(batch, cfg.history_len, cfg.content_dim),
     )
 
 

@@ -13,7 +13,7 @@ import torch
 
 from recsys_assets.training.config import LabelSpec
 from recsys_assets.training.evaluation import exact_top_k, group_relevant, popularity_ranking, recall_ndcg_at_k
-from recsys_assets.training.features import DENSE_FEATURES, ItemCatalog, Vocab, standardize
+from recsys_assets.training.features import DENSE_FEATURES, ItemCatalog, Vocab, padded_content, standardize
 from recsys_assets.training.loader import (
     BatchEncoder,
     TrainingEventsDataset,
@@ -38,6 +38,7 @@ class RetrievalHyper:
     output_dim: int = 64
     temperature: float = 0.05
     logq_correction: bool = True
+    history_len: int = 0  # 0: the history-free query tower
 
 
 def _cols(vocab: Vocab, names: list[str]) -> list[int]:
@@ -49,7 +50,14 @@ def _cols(vocab: Vocab, names: list[str]) -> list[int]:
 
 def tower_configs(vocab: Vocab, hyper: RetrievalHyper) -> tuple[TowerConfig, TowerConfig]:
     common = dict(embedding_dim=hyper.embedding_dim, hidden_sizes=list(hyper.hidden_sizes), output_dim=hyper.output_dim)
-    q = TowerConfig(QUERY_CAT, [vocab.cardinality(f) for f in QUERY_CAT], len(QUERY_DENSE), use_content=False, **common)
+    q = TowerConfig(
+        QUERY_CAT,
+        [vocab.cardinality(f) for f in QUERY_CAT],
+        len(QUERY_DENSE),
+        use_content=False,
+        extra_dim=2 * hyper.embedding_dim if hyper.history_len else 0,
+        **common,
+    )
     i = TowerConfig(ITEM_CAT, [vocab.cardinality(f) for f in ITEM_CAT], len(ITEM_DENSE), use_content=True, **common)
     return q, i
 
@@ -84,13 +92,16 @@ def train_two_tower(
         log_q = torch.zeros_like(log_q)
     torch.manual_seed(settings.seed)
     q_cfg, i_cfg = tower_configs(encoder.vocab, hyper)
-    model = TwoTower(q_cfg, i_cfg, hyper.temperature)
-    content = torch.from_numpy(encoder.catalog.embeddings).to(settings.device)
+    if hyper.history_len and encoder.history is None:
+        raise ValueError("a history-aware two-tower needs an encoder with user_history loaded")
+    model = TwoTower(q_cfg, i_cfg, hyper.temperature, hyper.history_len)
+    content = padded_content(encoder.catalog).to(settings.device)
     split = _Split(encoder.vocab, settings.device)
 
     def step(m: TwoTower, b: dict[str, torch.Tensor]) -> torch.Tensor:
         rows = b["content_row"]
-        q = m.query_tower(b["cat"][:, split.q_cat], b["dense"][:, split.q_dense], content[:0])
+        hist = (b["hist_ids"], content[b["hist_rows"]]) if m.history_len else (None, None)
+        q = m.query(b["cat"][:, split.q_cat], b["dense"][:, split.q_dense], *hist)
         i = m.item_tower(b["cat"][:, split.i_cat], b["dense"][:, split.i_dense], content[rows])
         return in_batch_softmax_loss(q.float(), i.float(), rows, log_q[rows], m.temperature)
 
@@ -150,13 +161,17 @@ def query_tower_inputs(users: pd.DataFrame, vocab: Vocab, moments: dict) -> tupl
 
 @dataclass
 class EvalQueries:
-    """Sampled users of the evaluation day: query-tower inputs and the catalogue rows they engaged with."""
+    """Sampled users of the evaluation day: query-tower inputs, their history as of that day (when the encoder has
+    one), and the catalogue rows they engaged with."""
 
     user_ids: np.ndarray
     cat: torch.Tensor
     dense: torch.Tensor
     relevant: list[np.ndarray]
     num_positive_events: int
+    hist_ids: np.ndarray | None = None
+    hist_rows: np.ndarray | None = None
+    day: str | None = None
 
 
 def evaluation_queries(
@@ -178,13 +193,35 @@ def evaluation_queries(
     item_row = encoder.catalog.rows(pa.array(df["item_id"].to_numpy(dtype=object), pa.string()))
     ok = item_row >= 0
     relevant = group_relevant(user_row[ok], item_row[ok], len(users))
-    return EvalQueries(users["user_id"].to_numpy(dtype=object), cat, dense, relevant, int(len(df)))
+    user_ids = users["user_id"].to_numpy(dtype=object)
+    hist_ids = hist_rows = eval_day = None
+    if encoder.history is not None:
+        days = {f.day for f in day.get_fragments()}
+        if len(days) != 1:
+            raise ValueError(f"evaluation queries come from one day, got {sorted(days)}")
+        (eval_day,) = days
+        hist_ids, hist_rows = encoder.history[eval_day].lookup(pa.array(user_ids, pa.string()))
+    return EvalQueries(user_ids, cat, dense, relevant, int(len(df)), hist_ids, hist_rows, eval_day)
 
 
 @torch.no_grad()
-def query_vectors(model: TwoTower, queries: EvalQueries) -> np.ndarray:
-    empty = torch.zeros(len(queries.cat), 0)
-    return model.query_tower(queries.cat, queries.dense, empty).numpy()
+def query_vectors(
+    model: TwoTower, queries: EvalQueries, catalog: ItemCatalog | None = None, batch_size: int = 8192
+) -> np.ndarray:
+    """Query vectors of the evaluation users (in batches: the history's content is gathered per batch)."""
+    if model.history_len and (queries.hist_ids is None or catalog is None):
+        raise ValueError("a history-aware two-tower needs the queries' history and the catalogue")
+    content = padded_content(catalog) if model.history_len else None
+    out = []
+    for s in range(0, len(queries.cat), batch_size):
+        sl = slice(s, s + batch_size)
+        hist = (
+            (torch.from_numpy(queries.hist_ids[sl]), content[torch.from_numpy(queries.hist_rows[sl])])
+            if model.history_len
+            else (None, None)
+        )
+        out.append(model.query(queries.cat[sl], queries.dense[sl], *hist))
+    return torch.cat(out).numpy() if out else np.zeros((0, model.query_tower.cfg.output_dim), np.float32)
 
 
 def evaluate_retrieval(
@@ -207,10 +244,36 @@ class QueryTowerModule(torch.nn.Module):
 
     def __init__(self, model: TwoTower):
         super().__init__()
-        self.tower = model.query_tower
+        self.model = model
 
     def forward(self, cat: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        return self.tower(cat, dense, dense[:, :0])
+        return self.model.query(cat, dense)
+
+
+class HistoryQueryTowerModule(torch.nn.Module):
+    """The history-aware query tower as served: (user cat ids, user dense, history item_id vocab ids [B, L],
+    history content embeddings [B, L, 128]) -> L2-normalised query vector."""
+
+    def __init__(self, model: TwoTower):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, cat: torch.Tensor, dense: torch.Tensor, hist_ids: torch.Tensor, hist_content: torch.Tensor
+    ) -> torch.Tensor:
+        return self.model.query(cat, dense, hist_ids, hist_content)
+
+
+def query_tower_program(model: TwoTower) -> bytes:
+    """The exported query tower (.pt2): the history-aware signature when the model has one."""
+    from recsys_assets.training.ranker import export_program
+
+    cfg = model.query_tower.cfg
+    cat, dense = torch.ones(4, len(cfg.cardinalities), dtype=torch.long), torch.zeros(4, cfg.num_dense)
+    if not model.history_len:
+        return export_program(QueryTowerModule(model), (cat, dense))
+    hist = (torch.ones(4, model.history_len, dtype=torch.long), torch.zeros(4, model.history_len, cfg.content_dim))
+    return export_program(HistoryQueryTowerModule(model), (cat, dense, *hist))
 
 
 class ItemTowerModule(torch.nn.Module):
@@ -220,3 +283,33 @@ class ItemTowerModule(torch.nn.Module):
 
     def forward(self, cat: torch.Tensor, dense: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
         return self.tower(cat, dense, content)
+
+
+def compare_retrieval(
+    models: dict[str, TwoTower],
+    queries: EvalQueries,
+    encoder: BatchEncoder,
+    as_of: pd.Timestamp,
+    window_counts: np.ndarray,
+    recent_counts: np.ndarray,
+    ks: list[int],
+    seen: list[np.ndarray] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Every method on the same day-D, full-corpus protocol (recsys_assets/training/baselines.py): the given
+    two-tower models, most-popular over the window, recent-popular (last window day), and item-kNN over the users'
+    histories as of the day when the encoder has them."""
+    from recsys_assets.training.baselines import compare_methods, count_scores, item_knn_scores, vector_scores
+
+    catalog = encoder.catalog
+    methods = {
+        name: vector_scores(
+            query_vectors(m, queries, catalog), item_vectors(m, catalog, encoder.vocab, encoder.moments, as_of)
+        )
+        for name, m in models.items()
+    }
+    methods["most-popular"] = count_scores(window_counts)
+    methods["recent-popular"] = count_scores(recent_counts)
+    if queries.hist_rows is not None:
+        population = encoder.history[queries.day].content_rows[:-1]
+        methods["item-kNN"] = item_knn_scores(queries.hist_rows, population, len(catalog))
+    return compare_methods(methods, queries.relevant, ks, len(catalog), seen)

@@ -102,3 +102,26 @@ def window_dep(asset) -> AssetDep:
             start_offset=-w, end_offset=0, allow_nonexistent_upstream_partitions=True
         ),
     )
+
+
+def with_user_history(store: DatasetStore, window: TrainingWindow, min_days: int) -> TrainingWindow:
+    """The window restricted to days that also have a committed user_history (each event is joined with the history
+    as of its own day); a day without one is reported as unused, and the validation day must have one."""
+    from recsys_assets.core.datasets import USER_HISTORY
+
+    status = dict(window.status)
+    for d in [*window.train_days, window.validation_day]:
+        if not store.is_committed(USER_HISTORY, d):
+            status[d] = (
+                f"no committed user_history ({day_status(store, USER_HISTORY, d)}); materialize user_history first"
+            )
+    train = [d for d in window.train_days if status[d].startswith("used")]
+    if not status[window.validation_day].startswith("used") or len(train) < min(min_days, len(window.status) - 1):
+        listed = "; ".join(f"{d}: {s}" for d, s in status.items() if not s.startswith("used"))
+        raise NoTrainingDataError(
+            f"the history-aware models of {window.validation_day} need user_history for the validation day and at "
+            f"least {min_days} window days: {listed}. Backfill user_history (user_history_job) in date order, or set "
+            "history.enabled: false in training.yaml"
+        )
+    versions = {d: v for d, v in window.versions.items() if d in train or d == window.validation_day}
+    return TrainingWindow(train_days=train, validation_day=window.validation_day, versions=versions, status=status)
