@@ -10,16 +10,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import psycopg2
+import pyarrow as pa
 import pytest
 import torch
 
 from recsys_assets.serving import registry
 from recsys_assets.serving.assets import active_users
+from recsys_assets.serving.feed import ReleaseHistory
 from recsys_assets.serving.model_repository import load_release
 from recsys_assets.serving.online_eval import IMPRESSION_COLUMNS, read_raw_plays
 from recsys_assets.serving.serving_config import latest_config, load_serving_spec, user_buckets
 from recsys_assets.synthetic.online_logs import simulate_impressions, write_online_feature_sample
 from recsys_assets.training.artifacts import ArtifactDir
+from recsys_assets.training.history import read_history_table
 from recsys_assets.training.models import MMoERanker, RankerConfig
 from resources.postgres import PostgresResource
 from resources.storage import DatasetStore, StorageResource
@@ -68,10 +71,15 @@ def test_two_releases_feed_ab_split_skew_online_ctr_and_rollback(instance, train
     spec = load_serving_spec()
     # Three small days: the gates run, the lift over most-popular is not what is under test here.
     cfg_path = training_yaml(tmp_path, **{**LENIENT, "retrieval_min_lift_over_popularity": 0.0})
+    # Release 1 is the history-free design (what releases before user_history were), release 2 history-aware: the
+    # A/B feed serves both signatures, and rolling back to release 1 keeps working.
+    history_free = training_yaml(
+        tmp_path, history={"enabled": False}, **{**LENIENT, "retrieval_min_lift_over_popularity": 0.0}
+    )
     day1, day2 = DAYS[1], DAYS[2]
 
     # Release 1: train day 2 (window day 1), a skew-free online sample, then the serving job's assets.
-    assert train_day(day1, instance, trained_root, cfg_path).success
+    assert train_day(day1, instance, trained_root, history_free).success
     logged = write_online_feature_sample(store, day1, spec.skew.online_feature_log)
     result = serve(day1, instance, trained_root, pg_database)
     assert result.success
@@ -115,6 +123,7 @@ def test_two_releases_feed_ab_split_skew_online_ctr_and_rollback(instance, train
     )
     with torch.no_grad():
         torch.testing.assert_close(loaded.ranker(cat, dense, content), eager(cat, dense, content))
+    assert eager.cfg.history_len == 0 and "hist_ids" not in ranker_cfg
 
     # The feed: every active user, k_feed items each, ranks 1..k in descending score, all from production v1.
     feed1 = feed_rows(pg_database, day1)
@@ -160,6 +169,25 @@ def test_two_releases_feed_ab_split_skew_online_ctr_and_rollback(instance, train
         ("production", 2, [0, 90]),
         ("holdback", 1, [90, 100]),
     ]
+    # Release 2 takes the user's history: in its Triton config, and, in the feed, each user's history as of the
+    # serving day from user_history, encoded with the release's own vocabulary.
+    for name in ("recsys_ranker", "recsys_query_tower"):
+        text = (repo / name / "config.pbtxt").read_text()
+        assert 'name: "hist_ids" data_type: TYPE_INT64 dims: [ -1, 20 ]' in text, name
+        assert 'name: "hist_content" data_type: TYPE_FP32 dims: [ -1, 20, 128 ]' in text, name
+    release2 = load_release(store, 2)
+    history = read_history_table(store, day2)
+    hist = ReleaseHistory(release2, history)
+    user = max(history.to_pylist(), key=lambda r: len(r["item_ids"]))
+    ids, content = hist.query_inputs(np.array([user["user_id"], "nobody"], dtype=object))
+    expected = release2.query_vocab.encode("item_id", pa.array(user["item_ids"][:20], pa.string()))
+    assert ids[0, : len(expected)].tolist() == expected.tolist() and (ids[1] == 0).all()
+    row = release2.catalog.rows(pa.array(user["item_ids"][:1], pa.string()))[0]
+    if row >= 0:
+        assert torch.equal(content[0, 0], torch.from_numpy(release2.catalog.embeddings[row]))
+    with pytest.raises(ValueError, match="no user_history"):
+        ReleaseHistory(release2, None)
+
     feed2 = feed_rows(pg_database, day2)
     by_user = feed2.drop_duplicates("user_id").set_index("user_id")
     buckets = user_buckets(by_user.index.to_numpy(dtype=object), cfg["salt"], cfg["buckets"])

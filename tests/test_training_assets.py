@@ -29,12 +29,13 @@ from tests.dagster_helpers import run_job
 pytestmark = pytest.mark.slow
 
 
-def training_yaml(tmp_path, min_window_days: int = 1, **checks) -> str:
+def training_yaml(tmp_path, min_window_days: int = 1, history: dict | None = None, **checks) -> str:
     """The packaged training.yaml with some check thresholds replaced; the test world has 3 days, so a window of
     one earlier day is enough unless a test says otherwise."""
     spec = yaml.safe_load(DEFAULT_TRAINING_CONFIG_PATH.read_text())
     spec["checks"].update(checks)
     spec["min_window_days"] = min_window_days
+    spec["history"].update(history or {})
     path = tmp_path / f"training-{uuid.uuid4().hex[:8]}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return str(path)
