@@ -173,3 +173,32 @@ def test_baselines_match_brute_force_definitions():
     prior = np.array([(2 + 2 * rate) / (2 + 2), (1 + 2 * rate) / (3 + 2)])
     expected_auc = roc_auc(np.array([1, 0, 1, 0]), prior[[0, 1, 1, 0]])
     assert item_prior_aucs(train, valid, 2, ("liked",), 2.0, None) == {"liked": pytest.approx(expected_auc)}
+
+
+def test_early_stopping_keeps_the_best_holdout_epoch_and_never_trains_on_the_holdout(model_store, history_encoder):  # noqa: F811
+    from recsys_assets.training.loader import holdout_user_ids
+
+    enc, _ = history_encoder
+    train = committed_events_dataset(model_store, TRAIN_DAYS)
+    held = holdout_user_ids(enc.vocab, 20.0)
+    assert 0 < len(held) < enc.vocab.cardinality("user_id")
+    settings = TrainSettings(epochs=5, batch_size=256, learning_rate=2e-2, num_threads=2)
+    model, fit = train_ranker(train, enc, RankerHyper(embedding_dim=8), settings, holdout_users=held, patience=1)
+    losses = [h["holdout_loss"] for h in fit.history]
+    assert fit.best_epoch == int(np.argmin(losses))
+    assert len(fit.history) == 5 or fit.history[-1]["epoch"] - fit.best_epoch == 1  # stopped after `patience`
+    # trained rows exclude the held-out users: fewer samples per epoch than the window has rows
+    held_rows = train.count_rows(filter=pa.compute.field("user_id").isin(held))
+    assert fit.history[0]["samples"] == train.count_rows() - held_rows > 0
+    # the model ends with the best epoch's weights: its holdout loss is the best one
+    from recsys_assets.training.models import ranker_loss
+    from recsys_assets.training.ranker import history_inputs
+
+    content = padded_content(enc.catalog)
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for b in sequential_batches(train, enc, 256, filter=pa.compute.field("user_id").isin(held)):
+            logits = model(b["cat"], b["dense"], content[b["content_row"]], *history_inputs(model, b, content))
+            total += float(ranker_loss(model, logits, b["labels"], [1.0] * 4)) * len(b["labels"])
+            n += len(b["labels"])
+    assert total / n == pytest.approx(min(losses), rel=1e-5)

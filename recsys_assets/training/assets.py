@@ -87,14 +87,33 @@ def _encoder(store, window: TrainingWindow, vocab_dir: ArtifactDir, spec):
     return BatchEncoder(vocab, moments, catalog, spec.labels, history)
 
 
+def _selection(sizes, encoder) -> dict:
+    """Early stopping arguments of a model's training: a held-out slice of the window's users, when configured."""
+    if not sizes.early_stopping:
+        return {}
+    from recsys_assets.training.loader import holdout_user_ids
+
+    return {"holdout_users": holdout_user_ids(encoder.vocab, sizes.holdout_pct), "patience": sizes.patience}
+
+
 def _history_len(spec: TrainingSpec) -> int:
     return spec.history.max_len if spec.history.enabled else 0
 
 
 def _history_table(history: list[dict]) -> MetadataValue:
     return md_table(
-        ["epoch", "loss", "samples", "seconds", "samples/s"],
-        [[h["epoch"], round(h["loss"], 5), h["samples"], h["seconds"], h["samples_per_s"]] for h in history],
+        ["epoch", "loss", "holdout loss", "samples", "seconds", "samples/s"],
+        [
+            [
+                h["epoch"],
+                round(h["loss"], 5),
+                round(h["holdout_loss"], 5) if "holdout_loss" in h else "-",
+                h["samples"],
+                h["seconds"],
+                h["samples_per_s"],
+            ]
+            for h in history
+        ],
     )
 
 
@@ -131,6 +150,8 @@ class _ModelInputs:
             "hyper": hyper.__dict__,
             "history": fit.history,
             "resumed_from_epoch": fit.resumed_from_epoch,
+            "best_epoch": fit.best_epoch,
+            "stopped_early": fit.stopped_early,
             "train_seconds": round(fit.train_seconds, 2),
             "samples_per_s": round(fit.samples_per_s, 1),
             "run_id": run_id,
@@ -361,8 +382,9 @@ def ranker_model(
     )
     train_data = committed_events_dataset(store, window.train_days)
     valid_data = committed_events_dataset(store, [day])
-    fp, checkpoints = inputs.checkpoints(RANKER_MODEL, hyper, settings)
-    model, fit = train_ranker(train_data, encoder, hyper, settings, checkpoints, fp, context.log.info)
+    selection = _selection(spec.ranker, encoder)
+    fp, checkpoints = inputs.checkpoints(RANKER_MODEL, hyper, settings, spec.ranker.model_dump())
+    model, fit = train_ranker(train_data, encoder, hyper, settings, checkpoints, fp, context.log.info, **selection)
     t0 = time.perf_counter()
     scores, labels = score_ranker(model, valid_data, encoder, max_rows=config.max_validation_rows)
     aucs, rates = task_aucs(scores, labels), task_positive_rates(labels)
@@ -372,8 +394,10 @@ def ranker_model(
     history_free_aucs: dict = {}
     if hyper.history_len and spec.history.compare_history_free:
         hf_hyper = dataclasses.replace(hyper, history_len=0)
-        hf_fp, hf_checkpoints = inputs.checkpoints(RANKER_MODEL, hf_hyper, settings)
-        hf_model, _ = train_ranker(train_data, encoder, hf_hyper, settings, hf_checkpoints, hf_fp, context.log.info)
+        hf_fp, hf_checkpoints = inputs.checkpoints(RANKER_MODEL, hf_hyper, settings, spec.ranker.model_dump())
+        hf_model, _ = train_ranker(
+            train_data, encoder, hf_hyper, settings, hf_checkpoints, hf_fp, context.log.info, **selection
+        )
         history_free_aucs = task_aucs(*score_ranker(hf_model, valid_data, encoder, max_rows=config.max_validation_rows))
         hf_checkpoints.clear()
     prior_aucs = item_prior_aucs(
@@ -496,17 +520,22 @@ def retrieval_model(
         learning_rate=spec.retrieval.learning_rate,
     )
     train_data = committed_events_dataset(store, window.train_days)
-    fp, checkpoints = inputs.checkpoints(RETRIEVAL_MODEL, hyper, settings, spec.labels.model_dump())
+    selection = _selection(spec.retrieval, encoder)
+    fp, checkpoints = inputs.checkpoints(
+        RETRIEVAL_MODEL, hyper, settings, spec.labels.model_dump(), spec.retrieval.model_dump()
+    )
     model, fit, positive_counts = train_two_tower(
-        train_data, encoder, hyper, settings, checkpoints, fp, context.log.info
+        train_data, encoder, hyper, settings, checkpoints, fp, context.log.info, **selection
     )
     primary = "two-tower (history)" if hyper.history_len else "two-tower"
     models = {primary: model}
     if hyper.history_len and spec.history.compare_history_free:
         hf_hyper = dataclasses.replace(hyper, history_len=0)
-        hf_fp, hf_checkpoints = inputs.checkpoints(RETRIEVAL_MODEL, hf_hyper, settings, spec.labels.model_dump())
+        hf_fp, hf_checkpoints = inputs.checkpoints(
+            RETRIEVAL_MODEL, hf_hyper, settings, spec.labels.model_dump(), spec.retrieval.model_dump()
+        )
         models["two-tower (history-free)"] = train_two_tower(
-            train_data, encoder, hf_hyper, settings, hf_checkpoints, hf_fp, context.log.info
+            train_data, encoder, hf_hyper, settings, hf_checkpoints, hf_fp, context.log.info, **selection
         )[0]
         hf_checkpoints.clear()
     t0 = time.perf_counter()

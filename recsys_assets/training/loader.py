@@ -313,3 +313,23 @@ def item_frequencies(
         rows = catalog.rows(b.column("item_id"))
         counts += np.bincount(rows[rows >= 0], minlength=len(catalog))
     return counts
+
+
+def holdout_user_ids(vocab: Vocab, pct: float) -> pa.Array:
+    """A stable hash-chosen `pct`% of the window's users (the vocab's user_id tokens): their events are held out of
+    training to select the epoch (never the validation day, which stays untouched for the gate)."""
+    tokens = vocab.tables["user_id"]["token"].astype(str).to_numpy(dtype=object)
+    bucket = pd.util.hash_array(tokens, categorize=False) % 10_000
+    return pa.array(tokens[bucket < pct * 100], pa.string())
+
+
+def split_holdout(
+    filter: pc.Expression | None, holdout_users: pa.Array | None
+) -> tuple[pc.Expression | None, pc.Expression | None]:
+    """(training filter, holdout filter): the rows of `filter` without / with the held-out users."""
+    if holdout_users is None:
+        return filter, None
+    held = pc.field("user_id").isin(holdout_users)
+    if filter is None:
+        return ~held, held
+    return filter & ~held, filter & held

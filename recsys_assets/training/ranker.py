@@ -13,7 +13,13 @@ import torch
 from recsys_assets.training.config import RANKER_TASKS
 from recsys_assets.training.evaluation import roc_auc
 from recsys_assets.training.features import DENSE_FEATURES, padded_content
-from recsys_assets.training.loader import BatchEncoder, TrainingEventsDataset, sequential_batches, shuffled_batches
+from recsys_assets.training.loader import (
+    BatchEncoder,
+    TrainingEventsDataset,
+    sequential_batches,
+    shuffled_batches,
+    split_holdout,
+)
 from recsys_assets.training.models import MMoERanker, RankerConfig, ranker_loss
 from recsys_assets.training.trainer import CheckpointStore, FitResult, TrainSettings, fit
 
@@ -53,7 +59,10 @@ def train_ranker(
     fingerprint: str = "",
     log: Callable[[str], None] = print,
     on_epoch_end: Callable[[int], None] | None = None,
+    holdout_users=None,
+    patience: int = 2,
 ) -> tuple[MMoERanker, FitResult]:
+    """`holdout_users`: users whose window events select the epoch (early stopping) instead of training."""
     torch.manual_seed(settings.seed)  # initial weights
     if hyper.history_len and encoder.history is None:
         raise ValueError("a history-aware ranker needs an encoder with user_history loaded")
@@ -65,12 +74,34 @@ def train_ranker(
         logits = m(b["cat"], b["dense"], content[b["content_row"]], *history_inputs(m, b, content))
         return ranker_loss(m, logits.float(), b["labels"], weights)
 
+    train_filter, holdout_filter = split_holdout(None, holdout_users)
+
     def batches(epoch: int):
         return shuffled_batches(
-            train, encoder, settings.batch_size, settings.seed, epoch, shuffle_buffer_rows=settings.shuffle_buffer_rows
+            train,
+            encoder,
+            settings.batch_size,
+            settings.seed,
+            epoch,
+            filter=train_filter,
+            shuffle_buffer_rows=settings.shuffle_buffer_rows,
         )
 
-    result = fit(model, step, batches, settings, checkpoints, fingerprint, log, on_epoch_end)
+    def holdout():
+        return sequential_batches(train, encoder, settings.batch_size, filter=holdout_filter)
+
+    result = fit(
+        model,
+        step,
+        batches,
+        settings,
+        checkpoints,
+        fingerprint,
+        log,
+        on_epoch_end,
+        holdout if holdout_filter is not None else None,
+        patience,
+    )
     return model.eval(), result
 
 

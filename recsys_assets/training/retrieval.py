@@ -19,7 +19,9 @@ from recsys_assets.training.loader import (
     TrainingEventsDataset,
     item_frequencies,
     retrieval_positive_filter,
+    sequential_batches,
     shuffled_batches,
+    split_holdout,
 )
 from recsys_assets.training.models import TowerConfig, TwoTower, in_batch_softmax_loss
 from recsys_assets.training.trainer import CheckpointStore, FitResult, TrainSettings, fit
@@ -81,8 +83,11 @@ def train_two_tower(
     fingerprint: str = "",
     log: Callable[[str], None] = print,
     on_epoch_end: Callable[[int], None] | None = None,
+    holdout_users=None,
+    patience: int = 2,
 ) -> tuple[TwoTower, FitResult, np.ndarray]:
-    """Trains on positive events only. Returns the model, fit result, and per-catalogue-row positive counts."""
+    """Trains on positive events only. Returns the model, fit result, and per-catalogue-row positive counts.
+    `holdout_users`: users whose window positives select the epoch (early stopping) instead of training."""
     positives = retrieval_positive_filter(encoder.labels)
     counts = item_frequencies(train, encoder.catalog, positives)
     if counts.sum() == 0:
@@ -105,6 +110,8 @@ def train_two_tower(
         i = m.item_tower(b["cat"][:, split.i_cat], b["dense"][:, split.i_dense], content[rows])
         return in_batch_softmax_loss(q.float(), i.float(), rows, log_q[rows], m.temperature)
 
+    train_filter, holdout_filter = split_holdout(positives, holdout_users)
+
     def batches(epoch: int):
         return shuffled_batches(
             train,
@@ -112,12 +119,26 @@ def train_two_tower(
             settings.batch_size,
             settings.seed,
             epoch,
-            filter=positives,
+            filter=train_filter,
             shuffle_buffer_rows=settings.shuffle_buffer_rows,
             drop_last=True,
         )
 
-    result = fit(model, step, batches, settings, checkpoints, fingerprint, log, on_epoch_end)
+    def holdout():
+        return sequential_batches(train, encoder, settings.batch_size, filter=holdout_filter)
+
+    result = fit(
+        model,
+        step,
+        batches,
+        settings,
+        checkpoints,
+        fingerprint,
+        log,
+        on_epoch_end,
+        holdout if holdout_filter is not None else None,
+        patience,
+    )
     return model.eval(), result, counts
 
 

@@ -31,6 +31,8 @@ from resources.training import TrainSettings, resolve_device  # noqa: F401 (reso
 class FitResult:
     history: list[dict] = field(default_factory=list)
     resumed_from_epoch: int | None = None
+    best_epoch: int | None = None  # with a holdout: the epoch whose weights the model ends with
+    stopped_early: bool = False
     train_seconds: float = 0.0
     trained_samples: int = 0
 
@@ -163,7 +165,13 @@ def fit(
     fingerprint: str = "",
     log: Callable[[str], None] = print,
     on_epoch_end: Callable[[int], None] | None = None,
+    holdout: Callable[[], Iterator[dict[str, torch.Tensor]]] | None = None,
+    patience: int = 2,
 ) -> FitResult:
+    """Train for settings.epochs. With `holdout` (batches of a held-out slice of the training window, never the
+    validation day): after each epoch the mean training loss on it is measured, the model ends with the weights of
+    the best epoch, and training stops after `patience` epochs without improvement (validation-driven selection
+    instead of a fixed epoch count)."""
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
     device = torch.device(settings.device)
@@ -171,10 +179,12 @@ def fit(
     opt = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     result = FitResult()
     start_epoch = 0
+    best: dict | None = None  # {"epoch", "loss", "model"} of the best holdout epoch so far
     if checkpoints is not None and (state := checkpoints.latest(fingerprint)) is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         result.history = state["history"]
+        best = state.get("best")
         start_epoch = state["epoch"] + 1
         result.resumed_from_epoch = state["epoch"]
         log(f"resumed from checkpoint after epoch {state['epoch']}")
@@ -211,8 +221,19 @@ def fit(
             "seconds": round(seconds, 3),
             "samples_per_s": round(samples / seconds, 1) if seconds else 0.0,
         }
+        if holdout is not None:
+            row["holdout_loss"] = _holdout_loss(model, step_loss, holdout, device, use_amp)
+            if best is None or row["holdout_loss"] < best["loss"]:
+                best = {
+                    "epoch": epoch,
+                    "loss": row["holdout_loss"],
+                    "model": {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()},
+                }
         result.history.append(row)
-        log(f"epoch {epoch}: loss {row['loss']:.5f}, {samples:,} samples, {row['samples_per_s']:,.0f} samples/s")
+        log(
+            f"epoch {epoch}: loss {row['loss']:.5f}, {samples:,} samples, {row['samples_per_s']:,.0f} samples/s"
+            + (f", holdout loss {row['holdout_loss']:.5f}" if holdout is not None else "")
+        )
         if checkpoints is not None:
             checkpoints.save(
                 epoch,
@@ -222,9 +243,32 @@ def fit(
                     "model": model.state_dict(),
                     "optimizer": opt.state_dict(),
                     "history": result.history,
+                    "best": best,
                 },
             )
         if on_epoch_end is not None:
             on_epoch_end(epoch)
+        if best is not None and epoch - best["epoch"] >= patience:
+            result.stopped_early = epoch + 1 < settings.epochs
+            log(f"no holdout improvement for {patience} epochs since epoch {best['epoch']}: stopping")
+            break
     model.to("cpu")
+    if best is not None:
+        model.load_state_dict(best["model"])
+        result.best_epoch = best["epoch"]
     return result
+
+
+@torch.no_grad()
+def _holdout_loss(model: nn.Module, step_loss, holdout, device, use_amp: bool) -> float:
+    model.eval()
+    total, n = 0.0, 0
+    for batch in holdout():
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            loss = step_loss(model, batch)
+        size = len(next(iter(batch.values())))
+        total += float(loss) * size
+        n += size
+    model.train()
+    return total / n if n else float("inf")
