@@ -105,6 +105,50 @@ def sql_time_profile(session, since_id: int = -1, top: int = 15) -> list[dict]:
     return rows[:top]
 
 
+def user_history_timings(session, store: DatasetStore, day: str, events_version: str) -> dict:
+    """Seconds of the user_history stage on this day's training_events: the next day's history built from the
+    day alone, then the day after's from that history + the same day's events again (the cost of folding one day
+    into an existing history; the entries are duplicates, the work is the same)."""
+    from recsys_assets.core.partitions import shift_day
+    from recsys_assets.datagen.user_history import user_history_stage
+    from recsys_assets.training.config import load_training_spec
+
+    spec = load_training_spec()
+    params = {
+        "keep": spec.history.keep,
+        "lookback_days": spec.history.lookback_days,
+        "min_watch_ratio": spec.labels.retrieval_positive_min_watch_ratio,
+        "on_engagement": spec.labels.retrieval_positive_on_engagement,
+    }
+    first, second = shift_day(day, 1), shift_day(day, 2)
+    t0 = time.perf_counter()
+    v1 = store.new_version()
+    full = user_history_stage(
+        session,
+        store,
+        first,
+        v1,
+        {**params, "previous_day": day, "previous_version": None, "event_versions": {day: events_version}},
+    )
+    store.commit("user_history", first, v1)
+    t1 = time.perf_counter()
+    incremental = user_history_stage(
+        session,
+        store,
+        second,
+        store.new_version(),
+        {**params, "previous_day": first, "previous_version": v1, "event_versions": {day: events_version}},
+    )
+    t2 = time.perf_counter()
+    return {
+        "user_history_from_one_day_s": round(t1 - t0, 1),
+        "user_history_incremental_s": round(t2 - t1, 1),
+        "user_history_users": full["users_with_history"],
+        "user_history_entries": full["entries"],
+        "user_history_incremental_entries": incremental["entries"],
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--sizes", default="1000000,5000000")
@@ -112,6 +156,12 @@ def main() -> None:
     p.add_argument("--driver-memory", default="6g")
     p.add_argument("--workdir", default="")
     p.add_argument("--profile", action="store_true", help="add the Spark SQL time metrics per plan node")
+    p.add_argument(
+        "--user-history",
+        action="store_true",
+        help="also build user_history from the day (the next day's history: a full build from one day's events) "
+        "and extend it (the day after: that history + a day of events, the incremental path's work)",
+    )
     a = p.parse_args()
     spark = SparkResource(
         master=a.master,
@@ -163,6 +213,8 @@ def main() -> None:
             "driver_python_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "spark_jvm_peak_rss_mb": jvm_peak_rss_mb(),
         }
+        if a.user_history:
+            row |= user_history_timings(session, store, DAY, store.committed_version("training_events", DAY))
         if a.profile:
             row["profile_top_sql_time"] = sql_time_profile(session, since)
             row["profile_actions"] = sql_execution_times(session, since)

@@ -91,6 +91,11 @@ def test_two_releases_feed_ab_split_skew_online_ctr_and_rollback(instance, train
     assert meta["model_repository"]["version"].value == 1 and meta["model_repository"]["checks_passed"].value is True
     assert meta["model_promotion"]["decision"].value == "promoted v1 (replaced nothing)"
     assert meta["feature_skew_report"]["online_rows"].value == logged > 0
+    # the history the models read is a compared feature too (logged online, user_history offline): no skew here
+    assert meta["feature_skew_report"]["history_length"].value == "compared"
+    skew1 = store.read_json(store.committed_path("feature_skew_report", day1, "report.json"))
+    row = next(f for f in skew1["features"] if f["feature"] == "history_length")
+    assert row["passed"] and row["online_mean"] > 0
 
     # Triton-style layout, and the served ranker program equals the trained model on the same inputs.
     repo = Path(trained_root) / "model_repository"

@@ -7,8 +7,9 @@ index's recall against exact search and the cold-start index's self-recall, into
 
 It exists on the days a model gate fails too: it reads the version each gate judged (the withheld candidate when
 the gate failed) and says what each gate decided. A failed gate keeps the model out of the index, feed and
-promotion, never out of the report. In the training run it follows the models; when a gate failed (which skips it
-there), Declarative Automation runs it on its own right after (gate `any`).
+promotion, never out of the report. In the training run it follows the models and indexes; when a gate failed
+(which skips it there), Declarative Automation runs it on its own right after (gate `any`), with whatever of the
+day's indexes exists.
 """
 
 from dagster import AssetExecutionContext, AssetSelection, MaterializeResult, MetadataValue, asset
@@ -17,7 +18,7 @@ from recsys_assets.core.automation import after_upstream
 from recsys_assets.core.gating import judged_version
 from recsys_assets.core.metadata import md_table, numeric_metadata
 from recsys_assets.core.partitions import PER_DAY, daily_partitions
-from recsys_assets.indexes.assets import cold_start_index
+from recsys_assets.indexes.assets import cold_start_index, retrieval_index
 from recsys_assets.training.artifacts import (
     COLD_START_INDEX,
     OFFLINE_EVALUATION,
@@ -108,7 +109,9 @@ def _committed_json(store, dataset: str, day: str, name: str) -> dict | None:
     # After the day's models, whatever their gates decided (the report shows a failing model beside the baselines).
     automation_condition=after_upstream(AssetSelection.assets(RANKER_MODEL, RETRIEVAL_MODEL), gate="any"),
     group_name="evaluation",
-    deps=[ranker_model, retrieval_model, cold_start_index],
+    # retrieval_index: in the training run the report follows the index (and shows its recall vs exact); when the
+    # retrieval gate failed there is no index for the day and the report, run by automation, says so.
+    deps=[ranker_model, retrieval_model, retrieval_index, cold_start_index],
     kinds={"python", "json"},
     backfill_policy=PER_DAY,
     description="Temporal-split offline evaluation of partition D's models on day D, every method on one protocol: "

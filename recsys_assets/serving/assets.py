@@ -401,7 +401,7 @@ def _read_parquet_dir(store, path: str, what: str) -> "pd.DataFrame":
     automation_condition=SERVE_NEWEST_DAY,
     partitions_def=daily_partitions,
     group_name=SERVING_GROUP,
-    deps=[training_events],
+    deps=[training_events, AssetKey(USER_HISTORY)],
     kinds={"pandas"},
     description="Per-feature PSI and KS between the day's training_events and the logged online feature sample "
     "(serving.yaml skew.online_feature_log); judged by the feature_skew_within_limits check.",
@@ -411,7 +411,7 @@ def feature_skew_report(
 ) -> MaterializeResult:
     import pandas as pd
 
-    from recsys_assets.serving.skew import feature_skew
+    from recsys_assets.serving.skew import HISTORY_LENGTH, feature_skew, history_lengths
     from recsys_assets.training.loader import committed_events_dataset
 
     day, store = context.partition_key, storage.store
@@ -424,9 +424,18 @@ def feature_skew_report(
             offline["user_id"].to_numpy(dtype=object) + "|" + offline["item_id"].to_numpy(dtype=object)
         )
         offline = offline[h % len(offline) < spec.max_offline_rows]
-    rows = feature_skew(
-        offline, online, spec.numeric_features, spec.categorical_features, spec.bins, spec.max_psi, spec.max_ks
-    )
+    numeric = list(spec.numeric_features)
+    # The history the models read: its length per row, offline from user_history (as of the day), online as the
+    # server logged it. Compared when both sides have it (logs written before history existed do not).
+    history_note = "not compared: no committed user_history for the day"
+    if store.is_committed(USER_HISTORY, day):
+        if HISTORY_LENGTH in online.columns:
+            offline[HISTORY_LENGTH] = history_lengths(store, day, offline["user_id"])
+            numeric.append(HISTORY_LENGTH)
+            history_note = "compared"
+        else:
+            history_note = f"not compared: the online feature log has no {HISTORY_LENGTH} column"
+    rows = feature_skew(offline, online, numeric, spec.categorical_features, spec.bins, spec.max_psi, spec.max_ks)
     report = {
         "day": day,
         "max_psi": spec.max_psi,
@@ -434,6 +443,7 @@ def feature_skew_report(
         "features": rows,
         "offline_rows": int(len(offline)),
         "online_rows": int(len(online)),
+        "history_length": history_note,
     }
     out = PartitionVersion.new(store, FEATURE_SKEW_REPORT, day, context.run_id)
     out.write_json("report.json", report)
@@ -448,6 +458,7 @@ def feature_skew_report(
             "max_ks_observed": MetadataValue.float(max((r.get("ks", 0.0) for r in rows), default=0.0)),
             "online_rows": MetadataValue.int(len(online)),
             "offline_rows": MetadataValue.int(len(offline)),
+            "history_length": history_note,
         }
     )
 

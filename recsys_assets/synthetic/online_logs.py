@@ -49,6 +49,10 @@ def write_online_feature_sample(
         < fraction * 10_000
     )
     sample = events[keep].reset_index(drop=True)
+    if store.is_committed("user_history", day):  # what the server logs: the history length it fed the models
+        from recsys_assets.serving.skew import HISTORY_LENGTH, history_lengths
+
+        sample[HISTORY_LENGTH] = history_lengths(store, day, sample["user_id"])
     if transform is not None:
         sample = transform(sample)
     _write(store, log_path(template, store, day), pa.Table.from_pandas(sample, preserve_index=False))

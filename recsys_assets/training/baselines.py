@@ -36,9 +36,12 @@ def count_scores(counts: np.ndarray) -> ScoreFn:
     return lambda rows: score.unsqueeze(0).expand(rows.stop - rows.start, n)
 
 
-def item_knn_scores(profile_rows: np.ndarray, population_rows: np.ndarray, num_items: int) -> ScoreFn:
+def item_knn_scores(
+    profile_rows: np.ndarray, population_rows: np.ndarray, num_items: int, fallback_counts: np.ndarray | None = None
+) -> ScoreFn:
     """Item-kNN: score(u, j) = sum over u's history items i of cos(i, j), cosine over the population's histories
-    (binary user x item). `profile_rows` [queries, L] and `population_rows` [users, L] are catalogue rows, -1 = none."""
+    (binary user x item). `profile_rows` [queries, L] and `population_rows` [users, L] are catalogue rows, -1 = none.
+    `fallback_counts` break ties (and rank for users without history) by popularity, below any similarity."""
     users, cols = np.nonzero(population_rows >= 0)
     items = population_rows[users, cols]
     x = torch.sparse_coo_tensor(
@@ -47,6 +50,10 @@ def item_knn_scores(profile_rows: np.ndarray, population_rows: np.ndarray, num_i
     x = torch.sparse_coo_tensor(x.indices(), torch.ones(x.indices().shape[1]), x.shape).coalesce()  # binary
     norm = torch.sqrt(torch.sparse.sum(x, dim=0).to_dense()).clamp(min=1.0)
     xt = x.t().coalesce()
+    tie = torch.zeros(num_items, dtype=torch.float64)
+    if fallback_counts is not None and len(fallback_counts):
+        order = np.lexsort((np.arange(num_items), -fallback_counts))
+        tie[torch.from_numpy(order)] = torch.linspace(1e-6, 0.0, num_items, dtype=torch.float64)
 
     def score(rows: slice) -> torch.Tensor:
         prof = profile_rows[rows]
@@ -55,7 +62,7 @@ def item_knn_scores(profile_rows: np.ndarray, population_rows: np.ndarray, num_i
         p[torch.from_numpy(r), torch.from_numpy(prof[r, c])] = 1.0
         p = p / norm
         via_users = torch.sparse.mm(x, p.T)  # [users, q]
-        return torch.sparse.mm(xt, via_users).T / norm  # [q, items]
+        return (torch.sparse.mm(xt, via_users).T / norm).to(torch.float64) + tie  # [q, items]
 
     return score
 

@@ -332,5 +332,5 @@ def compare_retrieval(
     methods["recent-popular"] = count_scores(recent_counts)
     if queries.hist_rows is not None:
         population = encoder.history[queries.day].content_rows[:-1]
-        methods["item-kNN"] = item_knn_scores(queries.hist_rows, population, len(catalog))
+        methods["item-kNN"] = item_knn_scores(queries.hist_rows, population, len(catalog), window_counts)
     return compare_methods(methods, queries.relevant, ks, len(catalog), seen)
