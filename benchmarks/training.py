@@ -19,6 +19,7 @@ from recsys_assets.datagen.stages import read_final_items
 from recsys_assets.training.artifacts import VOCAB, ArtifactDir
 from recsys_assets.training.config import load_training_spec
 from recsys_assets.training.features import DENSE_FEATURES, build_item_catalog, build_vocab, count_tokens, dense_moments
+from recsys_assets.training.history import load_histories
 from recsys_assets.training.loader import (
     BatchEncoder,
     committed_events_dataset,
@@ -38,6 +39,12 @@ def main() -> None:
     p.add_argument("--batch-sizes", default="1024,4096")
     p.add_argument("--days", type=int, default=7, help="trailing committed training_events days to use")
     p.add_argument("--loader-threads", type=int, default=0, help="fragments encoded at once (0: the default)")
+    p.add_argument(
+        "--history",
+        action="store_true",
+        help="history-aware models: the loader joins each event with its day's user_history (training.yaml "
+        "history.max_len); every train day needs a committed user_history",
+    )
     a = p.parse_args()
     if a.loader_threads:
         import recsys_assets.training.loader as loader_module
@@ -59,7 +66,9 @@ def main() -> None:
         vocab = build_vocab(None, count_tokens(ds.to_batches(columns=spec.vocab.features), spec.vocab.features), 2)
         moments = dense_moments(ds.to_batches(columns=list(DENSE_FEATURES)))
     catalog = build_item_catalog([read_final_items(store, d) for d in train_days])
-    enc = BatchEncoder(vocab, moments, catalog, spec.labels)
+    history_len = spec.history.max_len if a.history else 0
+    history = load_histories(store, train_days, history_len, vocab, catalog) if a.history else None
+    enc = BatchEncoder(vocab, moments, catalog, spec.labels, history)
     device = resolve_device(a.device)
     rows = ds.count_rows()
     out = {
@@ -72,6 +81,7 @@ def main() -> None:
         "loader_threads": __import__("recsys_assets.training.loader", fromlist=["x"]).LOADER_THREADS,
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
+        "history_len": history_len,
         "loader": {},
         "ranker": {},
         "two_tower": {},
@@ -82,16 +92,16 @@ def main() -> None:
     if device.startswith("cuda"):
         # CUDA context, cuBLAS handles and the caching allocator are set up by the first epoch: not steady state.
         warm = TrainSettings(epochs=1, batch_size=4096, device=device, mixed_precision=True)
-        train_ranker(ds, enc, RankerHyper(), warm, log=lambda m: None)
-        train_two_tower(ds, enc, RetrievalHyper(), warm, log=lambda m: None)
+        train_ranker(ds, enc, RankerHyper(history_len=history_len), warm, log=lambda m: None)
+        train_two_tower(ds, enc, RetrievalHyper(history_len=history_len), warm, log=lambda m: None)
     for bs in [int(x) for x in a.batch_sizes.split(",")]:
         t0 = time.perf_counter()
         n = sum(len(b["content_row"]) for b in shuffled_batches(ds, enc, bs, seed=1, epoch=0))
         out["loader"][bs] = round(n / (time.perf_counter() - t0), 1)
         settings = TrainSettings(epochs=1, batch_size=bs, device=device, mixed_precision=device.startswith("cuda"))
-        _, fit = train_ranker(ds, enc, RankerHyper(), settings, log=lambda m: None)
+        _, fit = train_ranker(ds, enc, RankerHyper(history_len=history_len), settings, log=lambda m: None)
         out["ranker"][bs] = round(fit.samples_per_s, 1)
-        _, fit, _ = train_two_tower(ds, enc, RetrievalHyper(), settings, log=lambda m: None)
+        _, fit, _ = train_two_tower(ds, enc, RetrievalHyper(history_len=history_len), settings, log=lambda m: None)
         out["two_tower"][bs] = round(fit.samples_per_s, 1)
         print(
             json.dumps(

@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         help="movielens: import MovieLens latest-small laid out as --days daily logs (make demo-real) instead of "
         "generating synthetic days; datagen uses config/datagen_movielens.yaml; no serving (no online logs)",
     )
+    p.add_argument("--eval-days", type=int, default=3, help="movielens: train and evaluate each of the last N days")
     p.add_argument("--source-dir", default=None, help="the MovieLens release (default: RECSYS_MOVIELENS_DIR or shared)")
     a = p.parse_args(argv)
     if a.dataset == "movielens":
@@ -213,10 +214,55 @@ def main_movielens(a) -> None:
         summary.append({"datagen": f"{chunk[0]}..{chunk[-1]}", "success": result.success, "failed_checks": failed})
     if not a.skip_training:
         build_histories(datagen_days, instance, defs)
-        trained = train_last_day(datagen_days[-1], instance, defs, store)
-        summary.append(trained)
+        # The last days each trained and evaluated on their own (models of D: 7 days before D, validated on D), and
+        # every method's mean over them: one re-laid day has ~70 validation users, too few for one day to decide.
+        for day in datagen_days[-a.eval_days :]:
+            summary.append(train_last_day(day, instance, defs, store))
+        summary.append(mean_of_reports(store, datagen_days[-a.eval_days :]))
+        print("\nmean over the evaluated days:", json.dumps(summary[-1], indent=1))
     print("\nsummary:", json.dumps(summary, indent=1))
     print(f"\ndemo (MovieLens) finished in {time.time() - t0:.0f}s; DAGSTER_HOME={home}")
+
+
+def mean_of_reports(store: DatasetStore, days: list[str]) -> dict:
+    """Every method's retrieval metrics and every ranker variant's AUC, averaged over the days' offline_evaluation
+    reports (days without a report are named, not averaged)."""
+    import numpy as np
+
+    reports = {
+        d: store.read_json(store.committed_path("offline_evaluation", d, "report.json"))
+        for d in days
+        if store.read_manifest("offline_evaluation", d)
+    }
+    if not reports:
+        return {"mean_over_days": [], "missing": days}
+    retrieval: dict[str, dict[str, list[float]]] = {}
+    for r in reports.values():
+        for method, metrics in r["retrieval"]["methods"].items():
+            for k, v in metrics.items():
+                retrieval.setdefault(method, {}).setdefault(k, []).append(v)
+    ranker: dict[str, dict[str, list[float]]] = {}
+    for r in reports.values():
+        for variant, key in (
+            ("ranker", "auc"),
+            ("history-free ranker", "auc_history_free"),
+            ("item prior", "auc_item_prior"),
+        ):
+            for task, v in (r["ranker"].get(key) or {}).items():
+                ranker.setdefault(variant, {}).setdefault(task, []).append(v)
+
+    def mean(values: list[float]) -> float | None:
+        finite = [v for v in values if v is not None and np.isfinite(v)]
+        return round(float(np.mean(finite)), 4) if finite else None
+
+    return {
+        "mean_over_days": sorted(reports),
+        "missing": [d for d in days if d not in reports],
+        "gates": {d: r["gates"] for d, r in reports.items()},
+        "retrieval": {m: {k: mean(v) for k, v in ms.items()} for m, ms in retrieval.items()},
+        "ranker_auc": {m: {t: mean(v) for t, v in ts.items()} for m, ts in ranker.items()},
+        "validation_users": {d: r["retrieval"]["num_queries"] for d, r in reports.items()},
+    }
 
 
 def train_last_day(day: str, instance, defs: Definitions, store: DatasetStore) -> dict:
