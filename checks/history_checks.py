@@ -9,6 +9,7 @@ from recsys_assets.core.gating import gate, judged_version
 from recsys_assets.core.metadata import md_table
 from recsys_assets.core.partitions import US_PER_DAY, daily_partitions, shift_day, window_micros, window_of
 from recsys_assets.training.history_assets import user_history
+from resources.config_files import ConfigFilesResource
 from resources.storage import StorageResource
 
 
@@ -89,11 +90,13 @@ def user_history_point_in_time(context: AssetCheckExecutionContext, storage: Sto
     description="Share of the latest folded day's active users that have a history does not drop by more than "
     "history.max_coverage_drop against the day before.",
 )
-def user_history_coverage(context: AssetCheckExecutionContext, storage: StorageResource) -> AssetCheckResult:
+def user_history_coverage(
+    context: AssetCheckExecutionContext, storage: StorageResource, config_files: ConfigFilesResource
+) -> AssetCheckResult:
     from recsys_assets.training.config import load_training_spec
 
     day, store = context.partition_key, storage.store
-    max_drop = load_training_spec().history.max_coverage_drop
+    max_drop = load_training_spec(config_files.training).history.max_coverage_drop
     version = judged_version(store, USER_HISTORY, day)
     today = store.read_json(store.version_path(USER_HISTORY, day, version, "stats.json")).get("coverage")
     before = (store.read_manifest(USER_HISTORY, shift_day(day, -1)) or {}).get("coverage")

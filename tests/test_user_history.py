@@ -194,13 +194,13 @@ def test_asset_builds_incrementally_gates_on_point_in_time_and_equals_a_full_reb
     from recsys_assets.datagen import user_history as stage_module
     from recsys_assets.training import history_assets
 
-    honest_inputs, honest_build = history_assets.history_inputs, stage_module.build_user_history
+    honest_inputs, honest_build = history_assets.history_sources, stage_module.build_user_history
 
     def leaky_inputs(store_, day, spec):
         out = honest_inputs(store_, day, spec)
         return out | {"event_versions": {**out["event_versions"], day: store_.committed_version(TRAINING_EVENTS, day)}}
 
-    monkeypatch.setattr(history_assets, "history_inputs", leaky_inputs)
+    monkeypatch.setattr(history_assets, "history_sources", leaky_inputs)
     monkeypatch.setattr(
         stage_module,
         "build_user_history",

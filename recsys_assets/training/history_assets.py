@@ -30,7 +30,7 @@ from resources.storage import DatasetStore, StorageResource
 _YESTERDAY = TimeWindowPartitionMapping(start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True)
 
 
-def history_inputs(store: DatasetStore, day: str, spec: TrainingSpec) -> dict:
+def history_sources(store: DatasetStore, day: str, spec: TrainingSpec) -> dict:
     """What user_history `day` is built from: the committed training_events versions of the lookback days, and
     whether yesterday's history can be extended (it exists and every day it read still has the version it read,
     and no day it lacked has been committed since) or the lookback must be read in full."""
@@ -79,7 +79,7 @@ def user_history(
 
     day, store = context.partition_key, storage.store
     spec = load_training_spec(config_files.training)
-    inputs = history_inputs(store, day, spec)
+    inputs = history_sources(store, day, spec)
     out = PartitionVersion.new(store, USER_HISTORY, day, context.run_id)
     params = {
         "user_history": {
