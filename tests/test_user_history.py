@@ -15,7 +15,7 @@ from dagster import DagsterInstance
 
 from recsys_assets.core.datasets import TRAINING_EVENTS, USER_HISTORY
 from recsys_assets.core.partitions import US_PER_DAY, window_micros, window_of
-from recsys_assets.datagen.user_history import build_user_history, history_entries, positive_events
+from recsys_assets.datagen.user_history import build_user_history, extend_user_history, positive_events
 from recsys_assets.training.features import Vocab, build_item_catalog
 from recsys_assets.training.history import history_arrays, padded
 from resources.storage import DatasetStore, StorageResource
@@ -94,7 +94,7 @@ def test_incremental_equals_full_rebuild_and_a_brute_force_computation(spark):
     from pyspark.sql import functions as F
 
     yesterdays = positives.filter((F.unix_micros("event_ts") >= y_start) & (F.unix_micros("event_ts") < y_end))
-    incremental = build_user_history(history_entries(prev).unionByName(yesterdays), *_bounds(day, lookback), KEEP)
+    incremental = extend_user_history(prev, yesterdays, *_bounds(day, lookback), KEEP)
     a, b = _as_frame(full), _as_frame(incremental)
     pd.testing.assert_frame_equal(a, b)
 
@@ -178,6 +178,20 @@ def test_asset_builds_incrementally_gates_on_point_in_time_and_equals_a_full_reb
         )
     assert set(np.concatenate(incremental.event_ids.to_numpy())) <= earlier
     assert incremental.item_ids.map(len).max() <= 50 and len(incremental) > 50
+
+    # A day recommitted after yesterday's history read it (a backfill, a fix): yesterday's history is stale, so the
+    # day is rebuilt in full from the committed versions (here with the same content: the same rows).
+    old = store.committed_version(TRAINING_EVENTS, DAYS[0])
+    new = store.new_version()
+    shutil.copytree(
+        root / TRAINING_EVENTS / f"dt={DAYS[0]}" / f"v={old}", root / TRAINING_EVENTS / f"dt={DAYS[0]}" / f"v={new}"
+    )
+    store.commit(TRAINING_EVENTS, DAYS[0], new)
+    r = run_job("user_history_job", DAYS[2], instance, res)
+    meta = r.get_asset_materialization_events()[0].step_materialization_data.materialization.metadata
+    assert meta["mode"].value == "full"
+    assert store.read_manifest(USER_HISTORY, DAYS[2])["sources"][DAYS[0]] == new
+    pd.testing.assert_frame_equal(_history_rows(store, DAYS[2]), incremental)
 
     # A full rebuild (yesterday's history gone) gives the same rows.
     shutil.rmtree(root / USER_HISTORY / f"dt={DAYS[1]}")

@@ -45,46 +45,75 @@ def positive_events(events, min_watch_ratio: float, on_engagement: bool):
     )
 
 
-def history_entries(history):
-    """A user_history table back to one row per entry (the positive_events columns)."""
+# An entry as a struct whose field order is the history's order: sorting an array of them descending orders by
+# (event_ts, event_id) descending, newest first with the event id breaking ties, exactly as the history is defined.
+_ENTRY = ("event_ts", "event_id", "item_id", "kind", "watch_ratio")
+
+
+def _in_range(since_us: int, before_us: int):
     from pyspark.sql import functions as F
 
-    zipped = F.arrays_zip(
-        F.col("item_ids").alias("item_id"),
+    return lambda ts: (F.unix_micros(ts) >= F.lit(since_us)) & (F.unix_micros(ts) < F.lit(before_us))
+
+
+def _entry_arrays(entries, since_us: int, before_us: int):
+    """(user_id, h): each user's entries in [since_us, before_us) as one array of _ENTRY structs."""
+    from pyspark.sql import functions as F
+
+    inside = entries.filter(_in_range(since_us, before_us)(F.col("event_ts")))
+    return inside.groupBy("user_id").agg(F.collect_list(F.struct(*_ENTRY)).alias("h"))
+
+
+def _stored_arrays(history):
+    """A written history table as (user_id, h) with the same struct type as _entry_arrays (no explode)."""
+    from pyspark.sql import functions as F
+
+    h = F.arrays_zip(
         F.col("event_ts").alias("event_ts"),
+        F.col("event_ids").alias("event_id"),
+        F.col("item_ids").alias("item_id"),
         F.col("kinds").alias("kind"),
         F.col("watch_ratios").alias("watch_ratio"),
-        F.col("event_ids").alias("event_id"),
     )
-    return history.select("user_id", F.explode(zipped).alias("e")).select(
-        "user_id", "e.item_id", "e.event_ts", "e.kind", "e.watch_ratio", "e.event_id"
+    return history.select("user_id", h.alias("h"))
+
+
+def _newest(grouped, since_us: int, before_us: int, keep: int):
+    """The history table from (user_id, h): entries inside the range, sorted newest first, the first `keep`."""
+    from pyspark.sql import functions as F
+
+    inside = _in_range(since_us, before_us)
+    h = F.slice(F.sort_array(F.filter("h", lambda e: inside(e["event_ts"])), asc=False), 1, keep)
+    return (
+        grouped.select("user_id", h.alias("h"))
+        .filter(F.size("h") > 0)
+        .select(
+            "user_id",
+            F.col("h.item_id").alias("item_ids"),
+            F.col("h.event_ts").alias("event_ts"),
+            F.col("h.kind").alias("kinds"),
+            F.col("h.watch_ratio").alias("watch_ratios"),
+            F.col("h.event_id").alias("event_ids"),
+            F.size("h").alias("length"),
+        )
     )
 
 
 def build_user_history(entries, since_us: int, before_us: int, keep: int):
-    """The history table of the day starting at `before_us` (UTC epoch micros) from candidate entries: entries in
-    [since_us, before_us), the newest `keep` per user by (event_ts, event_id) descending, as arrays."""
-    from pyspark.sql import Window
+    """The history table of the day starting at `before_us` (UTC epoch micros) from candidate entries (the
+    positive_events columns): entries in [since_us, before_us), the newest `keep` per user by (event_ts, event_id)
+    descending, as arrays. One shuffle (a group-by with partial aggregation), no window function."""
+    return _newest(_entry_arrays(entries, since_us, before_us), since_us, before_us, keep)
+
+
+def extend_user_history(previous, new_entries, since_us: int, before_us: int, keep: int):
+    """The same table from yesterday's history (a written history table) and new entries: yesterday's arrays are
+    merged with the new entries' per user (a union of user-sized rows and one group-by), never exploded."""
     from pyspark.sql import functions as F
 
-    ts = F.unix_micros("event_ts")
-    inside = entries.filter((ts >= F.lit(since_us)) & (ts < F.lit(before_us)))
-    newest = Window.partitionBy("user_id").orderBy(F.col("event_ts").desc(), F.col("event_id").desc())
-    ranked = inside.withColumn("rank", F.row_number().over(newest)).filter(F.col("rank") <= keep)
-    grouped = ranked.groupBy("user_id").agg(
-        F.sort_array(F.collect_list(F.struct("rank", "item_id", "event_ts", "kind", "watch_ratio", "event_id"))).alias(
-            "h"
-        )
-    )
-    return grouped.select(
-        "user_id",
-        F.col("h.item_id").alias("item_ids"),
-        F.col("h.event_ts").alias("event_ts"),
-        F.col("h.kind").alias("kinds"),
-        F.col("h.watch_ratio").alias("watch_ratios"),
-        F.col("h.event_id").alias("event_ids"),
-        F.size("h").alias("length"),
-    )
+    both = _stored_arrays(previous).unionByName(_entry_arrays(new_entries, since_us, before_us))
+    merged = both.groupBy("user_id").agg(F.flatten(F.collect_list("h")).alias("h"))
+    return _newest(merged, since_us, before_us, keep)
 
 
 def history_stats(history, active_users) -> dict:
@@ -126,24 +155,24 @@ def user_history_stage(session, store: DatasetStore, day: str, version: str, par
     t0 = time.monotonic()
     start_us, _ = window_micros(window_of(day))
     since_us = start_us - int(params["lookback_days"]) * US_PER_DAY
-    parts = []
+    keep = int(params["keep"])
     previous = params.get("previous_version")
-    if previous:
-        parts.append(
-            history_entries(
-                session.read.parquet(store.version_uri(USER_HISTORY, params["previous_day"], previous, "history"))
-            )
-        )
-    latest_events = None
+    parts, latest_events = [], None
     for d, v in sorted(params["event_versions"].items()):
         events = session.read.parquet(store.version_uri(TRAINING_EVENTS, d, v, "events"))
         parts.append(positive_events(events, float(params["min_watch_ratio"]), bool(params["on_engagement"])))
         latest_events = events
-    if parts:
-        entries = parts[0]
-        for p in parts[1:]:
-            entries = entries.unionByName(p)
-        history = build_user_history(entries, since_us, start_us, int(params["keep"]))
+    entries = None
+    for p in parts:
+        entries = p if entries is None else entries.unionByName(p)
+    if previous:
+        history = session.read.parquet(store.version_uri(USER_HISTORY, params["previous_day"], previous, "history"))
+        if entries is not None:
+            history = extend_user_history(history, entries, since_us, start_us, keep)
+        else:  # nothing new (yesterday missing or withheld): yesterday's entries still inside the lookback
+            history = _newest(_stored_arrays(history), since_us, start_us, keep)
+    elif entries is not None:
+        history = build_user_history(entries, since_us, start_us, keep)
     else:
         history = session.createDataFrame([], _history_schema())
     uri = store.version_uri(USER_HISTORY, day, version, "history")

@@ -30,17 +30,30 @@ from resources.storage import DatasetStore, StorageResource
 _YESTERDAY = TimeWindowPartitionMapping(start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True)
 
 
+def history_definition(spec: TrainingSpec) -> dict:
+    """What a history's rows depend on besides its inputs: a history built under another definition is not extended."""
+    return {
+        "keep": spec.history.keep,
+        "lookback_days": spec.history.lookback_days,
+        "positive_rule": spec.labels.model_dump(
+            include={"retrieval_positive_min_watch_ratio", "retrieval_positive_on_engagement"}
+        ),
+    }
+
+
 def history_sources(store: DatasetStore, day: str, spec: TrainingSpec) -> dict:
     """What user_history `day` is built from: the committed training_events versions of the lookback days, and
-    whether yesterday's history can be extended (it exists and every day it read still has the version it read,
-    and no day it lacked has been committed since) or the lookback must be read in full."""
+    whether yesterday's history can be extended (it exists, was built under the same definition, every day it read
+    still has the version it read, and no day it lacked has been committed since) or the lookback must be read in
+    full."""
     lookback = spec.history.lookback_days
     days = [shift_day(day, -k) for k in range(lookback, 0, -1)]
     committed = {d: (store.read_manifest(TRAINING_EVENTS, d) or {}).get("version") for d in days}
     committed = {d: v for d, v in committed.items() if v}
     yesterday = shift_day(day, -1)
     previous = store.read_manifest(USER_HISTORY, yesterday)
-    if previous is not None and previous.get("lookback_days") == lookback and previous.get("keep") == spec.history.keep:
+    same_definition = previous is not None and all(previous.get(k) == v for k, v in history_definition(spec).items())
+    if same_definition:
         sources = previous.get("sources") or {}
         # days both histories cover: [day - lookback, yesterday - 1]
         shared = {d for d in days if d < yesterday}
@@ -96,9 +109,8 @@ def user_history(
     out.publish(
         row_count=stats["users_with_history"],
         sources=inputs["sources"],
-        keep=spec.history.keep,
-        lookback_days=spec.history.lookback_days,
         coverage=stats.get("coverage"),
+        **history_definition(spec),
     )
     context.log.info(
         f"user_history {day}: {stats['mode']} ({'from ' + inputs['previous_day'] if inputs['previous_version'] else ''}"
