@@ -202,3 +202,13 @@ def test_early_stopping_keeps_the_best_holdout_epoch_and_never_trains_on_the_hol
             total += float(ranker_loss(model, logits, b["labels"], [1.0] * 4)) * len(b["labels"])
             n += len(b["labels"])
     assert total / n == pytest.approx(min(losses), rel=1e-5)
+
+
+def test_the_recency_prior_dimension_gives_the_prior_weighted_score():
+    from recsys_assets.training.retrieval import with_recency_prior
+
+    rng = np.random.default_rng(1)
+    q, items, counts = rng.normal(size=(5, 8)), rng.normal(size=(30, 8)), rng.integers(0, 50, 30)
+    qa, ia = with_recency_prior(q, items, counts, weight=2.0, temperature=0.05)
+    expected = q @ items.T / 0.05 + 2.0 * np.log1p(counts)[None, :]
+    np.testing.assert_allclose(qa @ ia.T / 0.05, expected, rtol=1e-4, atol=1e-3)

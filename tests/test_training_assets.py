@@ -29,13 +29,17 @@ from tests.dagster_helpers import run_job
 pytestmark = pytest.mark.slow
 
 
-def training_yaml(tmp_path, min_window_days: int = 1, history: dict | None = None, **checks) -> str:
+def training_yaml(
+    tmp_path, min_window_days: int = 1, history: dict | None = None, sections: dict | None = None, **checks
+) -> str:
     """The packaged training.yaml with some check thresholds replaced; the test world has 3 days, so a window of
     one earlier day is enough unless a test says otherwise."""
     spec = yaml.safe_load(DEFAULT_TRAINING_CONFIG_PATH.read_text())
     spec["checks"].update(checks)
     spec["min_window_days"] = min_window_days
     spec["history"].update(history or {})
+    for name, values in (sections or {}).items():
+        spec[name].update(values)
     path = tmp_path / f"training-{uuid.uuid4().hex[:8]}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return str(path)
@@ -167,9 +171,20 @@ def test_vocab_ids_are_stable_across_days_and_the_previous_model_is_scored_on_th
     store = DatasetStore(str(trained_root))
     # Day 2's models train on a single small day, where two-tower does not beat most-popular (its gate would
     # rightly stop the run); this test is about ids and the previous-model comparison, so that gate is off.
-    cfg = training_yaml(tmp_path, **{**LENIENT, "retrieval_min_lift_over_popularity": 0.0})
+    # With a recency prior: the evaluated method and the served index both score q.i / T + w log(1 + recent).
+    cfg = training_yaml(
+        tmp_path,
+        sections={"retrieval_scoring": {"recency_prior": 1.0}},
+        **{**LENIENT, "retrieval_min_lift_over_popularity": 0.0},
+    )
     assert train_day(DAYS[1], instance, trained_root, cfg).success
     assert train_day(DAYS[2], instance, trained_root, cfg).success
+    retrieval = ArtifactDir.committed(store, "retrieval_model", DAYS[2]).read_json("metrics.json")
+    assert retrieval["primary_method"] == "two-tower (history) + recency prior"
+    assert retrieval["model_recall@10"] == retrieval["methods"]["two-tower (history) + recency prior"]["recall@10"]
+    index_dir = ArtifactDir.committed(store, "retrieval_index", DAYS[2])
+    info = index_dir.read_json("index.json")
+    assert info["recency_prior"] == 1.0 and info["dim"] == 64 + 1 and info["recall_vs_exact"] == 1.0
     v1, _ = ArtifactDir.committed(store, "vocab", DAYS[1]).read_vocab()
     v2, _ = ArtifactDir.committed(store, "vocab", DAYS[2]).read_vocab()
     stats = ArtifactDir.committed(store, "vocab", DAYS[2]).read_json("vocab.json")

@@ -72,9 +72,14 @@ def retrieval_index(
     from recsys_assets.indexes.faiss_index import build_ip_index, recall_vs_exact, serialize
     from recsys_assets.training.features import build_item_catalog
     from recsys_assets.training.history import load_histories
-    from recsys_assets.training.loader import BatchEncoder, committed_events_dataset
+    from recsys_assets.training.loader import (
+        BatchEncoder,
+        committed_events_dataset,
+        item_frequencies,
+        retrieval_positive_filter,
+    )
     from recsys_assets.training.models import TwoTower
-    from recsys_assets.training.retrieval import evaluation_queries, item_vectors, query_vectors
+    from recsys_assets.training.retrieval import evaluation_queries, item_vectors, query_vectors, with_recency_prior
 
     day, store = context.partition_key, storage.store
     spec = load_training_spec(config_files.training)
@@ -89,19 +94,29 @@ def retrieval_index(
     catalog = build_item_catalog([read_final_items(store, d) for d in days])
     t0 = time.perf_counter()
     vectors = item_vectors(model, catalog, vocab, moments, pd.Timestamp(window_of(day).end))
-    index, desc = build_ip_index(vectors, config.spec())
-    build_s = time.perf_counter() - t0
     history = load_histories(store, [day], model.history_len, vocab, catalog) if model.history_len else None
     encoder = BatchEncoder(vocab, moments, catalog, spec.labels, history)
     queries = query_vectors(
         model, evaluation_queries(committed_events_dataset(store, [day]), encoder, spec.labels), catalog
     )
     queries = queries[np.random.default_rng(0).permutation(len(queries))[: config.max_recall_queries]]
+    # The recency prior the model was evaluated with, from the index's own day (the newest data when it serves):
+    # one extra dimension, so the inner product is the prior-weighted score (the feed appends 1 to each query).
+    prior = float(model_dir.read_json("metrics.json").get("recency_prior", 0.0))
+    if prior:
+        recent = item_frequencies(
+            committed_events_dataset(store, [day]), catalog, retrieval_positive_filter(spec.labels)
+        )
+        queries, vectors = with_recency_prior(queries, vectors, recent, prior, model.temperature)
+    index, desc = build_ip_index(vectors, config.spec())
+    build_s = time.perf_counter() - t0
     recall = recall_vs_exact(index, vectors, queries, config.recall_k)
     qps = _queries_per_s(index, queries, config.recall_k)
     desc |= {
         "model_day": day,
         "model_version": model_dir.version,
+        "recency_prior": prior,
+        "recency_prior_day": day if prior else None,
         "recall_vs_exact": recall,
         "recall_k": config.recall_k,
         "recall_queries": int(len(queries)),

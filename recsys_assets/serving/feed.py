@@ -162,6 +162,8 @@ def generate_feed(
             .numpy()
             .astype(np.float32)
         )
+        if release.index.d == q.shape[1] + 1:  # an index with the recency prior dimension (retrieval_index)
+            q = np.hstack([q, np.ones((len(q), 1), np.float32)])
         _, idx = release.index.search(q, k_retrieve)
         valid = idx >= 0
         cand = np.where(valid, index_to_catalog[np.maximum(idx, 0)], -1)

@@ -549,9 +549,12 @@ def retrieval_model(
         committed_events_dataset(store, window.train_days[-1:]), encoder.catalog, positives
     )
     seen = seen_items(train_data, queries.user_ids, encoder.catalog) if spec.evaluation.exclude_seen else None
+    prior = spec.retrieval_scoring.recency_prior
     methods = compare_retrieval(
-        models, queries, encoder, pd.Timestamp(window_of(day).end), positive_counts, recent_counts, ks, seen
+        models, queries, encoder, pd.Timestamp(window_of(day).end), positive_counts, recent_counts, ks, seen, prior
     )
+    if prior:  # the served score (the index adds the same prior): what the gate judges
+        primary = f"{primary} + recency prior"
     # The gate's keys: the model vs most-popular, under the same protocol as every other method.
     metrics = {f"model_{m}": v for m, v in methods[primary].items()}
     metrics |= {f"popularity_{m}": v for m, v in methods["most-popular"].items()}
@@ -559,6 +562,7 @@ def retrieval_model(
         "methods": methods,
         "primary_method": primary,
         "history_len": hyper.history_len,
+        "recency_prior": prior,
         "exclude_seen": spec.evaluation.exclude_seen,
         "num_queries": int(sum(1 for r in queries.relevant if len(r))),
         "corpus_size": len(encoder.catalog),

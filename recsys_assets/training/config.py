@@ -107,6 +107,14 @@ class ModelSizes(_Strict):
     holdout_pct: float = Field(default=10.0, gt=0, lt=100)
 
 
+class RetrievalScoring(_Strict):
+    # score(u, i) = q.i / temperature + recency_prior * log(1 + positives of i on the most recent day). The two-tower
+    # is trained with logQ correction (popularity removed); this puts the current popularity back at scoring time.
+    # 0: the model's score alone. Applied in evaluation (last window day) and in the retrieval index (the index's
+    # own day: the newest data at serving), so served and evaluated scores have the same form.
+    recency_prior: float = Field(default=0.0, ge=0)
+
+
 class EvaluationSpec(_Strict):
     # Exclude items the user already interacted with in the window from every method's top-K (on for catalogues
     # where re-consumption is rare, like MovieLens). The report says which was used.
@@ -128,6 +136,7 @@ class TrainingSpec(_Strict):
     ranker: ModelSizes = ModelSizes()
     retrieval: ModelSizes = ModelSizes()
     evaluation: EvaluationSpec = EvaluationSpec()
+    retrieval_scoring: RetrievalScoring = RetrievalScoring()
 
 
 class TrainingConfigError(ConfigFileError):

@@ -306,6 +306,18 @@ class ItemTowerModule(torch.nn.Module):
         return self.tower(cat, dense, content)
 
 
+def with_recency_prior(
+    queries: np.ndarray, items: np.ndarray, recent_counts: np.ndarray, weight: float, temperature: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Query and item vectors with one extra dimension so that their inner product is
+    q.i + temperature * weight * log(1 + recent count), i.e. temperature x (q.i / T + w log(1 + recent)): the same
+    ranking as the prior-weighted score, servable by an inner-product index (the index stores the item side)."""
+    prior = (temperature * weight * np.log1p(np.asarray(recent_counts, np.float64))).astype(np.float32)
+    q = np.hstack([queries.astype(np.float32), np.ones((len(queries), 1), np.float32)])
+    i = np.hstack([items.astype(np.float32), prior[:, None]])
+    return q, i
+
+
 def compare_retrieval(
     models: dict[str, TwoTower],
     queries: EvalQueries,
@@ -315,19 +327,23 @@ def compare_retrieval(
     recent_counts: np.ndarray,
     ks: list[int],
     seen: list[np.ndarray] | None = None,
+    recency_prior: float = 0.0,
 ) -> dict[str, dict[str, float]]:
     """Every method on the same day-D, full-corpus protocol (recsys_assets/training/baselines.py): the given
-    two-tower models, most-popular over the window, recent-popular (last window day), and item-kNN over the users'
-    histories as of the day when the encoder has them."""
+    two-tower models (with `recency_prior`, each also as `<name> + recency prior`: q.i / T + w log(1 + recent)),
+    most-popular over the window, recent-popular (last window day), and item-kNN over the users' histories as of the
+    day when the encoder has them."""
     from recsys_assets.training.baselines import compare_methods, count_scores, item_knn_scores, vector_scores
 
     catalog = encoder.catalog
-    methods = {
-        name: vector_scores(
-            query_vectors(m, queries, catalog), item_vectors(m, catalog, encoder.vocab, encoder.moments, as_of)
-        )
-        for name, m in models.items()
-    }
+    methods = {}
+    for name, m in models.items():
+        q = query_vectors(m, queries, catalog)
+        items = item_vectors(m, catalog, encoder.vocab, encoder.moments, as_of)
+        methods[name] = vector_scores(q, items)
+        if recency_prior:
+            q_aug, items_aug = with_recency_prior(q, items, recent_counts, recency_prior, m.temperature)
+            methods[f"{name} + recency prior"] = vector_scores(q_aug, items_aug)
     methods["most-popular"] = count_scores(window_counts)
     methods["recent-popular"] = count_scores(recent_counts)
     if queries.hist_rows is not None:
