@@ -476,8 +476,14 @@ def test_a_day_failing_embedding_join_is_kept_out_of_training_and_deltas_until_f
     report = store.read_json(store.committed_path("datagen_monitoring_report", d3, "report.json"))
     assert report["item_diff_1d_delta"] is None and report["new_items_pct_1d"] is None  # d2 is nobody's baseline
 
+    from tests.dagster_helpers import run_job
+
+    for day in (d1, d2):  # the history-aware models read each window day's user_history (d3's: in training_job)
+        assert run_job("user_history_job", day, instance, resources).success
     cfg = training_yaml(tmp_path, **{**LENIENT, "retrieval_min_lift_over_popularity": 0.0})
     assert train_day(d3, instance, store.root_uri, cfg).success
+    # the withheld day is not folded into the history either
+    assert sorted(store.read_manifest("user_history", d3)["sources"]) == [d1]
     info = ArtifactDir.committed(store, "ranker_model", d3).read_json("training.json")
     assert info["train_days"] == [d1] and d2 not in info["data_versions"]
     assert info["window_status"][d2] == "withheld (failed embedding_join_item_loss)"
@@ -491,5 +497,6 @@ def test_a_day_failing_embedding_join_is_kept_out_of_training_and_deltas_until_f
     shutil.copytree(backup, emb_dir)
     assert run_day(d2, instance, resources).success and store.is_committed("training_events", d2)
     assert train_day(d3, instance, store.root_uri, cfg).success
+    assert sorted(store.read_manifest("user_history", d3)["sources"]) == [d1, d2]  # rebuilt with the fixed day
     info = ArtifactDir.committed(store, "ranker_model", d3).read_json("training.json")
     assert info["train_days"] == [d1, d2] and info["window_status"][d2] == "used"
