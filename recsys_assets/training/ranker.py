@@ -17,11 +17,9 @@ from recsys_assets.training.loader import (
     BatchEncoder,
     TrainingEventsDataset,
     sequential_batches,
-    shuffled_batches,
-    split_holdout,
 )
 from recsys_assets.training.models import MMoERanker, RankerConfig, ranker_loss
-from recsys_assets.training.trainer import CheckpointStore, FitResult, TrainSettings, fit
+from recsys_assets.training.trainer import CheckpointStore, FitResult, TrainSettings, fit_on_events
 
 
 @dataclass(frozen=True)
@@ -74,33 +72,18 @@ def train_ranker(
         logits = m(b["cat"], b["dense"], content[b["content_row"]], *history_inputs(m, b, content))
         return ranker_loss(m, logits.float(), b["labels"], weights)
 
-    train_filter, holdout_filter = split_holdout(None, holdout_users)
-
-    def batches(epoch: int):
-        return shuffled_batches(
-            train,
-            encoder,
-            settings.batch_size,
-            settings.seed,
-            epoch,
-            filter=train_filter,
-            shuffle_buffer_rows=settings.shuffle_buffer_rows,
-        )
-
-    def holdout():
-        return sequential_batches(train, encoder, settings.batch_size, filter=holdout_filter)
-
-    result = fit(
+    result = fit_on_events(
         model,
         step,
-        batches,
+        train,
+        encoder,
         settings,
         checkpoints,
         fingerprint,
         log,
         on_epoch_end,
-        holdout if holdout_filter is not None else None,
-        patience,
+        holdout_users=holdout_users,
+        patience=patience,
     )
     return model.eval(), result
 

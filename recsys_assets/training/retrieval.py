@@ -19,12 +19,9 @@ from recsys_assets.training.loader import (
     TrainingEventsDataset,
     item_frequencies,
     retrieval_positive_filter,
-    sequential_batches,
-    shuffled_batches,
-    split_holdout,
 )
 from recsys_assets.training.models import TowerConfig, TwoTower, in_batch_softmax_loss
-from recsys_assets.training.trainer import CheckpointStore, FitResult, TrainSettings, fit
+from recsys_assets.training.trainer import CheckpointStore, FitResult, TrainSettings, fit_on_events
 
 QUERY_CAT = ["user_id", "user_language", "user_region"]
 QUERY_DENSE = ["user_tenure_days"]
@@ -110,34 +107,20 @@ def train_two_tower(
         i = m.item_tower(b["cat"][:, split.i_cat], b["dense"][:, split.i_dense], content[rows])
         return in_batch_softmax_loss(q.float(), i.float(), rows, log_q[rows], m.temperature)
 
-    train_filter, holdout_filter = split_holdout(positives, holdout_users)
-
-    def batches(epoch: int):
-        return shuffled_batches(
-            train,
-            encoder,
-            settings.batch_size,
-            settings.seed,
-            epoch,
-            filter=train_filter,
-            shuffle_buffer_rows=settings.shuffle_buffer_rows,
-            drop_last=True,
-        )
-
-    def holdout():
-        return sequential_batches(train, encoder, settings.batch_size, filter=holdout_filter)
-
-    result = fit(
+    result = fit_on_events(
         model,
         step,
-        batches,
+        train,
+        encoder,
         settings,
         checkpoints,
         fingerprint,
         log,
         on_epoch_end,
-        holdout if holdout_filter is not None else None,
-        patience,
+        filter=positives,
+        drop_last=True,
+        holdout_users=holdout_users,
+        patience=patience,
     )
     return model.eval(), result, counts
 

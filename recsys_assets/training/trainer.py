@@ -259,6 +259,57 @@ def fit(
     return result
 
 
+def fit_on_events(
+    model: nn.Module,
+    step_loss: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor],
+    train,
+    encoder,
+    settings: TrainSettings,
+    checkpoints: CheckpointStore | None = None,
+    fingerprint: str = "",
+    log: Callable[[str], None] = print,
+    on_epoch_end: Callable[[int], None] | None = None,
+    *,
+    filter=None,
+    drop_last: bool = False,
+    holdout_users=None,
+    patience: int = 2,
+) -> FitResult:
+    """`fit` over the (filtered) events of a training_events dataset: shuffled batches per epoch, and with
+    `holdout_users` those users' events held out of training to select the epoch (sequential batches)."""
+    from recsys_assets.training.loader import sequential_batches, shuffled_batches, split_holdout
+
+    train_filter, holdout_filter = split_holdout(filter, holdout_users)
+
+    def batches(epoch: int):
+        return shuffled_batches(
+            train,
+            encoder,
+            settings.batch_size,
+            settings.seed,
+            epoch,
+            filter=train_filter,
+            shuffle_buffer_rows=settings.shuffle_buffer_rows,
+            drop_last=drop_last,
+        )
+
+    def holdout():
+        return sequential_batches(train, encoder, settings.batch_size, filter=holdout_filter)
+
+    return fit(
+        model,
+        step_loss,
+        batches,
+        settings,
+        checkpoints,
+        fingerprint,
+        log,
+        on_epoch_end,
+        holdout if holdout_filter is not None else None,
+        patience,
+    )
+
+
 @torch.no_grad()
 def _holdout_loss(model: nn.Module, step_loss, holdout, device, use_amp: bool) -> float:
     model.eval()
