@@ -31,7 +31,7 @@ from recsys_assets.training.ranker import (
 from recsys_assets.training.retrieval import (
     QueryTowerModule,
     RetrievalHyper,
-    evaluate_retrieval,
+    compare_retrieval,
     evaluation_queries,
     item_vectors,
     query_vectors,
@@ -139,12 +139,15 @@ def test_two_tower_beats_most_popular_on_full_corpus_recall(model_store):
     )
     queries = evaluation_queries(committed_events_dataset(model_store, [VALID_DAY]), enc, LabelSpec())
     items = item_vectors(model, enc.catalog, enc.vocab, enc.moments, pd.Timestamp("2024-05-05", tz="UTC"))
-    m = evaluate_retrieval(query_vectors(model, queries), items, queries.relevant, counts, [10, 50])
-    assert m["corpus_size"] == len(enc.catalog) == 300
-    assert m["num_queries"] > 300
+    methods = compare_retrieval(
+        {"two-tower": model}, queries, enc, pd.Timestamp("2024-05-05", tz="UTC"), counts, counts, [10, 50]
+    )
+    model_m, pop_m = methods["two-tower"], methods["most-popular"]
+    assert len(items) == len(enc.catalog) == 300
+    assert sum(1 for r in queries.relevant if len(r)) > 300
     assert np.allclose(np.linalg.norm(items, axis=1), 1.0, atol=1e-5)  # cosine vectors, as the index expects
-    assert m["model_recall@10"] > 1.5 * m["popularity_recall@10"], m
-    assert m["model_ndcg@10"] > m["popularity_ndcg@10"], m
+    assert model_m["recall@10"] > 1.5 * pop_m["recall@10"], methods
+    assert model_m["ndcg@10"] > pop_m["ndcg@10"], methods
     # The exported query tower gives the same vectors.
     served = load_program(export_program(QueryTowerModule(model), (queries.cat[:4], queries.dense[:4])))
     with torch.no_grad():

@@ -12,7 +12,7 @@ import pyarrow as pa
 import torch
 
 from recsys_assets.training.config import LabelSpec
-from recsys_assets.training.evaluation import exact_top_k, group_relevant, popularity_ranking, recall_ndcg_at_k
+from recsys_assets.training.evaluation import group_relevant
 from recsys_assets.training.features import DENSE_FEATURES, ItemCatalog, Vocab, padded_content, standardize
 from recsys_assets.training.loader import (
     BatchEncoder,
@@ -226,21 +226,6 @@ def query_vectors(
         )
         out.append(model.query(queries.cat[sl], queries.dense[sl], *hist))
     return torch.cat(out).numpy() if out else np.zeros((0, model.query_tower.cfg.output_dim), np.float32)
-
-
-def evaluate_retrieval(
-    q_vecs: np.ndarray, item_vecs: np.ndarray, relevant: list[np.ndarray], popularity_counts: np.ndarray, ks: list[int]
-) -> dict[str, float]:
-    """Model vs most-popular baseline, both ranking the full catalogue (exact search)."""
-    kmax = max(ks)
-    model_ranked = exact_top_k(q_vecs, item_vecs, kmax)
-    pop = popularity_ranking(popularity_counts, kmax)
-    pop_ranked = np.broadcast_to(pop, (len(relevant), len(pop)))
-    out = {f"model_{k}": v for k, v in recall_ndcg_at_k(model_ranked, relevant, ks).items()}
-    out |= {f"popularity_{k}": v for k, v in recall_ndcg_at_k(pop_ranked, relevant, ks).items()}
-    out["num_queries"] = int(sum(1 for r in relevant if len(r)))
-    out["corpus_size"] = int(len(item_vecs))
-    return out
 
 
 class QueryTowerModule(torch.nn.Module):
