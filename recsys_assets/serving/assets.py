@@ -410,8 +410,10 @@ def feature_skew_report(
     context: AssetExecutionContext, storage: StorageResource, config_files: ConfigFilesResource
 ) -> MaterializeResult:
     import pandas as pd
+    import pyarrow as pa
 
-    from recsys_assets.serving.skew import HISTORY_LENGTH, feature_skew, history_lengths
+    from recsys_assets.serving.skew import HISTORY_LENGTH, feature_skew
+    from recsys_assets.training.history import history_lengths
     from recsys_assets.training.loader import committed_events_dataset
 
     day, store = context.partition_key, storage.store
@@ -430,7 +432,7 @@ def feature_skew_report(
     history_note = "not compared: no committed user_history for the day"
     if store.is_committed(USER_HISTORY, day):
         if HISTORY_LENGTH in online.columns:
-            offline[HISTORY_LENGTH] = history_lengths(store, day, offline["user_id"])
+            offline[HISTORY_LENGTH] = history_lengths(store, day, pa.array(offline["user_id"], pa.string()))
             numeric.append(HISTORY_LENGTH)
             history_note = "compared"
         else:

@@ -18,21 +18,6 @@ TOP_CATEGORIES = 50
 HISTORY_LENGTH = "history_length"  # entries of the user's history as of the day (user_history), per logged row
 
 
-def history_lengths(store, day: str, user_ids: pd.Series) -> np.ndarray:
-    """The user_history length of each row's user as of `day` (0 for users without one)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from recsys_assets.training.features import positions_in
-    from recsys_assets.training.history import read_history_table
-
-    table = read_history_table(store, day)
-    lengths = np.append(pc.list_value_length(table.column("item_ids")).to_numpy(zero_copy_only=False), 0)
-    index = pd.Index(table.column("user_id").to_numpy(zero_copy_only=False), dtype=object)
-    pos = positions_in(index, pa.array(user_ids.to_numpy(dtype=object), pa.string()))
-    return lengths[np.where(pos < 0, len(index), pos)].astype(np.float64)
-
-
 def psi(expected: np.ndarray, actual: np.ndarray) -> float:
     e = np.maximum(np.asarray(expected, np.float64) / max(np.sum(expected), 1), EPS)
     a = np.maximum(np.asarray(actual, np.float64) / max(np.sum(actual), 1), EPS)

@@ -50,9 +50,10 @@ def write_online_feature_sample(
     )
     sample = events[keep].reset_index(drop=True)
     if store.is_committed("user_history", day):  # what the server logs: the history length it fed the models
-        from recsys_assets.serving.skew import HISTORY_LENGTH, history_lengths
+        from recsys_assets.serving.skew import HISTORY_LENGTH
+        from recsys_assets.training.history import history_lengths
 
-        sample[HISTORY_LENGTH] = history_lengths(store, day, sample["user_id"])
+        sample[HISTORY_LENGTH] = history_lengths(store, day, pa.array(sample["user_id"], pa.string()))
     if transform is not None:
         sample = transform(sample)
     _write(store, log_path(template, store, day), pa.Table.from_pandas(sample, preserve_index=False))

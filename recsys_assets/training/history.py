@@ -42,6 +42,15 @@ def padded(lists: pa.ListArray | pa.ChunkedArray, max_len: int, values: np.ndarr
     return out
 
 
+def user_rows(user_index: pd.Index, user_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Row of each user in a history table indexed by `user_index`; len(user_index) (one padding row past the
+    end, the "no history" row) for users without one."""
+    from recsys_assets.training.features import positions_in
+
+    pos = positions_in(user_index, user_ids)
+    return np.where(pos < 0, len(user_index), pos)
+
+
 @dataclass
 class HistoryArrays:
     """A day's histories as padded arrays over one vocabulary and catalogue: row r is user `user_ids[r]`, and one
@@ -57,10 +66,7 @@ class HistoryArrays:
         return self.item_ids.shape[1]
 
     def rows_of(self, user_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
-        from recsys_assets.training.features import positions_in
-
-        pos = positions_in(self.user_index, user_ids)
-        return np.where(pos < 0, len(self.user_index), pos)
+        return user_rows(self.user_index, user_ids)
 
     def lookup(self, user_ids: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
         rows = self.rows_of(user_ids)
@@ -106,3 +112,11 @@ def read_history_table(store, day: str) -> pa.Table:
 def load_histories(store, days: list[str], max_len: int, vocab, catalog) -> dict[str, HistoryArrays]:
     """HistoryArrays of the committed user_history of each day (each event is joined with its own day's)."""
     return {d: history_arrays(read_history_table(store, d), max_len, vocab, catalog) for d in days}
+
+
+def history_lengths(store, day: str, user_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The committed user_history length of each user as of `day` (0 for users without one)."""
+    table = read_history_table(store, day)
+    lengths = np.append(pc.list_value_length(table.column("item_ids")).to_numpy(zero_copy_only=False), 0)
+    index = pd.Index(table.column("user_id").to_numpy(zero_copy_only=False), dtype=object)
+    return lengths[user_rows(index, user_ids)].astype(np.float64)
