@@ -142,6 +142,15 @@ class _ModelInputs:
         )
         return fp, CheckpointStore(self.store, self.store.path("_checkpoints", asset_name, f"dt={self.day}", fp))
 
+    def train_history_free(self, asset_name: str, train_fn, train_data, hyper, settings, *extra, log, **kwargs):
+        """The same model without history (same data, sizes and seed): the comparison offline_evaluation shows.
+        Its checkpoints are its own (the fingerprint differs by history_len) and are dropped once it is trained."""
+        hf_hyper = dataclasses.replace(hyper, history_len=0)
+        fp, checkpoints = self.checkpoints(asset_name, hf_hyper, settings, *extra)
+        trained = train_fn(train_data, self.encoder, hf_hyper, settings, checkpoints, fp, log, **kwargs)
+        checkpoints.clear()
+        return trained[0]
+
     def training_info(self, settings, hyper, fit, run_id: str, **extra) -> dict:
         return {
             **self.window.as_dict(),
@@ -393,13 +402,17 @@ def ranker_model(
     # prior (the item's smoothed label rate in the window).
     history_free_aucs: dict = {}
     if hyper.history_len and spec.history.compare_history_free:
-        hf_hyper = dataclasses.replace(hyper, history_len=0)
-        hf_fp, hf_checkpoints = inputs.checkpoints(RANKER_MODEL, hf_hyper, settings, spec.ranker.model_dump())
-        hf_model, _ = train_ranker(
-            train_data, encoder, hf_hyper, settings, hf_checkpoints, hf_fp, context.log.info, **selection
+        hf_model = inputs.train_history_free(
+            RANKER_MODEL,
+            train_ranker,
+            train_data,
+            hyper,
+            settings,
+            spec.ranker.model_dump(),
+            log=context.log.info,
+            **selection,
         )
         history_free_aucs = task_aucs(*score_ranker(hf_model, valid_data, encoder, max_rows=config.max_validation_rows))
-        hf_checkpoints.clear()
     prior_aucs = item_prior_aucs(
         sequential_batches(train_data, encoder, 8192),
         sequential_batches(valid_data, encoder, 8192),
@@ -530,14 +543,17 @@ def retrieval_model(
     primary = "two-tower (history)" if hyper.history_len else "two-tower"
     models = {primary: model}
     if hyper.history_len and spec.history.compare_history_free:
-        hf_hyper = dataclasses.replace(hyper, history_len=0)
-        hf_fp, hf_checkpoints = inputs.checkpoints(
-            RETRIEVAL_MODEL, hf_hyper, settings, spec.labels.model_dump(), spec.retrieval.model_dump()
+        models["two-tower (history-free)"] = inputs.train_history_free(
+            RETRIEVAL_MODEL,
+            train_two_tower,
+            train_data,
+            hyper,
+            settings,
+            spec.labels.model_dump(),
+            spec.retrieval.model_dump(),
+            log=context.log.info,
+            **selection,
         )
-        models["two-tower (history-free)"] = train_two_tower(
-            train_data, encoder, hf_hyper, settings, hf_checkpoints, hf_fp, context.log.info, **selection
-        )[0]
-        hf_checkpoints.clear()
     t0 = time.perf_counter()
     queries = evaluation_queries(
         committed_events_dataset(store, [day]), encoder, spec.labels, config.validation_user_sample_pct
