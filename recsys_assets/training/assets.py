@@ -413,9 +413,10 @@ def ranker_model(
             **selection,
         )
         history_free_aucs = task_aucs(*score_ranker(hf_model, valid_data, encoder, max_rows=config.max_validation_rows))
+    plain = dataclasses.replace(encoder, history=None)  # the prior needs items and labels, not the history gather
     prior_aucs = item_prior_aucs(
-        sequential_batches(train_data, encoder, 8192),
-        sequential_batches(valid_data, encoder, 8192),
+        sequential_batches(train_data, plain, 8192),
+        sequential_batches(valid_data, plain, 8192),
         len(encoder.catalog),
         RANKER_TASKS,
         spec.evaluation.item_prior_smoothing,
