@@ -22,7 +22,7 @@ from resources.config_files import ConfigFilesResource
 from resources.dataproc import DataprocSparkResource
 from resources.notifier import NotifierResource
 from resources.postgres import PostgresResource
-from resources.spark import SparkResource, SparkSubmitResource
+from resources.spark import SparkResource, SparkSubmitResource, default_class_archive
 from resources.storage import StorageResource
 from resources.training import TrainingResource
 
@@ -41,10 +41,11 @@ def spark_backend():
     back through Pipes), `dataproc` (Dataproc PySpark jobs, docs/dataproc.md)."""
     backend = os.environ.get("RECSYS_SPARK_BACKEND", "local")
     master = _env("RECSYS_SPARK_MASTER", "local[*]")
+    class_archive = _env("RECSYS_SPARK_CLASS_ARCHIVE", default_class_archive())
     if backend == "local":
-        return SparkResource(master=master)
+        return SparkResource(master=master, class_archive=class_archive)
     if backend == "submit":
-        return SparkSubmitResource(master=master)
+        return SparkSubmitResource(master=master, class_archive=class_archive)
     if backend == "dataproc":
         return DataprocSparkResource(
             project_id=EnvVar("RECSYS_GCP_PROJECT"),

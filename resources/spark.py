@@ -26,6 +26,8 @@ JOB_SPARK_CONF = {
     "spark.sql.sources.partitionOverwriteMode": "dynamic",
 }
 
+DEFAULT_JAVA_OPTIONS = "-XX:+UseParallelGC"
+
 
 @dataclass(frozen=True)
 class SparkJob:
@@ -50,20 +52,28 @@ class SparkResource(ConfigurableResource):
     shuffle_partitions: int = Field(default=8, description="spark.sql.shuffle.partitions for day-sized jobs.")
     driver_memory: str = "4g"
     java_options: str = Field(
-        default="-XX:+UseParallelGC",
+        default=DEFAULT_JAVA_OPTIONS,
         description="JVM options of the driver and executors (spark.*.extraJavaOptions unless spark_conf sets "
         "them). The throughput collector: datagen is batch work with no latency goal (measured in "
         "docs/benchmarks.md).",
     )
     spark_conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark properties.")
+    class_archive: str = Field(
+        default="",
+        description="A JVM class-data-sharing archive of the Spark driver's classes (`python -m resources.spark "
+        "[PATH]` builds one; `make install` builds it in the venv, where the default resources look). Used when "
+        "the file exists: the driver JVM maps the classes Spark loads at start instead of loading and verifying "
+        "them (~3 s less per session on a 2-core host, docs/benchmarks.md). A stale archive (another JDK or "
+        "Spark) is ignored by the JVM.",
+    )
 
     def jvm_conf(self) -> dict[str, str]:
-        if not self.java_options:
-            return {}
-        return {
-            "spark.driver.extraJavaOptions": self.java_options,
-            "spark.executor.extraJavaOptions": self.java_options,
-        }
+        driver = " ".join(o for o in (self.java_options, class_archive_options(self.class_archive)) if o)
+        conf = {"spark.driver.extraJavaOptions": driver} if driver else {}
+        if self.java_options:
+            # never the archive for executors: on a cluster their classpath differs from the driver's
+            conf["spark.executor.extraJavaOptions"] = self.java_options
+        return conf
 
     def get_session(self):
         from pyspark.sql import SparkSession
@@ -89,6 +99,70 @@ class SparkResource(ConfigurableResource):
         """Run `job` and return its stats. In-process here; subclasses submit the job file and hand the stats
         back through Pipes."""
         return job.run(self.get_session())
+
+
+# The JVM's own CDS messages (classes it cannot archive, a stale archive it ignores) are not ours to show.
+_QUIET_CDS = "-Xlog:cds=off -Xlog:cds+dynamic=off"
+
+
+def class_archive_options(path: str) -> str:
+    """Driver JVM options that map the class archive at `path`, or "" when there is none."""
+    if not path or not os.path.isfile(path):
+        return ""
+    return f"-XX:SharedArchiveFile={path} {_QUIET_CDS}"
+
+
+def default_class_archive() -> str:
+    """Where `make install` builds the archive: inside the venv, so it lives and dies with the Spark jars it
+    was made from."""
+    return os.path.join(os.sys.prefix, "share", "recsys-platform", "spark-classes.jsa")
+
+
+def build_class_archive(path: str, master: str = "local[2]") -> str:
+    """Write a class archive of the driver's classes to `path` (atomically): a child JVM runs a small job that
+    touches what the datagen jobs use (parquet write/read, aggregation, join, window, arrays) and dumps every
+    class it loaded when it exits. Takes ~30 s."""
+    import subprocess
+    import sys
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    subprocess.run([sys.executable, "-m", "resources.spark", "--dump-classes", tmp, master], check=True)
+    if not os.path.isfile(tmp):
+        raise RuntimeError(f"the JVM wrote no class archive to {tmp}")
+    os.replace(tmp, path)
+    return path
+
+
+def _dump_classes(path: str, master: str) -> None:
+    import tempfile
+
+    from pyspark import SparkContext
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    resource = SparkResource(
+        master=master,
+        driver_memory="1g",
+        shuffle_partitions=2,
+        java_options=f"{DEFAULT_JAVA_OPTIONS} -XX:ArchiveClassesAtExit={path} {_QUIET_CDS}",
+    )
+    session = resource.get_session()
+    with tempfile.TemporaryDirectory() as tmp:
+        df = session.range(2000).select(
+            F.col("id"), (F.col("id") % 7).alias("k"), F.timestamp_seconds(F.col("id")).alias("t")
+        )
+        df.write.parquet(f"{tmp}/probe")
+        read = session.read.parquet(f"{tmp}/probe")
+        agg = read.groupBy("k").agg(F.count("*").alias("n"), F.collect_list(F.struct("t", "id")).alias("xs"))
+        ranked = read.withColumn("r", F.row_number().over(Window.partitionBy("k").orderBy("t")))
+        ranked.join(agg, "k").select("k", F.explode("xs").alias("x"), "n").write.parquet(f"{tmp}/joined")
+        jvm = SparkContext._gateway.proc
+        session.stop()
+    # The JVM writes the archive as it exits, which it does when its stdin (the gateway pipe) closes.
+    jvm.stdin.close()
+    if jvm.wait() != 0:
+        raise SystemExit(f"the Spark JVM exited with {jvm.returncode} while writing {path}")
 
 
 def stats_from_pipes(invocation, job: SparkJob) -> dict:
@@ -130,3 +204,14 @@ class SparkSubmitResource(SparkResource):
         env = {"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
         invocation = PipesSubprocessClient(env=env).run(context=context, command=command)
         return stats_from_pipes(invocation, job)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) == 4 and sys.argv[1] == "--dump-classes":
+        _dump_classes(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) <= 2:
+        print(build_class_archive(sys.argv[1] if len(sys.argv) == 2 else default_class_archive()))
+    else:
+        raise SystemExit("usage: python -m resources.spark [ARCHIVE_PATH (default: in the venv)]")
