@@ -111,6 +111,7 @@ def test_training_job_trains_on_the_window_validates_on_the_day_and_builds_both_
     vocab, moments = ranker.read_vocab()
     catalog = build_item_catalog([read_final_items(store, d) for d in DAYS])
     assert model.cfg.history_len == 20  # training.yaml history.max_len: the history-aware ranker
+    assert model.cfg.item_bias and metrics["item_bias"]  # training.yaml ranker.item_bias (the packaged default)
     history = load_histories(store, [day], model.cfg.history_len, vocab, catalog)
     encoder = BatchEncoder(vocab, moments, catalog, LabelSpec(), history)
     batch = next(sequential_batches(committed_events_dataset(store, [day]), encoder, 256))
@@ -140,7 +141,7 @@ def test_training_job_trains_on_the_window_validates_on_the_day_and_builds_both_
 
     # Every method on one protocol, in the model's metrics and the report; the ranker beside its baselines.
     report = ArtifactDir.committed(store, "offline_evaluation", day).read_json("report.json")
-    assert report["ranker"]["auc"] == metrics["auc"]
+    assert report["ranker"]["auc"] == metrics["auc"] and report["ranker"]["item_bias"] is True
     assert set(report["ranker"]["auc_history_free"]) == set(report["ranker"]["auc_item_prior"]) == set(metrics["auc"])
     assert 0.5 < report["ranker"]["auc_item_prior"]["liked"] < 1.0
     assert report["gates"] == {"ranker_model": "passed", "retrieval_model": "passed"}

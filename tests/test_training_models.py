@@ -18,10 +18,11 @@ from recsys_assets.datagen.stages import read_final_items
 from recsys_assets.training.config import LabelSpec
 from recsys_assets.training.features import DENSE_FEATURES, build_item_catalog, build_vocab, count_tokens, dense_moments
 from recsys_assets.training.loader import BatchEncoder, committed_events_dataset, shuffled_batches
-from recsys_assets.training.models import in_batch_softmax_loss
+from recsys_assets.training.models import MMoERanker, RankerConfig, in_batch_softmax_loss
 from recsys_assets.training.ranker import (
     RankerHyper,
     export_program,
+    item_prior_logits,
     load_program,
     ranker_example_inputs,
     score_ranker,
@@ -109,6 +110,72 @@ def test_ranker_learns_labels_that_depend_on_features(model_store):
     assert fit.history[-1]["loss"] < fit.history[0]["loss"]
     assert aucs["liked"] > 0.75 and aucs["shared"] > 0.7 and aucs["watch_complete"] > 0.65, aucs
     assert fit.samples_per_s > 0 and fit.trained_samples == 4 * 18_000
+
+
+def _brute_force_prior_logits(enc: BatchEncoder, table, smoothing: float) -> np.ndarray:
+    """The item prior per item_id vocab id, by pandas over the raw rows."""
+    df = table.to_pandas()
+    df["id"] = enc.vocab.encode("item_id", table.column("item_id"))
+    labels = pd.DataFrame(
+        {
+            "liked": df["liked"].fillna(False).astype(float),
+            "shared": df["shared"].fillna(False).astype(float),
+            "followed": df["followed"].fillna(False).astype(float),
+            "watch_complete": (df["watch_ratio"] >= LabelSpec().watch_complete_min_ratio).astype(float),
+        }
+    )
+    overall = labels.mean().to_numpy()
+    sums, counts = labels.groupby(df["id"]).sum(), df.groupby("id").size()
+    out = np.tile(overall, (enc.vocab.cardinality("item_id"), 1))
+    out[sums.index.to_numpy()] = (sums.to_numpy() + smoothing * overall) / (counts.to_numpy()[:, None] + smoothing)
+    return np.log(out / (1 - out))
+
+
+def test_item_prior_logits_are_each_items_smoothed_label_rate_in_the_training_rows(model_store):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    enc = make_encoder(model_store)
+    ds = committed_events_dataset(model_store, TRAIN_DAYS)
+    got = item_prior_logits(ds, enc, smoothing=20.0)
+    assert got.shape == (enc.vocab.cardinality("item_id"), 4)
+    np.testing.assert_allclose(got, _brute_force_prior_logits(enc, ds.to_table(), 20.0), rtol=1e-5, atol=1e-5)
+    # Restricted to the rows a filter keeps (training rows without held-out users): the prior of those rows only.
+    held = pa.array([f"u{i}" for i in range(0, 400, 3)])
+    kept = ~pc.field("user_id").isin(held)
+    np.testing.assert_allclose(
+        item_prior_logits(ds, enc, smoothing=5.0, filter=kept),
+        _brute_force_prior_logits(enc, ds.to_table(filter=kept), 5.0),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_item_bias_ranker_starts_at_the_item_prior_and_exports_with_it(model_store):
+    enc = make_encoder(model_store)
+    ds = committed_events_dataset(model_store, TRAIN_DAYS)
+    hyper = RankerHyper(item_bias=True, item_bias_smoothing=20.0)
+    quiet = lambda m: None  # noqa: E731
+    # learning rate 0: the trained weights are the initial ones, so the bias is exactly the prior it started from
+    frozen, _ = train_ranker(ds, enc, hyper, TrainSettings(epochs=1, batch_size=512, learning_rate=0.0), log=quiet)
+    np.testing.assert_allclose(frozen.item_bias.weight.detach().numpy(), item_prior_logits(ds, enc, 20.0), rtol=1e-6)
+    # Trained: the bias moves from the prior, scores beat chance, and the exported program carries the bias.
+    model, _ = train_ranker(ds, enc, hyper, TrainSettings(epochs=2, batch_size=256, num_threads=1), log=quiet)
+    assert not torch.allclose(model.item_bias.weight, frozen.item_bias.weight)
+    aucs = task_aucs(*score_ranker(model, committed_events_dataset(model_store, [VALID_DAY]), enc))
+    assert aucs["liked"] > 0.75, aucs
+    served = load_program(export_program(model, ranker_example_inputs(model.cfg)))
+    cat = torch.stack([torch.randint(0, c, (19,)) for c in model.cfg.cardinalities], dim=1)
+    dense, content = torch.randn(19, 3), torch.randn(19, 128)
+    with torch.no_grad():
+        assert torch.allclose(served(cat, dense, content), model(cat, dense, content), atol=1e-5)
+        # rebuilt from its saved config + weights, as serving loads a release: the same scores
+        rebuilt = MMoERanker(RankerConfig(**model.cfg.to_dict()))
+        rebuilt.load_state_dict(model.state_dict())
+        assert torch.allclose(rebuilt.eval()(cat, dense, content), model(cat, dense, content), atol=1e-6)
+    # a config saved before the bias existed loads as a model without it
+    old = {k: v for k, v in model.cfg.to_dict().items() if k != "item_bias"}
+    assert not hasattr(MMoERanker(RankerConfig(**old)), "item_bias")
 
 
 def test_exported_ranker_program_matches_the_eager_model(model_store):

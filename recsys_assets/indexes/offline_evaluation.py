@@ -56,6 +56,7 @@ def build_evaluation_report(
         "ranker": {
             "auc": ranker["auc"],
             "history_len": ranker.get("history_len", 0),
+            "item_bias": ranker.get("item_bias", False),
             "auc_history_free": ranker.get("auc_history_free", {}),
             "auc_item_prior": ranker.get("auc_item_prior", {}),
             "previous_model_day": ranker["previous_model_day"],

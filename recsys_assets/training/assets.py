@@ -383,6 +383,8 @@ def ranker_model(
         dropout=config.dropout,
         task_weights=tuple(config.task_weights),
         history_len=_history_len(spec),
+        item_bias=spec.ranker.item_bias,
+        item_bias_smoothing=spec.evaluation.item_prior_smoothing,
     )
     settings = training.settings(
         epochs=config.epochs or spec.ranker.epochs,
@@ -430,6 +432,7 @@ def ranker_model(
         "previous_model_day": prev_day,
         "previous_model_auc": prev_aucs,
         "history_len": hyper.history_len,
+        "item_bias": hyper.item_bias,  # both rankers start from the item prior's logits when true
         "auc_history_free": history_free_aucs,
         "auc_item_prior": prior_aucs,
         "min_auc": spec.checks.ranker_min_auc,

@@ -107,6 +107,15 @@ class ModelSizes(_Strict):
     holdout_pct: float = Field(default=10.0, gt=0, lt=100)
 
 
+class RankerSizes(ModelSizes):
+    """The ranker's sizes, and its per-item bias: one logit per (item, task) added to the network's output,
+    initialised to the item's smoothed label rate in the training rows of the window (the item-prior baseline,
+    smoothed by `evaluation.item_prior_smoothing`), so training starts from the prior and learns what the user, the
+    content and the history add to it (Wide & Deep's wide part, started at its closed-form value)."""
+
+    item_bias: bool = True
+
+
 class RetrievalScoring(_Strict):
     # score(u, i) = q.i / temperature + recency_prior * log(1 + positives of i on the most recent day). The two-tower
     # is trained with logQ correction (popularity removed); this puts the current popularity back at scoring time.
@@ -133,7 +142,7 @@ class TrainingSpec(_Strict):
     cold_start: ColdStartSpec = ColdStartSpec()
     checks: ModelCheckSpec = ModelCheckSpec()
     history: HistorySpec = HistorySpec()
-    ranker: ModelSizes = ModelSizes()
+    ranker: RankerSizes = RankerSizes()
     retrieval: ModelSizes = ModelSizes()
     evaluation: EvaluationSpec = EvaluationSpec()
     retrieval_scoring: RetrievalScoring = RetrievalScoring()

@@ -40,6 +40,8 @@ class RankerConfig:
     # Newest history entries the model attends over (0: the history-free design; configs saved before history
     # existed load as 0, so old releases keep working).
     history_len: int = 0
+    # A learned logit per (item_id, task) added to the output (configs saved before it existed load as False).
+    item_bias: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,10 +86,14 @@ class MMoERanker(nn.Module):
         self.embeddings = nn.ModuleList(nn.Embedding(c, d, padding_idx=0) for c in cfg.cardinalities)
         self.content_proj = nn.Linear(cfg.content_dim, d)
         n_vec = len(cfg.cardinalities) + 1 + int(cfg.history_len > 0)
+        if cfg.history_len or cfg.item_bias:
+            self.item_pos = cfg.cat_features.index("item_id")
         if cfg.history_len:
             # The history's items are represented like the candidate: its item_id embedding + projected content.
-            self.item_pos = cfg.cat_features.index("item_id")
             self.target_attention = TargetAttention(d)
+        if cfg.item_bias:
+            self.item_bias = nn.Embedding(cfg.cardinalities[self.item_pos], len(cfg.tasks))
+            nn.init.zeros_(self.item_bias.weight)
         iu = torch.triu_indices(n_vec, n_vec, offset=1)
         self.register_buffer("_iu0", iu[0], persistent=False)
         self.register_buffer("_iu1", iu[1], persistent=False)
@@ -129,7 +135,10 @@ class MMoERanker(nn.Module):
         for gate, tower in zip(self.gates, self.towers):
             w = torch.softmax(gate(x), dim=1).unsqueeze(-1)
             logits.append(tower((w * expert_out).sum(dim=1)))
-        return torch.cat(logits, dim=1)
+        out = torch.cat(logits, dim=1)
+        if self.cfg.item_bias:
+            out = out + self.item_bias(cat[:, self.item_pos])
+        return out
 
 
 def ranker_loss(

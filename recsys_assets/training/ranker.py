@@ -31,6 +31,8 @@ class RankerHyper:
     dropout: float = 0.0
     task_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
     history_len: int = 0  # 0: the history-free ranker
+    item_bias: bool = False  # a per-(item, task) logit started at the item's smoothed label rate in the window
+    item_bias_smoothing: float = 20.0
 
 
 def ranker_config(encoder: BatchEncoder, hyper: RankerHyper) -> RankerConfig:
@@ -45,6 +47,7 @@ def ranker_config(encoder: BatchEncoder, hyper: RankerHyper) -> RankerConfig:
         tower_sizes=list(hyper.tower_sizes),
         dropout=hyper.dropout,
         history_len=hyper.history_len,
+        item_bias=hyper.item_bias,
     )
 
 
@@ -65,6 +68,14 @@ def train_ranker(
     if hyper.history_len and encoder.history is None:
         raise ValueError("a history-aware ranker needs an encoder with user_history loaded")
     model = MMoERanker(ranker_config(encoder, hyper))
+    if hyper.item_bias:
+        from recsys_assets.training.loader import split_holdout
+
+        train_rows, _ = split_holdout(None, holdout_users)  # never the held-out users' labels
+        with torch.no_grad():
+            model.item_bias.weight.copy_(
+                torch.from_numpy(item_prior_logits(train, encoder, hyper.item_bias_smoothing, train_rows))
+            )
     content = padded_content(encoder.catalog).to(settings.device)
     weights = list(hyper.task_weights)
 
@@ -86,6 +97,28 @@ def train_ranker(
         patience=patience,
     )
     return model.eval(), result
+
+
+def item_prior_logits(
+    data: TrainingEventsDataset, encoder: BatchEncoder, smoothing: float, filter=None, clip: float = 1e-4
+) -> np.ndarray:
+    """[item_id vocab size, tasks] logit of each item's smoothed label rate in `data`: (positives + m * overall
+    rate) / (events + m); ids with no events (padding, unseen) get the overall rate. The OOV id pools the items the
+    vocabulary does not know, as the model sees them. One pass over encoded batches, no history gather."""
+    import dataclasses
+
+    item_pos = encoder.vocab.features.index("item_id")
+    num_ids = encoder.vocab.cardinality("item_id")
+    pos = np.zeros((num_ids, len(RANKER_TASKS)))
+    n = np.zeros(num_ids)
+    for b in sequential_batches(data, dataclasses.replace(encoder, history=None), 8192, filter=filter):
+        ids, labels = b["cat"][:, item_pos].numpy(), b["labels"].numpy()
+        n += np.bincount(ids, minlength=num_ids)
+        for t in range(len(RANKER_TASKS)):
+            pos[:, t] += np.bincount(ids, weights=labels[:, t], minlength=num_ids)
+    overall = pos.sum(axis=0) / max(n.sum(), 1.0)
+    rate = np.clip((pos + smoothing * overall) / (n[:, None] + smoothing), clip, 1 - clip)
+    return np.log(rate / (1 - rate)).astype(np.float32)
 
 
 @torch.no_grad()
