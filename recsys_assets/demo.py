@@ -96,6 +96,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--events-per-day", type=int, default=SyntheticConfig.events_per_day)
     p.add_argument("--start-date", default=SyntheticConfig.start_date)
     p.add_argument("--regenerate", action="store_true", help="rewrite the synthetic raw data even if present")
+    p.add_argument(
+        "--interest-drift",
+        type=float,
+        default=SyntheticConfig.interest_drift,
+        help="synthetic: share of users who swap one favourite cluster each day (0 = fixed preferences; use a data "
+        "root of its own, or --regenerate)",
+    )
     p.add_argument("--skip-training", action="store_true", help="datagen only (no models or indexes)")
     p.add_argument("--skip-serving", action="store_true", help="no registry / feed / online evaluation (no Postgres)")
     p.add_argument(
@@ -116,7 +123,12 @@ def main(argv: list[str] | None = None) -> None:
 
     # One raw day more than datagen processes: the day after the last one is "tomorrow", whose plays the online
     # evaluation of the last day's feed reads.
-    cfg = SyntheticConfig(start_date=a.start_date, num_days=a.days + 1, events_per_day=a.events_per_day)
+    cfg = SyntheticConfig(
+        start_date=a.start_date,
+        num_days=a.days + 1,
+        events_per_day=a.events_per_day,
+        interest_drift=a.interest_drift,
+    )
     datagen_days = cfg.days[:-1]
     # The demo's registry/feed database belongs to its data root: a new synthetic world starts a new registry.
     os.environ.setdefault("RECSYS_PG_DB", "recsys_demo")

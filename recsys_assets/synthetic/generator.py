@@ -57,6 +57,10 @@ class SyntheticConfig:
     seed: int = 7
     # Day-to-day volume jitter (relative std), so deltas are realistic but stay within check thresholds.
     volume_jitter: float = 0.02
+    # Share of users who, each day, swap one of their two favourite clusters for another (short-video interests
+    # drift): 0 = fixed preferences (the default world, unchanged); > 0 makes what a user watched lately a better
+    # guide than their whole window (docs/real_data.md measures the history-aware models on it).
+    interest_drift: float = 0.0
     days: list[str] = field(default_factory=list)
 
     def __post_init__(self):
@@ -110,6 +114,19 @@ class _World:
         self.user_activity = rng.pareto(1.5, n_users) + 1.0
         # Each user likes 2 clusters: affinity drives both what they see and how they react.
         self.user_fav = rng.integers(0, cfg.num_clusters, (n_users, 2))
+        # Favourites per day: with drift, each day a share of users replace one favourite (own random stream, so
+        # the default world's draws are unchanged).
+        self.user_fav_by_day = [self.user_fav]
+        drift_rng = np.random.default_rng([cfg.seed, 1_000_003])
+        for _ in range(1, cfg.num_days):
+            fav = self.user_fav_by_day[-1]
+            if cfg.interest_drift > 0:
+                fav = fav.copy()
+                movers = np.flatnonzero(drift_rng.uniform(size=n_users) < cfg.interest_drift)
+                fav[movers, drift_rng.integers(0, 2, movers.size)] = drift_rng.integers(
+                    0, cfg.num_clusters, movers.size
+                )
+            self.user_fav_by_day.append(fav)
 
 
 def _day_bounds_us(day: str) -> tuple[int, int]:
@@ -142,7 +159,7 @@ def _generate_day(world: _World, day_index: int, day: str, rng: np.random.Genera
     items = cat_idx[rng.choice(cat_idx.size, n, p=weight)]
     personalised = rng.uniform(size=n) < 0.5
     if personalised.any():
-        fav = world.user_fav[users[personalised], rng.integers(0, 2, personalised.sum())]
+        fav = world.user_fav_by_day[day_index][users[personalised], rng.integers(0, 2, personalised.sum())]
         cluster_of_cat = world.item_cluster[cat_idx]
         order = np.argsort(cluster_of_cat, kind="stable")
         sorted_clusters = cluster_of_cat[order]
@@ -159,7 +176,8 @@ def _generate_day(world: _World, day_index: int, day: str, rng: np.random.Genera
         idx = np.flatnonzero(personalised)
         items[idx[has]] = chosen[has]
 
-    affinity = (world.item_cluster[items][:, None] == world.user_fav[users]).any(axis=1).astype(np.float64)
+    affinity = (world.item_cluster[items][:, None] == world.user_fav_by_day[day_index][users]).any(axis=1)
+    affinity = affinity.astype(np.float64)
     ts_us = rng.integers(day_start_us, day_end_us, n)
     feed = rng.choice(len(FEED_SOURCES), n, p=FEED_SOURCE_P)
 
