@@ -3,6 +3,7 @@ artifacts, lineage to data versions, exported programs, blocking gates, and day-
 
 from __future__ import annotations
 
+import base64
 import uuid
 
 import pytest
@@ -140,8 +141,19 @@ def test_training_job_trains_on_the_window_validates_on_the_day_and_builds_both_
     assert cold["num_vectors"] > 0 and cold["self_recall_at_1"] == 1.0 and cold["num_new"] > 0
 
     # Every method on one protocol, in the model's metrics and the report; the ranker beside its baselines.
-    report = ArtifactDir.committed(store, "offline_evaluation", day).read_json("report.json")
+    evaluation = ArtifactDir.committed(store, "offline_evaluation", day)
+    report = evaluation.read_json("report.json")
     assert report["ranker"]["auc"] == metrics["auc"] and report["ranker"]["item_bias"] is True
+    # the comparison plot: a PNG in the artifact, the same image embedded in the UI metadata
+    png = evaluation.read_bytes("comparison.png")
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+    (materialization,) = [
+        e.step_materialization_data.materialization
+        for e in result.get_asset_materialization_events()
+        if e.asset_key.path[-1] == "offline_evaluation"
+    ]
+    embedded = materialization.metadata["comparison_plot"].value
+    assert embedded == f"![comparison](data:image/png;base64,{base64.b64encode(png).decode()})"
     assert set(report["ranker"]["auc_history_free"]) == set(report["ranker"]["auc_item_prior"]) == set(metrics["auc"])
     assert 0.5 < report["ranker"]["auc_item_prior"]["liked"] < 1.0
     assert report["gates"] == {"ranker_model": "passed", "retrieval_model": "passed"}

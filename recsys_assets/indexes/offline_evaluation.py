@@ -3,7 +3,8 @@
 It gathers what the model assets measured on the validation day, on one protocol for every method: retrieval
 (two-tower with and without history, most-popular, recent-popular, item-kNN: recall/NDCG@K, top-10 coverage),
 the ranker (AUC per task with and without history, the item prior, the previous model on the same events), the
-index's recall against exact search and the cold-start index's self-recall, into one JSON and tables in the UI.
+index's recall against exact search and the cold-start index's self-recall, into one JSON, tables and a plot
+(`comparison.png`, also shown in the UI).
 
 It exists on the days a model gate fails too: it reads the version each gate judged (the withheld candidate when
 the gate failed) and says what each gate decided. A failed gate keeps the model out of the index, feed and
@@ -12,6 +13,8 @@ promotion, never out of the report. In the training run it follows the models an
 day's indexes exists.
 """
 
+import base64
+
 from dagster import AssetExecutionContext, AssetSelection, MaterializeResult, MetadataValue, asset
 
 from recsys_assets.core.automation import after_upstream
@@ -19,6 +22,7 @@ from recsys_assets.core.gating import judged_version
 from recsys_assets.core.metadata import md_table, numeric_metadata
 from recsys_assets.core.partitions import PER_DAY, daily_partitions
 from recsys_assets.indexes.assets import cold_start_index, retrieval_index
+from recsys_assets.indexes.evaluation_plot import comparison_png
 from recsys_assets.training.artifacts import (
     COLD_START_INDEX,
     OFFLINE_EVALUATION,
@@ -134,6 +138,9 @@ def offline_evaluation(context: AssetExecutionContext, storage: StorageResource)
     )
     out = ArtifactDir.new(store, OFFLINE_EVALUATION, day, context.run_id)
     out.write_json("report.json", report)
+    png = comparison_png(report)
+    out.write_bytes("comparison.png", png)
+    plot = f"![comparison](data:image/png;base64,{base64.b64encode(png).decode()})"  # how the UI shows an image
     out.publish()
     r, ret = report["ranker"], report["retrieval"]
     methods = ret["methods"]
@@ -176,6 +183,7 @@ def offline_evaluation(context: AssetExecutionContext, storage: StorageResource)
             "protocol": f"day {day}, full corpus ({ret['corpus_size']:,} items), {ret['num_queries']:,} users, exact "
             "top-K; " + ("items seen in the window excluded" if ret["exclude_seen"] else "seen items not excluded"),
             "indexes": md_table(["index", "type", "vectors", "recall vs exact", "self-recall@1"], index_rows),
+            "comparison_plot": MetadataValue.md(plot),
             "report": MetadataValue.json(report),
             "path": MetadataValue.path(out.uri),
             **numeric_metadata({f"auc_{t}": float(v) for t, v in r["auc"].items()}),
