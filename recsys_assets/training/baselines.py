@@ -9,7 +9,7 @@ ranker's cheap baseline is the item prior: the item's smoothed label rate in the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -114,19 +114,30 @@ def compare_methods(
     return out
 
 
+def smoothed_label_rates(
+    keyed_labels: Iterable[tuple[np.ndarray, np.ndarray]], num_keys: int, num_tasks: int, smoothing: float
+) -> np.ndarray:
+    """[num_keys, tasks] label rate per key (an item's catalogue row or vocab id) over (keys [rows], labels [rows,
+    tasks]) blocks, smoothed towards the overall rate: (positives + m * overall) / (events + m); keys without events
+    get the overall rate. The item prior of the ranker's baseline and of its item bias."""
+    pos = np.zeros((num_keys, num_tasks))
+    n = np.zeros(num_keys)
+    for keys, labels in keyed_labels:
+        n += np.bincount(keys, minlength=num_keys)
+        for t in range(num_tasks):
+            pos[:, t] += np.bincount(keys, weights=labels[:, t], minlength=num_keys)
+    overall = pos.sum(axis=0) / max(n.sum(), 1.0)
+    return (pos + smoothing * overall) / (n[:, None] + smoothing)
+
+
 def item_prior_aucs(
     train_batches, valid_batches, num_items: int, tasks: tuple[str, ...], smoothing: float, max_rows: int | None
 ) -> dict[str, float]:
     """AUC per task of the item prior: (label positives of the item in the window + m * window rate) / (events of
     the item + m), scored on the validation rows (encoded batches: `content_row`, `labels`)."""
-    pos = np.zeros((num_items, len(tasks)))
-    n = np.zeros(num_items)
-    for b in train_batches:
-        rows = b["content_row"].numpy()
-        np.add.at(pos, rows, b["labels"].numpy())
-        np.add.at(n, rows, 1.0)
-    rate = pos.sum(axis=0) / max(n.sum(), 1.0)
-    prior = (pos + smoothing * rate) / (n[:, None] + smoothing)
+    prior = smoothed_label_rates(
+        ((b["content_row"].numpy(), b["labels"].numpy()) for b in train_batches), num_items, len(tasks), smoothing
+    )
     scores, labels, seen = [], [], 0
     for b in valid_batches:
         scores.append(prior[b["content_row"].numpy()])

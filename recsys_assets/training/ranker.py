@@ -102,22 +102,22 @@ def train_ranker(
 def item_prior_logits(
     data: TrainingEventsDataset, encoder: BatchEncoder, smoothing: float, filter=None, clip: float = 1e-4
 ) -> np.ndarray:
-    """[item_id vocab size, tasks] logit of each item's smoothed label rate in `data`: (positives + m * overall
-    rate) / (events + m); ids with no events (padding, unseen) get the overall rate. The OOV id pools the items the
-    vocabulary does not know, as the model sees them. One pass over encoded batches, no history gather."""
+    """[item_id vocab size, tasks] logit of each item's smoothed label rate in `data` (baselines.smoothed_label_rates,
+    keyed by item_id vocab id: ids with no events get the overall rate, the OOV id pools the items the vocabulary
+    does not know, as the model sees them). One pass over encoded batches, no history gather."""
     import dataclasses
 
+    from recsys_assets.training.baselines import smoothed_label_rates
+
     item_pos = encoder.vocab.features.index("item_id")
-    num_ids = encoder.vocab.cardinality("item_id")
-    pos = np.zeros((num_ids, len(RANKER_TASKS)))
-    n = np.zeros(num_ids)
-    for b in sequential_batches(data, dataclasses.replace(encoder, history=None), 8192, filter=filter):
-        ids, labels = b["cat"][:, item_pos].numpy(), b["labels"].numpy()
-        n += np.bincount(ids, minlength=num_ids)
-        for t in range(len(RANKER_TASKS)):
-            pos[:, t] += np.bincount(ids, weights=labels[:, t], minlength=num_ids)
-    overall = pos.sum(axis=0) / max(n.sum(), 1.0)
-    rate = np.clip((pos + smoothing * overall) / (n[:, None] + smoothing), clip, 1 - clip)
+    batches = sequential_batches(data, dataclasses.replace(encoder, history=None), 8192, filter=filter)
+    rate = smoothed_label_rates(
+        ((b["cat"][:, item_pos].numpy(), b["labels"].numpy()) for b in batches),
+        encoder.vocab.cardinality("item_id"),
+        len(RANKER_TASKS),
+        smoothing,
+    )
+    rate = np.clip(rate, clip, 1 - clip)
     return np.log(rate / (1 - rate)).astype(np.float32)
 
 
