@@ -16,6 +16,7 @@ from recsys_assets.training.baselines import (
     item_prior_aucs,
     rank_all,
     seen_items,
+    smoothed_label_rates,
 )
 from recsys_assets.training.evaluation import popularity_ranking, roc_auc
 from recsys_assets.training.features import padded_content
@@ -172,7 +173,9 @@ def test_baselines_match_brute_force_definitions():
     rate = 3 / 5
     prior = np.array([(2 + 2 * rate) / (2 + 2), (1 + 2 * rate) / (3 + 2)])
     expected_auc = roc_auc(np.array([1, 0, 1, 0]), prior[[0, 1, 1, 0]])
-    assert item_prior_aucs(train, valid, 2, ("liked",), 2.0, None) == {"liked": pytest.approx(expected_auc)}
+    got_prior = smoothed_label_rates(((b["content_row"].numpy(), b["labels"].numpy()) for b in train), 2, 1, 2.0)
+    np.testing.assert_allclose(got_prior[:, 0], prior)
+    assert item_prior_aucs(got_prior, valid, ("liked",), None) == {"liked": pytest.approx(expected_auc)}
 
 
 def test_early_stopping_keeps_the_best_holdout_epoch_and_never_trains_on_the_holdout(model_store, history_encoder):  # noqa: F811

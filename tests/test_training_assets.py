@@ -137,6 +137,9 @@ def test_training_job_trains_on_the_window_validates_on_the_day_and_builds_both_
     assert (search(index, queries, 10)[1] == exact_top_k(queries, vectors, 10)).all()
     assert index_dir.read_json("index.json")["recall_vs_exact"] == 1.0
 
+    retrieval_info = ArtifactDir.committed(store, "retrieval_model", day).read_json("training.json")
+    assert retrieval_info["hyper"]["logq_by_day"] is True  # training.yaml retrieval.logq_by_day (the packaged default)
+
     cold = ArtifactDir.committed(store, "cold_start_index", day).read_json("index.json")
     assert cold["num_vectors"] > 0 and cold["self_recall_at_1"] == 1.0 and cold["num_new"] > 0
 

@@ -23,6 +23,7 @@ from recsys_assets.training.ranker import (
     RankerHyper,
     export_program,
     item_prior_logits,
+    item_priors,
     load_program,
     ranker_example_inputs,
     score_ranker,
@@ -112,10 +113,13 @@ def test_ranker_learns_labels_that_depend_on_features(model_store):
     assert fit.samples_per_s > 0 and fit.trained_samples == 4 * 18_000
 
 
-def _brute_force_prior_logits(enc: BatchEncoder, table, smoothing: float) -> np.ndarray:
-    """The item prior per item_id vocab id, by pandas over the raw rows."""
+def _brute_force_prior_logits(enc: BatchEncoder, table, smoothing: float, by_catalog_row: bool = False) -> np.ndarray:
+    """The item prior per item_id vocab id (logits), or per catalogue row (rates), by pandas over the raw rows."""
     df = table.to_pandas()
-    df["id"] = enc.vocab.encode("item_id", table.column("item_id"))
+    if by_catalog_row:
+        df["id"] = enc.catalog.rows(table.column("item_id"))
+    else:
+        df["id"] = enc.vocab.encode("item_id", table.column("item_id"))
     labels = pd.DataFrame(
         {
             "liked": df["liked"].fillna(False).astype(float),
@@ -126,9 +130,9 @@ def _brute_force_prior_logits(enc: BatchEncoder, table, smoothing: float) -> np.
     )
     overall = labels.mean().to_numpy()
     sums, counts = labels.groupby(df["id"]).sum(), df.groupby("id").size()
-    out = np.tile(overall, (enc.vocab.cardinality("item_id"), 1))
+    out = np.tile(overall, (len(enc.catalog) if by_catalog_row else enc.vocab.cardinality("item_id"), 1))
     out[sums.index.to_numpy()] = (sums.to_numpy() + smoothing * overall) / (counts.to_numpy()[:, None] + smoothing)
-    return np.log(out / (1 - out))
+    return out if by_catalog_row else np.log(out / (1 - out))
 
 
 def test_item_prior_logits_are_each_items_smoothed_label_rate_in_the_training_rows(model_store):
@@ -148,6 +152,13 @@ def test_item_prior_logits_are_each_items_smoothed_label_rate_in_the_training_ro
         _brute_force_prior_logits(enc, ds.to_table(filter=kept), 5.0),
         rtol=1e-5,
         atol=1e-5,
+    )
+    # The same pass keyed by catalogue row: the item-prior baseline's score table.
+    priors = item_priors(ds, enc, smoothing=5.0, filter=kept)
+    np.testing.assert_allclose(priors.bias_logits, item_prior_logits(ds, enc, smoothing=5.0, filter=kept))
+    assert priors.catalog_rates.shape == (len(enc.catalog), 4)
+    np.testing.assert_allclose(
+        priors.catalog_rates, _brute_force_prior_logits(enc, ds.to_table(filter=kept), 5.0, by_catalog_row=True)
     )
 
 
@@ -235,6 +246,58 @@ def test_in_batch_loss_masks_other_rows_of_the_same_item_and_applies_logq():
         cols = [c for c in range(4) if c == r or keys[c] != keys[r]]
         expected.append(-(logits[r, r] - torch.logsumexp(logits[r, cols], 0)))
     assert torch.allclose(got, torch.stack(expected).mean(), atol=1e-5)
+
+
+def test_logq_by_day_is_each_rows_item_and_day_share_of_the_windows_positives(model_store):
+    """A training row is an item at its event's time, so its in-batch sampling probability is the share of the
+    window's positives that are that item on that day; the window-total variant keys on the item alone."""
+    from recsys_assets.training.loader import (
+        day_number,
+        item_day_frequencies,
+        item_frequencies,
+        retrieval_positive_filter,
+        sequential_batches,
+    )
+    from recsys_assets.training.retrieval import RetrievalHyper, _log_q
+
+    enc = make_encoder(model_store)
+    ds = committed_events_dataset(model_store, TRAIN_DAYS)
+    positives = retrieval_positive_filter(enc.labels)
+    by_day = item_day_frequencies(ds, enc.catalog, positives)
+    # Brute force: pandas counts of (day, item) over the positive rows.
+    frames = []
+    for d in TRAIN_DAYS:
+        t = committed_events_dataset(model_store, [d]).to_table(columns=["item_id"], filter=positives).to_pandas()
+        frames.append(t.assign(day=d))
+    df = pd.concat(frames, ignore_index=True)
+    expected = df.groupby(["day", "item_id"]).size()
+    assert sorted(by_day) == TRAIN_DAYS
+    for d in TRAIN_DAYS:
+        got = pd.Series(by_day[d], index=enc.catalog.item_ids)
+        np.testing.assert_array_equal(got[got > 0].sort_index(), expected[d].sort_index())
+    window = item_frequencies(ds, enc.catalog, positives)
+    np.testing.assert_array_equal(sum(by_day.values()), window)
+
+    batch = next(sequential_batches(ds, enc, 4096, filter=positives))
+    days = batch["event_day"].numpy()
+    assert set(days) <= {day_number(d) for d in TRAIN_DAYS} and day_number("1970-01-02") == 1
+    rows = batch["content_row"].numpy()
+    day_of = {day_number(d): d for d in TRAIN_DAYS}
+    counts = np.array([by_day[day_of[int(n)]][r] for n, r in zip(days, rows)])
+    total = window.sum()
+    by_day_q = _log_q(by_day, window, RetrievalHyper(logq_by_day=True), "cpu")(batch).numpy()
+    np.testing.assert_allclose(by_day_q, np.log(counts / total), rtol=1e-5)
+    window_q = _log_q(by_day, window, RetrievalHyper(logq_by_day=False), "cpu")(batch).numpy()
+    np.testing.assert_allclose(window_q, np.log(window[rows] / total), rtol=1e-5)
+    assert (by_day_q <= window_q + 1e-6).all() and (by_day_q < window_q - 1e-3).any()
+    off = _log_q(by_day, window, RetrievalHyper(logq_correction=False), "cpu")(batch).numpy()
+    assert (off == 0).all()
+    # On in the packaged training.yaml (short-video popularity moves within days), off for MovieLens (a few ratings
+    # per movie a day: per-day rates are noise).
+    from recsys_assets.training.config import load_training_spec
+
+    assert load_training_spec("").retrieval.logq_by_day is True
+    assert load_training_spec(str(REPO / "recsys_assets/config/training_movielens.yaml")).retrieval.logq_by_day is False
 
 
 RESUME_WORKER = textwrap.dedent(

@@ -362,10 +362,11 @@ def ranker_model(
     config_files: ConfigFilesResource,
 ) -> MaterializeResult:
     from recsys_assets.training.baselines import item_prior_aucs
-    from recsys_assets.training.loader import committed_events_dataset, sequential_batches
+    from recsys_assets.training.loader import committed_events_dataset, sequential_batches, split_holdout
     from recsys_assets.training.ranker import (
         RankerHyper,
         export_program,
+        item_priors,
         ranker_example_inputs,
         score_ranker,
         task_aucs,
@@ -394,6 +395,12 @@ def ranker_model(
     train_data = committed_events_dataset(store, window.train_days)
     valid_data = committed_events_dataset(store, [day])
     selection = _selection(spec.ranker, encoder)
+    # One pass over the window for the item prior: the item-bias start of both rankers and the item-prior baseline,
+    # all on the training rows (never the held-out users of early stopping).
+    train_rows, _ = split_holdout(None, selection.get("holdout_users"))
+    priors = item_priors(train_data, encoder, spec.evaluation.item_prior_smoothing, train_rows)
+    if hyper.item_bias:
+        selection["item_bias_start"] = priors.bias_logits
     fp, checkpoints = inputs.checkpoints(RANKER_MODEL, hyper, settings, spec.ranker.model_dump())
     model, fit = train_ranker(train_data, encoder, hyper, settings, checkpoints, fp, context.log.info, **selection)
     t0 = time.perf_counter()
@@ -417,12 +424,7 @@ def ranker_model(
         history_free_aucs = task_aucs(*score_ranker(hf_model, valid_data, encoder, max_rows=config.max_validation_rows))
     plain = dataclasses.replace(encoder, history=None)  # the prior needs items and labels, not the history gather
     prior_aucs = item_prior_aucs(
-        sequential_batches(train_data, plain, 8192),
-        sequential_batches(valid_data, plain, 8192),
-        len(encoder.catalog),
-        RANKER_TASKS,
-        spec.evaluation.item_prior_smoothing,
-        config.max_validation_rows,
+        priors.catalog_rates, sequential_batches(valid_data, plain, 8192), RANKER_TASKS, config.max_validation_rows
     )
     metrics = {
         "validation_day": day,
@@ -529,6 +531,7 @@ def retrieval_model(
         output_dim=config.output_dim,
         temperature=config.temperature,
         logq_correction=config.logq_correction,
+        logq_by_day=spec.retrieval.logq_by_day,
         history_len=_history_len(spec),
     )
     settings = training.settings(

@@ -130,14 +130,10 @@ def smoothed_label_rates(
     return (pos + smoothing * overall) / (n[:, None] + smoothing)
 
 
-def item_prior_aucs(
-    train_batches, valid_batches, num_items: int, tasks: tuple[str, ...], smoothing: float, max_rows: int | None
-) -> dict[str, float]:
-    """AUC per task of the item prior: (label positives of the item in the window + m * window rate) / (events of
-    the item + m), scored on the validation rows (encoded batches: `content_row`, `labels`)."""
-    prior = smoothed_label_rates(
-        ((b["content_row"].numpy(), b["labels"].numpy()) for b in train_batches), num_items, len(tasks), smoothing
-    )
+def item_prior_aucs(prior: np.ndarray, valid_batches, tasks: tuple[str, ...], max_rows: int | None) -> dict[str, float]:
+    """AUC per task of the item prior: `prior` [catalogue rows, tasks] (the item's smoothed label rate in the
+    training rows, smoothed_label_rates keyed by catalogue row: ranker.item_priors), scored on the validation rows
+    (encoded batches: `content_row`, `labels`)."""
     scores, labels, seen = [], [], 0
     for b in valid_batches:
         scores.append(prior[b["content_row"].numpy()])

@@ -116,6 +116,17 @@ class RankerSizes(ModelSizes):
     item_bias: bool = True
 
 
+class RetrievalSizes(ModelSizes):
+    """The two-tower's sizes, and how its logQ correction counts: a training row is an item at its event's time (the
+    item tower sees its age then), so its in-batch sampling probability is that of (item, day) among the window's
+    positives (`logq_by_day`), not the item's window total. Where popularity moves within days of publishing (a
+    short-video catalogue) the window total over-corrects an item's older days against its fresh one and teaches the
+    tower that young items are less likely than they are; where per-day counts are a handful per item (MovieLens laid
+    out as days) the per-day counts are noise (docs/real_data.md has both measurements)."""
+
+    logq_by_day: bool = True
+
+
 class RetrievalScoring(_Strict):
     # score(u, i) = q.i / temperature + recency_prior * log(1 + positives of i on the most recent day). The two-tower
     # is trained with logQ correction (popularity removed); this puts the current popularity back at scoring time.
@@ -143,7 +154,7 @@ class TrainingSpec(_Strict):
     checks: ModelCheckSpec = ModelCheckSpec()
     history: HistorySpec = HistorySpec()
     ranker: RankerSizes = RankerSizes()
-    retrieval: ModelSizes = ModelSizes()
+    retrieval: RetrievalSizes = RetrievalSizes()
     evaluation: EvaluationSpec = EvaluationSpec()
     retrieval_scoring: RetrievalScoring = RetrievalScoring()
 

@@ -183,6 +183,8 @@ class BatchEncoder:
         """Model arrays of a batch of `day`'s events; with history, also `hist_ids` (item_id vocab ids) and
         `hist_rows` (catalogue rows, -1 = none) [rows, max_len] of each event's user as of `day`."""
         out = self._encode(batch)
+        if day is not None:  # the events' day (days since 1970-01-01): per-day sampling rates key on it
+            out["event_day"] = np.full(batch.num_rows, day_number(day), np.int32)
         if self.history is not None:
             if day not in self.history:
                 raise KeyError(f"no user_history loaded for {day}: the encoder has {sorted(self.history)}")
@@ -313,6 +315,26 @@ def item_frequencies(
         rows = catalog.rows(b.column("item_id"))
         counts += np.bincount(rows[rows >= 0], minlength=len(catalog))
     return counts
+
+
+def day_number(day: str) -> int:
+    """Days since 1970-01-01 of an ISO date."""
+    import datetime as dt
+
+    return (dt.date.fromisoformat(day) - dt.date(1970, 1, 1)).days
+
+
+def item_day_frequencies(
+    dataset: TrainingEventsDataset, catalog: ItemCatalog, filter: pc.Expression | None = None
+) -> dict[str, np.ndarray]:
+    """Occurrences of each catalogue item per day of the (filtered) stream: day -> counts [catalogue rows]."""
+    out: dict[str, np.ndarray] = {}
+    for fragment in dataset.get_fragments(filter=filter):
+        counts = out.setdefault(fragment.day, np.zeros(len(catalog), np.int64))
+        for b in fragment.to_batches(columns=["item_id"], filter=filter):
+            rows = catalog.rows(b.column("item_id"))
+            counts += np.bincount(rows[rows >= 0], minlength=len(catalog))
+    return out
 
 
 def holdout_user_ids(vocab: Vocab, pct: float) -> pa.Array:

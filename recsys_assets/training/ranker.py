@@ -62,20 +62,23 @@ def train_ranker(
     on_epoch_end: Callable[[int], None] | None = None,
     holdout_users=None,
     patience: int = 2,
+    item_bias_start: np.ndarray | None = None,
 ) -> tuple[MMoERanker, FitResult]:
-    """`holdout_users`: users whose window events select the epoch (early stopping) instead of training."""
+    """`holdout_users`: users whose window events select the epoch (early stopping) instead of training.
+    `item_bias_start`: the item-bias logits when the caller has them (item_priors of the same rows: the training rows
+    without the held-out users), else computed here."""
     torch.manual_seed(settings.seed)  # initial weights
     if hyper.history_len and encoder.history is None:
         raise ValueError("a history-aware ranker needs an encoder with user_history loaded")
     model = MMoERanker(ranker_config(encoder, hyper))
     if hyper.item_bias:
-        from recsys_assets.training.loader import split_holdout
+        if item_bias_start is None:
+            from recsys_assets.training.loader import split_holdout
 
-        train_rows, _ = split_holdout(None, holdout_users)  # never the held-out users' labels
+            train_rows, _ = split_holdout(None, holdout_users)  # never the held-out users' labels
+            item_bias_start = item_prior_logits(train, encoder, hyper.item_bias_smoothing, train_rows)
         with torch.no_grad():
-            model.item_bias.weight.copy_(
-                torch.from_numpy(item_prior_logits(train, encoder, hyper.item_bias_smoothing, train_rows))
-            )
+            model.item_bias.weight.copy_(torch.from_numpy(item_bias_start))
     content = padded_content(encoder.catalog).to(settings.device)
     weights = list(hyper.task_weights)
 
@@ -99,26 +102,47 @@ def train_ranker(
     return model.eval(), result
 
 
-def item_prior_logits(
+@dataclass(frozen=True)
+class ItemPriors:
+    """Each item's smoothed label rate per task in a set of training rows, keyed two ways from one pass:
+    `bias_logits` [item_id vocab size, tasks] (logits, the ranker's item-bias start: ids with no events get the overall
+    rate, the OOV id pools the items the vocabulary does not know, as the model sees them) and `catalog_rates`
+    [catalogue rows, tasks] (rates, the item-prior baseline's score)."""
+
+    bias_logits: np.ndarray
+    catalog_rates: np.ndarray
+
+
+def item_priors(
     data: TrainingEventsDataset, encoder: BatchEncoder, smoothing: float, filter=None, clip: float = 1e-4
-) -> np.ndarray:
-    """[item_id vocab size, tasks] logit of each item's smoothed label rate in `data` (baselines.smoothed_label_rates,
-    keyed by item_id vocab id: ids with no events get the overall rate, the OOV id pools the items the vocabulary
-    does not know, as the model sees them). One pass over encoded batches, no history gather."""
+) -> ItemPriors:
+    """baselines.smoothed_label_rates of `data` (rows of `filter`) by item_id vocab id and by catalogue row, in one
+    pass over encoded batches without the history gather."""
     import dataclasses
 
     from recsys_assets.training.baselines import smoothed_label_rates
 
     item_pos = encoder.vocab.features.index("item_id")
-    batches = sequential_batches(data, dataclasses.replace(encoder, history=None), 8192, filter=filter)
-    rate = smoothed_label_rates(
-        ((b["cat"][:, item_pos].numpy(), b["labels"].numpy()) for b in batches),
-        encoder.vocab.cardinality("item_id"),
-        len(RANKER_TASKS),
-        smoothing,
+    num_ids, num_rows, tasks = encoder.vocab.cardinality("item_id"), len(encoder.catalog), len(RANKER_TASKS)
+    # Vocab ids and catalogue rows of one batch, stacked into one key space: [0, num_ids) ids, [num_ids, +rows) rows.
+    keyed = (
+        (
+            np.concatenate([b["cat"][:, item_pos].numpy(), num_ids + b["content_row"].numpy()]),
+            np.concatenate([b["labels"].numpy()] * 2),
+        )
+        for b in sequential_batches(data, dataclasses.replace(encoder, history=None), 8192, filter=filter)
     )
-    rate = np.clip(rate, clip, 1 - clip)
-    return np.log(rate / (1 - rate)).astype(np.float32)
+    rate = smoothed_label_rates(keyed, num_ids + num_rows, tasks, smoothing)
+    # The overall rate of the stacked keys is each keying's overall rate (every row is counted once in both halves).
+    by_id = np.clip(rate[:num_ids], clip, 1 - clip)
+    return ItemPriors(np.log(by_id / (1 - by_id)).astype(np.float32), rate[num_ids:])
+
+
+def item_prior_logits(
+    data: TrainingEventsDataset, encoder: BatchEncoder, smoothing: float, filter=None, clip: float = 1e-4
+) -> np.ndarray:
+    """[item_id vocab size, tasks] logit of each item's smoothed label rate in `data` (ItemPriors.bias_logits)."""
+    return item_priors(data, encoder, smoothing, filter, clip).bias_logits
 
 
 @torch.no_grad()

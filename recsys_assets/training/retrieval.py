@@ -17,7 +17,8 @@ from recsys_assets.training.features import DENSE_FEATURES, ItemCatalog, Vocab, 
 from recsys_assets.training.loader import (
     BatchEncoder,
     TrainingEventsDataset,
-    item_frequencies,
+    day_number,
+    item_day_frequencies,
     retrieval_positive_filter,
 )
 from recsys_assets.training.models import TowerConfig, TwoTower, in_batch_softmax_loss
@@ -38,6 +39,7 @@ class RetrievalHyper:
     temperature: float = 0.05
     logq_correction: bool = True
     history_len: int = 0  # 0: the history-free query tower
+    logq_by_day: bool = False  # training.yaml retrieval.logq_by_day (RetrievalSizes)
 
 
 def _cols(vocab: Vocab, names: list[str]) -> list[int]:
@@ -86,12 +88,11 @@ def train_two_tower(
     """Trains on positive events only. Returns the model, fit result, and per-catalogue-row positive counts.
     `holdout_users`: users whose window positives select the epoch (early stopping) instead of training."""
     positives = retrieval_positive_filter(encoder.labels)
-    counts = item_frequencies(train, encoder.catalog, positives)
+    by_day = item_day_frequencies(train, encoder.catalog, positives)
+    counts = sum(by_day.values(), np.zeros(len(encoder.catalog), np.int64))
     if counts.sum() == 0:
         raise ValueError("no positive events in the training window: cannot train the two-tower model")
-    log_q = torch.from_numpy(np.log(np.maximum(counts, 1) / counts.sum()).astype(np.float32)).to(settings.device)
-    if not hyper.logq_correction:
-        log_q = torch.zeros_like(log_q)
+    log_q = _log_q(by_day, counts, hyper, settings.device)
     torch.manual_seed(settings.seed)
     q_cfg, i_cfg = tower_configs(encoder.vocab, hyper)
     if hyper.history_len and encoder.history is None:
@@ -105,7 +106,7 @@ def train_two_tower(
         hist = (b["hist_ids"], content[b["hist_rows"]]) if m.history_len else (None, None)
         q = m.query(b["cat"][:, split.q_cat], b["dense"][:, split.q_dense], *hist)
         i = m.item_tower(b["cat"][:, split.i_cat], b["dense"][:, split.i_dense], content[rows])
-        return in_batch_softmax_loss(q.float(), i.float(), rows, log_q[rows], m.temperature)
+        return in_batch_softmax_loss(q.float(), i.float(), rows, log_q(b), m.temperature)
 
     result = fit_on_events(
         model,
@@ -123,6 +124,29 @@ def train_two_tower(
         patience=patience,
     )
     return model.eval(), result, counts
+
+
+def _log_q(by_day: dict[str, np.ndarray], counts: np.ndarray, hyper: RetrievalHyper, device: str):
+    """batch -> log of each row's in-batch sampling probability (logQ correction; zeros without it).
+
+    A row is an item at its event's time (the item tower sees its age then), so with `logq_by_day` the probability
+    is that of (item, day) among the window's positives, not the item's window total: a fresh item's first day is
+    most of its events, and the window total would over-correct its older days relative to its fresh one, teaching
+    the tower that young items are less likely than they are."""
+    total = counts.sum()
+    if not hyper.logq_correction:
+        return lambda b: torch.zeros(len(b["content_row"]), device=device)
+    if not hyper.logq_by_day:
+        window = torch.from_numpy(np.log(np.maximum(counts, 1) / total).astype(np.float32)).to(device)
+        return lambda b: window[b["content_row"]]
+    days = sorted(by_day)
+    numbers = np.array([day_number(d) for d in days])
+    table = np.log(np.maximum(np.stack([by_day[d] for d in days]), 1) / total).astype(np.float32)
+    table_t = torch.from_numpy(table).to(device)
+    slot = torch.full((int(numbers.max() - numbers.min()) + 1,), -1, dtype=torch.long, device=device)
+    slot[torch.from_numpy(numbers - numbers.min())] = torch.arange(len(days), device=device)
+    first = int(numbers.min())
+    return lambda b: table_t[slot[b["event_day"].long() - first], b["content_row"]]
 
 
 def item_tower_inputs(
