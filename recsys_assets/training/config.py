@@ -128,8 +128,9 @@ class RetrievalSizes(ModelSizes):
 
 
 class RetrievalScoring(_Strict):
-    # score(u, i) = q.i / temperature + recency_prior * log(1 + positives of i on the most recent day). The two-tower
-    # is trained with logQ correction (popularity removed); this puts the current popularity back at scoring time.
+    # score(u, i) = q.i / temperature + recency_prior * log(1 + positives of i on the most recent day). The two-tower's
+    # logQ-corrected score estimates the item's probability over the whole window (popularity as of the window); this
+    # adds the newest day's popularity at scoring time (MovieLens days follow what is popular right now).
     # 0: the model's score alone. Applied in evaluation (last window day) and in the retrieval index (the index's
     # own day: the newest data at serving), so served and evaluated scores have the same form.
     recency_prior: float = Field(default=0.0, ge=0)
