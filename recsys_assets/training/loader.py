@@ -310,11 +310,7 @@ def item_frequencies(
     dataset: TrainingEventsDataset, catalog: ItemCatalog, filter: pc.Expression | None = None
 ) -> np.ndarray:
     """Occurrences of each catalogue item in the (filtered) stream: the in-batch sampling distribution."""
-    counts = np.zeros(len(catalog), np.int64)
-    for b in dataset.to_batches(columns=["item_id"], filter=filter):
-        rows = catalog.rows(b.column("item_id"))
-        counts += np.bincount(rows[rows >= 0], minlength=len(catalog))
-    return counts
+    return sum(item_day_frequencies(dataset, catalog, filter).values(), np.zeros(len(catalog), np.int64))
 
 
 def day_number(day: str) -> int:
