@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export RECSYS_DATA_ROOT ?= $(CURDIR)/data
 
-.PHONY: demo demo-real test test-fast lint ui install clean dataproc-package
+.PHONY: demo demo-real test test-fast test-services lint ui install clean dataproc-package
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,13 +30,22 @@ demo: $(STAMP)
 demo-real: $(STAMP)
 	DAGSTER_HOME=$(CURDIR)/.dagster_home_real RECSYS_DATA_ROOT=$(CURDIR)/data-real $(PY) -m recsys_assets.demo --dataset movielens
 
-test: $(STAMP)
+# What the full suite needs besides the venv: the local PostgreSQL server running, and Debian's Chromium for the
+# UI test (Playwright drives it; no browser download).
+test-services:
+	@if command -v pg_isready >/dev/null && ! pg_isready -h 127.0.0.1 -p 5432 -q; then \
+	  pg_ctlcluster --skip-systemctl-redirect "$$(ls /etc/postgresql | head -1)" main start || true; fi
+	@command -v chromium >/dev/null || { SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends chromium; }
+
+test: $(STAMP) test-services
 	$(PY) -m pytest -q -ra --timeout=900 tests
 
-# Under a minute: Definitions load + graph snapshot + layer contracts, and every test that needs no Spark session,
-# Dagster run of Spark assets, daemon, database server or browser.
+# About a minute: Definitions load + graph snapshot + layer contracts, and every test that needs no Spark session,
+# Dagster run of Spark assets, daemon, database server or browser (RECSYS_TEST_FAST=1: a test that reaches for a
+# Spark session or PostgreSQL anyway fails, naming the marker it lacks).
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -ra --timeout=300 -m "not slow and not spark" tests
+	RECSYS_TEST_FAST=1 $(PY) -m pytest -q -ra --timeout=300 -m "not slow and not spark and not postgres" tests
 
 # Seconds: style and lint (pinned ruff); .ci/run runs it before the suite.
 lint: $(STAMP)
@@ -52,5 +61,5 @@ clean:
 
 dataproc-package: $(STAMP)
 	rm -rf dist && $(PY) -m pip wheel -q --no-deps -w dist .
-	cp recsys_assets/datagen/spark_job.py dist/
+	cp recsys_assets/core/spark_job.py dist/
 	ls -l dist

@@ -133,7 +133,7 @@ def main() -> None:
         return
     from recsys_assets.synthetic.generator import SyntheticConfig, generate
     from resources.spark import class_archive_options, default_class_archive
-    from resources.storage import DatasetStore
+    from resources.store import DatasetStore
 
     workdir = Path(a.workdir)
     raw = workdir / "raw"

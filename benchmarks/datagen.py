@@ -19,10 +19,11 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from recsys_assets.datagen.stages import filtered_events_stage, training_events_stage
+from recsys_assets.config.datagen import load_datagen_spec
+from recsys_assets.datagen.stages import datagen_params, filtered_events_stage, training_events_stage
 from recsys_assets.synthetic.generator import SyntheticConfig, generate
 from resources.spark import SparkResource
-from resources.storage import DatasetStore
+from resources.store import DatasetStore
 
 DAY = "2024-03-01"
 
@@ -109,9 +110,9 @@ def user_history_timings(session, store: DatasetStore, day: str, events_version:
     """Seconds of the user_history stage on this day's training_events: the next day's history built from the
     day alone, then the day after's from that history + the same day's events again (the cost of folding one day
     into an existing history; the entries are duplicates, the work is the same)."""
-    from recsys_assets.core.partitions import shift_day
-    from recsys_assets.datagen.user_history import user_history_stage
-    from recsys_assets.training.config import load_training_spec
+    from recsys_assets.config.training import load_training_spec
+    from recsys_assets.core.days import shift_day
+    from recsys_assets.history.stage import user_history_stage
 
     spec = load_training_spec()
     params = {
@@ -192,11 +193,11 @@ def main() -> None:
         since = last_sql_execution_id(session) if a.profile else -1
         t0 = time.perf_counter()
         version = store.new_version()
-        fstats = filtered_events_stage(session, store, DAY, version)
+        fstats = filtered_events_stage(session, store, DAY, version, datagen_params(load_datagen_spec()))
         store.commit("filtered_events", DAY, version)  # the stages alone are measured: no checks, committed as is
         t1 = time.perf_counter()
         version = store.new_version()
-        tstats = training_events_stage(session, store, DAY, version)
+        tstats = training_events_stage(session, store, DAY, version, datagen_params(load_datagen_spec()))
         store.commit("training_events", DAY, version)
         t2 = time.perf_counter()
         row = {

@@ -15,8 +15,8 @@ import time
 import faiss
 import numpy as np
 
-from recsys_assets.indexes.faiss_index import IndexSpec, build_ip_index, l2_normalize
-from recsys_assets.training.evaluation import exact_top_k
+from recsys_assets.ml.faiss_index import IndexSpec, build_ip_index, l2_normalize
+from recsys_assets.ml.metrics import exact_top_k
 
 
 def clustered(n: int, d: int, clusters: int, seed: int, noise: float) -> np.ndarray:

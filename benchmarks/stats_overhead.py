@@ -23,8 +23,9 @@ from pathlib import Path
 
 from pyspark.sql import functions as F
 
-from recsys_assets.core.partitions import window_micros, window_of
-from recsys_assets.datagen.config import MinItemEventsFilter, load_datagen_spec
+from recsys_assets.config.datagen import MinItemEventsFilter, load_datagen_spec
+from recsys_assets.core.days import window_micros, window_of
+from recsys_assets.core.raw_inputs import read_raw
 from recsys_assets.datagen.filter_chain import (
     FILTERED_EVENT_COLUMNS,
     FILTERED_ITEM_COLUMNS,
@@ -38,11 +39,10 @@ from recsys_assets.datagen.filter_chain import (
     sample_predicate,
     stages_of,
 )
-from recsys_assets.datagen.raw_inputs import read_raw
-from recsys_assets.datagen.stages import filtered_events_stage
+from recsys_assets.datagen.stages import datagen_params, filtered_events_stage
 from recsys_assets.synthetic.generator import SyntheticConfig, generate
 from resources.spark import SparkResource
-from resources.storage import DatasetStore
+from resources.store import DatasetStore
 
 DAY = "2024-03-01"
 
@@ -113,12 +113,13 @@ def main() -> None:
         pool.submit(generate, store, cfg).result()
     session = SparkResource(master=a.master, driver_memory="6g", shuffle_partitions=8).get_session()
     # Warm-up (JVM start, first query compilation) so no variant pays it.
-    filtered_events_stage(session, store, DAY, "warmup")
+    params = datagen_params(load_datagen_spec())
+    filtered_events_stage(session, store, DAY, "warmup", params)
     seconds, naive_counts, one_pass_stats = {}, None, None
     for variant in ("one_pass", "stats_off", "naive", "one_pass"):
         t0 = time.perf_counter()
         if variant == "one_pass":
-            one_pass_stats = filtered_events_stage(session, store, DAY, f"v-{variant}-{time.time_ns()}")
+            one_pass_stats = filtered_events_stage(session, store, DAY, f"v-{variant}-{time.time_ns()}", params)
         elif variant == "stats_off":
             stats_off(session, store, store.path("bench", variant))
         else:

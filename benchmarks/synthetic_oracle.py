@@ -57,22 +57,21 @@ def main() -> None:
     p.add_argument("--data-root", default=os.environ.get("RECSYS_DATA_ROOT", str(REPO / "data")))
     a = p.parse_args()
 
-    from recsys_assets.core.partitions import window_of
+    from recsys_assets.config.training import load_training_spec
+    from recsys_assets.core.days import window_of
+    from recsys_assets.ml.artifacts import ArtifactDir
+    from recsys_assets.ml.baselines import compare_methods
+    from recsys_assets.ml.loader import committed_events_dataset, item_frequencies
+    from recsys_assets.ml.models import TwoTower
+    from recsys_assets.ml.retrieval import evaluation_queries, item_vectors, query_vectors
+    from recsys_assets.ml.train import ModelInputs
     from recsys_assets.synthetic.generator import MAX_ITEM_AGE_DAYS, SyntheticConfig, _day_bounds_us, _World
-    from recsys_assets.training.artifacts import ArtifactDir
-    from recsys_assets.training.assets import _encoder
-    from recsys_assets.training.baselines import compare_methods
-    from recsys_assets.training.config import load_training_spec
-    from recsys_assets.training.loader import committed_events_dataset, item_frequencies
-    from recsys_assets.training.models import TwoTower
-    from recsys_assets.training.retrieval import evaluation_queries, item_vectors, query_vectors
-    from recsys_assets.training.windows import window_for, with_user_history
-    from resources.storage import DatasetStore
+    from resources.store import DatasetStore
 
     store = DatasetStore(a.data_root)
     spec = load_training_spec("")
-    window = with_user_history(store, window_for(store, a.day, spec), spec.min_window_days)
-    encoder = _encoder(store, window, ArtifactDir.committed(store, "vocab", a.day), spec)
+    inputs = ModelInputs.resolve(store, a.day, spec, print)
+    window, encoder = inputs.window, inputs.encoder
     queries = evaluation_queries(committed_events_dataset(store, [a.day]), encoder, spec.labels)
 
     # The demo's world (make demo: SyntheticConfig defaults, 9 days from 2024-03-01): same seed -> same latent truth.

@@ -15,21 +15,18 @@ import time
 
 import torch
 
-from recsys_assets.datagen.stages import read_final_items
-from recsys_assets.training.artifacts import VOCAB, ArtifactDir
-from recsys_assets.training.config import load_training_spec
-from recsys_assets.training.features import DENSE_FEATURES, build_item_catalog, build_vocab, count_tokens, dense_moments
-from recsys_assets.training.history import load_histories
-from recsys_assets.training.loader import (
-    BatchEncoder,
-    committed_events_dataset,
-    retrieval_positive_filter,
-    shuffled_batches,
-)
-from recsys_assets.training.ranker import RankerHyper, train_ranker
-from recsys_assets.training.retrieval import RetrievalHyper, train_two_tower
-from recsys_assets.training.trainer import TrainSettings, resolve_device
-from resources.storage import DatasetStore
+from recsys_assets.config.training import load_training_spec
+from recsys_assets.core.datasets import VOCAB
+from recsys_assets.core.readers import read_final_items
+from recsys_assets.ml.artifacts import ArtifactDir
+from recsys_assets.ml.features import DENSE_FEATURES, build_item_catalog, build_vocab, count_tokens, dense_moments
+from recsys_assets.ml.history import load_histories
+from recsys_assets.ml.loader import BatchEncoder, committed_events_dataset, retrieval_positive_filter, shuffled_batches
+from recsys_assets.ml.ranker import RankerHyper, train_ranker
+from recsys_assets.ml.retrieval import RetrievalHyper, train_two_tower
+from recsys_assets.ml.trainer import TrainSettings
+from resources.store import DatasetStore
+from resources.training import resolve_device
 
 
 def main() -> None:
@@ -47,7 +44,7 @@ def main() -> None:
     )
     a = p.parse_args()
     if a.loader_threads:
-        import recsys_assets.training.loader as loader_module
+        import recsys_assets.ml.loader as loader_module
 
         loader_module.LOADER_THREADS = a.loader_threads
     store = DatasetStore(a.data_root)
@@ -78,7 +75,7 @@ def main() -> None:
         "device": device,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "loader_threads": __import__("recsys_assets.training.loader", fromlist=["x"]).LOADER_THREADS,
+        "loader_threads": __import__("recsys_assets.ml.loader", fromlist=["x"]).LOADER_THREADS,
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "history_len": history_len,

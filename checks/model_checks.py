@@ -9,26 +9,18 @@ import math
 
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
 
+from recsys_assets.core.datasets import COLD_START_INDEX, RANKER_MODEL, RETRIEVAL_INDEX, RETRIEVAL_MODEL, VOCAB
 from recsys_assets.core.gating import gate, judged_version
 from recsys_assets.core.metadata import md_table
 from recsys_assets.core.partitions import daily_partitions
-from recsys_assets.indexes.assets import cold_start_index, retrieval_index
-from recsys_assets.training.artifacts import (
-    COLD_START_INDEX,
-    RANKER_MODEL,
-    RETRIEVAL_INDEX,
-    RETRIEVAL_MODEL,
-    VOCAB,
-    ArtifactDir,
-)
-from recsys_assets.training.assets import ranker_model, retrieval_model, vocab
+from recsys_assets.core.store_dirs import PartitionVersion
 from resources.storage import StorageResource
 
 
 def _judged(storage: StorageResource, dataset: str, day: str, name: str) -> tuple[str, dict]:
     """(version under check, one of its JSON files): the staged model, else the committed one."""
     version = judged_version(storage.store, dataset, day)
-    return version, ArtifactDir(storage.store, dataset, day, version).read_json(name)
+    return version, PartitionVersion(storage.store, dataset, day, version).read_json(name)
 
 
 def _json(storage: StorageResource, dataset: str, day: str, name: str) -> dict:
@@ -36,7 +28,7 @@ def _json(storage: StorageResource, dataset: str, day: str, name: str) -> dict:
 
 
 @asset_check(
-    asset=vocab,
+    asset=VOCAB,
     partitions_def=daily_partitions,
     blocking=False,
     description="Share of validation-day events whose token is OOV stays under max_oov_rate per feature.",
@@ -58,14 +50,14 @@ def vocab_oov_rate_within_limits(context: AssetCheckExecutionContext, storage: S
 
 
 @asset_check(
-    asset=ranker_model,
+    asset=RANKER_MODEL,
     partitions_def=daily_partitions,
     blocking=True,
     description="Per-task validation AUC above its floor and not worse than the previous model's AUC on "
     "the same validation events by more than ranker_max_auc_drop.",
 )
 def ranker_auc_gate(context: AssetCheckExecutionContext, storage: StorageResource) -> AssetCheckResult:
-    from recsys_assets.training.ranker import ranker_gate
+    from recsys_assets.ml.ranker import ranker_gate
 
     day = context.partition_key
     version, metrics = _judged(storage, RANKER_MODEL, day, "metrics.json")
@@ -90,7 +82,7 @@ def ranker_auc_gate(context: AssetCheckExecutionContext, storage: StorageResourc
 
 
 @asset_check(
-    asset=retrieval_model,
+    asset=RETRIEVAL_MODEL,
     partitions_def=daily_partitions,
     blocking=True,
     description="Full-corpus recall@k on the validation day above retrieval_min_recall and at least "
@@ -127,7 +119,7 @@ def retrieval_recall_gate(context: AssetCheckExecutionContext, storage: StorageR
 
 
 @asset_check(
-    asset=retrieval_index,
+    asset=RETRIEVAL_INDEX,
     partitions_def=daily_partitions,
     blocking=True,
     description="The index returns at least index_min_recall_vs_exact of the exact top-k for validation users.",
@@ -152,7 +144,7 @@ def retrieval_index_recall_vs_exact(context: AssetCheckExecutionContext, storage
 
 
 @asset_check(
-    asset=cold_start_index,
+    asset=COLD_START_INDEX,
     partitions_def=daily_partitions,
     blocking=False,
     description="Every indexed cold-start item is found first for its own content vector, and the index is not empty.",

@@ -7,14 +7,13 @@ from recsys_assets.core.datasets import FEATURE_SKEW_REPORT
 from recsys_assets.core.metadata import md_table
 from recsys_assets.core.partitions import daily_partitions
 from recsys_assets.serving import registry
-from recsys_assets.serving.assets import feature_skew_report, serving_config, serving_config_problems
-from recsys_assets.serving.serving_config import latest_config, latest_written_config
+from recsys_assets.serving.serving_config import latest_config, latest_written_config, serving_config_problems
 from resources.postgres import PostgresResource
 from resources.storage import StorageResource
 
 
 @asset_check(
-    asset=serving_config,
+    asset="serving_config",
     partitions_def=daily_partitions,
     blocking=True,
     description="Traffic splits sum to 100, user-hash buckets are covered exactly once, every served "
@@ -60,7 +59,7 @@ def serving_config_valid(
 
 
 @asset_check(
-    asset=feature_skew_report,
+    asset=FEATURE_SKEW_REPORT,
     partitions_def=daily_partitions,
     blocking=False,
     description="Every feature's PSI <= skew.max_psi and every numeric feature's KS statistic <= "

@@ -13,12 +13,15 @@ from dagster import Definitions, EnvVar, in_process_executor
 
 import checks.definitions as checks_definitions
 import recsys_assets.alerts.definitions as alerts
+import recsys_assets.automation as automation
 import recsys_assets.datagen.definitions as datagen
+import recsys_assets.evaluation.definitions as evaluation
+import recsys_assets.history.definitions as history
 import recsys_assets.indexes.definitions as indexes
 import recsys_assets.maintenance.definitions as maintenance
 import recsys_assets.serving.definitions as serving
 import recsys_assets.training.definitions as training
-from resources.config_files import ConfigFilesResource
+from recsys_assets.config.files import ConfigFilesResource
 from resources.dataproc import DataprocSparkResource
 from resources.notifier import NotifierResource
 from resources.postgres import PostgresResource
@@ -27,7 +30,18 @@ from resources.storage import StorageResource
 from resources.training import TrainingResource
 
 # Modules, not their `defs`: Dagster's loader requires exactly one Definitions at this module's scope.
-DOMAINS = (datagen, training, indexes, serving, maintenance, alerts, checks_definitions)
+DOMAINS = (
+    datagen,
+    history,
+    training,
+    indexes,
+    evaluation,
+    serving,
+    maintenance,
+    alerts,
+    automation,
+    checks_definitions,
+)
 
 
 def _env(name: str, default: str):
@@ -61,22 +75,12 @@ def spark_backend():
 def default_resources() -> dict:
     return {
         "storage": StorageResource(data_root=_env("RECSYS_DATA_ROOT", "./data")),
-        "config_files": ConfigFilesResource(
-            datagen=_env("RECSYS_DATAGEN_CONFIG", ""),
-            training=_env("RECSYS_TRAINING_CONFIG", ""),
-            serving=_env("RECSYS_SERVING_CONFIG", ""),
-        ),
+        "config_files": ConfigFilesResource.from_env(),
         "spark": spark_backend(),
         "training": TrainingResource(device=_env("RECSYS_TRAINING_DEVICE", "auto")),
         # Registry, feed table: the machine's PostgreSQL by default; production sets RECSYS_PG_* (password from the
         # environment only).
-        "postgres": PostgresResource(
-            host=_env("RECSYS_PG_HOST", "127.0.0.1"),
-            port=int(os.environ.get("RECSYS_PG_PORT", "5432")),
-            user=_env("RECSYS_PG_USER", "postgres"),
-            password=_env("RECSYS_PG_PASSWORD", ""),
-            dbname=_env("RECSYS_PG_DB", "recsys"),
-        ),
+        "postgres": PostgresResource.from_env(deferred=True),
         "notifier": NotifierResource(
             info_webhook_url=_env("RECSYS_INFO_WEBHOOK_URL", ""),
             error_webhook_url=_env("RECSYS_ERROR_WEBHOOK_URL", ""),

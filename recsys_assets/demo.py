@@ -21,7 +21,7 @@ from recsys_assets.core.partitions import DATAGEN_DAYS_PER_RUN, partition_range_
 from recsys_assets.datagen.automation import monitoring_summary_sensor
 from recsys_assets.definitions import build_defs, default_resources
 from recsys_assets.synthetic.generator import SyntheticConfig, generate
-from resources.storage import DatasetStore
+from resources.store import DatasetStore
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -334,7 +334,6 @@ def serve_day(
     with simulated serving logs (recsys_assets.synthetic.online_logs)."""
     import psycopg2
 
-    from recsys_assets.serving.serving_config import load_serving_spec
     from recsys_assets.synthetic.online_logs import simulate_impressions, write_online_feature_sample
 
     pg = resources["postgres"].process_config_and_initialize()  # EnvVar fields -> their values
@@ -346,7 +345,7 @@ def serve_day(
         print(f"\nPostgreSQL not reachable at {pg.describe()} ({str(e).strip()[:200]}): serving hand-off skipped")
         return {"serving_day": day, "skipped": "postgres unreachable"}
     t = time.time()
-    spec = load_serving_spec(resources["config_files"].process_config_and_initialize().serving)
+    spec = resources["config_files"].process_config_and_initialize().serving_spec()
     online_rows = write_online_feature_sample(store, day, spec.skew.online_feature_log)
     result = run_job(defs, "serving_job", day, instance)
     checks = {

@@ -1,5 +1,5 @@
 """Google Dataproc backend for Spark jobs: create or reuse a cluster, submit the job file an asset hands over (the
-datagen stages' `recsys_assets/datagen/spark_job.py`) with the project's wheel, get the stats back through Dagster
+datagen stages' `recsys_assets/core/spark_job.py`) with the project's wheel, get the stats back through Dagster
 Pipes over GCS, and delete an ephemeral cluster after the run (the seed's create -> submit -> delete lifecycle).
 
 Nothing here is reachable from CI (no GCP): the cluster/job requests are built by pure functions that tests check

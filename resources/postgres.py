@@ -7,10 +7,20 @@ metadata: `describe()` is what may be shown.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, EnvVar
 from pydantic import Field
+
+# field -> (environment variable, default): the one place a deployment's connection settings are named.
+ENV = {
+    "host": ("RECSYS_PG_HOST", "127.0.0.1"),
+    "port": ("RECSYS_PG_PORT", "5432"),
+    "user": ("RECSYS_PG_USER", "postgres"),
+    "password": ("RECSYS_PG_PASSWORD", ""),
+    "dbname": ("RECSYS_PG_DB", "recsys"),
+}
 
 
 class PostgresResource(ConfigurableResource):
@@ -20,6 +30,19 @@ class PostgresResource(ConfigurableResource):
     password: str = Field(default="", description="RECSYS_PG_PASSWORD (secret: from the environment only)")
     dbname: str = Field(default="recsys", description="RECSYS_PG_DB")
     connect_timeout_s: int = 10
+
+    @classmethod
+    def from_env(cls, deferred: bool = False) -> PostgresResource:
+        """The deployment's connection from RECSYS_PG_*: with `deferred` (Definitions), an EnvVar for each variable
+        that is set, resolved in the run and never stored; else the values now (the registry CLI)."""
+        values: dict = {}
+        for name, (var, default) in ENV.items():
+            if deferred and os.environ.get(var) and name != "port":
+                values[name] = EnvVar(var)
+            else:
+                values[name] = os.environ.get(var, default)
+        values["port"] = int(values["port"])
+        return cls(**values)
 
     def describe(self) -> str:
         """host:port/db as user, without the password."""

@@ -1,8 +1,10 @@
 """Shared fixtures: one local Spark session for the whole test run, small generated raw data with dirty rows,
-and a temporary persistent Dagster instance."""
+a temporary persistent Dagster instance, and fresh PostgreSQL databases; and the markers that keep `make test-fast`
+free of Spark, database servers, daemons and browsers (RECSYS_TEST_FAST=1 makes a test that reaches for one fail)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -12,20 +14,41 @@ from dagster import DagsterInstance
 from recsys_assets.synthetic.generator import SyntheticConfig, generate
 from resources.notifier import NotifierResource
 from resources.spark import SparkResource
-from resources.storage import DatasetStore, StorageResource
+from resources.storage import StorageResource
+from resources.store import DatasetStore
+from tests.helpers import DAYS, PG_DSN, SMALL, run_job
 
 SPARK_FIXTURES = {"spark", "spark_resource", "datagen_root", "trained_root"}
+POSTGRES_FIXTURES = {"pg_database", "pg_env"}
 
 
 def pytest_collection_modifyitems(items):
-    # Tests that start (or share) a Spark session are outside `make test-fast`.
+    # Tests that start (or share) a Spark session, or use the PostgreSQL server, are outside `make test-fast`.
     for item in items:
-        if SPARK_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if SPARK_FIXTURES & fixtures:
             item.add_marker(pytest.mark.spark)
+        if POSTGRES_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.postgres)
 
 
-SMALL = dict(events_per_day=30_000, num_users=4_000, initial_items=2_500, new_items_per_day=60, num_authors=400)
-DAYS = ["2024-03-01", "2024-03-02", "2024-03-03"]
+def _unavailable(what: str, marker: str):
+    def refuse(*args, **kwargs):
+        raise RuntimeError(f"`make test-fast` runs without {what}: mark this test `{marker}` (or `slow`)")
+
+    return refuse
+
+
+def pytest_configure(config):
+    """`make test-fast` (RECSYS_TEST_FAST=1): a test outside the spark/postgres/slow markers that starts a Spark
+    session or connects to PostgreSQL fails at once, so the fast selection really needs none of them."""
+    if os.environ.get("RECSYS_TEST_FAST") != "1":
+        return
+    import psycopg2
+    from pyspark.sql import SparkSession
+
+    psycopg2.connect = _unavailable("a database server", "postgres")
+    SparkSession.Builder.getOrCreate = _unavailable("a Spark session", "spark")
 
 
 @pytest.fixture(scope="session")
@@ -91,8 +114,6 @@ def datagen_root(raw_root, spark_resource, tmp_path_factory) -> Path:
     first)."""
     from dagster import DagsterInstance
 
-    from tests.dagster_helpers import run_job
-
     root = tmp_path_factory.mktemp("datagen_data") / "data"
     shutil.copytree(raw_root, root)
     res = {
@@ -114,9 +135,6 @@ def trained_root(datagen_root, tmp_path) -> Path:
     dst = tmp_path / "data"
     shutil.copytree(datagen_root, dst)
     return dst
-
-
-PG_DSN = dict(host="127.0.0.1", port=5432, user="postgres")
 
 
 @pytest.fixture()

@@ -18,8 +18,7 @@ from dagster import SensorResult, SkipReason, build_sensor_context
 from recsys_assets.alerts.sensors import check_failure_sensor, notification_delivery_sensor, run_failure_alert_sensor
 from recsys_assets.datagen.automation import monitoring_summary_sensor, overdue_days, raw_success_file_sensor
 from resources.notifier import NotifierResource
-from tests.dagster_helpers import defs_with, judge_day_checks
-from tests.test_checks import _commit_report
+from tests.helpers import commit_monitoring_report, defs_with, judge_day_checks
 
 # The project's Definitions: the alert sensors read the checks to watch from them.
 DEFS = defs_with({})
@@ -162,7 +161,7 @@ def _store_failed_evaluation(instance, partition: str, description: str, metadat
 def _failing_check_evaluation(store, instance, resources):
     """Evaluate new_items_1d on a day with 1% new items and record the failed evaluation in the instance."""
     yesterday = [f"i{i}" for i in range(1000)]
-    _commit_report(
+    commit_monitoring_report(
         store, "2024-03-02", yesterday[10:] + [f"n{i}" for i in range(10)], np.full(1000, 5.0), prev_ids=yesterday
     )
     res = judge_day_checks(["new_items_1d"], "2024-03-02", resources).get_asset_check_evaluations()[0]
@@ -287,8 +286,7 @@ def test_dead_webhook_never_fails_and_never_leaks_the_url(store, instance, resou
 def test_dead_webhook_does_not_fail_a_datagen_run(instance, resources, tmp_path):
     """Notifications go through sensors, never run steps: a run with the notifier pointed at a dead webhook
     succeeds, and the summary sensor queues one summary per materialized day, delivered (or not) later."""
-    from tests.conftest import DAYS
-    from tests.dagster_helpers import run_day
+    from tests.helpers import DAYS, run_day
 
     res = {
         **resources,
@@ -347,7 +345,7 @@ def test_failed_run_sends_an_error_notification(store, instance, resources, tmp_
 
     from dagster import DagsterEventType, build_run_status_sensor_context
 
-    from tests.dagster_helpers import run_day
+    from tests.helpers import run_day
 
     shutil.rmtree(store.raw_partition_path("events", "2024-03-02"))
     assert store.exists(store.raw_success_file("2024-03-02"))

@@ -15,12 +15,10 @@ import psycopg2
 import pytest
 from dagster import AssetCheckKey, AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from tests.conftest import DAYS, PG_DSN
-from tests.waiting import file_size, tail, wait_until
+from tests.helpers import DAYS, PG_DSN, REPO, file_size, tail, wait_until
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
 WEBHOOK_SECRET = "hooks-secret-0b7e4d"
 
 

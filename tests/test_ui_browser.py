@@ -21,9 +21,8 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 
-from tests.waiting import file_size, tail, wait_until
+from tests.helpers import REPO, file_size, tail, wait_until
 
-REPO = Path(__file__).resolve().parents[1]
 SHOTS = REPO / "docs" / "screenshots"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Debian Chromium as root in a closed network: no sandbox, no background connections (see the machine notes).

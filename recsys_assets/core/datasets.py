@@ -4,7 +4,7 @@ each partition (blocking checks), and what retention does with it.
 Protection: a dataset with blocking checks is staged by its asset and committed by the storage layer only when
 every one of those checks has recorded a passing verdict (resources/storage.py); one without is committed by its
 asset. The datagen checks take their blocking flag from here (datagen/day_checks.py); the model checks in `checks/`
-declare theirs, and tests/test_gates.py holds the two together.
+declare theirs, and tests/core/test_gates.py holds the two together.
 
 Retention (recsys_assets/maintenance/retention.py): every partition older than the retention age is deleted unless
 protected. The latest committed partitions of each `model` dataset are kept, with the days of every
@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from resources.storage import DatasetStore
+from resources.store import DatasetStore
 
 Retention = Literal["training_data", "model", "model_companion", "report"]
 

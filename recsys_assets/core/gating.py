@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue
 
-from resources.storage import DatasetStore
+from resources.store import DatasetStore
 
 
 def judged_version(store: DatasetStore, dataset: str, day: str) -> str:

@@ -1,28 +1,13 @@
-"""The one partitioning scheme: a day of the app's local time (Asia/Kolkata), as the raw dt= folders are."""
+"""The one partitioning scheme in Dagster terms: daily partitions of the app's local day (recsys_assets/core/days.py),
+and how backfills group them into runs."""
 
 from __future__ import annotations
 
 import os
 
-from dagster import BackfillPolicy, DailyPartitionsDefinition, TimeWindow
+from dagster import BackfillPolicy, DailyPartitionsDefinition
 
-APP_TIMEZONE = "Asia/Kolkata"
-
-
-def _partitions_start() -> str:
-    """The first day of the partitions: a deployment setting (RECSYS_PARTITIONS_START, an ISO date), read when the
-    code location loads; data of earlier days is outside every asset (re-lay it, recsys-import --start-date)."""
-    import datetime as dt
-
-    value = os.environ.get("RECSYS_PARTITIONS_START", "2024-01-01")
-    try:
-        return dt.date.fromisoformat(value).isoformat()
-    except ValueError:
-        raise ValueError(f"RECSYS_PARTITIONS_START must be an ISO date (YYYY-MM-DD), got {value!r}") from None
-
-
-PARTITIONS_START = _partitions_start()
-US_PER_DAY = 86_400_000_000
+from recsys_assets.core.days import APP_TIMEZONE, PARTITIONS_START
 
 daily_partitions = DailyPartitionsDefinition(start_date=PARTITIONS_START, timezone=APP_TIMEZONE)
 
@@ -43,40 +28,3 @@ def partition_range_tags(first: str, last: str) -> dict[str, str]:
     """The run tags of one run over the partition key range [first, last], as a backfill with a range policy sets
     them (Dagster exports no public constant for these names)."""
     return {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
-
-
-def window_micros(window: TimeWindow) -> tuple[int, int]:
-    """[start, end) of a partition as UTC epoch microseconds (what Spark's unix_micros compares against)."""
-    return int(window.start.timestamp()) * 1_000_000, int(window.end.timestamp()) * 1_000_000
-
-
-class DayOutsidePartitionsError(ValueError):
-    """A day before the first partition (RECSYS_PARTITIONS_START)."""
-
-
-def check_day(day: str) -> str:
-    """`day` if it is a partition of this deployment, else an error that says which setting decides."""
-    if day < PARTITIONS_START:
-        raise DayOutsidePartitionsError(
-            f"day {day} is before the first partition {PARTITIONS_START} (RECSYS_PARTITIONS_START): set it earlier, "
-            "or lay the data onto later days"
-        )
-    return day
-
-
-def window_of(day: str) -> TimeWindow:
-    return daily_partitions.time_window_for_partition_key(check_day(day))
-
-
-def shift_day(day: str, days: int) -> str:
-    import datetime as dt
-
-    return (dt.date.fromisoformat(day) + dt.timedelta(days=days)).isoformat()
-
-
-def last_complete_day(now) -> str:
-    """The most recent day (app time) that has fully ended at `now` (an aware datetime): the newest partition."""
-    import datetime as dt
-    from zoneinfo import ZoneInfo
-
-    return (now.astimezone(ZoneInfo(APP_TIMEZONE)).date() - dt.timedelta(days=1)).isoformat()

@@ -1,7 +1,9 @@
-"""The raw-input data contract and the derived datasets' schemas, declared once.
+"""The raw-input data contract's schemas, declared once (docs/data_contract.md).
 
-pyarrow schemas are the source of truth (the synthetic generator writes them, the boundary check
-compares against them); Spark schemas are derived from them so the two can never drift.
+pyarrow schemas are the source of truth (the synthetic generator and the importer write them, the boundary check
+compares against them); Spark schemas are derived from them so the two can never drift. The derived datasets'
+schemas are what their Spark stages write; each stage reports them in its stats and the asset shows them as
+`dagster/column_schema`.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recsys_assets.core.datasets import publish_partition
-from resources.storage import DatasetStore
+from resources.store import DatasetStore
 
 
 class StoreDir:

@@ -8,37 +8,26 @@ them in date order in one Spark session, judging each day with the asset's check
 
 import datetime as dt
 
-from dagster import (
-    AssetExecutionContext,
-    AssetSpec,
-    Config,
-    MetadataValue,
-    multi_asset,
-)
-from pydantic import Field
+from dagster import AssetExecutionContext, AssetSpec, MetadataValue, multi_asset
 
+from recsys_assets.config.datagen import QUARANTINE_REASONS
+from recsys_assets.config.files import ConfigFilesResource
 from recsys_assets.core.automation import after_upstream
 from recsys_assets.core.datasets import DATASETS, FILTERED_EVENTS, MONITORING_REPORT, TRAINING_EVENTS
+from recsys_assets.core.days import shift_day
 from recsys_assets.core.metadata import column_schema, md_table, numeric_metadata
-from recsys_assets.core.partitions import DATAGEN_BACKFILL, daily_partitions, shift_day
-from recsys_assets.core.store_dirs import PartitionVersion
-from recsys_assets.datagen.config import TrainingEventsSpec, load_datagen_spec
+from recsys_assets.core.partitions import DATAGEN_BACKFILL, daily_partitions
+from recsys_assets.core.readers import read_final_items
+from recsys_assets.core.runs import DayRun
+from recsys_assets.core.spark_stages import write_with_stage
 from recsys_assets.datagen.day_checks import check_specs
 from recsys_assets.datagen.monitoring import build_report
-from recsys_assets.datagen.quarantine import QUARANTINE_REASONS, judge_input_losses
+from recsys_assets.datagen.quarantine import judge_input_losses
 from recsys_assets.datagen.ranges import DayWritten, run_days
 from recsys_assets.datagen.raw_sources import raw_asset_key
-from recsys_assets.datagen.stages import read_final_items, stage_job
-from resources.config_files import ConfigFilesResource
+from recsys_assets.datagen.stages import datagen_params
 from resources.spark import SparkResource
-from resources.storage import DatasetStore, StorageResource
-
-
-class TrainingEventsConfig(Config):
-    normalized_columns: list[str] = Field(default_factory=lambda: list(TrainingEventsSpec.normalized_columns))
-    log_columns: list[str] = Field(default_factory=lambda: list(TrainingEventsSpec.log_columns))
-    string_fill: str = TrainingEventsSpec.string_fill
-    float_fill: float = TrainingEventsSpec.float_fill
+from resources.storage import StorageResource
 
 
 def _now() -> str:
@@ -94,17 +83,13 @@ def _datagen_asset(name: str, deps: list, kinds: set[str], description: str):
 def filtered_events(
     context: AssetExecutionContext, spark: SparkResource, storage: StorageResource, config_files: ConfigFilesResource
 ):
-    store = storage.store
-    spec = load_datagen_spec(config_files.datagen)
-    yield from run_days(
-        context, FILTERED_EVENTS, store, lambda day: _filtered_events_day(context, spark, store, spec, day)
-    )
+    spec = config_files.datagen_spec()
+    yield from run_days(context, FILTERED_EVENTS, storage, lambda run: _filtered_events_day(run, context, spark, spec))
 
 
-def _filtered_events_day(context, spark: SparkResource, store: DatasetStore, spec, day: str) -> DayWritten:
-    out = PartitionVersion.new(store, FILTERED_EVENTS, day, context.run_id)
-    stats = spark.run_job(context, stage_job(FILTERED_EVENTS, store, day, out.version, spec))
-    out.publish(row_count=stats["num_events_post_filters"])
+def _filtered_events_day(run: DayRun, context, spark: SparkResource, spec) -> DayWritten:
+    out, stats = write_with_stage(run, spark, context, FILTERED_EVENTS, datagen_params(spec))
+    day = run.day
     input_rows, _ = judge_input_losses(stats, stats["input_limits"])
 
     limits = {f.name: f.max_item_loss_pct for f in spec.filters}
@@ -161,41 +146,19 @@ def _filtered_events_day(context, spark: SparkResource, store: DatasetStore, spe
 )
 def training_events(
     context: AssetExecutionContext,
-    config: TrainingEventsConfig,
     spark: SparkResource,
     storage: StorageResource,
     config_files: ConfigFilesResource,
 ):
-    store = storage.store
-    te_spec = {
-        "normalized_columns": list(config.normalized_columns),
-        "log_columns": list(config.log_columns),
-        "string_fill": config.string_fill,
-        "float_fill": config.float_fill,
-    }
-    spec = load_datagen_spec(config_files.datagen)
+    spec = config_files.datagen_spec()
     yield from run_days(
-        context,
-        TRAINING_EVENTS,
-        store,
-        lambda day: _training_events_day(context, spark, store, spec, te_spec, day),
-        spark=spark,
+        context, TRAINING_EVENTS, storage, lambda run: _training_events_day(run, context, spark, spec), spark=spark
     )
 
 
-def _training_events_day(context, spark: SparkResource, store: DatasetStore, spec, te_spec: dict, day: str):
-    filter_stats = store.read_json(store.committed_path(FILTERED_EVENTS, day, "stats.json"))
-    out = PartitionVersion.new(store, TRAINING_EVENTS, day, context.run_id)
-    job = stage_job(
-        TRAINING_EVENTS,
-        store,
-        day,
-        out.version,
-        spec,
-        {"training_events_spec": te_spec},
-    )
-    stats = spark.run_job(context, job)
-    out.publish(row_count=stats["num_final_rows"])
+def _training_events_day(run: DayRun, context, spark: SparkResource, spec) -> DayWritten:
+    filter_stats = run.store.read_json(run.store.committed_path(FILTERED_EVENTS, run.day, "stats.json"))
+    out, stats = write_with_stage(run, spark, context, TRAINING_EVENTS, datagen_params(spec))
     normalization = stats["normalization"]
     return DayWritten(
         out.version,
@@ -228,7 +191,7 @@ def _training_events_day(context, spark: SparkResource, store: DatasetStore, spe
     )
 
 
-def read_committed_report(store: DatasetStore, day: str) -> dict | None:
+def read_committed_report(store, day: str) -> dict | None:
     if not store.is_committed(MONITORING_REPORT, day):
         return None
     return store.read_json(store.committed_path(MONITORING_REPORT, day, "report.json"))
@@ -244,14 +207,12 @@ def read_committed_report(store: DatasetStore, day: str) -> dict | None:
 def datagen_monitoring_report(
     context: AssetExecutionContext, storage: StorageResource, config_files: ConfigFilesResource
 ):
-    store = storage.store
-    spec = load_datagen_spec(config_files.datagen)
-    yield from run_days(
-        context, MONITORING_REPORT, store, lambda day: _monitoring_report_day(context, store, spec, day)
-    )
+    spec = config_files.datagen_spec()
+    yield from run_days(context, MONITORING_REPORT, storage, lambda run: _monitoring_report_day(run, spec))
 
 
-def _monitoring_report_day(context, store: DatasetStore, spec, day: str) -> DayWritten:
+def _monitoring_report_day(run: DayRun, spec) -> DayWritten:
+    store, day = run.store, run.day
     filter_stats = store.read_json(store.committed_path(FILTERED_EVENTS, day, "stats.json"))
     join_stats = store.read_json(store.committed_path(TRAINING_EVENTS, day, "stats.json"))
     items = read_final_items(store, day, ["item_id", "item_age_days"])
@@ -277,9 +238,7 @@ def _monitoring_report_day(context, store: DatasetStore, spec, day: str) -> DayW
         run_time_s=run_time_s,
     )
     report["thresholds"] = spec.thresholds.model_dump()
-    out = PartitionVersion.new(store, MONITORING_REPORT, day, context.run_id)
-    out.write_json("report.json", report)
-    out.publish()
+    out = run.write(MONITORING_REPORT, lambda out: out.write_json("report.json", report))
 
     buckets = report["item_age_buckets"]
     share_delta = report["item_age_bucket_share_delta_pp_7d"] or {}

@@ -17,14 +17,13 @@ from dagster import (
     sensor,
 )
 
-from recsys_assets.core.partitions import APP_TIMEZONE, PARTITIONS_START, last_complete_day, window_of
+from recsys_assets.config.files import ConfigFilesResource
+from recsys_assets.core.days import APP_TIMEZONE, PARTITIONS_START, last_complete_day, window_of
 from recsys_assets.core.schemas import RAW_TABLES
 from recsys_assets.datagen.assets import datagen_monitoring_report
-from recsys_assets.datagen.config import load_datagen_spec
 from recsys_assets.datagen.jobs import datagen_job
 from recsys_assets.datagen.monitoring import in_bucket_order
 from recsys_assets.datagen.raw_sources import raw_asset_key
-from resources.config_files import ConfigFilesResource
 from resources.notifier import NotifierResource
 from resources.storage import StorageResource
 
@@ -92,7 +91,7 @@ def raw_data_freshness_sensor(
     notifier: NotifierResource,
     config_files: ConfigFilesResource,
 ):
-    f = load_datagen_spec(config_files.datagen).freshness
+    f = config_files.datagen_spec().freshness
     alerted: list[str] = json.loads(context.cursor) if context.cursor else []
     present = {i.base_name for i in storage.store.list_success_files()}
     late = overdue_days(

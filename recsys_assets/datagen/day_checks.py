@@ -8,7 +8,7 @@ writing it, in one-day and range runs alike. A blocking check's verdict gates th
 (recsys_assets/core/gating.py): a failed day is never read downstream, in any run.
 
 Each judge is a plain function of the day's written version (its stats or report) and the committed stats of
-earlier days, so it can be called without Dagster (tests/test_checks.py).
+earlier days, so it can be called without Dagster (tests/datagen/test_day_checks.py).
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, MetadataValue
 
 from recsys_assets.core.datasets import DATASETS, FILTERED_EVENTS, MONITORING_REPORT, TRAINING_EVENTS
+from recsys_assets.core.days import shift_day
 from recsys_assets.core.gating import gate, judged_version
 from recsys_assets.core.metadata import md_table
-from recsys_assets.core.partitions import daily_partitions, shift_day
+from recsys_assets.core.partitions import daily_partitions
 from recsys_assets.datagen.quarantine import judge_input_losses
-from resources.storage import DatasetStore
+from resources.store import DatasetStore
 
 
 @dataclass(frozen=True)

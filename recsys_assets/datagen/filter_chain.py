@@ -23,15 +23,15 @@ from functools import reduce
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from recsys_assets.core.partitions import US_PER_DAY
-from recsys_assets.datagen.config import (
+from recsys_assets.config.datagen import (
+    QUARANTINE_REASONS,
     DatagenSpec,
     InSetFilter,
     MinItemEventsFilter,
     QuarantineSpec,
     RangeFilter,
 )
-from recsys_assets.datagen.quarantine import QUARANTINE_REASONS
+from recsys_assets.core.days import US_PER_DAY
 
 QUARANTINE_STAGE = "quarantine"
 

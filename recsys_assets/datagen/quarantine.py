@@ -10,25 +10,6 @@ from __future__ import annotations
 
 import math
 
-# Why a raw event is invalid input, in precedence order (an event gets the first that applies). Invalid events
-# are counted per reason and written to filtered_events' quarantine/, never dropped silently.
-QUARANTINE_REASONS = (
-    "null_event_id",
-    "null_user_id",
-    "null_item_id",
-    "null_event_ts",
-    # Ids the serving tables cannot store: empty, containing NUL, or longer than quarantine.max_id_length.
-    "invalid_event_id",
-    "invalid_user_id",
-    "invalid_item_id",
-    # play_duration_s null, NaN, +-inf or negative: one such value would make the day's moments non-finite.
-    "invalid_play_duration",
-    "play_duration_over_max",
-    "event_ts_outside_day",
-    # A later copy of an event_id whose first *valid* copy is kept (an invalid copy keeps its own reason).
-    "duplicate_event_id",
-)
-
 # Binomial standard errors allowed on top of the sample's max deviation (a 1-in-15,000 false alarm).
 SAMPLE_STANDARD_ERRORS = 4.0
 

@@ -34,8 +34,8 @@ from dagster import (
 )
 
 from recsys_assets.core.dagster_compat import latest_materialization_target
+from recsys_assets.core.runs import DayRun
 from recsys_assets.datagen.day_checks import blocking_failures, evaluate_day
-from resources.storage import DatasetStore
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,8 @@ class DayDone:
 def run_days(
     context: AssetExecutionContext,
     dataset: str,
-    store: DatasetStore,
-    write_day: Callable[[str], DayWritten],
+    storage,
+    write_day: Callable[[DayRun], DayWritten],
     spark=None,
 ) -> Iterator:
     """Write, judge and report each day of the run's partition range in date order (see the module docstring)."""
@@ -76,9 +76,9 @@ def run_days(
     for day in days:
         try:
             t0 = time.perf_counter()
-            written = write_day(day)
+            written = write_day(DayRun.of(context, storage, day))
             t1 = time.perf_counter()
-            results = evaluate_day(dataset, store, day, written.version, written.stats, spark)
+            results = evaluate_day(dataset, storage.store, day, written.version, written.stats, spark)
             t2 = time.perf_counter()
         except Exception as exc:  # reported with the days done below, then re-raised as the step's failure
             stopped, stopped_day, error = f"{day} failed: {type(exc).__name__}: {exc}", day, exc

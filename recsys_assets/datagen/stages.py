@@ -1,39 +1,27 @@
-"""The datagen Spark jobs as plain functions of (SparkSession, store, day, version): read, transform, write the
-version directory and its stats.json, return the stats. Nothing here commits.
+"""The datagen Spark stages (filtered_events, training_events) as plain functions of (SparkSession, store, day,
+version, params): read, transform, write the version directory and its stats.json, return the stats. Nothing here
+commits, and nothing imports Dagster.
 
 The same functions run in-process (local Spark or a standalone master), in a spark-submit'ed process, or as a
-Dataproc PySpark job (`recsys_assets.datagen.spark_job`): the Dagster asset commits the version afterwards from
-the stats the job handed back, so every backend produces byte-for-byte the same partition layout.
+Dataproc PySpark job (recsys_assets/core/spark_stages.py names them, core/spark_job.py runs them): the asset
+publishes the version afterwards from the stats the job handed back, so every backend produces byte-for-byte the
+same partition layout.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
-from recsys_assets.core.datasets import FILTERED_EVENTS, TRAINING_EVENTS, USER_HISTORY
-from recsys_assets.core.partitions import window_micros, window_of
-from recsys_assets.datagen.config import DatagenSpec, load_datagen_spec, parse_datagen_spec
-from recsys_assets.datagen.raw_inputs import latest_raw_day, read_raw
-from resources.spark import SparkJob
-from resources.storage import DatasetStore
+from recsys_assets.config.datagen import DatagenSpec, parse_datagen_spec
+from recsys_assets.core.datasets import FILTERED_EVENTS, TRAINING_EVENTS
+from recsys_assets.core.days import window_micros, window_of
+from recsys_assets.core.raw_inputs import latest_raw_day, read_raw
+from resources.store import DatasetStore
 
-# The Spark transformations (filter_chain, training_events) are imported inside the stage functions: training
-# hosts import TRAINING_EVENTS / read_final_items from here and need no pyspark installed.
-
-STAGES = (FILTERED_EVENTS, TRAINING_EVENTS, USER_HISTORY)
-
-
-def read_final_items(store: DatasetStore, day: str, columns: list[str] | None = None):
-    """The final items (item-sized) of a committed training_events partition as a pyarrow table."""
-    import pyarrow.dataset as pads
-
-    return pads.dataset(
-        store.committed_path(TRAINING_EVENTS, day, "items"), filesystem=store.fs, format="parquet"
-    ).to_table(columns=columns)
+# The Spark transformations (filter_chain, training_events) are imported inside the stage functions: importing this
+# module needs no pyspark.
 
 
 def _now() -> str:
@@ -58,13 +46,21 @@ def _job_description(session, text: str):
         sc.setJobDescription(before)
 
 
-def filtered_events_stage(
-    session, store: DatasetStore, day: str, version: str, spec: DatagenSpec | None = None
-) -> dict:
+def job_spec(params: dict) -> DatagenSpec:
+    """The datagen spec a stage runs with: its validated content travels in the job's params (a submitted job needs
+    no access to the YAML file)."""
+    return parse_datagen_spec(params["datagen_spec"], "job parameters")
+
+
+def datagen_params(spec: DatagenSpec) -> dict:
+    return {"datagen_spec": spec.model_dump(mode="json")}
+
+
+def filtered_events_stage(session, store: DatasetStore, day: str, version: str, params: dict) -> dict:
     from recsys_assets.datagen.filter_chain import run_filter_chain
 
     started_at, t0 = _now(), time.monotonic()
-    spec = spec or load_datagen_spec()
+    spec = job_spec(params)
     start_us, end_us = window_micros(window_of(day))
     result = run_filter_chain(
         read_raw(session, store, "events", day), read_raw(session, store, "items", day), spec, start_us, end_us
@@ -99,20 +95,12 @@ def filtered_events_stage(
     return stats
 
 
-def training_events_stage(
-    session,
-    store: DatasetStore,
-    day: str,
-    version: str,
-    spec: DatagenSpec | None = None,
-    te_spec=None,
-) -> dict:
-    from recsys_assets.datagen.training_events import TrainingEventsSpec, build_training_events, count_users
+def training_events_stage(session, store: DatasetStore, day: str, version: str, params: dict) -> dict:
+    from recsys_assets.datagen.training_events import build_training_events, count_users
 
-    te_spec = te_spec or TrainingEventsSpec()
     t0 = time.monotonic()
     filter_stats = store.read_json(store.committed_path(FILTERED_EVENTS, day, "stats.json"))
-    spec = spec or load_datagen_spec()
+    spec = job_spec(params)
     users_day = latest_raw_day(store, "users", day)
     filtered_items_path = store.committed_path(FILTERED_EVENTS, day, "items")
     if not store.exists(filtered_items_path):
@@ -125,7 +113,7 @@ def training_events_stage(
         session.read.parquet(store.committed_uri(FILTERED_EVENTS, day, "items")),
         read_raw(session, store, "item_embeddings", day),
         read_raw(session, store, "users", users_day),
-        te_spec,
+        spec.training_events,
         filter_stats["num_unique_items_post_filters"],
     )
     events_uri = store.version_uri(TRAINING_EVENTS, day, version, "events")
@@ -157,58 +145,3 @@ def training_events_stage(
     }
     store.write_json_atomic(store.version_path(TRAINING_EVENTS, day, version, "stats.json"), stats)
     return stats
-
-
-def run_stage(session, stage: str, store: DatasetStore, day: str, version: str, params: dict) -> dict:
-    """Dispatch by stage name with JSON-able params (what a submitted job receives on its command line). The datagen
-    spec travels as its validated content (`datagen_spec`), so a submitted job needs no access to the YAML file."""
-    spec = parse_datagen_spec(params["datagen_spec"], "job parameters") if params.get("datagen_spec") else None
-    if stage == FILTERED_EVENTS:
-        return filtered_events_stage(session, store, day, version, spec)
-    if stage == TRAINING_EVENTS:
-        from recsys_assets.datagen.training_events import TrainingEventsSpec
-
-        te = params.get("training_events_spec") or {}
-        te_spec = TrainingEventsSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in te.items()})
-        return training_events_stage(session, store, day, version, spec, te_spec)
-    if stage == USER_HISTORY:
-        from recsys_assets.datagen.user_history import user_history_stage
-
-        return user_history_stage(session, store, day, version, params["user_history"])
-    raise ValueError(f"unknown datagen stage {stage!r}; known: {STAGES}")
-
-
-def job_name(stage: str, day: str) -> str:
-    return f"{stage} {day}"
-
-
-def stage_arguments(stage: str, data_root: str, day: str, version: str, params: dict) -> list[str]:
-    """The command line of `spark_job.py` for one stage (what the job's parser reads)."""
-    return [
-        "--stage",
-        stage,
-        "--data-root",
-        data_root,
-        "--day",
-        day,
-        "--version",
-        version,
-        "--params-json",
-        json.dumps(params, sort_keys=True),
-    ]
-
-
-def stage_job(
-    stage: str, store: DatasetStore, day: str, version: str, spec: DatagenSpec | None, extra: dict | None = None
-) -> SparkJob:
-    """One datagen stage as a SparkJob for the Spark resource: the stage function in-process, or spark_job.py with
-    the same arguments when submitted (spark-submit, Dataproc)."""
-    params = {**({"datagen_spec": spec.model_dump(mode="json")} if spec is not None else {}), **(extra or {})}
-    return SparkJob(
-        name=job_name(stage, day),
-        run=lambda session: run_stage(session, stage, store, day, version, params),
-        job_file=str(Path(__file__).with_name("spark_job.py")),
-        arguments=tuple(stage_arguments(stage, store.root_uri, day, version, params)),
-        data_root=store.root_uri,
-        labels={"stage": stage, "partition": day},
-    )

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from recsys_assets.core.partitions import US_PER_DAY
+from recsys_assets.config.datagen import TrainingEventsSpec
+from recsys_assets.core.days import US_PER_DAY
 from recsys_assets.core.schemas import EMBEDDING_DIM
-from recsys_assets.datagen.config import TrainingEventsSpec  # noqa: F401 (re-exported: the join's spec)
 from recsys_assets.datagen.filter_chain import BROADCAST_ROW_LIMIT, ITEM_ATTRIBUTE_COLUMNS, first_row_per_key
 
 EMBEDDING_REJECT_REASONS = ("null_item_id", "wrong_length", "non_finite_value", "duplicate_item_id")
@@ -42,7 +42,7 @@ def embedding_validity(embeddings: DataFrame) -> DataFrame:
 
 # training_events is a fact table (`events`) and a dimension table (`items`): the catalogue columns are constant per
 # item within a day, so they are written once per item, not copied onto every event (the copies dominated the
-# events write, docs/benchmarks.md). Readers widen events with them by item_id (`recsys_assets.training.loader`).
+# events write, docs/benchmarks.md). Readers widen events with them by item_id (`recsys_assets.ml.loader`).
 ITEM_ATTRIBUTES = tuple(ITEM_ATTRIBUTE_COLUMNS)  # filtered_events' items table carries the same
 ITEM_KEYS = ("item_id", *ITEM_ATTRIBUTES)
 # The events output's columns, in order (the per-day *_norm columns of event-level features follow).

@@ -13,7 +13,7 @@ import json
 import time
 
 from recsys_assets.ingest.importer import CsvMapping, ImportSpec, import_csv, import_movielens
-from resources.storage import DatasetStore
+from resources.store import DatasetStore
 
 
 def main(argv: list[str] | None = None) -> None:

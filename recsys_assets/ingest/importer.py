@@ -41,17 +41,10 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pyarrow as pa
 
-from recsys_assets.core.partitions import (
-    APP_TIMEZONE,
-    PARTITIONS_START,
-    US_PER_DAY,
-    check_day,
-    window_micros,
-    window_of,
-)
+from recsys_assets.core.days import APP_TIMEZONE, PARTITIONS_START, US_PER_DAY, check_day, window_micros, window_of
+from recsys_assets.core.raw_inputs import write_raw_day
 from recsys_assets.core.schemas import EMBEDDING_DIM, RAW_EVENTS, RAW_ITEM_EMBEDDINGS, RAW_ITEMS, RAW_USERS
-from recsys_assets.datagen.raw_inputs import write_raw_day
-from resources.storage import DatasetStore
+from resources.store import DatasetStore
 
 US = 1_000_000
 MAX_RATING = 5.0

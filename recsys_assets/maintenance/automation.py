@@ -2,7 +2,7 @@
 
 from dagster import AssetSelection, RunRequest, ScheduleEvaluationContext, define_asset_job, schedule
 
-from recsys_assets.core.partitions import APP_TIMEZONE
+from recsys_assets.core.days import APP_TIMEZONE
 
 retention_job = define_asset_job(
     "retention_job",

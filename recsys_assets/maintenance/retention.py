@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import pyarrow.fs as pafs
 
 from recsys_assets.core.datasets import DATASETS, datasets_with
-from recsys_assets.core.partitions import shift_day
-from resources.storage import DatasetStore, InvalidManifestError
+from recsys_assets.core.days import shift_day
+from resources.store import DatasetStore, InvalidManifestError
 
 # What each dataset's partitions are for, and so what protects them, is declared once in core/datasets.py.
 DERIVED_DATASETS = tuple(DATASETS)

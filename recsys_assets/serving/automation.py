@@ -1,5 +1,7 @@
-"""What starts online_evaluation: the serving side's impressions log for a day landing. (The day's serving assets
-are started by Declarative Automation once its models passed their blocking checks: serving/assets.py.)"""
+"""What starts serving: the day's hand-off assets are started by Declarative Automation for the newest day once every
+input is there and its models passed their blocking checks (`SERVE_NEWEST_DAY`: all_deps_blocking_checks_passed
+keeps a day whose models failed an AUC or recall gate from serving); online_evaluation starts when the serving
+side's impressions log for a day lands (a sensor)."""
 
 import datetime as dt
 import posixpath
@@ -13,11 +15,15 @@ from dagster import (
     sensor,
 )
 
-from recsys_assets.core.partitions import last_complete_day
+from recsys_assets.config.files import ConfigFilesResource
+from recsys_assets.core.automation import after_upstream
+from recsys_assets.core.days import last_complete_day
 from recsys_assets.serving.jobs import online_evaluation_job
-from recsys_assets.serving.serving_config import load_serving_spec, log_path
-from resources.config_files import ConfigFilesResource
+from recsys_assets.serving.serving_config import log_path
 from resources.storage import StorageResource
+
+# The newest day only, once every input of the day is there (a backfill must not re-promote old models).
+SERVE_NEWEST_DAY = after_upstream(None, lookback_days=None, all_deps_present=True)
 
 
 @sensor(
@@ -30,7 +36,7 @@ from resources.storage import StorageResource
 def impressions_log_sensor(
     context: SensorEvaluationContext, storage: StorageResource, config_files: ConfigFilesResource
 ):
-    store, template = storage.store, load_serving_spec(config_files.serving).online_evaluation.impressions_log
+    store, template = storage.store, config_files.serving_spec().online_evaluation.impressions_log
     today = last_complete_day(dt.datetime.now(dt.UTC))
     days = [(dt.date.fromisoformat(today) - dt.timedelta(days=i)).isoformat() for i in range(0, 14)]
     requests = []

@@ -1,27 +1,17 @@
-"""Top-K feed per user from a release (query tower -> FAISS retrieval -> ranker), and its publication to the
-PostgreSQL `feed` table in one transaction.
-
-Everything is vectorised over users x candidates: the query tower runs on user batches, FAISS returns
-k_retrieve candidates per user, the ranker scores the [users * k_retrieve] pairs built from user columns and the
-release's item features, and the top k_feed by blended score are kept per user.
-"""
+"""The published feed: which users get one (stratified sampling), and the PostgreSQL `feed` table a day is written
+to in one transaction. The scoring itself (query tower -> FAISS -> ranker) is the model library's
+(recsys_assets/ml/scoring.py)."""
 
 from __future__ import annotations
 
 import io
+import time
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
-import pyarrow as pa
-import torch
 
-from recsys_assets.serving.model_repository import LoadedRelease
-from recsys_assets.serving.serving_config import stable_hash
-from recsys_assets.training.features import DENSE_FEATURES, standardize
-from recsys_assets.training.retrieval import query_tower_inputs
+from recsys_assets.serving.serving_config import arm_of_buckets, stable_hash, user_buckets
 
-USER_COLUMNS = ["user_id", "user_language", "user_region", "user_tenure_days"]
 FEED_COLUMNS = ["strategy_name", "dt", "user_id", "rank", "item_id", "score", "model_version", "arm"]
 
 FEED_DDL = """
@@ -39,158 +29,75 @@ CREATE TABLE IF NOT EXISTS feed (
 """
 
 
-@dataclass
-class ItemSide:
-    """The ranker's item-side inputs for every catalogue row, computed once per release and day (the feed only
-    gathers rows of these per candidate)."""
+def active_users(store, day: str) -> pd.DataFrame:
+    """Distinct users with events on the day and their latest attributes."""
+    from recsys_assets.ml.loader import committed_events_dataset
+    from recsys_assets.ml.scoring import USER_COLUMNS
 
-    cat: dict[str, np.ndarray]  # feature -> vocab ids per catalogue row
-    dense: dict[str, np.ndarray]  # raw (untransformed) item_video_length_s, item_age_days per catalogue row
-    feed_source_id: int
-
-    @classmethod
-    def of(cls, release: LoadedRelease, feed_source: str, as_of: pd.Timestamp) -> ItemSide:
-        catalog, vocab = release.catalog, release.ranker_vocab
-        return cls(
-            cat={f: catalog.encode(vocab, f) for f in release.ranker_config["cat_features"] if f.startswith("item_")},
-            dense={
-                "item_video_length_s": catalog.attributes["item_video_length_s"].to_numpy(np.float64),
-                "item_age_days": catalog.age_days(as_of),
-            },
-            feed_source_id=int(vocab.encode("feed_source", pa.array([feed_source], pa.string()))[0]),
-        )
-
-
-def ranker_inputs(
-    release: LoadedRelease, items: ItemSide, users: pd.DataFrame, user_row: np.ndarray, item_row: np.ndarray
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Model inputs for (user, item) pairs given as row numbers into `users` and the release's item catalogue,
-    in the ranker's own feature order."""
-    cols = []
-    for f in release.ranker_config["cat_features"]:
-        if f == "feed_source":
-            cols.append(np.full(len(user_row), items.feed_source_id, dtype=np.int64))
-        elif f in items.cat:
-            cols.append(items.cat[f][item_row])
-        else:
-            cols.append(
-                release.ranker_vocab.encode(f, pa.array(users[f].to_numpy(dtype=object), pa.string()))[user_row]
-            )
-    raw_dense = {
-        **{f: v[item_row] for f, v in items.dense.items()},
-        "user_tenure_days": users["user_tenure_days"].to_numpy(np.float64)[user_row],
-    }
-    dense = np.stack([standardize(f, raw_dense[f], release.ranker_moments) for f in DENSE_FEATURES], axis=1)
+    t = committed_events_dataset(store, [day]).to_table(columns=[*USER_COLUMNS, "event_ts"])
+    df = t.to_pandas().sort_values("event_ts", kind="stable")
     return (
-        torch.from_numpy(np.stack(cols, axis=1)),
-        torch.from_numpy(dense),
-        torch.from_numpy(release.catalog.embeddings[item_row]),
+        df.drop_duplicates("user_id", keep="last")
+        .drop(columns="event_ts")
+        .sort_values("user_id")
+        .reset_index(drop=True)
     )
 
 
-class ReleaseHistory:
-    """The users' histories as of the serving day in each model's own encoding (its vocabulary's item ids and the
-    release catalogue's content; items outside it get a zero content vector), for the release's history-aware
-    query tower and ranker. A history-free component gets no history inputs (old releases keep working)."""
-
-    def __init__(self, release: LoadedRelease, history: pa.Table | None):
-        from recsys_assets.training.features import padded_content
-        from recsys_assets.training.history import HistoryArrays, history_arrays
-
-        self.query_len = int(release.query_config.get("history_len", 0))
-        self.ranker_len = int(release.ranker_config.get("history_len", 0))
-        if (self.query_len or self.ranker_len) and history is None:
-            raise ValueError(
-                f"release {release.version} has history-aware models but no user_history was given for the feed"
-            )
-
-        def arrays(length: int, vocab) -> HistoryArrays | None:
-            return history_arrays(history, length, vocab, release.catalog) if length else None
-
-        self.query = arrays(self.query_len, release.query_vocab)
-        self.ranker = arrays(self.ranker_len, release.ranker_vocab)
-        self.content = padded_content(release.catalog)
-
-    def query_inputs(self, user_ids: np.ndarray) -> tuple:
-        if self.query is None:
-            return ()
-        ids, rows = self.query.lookup(pa.array(user_ids, pa.string()))
-        return torch.from_numpy(ids), self.content[torch.from_numpy(rows)]
-
-    def ranker_inputs(self, user_ids: np.ndarray, user_row: np.ndarray) -> tuple:
-        if self.ranker is None:
-            return ()
-        ids, rows = self.ranker.lookup(pa.array(user_ids, pa.string()))
-        return torch.from_numpy(ids[user_row]), self.content[torch.from_numpy(rows[user_row])]
+@dataclass(frozen=True)
+class DayFeed:
+    day: str
+    rows: pd.DataFrame  # FEED_COLUMNS
+    active_users: int
+    scored_users: int
+    per_arm: list[list]  # [arm, model version, users, rows]
+    generate_seconds: float
+    with_history: bool
 
 
-@torch.no_grad()
-def generate_feed(
-    release: LoadedRelease,
-    users: pd.DataFrame,
-    k_retrieve: int,
-    k_feed: int,
-    task_weights: dict[str, float],
-    feed_source: str,
-    as_of: pd.Timestamp,
-    user_batch: int = 2048,
-    history: pa.Table | None = None,
-) -> pd.DataFrame:
-    """user_id, rank (1 = top), item_id, score for every user; score = sum_t w_t * P(task t). `history`: the
-    user_history table (user_id, item_ids) as of the serving day, for a release with history-aware models."""
-    if len(users) == 0:
-        return pd.DataFrame({"user_id": [], "rank": [], "item_id": [], "score": []})
-    tasks = release.ranker_config["tasks"]
-    unknown = set(task_weights) - set(tasks)
-    if unknown:
-        raise ValueError(f"feed task_weights name tasks the ranker does not have: {sorted(unknown)} (has {tasks})")
-    weights = torch.tensor([task_weights.get(t, 0.0) for t in tasks], dtype=torch.float32)
-    # Index rows -> catalogue rows (the index was built over the same window catalogue; map by id to be safe).
-    index_to_catalog = release.catalog.rows(pa.array(release.index_item_ids, pa.string()))
-    items = ItemSide.of(release, feed_source, as_of)
-    hist = ReleaseHistory(release, history)
-    k_retrieve = min(k_retrieve, release.index.ntotal)
-    k_feed = min(k_feed, k_retrieve)
-    out = []
-    for s in range(0, len(users), user_batch):
-        chunk = users.iloc[s : s + user_batch].reset_index(drop=True)
-        chunk_ids = chunk["user_id"].to_numpy(dtype=object)
-        q = (
-            release.query_tower(
-                *query_tower_inputs(chunk, release.query_vocab, release.query_moments), *hist.query_inputs(chunk_ids)
-            )
-            .numpy()
-            .astype(np.float32)
+def build_feed(store, day: str, spec, cfg: dict) -> DayFeed:
+    """The day's feed: its active users (stratified-sampled when serving.yaml says so) split into A/B arms by the
+    served config, each arm scored with its release (recsys_assets/ml/scoring.py) and the users' history as of the
+    day when one is committed."""
+    from recsys_assets.core.datasets import USER_HISTORY
+    from recsys_assets.core.days import window_of
+    from recsys_assets.ml.release import load_release
+    from recsys_assets.ml.scoring import generate_feed
+
+    users = active_users(store, day)
+    n_active = len(users)
+    if spec.feed.sample_users_per_segment:
+        users = stratified_users(users, spec.feed.stratify_by, spec.feed.sample_users_per_segment, spec.ab.salt)
+    arms, versions = arm_of_buckets(
+        user_buckets(users["user_id"].to_numpy(dtype=object), cfg["salt"], cfg["buckets"]), cfg
+    )
+    as_of = pd.Timestamp(window_of(day).end)
+    history = None
+    if store.is_committed(USER_HISTORY, day):  # each user's history as of the serving day
+        from recsys_assets.core.readers import read_history_table
+
+        history = read_history_table(store, day)
+    parts, per_arm, t0 = [], [], time.perf_counter()
+    for version in sorted(set(versions.tolist())):
+        release = load_release(store, int(version))
+        mask = versions == version
+        rows = generate_feed(
+            release,
+            users[mask].reset_index(drop=True),
+            spec.feed.k_retrieve,
+            spec.feed.k_feed,
+            spec.feed.task_weights,
+            spec.feed.feed_source,
+            as_of,
+            history=history,
         )
-        if release.index.d == q.shape[1] + 1:  # an index with the recency prior dimension (retrieval_index)
-            q = np.hstack([q, np.ones((len(q), 1), np.float32)])
-        _, idx = release.index.search(q, k_retrieve)
-        valid = idx >= 0
-        cand = np.where(valid, index_to_catalog[np.maximum(idx, 0)], -1)
-        valid &= cand >= 0
-        user_row = np.repeat(np.arange(len(chunk)), k_retrieve)
-        item_row = np.maximum(cand.reshape(-1), 0)
-        logits = release.ranker(
-            *ranker_inputs(release, items, chunk, user_row, item_row), *hist.ranker_inputs(chunk_ids, user_row)
-        )
-        score = (torch.sigmoid(logits.float()) * weights).sum(dim=1).numpy().reshape(len(chunk), k_retrieve)
-        score = np.where(valid, score, -np.inf)
-        order = np.argsort(-score, axis=1, kind="stable")[:, :k_feed]
-        top_rows = np.take_along_axis(cand, order, axis=1)
-        top_scores = np.take_along_axis(score, order, axis=1)
-        keep = np.isfinite(top_scores)
-        ranks = np.broadcast_to(np.arange(1, k_feed + 1), order.shape)
-        out.append(
-            pd.DataFrame(
-                {
-                    "user_id": np.repeat(chunk["user_id"].to_numpy(dtype=object), k_feed)[keep.reshape(-1)],
-                    "rank": ranks[keep].astype(np.int32),
-                    "item_id": release.catalog.item_ids[top_rows[keep]],
-                    "score": top_scores[keep].astype(np.float64),
-                }
-            )
-        )
-    return pd.concat(out, ignore_index=True)
+        arm_by_user = pd.Series(arms[mask], index=users.loc[mask, "user_id"].to_numpy())
+        rows = rows.assign(model_version=int(version), arm=rows["user_id"].map(arm_by_user))
+        parts.append(rows)
+        for arm in sorted(set(arms[mask].tolist())):
+            per_arm.append([arm, int(version), int((arms[mask] == arm).sum()), int((rows["arm"] == arm).sum())])
+    rows = pd.concat(parts, ignore_index=True).assign(strategy_name=spec.feed.strategy_name, dt=day)
+    return DayFeed(day, rows, n_active, len(users), per_arm, time.perf_counter() - t0, history is not None)
 
 
 def stratified_users(users: pd.DataFrame, segment_column: str, per_segment: int, salt: str) -> pd.DataFrame:

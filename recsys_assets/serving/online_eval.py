@@ -19,7 +19,7 @@ IMPRESSION_COLUMNS = ["user_id", "item_id", "rank", "model_version", "arm", "ser
 
 def read_raw_plays(store, day: str) -> pd.DataFrame:
     """Plays (play_duration_s > 0) of the day's raw events: user_id, item_id, event_ts, play_duration_s."""
-    from recsys_assets.datagen.raw_inputs import read_raw_table
+    from recsys_assets.core.raw_inputs import read_raw_table
 
     df = read_raw_table(store, "events", day, ["user_id", "item_id", "event_ts", "play_duration_s"]).to_pandas()
     return df[df["play_duration_s"].fillna(0) > 0].reset_index(drop=True)
@@ -60,3 +60,24 @@ def online_metrics(impressions: pd.DataFrame, plays: pd.DataFrame, window: pd.Ti
             }
         )
     return rows
+
+
+def day_online_report(store, day: str, spec) -> tuple[dict, int]:
+    """The CTR report of the day's served feed (impressions log of the day, plays of the next two days' raw events
+    that have arrived) and the number of impressions."""
+    import datetime as dt
+
+    from dagster import Failure
+
+    from recsys_assets.serving.serving_config import read_log
+
+    impressions = read_log(store, spec.impressions_log, day, "impressions log")
+    d0 = dt.date.fromisoformat(day)
+    play_days = [(d0 + dt.timedelta(days=i)).isoformat() for i in (1, 2)]
+    present = [d for d in play_days if store.exists(store.raw_partition_path("events", d))]
+    if not present:
+        raise Failure(f"no raw events for {play_days[0]}: plays after the feed was served are not in yet")
+    plays = pd.concat([read_raw_plays(store, d) for d in present], ignore_index=True)
+    rows = online_metrics(impressions, plays, pd.Timedelta(minutes=spec.plays_window_minutes))
+    report = {"day": day, "window_minutes": spec.plays_window_minutes, "play_days": present, "arms": rows}
+    return report, len(impressions)

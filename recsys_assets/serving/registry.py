@@ -175,13 +175,6 @@ def record_checks(conn, model_name: str, version: int, checks: dict[str, bool]) 
     return passed
 
 
-def get_version(conn, model_name: str, version: int) -> ModelVersion | None:
-    with conn.cursor() as cur:
-        cur.execute(f"SELECT {_COLS} FROM model_versions WHERE model_name = %s AND version = %s", (model_name, version))
-        row = cur.fetchone()
-    return ModelVersion.from_row(row) if row else None
-
-
 def list_versions(conn, model_name: str) -> list[ModelVersion]:
     with conn.cursor() as cur:
         cur.execute(f"SELECT {_COLS} FROM model_versions WHERE model_name = %s ORDER BY version", (model_name,))
@@ -295,13 +288,7 @@ def rollback(conn, model_name: str, reason: str = "", actor: str = "") -> tuple[
 def _connect_from_env():
     from resources.postgres import PostgresResource
 
-    return PostgresResource(
-        host=os.environ.get("RECSYS_PG_HOST", "127.0.0.1"),
-        port=int(os.environ.get("RECSYS_PG_PORT", "5432")),
-        user=os.environ.get("RECSYS_PG_USER", "postgres"),
-        password=os.environ.get("RECSYS_PG_PASSWORD", ""),
-        dbname=os.environ.get("RECSYS_PG_DB", "recsys"),
-    ).connect()
+    return PostgresResource.from_env().connect()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,9 +5,8 @@ materializing serving_config."""
 
 from dagster import Config, MetadataValue, OpExecutionContext, Output, job, op
 
+from recsys_assets.config.files import ConfigFilesResource
 from recsys_assets.serving import registry
-from recsys_assets.serving.serving_config import load_serving_spec
-from resources.config_files import ConfigFilesResource
 from resources.postgres import PostgresResource
 from resources.storage import StorageResource
 
@@ -24,9 +23,9 @@ def rollback_production(
     postgres: PostgresResource,
     config_files: ConfigFilesResource,
 ):
-    from recsys_assets.serving.assets import publish_serving_config
+    from recsys_assets.serving.serving_config import publish_serving_config
 
-    spec = load_serving_spec(config_files.serving)
+    spec = config_files.serving_spec()
     with postgres.connect() as conn:
         registry.ensure_schema(conn)
         frm, to = registry.rollback(conn, spec.model_name, config.reason, actor=f"dagster run {context.run_id}")

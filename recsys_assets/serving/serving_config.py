@@ -1,4 +1,4 @@
-"""serving.yaml (typed), user-hash A/B buckets, and the resolved, versioned serving config the load balancer reads.
+"""User-hash A/B buckets, and the resolved, versioned serving config the load balancer reads.
 
 The resolved config pins concrete model versions and bucket ranges:
 
@@ -15,78 +15,12 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
-from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from pydantic import Field, model_validator
 
-from recsys_assets.core.config import ConfigFileError, StrictModel, load_config_file
+from recsys_assets.config.serving import ABSpec
 
-DEFAULT_SERVING_CONFIG = Path(__file__).resolve().parents[1] / "config" / "serving.yaml"
 SERVING_CONFIG_DIR = "serving_config"
-
-
-_Strict = StrictModel
-
-
-class ArmSpec(_Strict):
-    name: str
-    model: Literal["production", "previous_production"] | int
-    traffic_pct: float = Field(ge=0, le=100)
-
-
-class ABSpec(_Strict):
-    salt: str
-    buckets: int = Field(default=100, ge=1)
-    arms: list[ArmSpec] = Field(min_length=1)
-
-
-class FeedSpec(_Strict):
-    strategy_name: str
-    k_retrieve: int = Field(ge=1)
-    k_feed: int = Field(ge=1)
-    feed_source: str
-    task_weights: dict[str, float]
-    stratify_by: str = "user_region"
-    sample_users_per_segment: int | None = Field(default=None, ge=1)
-
-    @model_validator(mode="after")
-    def _k(self):
-        if self.k_feed > self.k_retrieve:
-            raise ValueError(f"k_feed ({self.k_feed}) > k_retrieve ({self.k_retrieve})")
-        return self
-
-
-class SkewSpec(_Strict):
-    online_feature_log: str
-    numeric_features: list[str]
-    categorical_features: list[str]
-    bins: int = Field(default=10, ge=2)
-    max_psi: float = Field(gt=0)
-    max_ks: float = Field(gt=0, le=1)
-    max_offline_rows: int = Field(default=500_000, ge=1000)
-
-
-class OnlineEvalSpec(_Strict):
-    impressions_log: str
-    plays_window_minutes: int = Field(default=60, ge=1)
-
-
-class ServingSpec(_Strict):
-    model_name: str
-    ab: ABSpec
-    feed: FeedSpec
-    skew: SkewSpec
-    online_evaluation: OnlineEvalSpec
-
-
-class ServingConfigError(ConfigFileError):
-    pass
-
-
-def load_serving_spec(path: str | None = None) -> ServingSpec:
-    return load_config_file(path or DEFAULT_SERVING_CONFIG, ServingSpec, "serving", ServingConfigError)
 
 
 def stable_hash(user_ids: np.ndarray, salt: str) -> np.ndarray:
@@ -255,3 +189,47 @@ def publish_config(
     if not problems:
         store.write_json_atomic(current_config_path(store), cfg)
     return cfg, problems
+
+
+def serving_config_problems(store, conn, cfg: dict) -> list[str]:
+    """validate_serving_config against what the registry and the model repository hold now."""
+    from recsys_assets.ml.release import release_versions
+    from recsys_assets.serving import registry
+
+    registered = {v.version for v in registry.list_versions(conn, cfg["model_name"])}
+    production = registry.production_version(conn, cfg["model_name"])
+    return validate_serving_config(cfg, registered, set(release_versions(store)), production)
+
+
+def publish_serving_config(store, conn, spec) -> tuple[dict, list[str]]:
+    """Resolve the A/B arms of serving.yaml against the registry and write a new config version if they changed."""
+    import datetime as dt
+
+    from recsys_assets.serving import registry
+
+    registry.ensure_schema(conn)
+    production = registry.production_version(conn, spec.model_name)
+    previous = registry.previous_production_version(conn, spec.model_name)
+    arms, notes = resolve_arms(spec.ab, production, previous)
+    return publish_config(
+        store,
+        arms,
+        spec.ab,
+        spec.model_name,
+        notes,
+        {"created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")},
+        lambda cfg: serving_config_problems(store, conn, cfg),
+    )
+
+
+def read_log(store, template: str, day: str, what: str):
+    """A day of a serving-side log (Parquet under log_path, complete when its _SUCCESS marker exists) as pandas."""
+    import posixpath
+
+    import pyarrow.dataset as pads
+    from dagster import Failure
+
+    path = log_path(template, store, day)
+    if not store.exists(posixpath.join(path, "_SUCCESS")):
+        raise Failure(f"{what} not found (no _SUCCESS under {path}); the serving side's log export writes it")
+    return pads.dataset(path, filesystem=store.fs, format="parquet").to_table().to_pandas()

@@ -116,3 +116,44 @@ def feature_skew(
             }
         )
     return rows
+
+
+def day_skew_report(store, day: str, spec) -> dict:
+    """The day's report: training_events (hash-sampled to spec.max_offline_rows, the same rows on every rerun) vs the
+    logged online feature sample, per feature; with the history length when both sides have it."""
+    import pyarrow as pa
+
+    from recsys_assets.core.datasets import USER_HISTORY
+    from recsys_assets.ml.history import history_lengths
+    from recsys_assets.ml.loader import committed_events_dataset
+    from recsys_assets.serving.serving_config import read_log
+
+    online = read_log(store, spec.online_feature_log, day, "online feature log")
+    cols = sorted({*spec.numeric_features, *spec.categorical_features, "user_id", "item_id"})
+    offline = committed_events_dataset(store, [day]).to_table(columns=cols).to_pandas()
+    if len(offline) > spec.max_offline_rows:  # hash sample: the same rows on every rerun
+        h = pd.util.hash_array(
+            offline["user_id"].to_numpy(dtype=object) + "|" + offline["item_id"].to_numpy(dtype=object)
+        )
+        offline = offline[h % len(offline) < spec.max_offline_rows]
+    numeric = list(spec.numeric_features)
+    # The history the models read: its length per row, offline from user_history (as of the day), online as the
+    # server logged it. Compared when both sides have it (logs written before history existed do not).
+    history_note = "not compared: no committed user_history for the day"
+    if store.is_committed(USER_HISTORY, day):
+        if HISTORY_LENGTH in online.columns:
+            offline[HISTORY_LENGTH] = history_lengths(store, day, pa.array(offline["user_id"], pa.string()))
+            numeric.append(HISTORY_LENGTH)
+            history_note = "compared"
+        else:
+            history_note = f"not compared: the online feature log has no {HISTORY_LENGTH} column"
+    rows = feature_skew(offline, online, numeric, spec.categorical_features, spec.bins, spec.max_psi, spec.max_ks)
+    return {
+        "day": day,
+        "max_psi": spec.max_psi,
+        "max_ks": spec.max_ks,
+        "features": rows,
+        "offline_rows": int(len(offline)),
+        "online_rows": int(len(online)),
+        "history_length": history_note,
+    }

@@ -7,7 +7,7 @@ import json
 import time
 
 from recsys_assets.synthetic.generator import SyntheticConfig, generate
-from resources.storage import DatasetStore
+from resources.store import DatasetStore
 
 
 def main(argv: list[str] | None = None) -> None:

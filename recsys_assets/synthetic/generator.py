@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pyarrow as pa
 
+from recsys_assets.core.raw_inputs import write_raw_day
 from recsys_assets.core.schemas import (
     EMBEDDING_DIM,
     RAW_EVENTS,
@@ -23,8 +24,7 @@ from recsys_assets.core.schemas import (
     RAW_ITEMS,
     RAW_USERS,
 )
-from recsys_assets.datagen.raw_inputs import write_raw_day
-from resources.storage import DatasetStore
+from resources.store import DatasetStore
 
 APP_TZ = ZoneInfo("Asia/Kolkata")
 LANGUAGES = ["hi", "ta", "te", "bn", "mr", "kn", "en", "pa"]

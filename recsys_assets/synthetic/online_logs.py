@@ -22,10 +22,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recsys_assets.ml.loader import committed_events_dataset
 from recsys_assets.serving.online_eval import IMPRESSION_COLUMNS, read_raw_plays
 from recsys_assets.serving.serving_config import log_path
-from recsys_assets.training.loader import committed_events_dataset
-from resources.storage import DatasetStore
+from resources.store import DatasetStore
 
 
 def _write(store: DatasetStore, folder: str, table: pa.Table) -> None:
@@ -50,8 +50,8 @@ def write_online_feature_sample(
     )
     sample = events[keep].reset_index(drop=True)
     if store.is_committed("user_history", day):  # what the server logs: the history length it fed the models
+        from recsys_assets.ml.history import history_lengths
         from recsys_assets.serving.skew import HISTORY_LENGTH
-        from recsys_assets.training.history import history_lengths
 
         sample[HISTORY_LENGTH] = history_lengths(store, day, pa.array(sample["user_id"], pa.string()))
     if transform is not None:

@@ -1,4 +1,4 @@
-"""What starts training and serving: Declarative Automation conditions on the assets (no run-status sensors).
+"""What starts training: Declarative Automation conditions on the training and index assets (no run-status sensors).
 
 A day's training starts when that day's datagen has finished (its datagen_monitoring_report partition was
 updated: the report is written only from a committed training_events day, so a day withheld by a failed blocking
@@ -7,7 +7,6 @@ not already running; the models, indexes and evaluation of the day follow in the
 RECSYS_AUTOMATION_LOOKBACK_DAYS days (default 60), so a datagen backfill of past days retrains those days, not only
 the newest. Only the listed trigger assets start a day: a change to another day inside a training window does not
 retrain every later day, and the vocab's dependency on the previous day orders days without chaining them.
-`all_deps_blocking_checks_passed` keeps a day whose models failed a blocking check (AUC, recall gates) from serving.
 Dagster caveat: for a window dependency that condition holds when *any* day of the window passed, hence the
 report trigger for the day itself (docs/backfills.md).
 """
@@ -27,5 +26,3 @@ TRAIN_AFTER_DATAGEN = after_upstream(
 )
 # The day's vocab / models / indexes updated (ranker, retrieval, retrieval index, offline evaluation).
 TRAIN_AFTER_VOCAB = after_upstream(AssetSelection.groups("training", "indexes"))
-# Serving: the newest day only, once every input of the day is there (a backfill must not re-promote old models).
-SERVE_NEWEST_DAY = after_upstream(None, lookback_days=None, all_deps_present=True)

@@ -1,0 +1,189 @@
+"""The training YAML (window, vocab, labels, cold start, check thresholds), loaded and validated once.
+
+Validation names the offending key, as the datagen YAML's does, so a typo fails before any data is read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from recsys_assets.config.base import ConfigFileError, StrictModel, load_config_file
+
+DEFAULT_TRAINING_CONFIG_PATH = Path(__file__).with_name("training.yaml")
+
+# Categorical columns of training_events a vocabulary can be built for.
+CATEGORICAL_COLUMNS = (
+    "user_id",
+    "item_id",
+    "item_author_id",
+    "item_category",
+    "item_language",
+    "user_language",
+    "user_region",
+    "feed_source",
+)
+RANKER_TASKS = ("liked", "shared", "followed", "watch_complete")
+
+
+class VocabSpec(StrictModel):
+    min_count: int = Field(default=2, ge=1)
+    features: list[str] = Field(default_factory=lambda: list(CATEGORICAL_COLUMNS), min_length=1)
+
+    @model_validator(mode="after")
+    def _known(self):
+        unknown = sorted(set(self.features) - set(CATEGORICAL_COLUMNS))
+        if unknown:
+            raise ValueError(f"unknown vocab feature(s) {unknown}; known: {list(CATEGORICAL_COLUMNS)}")
+        return self
+
+
+class LabelSpec(StrictModel):
+    watch_complete_min_ratio: float = Field(default=0.8, gt=0)
+    retrieval_positive_min_watch_ratio: float = Field(default=0.5, ge=0)
+    retrieval_positive_on_engagement: bool = True
+
+
+class ColdStartSpec(StrictModel):
+    max_age_days: float = Field(default=3.0, ge=0)
+    max_window_events: int = Field(default=5, ge=0)
+
+
+class ModelCheckSpec(StrictModel):
+    max_oov_rate: dict[str, float] = Field(default_factory=lambda: {"default": 0.35})
+    ranker_min_auc: dict[str, float] = Field(default_factory=lambda: {t: 0.55 for t in RANKER_TASKS})
+    ranker_max_auc_drop: float = Field(default=0.02, ge=0)
+    retrieval_k: int = Field(default=50, ge=1)
+    retrieval_min_recall: float = Field(default=0.05, ge=0, le=1)
+    retrieval_min_lift_over_popularity: float = Field(default=1.1, ge=0)
+    index_min_recall_vs_exact: float = Field(default=0.95, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _tasks(self):
+        unknown = sorted(set(self.ranker_min_auc) - set(RANKER_TASKS))
+        if unknown:
+            raise ValueError(f"ranker_min_auc: unknown task(s) {unknown}; tasks: {list(RANKER_TASKS)}")
+        return self
+
+    def oov_limit(self, feature: str) -> float:
+        return self.max_oov_rate.get(feature, self.max_oov_rate.get("default", 1.0))
+
+
+class HistorySpec(StrictModel):
+    """user_history and the models' use of it."""
+
+    # false: both models are the history-free design (user id and attributes only) and need no user_history.
+    enabled: bool = True
+    keep: int = Field(default=50, ge=1, le=1000)  # entries user_history keeps per user
+    max_len: int = Field(default=20, ge=1)  # newest entries the models read
+    lookback_days: int = Field(default=30, ge=1, le=365)  # entries older than this are dropped
+    # WARN check: share of the latest folded day's active users with a history may drop at most this much vs D-1.
+    max_coverage_drop: float = Field(default=0.1, ge=0, le=1)
+    # offline_evaluation also trains the history-free variant of each model on the same data, for the comparison.
+    compare_history_free: bool = True
+
+    @model_validator(mode="after")
+    def _len(self):
+        if self.max_len > self.keep:
+            raise ValueError(f"history.max_len ({self.max_len}) cannot exceed history.keep ({self.keep})")
+        return self
+
+
+class ModelSizes(StrictModel):
+    """How one model trains, all in the training YAML (its one source; the training resource only says where it runs:
+    device, precision, threads, seed). A run that needs other sizes points the config_files resource at another YAML
+    (run config in the launchpad), so a model's sizes are always one file's content, recorded in its training.json."""
+
+    epochs: int = Field(default=2, ge=1)
+    batch_size: int = Field(default=2048, ge=2)
+    learning_rate: float = Field(default=2e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    # Rows the loader shuffles together (memory O(buffer), not O(window)).
+    shuffle_buffer_rows: int = Field(default=1_000_000, ge=1)
+    # Epoch selection on a held-out slice of the window's users (validation-driven, never on day D): train up to
+    # `epochs`, keep the epoch with the best held-out score, stop after `patience` epochs without improvement.
+    early_stopping: bool = False
+    patience: int = Field(default=2, ge=1)
+    holdout_pct: float = Field(default=10.0, gt=0, lt=100)
+
+
+class RankerSizes(ModelSizes):
+    """The MMoE ranker's sizes, and its per-item bias: one logit per (item, task) added to the network's output,
+    initialised to the item's smoothed label rate in the training rows of the window (the item-prior baseline,
+    smoothed by `evaluation.item_prior_smoothing`), so training starts from the prior and learns what the user, the
+    content and the history add to it (Wide & Deep's wide part, started at its closed-form value)."""
+
+    embedding_dim: int = Field(default=16, ge=1)
+    num_experts: int = Field(default=4, ge=1)
+    expert_sizes: tuple[int, ...] = Field(default=(128, 64), min_length=1)
+    tower_sizes: tuple[int, ...] = (32,)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    task_weights: tuple[float, ...] = Field(default=(1.0,) * len(RANKER_TASKS))
+    item_bias: bool = True
+    max_validation_rows: int = Field(default=2_000_000, ge=1)  # validation-day rows scored for AUC
+
+    @model_validator(mode="after")
+    def _one_weight_per_task(self):
+        if len(self.task_weights) != len(RANKER_TASKS):
+            raise ValueError(f"ranker.task_weights needs one weight per task {list(RANKER_TASKS)}")
+        return self
+
+
+class RetrievalSizes(ModelSizes):
+    """The two-tower's sizes, and how its logQ correction counts: a training row is an item at its event's time (the
+    item tower sees its age then), so its in-batch sampling probability is that of (item, day) among the window's
+    positives (`logq_by_day`), not the item's window total. Where popularity moves within days of publishing (a
+    short-video catalogue) the window total over-corrects an item's older days against its fresh one and teaches the
+    tower that young items are less likely than they are; where per-day counts are a handful per item (MovieLens laid
+    out as days) the per-day counts are noise (docs/real_data.md has both measurements). In-batch negatives per
+    positive: batch_size - 1."""
+
+    embedding_dim: int = Field(default=32, ge=1)
+    hidden_sizes: tuple[int, ...] = (128,)
+    output_dim: int = Field(default=64, ge=1)
+    temperature: float = Field(default=0.05, gt=0)
+    logq_correction: bool = True
+    logq_by_day: bool = True
+    validation_user_sample_pct: float = Field(default=100.0, gt=0, le=100)
+
+
+class RetrievalScoring(StrictModel):
+    # score(u, i) = q.i / temperature + recency_prior * log(1 + positives of i on the most recent day). The two-tower's
+    # logQ-corrected score estimates the item's probability over the whole window (popularity as of the window); this
+    # adds the newest day's popularity at scoring time (MovieLens days follow what is popular right now).
+    # 0: the model's score alone. Applied in evaluation (last window day) and in the retrieval index (the index's
+    # own day: the newest data at serving), so served and evaluated scores have the same form.
+    recency_prior: float = Field(default=0.0, ge=0)
+
+
+class EvaluationSpec(StrictModel):
+    # Exclude items the user already interacted with in the window from every method's top-K (on for catalogues
+    # where re-consumption is rare, like MovieLens). The report says which was used.
+    exclude_seen: bool = False
+    # Smoothing of the ranker's item-prior baseline: (positives + m * global rate) / (events + m).
+    item_prior_smoothing: float = Field(default=20.0, ge=0)
+
+
+class TrainingSpec(StrictModel):
+    window_days: int = Field(default=7, ge=1, le=90)
+    # A model trains only when at least this many of the window's days have a committed training_events version
+    # (missing days and days withheld by a failed blocking check do not count); otherwise it fails naming them.
+    min_window_days: int = Field(default=5, ge=1)
+    vocab: VocabSpec = VocabSpec()
+    labels: LabelSpec = LabelSpec()
+    cold_start: ColdStartSpec = ColdStartSpec()
+    checks: ModelCheckSpec = ModelCheckSpec()
+    history: HistorySpec = HistorySpec()
+    ranker: RankerSizes = RankerSizes()
+    retrieval: RetrievalSizes = RetrievalSizes()
+    evaluation: EvaluationSpec = EvaluationSpec()
+    retrieval_scoring: RetrievalScoring = RetrievalScoring()
+
+
+class TrainingConfigError(ConfigFileError):
+    pass
+
+
+def load_training_spec(path: str | None = None) -> TrainingSpec:
+    return load_config_file(path or DEFAULT_TRAINING_CONFIG_PATH, TrainingSpec, "training", TrainingConfigError)

@@ -1,0 +1,146 @@
+"""Every retrieval method on one protocol: each scores the full catalogue for the validation day's users, items the
+user already interacted with in the window are optionally left out (training.yaml evaluation.exclude_seen), and
+recall@K / NDCG@K / top-10 catalogue coverage are computed the same way for all (exact top-K, no index).
+
+Methods: the two-tower (with and without history), most-popular (window positives), recent-popular (the last
+window day's positives), item-kNN (cosine over users' histories as of the day: co-occurrence, no training). The
+ranker's cheap baseline is the item prior: the item's smoothed label rate in the window, per task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from recsys_assets.ml.features import positions_in
+from recsys_assets.ml.metrics import group_relevant, recall_ndcg_at_k, roc_auc
+
+ScoreFn = Callable[[slice], torch.Tensor]  # query rows -> scores [rows, catalogue]
+
+
+def vector_scores(q_vecs: np.ndarray, item_vecs: np.ndarray) -> ScoreFn:
+    q = torch.from_numpy(np.ascontiguousarray(q_vecs, np.float32))
+    items = torch.from_numpy(np.ascontiguousarray(item_vecs, np.float32))
+    return lambda rows: q[rows] @ items.T
+
+
+def count_scores(counts: np.ndarray) -> ScoreFn:
+    """The same list for every user: by count, ties by lower catalogue row (popularity_ranking's order)."""
+    n = len(counts)
+    score = torch.from_numpy(counts.astype(np.float64) + (n - np.arange(n)) / (n + 1.0))
+    return lambda rows: score.unsqueeze(0).expand(rows.stop - rows.start, n)
+
+
+def item_knn_scores(
+    profile_rows: np.ndarray, population_rows: np.ndarray, num_items: int, fallback_counts: np.ndarray | None = None
+) -> ScoreFn:
+    """Item-kNN: score(u, j) = sum over u's history items i of cos(i, j), cosine over the population's histories
+    (binary user x item). `profile_rows` [queries, L] and `population_rows` [users, L] are catalogue rows, -1 = none.
+    `fallback_counts` break ties (and rank for users without history) by popularity, below any similarity."""
+    users, cols = np.nonzero(population_rows >= 0)
+    items = population_rows[users, cols]
+    x = torch.sparse_coo_tensor(
+        torch.from_numpy(np.stack([users, items])), torch.ones(len(items)), (len(population_rows), num_items)
+    ).coalesce()
+    x = torch.sparse_coo_tensor(x.indices(), torch.ones(x.indices().shape[1]), x.shape).coalesce()  # binary
+    norm = torch.sqrt(torch.sparse.sum(x, dim=0).to_dense()).clamp(min=1.0)
+    xt = x.t().coalesce()
+    tie = torch.zeros(num_items, dtype=torch.float64)
+    if fallback_counts is not None and len(fallback_counts):
+        order = np.lexsort((np.arange(num_items), -fallback_counts))
+        tie[torch.from_numpy(order)] = torch.linspace(1e-6, 0.0, num_items, dtype=torch.float64)
+
+    def score(rows: slice) -> torch.Tensor:
+        prof = profile_rows[rows]
+        p = torch.zeros(len(prof), num_items)
+        r, c = np.nonzero(prof >= 0)
+        p[torch.from_numpy(r), torch.from_numpy(prof[r, c])] = 1.0
+        p = p / norm
+        via_users = torch.sparse.mm(x, p.T)  # [users, q]
+        return (torch.sparse.mm(xt, via_users).T / norm).to(torch.float64) + tie  # [q, items]
+
+    return score
+
+
+def seen_items(window, user_ids: np.ndarray, catalog) -> list[np.ndarray]:
+    """Per query user, the catalogue rows they had any event with in the window (streamed, only these users)."""
+    users = pa.array(user_ids, pa.string())
+    index = pd.Index(user_ids, dtype=object)
+    qs, its = [], []
+    for b in window.to_batches(columns=["user_id", "item_id"], filter=pc.field("user_id").isin(users)):
+        rows = catalog.rows(b.column("item_id"))
+        q = positions_in(index, b.column("user_id"))
+        ok = (rows >= 0) & (q >= 0)
+        qs.append(q[ok])
+        its.append(rows[ok])
+    q = np.concatenate(qs) if qs else np.zeros(0, np.int64)
+    it = np.concatenate(its) if its else np.zeros(0, np.int64)
+    return group_relevant(q, it, len(user_ids))
+
+
+def rank_all(score: ScoreFn, n_queries: int, k: int, seen: list[np.ndarray] | None, chunk: int = 256) -> np.ndarray:
+    out = []
+    for s in range(0, n_queries, chunk):
+        rows = slice(s, min(s + chunk, n_queries))
+        sc = score(rows).clone().to(torch.float64)
+        if seen is not None:
+            for i, q in enumerate(range(rows.start, rows.stop)):
+                if len(seen[q]):
+                    sc[i, torch.from_numpy(seen[q])] = -np.inf
+        out.append(torch.topk(sc, min(k, sc.shape[1]), dim=1).indices.numpy())
+    return np.concatenate(out) if out else np.zeros((0, k), np.int64)
+
+
+def compare_methods(
+    methods: dict[str, ScoreFn],
+    relevant: list[np.ndarray],
+    ks: list[int],
+    num_items: int,
+    seen: list[np.ndarray] | None = None,
+) -> dict[str, dict[str, float]]:
+    """recall@k, ndcg@k and coverage@10 (distinct items in all top-10s / catalogue) of every method."""
+    kmax = max(max(ks), 10)
+    out = {}
+    for name, score in methods.items():
+        ranked = rank_all(score, len(relevant), kmax, seen)
+        m = recall_ndcg_at_k(ranked, relevant, ks)
+        m["coverage@10"] = float(len(np.unique(ranked[:, :10])) / num_items) if num_items and len(ranked) else 0.0
+        out[name] = m
+    return out
+
+
+def smoothed_label_rates(
+    keyed_labels: Iterable[tuple[np.ndarray, np.ndarray]], num_keys: int, num_tasks: int, smoothing: float
+) -> np.ndarray:
+    """[num_keys, tasks] label rate per key (an item's catalogue row or vocab id) over (keys [rows], labels [rows,
+    tasks]) blocks, smoothed towards the overall rate: (positives + m * overall) / (events + m); keys without events
+    get the overall rate. The item prior of the ranker's baseline and of its item bias."""
+    pos = np.zeros((num_keys, num_tasks))
+    n = np.zeros(num_keys)
+    for keys, labels in keyed_labels:
+        n += np.bincount(keys, minlength=num_keys)
+        for t in range(num_tasks):
+            pos[:, t] += np.bincount(keys, weights=labels[:, t], minlength=num_keys)
+    overall = pos.sum(axis=0) / max(n.sum(), 1.0)
+    return (pos + smoothing * overall) / (n[:, None] + smoothing)
+
+
+def item_prior_aucs(prior: np.ndarray, valid_batches, tasks: tuple[str, ...], max_rows: int | None) -> dict[str, float]:
+    """AUC per task of the item prior: `prior` [catalogue rows, tasks] (the item's smoothed label rate in the
+    training rows, smoothed_label_rates keyed by catalogue row: ranker.item_priors), scored on the validation rows
+    (encoded batches: `content_row`, `labels`)."""
+    scores, labels, seen = [], [], 0
+    for b in valid_batches:
+        scores.append(prior[b["content_row"].numpy()])
+        labels.append(b["labels"].numpy())
+        seen += len(labels[-1])
+        if max_rows is not None and seen >= max_rows:
+            break
+    s = np.concatenate(scores)[:max_rows] if scores else np.zeros((0, len(tasks)))
+    y = np.concatenate(labels)[:max_rows] if labels else np.zeros((0, len(tasks)))
+    return {t: roc_auc(y[:, i], s[:, i]) for i, t in enumerate(tasks)}

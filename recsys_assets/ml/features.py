@@ -1,0 +1,241 @@
+"""Feature vocabularies with stable ids, dense-feature moments, and the item catalogue (content embeddings).
+
+Ids 0 and 1 are reserved (padding, out-of-vocabulary); tokens start at 2. A vocabulary is extended, never
+renumbered: a token keeps yesterday's id and new tokens are appended, so embedding tables warm-start across
+days. Counting streams Parquet record batches, so memory grows with the vocabulary, not with the events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+PAD_ID = 0
+OOV_ID = 1
+NUM_RESERVED = 2
+
+# Dense model inputs and their transform before standardising (heavy tails -> log1p).
+DENSE_FEATURES = {"item_video_length_s": "log1p", "item_age_days": "identity", "user_tenure_days": "log1p"}
+
+VOCAB_SCHEMA = pa.schema(
+    [("feature", pa.string()), ("token", pa.string()), ("index", pa.int64()), ("count", pa.int64())]
+)
+
+
+def count_tokens(
+    batches: Iterable[pa.RecordBatch], features: list[str], compact_every: int = 32
+) -> dict[str, pd.Series]:
+    """Occurrences of every token per feature over a stream of record batches (nulls are not tokens)."""
+    partial: dict[str, list[pd.Series]] = {f: [] for f in features}
+    totals: dict[str, pd.Series] = {f: pd.Series(dtype="int64") for f in features}
+    for i, batch in enumerate(batches, 1):
+        for f in features:
+            vc = pc.value_counts(batch.column(f)).flatten()
+            values, counts = vc[0], vc[1]
+            valid = pc.is_valid(values)
+            partial[f].append(
+                pd.Series(counts.filter(valid).to_numpy(), index=values.filter(valid).to_numpy(zero_copy_only=False))
+            )
+        if i % compact_every == 0:
+            for f in features:
+                totals[f] = _sum_series([totals[f], *partial[f]])
+                partial[f] = []
+    return {f: _sum_series([totals[f], *partial[f]]) for f in features}
+
+
+def _sum_series(parts: list[pd.Series]) -> pd.Series:
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return pd.Series(dtype="int64")
+    return pd.concat(parts).groupby(level=0, sort=False).sum().astype("int64")
+
+
+def merge_vocab(previous: pd.DataFrame | None, counts: pd.Series, min_count: int) -> pd.DataFrame:
+    """One feature's vocabulary: previous tokens keep their index (count refreshed, 0 if unseen); new tokens
+    with count >= min_count are appended by descending count, then token, so the result is deterministic."""
+    prev = (
+        previous[["token", "index"]]
+        if previous is not None and len(previous)
+        else pd.DataFrame({"token": pd.Series(dtype="object"), "index": pd.Series(dtype="int64")})
+    )
+    kept = prev.assign(count=counts.reindex(prev["token"]).fillna(0).astype("int64").to_numpy())
+    new = counts[(counts >= min_count) & ~counts.index.isin(prev["token"])]
+    new_df = pd.DataFrame({"token": new.index.astype(str), "count": new.to_numpy()}).sort_values(
+        ["count", "token"], ascending=[False, True], kind="stable"
+    )
+    start = int(prev["index"].max()) + 1 if len(prev) else NUM_RESERVED
+    new_df["index"] = np.arange(start, start + len(new_df), dtype=np.int64)
+    out = pd.concat([kept, new_df[["token", "index", "count"]]], ignore_index=True)
+    return out.sort_values("index", kind="stable").reset_index(drop=True)
+
+
+@dataclass
+class Vocab:
+    """Token -> id for every categorical feature; `cardinality` includes the two reserved ids."""
+
+    tables: dict[str, pd.DataFrame]
+    _lookup: dict[str, pd.Index] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        for f, t in self.tables.items():
+            t = t.sort_values("index", kind="stable").reset_index(drop=True)
+            expected = np.arange(NUM_RESERVED, NUM_RESERVED + len(t))
+            if not np.array_equal(t["index"].to_numpy(), expected):
+                raise ValueError(f"vocab {f!r}: ids must be contiguous from {NUM_RESERVED}")
+            self.tables[f] = t
+            self._lookup[f] = pd.Index(t["token"].astype(str).to_numpy())
+
+    @property
+    def features(self) -> list[str]:
+        return list(self.tables)
+
+    def cardinality(self, feature: str) -> int:
+        return NUM_RESERVED + len(self.tables[feature])
+
+    def encode(self, feature: str, values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Ids for an Arrow string column: its position in the vocab + the reserved ids, OOV_ID if unknown/null."""
+        pos = positions_in(self._lookup[feature], values)
+        return np.where(pos < 0, OOV_ID, pos + NUM_RESERVED).astype(np.int64)
+
+    def to_table(self) -> pa.Table:
+        frames = [t.assign(feature=f)[["feature", "token", "index", "count"]] for f, t in self.tables.items()]
+        return pa.Table.from_pandas(pd.concat(frames, ignore_index=True), schema=VOCAB_SCHEMA, preserve_index=False)
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> Vocab:
+        df = table.to_pandas()
+        return cls(
+            {f: g[["token", "index", "count"]].reset_index(drop=True) for f, g in df.groupby("feature", sort=False)}
+        )
+
+
+def positions_in(index: pd.Index, values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Position of each value of an Arrow string column in `index`, -1 where absent or null. Only the column's
+    distinct values are hashed (dictionary encoding), so a batch costs one pass over its codes plus one lookup
+    per distinct value."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    enc = pc.dictionary_encode(values)
+    found = index.get_indexer(enc.dictionary.to_numpy(zero_copy_only=False))
+    codes = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False)
+    if not len(found):
+        return np.full(len(values), -1, np.int64)
+    return np.where(codes < 0, -1, found[np.maximum(codes, 0)]).astype(np.int64)
+
+
+def build_vocab(previous: Vocab | None, counts: dict[str, pd.Series], min_count: int) -> Vocab:
+    return Vocab(
+        {
+            f: merge_vocab(previous.tables.get(f) if previous is not None else None, c, min_count)
+            for f, c in counts.items()
+        }
+    )
+
+
+def oov_rates(vocab: Vocab, batches: Iterable[pa.RecordBatch]) -> dict[str, float]:
+    """Share of rows per feature that encode to OOV (e.g. on the next day's events)."""
+    oov = {f: 0 for f in vocab.features}
+    n = 0
+    for b in batches:
+        n += b.num_rows
+        for f in vocab.features:
+            oov[f] += int((vocab.encode(f, b.column(f)) == OOV_ID).sum())
+    return {f: (oov[f] / n if n else 0.0) for f in vocab.features}
+
+
+def transform_dense(name: str, values: np.ndarray) -> np.ndarray:
+    v = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    return np.log1p(np.maximum(v, 0.0)) if DENSE_FEATURES[name] == "log1p" else v
+
+
+def dense_moments(batches: Iterable[pa.RecordBatch]) -> dict[str, dict[str, float]]:
+    """Mean/std of each transformed dense feature over the stream (one pass of sums)."""
+    s = {f: [0.0, 0.0] for f in DENSE_FEATURES}
+    n = 0
+    for b in batches:
+        n += b.num_rows
+        for f in DENSE_FEATURES:
+            x = transform_dense(f, b.column(f).to_numpy(zero_copy_only=False))
+            s[f][0] += float(x.sum())
+            s[f][1] += float((x * x).sum())
+    out = {}
+    for f, (sx, sxx) in s.items():
+        mean = sx / n if n else 0.0
+        var = max(sxx / n - mean * mean, 0.0) if n else 0.0
+        out[f] = {"mean": mean, "std": float(np.sqrt(var)) or 1.0, "transform": DENSE_FEATURES[f]}
+    return out
+
+
+def standardize(name: str, values: np.ndarray, moments: dict[str, dict[str, float]]) -> np.ndarray:
+    m = moments[name]
+    return ((transform_dense(name, values) - m["mean"]) / (m["std"] or 1.0)).astype(np.float32)
+
+
+@dataclass
+class ItemCatalog:
+    """Items known to a model: id, content embedding and attributes; row i is item `item_ids[i]`."""
+
+    item_ids: np.ndarray  # object array of str
+    embeddings: np.ndarray  # float32 [n, dim]
+    attributes: pd.DataFrame  # item_author_id, item_category, item_language, item_video_length_s, item_created_at
+    _index: pd.Index = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self._index = pd.Index(self.item_ids)
+        if not self._index.is_unique:
+            raise ValueError("item catalogue has duplicate item_id")
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def rows(self, item_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Catalogue rows of item ids (-1 where unknown or null)."""
+        return positions_in(self._index, item_ids)
+
+    def encode(self, vocab: Vocab, feature: str) -> np.ndarray:
+        """Vocab ids of a categorical item feature (item_id or an attribute) for every catalogue row."""
+        values = self.item_ids if feature == "item_id" else self.attributes[feature].to_numpy(dtype=object)
+        return vocab.encode(feature, pa.array(values, pa.string()))
+
+    def age_days(self, as_of: pd.Timestamp) -> np.ndarray:
+        """Item age at `as_of` in days (never negative) for every catalogue row: the item_age_days feature as the
+        index build and the feed compute it."""
+        created = pd.to_datetime(self.attributes["item_created_at"], utc=True)
+        return np.maximum((as_of - created).dt.total_seconds().to_numpy() / 86_400.0, 0.0)
+
+
+def build_item_catalog(day_tables: list[pa.Table]) -> ItemCatalog:
+    """Union of per-day final-items tables (oldest first); an item's latest day wins."""
+    t = pa.concat_tables([d.select(ITEM_CATALOG_COLUMNS) for d in day_tables]).to_pandas()
+    t = t.drop_duplicates("item_id", keep="last").reset_index(drop=True)
+    emb = np.stack(t["embedding"].to_numpy()).astype(np.float32) if len(t) else np.zeros((0, 128), np.float32)
+    return ItemCatalog(
+        item_ids=t["item_id"].to_numpy(dtype=object),
+        embeddings=emb,
+        attributes=t.drop(columns=["item_id", "embedding"]).reset_index(drop=True),
+    )
+
+
+ITEM_CATALOG_COLUMNS = [
+    "item_id",
+    "item_author_id",
+    "item_category",
+    "item_language",
+    "item_video_length_s",
+    "item_created_at",
+    "embedding",
+]
+
+
+def padded_content(catalog: ItemCatalog) -> torch.Tensor:  # noqa: F821 (torch imported here: features loads without it)
+    """The catalogue's content embeddings plus one zero row last: history rows of -1 (padding, or an item outside
+    the catalogue) index it."""
+    import torch
+
+    emb = catalog.embeddings
+    return torch.from_numpy(np.concatenate([emb, np.zeros((1, emb.shape[1]), emb.dtype)]))

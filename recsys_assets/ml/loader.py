@@ -1,0 +1,347 @@
+"""Columnar training-data loading: committed training_events Parquet -> encoded numpy blocks -> torch batches.
+
+Record batches are encoded with vectorised Arrow/numpy operations (no per-row Python) and shuffled through a
+bounded buffer, so memory is O(buffer), not O(window). Batch order depends only on (seed, epoch): an epoch is
+reproducible, which is what makes resuming from a checkpoint give the same model as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import torch
+
+from recsys_assets.config.training import RANKER_TASKS, LabelSpec
+from recsys_assets.core.datasets import TRAINING_EVENTS
+from recsys_assets.core.days import day_number
+from recsys_assets.ml.features import DENSE_FEATURES, ItemCatalog, Vocab, positions_in, standardize
+from recsys_assets.ml.history import HistoryArrays
+from resources.store import DatasetStore
+
+LABEL_COLUMNS = ["liked", "shared", "followed", "watch_ratio"]
+
+
+# Columns of the items table that are not item columns of the events (ids, counts, the embedding).
+_NOT_WIDENED = {"item_id", "num_events", "embedding"}
+
+
+class DayFragment:
+    """One Parquet file of a day's training_events events, read widened with that day's item columns."""
+
+    def __init__(self, owner: TrainingEventsDataset, day: str, fragment: pads.Fragment):
+        self.owner, self.day, self.fragment = owner, day, fragment
+
+    def to_batches(
+        self,
+        columns: list[str] | None = None,
+        filter: pc.Expression | None = None,
+        batch_size: int = 131_072,
+        dictionary_items: bool = False,
+    ) -> Iterator[pa.RecordBatch]:
+        """`dictionary_items`: item string columns come as dictionary arrays over the day's items (a take of int
+        indices instead of strings; the vocab lookup then hashes each distinct value once, not every row)."""
+        columns = self.owner.columns_of(columns)
+        on_events = [c for c in columns if c in self.owner.event_columns]
+        from_items = [c for c in columns if c not in self.owner.event_columns]
+        read = on_events + (["item_id"] if from_items and "item_id" not in on_events else [])
+        for b in self.fragment.to_batches(columns=read, filter=filter, batch_size=batch_size):
+            yield self.owner.widen(self.day, b, columns, from_items, dictionary_items)
+
+
+class TrainingEventsDataset:
+    """The committed training_events of some days as one dataset of event rows, each widened with its day's item
+    columns (catalogue attributes, item-level normalised features) from the day's items table, looked up by
+    item_id: the events table holds them once per item, readers see them per event. Fragments (files) are in day
+    order, so reads are deterministic. The subset of pyarrow.dataset.Dataset the training code uses."""
+
+    def __init__(self, store: DatasetStore, days: list[str]):
+        self.store = store
+        self._fragments: list[tuple[str, pads.Fragment]] = []
+        self._items: dict[str, tuple[pd.Index, pa.Table, pa.Table]] = {}
+        event_schema, item_schema = None, None
+        for d in days:
+            files = self._parquet_files(d, "events")
+            if not files:
+                continue
+            ds = pads.dataset(files, filesystem=store.fs, format="parquet")
+            event_schema = event_schema or ds.schema
+            self._fragments += [(d, f) for f in ds.get_fragments()]
+            if item_schema is None:
+                item_schema = pq.read_schema(self._parquet_files(d, "items")[0], filesystem=store.fs)
+        self.event_columns = list(event_schema.names) if event_schema is not None else []
+        self.item_columns = [
+            n
+            for n in (item_schema.names if item_schema is not None else [])
+            if n not in _NOT_WIDENED and n not in self.event_columns
+        ]
+
+    def _parquet_files(self, day: str, table: str) -> list[str]:
+        """The Parquet files of a committed training_events table ("events" or "items") of `day`, sorted."""
+        infos = self.store.fs.get_file_info(pafs.FileSelector(self.store.committed_path(TRAINING_EVENTS, day, table)))
+        return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet"))
+
+    def columns_of(self, columns: list[str] | None) -> list[str]:
+        if columns is None:
+            return self.event_columns + self.item_columns
+        unknown = [c for c in columns if c not in self.event_columns and c not in self.item_columns]
+        if unknown:
+            raise KeyError(
+                f"training_events has no column(s) {unknown}; events: {self.event_columns}, items: {self.item_columns}"
+            )
+        return list(columns)
+
+    def _item_table(self, day: str) -> tuple[pd.Index, pa.Table, pa.Table]:
+        """(item_id index, the day's item columns, the same with string columns dictionary-encoded)."""
+        if day not in self._items:
+            t = (
+                pads.dataset(self._parquet_files(day, "items"), filesystem=self.store.fs, format="parquet")
+                .to_table(columns=["item_id", *self.item_columns])
+                .combine_chunks()
+            )
+            coded = pa.table(
+                {
+                    n: pc.dictionary_encode(c) if pa.types.is_string(c.type) else c
+                    for n, c in zip(t.column_names, t.columns)
+                }
+            )
+            self._items[day] = (pd.Index(t.column("item_id").to_numpy(zero_copy_only=False)), t, coded)
+        return self._items[day]
+
+    def widen(
+        self, day: str, batch: pa.RecordBatch, columns: list[str], from_items: list[str], dictionary_items: bool = False
+    ) -> pa.RecordBatch:
+        if not from_items:
+            return batch.select(columns)
+        index, plain, coded = self._item_table(day)
+        table = coded if dictionary_items else plain
+        rows = positions_in(index, batch.column("item_id"))
+        if (rows < 0).any():
+            missing = pc.filter(batch.column("item_id"), pa.array(rows < 0))[0]
+            raise ValueError(f"training_events {day}: item {missing} has events but no row in the day's items table")
+        taken = table.select(from_items).take(pa.array(rows))
+        arrays = [taken.column(c).combine_chunks() if c in from_items else batch.column(c) for c in columns]
+        return pa.RecordBatch.from_arrays(arrays, names=columns)
+
+    def get_fragments(self, filter: pc.Expression | None = None) -> list[DayFragment]:
+        return [DayFragment(self, d, f) for d, f in self._fragments]
+
+    def to_batches(
+        self, columns: list[str] | None = None, filter: pc.Expression | None = None, batch_size: int = 131_072
+    ) -> Iterator[pa.RecordBatch]:
+        for f in self.get_fragments():
+            yield from f.to_batches(columns=columns, filter=filter, batch_size=batch_size)
+
+    def count_rows(self, filter: pc.Expression | None = None) -> int:
+        return sum(f.count_rows(filter=filter) for _, f in self._fragments)
+
+    def to_table(self, columns: list[str] | None = None, filter: pc.Expression | None = None) -> pa.Table:
+        columns = self.columns_of(columns)
+        batches = list(self.to_batches(columns=columns, filter=filter))
+        if batches:
+            return pa.Table.from_batches(batches)
+        return pa.table({c: pa.array([]) for c in columns})
+
+
+def committed_events_dataset(store: DatasetStore, days: list[str]) -> TrainingEventsDataset:
+    """The committed training_events of `days`, events widened with their day's item columns."""
+    return TrainingEventsDataset(store, days)
+
+
+def retrieval_positive_filter(labels: LabelSpec) -> pc.Expression:
+    positive = pc.field("watch_ratio") >= labels.retrieval_positive_min_watch_ratio
+    if labels.retrieval_positive_on_engagement:
+        positive = positive | pc.field("liked") | pc.field("shared") | pc.field("followed")
+    return positive
+
+
+@dataclass
+class BatchEncoder:
+    """Turns a record batch of training_events into model arrays with one vocabulary and catalogue."""
+
+    vocab: Vocab
+    moments: dict[str, dict[str, float]]
+    catalog: ItemCatalog
+    labels: LabelSpec
+    # user_history of each day the encoder reads (as of that day: point-in-time per event); None: no history inputs.
+    history: dict[str, HistoryArrays] | None = None
+
+    @property
+    def columns(self) -> list[str]:
+        return sorted({*self.vocab.features, *DENSE_FEATURES, *LABEL_COLUMNS, "item_id", "user_id"})
+
+    def encode(self, batch: pa.RecordBatch, day: str | None = None) -> dict[str, np.ndarray]:
+        """Model arrays of a batch of `day`'s events; with history, also `hist_ids` (item_id vocab ids) and
+        `hist_rows` (catalogue rows, -1 = none) [rows, max_len] of each event's user as of `day`."""
+        out = self._encode(batch)
+        if day is not None:  # the events' day (days since 1970-01-01): per-day sampling rates key on it
+            out["event_day"] = np.full(batch.num_rows, day_number(day), np.int32)
+        if self.history is not None:
+            if day not in self.history:
+                raise KeyError(f"no user_history loaded for {day}: the encoder has {sorted(self.history)}")
+            out["hist_ids"], out["hist_rows"] = self.history[day].lookup(batch.column("user_id"))
+        return out
+
+    def _encode(self, batch: pa.RecordBatch) -> dict[str, np.ndarray]:
+        content_row = self.catalog.rows(batch.column("item_id"))
+        if (content_row < 0).any():
+            missing = pc.filter(batch.column("item_id"), pa.array(content_row < 0))[0]
+            raise ValueError(f"training_events item {missing} has no row in the item catalogue (items table)")
+        watch = batch.column("watch_ratio").to_numpy(zero_copy_only=False)
+        flags = [
+            pc.fill_null(batch.column(c), False).to_numpy(zero_copy_only=False).astype(np.float32)
+            for c in ("liked", "shared", "followed")
+        ]
+        return {
+            "cat": np.stack([self.vocab.encode(f, batch.column(f)) for f in self.vocab.features], axis=1),
+            "dense": np.stack(
+                [standardize(f, batch.column(f).to_numpy(zero_copy_only=False), self.moments) for f in DENSE_FEATURES],
+                axis=1,
+            ),
+            "content_row": content_row.astype(np.int64),
+            "labels": np.stack([*flags, (watch >= self.labels.watch_complete_min_ratio).astype(np.float32)], axis=1),
+        }
+
+
+assert RANKER_TASKS == ("liked", "shared", "followed", "watch_complete"), "label order in BatchEncoder.encode"
+
+
+# Fragments decoded + encoded at once. Parquet decode and the Arrow dictionary lookups release the GIL, so
+# threads scale; blocks are still yielded in fragment order, so batches do not depend on thread timing.
+LOADER_THREADS = min(4, os.cpu_count() or 1)
+
+
+def encoded_blocks(
+    dataset: TrainingEventsDataset,
+    encoder: BatchEncoder,
+    filter: pc.Expression | None = None,
+    read_rows: int = 65_536,
+    fragment_order: np.ndarray | None = None,
+    threads: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    fragments = list(dataset.get_fragments(filter=filter))
+    order = fragment_order if fragment_order is not None else np.arange(len(fragments))
+
+    def encode_fragment(i: int) -> list[dict[str, np.ndarray]]:
+        return [
+            encoder.encode(b, fragments[i].day)
+            for b in fragments[i].to_batches(
+                columns=encoder.columns, filter=filter, batch_size=read_rows, dictionary_items=True
+            )
+            if b.num_rows
+        ]
+
+    threads = LOADER_THREADS if threads is None else threads
+    if threads <= 1 or len(order) <= 1:
+        for i in order:
+            yield from encode_fragment(i)
+        return
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="loader") as pool:
+        pending: deque = deque()
+        for i in order:
+            pending.append(pool.submit(encode_fragment, i))
+            if len(pending) > threads:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+
+
+def _concat(blocks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
+
+
+def shuffled_batches(
+    dataset: TrainingEventsDataset,
+    encoder: BatchEncoder,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    filter: pc.Expression | None = None,
+    shuffle_buffer_rows: int = 1_000_000,
+    drop_last: bool = False,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Training batches: fragments in a (seed, epoch) permutation, rows shuffled within a bounded buffer."""
+    rng = np.random.default_rng([seed, epoch])
+    n_frag = len(list(dataset.get_fragments(filter=filter)))
+    buffer: list[dict[str, np.ndarray]] = []
+    buffered = 0
+
+    def drain(final: bool) -> Iterator[dict[str, torch.Tensor]]:
+        nonlocal buffer, buffered
+        block = _concat(buffer)
+        perm = rng.permutation(buffered)
+        n_out = buffered if final else (buffered // batch_size) * batch_size
+        for s in range(0, n_out, batch_size):
+            idx = perm[s : s + batch_size]
+            if len(idx) < batch_size and drop_last:
+                break
+            yield {k: torch.from_numpy(np.ascontiguousarray(v[idx])) for k, v in block.items()}
+        rest = perm[n_out:]
+        buffer = [{k: v[rest] for k, v in block.items()}] if len(rest) else []
+        buffered = len(rest)
+
+    for block in encoded_blocks(dataset, encoder, filter, fragment_order=rng.permutation(n_frag)):
+        buffer.append(block)
+        buffered += len(block["content_row"])
+        if buffered >= shuffle_buffer_rows:
+            yield from drain(final=False)
+    if buffered:
+        yield from drain(final=True)
+
+
+def sequential_batches(
+    dataset: TrainingEventsDataset, encoder: BatchEncoder, batch_size: int, filter: pc.Expression | None = None
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Evaluation batches in storage order."""
+    for block in encoded_blocks(dataset, encoder, filter, read_rows=batch_size):
+        yield {k: torch.from_numpy(v) for k, v in block.items()}
+
+
+def item_frequencies(
+    dataset: TrainingEventsDataset, catalog: ItemCatalog, filter: pc.Expression | None = None
+) -> np.ndarray:
+    """Occurrences of each catalogue item in the (filtered) stream: the in-batch sampling distribution."""
+    return sum(item_day_frequencies(dataset, catalog, filter).values(), np.zeros(len(catalog), np.int64))
+
+
+def item_day_frequencies(
+    dataset: TrainingEventsDataset, catalog: ItemCatalog, filter: pc.Expression | None = None
+) -> dict[str, np.ndarray]:
+    """Occurrences of each catalogue item per day of the (filtered) stream: day -> counts [catalogue rows]."""
+    out: dict[str, np.ndarray] = {}
+    for fragment in dataset.get_fragments(filter=filter):
+        counts = out.setdefault(fragment.day, np.zeros(len(catalog), np.int64))
+        for b in fragment.to_batches(columns=["item_id"], filter=filter):
+            rows = catalog.rows(b.column("item_id"))
+            counts += np.bincount(rows[rows >= 0], minlength=len(catalog))
+    return out
+
+
+def holdout_user_ids(vocab: Vocab, pct: float) -> pa.Array:
+    """A stable hash-chosen `pct`% of the window's users (the vocab's user_id tokens): their events are held out of
+    training to select the epoch (never the validation day, which stays untouched for the gate)."""
+    tokens = vocab.tables["user_id"]["token"].astype(str).to_numpy(dtype=object)
+    bucket = pd.util.hash_array(tokens, categorize=False) % 10_000
+    return pa.array(tokens[bucket < pct * 100], pa.string())
+
+
+def split_holdout(
+    filter: pc.Expression | None, holdout_users: pa.Array | None
+) -> tuple[pc.Expression | None, pc.Expression | None]:
+    """(training filter, holdout filter): the rows of `filter` without / with the held-out users."""
+    if holdout_users is None:
+        return filter, None
+    held = pc.field("user_id").isin(holdout_users)
+    if filter is None:
+        return ~held, held
+    return filter & ~held, filter & held

@@ -1,0 +1,261 @@
+"""PyTorch models: a multi-task MMoE ranker and a two-tower retrieval model (query tower, item tower).
+
+Both take (categorical ids, dense floats, content embedding) tensors, so the same modules train here and are
+exported for serving. Model configs are plain dicts stored beside the weights, enough to rebuild the module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recsys_assets.config.training import RANKER_TASKS
+from recsys_assets.core.schemas import EMBEDDING_DIM
+
+
+def _mlp(sizes: list[int], dropout: float = 0.0) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+@dataclass
+class RankerConfig:
+    cat_features: list[str]
+    cardinalities: list[int]
+    num_dense: int
+    tasks: list[str] = field(default_factory=lambda: list(RANKER_TASKS))
+    embedding_dim: int = 16
+    num_experts: int = 4
+    expert_sizes: list[int] = field(default_factory=lambda: [128, 64])
+    tower_sizes: list[int] = field(default_factory=lambda: [32])
+    dropout: float = 0.0
+    content_dim: int = EMBEDDING_DIM
+    # Newest history entries the model attends over (0: the history-free design; configs saved before history
+    # existed load as 0, so old releases keep working).
+    history_len: int = 0
+    # A learned logit per (item_id, task) added to the output (configs saved before it existed load as False).
+    item_bias: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def masked_attention_pool(scores: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """sum_j softmax(scores)_j * values_j over the unmasked j ([B, L] scores, [B, L, d] values); a row with nothing
+    unmasked pools to zeros (a user without history), never NaN."""
+    weights = torch.softmax(scores.masked_fill(~mask, -1e9), dim=1) * mask
+    return (weights.unsqueeze(-1) * values).sum(dim=1)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(values.dtype)
+    return (values * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+
+
+class TargetAttention(nn.Module):
+    """DIN-style attention of a candidate item over the history: weight_j = MLP([h_j, t, h_j * t, h_j - t])."""
+
+    def __init__(self, dim: int, hidden: int = 32):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(4 * dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, history: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        t = target.unsqueeze(1).expand_as(history)
+        scores = self.mlp(torch.cat([history, t, history * t, history - t], dim=-1)).squeeze(-1)
+        return masked_attention_pool(scores, history, mask)
+
+
+class MMoERanker(nn.Module):
+    """Multi-gate mixture of experts over [embeddings, pairwise dot interactions, dense features].
+
+    The dot interactions (DLRM-style) let user x item affinity reach the experts directly instead of being
+    rediscovered by an MLP from concatenated embeddings.
+    """
+
+    def __init__(self, cfg: RankerConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.embedding_dim
+        self.embeddings = nn.ModuleList(nn.Embedding(c, d, padding_idx=0) for c in cfg.cardinalities)
+        self.content_proj = nn.Linear(cfg.content_dim, d)
+        n_vec = len(cfg.cardinalities) + 1 + int(cfg.history_len > 0)
+        if cfg.history_len or cfg.item_bias:
+            self.item_pos = cfg.cat_features.index("item_id")
+        if cfg.history_len:
+            # The history's items are represented like the candidate: its item_id embedding + projected content.
+            self.target_attention = TargetAttention(d)
+        if cfg.item_bias:
+            self.item_bias = nn.Embedding(cfg.cardinalities[self.item_pos], len(cfg.tasks))
+            nn.init.zeros_(self.item_bias.weight)
+        iu = torch.triu_indices(n_vec, n_vec, offset=1)
+        self.register_buffer("_iu0", iu[0], persistent=False)
+        self.register_buffer("_iu1", iu[1], persistent=False)
+        in_dim = n_vec * d + iu.shape[1] + cfg.num_dense
+        self.experts = nn.ModuleList(_mlp([in_dim, *cfg.expert_sizes], cfg.dropout) for _ in range(cfg.num_experts))
+        self.gates = nn.ModuleList(nn.Linear(in_dim, cfg.num_experts) for _ in cfg.tasks)
+        self.towers = nn.ModuleList(
+            nn.Sequential(
+                _mlp([cfg.expert_sizes[-1], *cfg.tower_sizes], cfg.dropout), nn.Linear(cfg.tower_sizes[-1], 1)
+            )
+            for _ in cfg.tasks
+        )
+        for e in self.embeddings:
+            nn.init.normal_(e.weight, std=0.05)
+
+    def forward(
+        self,
+        cat: torch.Tensor,
+        dense: torch.Tensor,
+        content: torch.Tensor,
+        hist_ids: torch.Tensor | None = None,
+        hist_content: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits [batch, tasks]. With history_len: hist_ids [batch, L] item_id vocab ids (0 = padding) and
+        hist_content [batch, L, content_dim], newest first."""
+        vecs = [emb(cat[:, i]) for i, emb in enumerate(self.embeddings)]
+        vecs.append(self.content_proj(content))
+        if self.cfg.history_len:
+            ids, hc = hist_ids[:, : self.cfg.history_len], hist_content[:, : self.cfg.history_len]
+            item_emb = self.embeddings[self.item_pos]
+            history = item_emb(ids) + self.content_proj(hc)
+            target = vecs[self.item_pos] + vecs[len(self.embeddings)]
+            vecs.append(self.target_attention(history, target, ids != 0))
+        stacked = torch.stack(vecs, dim=1)  # [B, n_vec, d]
+        dots = torch.bmm(stacked, stacked.transpose(1, 2))[:, self._iu0, self._iu1]
+        x = torch.cat([stacked.flatten(1), dots, dense], dim=1)
+        expert_out = torch.stack([e(x) for e in self.experts], dim=1)  # [B, E, h]
+        logits = []
+        for gate, tower in zip(self.gates, self.towers):
+            w = torch.softmax(gate(x), dim=1).unsqueeze(-1)
+            logits.append(tower((w * expert_out).sum(dim=1)))
+        out = torch.cat(logits, dim=1)
+        if self.cfg.item_bias:
+            out = out + self.item_bias(cat[:, self.item_pos])
+        return out
+
+
+def ranker_loss(
+    model: MMoERanker, logits: torch.Tensor, labels: torch.Tensor, task_weights: list[float]
+) -> torch.Tensor:
+    per_task = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(dim=0)
+    return (per_task * torch.tensor(task_weights, device=logits.device, dtype=per_task.dtype)).sum()
+
+
+@dataclass
+class TowerConfig:
+    cat_features: list[str]
+    cardinalities: list[int]
+    num_dense: int
+    use_content: bool
+    embedding_dim: int = 32
+    hidden_sizes: list[int] = field(default_factory=lambda: [128])
+    output_dim: int = 64
+    content_dim: int = EMBEDDING_DIM
+    extra_dim: int = 0  # width of extra input vectors (the query tower's pooled history)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Tower(nn.Module):
+    """Embeddings (+ projected content embedding) + dense -> MLP -> L2-normalised vector.
+
+    Normalised outputs make the dot product a cosine similarity: the retrieval index uses inner product on the
+    same vectors, so training and serving rank by the same metric."""
+
+    def __init__(self, cfg: TowerConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.embedding_dim
+        self.embeddings = nn.ModuleList(nn.Embedding(c, d, padding_idx=0) for c in cfg.cardinalities)
+        self.content_proj = nn.Linear(cfg.content_dim, d) if cfg.use_content else None
+        in_dim = d * (len(cfg.cardinalities) + int(cfg.use_content)) + cfg.num_dense + cfg.extra_dim
+        self.mlp = nn.Sequential(_mlp([in_dim, *cfg.hidden_sizes]), nn.Linear(cfg.hidden_sizes[-1], cfg.output_dim))
+        for e in self.embeddings:
+            nn.init.normal_(e.weight, std=0.05)
+
+    def forward(
+        self, cat: torch.Tensor, dense: torch.Tensor, content: torch.Tensor, extra: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        parts = [emb(cat[:, i]) for i, emb in enumerate(self.embeddings)]
+        if self.content_proj is not None:
+            parts.append(self.content_proj(content))
+        parts.append(dense)
+        if extra is not None:
+            parts.append(extra)
+        return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=1)
+
+
+class TwoTower(nn.Module):
+    """Query tower (user features [+ pooled history]) and item tower (item features + content embedding).
+
+    With history_len, the query tower also sees the user's last positives, each represented by the item tower's own
+    item_id embedding + content projection (shared weights: what a user watched and what is retrieved live in one
+    space), pooled two ways: a masked mean and a learned attention. Users without history pool to zeros."""
+
+    def __init__(self, query: TowerConfig, item: TowerConfig, temperature: float = 0.05, history_len: int = 0):
+        super().__init__()
+        self.history_len = history_len
+        if history_len and query.extra_dim != 2 * item.embedding_dim:
+            raise ValueError("query tower extra_dim must be 2 * item embedding_dim for history pooling")
+        self.query_tower = Tower(query)
+        self.item_tower = Tower(item)
+        self.temperature = temperature
+        if history_len:
+            self.history_attention = nn.Linear(item.embedding_dim, 1)
+
+    def history_vector(self, hist_ids: torch.Tensor, hist_content: torch.Tensor) -> torch.Tensor:
+        ids, hc = hist_ids[:, : self.history_len], hist_content[:, : self.history_len]
+        h = self.item_tower.embeddings[0](ids) + self.item_tower.content_proj(hc)
+        mask = ids != 0
+        return torch.cat(
+            [masked_mean(h, mask), masked_attention_pool(self.history_attention(h).squeeze(-1), h, mask)], 1
+        )
+
+    def query(
+        self,
+        cat: torch.Tensor,
+        dense: torch.Tensor,
+        hist_ids: torch.Tensor | None = None,
+        hist_content: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        extra = self.history_vector(hist_ids, hist_content) if self.history_len else None
+        return self.query_tower(cat, dense, dense[:, :0], extra)
+
+    def config(self) -> dict:
+        return {
+            "query": self.query_tower.cfg.to_dict(),
+            "item": self.item_tower.cfg.to_dict(),
+            "temperature": self.temperature,
+            "history_len": self.history_len,
+        }
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> TwoTower:
+        """From a saved model_config.json (one saved before history existed loads history-free)."""
+        return cls(
+            TowerConfig(**cfg["query"]), TowerConfig(**cfg["item"]), cfg["temperature"], cfg.get("history_len", 0)
+        )
+
+
+def in_batch_softmax_loss(
+    q: torch.Tensor, i: torch.Tensor, item_keys: torch.Tensor, log_q: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Sampled softmax with in-batch negatives and logQ correction.
+
+    In-batch negatives are drawn in proportion to item popularity; subtracting log q(item) from the logits
+    (Yi et al., 2019) removes that bias so popular items are not over-penalised. Other rows of the same item
+    are masked: they are not negatives of each other.
+    """
+    logits = q @ i.T / temperature - log_q.unsqueeze(0)
+    same_item = item_keys.unsqueeze(0) == item_keys.unsqueeze(1)
+    eye = torch.eye(len(item_keys), dtype=torch.bool, device=q.device)
+    logits = logits.masked_fill(same_item & ~eye, float("-inf"))
+    return F.cross_entropy(logits, torch.arange(len(item_keys), device=q.device))

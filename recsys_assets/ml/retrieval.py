@@ -1,0 +1,339 @@
+"""Two-tower retrieval: training with in-batch negatives + logQ correction, tower inputs for the item catalogue
+and evaluation users, and full-corpus evaluation with exact search against a popularity baseline."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+
+from recsys_assets.config.training import LabelSpec
+from recsys_assets.core.days import day_number
+from recsys_assets.ml.features import DENSE_FEATURES, ItemCatalog, Vocab, padded_content, standardize
+from recsys_assets.ml.loader import BatchEncoder, TrainingEventsDataset, item_day_frequencies, retrieval_positive_filter
+from recsys_assets.ml.metrics import group_relevant
+from recsys_assets.ml.models import TowerConfig, TwoTower, in_batch_softmax_loss
+from recsys_assets.ml.trainer import CheckpointStore, FitResult, TrainSettings, fit_on_events
+
+QUERY_CAT = ["user_id", "user_language", "user_region"]
+QUERY_DENSE = ["user_tenure_days"]
+ITEM_CAT = ["item_id", "item_author_id", "item_category", "item_language"]
+ITEM_DENSE = ["item_video_length_s", "item_age_days"]
+_DENSE_ORDER = list(DENSE_FEATURES)
+
+
+@dataclass(frozen=True)
+class RetrievalHyper:
+    embedding_dim: int = 32
+    hidden_sizes: tuple[int, ...] = (128,)
+    output_dim: int = 64
+    temperature: float = 0.05
+    logq_correction: bool = True
+    history_len: int = 0  # 0: the history-free query tower
+    logq_by_day: bool = False  # training.yaml retrieval.logq_by_day (RetrievalSizes)
+
+
+def _cols(vocab: Vocab, names: list[str]) -> list[int]:
+    missing = [n for n in names if n not in vocab.features]
+    if missing:
+        raise ValueError(f"two-tower needs vocab features {missing}; add them to vocab.features in training.yaml")
+    return [vocab.features.index(n) for n in names]
+
+
+def tower_configs(vocab: Vocab, hyper: RetrievalHyper) -> tuple[TowerConfig, TowerConfig]:
+    common = dict(embedding_dim=hyper.embedding_dim, hidden_sizes=list(hyper.hidden_sizes), output_dim=hyper.output_dim)
+    q = TowerConfig(
+        QUERY_CAT,
+        [vocab.cardinality(f) for f in QUERY_CAT],
+        len(QUERY_DENSE),
+        use_content=False,
+        extra_dim=2 * hyper.embedding_dim if hyper.history_len else 0,
+        **common,
+    )
+    i = TowerConfig(ITEM_CAT, [vocab.cardinality(f) for f in ITEM_CAT], len(ITEM_DENSE), use_content=True, **common)
+    return q, i
+
+
+class _Split:
+    """Index tensors selecting each tower's columns out of the encoder's full cat/dense arrays."""
+
+    def __init__(self, vocab: Vocab, device: str):
+        self.q_cat = torch.tensor(_cols(vocab, QUERY_CAT), device=device)
+        self.i_cat = torch.tensor(_cols(vocab, ITEM_CAT), device=device)
+        self.q_dense = torch.tensor([_DENSE_ORDER.index(c) for c in QUERY_DENSE], device=device)
+        self.i_dense = torch.tensor([_DENSE_ORDER.index(c) for c in ITEM_DENSE], device=device)
+
+
+def train_two_tower(
+    train: TrainingEventsDataset,
+    encoder: BatchEncoder,
+    hyper: RetrievalHyper,
+    settings: TrainSettings,
+    checkpoints: CheckpointStore | None = None,
+    fingerprint: str = "",
+    log: Callable[[str], None] = print,
+    on_epoch_end: Callable[[int], None] | None = None,
+    holdout_users=None,
+    patience: int = 2,
+) -> tuple[TwoTower, FitResult, np.ndarray]:
+    """Trains on positive events only. Returns the model, fit result, and per-catalogue-row positive counts.
+    `holdout_users`: users whose window positives select the epoch (early stopping) instead of training."""
+    positives = retrieval_positive_filter(encoder.labels)
+    by_day = item_day_frequencies(train, encoder.catalog, positives)
+    counts = sum(by_day.values(), np.zeros(len(encoder.catalog), np.int64))
+    if counts.sum() == 0:
+        raise ValueError("no positive events in the training window: cannot train the two-tower model")
+    log_q = _log_q(by_day, counts, hyper, settings.device)
+    torch.manual_seed(settings.seed)
+    q_cfg, i_cfg = tower_configs(encoder.vocab, hyper)
+    if hyper.history_len and encoder.history is None:
+        raise ValueError("a history-aware two-tower needs an encoder with user_history loaded")
+    model = TwoTower(q_cfg, i_cfg, hyper.temperature, hyper.history_len)
+    content = padded_content(encoder.catalog).to(settings.device)
+    split = _Split(encoder.vocab, settings.device)
+
+    def step(m: TwoTower, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        rows = b["content_row"]
+        hist = (b["hist_ids"], content[b["hist_rows"]]) if m.history_len else (None, None)
+        q = m.query(b["cat"][:, split.q_cat], b["dense"][:, split.q_dense], *hist)
+        i = m.item_tower(b["cat"][:, split.i_cat], b["dense"][:, split.i_dense], content[rows])
+        return in_batch_softmax_loss(q.float(), i.float(), rows, log_q(b), m.temperature)
+
+    result = fit_on_events(
+        model,
+        step,
+        train,
+        encoder,
+        settings,
+        checkpoints,
+        fingerprint,
+        log,
+        on_epoch_end,
+        filter=positives,
+        drop_last=True,
+        holdout_users=holdout_users,
+        patience=patience,
+    )
+    return model.eval(), result, counts
+
+
+def _log_q(by_day: dict[str, np.ndarray], counts: np.ndarray, hyper: RetrievalHyper, device: str):
+    """batch -> log of each row's in-batch sampling probability (logQ correction; zeros without it).
+
+    A row is an item at its event's time (the item tower sees its age then), so with `logq_by_day` the probability
+    is that of (item, day) among the window's positives, not the item's window total: a fresh item's first day is
+    most of its events, and the window total would over-correct its older days relative to its fresh one, teaching
+    the tower that young items are less likely than they are."""
+    total = counts.sum()
+    if not hyper.logq_correction:
+        return lambda b: torch.zeros(len(b["content_row"]), device=device)
+    if not hyper.logq_by_day:
+        window = torch.from_numpy(np.log(np.maximum(counts, 1) / total).astype(np.float32)).to(device)
+        return lambda b: window[b["content_row"]]
+    days = sorted(by_day)
+    numbers = np.array([day_number(d) for d in days])
+    table = np.log(np.maximum(np.stack([by_day[d] for d in days]), 1) / total).astype(np.float32)
+    table_t = torch.from_numpy(table).to(device)
+    slot = torch.full((int(numbers.max() - numbers.min()) + 1,), -1, dtype=torch.long, device=device)
+    slot[torch.from_numpy(numbers - numbers.min())] = torch.arange(len(days), device=device)
+    first = int(numbers.min())
+    return lambda b: table_t[slot[b["event_day"].long() - first], b["content_row"]]
+
+
+def item_tower_inputs(
+    catalog: ItemCatalog, vocab: Vocab, moments: dict, as_of: pd.Timestamp
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Item tower inputs for every catalogue row, item age measured at `as_of` (the index build time)."""
+    cat = np.stack([catalog.encode(vocab, f) for f in ITEM_CAT], axis=1)
+    dense = np.stack(
+        [
+            standardize("item_video_length_s", catalog.attributes["item_video_length_s"].to_numpy(np.float64), moments),
+            standardize("item_age_days", catalog.age_days(as_of), moments),
+        ],
+        axis=1,
+    )
+    return torch.from_numpy(cat), torch.from_numpy(dense), torch.from_numpy(catalog.embeddings)
+
+
+@torch.no_grad()
+def item_vectors(
+    model: TwoTower, catalog: ItemCatalog, vocab: Vocab, moments: dict, as_of: pd.Timestamp, batch_size: int = 65_536
+) -> np.ndarray:
+    cat, dense, content = item_tower_inputs(catalog, vocab, moments, as_of)
+    out = [
+        model.item_tower(cat[s : s + batch_size], dense[s : s + batch_size], content[s : s + batch_size])
+        for s in range(0, len(cat), batch_size)
+    ]
+    return torch.cat(out).numpy() if out else np.zeros((0, model.item_tower.cfg.output_dim), np.float32)
+
+
+def query_tower_inputs(users: pd.DataFrame, vocab: Vocab, moments: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query tower inputs (QUERY_CAT ids, standardized tenure) for one row per user: evaluation and the feed."""
+    cat = (
+        np.stack([vocab.encode(f, pa.array(users[f].to_numpy(dtype=object), pa.string())) for f in QUERY_CAT], axis=1)
+        if len(users)
+        else np.zeros((0, len(QUERY_CAT)), np.int64)
+    )
+    dense = standardize("user_tenure_days", users["user_tenure_days"].to_numpy(np.float64), moments)[:, None]
+    return torch.from_numpy(cat), torch.from_numpy(dense)
+
+
+@dataclass
+class EvalQueries:
+    """Sampled users of the evaluation day: query-tower inputs, their history as of that day (when the encoder has
+    one), and the catalogue rows they engaged with."""
+
+    user_ids: np.ndarray
+    cat: torch.Tensor
+    dense: torch.Tensor
+    relevant: list[np.ndarray]
+    num_positive_events: int
+    hist_ids: np.ndarray | None = None
+    hist_rows: np.ndarray | None = None
+    day: str | None = None
+
+
+def evaluation_queries(
+    day: TrainingEventsDataset, encoder: BatchEncoder, labels: LabelSpec, user_sample_pct: float = 100.0
+) -> EvalQueries:
+    """Users (hash-sampled, so the same users on any rerun) with >= 1 positive event on the evaluation day."""
+    cols = ["user_id", "user_language", "user_region", "user_tenure_days", "item_id"]
+    parts = []
+    for b in day.to_batches(columns=cols, filter=retrieval_positive_filter(labels)):
+        df = b.to_pandas()
+        if user_sample_pct < 100.0:
+            bucket = pd.util.hash_array(df["user_id"].to_numpy(dtype=object)) % 10_000
+            df = df[bucket < user_sample_pct * 100]
+        parts.append(df)
+    df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+    users = df.drop_duplicates("user_id").reset_index(drop=True)
+    cat, dense = query_tower_inputs(users, encoder.vocab, encoder.moments)
+    user_row = pd.Index(users["user_id"]).get_indexer(df["user_id"])
+    item_row = encoder.catalog.rows(pa.array(df["item_id"].to_numpy(dtype=object), pa.string()))
+    ok = item_row >= 0
+    relevant = group_relevant(user_row[ok], item_row[ok], len(users))
+    user_ids = users["user_id"].to_numpy(dtype=object)
+    hist_ids = hist_rows = eval_day = None
+    if encoder.history is not None:
+        days = {f.day for f in day.get_fragments()}
+        if len(days) != 1:
+            raise ValueError(f"evaluation queries come from one day, got {sorted(days)}")
+        (eval_day,) = days
+        hist_ids, hist_rows = encoder.history[eval_day].lookup(pa.array(user_ids, pa.string()))
+    return EvalQueries(user_ids, cat, dense, relevant, int(len(df)), hist_ids, hist_rows, eval_day)
+
+
+@torch.no_grad()
+def query_vectors(
+    model: TwoTower, queries: EvalQueries, catalog: ItemCatalog | None = None, batch_size: int = 8192
+) -> np.ndarray:
+    """Query vectors of the evaluation users (in batches: the history's content is gathered per batch)."""
+    if model.history_len and (queries.hist_ids is None or catalog is None):
+        raise ValueError("a history-aware two-tower needs the queries' history and the catalogue")
+    content = padded_content(catalog) if model.history_len else None
+    out = []
+    for s in range(0, len(queries.cat), batch_size):
+        sl = slice(s, s + batch_size)
+        hist = (
+            (torch.from_numpy(queries.hist_ids[sl]), content[torch.from_numpy(queries.hist_rows[sl])])
+            if model.history_len
+            else (None, None)
+        )
+        out.append(model.query(queries.cat[sl], queries.dense[sl], *hist))
+    return torch.cat(out).numpy() if out else np.zeros((0, model.query_tower.cfg.output_dim), np.float32)
+
+
+class QueryTowerModule(torch.nn.Module):
+    """The query tower alone, as served: (user cat ids, user dense) -> L2-normalised query vector."""
+
+    def __init__(self, model: TwoTower):
+        super().__init__()
+        self.model = model
+
+    def forward(self, cat: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        return self.model.query(cat, dense)
+
+
+class HistoryQueryTowerModule(torch.nn.Module):
+    """The history-aware query tower as served: (user cat ids, user dense, history item_id vocab ids [B, L],
+    history content embeddings [B, L, 128]) -> L2-normalised query vector."""
+
+    def __init__(self, model: TwoTower):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, cat: torch.Tensor, dense: torch.Tensor, hist_ids: torch.Tensor, hist_content: torch.Tensor
+    ) -> torch.Tensor:
+        return self.model.query(cat, dense, hist_ids, hist_content)
+
+
+def query_tower_program(model: TwoTower) -> bytes:
+    """The exported query tower (.pt2): the history-aware signature when the model has one."""
+    from recsys_assets.ml.export import export_program
+
+    cfg = model.query_tower.cfg
+    cat, dense = torch.ones(4, len(cfg.cardinalities), dtype=torch.long), torch.zeros(4, cfg.num_dense)
+    if not model.history_len:
+        return export_program(QueryTowerModule(model), (cat, dense))
+    hist = (torch.ones(4, model.history_len, dtype=torch.long), torch.zeros(4, model.history_len, cfg.content_dim))
+    return export_program(HistoryQueryTowerModule(model), (cat, dense, *hist))
+
+
+class ItemTowerModule(torch.nn.Module):
+    def __init__(self, model: TwoTower):
+        super().__init__()
+        self.tower = model.item_tower
+
+    def forward(self, cat: torch.Tensor, dense: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+        return self.tower(cat, dense, content)
+
+
+def with_recency_prior(
+    queries: np.ndarray, items: np.ndarray, recent_counts: np.ndarray, weight: float, temperature: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Query and item vectors with one extra dimension so that their inner product is
+    q.i + temperature * weight * log(1 + recent count), i.e. temperature x (q.i / T + w log(1 + recent)): the same
+    ranking as the prior-weighted score, servable by an inner-product index (the index stores the item side)."""
+    prior = (temperature * weight * np.log1p(np.asarray(recent_counts, np.float64))).astype(np.float32)
+    q = np.hstack([queries.astype(np.float32), np.ones((len(queries), 1), np.float32)])
+    i = np.hstack([items.astype(np.float32), prior[:, None]])
+    return q, i
+
+
+def compare_retrieval(
+    models: dict[str, TwoTower],
+    queries: EvalQueries,
+    encoder: BatchEncoder,
+    as_of: pd.Timestamp,
+    window_counts: np.ndarray,
+    recent_counts: np.ndarray,
+    ks: list[int],
+    seen: list[np.ndarray] | None = None,
+    recency_prior: float = 0.0,
+) -> dict[str, dict[str, float]]:
+    """Every method on the same day-D, full-corpus protocol (recsys_assets/ml/baselines.py): the given
+    two-tower models (with `recency_prior`, each also as `<name> + recency prior`: q.i / T + w log(1 + recent)),
+    most-popular over the window, recent-popular (last window day), and item-kNN over the users' histories as of the
+    day when the encoder has them."""
+    from recsys_assets.ml.baselines import compare_methods, count_scores, item_knn_scores, vector_scores
+
+    catalog = encoder.catalog
+    methods = {}
+    for name, m in models.items():
+        q = query_vectors(m, queries, catalog)
+        items = item_vectors(m, catalog, encoder.vocab, encoder.moments, as_of)
+        methods[name] = vector_scores(q, items)
+        if recency_prior:
+            q_aug, items_aug = with_recency_prior(q, items, recent_counts, recency_prior, m.temperature)
+            methods[f"{name} + recency prior"] = vector_scores(q_aug, items_aug)
+    methods["most-popular"] = count_scores(window_counts)
+    methods["recent-popular"] = count_scores(recent_counts)
+    if queries.hist_rows is not None:
+        population = encoder.history[queries.day].content_rows[:-1]
+        methods["item-kNN"] = item_knn_scores(queries.hist_rows, population, len(catalog), window_counts)
+    return compare_methods(methods, queries.relevant, ks, len(catalog), seen)

@@ -1,0 +1,405 @@
+"""The model library's training entry points: one partition day's vocabulary, ranker and two-tower, from committed
+data to a result the caller writes (its files) and reports (its metrics).
+
+Partition D trains on the committed training_events of the window before D and is validated on day D (the temporal
+split, config/training.yaml), so every model carries next-day metrics that the blocking checks judge before
+indexing. No Dagster here: the asset calls these functions in the run process; a torchrun worker or a cluster job
+imports the same ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pandas as pd
+
+from recsys_assets.config.training import RANKER_TASKS, TrainingSpec
+from recsys_assets.core.datasets import RANKER_MODEL, RETRIEVAL_MODEL, VOCAB
+from recsys_assets.core.days import window_of
+from recsys_assets.core.readers import read_final_items
+from recsys_assets.core.store_dirs import PartitionVersion
+from recsys_assets.ml.artifacts import ArtifactDir, fingerprint, latest_committed_before, write_vocab
+from recsys_assets.ml.features import Vocab, build_item_catalog
+from recsys_assets.ml.loader import BatchEncoder, committed_events_dataset
+from recsys_assets.ml.trainer import CheckpointStore, FitResult, TrainSettings
+from recsys_assets.ml.windows import TrainingWindow, window_for, with_user_history
+from resources.store import DatasetStore
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class VocabResult:
+    """A day's vocabulary over its training window (yesterday's ids kept), its dense moments and its report."""
+
+    vocab: Vocab
+    moments: dict
+    stats: dict
+    window: TrainingWindow
+
+    def write(self, out: PartitionVersion) -> dict:
+        write_vocab(out, self.vocab, self.moments)
+        out.write_json("vocab.json", self.stats)
+        return {"row_count": self.stats["num_tokens"]}
+
+
+def build_day_vocab(store: DatasetStore, day: str, spec: TrainingSpec) -> VocabResult:
+    """Token counts over the window's committed days, merged into the latest earlier vocab (stable ids), the dense
+    moments, and each feature's OOV rate on the validation day."""
+    from recsys_assets.ml.features import DENSE_FEATURES, build_vocab, count_tokens, dense_moments, oov_rates
+
+    window = window_for(store, day, spec)
+    train = committed_events_dataset(store, window.train_days)
+    previous_day = latest_committed_before(store, VOCAB, day)
+    previous: Vocab | None = None
+    if previous_day is not None:
+        previous, _ = ArtifactDir.committed(store, VOCAB, previous_day).read_vocab()
+    counts = count_tokens(train.to_batches(columns=spec.vocab.features), spec.vocab.features)
+    new_vocab = build_vocab(previous, counts, spec.vocab.min_count)
+    moments = dense_moments(train.to_batches(columns=list(DENSE_FEATURES)))
+    oov = oov_rates(new_vocab, committed_events_dataset(store, [day]).to_batches(columns=new_vocab.features))
+    sizes = {f: new_vocab.cardinality(f) for f in new_vocab.features}
+    prev_sizes = {f: previous.cardinality(f) if previous and f in previous.tables else 2 for f in new_vocab.features}
+    stats = {
+        "window": window.as_dict(),
+        "warm_start_from": previous_day,
+        "min_count": spec.vocab.min_count,
+        "cardinality": sizes,
+        "new_tokens": {f: sizes[f] - prev_sizes[f] for f in sizes},
+        "oov_rate_validation_day": oov,
+        "max_oov_rate": {f: spec.checks.oov_limit(f) for f in sizes},
+        "num_tokens": sum(sizes.values()) - 2 * len(sizes),
+    }
+    return VocabResult(new_vocab, moments, stats, window)
+
+
+@dataclass
+class ModelInputs:
+    """What both models of a day resolve first: the window (restricted to days with a user_history when the models
+    read it), the committed vocab of the day and the batch encoder over the window's catalogue."""
+
+    day: str
+    store: DatasetStore
+    spec: TrainingSpec
+    window: TrainingWindow
+    vocab_version: str
+    encoder: BatchEncoder
+
+    @classmethod
+    def resolve(cls, store: DatasetStore, day: str, spec: TrainingSpec, log: Log) -> ModelInputs:
+        from recsys_assets.ml.history import load_histories
+
+        window = window_for(store, day, spec)
+        if spec.history.enabled:
+            window = with_user_history(store, window, spec.min_window_days)
+        for d, status in window.unused_days.items():
+            log(f"training window of {day}: {d} not used: {status}")
+        vocab_dir = ArtifactDir.committed(store, VOCAB, day)
+        vocab, moments = vocab_dir.read_vocab()
+        days = [*window.train_days, window.validation_day]
+        catalog = build_item_catalog([read_final_items(store, d) for d in days])
+        history = load_histories(store, days, spec.history.max_len, vocab, catalog) if spec.history.enabled else None
+        return cls(
+            day, store, spec, window, vocab_dir.version, BatchEncoder(vocab, moments, catalog, spec.labels, history)
+        )
+
+    @property
+    def history_len(self) -> int:
+        return self.spec.history.max_len if self.spec.history.enabled else 0
+
+    def selection(self, sizes) -> dict:
+        """Early stopping arguments of a model's training: a held-out slice of the window's users, when configured."""
+        if not sizes.early_stopping:
+            return {}
+        from recsys_assets.ml.loader import holdout_user_ids
+
+        return {"holdout_users": holdout_user_ids(self.encoder.vocab, sizes.holdout_pct), "patience": sizes.patience}
+
+    def checkpoints(self, name: str, hyper, settings: TrainSettings, *extra) -> tuple[str, CheckpointStore]:
+        """Checkpoint dir keyed by everything that determines the weights (not the device): a retried run of the
+        same config and data resumes; any other config starts fresh."""
+        fp = fingerprint(
+            hyper,
+            {k: v for k, v in settings.__dict__.items() if k not in ("device", "num_threads")},
+            self.window.as_dict(),
+            self.vocab_version,
+            *extra,
+        )
+        return fp, CheckpointStore(self.store, self.store.path("_checkpoints", name, f"dt={self.day}", fp))
+
+    def train_history_free(self, name: str, train_fn, train_data, hyper, settings, *extra, log: Log, **kwargs):
+        """The same model without history (same data, sizes and seed): the comparison offline_evaluation shows.
+        Its checkpoints are its own (the fingerprint differs by history_len) and are dropped once it is trained."""
+        hf_hyper = dataclasses.replace(hyper, history_len=0)
+        fp, checkpoints = self.checkpoints(name, hf_hyper, settings, *extra)
+        trained = train_fn(train_data, self.encoder, hf_hyper, settings, checkpoints, fp, log, **kwargs)
+        checkpoints.clear()
+        return trained[0]
+
+    def training_info(self, settings: TrainSettings, hyper, fit: FitResult, run_id: str, **extra) -> dict:
+        return {
+            **self.window.as_dict(),
+            "vocab_version": self.vocab_version,
+            "settings": settings.__dict__,
+            "hyper": hyper.__dict__,
+            "history": fit.history,
+            "resumed_from_epoch": fit.resumed_from_epoch,
+            "best_epoch": fit.best_epoch,
+            "stopped_early": fit.stopped_early,
+            "train_seconds": round(fit.train_seconds, 2),
+            "samples_per_s": round(fit.samples_per_s, 1),
+            "run_id": run_id,
+            **extra,
+        }
+
+
+@dataclass
+class TrainedModel:
+    """A trained model partition: the files it is written as (weights, config, exported programs, the vocab it was
+    trained with, metrics, lineage), what it reports, and the run's checkpoints to drop once it is published."""
+
+    state_dict: dict
+    model_config: dict
+    programs: dict[str, bytes]
+    metrics: dict
+    training_info: dict
+    fit: FitResult
+    settings: TrainSettings
+    window: TrainingWindow
+    encoder: BatchEncoder
+    checkpoints: CheckpointStore
+    manifest_metrics: dict | None = None
+
+    def write(self, out: PartitionVersion) -> dict:
+        out.write_torch("model.pt", self.state_dict)
+        out.write_json("model_config.json", self.model_config)
+        for name, data in self.programs.items():
+            out.write_bytes(name, data)
+        write_vocab(out, self.encoder.vocab, self.encoder.moments)
+        out.write_json("metrics.json", self.metrics)
+        out.write_json("training.json", self.training_info)
+        return {"metrics": self.metrics if self.manifest_metrics is None else self.manifest_metrics}
+
+    def published(self) -> None:
+        """The model is committed (or staged for its gate): its checkpoints are no longer needed."""
+        self.checkpoints.clear()
+
+
+def _previous_ranker_aucs(inputs: ModelInputs, max_rows: int, log: Log) -> tuple[str | None, dict]:
+    """The last model that passed its own AUC gate (the one serving), scored on this validation day with its own
+    vocabulary and this run's item catalogue: a same-data comparison. A failed model is never the baseline."""
+    from recsys_assets.ml.history import load_histories
+    from recsys_assets.ml.models import MMoERanker, RankerConfig
+    from recsys_assets.ml.ranker import ranker_gate, score_ranker, task_aucs
+
+    store, day = inputs.store, inputs.day
+    prev_day = day
+    for _ in range(30):
+        prev_day = latest_committed_before(store, RANKER_MODEL, prev_day)
+        if prev_day is None:
+            return None, {}
+        prev = ArtifactDir.committed(store, RANKER_MODEL, prev_day)
+        if ranker_gate(prev.read_json("metrics.json"))[0]:
+            break
+        log(f"previous ranker {prev_day} failed its gate; looking further back")
+    else:
+        return None, {}
+    model = MMoERanker(RankerConfig(**prev.read_json("model_config.json")))
+    model.load_state_dict(prev.read_torch("model.pt"))
+    vocab, moments = prev.read_vocab()
+    history = None
+    if model.cfg.history_len:  # its own vocabulary's ids for the history items
+        history = load_histories(store, [day], model.cfg.history_len, vocab, inputs.encoder.catalog)
+    encoder = BatchEncoder(vocab, moments, inputs.encoder.catalog, inputs.spec.labels, history)
+    scores, labels = score_ranker(model, committed_events_dataset(store, [day]), encoder, max_rows=max_rows)
+    log(f"previous ranker ({prev_day}) scored on {day}")
+    return prev_day, task_aucs(scores, labels)
+
+
+def train_day_ranker(inputs: ModelInputs, runtime: dict, run_id: str, log: Log) -> TrainedModel:
+    """The multi-task ranker of the day, with its validation-day AUCs beside the previous model's, the history-free
+    ranker's and the item prior's on the same rows."""
+    from recsys_assets.ml.baselines import item_prior_aucs
+    from recsys_assets.ml.export import export_program
+    from recsys_assets.ml.loader import sequential_batches, split_holdout
+    from recsys_assets.ml.ranker import (
+        RankerHyper,
+        item_priors,
+        ranker_example_inputs,
+        score_ranker,
+        task_aucs,
+        task_positive_rates,
+        train_ranker,
+    )
+
+    day, store, spec, window, encoder = inputs.day, inputs.store, inputs.spec, inputs.window, inputs.encoder
+    sizes = spec.ranker
+    hyper = RankerHyper(
+        embedding_dim=sizes.embedding_dim,
+        num_experts=sizes.num_experts,
+        expert_sizes=tuple(sizes.expert_sizes),
+        tower_sizes=tuple(sizes.tower_sizes),
+        dropout=sizes.dropout,
+        task_weights=tuple(sizes.task_weights),
+        history_len=inputs.history_len,
+        item_bias=sizes.item_bias,
+        item_bias_smoothing=spec.evaluation.item_prior_smoothing,
+    )
+    settings = TrainSettings.of(sizes, runtime)
+    train_data = committed_events_dataset(store, window.train_days)
+    valid_data = committed_events_dataset(store, [day])
+    selection = inputs.selection(sizes)
+    # One pass over the window for the item prior: the item-bias start of both rankers and the item-prior baseline,
+    # all on the training rows (never the held-out users of early stopping).
+    train_rows, _ = split_holdout(None, selection.get("holdout_users"))
+    priors = item_priors(train_data, encoder, spec.evaluation.item_prior_smoothing, train_rows)
+    if hyper.item_bias:
+        selection["item_bias_start"] = priors.bias_logits
+    fp, checkpoints = inputs.checkpoints(RANKER_MODEL, hyper, settings, sizes.model_dump())
+    model, fit = train_ranker(train_data, encoder, hyper, settings, checkpoints, fp, log, **selection)
+    t0 = time.perf_counter()
+    scores, labels = score_ranker(model, valid_data, encoder, max_rows=sizes.max_validation_rows)
+    aucs, rates = task_aucs(scores, labels), task_positive_rates(labels)
+    prev_day, prev_aucs = _previous_ranker_aucs(inputs, sizes.max_validation_rows, log)
+    # The same protocol for the cheap baselines: the history-free ranker (same data, sizes and seed) and the item
+    # prior (the item's smoothed label rate in the window).
+    history_free_aucs: dict = {}
+    if hyper.history_len and spec.history.compare_history_free:
+        hf_model = inputs.train_history_free(
+            RANKER_MODEL, train_ranker, train_data, hyper, settings, sizes.model_dump(), log=log, **selection
+        )
+        history_free_aucs = task_aucs(*score_ranker(hf_model, valid_data, encoder, max_rows=sizes.max_validation_rows))
+    plain = dataclasses.replace(encoder, history=None)  # the prior needs items and labels, not the history gather
+    prior_aucs = item_prior_aucs(
+        priors.catalog_rates, sequential_batches(valid_data, plain, 8192), RANKER_TASKS, sizes.max_validation_rows
+    )
+    metrics = {
+        "validation_day": day,
+        "validation_rows": int(len(labels)),
+        "auc": aucs,
+        "positive_rate": rates,
+        "previous_model_day": prev_day,
+        "previous_model_auc": prev_aucs,
+        "history_len": hyper.history_len,
+        "item_bias": hyper.item_bias,  # both rankers start from the item prior's logits when true
+        "auc_history_free": history_free_aucs,
+        "auc_item_prior": prior_aucs,
+        "min_auc": spec.checks.ranker_min_auc,
+        "max_auc_drop": spec.checks.ranker_max_auc_drop,
+        "eval_seconds": round(time.perf_counter() - t0, 2),
+    }
+    return TrainedModel(
+        state_dict=model.state_dict(),
+        model_config=model.cfg.to_dict(),
+        programs={"ranker.pt2": export_program(model, ranker_example_inputs(model.cfg))},
+        metrics=metrics,
+        training_info=inputs.training_info(settings, hyper, fit, run_id),
+        fit=fit,
+        settings=settings,
+        window=window,
+        encoder=encoder,
+        checkpoints=checkpoints,
+    )
+
+
+def train_day_retrieval(inputs: ModelInputs, runtime: dict, run_id: str, log: Log) -> TrainedModel:
+    """The two-tower of the day, with full-corpus recall/NDCG on the validation day for every method on one protocol
+    (the model with and without history and the recency prior, most-popular, recent-popular, item-kNN)."""
+    import torch
+
+    from recsys_assets.ml.baselines import seen_items
+    from recsys_assets.ml.export import export_program
+    from recsys_assets.ml.loader import item_frequencies, retrieval_positive_filter
+    from recsys_assets.ml.retrieval import (
+        ItemTowerModule,
+        RetrievalHyper,
+        compare_retrieval,
+        evaluation_queries,
+        query_tower_program,
+        train_two_tower,
+    )
+
+    day, store, spec, window, encoder = inputs.day, inputs.store, inputs.spec, inputs.window, inputs.encoder
+    sizes = spec.retrieval
+    hyper = RetrievalHyper(
+        embedding_dim=sizes.embedding_dim,
+        hidden_sizes=tuple(sizes.hidden_sizes),
+        output_dim=sizes.output_dim,
+        temperature=sizes.temperature,
+        logq_correction=sizes.logq_correction,
+        logq_by_day=sizes.logq_by_day,
+        history_len=inputs.history_len,
+    )
+    settings = TrainSettings.of(sizes, runtime)
+    train_data = committed_events_dataset(store, window.train_days)
+    selection = inputs.selection(sizes)
+    extra = (spec.labels.model_dump(), sizes.model_dump())
+    fp, checkpoints = inputs.checkpoints(RETRIEVAL_MODEL, hyper, settings, *extra)
+    model, fit, positive_counts = train_two_tower(
+        train_data, encoder, hyper, settings, checkpoints, fp, log, **selection
+    )
+    primary = "two-tower (history)" if hyper.history_len else "two-tower"
+    models = {primary: model}
+    if hyper.history_len and spec.history.compare_history_free:
+        models["two-tower (history-free)"] = inputs.train_history_free(
+            RETRIEVAL_MODEL, train_two_tower, train_data, hyper, settings, *extra, log=log, **selection
+        )
+    t0 = time.perf_counter()
+    queries = evaluation_queries(
+        committed_events_dataset(store, [day]), encoder, spec.labels, sizes.validation_user_sample_pct
+    )
+    k = spec.checks.retrieval_k
+    ks = sorted({10, k})
+    positives = retrieval_positive_filter(spec.labels)
+    recent_counts = item_frequencies(
+        committed_events_dataset(store, window.train_days[-1:]), encoder.catalog, positives
+    )
+    seen = seen_items(train_data, queries.user_ids, encoder.catalog) if spec.evaluation.exclude_seen else None
+    prior = spec.retrieval_scoring.recency_prior
+    as_of = pd.Timestamp(window_of(day).end)
+    methods = compare_retrieval(models, queries, encoder, as_of, positive_counts, recent_counts, ks, seen, prior)
+    if prior:  # the served score (the index adds the same prior): what the gate judges
+        primary = f"{primary} + recency prior"
+    # The gate's keys: the model vs most-popular, under the same protocol as every other method.
+    metrics = {f"model_{m}": v for m, v in methods[primary].items()}
+    metrics |= {f"popularity_{m}": v for m, v in methods["most-popular"].items()}
+    metrics |= {
+        "methods": methods,
+        "primary_method": primary,
+        "history_len": hyper.history_len,
+        "recency_prior": prior,
+        "exclude_seen": spec.evaluation.exclude_seen,
+        "num_queries": int(sum(1 for r in queries.relevant if len(r))),
+        "corpus_size": len(encoder.catalog),
+        "validation_day": day,
+        "k": k,
+        "ks": ks,
+        "min_recall": spec.checks.retrieval_min_recall,
+        "min_lift_over_popularity": spec.checks.retrieval_min_lift_over_popularity,
+        "eval_seconds": round(time.perf_counter() - t0, 2),
+    }
+    i_cfg = model.item_tower.cfg
+    item_inputs = (
+        torch.ones(4, len(i_cfg.cardinalities), dtype=torch.long),
+        torch.zeros(4, i_cfg.num_dense),
+        torch.zeros(4, i_cfg.content_dim),
+    )
+    return TrainedModel(
+        state_dict=model.state_dict(),
+        model_config=model.config(),
+        programs={
+            "query_tower.pt2": query_tower_program(model),
+            "item_tower.pt2": export_program(ItemTowerModule(model), item_inputs),
+        },
+        metrics=metrics,
+        training_info=inputs.training_info(settings, hyper, fit, run_id, positive_events=int(positive_counts.sum())),
+        fit=fit,
+        settings=settings,
+        window=window,
+        encoder=encoder,
+        checkpoints=checkpoints,
+        manifest_metrics={k_: v for k_, v in metrics.items() if k_ not in ("ks", "methods")},
+    )

@@ -1,0 +1,352 @@
+"""The training loop shared by both models: device placement, optional bf16 autocast on GPU, per-epoch
+checkpoints with resume, determinism on CPU, and throughput logging.
+
+A run killed mid-training (OOM, preemption, a lost SSH session in the seed's runbook) resumes from the last
+complete epoch on the next attempt: checkpoints carry model + optimizer state, and each epoch's randomness is
+derived from (seed, epoch) alone, so a resumed run ends with the same weights as an uninterrupted one on CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import posixpath
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pyarrow.fs as pafs
+import torch
+from torch import nn
+
+from resources.store import DatasetStore
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How one model trains: its sizes (the training YAML's ranker/retrieval section) and where it runs (the
+    training resource's runtime: device, bf16, threads, seed)."""
+
+    epochs: int = 2
+    batch_size: int = 2048
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.0
+    seed: int = 7
+    device: str = "cpu"  # resolved: "cpu" or "cuda[:n]"
+    mixed_precision: bool = False  # bf16 autocast, GPU only
+    num_threads: int = 0  # 0 = torch default
+    shuffle_buffer_rows: int = 1_000_000
+
+    @classmethod
+    def of(cls, sizes, runtime: dict) -> TrainSettings:
+        """A model's sizes (config.training.ModelSizes) on a runtime (TrainingResource.runtime())."""
+        return cls(
+            epochs=sizes.epochs,
+            batch_size=sizes.batch_size,
+            learning_rate=sizes.learning_rate,
+            weight_decay=sizes.weight_decay,
+            shuffle_buffer_rows=sizes.shuffle_buffer_rows,
+            **runtime,
+        )
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)
+    resumed_from_epoch: int | None = None
+    best_epoch: int | None = None  # with a holdout: the epoch whose weights the model ends with
+    stopped_early: bool = False
+    train_seconds: float = 0.0
+    trained_samples: int = 0
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.trained_samples / self.train_seconds if self.train_seconds else 0.0
+
+
+class CheckpointStore:
+    """Per-epoch checkpoints under one directory of the data root (local or gs://), written atomically.
+
+    The data root is a trust boundary: a file planted there must not run code. Each `epoch-NNNN.pt` has a JSON
+    sidecar `epoch-NNNN.json` (fingerprint of the run, SHA-256 of the .pt) written after it; `latest` reads only
+    sidecars whose fingerprint matches this run, checks the hash, and loads with `weights_only=True` (tensors and
+    plain containers only; the checkpoint format needs nothing else)."""
+
+    _NAME = re.compile(r"^epoch-(\d{4})\.pt$")
+
+    def __init__(self, store: DatasetStore, directory: str):
+        self.store, self.directory = store, directory
+
+    def _epochs(self) -> list[int]:
+        if not self.store.exists(self.directory):
+            return []
+        infos = self.store.fs.get_file_info(pafs.FileSelector(self.directory))
+        return sorted(int(m.group(1)) for i in infos if (m := self._NAME.match(i.base_name)))
+
+    def _path(self, epoch: int, ext: str) -> str:
+        return posixpath.join(self.directory, f"epoch-{epoch:04d}.{ext}")
+
+    def save(self, epoch: int, state: dict) -> str:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        data = buf.getvalue()
+        path = self._path(epoch, "pt")
+        self.store.write_bytes_atomic(path, data)
+        self.store.write_json_atomic(
+            self._path(epoch, "json"),
+            {"epoch": epoch, "fingerprint": state.get("fingerprint", ""), "sha256": hashlib.sha256(data).hexdigest()},
+        )
+        for old in self._epochs()[:-2]:  # keep the last two: the newest may be unreadable if the disk filled
+            for ext in ("pt", "json"):
+                if self.store.exists(self._path(old, ext)):
+                    self.store.fs.delete_file(self._path(old, ext))
+        return path
+
+    def latest(self, fingerprint: str) -> dict | None:
+        for epoch in reversed(self._epochs()):
+            try:
+                meta = self.store.read_json(self._path(epoch, "json"))
+                if not isinstance(meta, dict) or meta.get("fingerprint") != fingerprint:
+                    continue  # another run's checkpoint, or one without a sidecar: never unpickled
+                with self.store.fs.open_input_stream(self._path(epoch, "pt")) as f:
+                    data = f.read()
+                if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+                    continue  # torn, corrupt or replaced since the sidecar was written
+                state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            except Exception:  # a torn, corrupt or foreign file: fall back to the previous epoch
+                continue
+            if isinstance(state, dict) and state.get("fingerprint") == fingerprint:
+                return state
+        return None
+
+    def clear(self) -> None:
+        """Delete this run's checkpoints (after the model is committed) and the partition's dir if now empty."""
+        if self.store.exists(self.directory):
+            self.store.fs.delete_dir(self.directory)
+        self.store.delete_dir_if_empty(posixpath.dirname(self.directory))
+
+
+class _LoaderError:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+_END = object()
+
+
+def prefetched(
+    batches: Iterator[dict[str, torch.Tensor]], depth: int = 3, pin_memory: bool = False
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Produce batches on a background thread (pyarrow decode and numpy gather release the GIL) so reading the
+    next batch overlaps the training step; order is unchanged, so training stays deterministic. With
+    pin_memory, host tensors are page-locked so the copy to the GPU can be asynchronous."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for b in batches:
+                if pin_memory:
+                    b = {k: v.pin_memory() for k, v in b.items()}
+                if not put(b):
+                    return
+        except BaseException as e:  # handed to the consumer, raised there
+            put(_LoaderError(e))
+        put(_END)
+
+    worker = threading.Thread(target=produce, name="batch-prefetch", daemon=True)
+    worker.start()
+    try:
+        while (item := q.get()) is not _END:
+            if isinstance(item, _LoaderError):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+
+
+# A non-finite loss is checked every this many steps: checking every step forces a GPU sync per step.
+FINITE_CHECK_EVERY = 50
+
+
+def fit(
+    model: nn.Module,
+    step_loss: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor],
+    batches: Callable[[int], Iterator[dict[str, torch.Tensor]]],
+    settings: TrainSettings,
+    checkpoints: CheckpointStore | None = None,
+    fingerprint: str = "",
+    log: Callable[[str], None] = print,
+    on_epoch_end: Callable[[int], None] | None = None,
+    holdout: Callable[[], Iterator[dict[str, torch.Tensor]]] | None = None,
+    patience: int = 2,
+) -> FitResult:
+    """Train for settings.epochs. With `holdout` (batches of a held-out slice of the training window, never the
+    validation day): after each epoch the mean training loss on it is measured, the model ends with the weights of
+    the best epoch, and training stops after `patience` epochs without improvement (validation-driven selection
+    instead of a fixed epoch count)."""
+    if settings.num_threads:
+        torch.set_num_threads(settings.num_threads)
+    device = torch.device(settings.device)
+    model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    result = FitResult()
+    start_epoch = 0
+    best: dict | None = None  # {"epoch", "loss", "model"} of the best holdout epoch so far
+    if checkpoints is not None and (state := checkpoints.latest(fingerprint)) is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        result.history = state["history"]
+        best = state.get("best")
+        start_epoch = state["epoch"] + 1
+        result.resumed_from_epoch = state["epoch"]
+        log(f"resumed from checkpoint after epoch {state['epoch']}")
+    use_amp = settings.mixed_precision and device.type == "cuda"
+    for epoch in range(start_epoch, settings.epochs):
+        torch.manual_seed(settings.seed * 1000 + epoch)
+        model.train()
+        # The loss sum stays on the device (no per-step .item() sync), so the GPU queue never drains.
+        total_loss, samples, t0 = torch.zeros((), dtype=torch.float64, device=device), 0, time.perf_counter()
+        for step, batch in enumerate(prefetched(batches(epoch), pin_memory=device.type == "cuda")):
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss = step_loss(model, batch)
+            if step % FINITE_CHECK_EVERY == 0 and not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite training loss at epoch {epoch} step {step}: {loss.item()}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            n = len(next(iter(batch.values())))
+            total_loss += loss.detach().double() * n
+            samples += n
+        total_loss = float(total_loss)
+        if not math.isfinite(total_loss):
+            raise FloatingPointError(f"non-finite training loss in epoch {epoch}")
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        result.train_seconds += seconds
+        result.trained_samples += samples
+        row = {
+            "epoch": epoch,
+            "loss": total_loss / max(samples, 1),
+            "samples": samples,
+            "seconds": round(seconds, 3),
+            "samples_per_s": round(samples / seconds, 1) if seconds else 0.0,
+        }
+        if holdout is not None:
+            row["holdout_loss"] = _holdout_loss(model, step_loss, holdout, device, use_amp)
+            if best is None or row["holdout_loss"] < best["loss"]:
+                best = {
+                    "epoch": epoch,
+                    "loss": row["holdout_loss"],
+                    "model": {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()},
+                }
+        result.history.append(row)
+        log(
+            f"epoch {epoch}: loss {row['loss']:.5f}, {samples:,} samples, {row['samples_per_s']:,.0f} samples/s"
+            + (f", holdout loss {row['holdout_loss']:.5f}" if holdout is not None else "")
+        )
+        if checkpoints is not None:
+            checkpoints.save(
+                epoch,
+                {
+                    "epoch": epoch,
+                    "fingerprint": fingerprint,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "history": result.history,
+                    "best": best,
+                },
+            )
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+        if best is not None and epoch - best["epoch"] >= patience:
+            result.stopped_early = epoch + 1 < settings.epochs
+            log(f"no holdout improvement for {patience} epochs since epoch {best['epoch']}: stopping")
+            break
+    model.to("cpu")
+    if best is not None:
+        model.load_state_dict(best["model"])
+        result.best_epoch = best["epoch"]
+    return result
+
+
+def fit_on_events(
+    model: nn.Module,
+    step_loss: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor],
+    train,
+    encoder,
+    settings: TrainSettings,
+    checkpoints: CheckpointStore | None = None,
+    fingerprint: str = "",
+    log: Callable[[str], None] = print,
+    on_epoch_end: Callable[[int], None] | None = None,
+    *,
+    filter=None,
+    drop_last: bool = False,
+    holdout_users=None,
+    patience: int = 2,
+) -> FitResult:
+    """`fit` over the (filtered) events of a training_events dataset: shuffled batches per epoch, and with
+    `holdout_users` those users' events held out of training to select the epoch (sequential batches)."""
+    from recsys_assets.ml.loader import sequential_batches, shuffled_batches, split_holdout
+
+    train_filter, holdout_filter = split_holdout(filter, holdout_users)
+
+    def batches(epoch: int):
+        return shuffled_batches(
+            train,
+            encoder,
+            settings.batch_size,
+            settings.seed,
+            epoch,
+            filter=train_filter,
+            shuffle_buffer_rows=settings.shuffle_buffer_rows,
+            drop_last=drop_last,
+        )
+
+    def holdout():
+        return sequential_batches(train, encoder, settings.batch_size, filter=holdout_filter)
+
+    return fit(
+        model,
+        step_loss,
+        batches,
+        settings,
+        checkpoints,
+        fingerprint,
+        log,
+        on_epoch_end,
+        holdout if holdout_filter is not None else None,
+        patience,
+    )
+
+
+@torch.no_grad()
+def _holdout_loss(model: nn.Module, step_loss, holdout, device, use_amp: bool) -> float:
+    model.eval()
+    total, n = 0.0, 0
+    for batch in holdout():
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            loss = step_loss(model, batch)
+        size = len(next(iter(batch.values())))
+        total += float(loss) * size
+        n += size
+    model.train()
+    return total / n if n else float("inf")

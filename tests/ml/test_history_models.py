@@ -1,0 +1,210 @@
+"""History in the loader and both models, their exports, and the evaluation baselines (no Spark, no Dagster):
+histories here are computed by brute force from the generated events, as user_history defines them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import torch
+
+from recsys_assets.ml.baselines import (
+    compare_methods,
+    count_scores,
+    item_knn_scores,
+    item_prior_aucs,
+    rank_all,
+    seen_items,
+    smoothed_label_rates,
+)
+from recsys_assets.ml.export import export_program, load_program
+from recsys_assets.ml.features import padded_content
+from recsys_assets.ml.history import history_arrays
+from recsys_assets.ml.loader import committed_events_dataset, sequential_batches
+from recsys_assets.ml.metrics import popularity_ranking, roc_auc
+from recsys_assets.ml.ranker import RankerHyper, ranker_example_inputs, score_ranker, task_aucs, train_ranker
+from recsys_assets.ml.retrieval import (
+    RetrievalHyper,
+    compare_retrieval,
+    evaluation_queries,
+    query_tower_program,
+    query_vectors,
+    train_two_tower,
+)
+from recsys_assets.ml.trainer import TrainSettings
+from tests.helpers import TRAIN_DAYS, VALID_DAY, make_encoder
+
+MAX_LEN = 8
+
+
+def brute_force_histories(store, days: list[str], keep: int = 20) -> dict[str, pa.Table]:
+    """Per day: each user's positive events (watch >= 0.5 or liked/shared/followed) of the earlier days, newest
+    first, at most `keep`."""
+    ev = committed_events_dataset(store, days).to_table(
+        columns=["user_id", "item_id", "event_ts", "event_id", "watch_ratio", "liked", "shared", "followed"]
+    )
+    df = ev.to_pandas()
+    df = df[(df.watch_ratio >= 0.5) | df.liked | df.shared | df.followed]
+    out = {}
+    for d in days:
+        before = df[df.event_ts < pd.Timestamp(d, tz="Asia/Kolkata")]
+        before = before.sort_values(["event_ts", "event_id"], ascending=False)
+        lists = before.groupby("user_id", sort=True)["item_id"].apply(lambda s: list(s[:keep]))
+        out[d] = pa.table(
+            {"user_id": pa.array(lists.index, pa.string()), "item_ids": pa.array(lists.tolist(), pa.list_(pa.string()))}
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def history_encoder(model_store):
+    enc = make_encoder(model_store)
+    tables = brute_force_histories(model_store, [*TRAIN_DAYS, VALID_DAY])
+    enc.history = {d: history_arrays(t, MAX_LEN, enc.vocab, enc.catalog) for d, t in tables.items()}
+    return enc, tables
+
+
+SETTINGS = TrainSettings(epochs=2, batch_size=256, learning_rate=3e-3, num_threads=2)
+
+
+def test_the_loaders_padded_history_equals_the_raw_lists(model_store, history_encoder):  # noqa: F811
+    enc, tables = history_encoder
+    raw = {d: dict(zip(t["user_id"].to_pylist(), t["item_ids"].to_pylist())) for d, t in tables.items()}
+    data = committed_events_dataset(model_store, [TRAIN_DAYS[-1]])
+    users = data.to_table(columns=["user_id"])["user_id"].to_pylist()
+    batches = list(sequential_batches(data, enc, 1000))
+    hist_ids = np.concatenate([b["hist_ids"].numpy() for b in batches])
+    hist_rows = np.concatenate([b["hist_rows"].numpy() for b in batches])
+    assert len(hist_ids) == len(users) and (hist_ids != 0).any()
+    for i in range(0, len(users), 97):
+        items = raw[TRAIN_DAYS[-1]].get(users[i], [])[:MAX_LEN]
+        expected = enc.vocab.encode("item_id", pa.array(items, pa.string())).tolist() if items else []
+        assert hist_ids[i].tolist() == expected + [0] * (MAX_LEN - len(items))
+        rows = enc.catalog.rows(pa.array(items, pa.string())).tolist() if items else []
+        assert hist_rows[i].tolist() == rows + [-1] * (MAX_LEN - len(items))
+
+
+def test_history_aware_two_tower_exports_and_scores_like_its_weights(model_store, history_encoder):  # noqa: F811
+    enc, _ = history_encoder
+    train = committed_events_dataset(model_store, TRAIN_DAYS)
+    model, fit, counts = train_two_tower(train, enc, RetrievalHyper(embedding_dim=16, history_len=MAX_LEN), SETTINGS)
+    assert fit.history[-1]["loss"] < fit.history[0]["loss"] * 1.05
+    queries = evaluation_queries(committed_events_dataset(model_store, [VALID_DAY]), enc, enc.labels)
+    assert queries.day == VALID_DAY and (queries.hist_ids != 0).any()
+    vecs = query_vectors(model, queries, enc.catalog)
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    # a user without history still gets a vector (pooling over nothing is zeros, not NaN)
+    no_hist = model.query(
+        queries.cat[:3], queries.dense[:3], torch.zeros(3, MAX_LEN, dtype=torch.long), torch.zeros(3, MAX_LEN, 128)
+    )
+    assert torch.isfinite(no_hist).all()
+    served = load_program(query_tower_program(model))
+    content = padded_content(enc.catalog)
+    ids, rows = torch.from_numpy(queries.hist_ids[:16]), torch.from_numpy(queries.hist_rows[:16])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            served(queries.cat[:16], queries.dense[:16], ids, content[rows]),
+            torch.from_numpy(vecs[:16]),
+            atol=1e-5,
+            rtol=1e-4,
+        )
+    # every method on one protocol; seen-item exclusion takes the window's items out of every top-K
+    seen = seen_items(train, queries.user_ids, enc.catalog)
+    methods = compare_retrieval(
+        {"two-tower (history)": model}, queries, enc, pd.Timestamp(VALID_DAY, tz="UTC"), counts, counts, [10], seen
+    )
+    assert set(methods) == {"two-tower (history)", "most-popular", "recent-popular", "item-kNN"}
+    assert all(0 <= m["recall@10"] <= 1 for m in methods.values())
+
+
+def test_history_aware_ranker_exports_and_uses_the_history(model_store, history_encoder):  # noqa: F811
+    enc, _ = history_encoder
+    train = committed_events_dataset(model_store, TRAIN_DAYS)
+    model, _ = train_ranker(train, enc, RankerHyper(embedding_dim=8, history_len=MAX_LEN), SETTINGS)
+    scores, labels = score_ranker(model, committed_events_dataset(model_store, [VALID_DAY]), enc)
+    assert task_aucs(scores, labels)["liked"] > 0.6
+    served = load_program(export_program(model, ranker_example_inputs(model.cfg)))
+    b = next(sequential_batches(committed_events_dataset(model_store, [VALID_DAY]), enc, 64))
+    content = padded_content(enc.catalog)
+    inputs = (b["cat"], b["dense"], content[b["content_row"]], b["hist_ids"], content[b["hist_rows"]])
+    with torch.no_grad():
+        torch.testing.assert_close(served(*inputs), model(*inputs), atol=1e-5, rtol=1e-4)
+
+
+def test_baselines_match_brute_force_definitions():
+    counts = np.array([5, 9, 9, 0, 2])
+    ranked = rank_all(count_scores(counts), 2, 5, None)
+    assert (ranked == popularity_ranking(counts, 5)).all()  # ties by lower row, as the gate's baseline
+    seen = [np.array([1]), np.array([], np.int64)]
+    assert rank_all(count_scores(counts), 2, 3, seen).tolist() == [[2, 0, 4], [1, 2, 0]]
+
+    rng = np.random.default_rng(0)
+    population = np.where(rng.uniform(size=(40, 6)) < 0.6, rng.integers(0, 12, (40, 6)), -1)
+    profile = population[:5]
+    x = np.zeros((40, 12))
+    for u, row in enumerate(population):
+        x[u, row[row >= 0]] = 1
+    norm = np.sqrt(np.maximum(x.sum(0), 1))
+    sim = (x.T @ x) / norm[:, None] / norm[None, :]
+    p = np.zeros((5, 12))
+    for q, row in enumerate(profile):
+        p[q, row[row >= 0]] = 1
+    expected = p @ sim
+    got = item_knn_scores(profile, population, 12)(slice(0, 5)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+    relevant = [np.array([1]), np.array([2, 4])]
+    out = compare_methods({"pop": count_scores(counts)}, relevant, [1, 2], 5)
+    assert out["pop"]["recall@1"] == pytest.approx((1 + 0) / 2) and out["pop"]["coverage@10"] == 1.0
+
+    # item prior: (positives + m * rate) / (events + m) per item, scored on the validation rows
+    train = [
+        {"content_row": torch.tensor([0, 0, 1, 1, 1]), "labels": torch.tensor([[1.0], [1.0], [0.0], [1.0], [0.0]])}
+    ]
+    valid = [{"content_row": torch.tensor([0, 1, 1, 0]), "labels": torch.tensor([[1.0], [0.0], [1.0], [0.0]])}]
+    rate = 3 / 5
+    prior = np.array([(2 + 2 * rate) / (2 + 2), (1 + 2 * rate) / (3 + 2)])
+    expected_auc = roc_auc(np.array([1, 0, 1, 0]), prior[[0, 1, 1, 0]])
+    got_prior = smoothed_label_rates(((b["content_row"].numpy(), b["labels"].numpy()) for b in train), 2, 1, 2.0)
+    np.testing.assert_allclose(got_prior[:, 0], prior)
+    assert item_prior_aucs(got_prior, valid, ("liked",), None) == {"liked": pytest.approx(expected_auc)}
+
+
+def test_early_stopping_keeps_the_best_holdout_epoch_and_never_trains_on_the_holdout(model_store, history_encoder):  # noqa: F811
+    from recsys_assets.ml.loader import holdout_user_ids
+
+    enc, _ = history_encoder
+    train = committed_events_dataset(model_store, TRAIN_DAYS)
+    held = holdout_user_ids(enc.vocab, 20.0)
+    assert 0 < len(held) < enc.vocab.cardinality("user_id")
+    settings = TrainSettings(epochs=5, batch_size=256, learning_rate=2e-2, num_threads=2)
+    model, fit = train_ranker(train, enc, RankerHyper(embedding_dim=8), settings, holdout_users=held, patience=1)
+    losses = [h["holdout_loss"] for h in fit.history]
+    assert fit.best_epoch == int(np.argmin(losses))
+    assert len(fit.history) == 5 or fit.history[-1]["epoch"] - fit.best_epoch == 1  # stopped after `patience`
+    # trained rows exclude the held-out users: fewer samples per epoch than the window has rows
+    held_rows = train.count_rows(filter=pa.compute.field("user_id").isin(held))
+    assert fit.history[0]["samples"] == train.count_rows() - held_rows > 0
+    # the model ends with the best epoch's weights: its holdout loss is the best one
+    from recsys_assets.ml.models import ranker_loss
+    from recsys_assets.ml.ranker import history_inputs
+
+    content = padded_content(enc.catalog)
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for b in sequential_batches(train, enc, 256, filter=pa.compute.field("user_id").isin(held)):
+            logits = model(b["cat"], b["dense"], content[b["content_row"]], *history_inputs(model, b, content))
+            total += float(ranker_loss(model, logits, b["labels"], [1.0] * 4)) * len(b["labels"])
+            n += len(b["labels"])
+    assert total / n == pytest.approx(min(losses), rel=1e-5)
+
+
+def test_the_recency_prior_dimension_gives_the_prior_weighted_score():
+    from recsys_assets.ml.retrieval import with_recency_prior
+
+    rng = np.random.default_rng(1)
+    q, items, counts = rng.normal(size=(5, 8)), rng.normal(size=(30, 8)), rng.integers(0, 50, 30)
+    qa, ia = with_recency_prior(q, items, counts, weight=2.0, temperature=0.05)
+    expected = q @ items.T / 0.05 + 2.0 * np.log1p(counts)[None, :]
+    np.testing.assert_allclose(qa @ ia.T / 0.05, expected, rtol=1e-4, atol=1e-3)

@@ -1,0 +1,113 @@
+"""Vocabulary stability and encoding, dense moments, and the offline metrics against brute-force definitions."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from recsys_assets.config.training import TrainingConfigError, load_training_spec
+from recsys_assets.ml.features import OOV_ID, Vocab, build_vocab, count_tokens, dense_moments, merge_vocab, oov_rates
+from recsys_assets.ml.metrics import exact_top_k, group_relevant, popularity_ranking, recall_ndcg_at_k, roc_auc
+
+
+def batches_of(values: list, size: int, column: str = "f"):
+    return [
+        pa.RecordBatch.from_pydict({column: pa.array(values[i : i + size], pa.string())})
+        for i in range(0, len(values), size)
+    ]
+
+
+def test_count_tokens_over_batches_equals_value_counts_and_skips_nulls():
+    rng = np.random.default_rng(0)
+    values = [None if x == 0 else f"t{x}" for x in rng.integers(0, 40, 5000)]
+    counts = count_tokens(batches_of(values, 333), ["f"], compact_every=4)["f"]
+    expected = pd.Series([v for v in values if v is not None]).value_counts()
+    assert counts.sort_index().equals(expected.sort_index().astype("int64").rename(None).rename_axis(None))
+
+
+def test_merge_vocab_keeps_old_ids_appends_new_tokens_by_count_and_drops_rare_new_ones():
+    day1 = merge_vocab(None, pd.Series({"a": 5, "b": 9, "c": 1}), min_count=2)
+    assert day1[["token", "index", "count"]].values.tolist() == [["b", 2, 9], ["a", 3, 5]]
+    # Day 2: b unseen, c now frequent, d and e new (e too rare), a seen again.
+    day2 = merge_vocab(day1, pd.Series({"a": 2, "c": 4, "d": 7, "e": 1}), min_count=2)
+    assert day2[["token", "index", "count"]].values.tolist() == [["b", 2, 0], ["a", 3, 2], ["d", 4, 7], ["c", 5, 4]]
+
+
+def test_vocab_encodes_unknown_and_null_to_oov_and_round_trips_through_parquet_table():
+    v = build_vocab(None, {"user_id": pd.Series({"u1": 3, "u2": 5}), "region": pd.Series({"r": 2})}, min_count=2)
+    got = v.encode("user_id", pa.chunked_array([pa.array(["u2", "u1", "zz", None, "u2"])]))
+    assert got.tolist() == [2, 3, OOV_ID, OOV_ID, 2]
+    assert v.cardinality("user_id") == 4 and v.cardinality("region") == 3
+    again = Vocab.from_table(v.to_table())
+    assert again.encode("user_id", pa.array(["u1", "u2"])).tolist() == [3, 2]
+    assert oov_rates(v, [pa.RecordBatch.from_pydict({"user_id": ["u1", "x", "y", "u2"], "region": ["r"] * 4})]) == {
+        "user_id": 0.5,
+        "region": 0.0,
+    }
+
+
+def test_vocab_rejects_non_contiguous_ids():
+    with pytest.raises(ValueError, match="contiguous"):
+        Vocab({"f": pd.DataFrame({"token": ["a", "b"], "index": [2, 4], "count": [1, 1]})})
+
+
+def test_dense_moments_match_numpy_over_batches():
+    rng = np.random.default_rng(1)
+    cols = {
+        "item_video_length_s": rng.uniform(1, 100, 1000),
+        "item_age_days": rng.uniform(0, 30, 1000),
+        "user_tenure_days": rng.uniform(0, 900, 1000),
+    }
+    tbl = pa.table(cols)
+    m = dense_moments(tbl.to_batches(max_chunksize=128))
+    assert m["item_video_length_s"]["mean"] == pytest.approx(np.log1p(cols["item_video_length_s"]).mean())
+    assert m["item_age_days"]["std"] == pytest.approx(cols["item_age_days"].std())
+    assert m["user_tenure_days"]["transform"] == "log1p"
+
+
+def brute_auc(y, s):
+    pos, neg = s[y == 1], s[y == 0]
+    return np.mean([1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(pos, neg)])
+
+
+def test_roc_auc_equals_pairwise_definition_with_ties():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 300)
+    s = np.round(rng.normal(y * 0.7, 1.0), 1)  # rounding makes many ties
+    assert roc_auc(y, s) == pytest.approx(brute_auc(y, s))
+    assert roc_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4])) == 1.0
+    assert np.isnan(roc_auc(np.ones(5), np.arange(5)))
+
+
+def test_recall_and_ndcg_at_k_on_a_hand_computed_case():
+    ranked = np.array([[3, 1, 7, 9], [2, 4, 6, 8]])
+    relevant = [np.array([1, 9]), np.array([5])]
+    m = recall_ndcg_at_k(ranked, relevant, [2, 4])
+    assert m["recall@2"] == pytest.approx((0.5 + 0.0) / 2)
+    assert m["recall@4"] == pytest.approx((1.0 + 0.0) / 2)
+    ndcg_q1 = (1 / np.log2(3) + 1 / np.log2(5)) / (1 + 1 / np.log2(3))
+    assert m["ndcg@4"] == pytest.approx(ndcg_q1 / 2)
+
+
+def test_exact_top_k_popularity_and_grouping():
+    rng = np.random.default_rng(3)
+    q, c = rng.normal(size=(20, 8)).astype(np.float32), rng.normal(size=(50, 8)).astype(np.float32)
+    assert (exact_top_k(q, c, 5, chunk=7) == np.argsort(-(q @ c.T), axis=1)[:, :5]).all()
+    assert popularity_ranking(np.array([3, 9, 9, 1]), 3).tolist() == [1, 2, 0]
+    groups = group_relevant(np.array([1, 0, 1, 1]), np.array([4, 2, 4, 3]), 3)
+    assert [g.tolist() for g in groups] == [[2], [3, 4], []]
+
+
+def test_training_yaml_errors_name_the_key(tmp_path):
+    bad = tmp_path / "t.yaml"
+    bad.write_text("window_days: 7\nvocab:\n  features: [user_id, colour]\n")
+    with pytest.raises(TrainingConfigError, match="vocab"):
+        load_training_spec(str(bad))
+    bad.write_text("checks:\n  ranker_min_auc: {clicked: 0.6}\n")
+    with pytest.raises(TrainingConfigError, match="clicked"):
+        load_training_spec(str(bad))
+    assert load_training_spec().window_days == 7

@@ -1,0 +1,231 @@
+"""The serving hand-off through Dagster on generated data and the local PostgreSQL server: two trained days ->
+two registered releases in a Triton-style repository -> promotion -> A/B config (holdback on the previous
+version) -> Postgres feed -> skew check -> online CTR from simulated logs -> rollback from the rollback job."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psycopg2
+import pyarrow as pa
+import pytest
+import torch
+
+from recsys_assets.config.serving import load_serving_spec
+from recsys_assets.core.readers import read_history_table
+from recsys_assets.ml.artifacts import ArtifactDir
+from recsys_assets.ml.models import MMoERanker, RankerConfig
+from recsys_assets.ml.release import load_release
+from recsys_assets.ml.scoring import ReleaseHistory
+from recsys_assets.serving import registry
+from recsys_assets.serving.feed import active_users
+from recsys_assets.serving.online_eval import IMPRESSION_COLUMNS, read_raw_plays
+from recsys_assets.serving.serving_config import latest_config, user_buckets
+from recsys_assets.synthetic.online_logs import simulate_impressions, write_online_feature_sample
+from resources.postgres import PostgresResource
+from resources.storage import StorageResource
+from resources.store import DatasetStore
+from tests.helpers import DAYS, LENIENT, PG_DSN, check_results, defs_with, run_job, train_day, training_yaml
+
+pytestmark = pytest.mark.slow
+
+
+def _resources(root, pg_database) -> dict:
+    return {
+        "storage": StorageResource(data_root=str(root)),
+        "postgres": PostgresResource(host=PG_DSN["host"], port=PG_DSN["port"], user=PG_DSN["user"], dbname=pg_database),
+    }
+
+
+def serve(day, instance, root, pg_database):
+    return run_job("serving_job", day, instance, _resources(root, pg_database))
+
+
+def feed_rows(pg_database, day) -> pd.DataFrame:
+    with psycopg2.connect(dbname=pg_database, **PG_DSN) as conn:
+        return pd.read_sql_query("SELECT * FROM feed WHERE dt = %s ORDER BY user_id, rank", conn, params=(day,))
+
+
+def brute_force_ctr(impressions: pd.DataFrame, plays: pd.DataFrame, minutes: int) -> dict[str, tuple[int, int]]:
+    """Clicks and impressions per arm, one impression at a time (the reference for the vectorised version)."""
+    by_pair: dict[tuple[str, str], list] = {}
+    for r in plays.itertuples():
+        by_pair.setdefault((r.user_id, r.item_id), []).append(r.event_ts)
+    out: dict[str, list[int]] = {}
+    for r in impressions.itertuples():
+        hit = any(
+            r.served_at <= ts <= r.served_at + pd.Timedelta(minutes=minutes)
+            for ts in by_pair.get((r.user_id, r.item_id), [])
+        )
+        c = out.setdefault(r.arm, [0, 0])
+        c[0] += int(hit)
+        c[1] += 1
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def test_two_releases_feed_ab_split_skew_online_ctr_and_rollback(instance, trained_root, tmp_path, pg_database):
+    store = DatasetStore(str(trained_root))
+    spec = load_serving_spec()
+    # Three small days: the gates run, the lift over most-popular is not what is under test here.
+    cfg_path = training_yaml(tmp_path, **{**LENIENT, "retrieval_min_lift_over_popularity": 0.0})
+    # Release 1 is the history-free design (what releases before user_history were), release 2 history-aware: the
+    # A/B feed serves both signatures, and rolling back to release 1 keeps working.
+    history_free = training_yaml(
+        tmp_path, history={"enabled": False}, **{**LENIENT, "retrieval_min_lift_over_popularity": 0.0}
+    )
+    day1, day2 = DAYS[1], DAYS[2]
+
+    # Release 1: train day 2 (window day 1), a skew-free online sample, then the serving job's assets.
+    assert train_day(day1, instance, trained_root, history_free).success
+    logged = write_online_feature_sample(store, day1, spec.skew.online_feature_log)
+    result = serve(day1, instance, trained_root, pg_database)
+    assert result.success
+    assert check_results(result) == {"serving_config_valid": True, "feature_skew_within_limits": True}
+    meta = {
+        e.asset_key.path[-1]: e.step_materialization_data.materialization.metadata
+        for e in result.get_asset_materialization_events()
+    }
+    assert meta["model_repository"]["version"].value == 1 and meta["model_repository"]["checks_passed"].value is True
+    assert meta["model_promotion"]["decision"].value == "promoted v1 (replaced nothing)"
+    assert meta["feature_skew_report"]["online_rows"].value == logged > 0
+    # the history the models read is a compared feature too (logged online, user_history offline): no skew here
+    assert meta["feature_skew_report"]["history_length"].value == "compared"
+    skew1 = store.read_json(store.committed_path("feature_skew_report", day1, "report.json"))
+    row = next(f for f in skew1["features"] if f["feature"] == "history_length")
+    assert row["passed"] and row["online_mean"] > 0
+
+    # Triton-style layout, and the served ranker program equals the trained model on the same inputs.
+    repo = Path(trained_root) / "model_repository"
+    for name in (
+        "recsys_ranker",
+        "recsys_query_tower",
+        "recsys_item_tower",
+        "recsys_retrieval_index",
+        "recsys_cold_start_index",
+        "recsys_feed",
+    ):
+        assert (repo / name / "config.pbtxt").read_text().startswith(f'name: "{name}"')
+        assert (repo / name / "1").is_dir()
+    ranker_cfg = (repo / "recsys_ranker" / "config.pbtxt").read_text()
+    assert 'backend: "pytorch"' in ranker_cfg and 'name: "cat" data_type: TYPE_INT64 dims: [ -1, 8 ]' in ranker_cfg
+    release = json.loads((repo / "recsys_feed" / "1" / "release.json").read_text())
+    assert release["partition_day"] == day1 and release["components"]["recsys_ranker"]["source"].startswith(
+        f"ranker_model/dt={day1}/"
+    )
+    loaded = load_release(store, 1)
+    src = ArtifactDir.committed(store, "ranker_model", day1)
+    eager = MMoERanker(RankerConfig(**src.read_json("model_config.json")))
+    eager.load_state_dict(src.read_torch("model.pt"))
+    eager.eval()
+    g = torch.Generator().manual_seed(0)
+    cat = torch.stack([torch.randint(0, c, (64,), generator=g) for c in eager.cfg.cardinalities], dim=1)
+    dense, content = (
+        torch.randn(64, eager.cfg.num_dense, generator=g),
+        torch.randn(64, eager.cfg.content_dim, generator=g),
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.ranker(cat, dense, content), eager(cat, dense, content))
+    assert eager.cfg.history_len == 0 and "hist_ids" not in ranker_cfg
+
+    # The feed: every active user, k_feed items each, ranks 1..k in descending score, all from production v1.
+    feed1 = feed_rows(pg_database, day1)
+    users = active_users(store, day1)
+    assert set(feed1["user_id"]) == set(users["user_id"])
+    per_user = feed1.groupby("user_id")
+    assert per_user.size().max() == spec.feed.k_feed and per_user.size().min() >= 1
+    assert (per_user["score"].diff().dropna() <= 1e-12).all()
+    assert set(feed1["model_version"]) == {1} and set(feed1["arm"]) == {"production"}
+    assert not feed1.duplicated(["user_id", "item_id"]).any()
+
+    # Online CTR from simulated serving logs of day 3 equals a brute-force count.
+    served = simulate_impressions(
+        store,
+        feed1[["user_id", "item_id", "rank", "model_version", "arm"]],
+        day1,
+        spec.online_evaluation.impressions_log,
+    )
+    assert served > 0
+    ev = run_job("online_evaluation_job", day1, instance, _resources(trained_root, pg_database))
+    report = store.read_json(store.committed_path("online_evaluation", day1, "report.json"))
+    impressions = pd.read_parquet(Path(trained_root) / "online_logs" / "impressions" / f"dt={day1}")
+    assert list(impressions.columns) == IMPRESSION_COLUMNS
+    expected = brute_force_ctr(impressions, read_raw_plays(store, day2), spec.online_evaluation.plays_window_minutes)
+    assert {r["arm"]: (r["clicks"], r["impressions"]) for r in report["arms"]} == expected
+    assert ev.success and sum(c for c, _ in expected.values()) > 0
+
+    # Release 2 (day 3) with a skewed online sample: v2 promoted, v1 becomes the 10% holdback arm, skew warns.
+    assert train_day(day2, instance, trained_root, cfg_path).success
+    write_online_feature_sample(
+        store,
+        day2,
+        spec.skew.online_feature_log,
+        transform=lambda df: df.assign(user_tenure_days=df["user_tenure_days"] * 24),
+    )
+    result = serve(day2, instance, trained_root, pg_database)
+    assert result.success
+    assert check_results(result) == {"serving_config_valid": True, "feature_skew_within_limits": False}
+    skew = store.read_json(store.committed_path("feature_skew_report", day2, "report.json"))
+    assert [f["feature"] for f in skew["features"] if not f["passed"]] == ["user_tenure_days"]
+    cfg = latest_config(store)
+    assert [(a["name"], a["model_version"], a["buckets"]) for a in cfg["arms"]] == [
+        ("production", 2, [0, 90]),
+        ("holdback", 1, [90, 100]),
+    ]
+    # Release 2 takes the user's history: in its Triton config, and, in the feed, each user's history as of the
+    # serving day from user_history, encoded with the release's own vocabulary.
+    for name in ("recsys_ranker", "recsys_query_tower"):
+        text = (repo / name / "config.pbtxt").read_text()
+        assert 'name: "hist_ids" data_type: TYPE_INT64 dims: [ -1, 20 ]' in text, name
+        assert 'name: "hist_content" data_type: TYPE_FP32 dims: [ -1, 20, 128 ]' in text, name
+    release2 = load_release(store, 2)
+    history = read_history_table(store, day2)
+    hist = ReleaseHistory(release2, history)
+    user = max(history.to_pylist(), key=lambda r: len(r["item_ids"]))
+    ids, content = hist.query_inputs(np.array([user["user_id"], "nobody"], dtype=object))
+    expected = release2.query_vocab.encode("item_id", pa.array(user["item_ids"][:20], pa.string()))
+    assert ids[0, : len(expected)].tolist() == expected.tolist() and (ids[1] == 0).all()
+    row = release2.catalog.rows(pa.array(user["item_ids"][:1], pa.string()))[0]
+    if row >= 0:
+        assert torch.equal(content[0, 0], torch.from_numpy(release2.catalog.embeddings[row]))
+    with pytest.raises(ValueError, match="no user_history"):
+        ReleaseHistory(release2, None)
+
+    feed2 = feed_rows(pg_database, day2)
+    by_user = feed2.drop_duplicates("user_id").set_index("user_id")
+    buckets = user_buckets(by_user.index.to_numpy(dtype=object), cfg["salt"], cfg["buckets"])
+    assert (by_user["model_version"].to_numpy() == np.where(buckets < 90, 2, 1)).all()
+    assert (by_user["arm"].to_numpy() == np.where(buckets < 90, "production", "holdback")).all()
+    assert 0.03 < (buckets >= 90).mean() < 0.2
+    assert len(feed_rows(pg_database, day1)) == len(feed1)  # day 2's feed is untouched
+
+    # One UI action: the rollback job returns production to v1 and republishes the config.
+    res = (
+        defs_with(_resources(trained_root, pg_database))
+        .resolve_job_def("rollback_model_job")
+        .execute_in_process(
+            instance=instance, run_config={"ops": {"rollback_production": {"config": {"reason": "test"}}}}
+        )
+    )
+    assert res.success
+    with psycopg2.connect(dbname=pg_database, **PG_DSN) as conn:
+        assert registry.production_version(conn, "recsys_feed") == 1
+        assert [
+            (d["action"], d["from_version"], d["to_version"]) for d in registry.deployments(conn, "recsys_feed")
+        ] == [("promote", None, 1), ("promote", 1, 2), ("rollback", 2, 1)]
+    cfg = latest_config(store)
+    assert cfg["config_version"] == 3 and [(a["name"], a["model_version"]) for a in cfg["arms"]] == [
+        ("production", 1),
+        ("holdback", None),
+    ]
+
+    # The data root is a trust boundary: a release program swapped after export is refused, never unpickled.
+    from recsys_assets.ml.release import UntrustedReleaseError, version_dir
+
+    program = Path(version_dir(store, "recsys_ranker", 1).path("model.pt2"))
+    program.write_bytes(program.read_bytes() + b"\0")
+    with pytest.raises(UntrustedReleaseError, match="recsys_ranker/1/model.pt2 differs from what was exported"):
+        load_release(store, 1)
+    load_release(store, 2)  # the untouched release still loads

@@ -1,0 +1,198 @@
+"""Serving hand-off logic without Dagster: A/B bucket assignment and config validation, skew statistics, online
+CTR, stratified sampling."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from recsys_assets.config.serving import ABSpec, ArmSpec, load_serving_spec
+from recsys_assets.serving.feed import stratified_users
+from recsys_assets.serving.online_eval import online_metrics
+from recsys_assets.serving.serving_config import arm_of_buckets, resolve_arms, user_buckets, validate_serving_config
+from recsys_assets.serving.skew import feature_skew, ks_2samp, numeric_psi, psi
+
+
+def test_user_buckets_are_the_documented_md5_rule_stable_and_near_uniform():
+    users = np.array([f"u{i:07d}" for i in range(20_000)], dtype=object)
+    b = user_buckets(users, "salt-x", 100)
+    expected = int.from_bytes(hashlib.md5(b"salt-x:u0000042").digest()[:8], "big") % 100
+    assert b[42] == expected
+    assert (user_buckets(users, "salt-x", 100) == b).all()
+    counts = np.bincount(b, minlength=100)
+    assert counts.min() > 140 and counts.max() < 260  # 200 expected per bucket
+    assert (user_buckets(users, "salt-y", 100) != b).mean() > 0.9  # a new salt reshuffles
+
+
+def test_resolve_arms_covers_every_bucket_once_and_gives_missing_arms_traffic_to_the_first():
+    spec = ABSpec(
+        salt="s",
+        buckets=100,
+        arms=[
+            ArmSpec(name="production", model="production", traffic_pct=90),
+            ArmSpec(name="holdback", model="previous_production", traffic_pct=10),
+        ],
+    )
+    arms, notes = resolve_arms(spec, production=7, previous_production=6)
+    assert [(a["name"], a["model_version"], a["buckets"]) for a in arms] == [
+        ("production", 7, [0, 90]),
+        ("holdback", 6, [90, 100]),
+    ]
+    assert notes == []
+    cfg = {"buckets": 100, "arms": arms}
+    assert validate_serving_config(cfg, {6, 7}, {6, 7}, 7) == []
+    names, versions = arm_of_buckets(np.array([0, 89, 90, 99]), cfg)
+    assert names.tolist() == ["production", "production", "holdback", "holdback"] and versions.tolist() == [7, 7, 6, 6]
+
+    arms, notes = resolve_arms(spec, production=1, previous_production=None)
+    assert arms[0]["traffic_pct"] == 100 and arms[0]["buckets"] == [0, 100] and arms[1]["buckets"] == [100, 100]
+    assert "holdback" in notes[0]
+    assert validate_serving_config({"buckets": 100, "arms": arms}, {1}, {1}, 1) == []
+
+    three = ABSpec(
+        salt="s",
+        buckets=7,
+        arms=[ArmSpec(name=n, model=v, traffic_pct=100 / 3) for n, v in (("a", 1), ("b", 2), ("c", 3))],
+    )
+    arms, _ = resolve_arms(three, production=1, previous_production=None)
+    assert arms[0]["buckets"][0] == 0 and arms[-1]["buckets"][1] == 7
+    assert all(a["buckets"][1] == b["buckets"][0] for a, b in zip(arms, arms[1:]))
+
+
+def test_validation_names_every_problem():
+    cfg = {
+        "buckets": 100,
+        "arms": [
+            {"name": "production", "model": "production", "model_version": 3, "traffic_pct": 80, "buckets": [0, 80]},
+            {"name": "b", "model": 9, "model_version": 9, "traffic_pct": 30, "buckets": [70, 100]},
+        ],
+    }
+    problems = validate_serving_config(cfg, registered_versions={3, 4}, repository_versions={3}, production=4)
+    text = " | ".join(problems)
+    assert "sum to 110" in text
+    assert "version 9, which is not in the registry" in text
+    assert "version 9, which has no complete release" in text
+    assert "covered [2] times" in text
+    assert "production arm serves 3, registry production is 4" in text
+
+
+def test_psi_and_ks_match_reference_values():
+    assert psi(np.array([50, 50]), np.array([50, 50])) == 0.0
+    # Hand computation: shares 0.5/0.5 -> 0.8/0.2: (0.3 ln 1.6) + (-0.3 ln 0.4)
+    assert psi(np.array([5, 5]), np.array([8, 2])) == pytest.approx(0.3 * np.log(1.6) - 0.3 * np.log(0.4))
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(0, 1, 5000), rng.normal(0.1, 1, 4000)
+    d, p = ks_2samp(x, y)
+    ref = stats.ks_2samp(x, y)
+    assert d == pytest.approx(ref.statistic, abs=1e-12)
+    assert p == pytest.approx(ref.pvalue, rel=0.15, abs=1e-6)
+    assert numeric_psi(x, rng.normal(0, 1, 5000), 10) < 0.02
+    assert numeric_psi(x, x * 3, 10) > 0.5
+
+
+def test_feature_skew_flags_only_the_skewed_features():
+    rng = np.random.default_rng(1)
+    n = 20_000
+    offline = pd.DataFrame(
+        {
+            "tenure": rng.exponential(100, n),
+            "length": rng.uniform(5, 60, n),
+            "region": rng.choice(["IN-N", "IN-S", "IN-W"], n, p=[0.5, 0.3, 0.2]),
+        }
+    )
+    online = pd.DataFrame(
+        {
+            "tenure": rng.exponential(100, n // 5) * 24,  # a unit bug: hours instead of days
+            "length": rng.uniform(5, 60, n // 5),
+            "region": rng.choice(["IN-N", "IN-S", "IN-W"], n // 5, p=[0.5, 0.3, 0.2]),
+        }
+    )
+    rows = {r["feature"]: r for r in feature_skew(offline, online, ["tenure", "length"], ["region"], 10, 0.2, 0.1)}
+    assert not rows["tenure"]["passed"] and rows["tenure"]["psi"] > 1 and rows["tenure"]["ks"] > 0.5
+    assert rows["length"]["passed"] and rows["region"]["passed"]
+    with pytest.raises(ValueError, match="lacks columns"):
+        feature_skew(offline, online.drop(columns="region"), ["tenure"], ["region"], 10, 0.2, 0.1)
+
+
+def test_online_ctr_counts_plays_of_served_items_within_the_window_only():
+    t0 = pd.Timestamp("2024-03-03 08:00", tz="UTC")
+    imp = pd.DataFrame(
+        {
+            "user_id": ["a", "a", "b", "b", "c"],
+            "item_id": ["i1", "i2", "i1", "i3", "i9"],
+            "rank": [1, 2, 1, 2, 1],
+            "model_version": [2, 2, 1, 1, 2],
+            "arm": ["production", "production", "holdback", "holdback", "production"],
+            "served_at": [t0, t0, t0, t0, t0],
+        }
+    )
+    plays = pd.DataFrame(
+        {
+            "user_id": ["a", "a", "b", "b", "c"],
+            "item_id": ["i2", "i1", "i3", "i7", "i9"],
+            "event_ts": [
+                t0 + pd.Timedelta(minutes=30),  # a/i2 clicked
+                t0 - pd.Timedelta(minutes=5),  # a/i1 before serving: not a click
+                t0 + pd.Timedelta(minutes=61),  # b/i3 after the window: not a click
+                t0 + pd.Timedelta(minutes=1),  # b/i7 not served
+                t0 + pd.Timedelta(minutes=60),
+            ],  # c/i9 on the boundary: clicked
+        }
+    )
+    rows = {r["arm"]: r for r in online_metrics(imp, plays, pd.Timedelta(minutes=60))}
+    assert rows["production"] == {
+        "arm": "production",
+        "model_version": 2,
+        "impressions": 3,
+        "users": 2,
+        "clicks": 2,
+        "ctr": pytest.approx(2 / 3),
+        "user_hit_rate": 1.0,
+        "mean_clicked_rank": 1.5,
+    }
+    assert rows["holdback"]["clicks"] == 0 and rows["holdback"]["user_hit_rate"] == 0.0
+
+
+def test_stratified_sample_takes_at_most_n_users_per_segment_deterministically():
+    users = pd.DataFrame({"user_id": [f"u{i}" for i in range(100)], "user_region": ["N"] * 70 + ["S"] * 25 + ["W"] * 5})
+    a = stratified_users(users, "user_region", 10, "salt")
+    assert a.groupby("user_region").size().to_dict() == {"N": 10, "S": 10, "W": 5}
+    assert stratified_users(users, "user_region", 10, "salt").equals(a)
+    with pytest.raises(ValueError, match="stratify_by column 'tier'"):
+        stratified_users(users, "tier", 10, "salt")
+
+
+def test_packaged_serving_yaml_is_valid():
+    spec = load_serving_spec()
+    assert sum(a.traffic_pct for a in spec.ab.arms) == 100
+    assert spec.feed.k_feed <= spec.feed.k_retrieve
+
+
+def test_impressions_log_sensor_requests_one_online_evaluation_per_log_marker(tmp_path):
+    import datetime as dt
+
+    from dagster import build_sensor_context
+
+    from recsys_assets.config.files import ConfigFilesResource
+    from recsys_assets.core.days import last_complete_day
+    from recsys_assets.serving.automation import impressions_log_sensor
+    from resources.storage import StorageResource
+
+    day = (dt.date.fromisoformat(last_complete_day(dt.datetime.now(dt.UTC))) - dt.timedelta(days=1)).isoformat()
+    folder = tmp_path / "online_logs" / "impressions" / f"dt={day}"
+    folder.mkdir(parents=True)
+    with build_sensor_context(
+        resources={"storage": StorageResource(data_root=str(tmp_path)), "config_files": ConfigFilesResource()}
+    ) as ctx:
+        assert impressions_log_sensor(ctx).skip_message.startswith("no impressions logs")
+    (folder / "_SUCCESS").write_bytes(b"")
+    with build_sensor_context(
+        resources={"storage": StorageResource(data_root=str(tmp_path)), "config_files": ConfigFilesResource()}
+    ) as ctx:
+        requests = impressions_log_sensor(ctx)
+    assert [r.partition_key for r in requests] == [day]
+    assert requests[0].run_key.startswith(f"online_eval:{day}:")
