@@ -26,7 +26,7 @@ from resources.dataproc import DataprocSparkResource
 from resources.notifier import NotifierResource
 from resources.postgres import PostgresResource
 from resources.spark import SparkResource, SparkSubmitResource, default_class_archive
-from resources.storage import StorageResource
+from resources.storage import DATA_ROOT_ENV, DEFAULT_DATA_ROOT, StorageResource
 from resources.training import TrainingResource
 
 # Modules, not their `defs`: Dagster's loader requires exactly one Definitions at this module's scope.
@@ -74,7 +74,7 @@ def spark_backend():
 
 def default_resources() -> dict:
     return {
-        "storage": StorageResource(data_root=_env("RECSYS_DATA_ROOT", "./data")),
+        "storage": StorageResource(data_root=_env(DATA_ROOT_ENV, DEFAULT_DATA_ROOT)),
         "config_files": ConfigFilesResource.from_env(),
         "spark": spark_backend(),
         "training": TrainingResource(device=_env("RECSYS_TRAINING_DEVICE", "auto")),

@@ -8,6 +8,15 @@ from pydantic import Field, PrivateAttr
 
 from resources.store import DatasetStore
 
+DATA_ROOT_ENV, DEFAULT_DATA_ROOT = "RECSYS_DATA_ROOT", "./data"
+
+
+def data_root_from_env() -> str:
+    """The deployment's data root (RECSYS_DATA_ROOT, else ./data): what Definitions and the command lines use."""
+    import os
+
+    return os.environ.get(DATA_ROOT_ENV, DEFAULT_DATA_ROOT)
+
 
 class StorageResource(ConfigurableResource):
     """Where all data lives: raw inputs (upstream contract) and derived, committed partitions."""

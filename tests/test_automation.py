@@ -130,6 +130,39 @@ def test_success_file_sensor_reports_each_new_file_once_and_automation_runs_its_
     assert rerun.get_requested_partitions(AssetKey("filtered_events")) == {"2024-03-02"}
 
 
+def test_success_file_cursor_stays_correct_past_the_days_it_remembers(tmp_path):
+    """405 success files (more than CURSOR_DAYS_KEPT): each day is reported once, later ticks report nothing, and an
+    old day re-delivered after the cursor forgot it is reported again, once."""
+    from recsys_assets.datagen.automation import CURSOR_DAYS_KEPT
+    from resources.storage import StorageResource
+    from resources.store import DatasetStore
+
+    store = DatasetStore(str(tmp_path))
+    days = [(dt.date(2024, 1, 1) + dt.timedelta(days=i)).isoformat() for i in range(405)]
+    assert len(days) > CURSOR_DAYS_KEPT
+    for day in days:
+        store.write_bytes_atomic(store.raw_success_file(day), b"done")
+    resources = {"storage": StorageResource(data_root=str(tmp_path))}
+
+    def tick(cursor):
+        with build_sensor_context(resources=resources, cursor=cursor) as ctx:
+            return raw_success_file_sensor(ctx)
+
+    first = tick(None)
+    assert len(first.asset_events) == 405 * 4 and {e.partition for e in first.asset_events} == set(days)
+    cursor = first.cursor
+    for _ in range(3):  # quiet ticks stay quiet (the cursor used to forget the oldest days and report them again)
+        quiet = tick(cursor)
+        assert isinstance(quiet, SkipReason), [e.partition for e in quiet.asset_events][:8]
+    path = store.raw_success_file(days[1])  # forgotten by the cursor's day list, re-delivered by upstream
+    newest = max(os.stat(store.raw_success_file(d)).st_mtime_ns for d in days)
+    os.utime(path, ns=(newest + 10**9, newest + 10**9))
+    store.write_bytes_atomic(store.raw_success_file("2025-06-01"), b"done")
+    redo = tick(cursor)
+    assert sorted({e.partition for e in redo.asset_events}) == [days[1], "2025-06-01"]
+    assert isinstance(tick(redo.cursor), SkipReason)
+
+
 def test_overdue_days_after_due_plus_grace():
     # Day 2024-03-01 (IST) ends 2024-03-01T18:30Z; raw data is due 5 h later and alerted on 3 h after that.
     deadline = dt.datetime(2024, 3, 2, 2, 30, tzinfo=dt.UTC)
@@ -259,6 +292,197 @@ def test_hanging_webhook_never_stalls_a_tick_and_each_failure_is_delivered_exact
     assert len(texts) == 10 and len(set(texts)) == 10
     assert all(sum(f"failure {i}\n" in t for t in texts) == 1 for i in range(10))
     assert len(_jsonl(tmp_path)) == 10
+
+
+def test_a_burst_of_failures_between_ticks_is_notified_in_full(instance, tmp_path):
+    """130 failed evaluations of one check between two ticks (more than one page of the check history): each is
+    queued once; none of the oldest is skipped."""
+    for i in range(130):  # one runless evaluation per partition: 130 days
+        _store_failed_evaluation(instance, (dt.date(2024, 1, 1) + dt.timedelta(days=i)).isoformat(), f"failure {i}")
+    notifier = NotifierResource(jsonl_path=str(tmp_path / "n.jsonl"))
+    with build_sensor_context(instance=instance, definitions=DEFS, resources={"notifier": notifier}) as ctx:
+        assert "queued 130" in check_failure_sensor(ctx).skip_message
+        cursor = ctx.cursor
+    bodies = sorted(int(r["body"].split()[-1]) for r in _jsonl(tmp_path))
+    assert bodies == list(range(130))
+    with build_sensor_context(
+        instance=instance, definitions=DEFS, resources={"notifier": notifier}, cursor=cursor
+    ) as ctx:
+        assert "queued 0" in check_failure_sensor(ctx).skip_message
+
+
+def test_a_locked_outbox_bounds_the_tick_and_loses_nothing(instance, tmp_path):
+    """Another process holds the outbox locked: the check sensor's tick fails within the lock timeout instead of
+    waiting 30 s per notification, its cursor does not pass what was not stored, and once the lock is gone the next
+    tick queues all three and they are delivered."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    from resources.notifier import OutboxUnavailable
+
+    for i in range(3):
+        _store_failed_evaluation(instance, f"2024-03-0{i + 1}", f"failure {i}")
+    with _Webhook() as hook:
+        notifier = NotifierResource(
+            error_webhook_url=hook.url, jsonl_path=str(tmp_path / "n.jsonl"), lock_timeout_s=1.0, backoff_s=0.0
+        )
+        notifier.outbox()  # creates the file
+        outbox = str(tmp_path / "notifications_outbox.sqlite3")
+        locker = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sqlite3, sys, time\n"
+                "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+                "c.execute('BEGIN EXCLUSIVE')\n"
+                "print('locked', flush=True)\n"
+                "time.sleep(120)\n",
+                outbox,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert locker.stdout.readline().strip() == "locked"
+            res = {"notifier": notifier}
+            t0 = time.monotonic()
+            with build_sensor_context(instance=instance, definitions=DEFS, resources=res) as ctx:
+                with pytest.raises(OutboxUnavailable, match="not stored"):
+                    check_failure_sensor(ctx)
+                assert ctx.cursor is None  # the tick failed before moving past anything
+            with build_sensor_context(instance=instance, definitions=DEFS, resources=res) as ctx:
+                assert "delivered 0" in notification_delivery_sensor(ctx).skip_message  # nothing stored, nothing sent
+            assert time.monotonic() - t0 < 10  # one bounded wait (1 s), not 30 s per notification
+        finally:
+            locker.kill()
+            locker.wait()
+        with build_sensor_context(instance=instance, definitions=DEFS, resources=res) as ctx:
+            assert "queued 3" in check_failure_sensor(ctx).skip_message
+        with build_sensor_context(instance=instance, definitions=DEFS, resources=res) as ctx:
+            assert "delivered 3" in notification_delivery_sensor(ctx).skip_message
+    assert sorted(b["text"].split("\n")[1] for b in hook.bodies) == ["failure 0", "failure 1", "failure 2"]
+
+
+def test_a_corrupt_outbox_is_moved_aside_rebuilt_from_the_log_and_reported(tmp_path):
+    with _Webhook() as hook:
+        n = NotifierResource(
+            info_webhook_url=hook.url, error_webhook_url=hook.url, jsonl_path=str(tmp_path / "n.jsonl")
+        )
+        for k in ("k1", "k2", "k3"):
+            assert n.enqueue("info", f"delivered {k}", key=k) is True
+        assert n.deliver_pending()["delivered"] == 3
+        for k in ("k4", "k5"):
+            n.enqueue("info", f"pending {k}", key=k)
+        outbox = tmp_path / "notifications_outbox.sqlite3"
+        outbox.write_bytes(b"this is not an SQLite database" * 100)
+        assert n.enqueue("info", "pending k6", key="k6") is True  # detected, moved aside, rebuilt, then stored
+        assert n.enqueue("info", "pending k6", key="k6") is False  # and the rebuilt outbox dedupes as before
+        assert [p.name for p in tmp_path.glob("notifications_outbox.sqlite3.corrupt-*")]
+        pending = {r["key"]: r["title"] for r in n.outbox() if r["state"] == "pending"}
+        corrupt = [k for k in pending if k.startswith("outbox_corrupt:")]
+        assert sorted(set(pending) - set(corrupt)) == ["k4", "k5", "k6"] and len(corrupt) == 1
+        assert any("2 undelivered notifications requeued" in r["body"] for r in n.outbox())
+        assert n.deliver_pending()["delivered"] == 4
+    titles = [b["text"].split("\n")[0] for b in hook.bodies]
+    assert titles.count("*delivered k1*") == 1 and "*Notification outbox was corrupt*" in titles
+    assert sorted(t for t in titles if "pending" in t) == ["*pending k4*", "*pending k5*", "*pending k6*"]
+
+
+class _DripServer:
+    """A webhook that answers its status line at once, then drips a header byte every `every_s` seconds."""
+
+    def __init__(self, status: bytes = b"HTTP/1.1 200 OK\r\n", every_s: float = 1.0):
+        self.requests = 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
+        self.stop = threading.Event()
+        self.status, self.every_s = status, every_s
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.requests += 1
+            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn):
+        try:
+            conn.recv(65536)
+            conn.sendall(self.status)
+            while not self.stop.is_set():
+                conn.sendall(b"X")
+                time.sleep(self.every_s)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        self.stop.set()
+        self.sock.close()
+
+
+def test_a_slow_drip_webhook_is_cut_at_its_deadline_and_posted_once_by_concurrent_passes(tmp_path):
+    server = _DripServer()
+    try:
+        n = NotifierResource(
+            info_webhook_url=server.url, jsonl_path=str(tmp_path / "n.jsonl"), timeout_s=2.0, delivery_budget_s=20.0
+        )
+        n.enqueue("info", "slow", key="k1")
+        results = []
+        t0 = time.monotonic()
+        passes = [threading.Thread(target=lambda: results.append(n.deliver_pending())) for _ in range(2)]
+        for t in passes:
+            t.start()
+        for t in passes:
+            t.join(30)
+        elapsed = time.monotonic() - t0
+        assert elapsed < 8, elapsed  # a 2 s total deadline, not a per-read timeout the drip keeps resetting
+        assert server.requests == 1  # the second pass did not re-claim the row in flight
+        assert sorted(r["failed"] for r in results) == [0, 1]
+        (row,) = n.outbox()
+        assert row["attempts"] == 1 and row["last_error"] == "Timeout (total deadline)"
+    finally:
+        server.close()
+
+
+def test_http_429_retry_after_is_honoured_and_pauses_the_route(tmp_path):
+    class Limited(BaseHTTPRequestHandler):
+        requests = 0
+
+        def do_POST(self):
+            Limited.requests += 1
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(429)
+            self.send_header("Retry-After", "120")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Limited)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        n = NotifierResource(info_webhook_url=url, jsonl_path=str(tmp_path / "n.jsonl"), backoff_s=1.0)
+        n.enqueue("info", "a", key="a")
+        n.enqueue("info", "b", key="b")
+        t0 = time.time()
+        counts = n.deliver_pending(now=t0)
+        assert counts["failed"] == 1 and counts["left"] == 1 and Limited.requests == 1  # the route paused
+        assert n.deliver_pending(now=t0 + 60)["failed"] == 1  # b is due; a waits its 120 s
+        assert n.deliver_pending(now=t0 + 61)["failed"] == 0  # b now waits too (its own Retry-After)
+        assert n.deliver_pending(now=t0 + 121)["failed"] == 1
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_dead_webhook_never_fails_and_never_leaks_the_url(store, instance, resources, tmp_path, caplog):

@@ -23,6 +23,22 @@ def check_keys(context: SensorEvaluationContext) -> list[AssetCheckKey]:
     return sorted(context.repository_def.asset_graph.asset_check_keys, key=lambda k: k.to_user_string())
 
 
+PAGE = 100
+
+
+def new_executions(storage, key: AssetCheckKey, after_id: int) -> list:
+    """Every execution record of the check with an id above `after_id`, oldest first (the history pages backwards:
+    all pages down to `after_id`, so a burst of failures between ticks is never cut to the newest page)."""
+    out, cursor = [], None
+    while True:
+        page = storage.get_asset_check_execution_history(key, limit=PAGE, cursor=cursor)
+        newer = [r for r in page if r.id > after_id]
+        out += newer
+        if len(page) < PAGE or len(newer) < len(page):
+            return sorted(out, key=lambda r: r.id)
+        cursor = min(r.id for r in page)
+
+
 def _fmt_metadata(metadata: dict) -> dict:
     out = {}
     for k, v in metadata.items():
@@ -47,9 +63,11 @@ def check_failure_sensor(context: SensorEvaluationContext, notifier: NotifierRes
     for key in check_keys(context):
         name = key.to_user_string()
         last_id = cursor.get(name, 0)
-        records = storage.get_asset_check_execution_history(key, limit=100)
-        for rec in sorted((r for r in records if r.id > last_id), key=lambda r: r.id):
+        records = new_executions(storage, key, last_id)
+        for rec in records:
             ev = rec.evaluation
+            # A notification that cannot be stored raises (OutboxUnavailable): the tick fails visibly and the cursor
+            # stays where it was, so the next tick queues it (what was stored is not queued twice: keyed).
             if check_execution_failed(rec):
                 queued += notifier.enqueue(
                     "error",
@@ -62,7 +80,7 @@ def check_failure_sensor(context: SensorEvaluationContext, notifier: NotifierRes
                     **_fmt_metadata(ev.metadata),
                 )
         if records:
-            cursor[name] = max(last_id, max(r.id for r in records))
+            cursor[name] = max(last_id, records[-1].id)
     context.update_cursor(json.dumps(cursor, sort_keys=True))
     return SkipReason(f"queued {queued} check-failure notifications")
 

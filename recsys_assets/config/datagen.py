@@ -18,6 +18,11 @@ from recsys_assets.core.schemas import RAW_EVENTS, RAW_ITEMS
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("datagen.yaml")
 
+# The id alphabet (event, user, item ids): 1..quarantine.max_id_length characters of any Unicode text except control
+# characters (C0 U+0000-U+001F incl. NUL/TAB/LF/CR, DEL U+007F, C1 U+0080-U+009F) and the line/paragraph separators
+# U+2028/U+2029. As a Java regular expression (Spark's rlike) matching a forbidden character:
+ID_FORBIDDEN_CHARACTERS = r"[\x00-\x1F\x7F-\x9F\u2028\u2029]"
+
 # Why a raw event is invalid input, in precedence order (an event gets the first that applies). Invalid events
 # are counted per reason and written to filtered_events' quarantine/, never dropped silently.
 QUARANTINE_REASONS = (
@@ -25,7 +30,7 @@ QUARANTINE_REASONS = (
     "null_user_id",
     "null_item_id",
     "null_event_ts",
-    # Ids the serving tables cannot store: empty, containing NUL, or longer than quarantine.max_id_length.
+    # Ids outside the id alphabet: empty, longer than quarantine.max_id_length, or with a control character.
     "invalid_event_id",
     "invalid_user_id",
     "invalid_item_id",

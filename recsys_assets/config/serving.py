@@ -3,6 +3,7 @@ evaluation settings (what recsys_assets/serving does with them is there)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -33,11 +34,19 @@ class FeedSpec(StrictModel):
     task_weights: dict[str, float]
     stratify_by: str = "user_region"
     sample_users_per_segment: int | None = Field(default=None, ge=1)
+    # The day's feed is refused (blocking check feed_rows_within_limits, the served one stays) when it has no rows or
+    # fewer than this share of the previous day's rows of the same strategy.
+    min_rows_share_of_previous: float = Field(default=0.5, ge=0, le=1)
 
     @model_validator(mode="after")
     def _k(self):
         if self.k_feed > self.k_retrieve:
             raise ValueError(f"k_feed ({self.k_feed}) > k_retrieve ({self.k_retrieve})")
+        bad = sorted(t for t, w in self.task_weights.items() if not (math.isfinite(w) and w >= 0))
+        if bad:
+            raise ValueError(f"task_weights of {bad} must be finite and >= 0")
+        if not any(w > 0 for w in self.task_weights.values()):
+            raise ValueError("task_weights needs at least one weight > 0 (the feed's score is their blend)")
         return self
 
 

@@ -28,13 +28,48 @@ from resources.notifier import NotifierResource
 from resources.storage import StorageResource
 
 DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-# Days remembered in the success-file cursor (older success files are never re-read).
+# Days remembered one by one in the success-file cursor; older ones are summarised by a floor (see SuccessFileCursor).
 CURSOR_DAYS_KEPT = 400
 
 
-def new_success_files(files: list[tuple[str, int]], seen: dict[str, int]) -> list[tuple[str, int]]:
-    """(day, mtime_ns) of success files not seen before, or rewritten since (a re-delivered day reruns)."""
-    return [(day, m) for day, m in files if DAY_RE.match(day) and day >= PARTITIONS_START and seen.get(day) != m]
+class SuccessFileCursor:
+    """What the success-file sensor has reported, for any number of days in a bounded cursor: the newest
+    CURSOR_DAYS_KEPT days with their file's mtime, and a floor for the rest (the newest day forgotten, and the newest
+    mtime among forgotten files). A day at or below the floor counts as new only when its file is newer than every
+    forgotten one (upstream re-delivered it), so old days are never reported again just because the cursor is full."""
+
+    def __init__(self, raw: str | None):
+        data = json.loads(raw) if raw else {}
+        if "seen" not in data:  # the cursor before floors: {day: mtime_ns}
+            data = {"seen": data}
+        self.seen: dict[str, int] = {d: int(m) for d, m in data["seen"].items()}
+        self.floor_day: str | None = data.get("floor_day")
+        self.floor_mtime_ns: int = int(data.get("floor_mtime_ns", 0))
+
+    def is_new(self, day: str, mtime_ns: int) -> bool:
+        if day in self.seen:
+            return self.seen[day] != mtime_ns
+        if self.floor_day is not None and day <= self.floor_day:
+            return mtime_ns > self.floor_mtime_ns
+        return True
+
+    def record(self, day: str, mtime_ns: int) -> None:
+        self.seen[day] = mtime_ns
+
+    def dump(self) -> str:
+        days = sorted(self.seen)
+        for day in days[: max(0, len(days) - CURSOR_DAYS_KEPT)]:
+            mtime = self.seen.pop(day)
+            self.floor_day = max(self.floor_day or day, day)
+            self.floor_mtime_ns = max(self.floor_mtime_ns, mtime)
+        return json.dumps(
+            {"seen": self.seen, "floor_day": self.floor_day, "floor_mtime_ns": self.floor_mtime_ns}, sort_keys=True
+        )
+
+
+def new_success_files(files: list[tuple[str, int]], cursor: SuccessFileCursor) -> list[tuple[str, int]]:
+    """(day, mtime_ns) of success files not reported before, or rewritten since (a re-delivered day reruns)."""
+    return [(day, m) for day, m in files if DAY_RE.match(day) and day >= PARTITIONS_START and cursor.is_new(day, m)]
 
 
 @sensor(
@@ -44,9 +79,9 @@ def new_success_files(files: list[tuple[str, int]], seen: dict[str, int]) -> lis
     "the file is rewritten); Declarative Automation then runs the day's datagen.",
 )
 def raw_success_file_sensor(context: SensorEvaluationContext, storage: StorageResource):
-    seen: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
+    cursor = SuccessFileCursor(context.cursor)
     files = [(i.base_name, int(i.mtime_ns or 0)) for i in storage.store.list_success_files()]
-    fresh = new_success_files(files, seen)
+    fresh = new_success_files(files, cursor)
     if not fresh:
         return SkipReason(f"no new success files ({len(files)} seen)")
     events = []
@@ -59,9 +94,8 @@ def raw_success_file_sensor(context: SensorEvaluationContext, storage: StorageRe
             )
             for t in RAW_TABLES
         ]
-        seen[day] = mtime
-    keep = dict(sorted(seen.items())[-CURSOR_DAYS_KEPT:])
-    return SensorResult(asset_events=events, cursor=json.dumps(keep, sort_keys=True))
+        cursor.record(day, mtime)
+    return SensorResult(asset_events=events, cursor=cursor.dump())
 
 
 def overdue_days(

@@ -24,6 +24,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from recsys_assets.config.datagen import (
+    ID_FORBIDDEN_CHARACTERS,
     QUARANTINE_REASONS,
     DatagenSpec,
     InSetFilter,
@@ -87,9 +88,11 @@ def enrich_events(events: DataFrame, catalogue: DataFrame, how: str = "left", br
 
 
 def _unstorable_id(c: str, max_length: int) -> Column:
-    """An id the serving tables cannot hold: empty, longer than `max_length` characters, or containing NUL."""
+    """An id outside the platform's id alphabet (docs/data_contract.md): empty, longer than `max_length` characters,
+    or containing a control character (ID_FORBIDDEN_CHARACTERS: NUL, CR, LF, tab, the other C0/C1 controls, DEL, the
+    Unicode line and paragraph separators), which log formats, CSV and the serving tables do not carry safely."""
     col = F.col(c)
-    return (F.length(col) < 1) | (F.length(col) > max_length) | col.contains(F.expr("chr(0)"))
+    return (F.length(col) < 1) | (F.length(col) > max_length) | col.rlike(ID_FORBIDDEN_CHARACTERS)
 
 
 def quarantine_reason(day_start_us: int, day_end_us: int, spec: QuarantineSpec | None = None) -> Column:

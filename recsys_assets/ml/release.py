@@ -20,22 +20,24 @@ loads ExportedPrograms, or our own loader below, can serve them.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import posixpath
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from recsys_assets.core.datasets import COLD_START_INDEX, RANKER_MODEL, RETRIEVAL_INDEX, RETRIEVAL_MODEL
 from recsys_assets.core.store_dirs import StoreDir
-from recsys_assets.ml.artifacts import ArtifactDir, read_vocab
+from recsys_assets.ml.artifacts import ArtifactDir
 from recsys_assets.ml.features import ITEM_CATALOG_COLUMNS, ItemCatalog, Vocab, build_item_catalog
 from resources.store import DatasetStore
 
 REPOSITORY = "model_repository"
 RELEASE_MODEL = "recsys_feed"
 RELEASE_FILE = "release.json"
+ITEM_FEATURES = "item_features.parquet"
 
 # Triton model name -> (source dataset, {source file: file in the version directory})
 _MODEL_FILES = {
@@ -169,7 +171,15 @@ def export_release(store: DatasetStore, day: str, version: int, item_features: p
             "sha256": hashes,
         }
     release_dir = version_dir(store, RELEASE_MODEL, version)
-    release_dir.write_table("item_features.parquet", item_features)
+    buf = io.BytesIO()
+    pq.write_table(item_features, buf)
+    release_dir.write_bytes(ITEM_FEATURES, buf.getvalue())
+    components[RELEASE_MODEL] = {
+        "version": version,
+        "source": f"item catalogue of {day}",
+        "files": [ITEM_FEATURES],
+        "sha256": {ITEM_FEATURES: hashlib.sha256(buf.getvalue()).hexdigest()},
+    }
     store.write_bytes_atomic(
         repository_path(store, RELEASE_MODEL, "config.pbtxt"), triton_config(RELEASE_MODEL, None).encode()
     )
@@ -178,22 +188,32 @@ def export_release(store: DatasetStore, day: str, version: int, item_features: p
     return release
 
 
-def release_versions(store: DatasetStore) -> list[int]:
-    """Complete releases (with release.json) in the repository."""
-    import pyarrow.fs as pafs
-
-    base = repository_path(store, RELEASE_MODEL)
-    infos = store.fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
-    out = []
-    for info in infos:
-        name = posixpath.basename(info.path)
-        if (
-            info.type == pafs.FileType.Directory
-            and name.isdigit()
-            and store.exists(posixpath.join(info.path, RELEASE_FILE))
-        ):
-            out.append(int(name))
-    return sorted(out)
+def release_problems(store: DatasetStore, version: int) -> list[str]:
+    """Why release `version` cannot be served, empty when it can: release.json missing or unreadable, a component
+    or file it lists missing, or a file whose SHA-256 differs from what release.json recorded at export (every file
+    a served score depends on: programs, vocabularies, moments, configs, indexes, item tables, item features).
+    Promotion, rollback and the serving config check this before anything points traffic at a release."""
+    try:
+        manifest = version_dir(store, RELEASE_MODEL, version).read_json(RELEASE_FILE)
+    except FileNotFoundError:
+        return [f"release {version}: {RELEASE_MODEL}/{version}/{RELEASE_FILE} is missing (an incomplete export)"]
+    except ValueError as e:
+        return [f"release {version}: {RELEASE_MODEL}/{version}/{RELEASE_FILE} is unreadable ({e})"]
+    components = manifest.get("components") if isinstance(manifest, dict) else None
+    if not isinstance(components, dict):
+        return [f"release {version}: {RELEASE_MODEL}/{version}/{RELEASE_FILE} lists no components"]
+    expected = {*COMPONENTS, RELEASE_MODEL}
+    missing = sorted(expected - components.keys())
+    problems = [f"release {version}: component {m} is not in {RELEASE_FILE}" for m in missing]
+    for model in sorted(expected & set(components)):
+        for name in components[model].get("files") or []:
+            try:
+                verified_bytes(store, manifest, model, version, name)
+            except FileNotFoundError:
+                problems.append(f"release {version}: {model}/{version}/{name} is missing")
+            except UntrustedReleaseError as e:
+                problems.append(str(e))
+    return problems
 
 
 def item_features_table(catalog: ItemCatalog) -> pa.Table:
@@ -238,7 +258,7 @@ def verified_bytes(store: DatasetStore, manifest: dict, model: str, version: int
 
     The data root is a trust boundary: `torch.export.load` unpickles and FAISS deserialises, so a program or index
     swapped in after export must never be loaded. (Whoever can also rewrite release.json can do anything the
-    platform can; the data root's write access is the boundary, see README "Reliability".)"""
+    platform can; the data root's write access is the boundary, docs/reliability.md.)"""
     expected = (manifest.get("components", {}).get(model, {}).get("sha256") or {}).get(name)
     data = version_dir(store, model, version).read_bytes(name)
     if expected is None:
@@ -255,29 +275,38 @@ def verified_bytes(store: DatasetStore, manifest: dict, model: str, version: int
 
 
 def load_release(store: DatasetStore, version: int) -> LoadedRelease:
+    """Every file is read only if its SHA-256 equals what release.json recorded at export (verified_bytes)."""
     from recsys_assets.ml.export import load_program
     from recsys_assets.ml.faiss_index import deserialize
 
-    ranker, query = version_dir(store, "recsys_ranker", version), version_dir(store, "recsys_query_tower", version)
-    index, release = version_dir(store, "recsys_retrieval_index", version), version_dir(store, RELEASE_MODEL, version)
-    manifest = release.read_json(RELEASE_FILE)
-    ranker_vocab, ranker_moments = read_vocab(ranker)
-    query_vocab, query_moments = read_vocab(query)
+    manifest = version_dir(store, RELEASE_MODEL, version).read_json(RELEASE_FILE)
+
+    def data(model: str, name: str) -> bytes:
+        return verified_bytes(store, manifest, model, version, name)
+
+    def table(model: str, name: str) -> pa.Table:
+        return pq.read_table(io.BytesIO(data(model, name)))
+
+    def vocab(model: str) -> tuple[Vocab, dict]:
+        return Vocab.from_table(table(model, "vocab.parquet")), json.loads(data(model, "feature_moments.json"))
+
+    ranker_vocab, ranker_moments = vocab("recsys_ranker")
+    query_vocab, query_moments = vocab("recsys_query_tower")
     return LoadedRelease(
         version=version,
         manifest=manifest,
-        ranker=load_program(verified_bytes(store, manifest, "recsys_ranker", version, "model.pt2")),
-        ranker_config=ranker.read_json("model_config.json"),
+        ranker=load_program(data("recsys_ranker", "model.pt2")),
+        ranker_config=json.loads(data("recsys_ranker", "model_config.json")),
         ranker_vocab=ranker_vocab,
         ranker_moments=ranker_moments,
-        query_tower=load_program(verified_bytes(store, manifest, "recsys_query_tower", version, "model.pt2")),
-        query_config=query.read_json("model_config.json"),
+        query_tower=load_program(data("recsys_query_tower", "model.pt2")),
+        query_config=json.loads(data("recsys_query_tower", "model_config.json")),
         query_vocab=query_vocab,
         query_moments=query_moments,
-        index=deserialize(verified_bytes(store, manifest, "recsys_retrieval_index", version, "index.faiss")),
-        index_item_ids=index.read_table("items.parquet")
+        index=deserialize(data("recsys_retrieval_index", "index.faiss")),
+        index_item_ids=table("recsys_retrieval_index", "items.parquet")
         .column("item_id")
         .to_numpy(zero_copy_only=False)
         .astype(object),
-        catalog=build_item_catalog([release.read_table("item_features.parquet")]),
+        catalog=build_item_catalog([table(RELEASE_MODEL, ITEM_FEATURES)]),
     )

@@ -2,7 +2,16 @@
 published feed, training/serving skew and online evaluation. Each resolves its day, serving.yaml and resources,
 calls one function of recsys_assets/serving (releases, serving_config, feed, skew, online_eval), and reports it."""
 
-from dagster import AssetExecutionContext, AssetKey, Failure, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
 
 from recsys_assets.config.files import ConfigFilesResource
 from recsys_assets.core.datasets import (
@@ -18,10 +27,18 @@ from recsys_assets.core.datasets import (
 from recsys_assets.core.metadata import md_table
 from recsys_assets.core.partitions import daily_partitions
 from recsys_assets.core.runs import DayRun, json_file
+from recsys_assets.serving import registry
 from recsys_assets.serving.automation import SERVE_NEWEST_DAY
-from recsys_assets.serving.feed import DayFeed, build_feed, ensure_feed_table, publish_feed
+from recsys_assets.serving.feed import (
+    DayFeed,
+    build_feed,
+    ensure_feed_table,
+    feed_size_verdict,
+    previous_feed_rows,
+    publish_feed,
+)
 from recsys_assets.serving.online_eval import day_online_report
-from recsys_assets.serving.releases import promote_day, register_release
+from recsys_assets.serving.releases import describe_pin, promote_day, register_release
 from recsys_assets.serving.serving_config import latest_config, publish_serving_config
 from recsys_assets.serving.skew import day_skew_report
 from resources.postgres import PostgresResource
@@ -91,6 +108,7 @@ def model_promotion(
             "decision": p.decision,
             "promoted": p.promoted,
             "production_version": MetadataValue.int(p.production) if p.production is not None else None,
+            "pinned": describe_pin(p.pinned),
             "recent_deployments": md_table(
                 ["action", "from", "to", "reason", "at"],
                 [[h["action"], h["from_version"], h["to_version"], h["reason"], str(h["at"])[:19]] for h in p.recent],
@@ -112,9 +130,11 @@ def serving_config(
     config_files: ConfigFilesResource,
     postgres: PostgresResource,
 ) -> MaterializeResult:
-    store = storage.store
+    store, spec = storage.store, config_files.serving_spec()
     with postgres.connect() as conn:
-        cfg, problems = publish_serving_config(store, conn, config_files.serving_spec())
+        registry.ensure_schema(conn)
+        cfg, problems = publish_serving_config(store, conn, spec)
+        pinned = registry.pin(conn, spec.model_name)
     arm_rows = [
         [a["name"], str(a["model"]), a["model_version"], a["traffic_pct"], f"[{a['buckets'][0]}, {a['buckets'][1]})"]
         for a in cfg["arms"]
@@ -126,15 +146,29 @@ def serving_config(
             "notes": "; ".join(cfg.get("notes", [])) or "-",
             "problems": "; ".join(problems) or "none",
             "served": MetadataValue.bool(not problems),
+            "production_pinned": describe_pin(pinned),
             "path": MetadataValue.path(store.uri("serving_config", f"serving_config.v{cfg['config_version']}.json")),
         }
     )
+
+
+FEED_ROWS_CHECK = "feed_rows_within_limits"
 
 
 @asset(
     **_HAND_OFF,
     deps=[serving_config, AssetKey(TRAINING_EVENTS), AssetKey(USER_HISTORY)],
     kinds={"postgres"},
+    check_specs=[
+        AssetCheckSpec(
+            FEED_ROWS_CHECK,
+            asset="feed",
+            blocking=True,
+            description="The day's feed is not empty and has at least feed.min_rows_share_of_previous of the "
+            "previous published day's rows; judged before the table is touched: a refused feed never replaces the "
+            "served one.",
+        )
+    ],
     description="Top-K recommendations per active user of the day (retrieval -> ranker with the user's A/B arm's "
     "model version), replacing the day's rows of the Postgres `feed` table in one transaction.",
 )
@@ -143,7 +177,7 @@ def feed(
     storage: StorageResource,
     config_files: ConfigFilesResource,
     postgres: PostgresResource,
-) -> MaterializeResult:
+):
     run, spec = DayRun.of(context, storage), config_files.serving_spec()
     cfg = latest_config(run.store)
     if cfg is None:
@@ -151,9 +185,17 @@ def feed(
     day_feed = build_feed(run.store, run.day, spec, cfg)
     with postgres.connect() as conn:
         ensure_feed_table(conn)
+        previous_day, previous_rows = previous_feed_rows(conn, spec.feed.strategy_name, run.day)
+        ok, why = feed_size_verdict(
+            len(day_feed.rows), previous_day, previous_rows, spec.feed.min_rows_share_of_previous
+        )
+        verdict = AssetCheckResult(check_name=FEED_ROWS_CHECK, passed=ok, description=why)
+        if not ok:
+            yield verdict
+            raise Failure(f"feed of {run.day} refused, the served feed is unchanged: {why}")
         written = publish_feed(conn, day_feed.rows, spec.feed.strategy_name, run.day)
     metadata = feed_metadata(day_feed, written, cfg, spec.feed.strategy_name)
-    return MaterializeResult(metadata={**metadata, "table": postgres.describe() + "#feed"})
+    yield MaterializeResult(metadata={**metadata, "table": postgres.describe() + "#feed"}, check_results=[verdict])
 
 
 def feed_metadata(day_feed: DayFeed, written: int, cfg: dict, strategy_name: str) -> dict:

@@ -4,6 +4,7 @@ to in one transaction. The scoring itself (query tower -> FAISS -> ranker) is th
 
 from __future__ import annotations
 
+import csv
 import io
 import time
 from dataclasses import dataclass
@@ -100,6 +101,28 @@ def build_feed(store, day: str, spec, cfg: dict) -> DayFeed:
     return DayFeed(day, rows, n_active, len(users), per_arm, time.perf_counter() - t0, history is not None)
 
 
+def previous_feed_rows(conn, strategy_name: str, day: str) -> tuple[str | None, int]:
+    """(the newest earlier day with published rows of this strategy, its row count)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT dt, count(*) FROM feed WHERE strategy_name = %s AND dt = "
+            "(SELECT max(dt) FROM feed WHERE strategy_name = %s AND dt < %s) GROUP BY dt",
+            (strategy_name, strategy_name, day),
+        )
+        row = cur.fetchone()
+    return (str(row[0]), int(row[1])) if row else (None, 0)
+
+
+def feed_size_verdict(rows: int, previous_day: str | None, previous_rows: int, min_share: float) -> tuple[bool, str]:
+    """Whether a day's feed of `rows` rows may replace what is served: not empty, and at least `min_share` of the
+    previous published day's rows (a NaN weight, a broken release or an empty user set shows up as a collapse)."""
+    if rows == 0:
+        return False, "the feed has 0 rows"
+    if previous_day is not None and rows < min_share * previous_rows:
+        return False, f"{rows:,} rows < {min_share:.0%} of {previous_day}'s {previous_rows:,}"
+    return True, f"{rows:,} rows" + (f" ({rows / previous_rows:.0%} of {previous_day}'s)" if previous_rows else "")
+
+
 def stratified_users(users: pd.DataFrame, segment_column: str, per_segment: int, salt: str) -> pd.DataFrame:
     """At most `per_segment` users of each segment, chosen by a stable hash of user_id (same users on rerun)."""
     if segment_column not in users.columns:
@@ -128,7 +151,8 @@ def publish_feed(conn, rows: pd.DataFrame, strategy_name: str, day: str) -> int:
     if missing:
         raise ValueError(f"feed rows lack columns {missing}")
     buf = io.StringIO()
-    rows[FEED_COLUMNS].to_csv(buf, index=False, header=False)
+    # Every field quoted: any stored id (CR, LF, quotes, commas, backslashes, `\.`) is data to COPY, never syntax.
+    rows[FEED_COLUMNS].to_csv(buf, index=False, header=False, quoting=csv.QUOTE_ALL)
     buf.seek(0)
     with conn.cursor() as cur:
         cur.execute("DELETE FROM feed WHERE strategy_name = %s AND dt = %s", (strategy_name, day))

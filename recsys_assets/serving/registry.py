@@ -8,7 +8,8 @@ Command line (one command to roll back):
     python -m recsys_assets.serving.registry promote --version 3 --reason "manual"
     python -m recsys_assets.serving.registry rollback --reason "CTR dropped"
 
-Connection from RECSYS_PG_HOST / _PORT / _USER / _PASSWORD / _DB (defaults: 127.0.0.1:5432, postgres, recsys).
+Connection from RECSYS_PG_HOST / _PORT / _USER / _PASSWORD / _DB (defaults: 127.0.0.1:5432, postgres, recsys). A
+rollback pins production: automatic promotion of newer days leaves it alone until a person promotes a version.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ import argparse
 import json
 import os
 from dataclasses import dataclass
-
-DEFAULT_MODEL_NAME = "recsys_feed"
 
 DDL = """
 CREATE TABLE IF NOT EXISTS model_versions (
@@ -233,8 +232,9 @@ def _set_production(cur, model_name: str, action: str, to_version: int, reason: 
     return current
 
 
-def promote(conn, model_name: str, version: int, reason: str = "", actor: str = "") -> int | None:
-    """Make `version` production if its blocking checks passed. One transaction; returns the replaced version."""
+def promote(conn, model_name: str, version: int, reason: str = "", actor: str = "", commit: bool = True) -> int | None:
+    """Make `version` production if its blocking checks passed; returns the replaced version. One transaction,
+    committed here unless `commit` is False (the caller commits it with what must change together)."""
     with conn.cursor() as cur:
         _lock_model(cur, model_name)
         cur.execute(
@@ -252,37 +252,52 @@ def promote(conn, model_name: str, version: int, reason: str = "", actor: str = 
                 f"{model_name} version {version} did not pass its blocking checks: {', '.join(failed)}"
             )
         replaced = _set_production(cur, model_name, "promote", version, reason, actor)
-    conn.commit()
+    if commit:
+        conn.commit()
     return replaced
 
 
-def rollback(conn, model_name: str, reason: str = "", actor: str = "") -> tuple[int, int]:
-    """Return production to the version it served before the current one. Returns (from_version, to_version)."""
+def rollback_target(conn, model_name: str) -> tuple[int, int]:
+    """(production, the version it replaced when it was promoted): what a rollback would do, changing nothing.
+    Successive rollbacks walk back through promotions (v3 -> v2 -> v1), they do not toggle between the last two."""
+    current = production_version(conn, model_name)
+    if current is None:
+        raise PromotionRefused(f"{model_name} has no production version to roll back from")
     with conn.cursor() as cur:
-        _lock_model(cur, model_name)
-        cur.execute("SELECT version FROM model_production WHERE model_name = %s", (model_name,))
-        row = cur.fetchone()
-        if row is None:
-            conn.rollback()
-            raise PromotionRefused(f"{model_name} has no production version to roll back from")
-        current = int(row[0])
-        # The newest promotion of `current` tells what it replaced; successive rollbacks walk back through
-        # promotions (v3 -> v2 -> v1), they do not toggle between the last two.
         cur.execute(
             "SELECT from_version FROM model_deployments WHERE model_name = %s AND to_version = %s "
             "AND action = 'promote' ORDER BY id DESC LIMIT 1",
             (model_name, current),
         )
         prev = cur.fetchone()
-        if prev is None or prev[0] is None:
+    if prev is None or prev[0] is None:
+        raise PromotionRefused(
+            f"{model_name} version {current} is the first production version: nothing to roll back to"
+        )
+    return current, int(prev[0])
+
+
+def rollback(conn, model_name: str, reason: str = "", actor: str = "", commit: bool = True) -> tuple[int, int]:
+    """Return production to the version it served before the current one. Returns (from_version, to_version).
+    Committed here unless `commit` is False."""
+    with conn.cursor() as cur:
+        _lock_model(cur, model_name)
+        try:
+            current, target = rollback_target(conn, model_name)
+        except PromotionRefused:
             conn.rollback()
-            raise PromotionRefused(
-                f"{model_name} version {current} is the first production version: nothing to roll back to"
-            )
-        target = int(prev[0])
+            raise
         _set_production(cur, model_name, "rollback", target, reason, actor)
-    conn.commit()
+    if commit:
+        conn.commit()
     return current, target
+
+
+def pin(conn, model_name: str) -> dict | None:
+    """The rollback that pins production, if the newest deployment is one: automatic promotion leaves production
+    alone until a person promotes a version again (`promote`), which unpins it."""
+    log = deployments(conn, model_name)
+    return log[-1] if log and log[-1]["action"] == "rollback" else None
 
 
 def _connect_from_env():
@@ -292,33 +307,46 @@ def _connect_from_env():
 
 
 def main(argv: list[str] | None = None) -> int:
+    """promote / rollback do what the UI's jobs do: verify the target release, change the registry and republish the
+    serving config together (recsys_assets/serving/releases.py); the data root and serving YAML come from the same
+    environment variables as the deployment's (RECSYS_DATA_ROOT, RECSYS_SERVING_CONFIG)."""
+    from recsys_assets.config.files import deployment_config_path
+    from recsys_assets.config.serving import load_serving_spec
+    from recsys_assets.serving.releases import promote_version, rollback_production
+    from resources.storage import data_root_from_env
+    from resources.store import DatasetStore
+
     p = argparse.ArgumentParser(prog="python -m recsys_assets.serving.registry", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=DEFAULT_MODEL_NAME)
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list")
-    pr = sub.add_parser("promote")
+    pr = sub.add_parser("promote", help="make a version production (a person's decision: unpins a rollback)")
     pr.add_argument("--version", type=int, required=True)
     pr.add_argument("--reason", default="manual promotion")
-    rb = sub.add_parser("rollback")
+    rb = sub.add_parser("rollback", help="production back to the version it replaced (pins it)")
     rb.add_argument("--reason", default="manual rollback")
     a = p.parse_args(argv)
     actor = os.environ.get("USER", "cli")
+    spec = load_serving_spec(deployment_config_path("serving") or None)
+    store = DatasetStore(data_root_from_env())
     with _connect_from_env() as conn:
         ensure_schema(conn)
         if a.cmd == "list":
-            prod = production_version(conn, a.model)
-            for v in list_versions(conn, a.model):
-                flag = "production" if v.version == prod else ""
+            prod, pinned = production_version(conn, spec.model_name), pin(conn, spec.model_name)
+            for v in list_versions(conn, spec.model_name):
+                flag = ("production" + (" (pinned by rollback)" if pinned else "")) if v.version == prod else ""
                 print(
                     f"{v.version:>4}  {v.partition_day}  checks={'pass' if v.checks_passed else 'FAIL/none'}  "
                     f"code={v.code_version[:12]}  {flag}"
                 )
         elif a.cmd == "promote":
-            replaced = promote(conn, a.model, a.version, a.reason, actor)
-            print(f"{a.model}: production {replaced} -> {a.version}")
+            replaced, cfg = promote_version(store, conn, spec, a.version, a.reason, actor)
+            print(f"{spec.model_name}: production {replaced} -> {a.version}; serving config v{cfg['config_version']}")
         else:
-            frm, to = rollback(conn, a.model, a.reason, actor)
-            print(f"{a.model}: rolled back production {frm} -> {to}")
+            frm, to, cfg = rollback_production(store, conn, spec, a.reason, actor)
+            print(
+                f"{spec.model_name}: rolled back production {frm} -> {to} (pinned until a person promotes); "
+                f"serving config v{cfg['config_version']}"
+            )
     return 0
 
 

@@ -111,6 +111,7 @@ class Promotion:
     version: int
     decision: str
     production: int | None
+    pinned: dict | None  # the rollback that pins production, if any
     recent: list[dict]
 
     @property
@@ -118,9 +119,23 @@ class Promotion:
         return self.decision.startswith("promoted")
 
 
+def describe_pin(pin: dict | None) -> str:
+    if pin is None:
+        return "no"
+    return f"v{pin['to_version']} by rollback ({pin['reason'] or 'no reason'}; {pin['actor']}; {str(pin['at'])[:19]})"
+
+
+def _refuse_unservable(store: DatasetStore, version: int, what: str) -> None:
+    from recsys_assets.ml.release import release_problems
+
+    if problems := release_problems(store, version):
+        raise registry.PromotionRefused(f"{what} refused, nothing changed: {'; '.join(problems)}")
+
+
 def promote_day(store: DatasetStore, conn, model_name: str, day: str, actor: str) -> Promotion:
-    """Promote the day's registered release when all its blocking checks passed and it is newer than production
-    (one transaction, logged in model_deployments); otherwise say why not."""
+    """Promote the day's registered release when all its blocking checks passed, its release is whole (every file,
+    every hash), it is newer than production and no rollback pins production (one transaction, logged in
+    model_deployments); otherwise say why not."""
     from recsys_assets.ml.release import release_fingerprint, source_versions
 
     checks = blocking_check_results(store, day)
@@ -129,15 +144,68 @@ def promote_day(store: DatasetStore, conn, model_name: str, day: str, actor: str
     if version is None:
         raise Failure(f"no registered release for {day}: materialize model_repository for this partition first")
     passed = registry.record_checks(conn, model_name, version, checks)
-    current = registry.production_version(conn, model_name)
+    current, pinned = registry.production_version(conn, model_name), registry.pin(conn, model_name)
     if not passed:
         decision = (
             f"not promoted: blocking checks failed or missing ({', '.join(k for k, v in checks.items() if not v)})"
         )
     elif current is not None and current >= version:
         decision = f"not promoted: production is already v{current} (>= v{version}); promote older versions by hand"
+    elif pinned is not None:
+        decision = (
+            f"not promoted: production pinned to {describe_pin(pinned)}; a person unpins it by promoting a version "
+            "(python -m recsys_assets.serving.registry promote --version N)"
+        )
     else:
+        try:
+            _refuse_unservable(store, version, f"promotion of v{version}")
+        except registry.PromotionRefused as e:
+            raise Failure(str(e)) from None
         registry.promote(conn, model_name, version, reason=f"blocking checks passed for {day}", actor=actor)
         decision = f"promoted v{version} (replaced {current if current is not None else 'nothing'})"
     production = registry.production_version(conn, model_name)
-    return Promotion(version, decision, production, registry.deployments(conn, model_name)[-5:])
+    return Promotion(version, decision, production, pinned, registry.deployments(conn, model_name)[-5:])
+
+
+def _registry_and_config_together(store: DatasetStore, conn, spec) -> dict:
+    """Inside the caller's open registry transaction: the serving config the change implies, validated before
+    anything is written, then written and the transaction committed; on any problem the transaction is rolled back
+    and nothing is written (registry and served config never split)."""
+    from recsys_assets.serving.serving_config import (
+        publish_serving_config,
+        resolved_serving_config,
+        serving_config_problems,
+    )
+
+    try:
+        draft, _ = resolved_serving_config(conn, spec)
+        if problems := serving_config_problems(store, conn, draft):
+            raise registry.PromotionRefused(f"the serving config it implies is invalid: {'; '.join(problems)}")
+        cfg, problems = publish_serving_config(store, conn, spec)
+        if problems:
+            raise registry.PromotionRefused(f"the serving config it implies is invalid: {'; '.join(problems)}")
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
+    return cfg
+
+
+def rollback_production(store: DatasetStore, conn, spec, reason: str, actor: str) -> tuple[int, int, dict]:
+    """Production back to the version it replaced, and the serving config for the new arms, together: the target
+    release is verified first (every file present with its recorded hash), and a refusal changes nothing. The
+    rollback pins production (promote_day leaves it alone) until a person promotes a version. Returns
+    (from_version, to_version, the published serving config)."""
+    registry.ensure_schema(conn)
+    current, target = registry.rollback_target(conn, spec.model_name)
+    _refuse_unservable(store, target, f"rollback v{current} -> v{target}")
+    registry.rollback(conn, spec.model_name, reason, actor, commit=False)
+    return current, target, _registry_and_config_together(store, conn, spec)
+
+
+def promote_version(store: DatasetStore, conn, spec, version: int, reason: str, actor: str) -> tuple[int | None, dict]:
+    """A person makes `version` production (unpinning a rollback): verified, registry and serving config together."""
+    registry.ensure_schema(conn)
+    _refuse_unservable(store, version, f"promotion of v{version}")
+    replaced = registry.promote(conn, spec.model_name, version, reason, actor, commit=False)
+    return replaced, _registry_and_config_together(store, conn, spec)

@@ -1,12 +1,14 @@
-"""One UI action to roll production back: launch `rollback_model_job` (Launchpad: optional reason) and the
-registry returns production to the version the current one replaced, then a new serving config version is
-published with the rolled-back arms. The same as `python -m recsys_assets.serving.registry rollback` followed by
-materializing serving_config."""
+"""One UI action to roll production back: launch `rollback_model_job` (Launchpad: optional reason). The target
+release is verified (every file, every recorded hash), then the registry returns production to the version the
+current one replaced and a serving config for the rolled-back arms is published, together or not at all; production
+stays pinned there until a person promotes a version. The same as `python -m recsys_assets.serving.registry
+rollback` (recsys_assets/serving/releases.py does both)."""
 
-from dagster import Config, MetadataValue, OpExecutionContext, Output, job, op
+from dagster import Config, Failure, MetadataValue, OpExecutionContext, Output, job, op
 
 from recsys_assets.config.files import ConfigFilesResource
 from recsys_assets.serving import registry
+from recsys_assets.serving.releases import rollback_production as roll_back
 from resources.postgres import PostgresResource
 from resources.storage import StorageResource
 
@@ -15,7 +17,7 @@ class RollbackConfig(Config):
     reason: str = "rollback from the Dagster UI"
 
 
-@op(description="Production -> the version it replaced; publish a serving config for the new arms.")
+@op(description="Production -> the version it replaced (verified, pinned); publish a serving config for the new arms.")
 def rollback_production(
     context: OpExecutionContext,
     config: RollbackConfig,
@@ -23,28 +25,28 @@ def rollback_production(
     postgres: PostgresResource,
     config_files: ConfigFilesResource,
 ):
-    from recsys_assets.serving.serving_config import publish_serving_config
-
     spec = config_files.serving_spec()
-    with postgres.connect() as conn:
-        registry.ensure_schema(conn)
-        frm, to = registry.rollback(conn, spec.model_name, config.reason, actor=f"dagster run {context.run_id}")
-        cfg, problems = publish_serving_config(storage.store, conn, spec)
-    if problems:
-        raise RuntimeError(f"rolled back {frm} -> {to}, but the new serving config is invalid: {'; '.join(problems)}")
-    context.log.info(f"{spec.model_name}: production v{frm} -> v{to}; serving config v{cfg['config_version']}")
+    actor = f"dagster run {context.run_id}"
+    try:
+        with postgres.connect() as conn:
+            frm, to, cfg = roll_back(storage.store, conn, spec, config.reason, actor)
+    except registry.PromotionRefused as e:
+        raise Failure(str(e)) from None
+    context.log.info(f"{spec.model_name}: production v{frm} -> v{to} (pinned); serving config v{cfg['config_version']}")
     yield Output(
         None,
         metadata={
             "from_version": MetadataValue.int(frm),
             "to_version": MetadataValue.int(to),
+            "pinned": "until a person promotes a version (python -m recsys_assets.serving.registry promote)",
             "serving_config_version": MetadataValue.int(cfg["config_version"]),
         },
     )
 
 
 @job(
-    description="Roll production back to the previous model version and republish the serving config.",
+    description="Roll production back to the previous model version (verified first, then pinned) and republish the "
+    "serving config.",
     tags={"recsys/stage": "serving"},
 )
 def rollback_model_job():

@@ -192,28 +192,40 @@ def publish_config(
 
 
 def serving_config_problems(store, conn, cfg: dict) -> list[str]:
-    """validate_serving_config against what the registry and the model repository hold now."""
-    from recsys_assets.ml.release import release_versions
+    """validate_serving_config against what the registry and the model repository hold now: a served version must
+    be registered and its release whole (every file present, with the hash release.json recorded)."""
+    from recsys_assets.ml.release import release_problems
     from recsys_assets.serving import registry
 
     registered = {v.version for v in registry.list_versions(conn, cfg["model_name"])}
     production = registry.production_version(conn, cfg["model_name"])
-    return validate_serving_config(cfg, registered, set(release_versions(store)), production)
+    served = {a.get("model_version") for a in cfg.get("arms") or [] if a.get("traffic_pct", 0) > 0}
+    broken = {v: release_problems(store, v) for v in served if isinstance(v, int)}
+    whole = {v for v, problems in broken.items() if not problems}
+    details = [p for v in sorted(broken) for p in broken[v][:3]]
+    return validate_serving_config(cfg, registered, whole, production) + details
 
 
-def publish_serving_config(store, conn, spec) -> tuple[dict, list[str]]:
-    """Resolve the A/B arms of serving.yaml against the registry and write a new config version if they changed."""
-    import datetime as dt
-
+def resolved_serving_config(conn, spec) -> tuple[dict, list[str]]:
+    """The config serving.yaml's A/B arms resolve to against the registry now (its body, without a version), and
+    notes on arms whose traffic moved to the first arm."""
     from recsys_assets.serving import registry
 
-    registry.ensure_schema(conn)
     production = registry.production_version(conn, spec.model_name)
     previous = registry.previous_production_version(conn, spec.model_name)
     arms, notes = resolve_arms(spec.ab, production, previous)
+    return {"model_name": spec.model_name, "salt": spec.ab.salt, "buckets": spec.ab.buckets, "arms": arms}, notes
+
+
+def publish_serving_config(store, conn, spec) -> tuple[dict, list[str]]:
+    """Resolve the A/B arms of serving.yaml against the registry (as `conn` sees it, an open transaction included)
+    and write a new config version if they changed."""
+    import datetime as dt
+
+    body, notes = resolved_serving_config(conn, spec)
     return publish_config(
         store,
-        arms,
+        body["arms"],
         spec.ab,
         spec.model_name,
         notes,

@@ -30,7 +30,8 @@ def naive_chain(
 
     def unstorable(c):
         v = ev[c]
-        return v.notna() & ((v.str.len() < 1) | (v.str.len() > q.max_id_length) | v.str.contains("\x00", regex=False))
+        forbidden = v.str.contains("[\x00-\x1f\x7f-\x9f\u2028\u2029]", regex=True)
+        return v.notna() & ((v.str.len() < 1) | (v.str.len() > q.max_id_length) | forbidden)
 
     checks = [
         ("null_event_id", ev["event_id"].isna()),

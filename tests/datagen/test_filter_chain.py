@@ -213,10 +213,16 @@ def _hostile_day(store, day):
     hostile.iloc[4, hostile.columns.get_loc("user_id")] = "u\x00x"
     hostile.iloc[5, hostile.columns.get_loc("item_id")] = "i" * 300
     hostile.iloc[6, hostile.columns.get_loc("event_id")] = ""
+    # Outside the id alphabet: control characters (CR broke the feed table's COPY), a Unicode line separator; an id
+    # of other Unicode text is valid.
+    hostile.iloc[8, hostile.columns.get_loc("user_id")] = "u\rx"
+    hostile.iloc[9, hostile.columns.get_loc("item_id")] = "i\nx"
+    hostile.iloc[10, hostile.columns.get_loc("user_id")] = "u\u2028x"
+    hostile.iloc[11, hostile.columns.get_loc("user_id")] = 'ユーザー-é,"quoted"'
     # A late copy outside the day that sorts first by time, then the valid in-day copy of the same event.
     late = hostile.iloc[[7]].assign(event_ts=start - pd.Timedelta(hours=1))
     valid = hostile.iloc[[7]]
-    out = pd.concat([events, hostile.iloc[:7], late, valid], ignore_index=True)
+    out = pd.concat([events, hostile.iloc[:7], hostile.iloc[8:], late, valid], ignore_index=True)
     out["event_ts"] = pd.to_datetime(out["event_ts"], utc=True).astype(events["event_ts"].dtype)
     pq.write_table(pa.Table.from_pandas(out, schema=RAW_EVENTS, preserve_index=False), f"{path}/part-00000.parquet")
     return out, valid["event_id"].iloc[0]
@@ -259,6 +265,9 @@ def test_hostile_rows_are_quarantined_by_reason_and_a_late_copy_never_displaces_
         "hostile-3": "invalid_user_id",
         "hostile-4": "invalid_user_id",
         "hostile-5": "invalid_item_id",
+        "hostile-8": "invalid_user_id",
+        "hostile-9": "invalid_item_id",
+        "hostile-10": "invalid_user_id",
         "": "invalid_event_id",
         kept_id: "event_ts_outside_day",
     }

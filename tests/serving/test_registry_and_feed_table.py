@@ -147,3 +147,20 @@ def test_publish_rejects_rows_without_the_table_columns(conn):
     ensure_feed_table(conn)
     with pytest.raises(ValueError, match="lack columns"):
         publish_feed(conn, _feed_rows(1, "2024-03-02", 1).drop(columns="arm"), "s", "2024-03-02")
+
+
+def test_any_stored_id_round_trips_through_the_feed_table(conn):
+    """Ids are quarantined at datagen when outside the id alphabet, but the feed load must not depend on it: CR/LF
+    (a CR once failed the whole day's COPY), quotes, commas, backslashes, tabs, and non-ASCII text round-trip."""
+    ensure_feed_table(conn)
+    day = "2024-03-02"
+    hostile = ["u\rx", "u\nx", 'u"q"', "u,c", "u\\N", "u\tx", "ユーザー", "", "\\."]
+    rows = _feed_rows(len(hostile), day, 1)
+    rows["user_id"] = [u for u in hostile for _ in range(20)]
+    rows["item_id"] = [f'i"{i % 3},\r\n' for i in range(len(rows))]
+    assert publish_feed(conn, rows, "s", day) == len(rows)
+    with conn.cursor() as cur:
+        cur.execute("SELECT user_id, rank, item_id FROM feed WHERE dt = %s ORDER BY user_id, rank", (day,))
+        stored = cur.fetchall()
+    expected = sorted(zip(rows["user_id"], rows["rank"], rows["item_id"]), key=lambda r: (r[0].encode(), r[1]))
+    assert sorted(stored, key=lambda r: (r[0].encode(), r[1])) == expected

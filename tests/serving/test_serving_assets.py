@@ -11,19 +11,23 @@ import numpy as np
 import pandas as pd
 import psycopg2
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
+from dagster import AssetKey
 
-from recsys_assets.config.serving import load_serving_spec
+from recsys_assets.config.files import ConfigFilesResource
+from recsys_assets.config.serving import DEFAULT_SERVING_CONFIG, load_serving_spec
 from recsys_assets.core.readers import read_history_table
 from recsys_assets.ml.artifacts import ArtifactDir
 from recsys_assets.ml.models import MMoERanker, RankerConfig
-from recsys_assets.ml.release import load_release
+from recsys_assets.ml.release import UntrustedReleaseError, load_release, release_problems, version_dir
 from recsys_assets.ml.scoring import ReleaseHistory
 from recsys_assets.serving import registry
 from recsys_assets.serving.feed import active_users
 from recsys_assets.serving.online_eval import IMPRESSION_COLUMNS, read_raw_plays
-from recsys_assets.serving.serving_config import latest_config, user_buckets
+from recsys_assets.serving.serving_config import latest_config, latest_written_config, user_buckets
 from recsys_assets.synthetic.online_logs import simulate_impressions, write_online_feature_sample
 from resources.postgres import PostgresResource
 from resources.storage import StorageResource
@@ -66,7 +70,9 @@ def brute_force_ctr(impressions: pd.DataFrame, plays: pd.DataFrame, minutes: int
     return {k: tuple(v) for k, v in out.items()}
 
 
-def test_two_releases_feed_ab_split_skew_online_ctr_and_rollback(instance, trained_root, tmp_path, pg_database):
+def test_two_releases_feed_ab_split_skew_online_ctr_and_rollback(
+    instance, trained_root, tmp_path, pg_database, monkeypatch
+):
     store = DatasetStore(str(trained_root))
     spec = load_serving_spec()
     # Three small days: the gates run, the lift over most-popular is not what is under test here.
@@ -83,7 +89,11 @@ def test_two_releases_feed_ab_split_skew_online_ctr_and_rollback(instance, train
     logged = write_online_feature_sample(store, day1, spec.skew.online_feature_log)
     result = serve(day1, instance, trained_root, pg_database)
     assert result.success
-    assert check_results(result) == {"serving_config_valid": True, "feature_skew_within_limits": True}
+    assert check_results(result) == {
+        "serving_config_valid": True,
+        "feature_skew_within_limits": True,
+        "feed_rows_within_limits": True,
+    }
     meta = {
         e.asset_key.path[-1]: e.step_materialization_data.materialization.metadata
         for e in result.get_asset_materialization_events()
@@ -166,7 +176,11 @@ def test_two_releases_feed_ab_split_skew_online_ctr_and_rollback(instance, train
     )
     result = serve(day2, instance, trained_root, pg_database)
     assert result.success
-    assert check_results(result) == {"serving_config_valid": True, "feature_skew_within_limits": False}
+    assert check_results(result) == {
+        "serving_config_valid": True,
+        "feature_skew_within_limits": False,
+        "feed_rows_within_limits": True,
+    }
     skew = store.read_json(store.committed_path("feature_skew_report", day2, "report.json"))
     assert [f["feature"] for f in skew["features"] if not f["passed"]] == ["user_tenure_days"]
     cfg = latest_config(store)
@@ -221,9 +235,103 @@ def test_two_releases_feed_ab_split_skew_online_ctr_and_rollback(instance, train
         ("holdback", None),
     ]
 
-    # The data root is a trust boundary: a release program swapped after export is refused, never unpickled.
-    from recsys_assets.ml.release import UntrustedReleaseError, version_dir
+    # The rollback pins production: rerunning the newest day's serving job does not promote v2 again, and the UI
+    # says why (model_promotion's decision and pin; serving_config shows the pin).
+    result = serve(day2, instance, trained_root, pg_database)
+    assert result.success
+    meta = {
+        e.asset_key.path[-1]: e.step_materialization_data.materialization.metadata
+        for e in result.get_asset_materialization_events()
+    }
+    assert meta["model_promotion"]["decision"].value.startswith("not promoted: production pinned to v1 by rollback")
+    assert meta["serving_config"]["production_pinned"].value.startswith("v1 by rollback (test;")
+    assert latest_config(store)["config_version"] == 3
 
+    def deployments() -> list[tuple]:
+        with psycopg2.connect(dbname=pg_database, **PG_DSN) as conn:
+            return [
+                (d["action"], d["from_version"], d["to_version"]) for d in registry.deployments(conn, "recsys_feed")
+            ]
+
+    # The command line does what the job does: registry and serving config together. A person's promotion unpins.
+    for var, value in {
+        "RECSYS_PG_HOST": PG_DSN["host"],
+        "RECSYS_PG_PORT": str(PG_DSN["port"]),
+        "RECSYS_PG_USER": PG_DSN["user"],
+        "RECSYS_PG_DB": pg_database,
+        "RECSYS_DATA_ROOT": str(trained_root),
+    }.items():
+        monkeypatch.setenv(var, value)
+    assert registry.main(["promote", "--version", "2", "--reason", "fixed"]) == 0
+    served = latest_config(store)
+    assert served["config_version"] == 4 and served["arms"][0]["model_version"] == 2
+    assert registry.main(["rollback", "--reason", "cli"]) == 0
+    served = latest_config(store)
+    assert served["config_version"] == 5 and [(a["name"], a["model_version"]) for a in served["arms"]] == [
+        ("production", 1),
+        ("holdback", None),
+    ]
+    assert registry.main(["promote", "--version", "2", "--reason", "again"]) == 0
+    assert deployments()[-3:] == [("promote", 1, 2), ("rollback", 2, 1), ("promote", 1, 2)]
+
+    # A rollback to a release whose files are gone is refused before anything changes, naming the file: the
+    # registry keeps v2, the served config stays whole and no withheld version is written for the check to trip on.
+    program = Path(version_dir(store, "recsys_ranker", 1).path("model.pt2"))
+    saved = program.read_bytes()
+    program.unlink()
+    assert release_problems(store, 1) == ["release 1: recsys_ranker/1/model.pt2 is missing"]
+    res = (
+        defs_with(_resources(trained_root, pg_database))
+        .resolve_job_def("rollback_model_job")
+        .execute_in_process(instance=instance, raise_on_error=False)
+    )
+    assert not res.success
+    failure = next(e for e in res.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "rollback v2 -> v1 refused, nothing changed: release 1: recsys_ranker/1/model.pt2 is missing" in str(
+        failure.step_failure_data.error
+    )
+    with pytest.raises(registry.PromotionRefused, match="recsys_ranker/1/model.pt2 is missing"):
+        registry.main(["rollback"])
+    assert deployments()[-1] == ("promote", 1, 2)
+    assert latest_config(store)["config_version"] == 6 == latest_written_config(store)["config_version"]
+    program.write_bytes(saved)
+    assert release_problems(store, 1) == []
+
+    # A feed far smaller than the previous day's is refused by its blocking check before the table is touched.
+    served_feed = feed_rows(pg_database, day2)
+    small = tmp_path / "serving-small.yaml"
+    small_spec = yaml.safe_load(DEFAULT_SERVING_CONFIG.read_text())
+    small_spec["feed"] |= {"sample_users_per_segment": 1, "min_rows_share_of_previous": 0.9}
+    small.write_text(yaml.safe_dump(small_spec))
+    res = run_job(
+        "serving_job",
+        day2,
+        instance,
+        {**_resources(trained_root, pg_database), "config_files": ConfigFilesResource(serving=str(small))},
+        asset_selection=[AssetKey("feed")],
+    )
+    evaluation = {e.check_name: e for e in res.get_asset_check_evaluations()}["feed_rows_within_limits"]
+    assert not res.success and not evaluation.passed
+    assert f"< 90% of {day1}'s" in evaluation.description
+    pd.testing.assert_frame_equal(feed_rows(pg_database, day2), served_feed)
+
+    # Every file a served score depends on is hash-checked at load, the item features included.
+    features = Path(version_dir(store, "recsys_feed", 2).path("item_features.parquet"))
+    vocab = Path(version_dir(store, "recsys_query_tower", 2).path("vocab.parquet"))
+    originals = {features: features.read_bytes(), vocab: vocab.read_bytes()}
+    table = pq.read_table(features)
+    pq.write_table(table.slice(1), features)  # one item fewer: a different catalogue
+    with pytest.raises(UntrustedReleaseError, match="recsys_feed/2/item_features.parquet differs"):
+        load_release(store, 2)
+    vocab.write_bytes(vocab.read_bytes()[:-1] + b"\0")
+    assert [p.split(": ", 1)[1].split(" ")[0] for p in release_problems(store, 2)] == [
+        "recsys_feed/2/item_features.parquet",
+        "recsys_query_tower/2/vocab.parquet",
+    ]
+    for path, data in originals.items():
+        path.write_bytes(data)
+
+    # The data root is a trust boundary: a release program swapped after export is refused, never unpickled.
     program = Path(version_dir(store, "recsys_ranker", 1).path("model.pt2"))
     program.write_bytes(program.read_bytes() + b"\0")
     with pytest.raises(UntrustedReleaseError, match="recsys_ranker/1/model.pt2 differs from what was exported"):

@@ -196,3 +196,28 @@ def test_impressions_log_sensor_requests_one_online_evaluation_per_log_marker(tm
         requests = impressions_log_sensor(ctx)
     assert [r.partition_key for r in requests] == [day]
     assert requests[0].run_key.startswith(f"online_eval:{day}:")
+
+
+@pytest.mark.parametrize("weight", [float("nan"), float("inf"), -1.0])
+def test_a_non_finite_or_negative_task_weight_is_refused_at_load_naming_the_key(tmp_path, weight):
+    """A NaN weight once blended every score to NaN and published an empty feed over the served one."""
+    import yaml
+
+    from recsys_assets.config.serving import DEFAULT_SERVING_CONFIG, ServingConfigError
+
+    raw = yaml.safe_load(DEFAULT_SERVING_CONFIG.read_text())
+    raw["feed"]["task_weights"]["liked"] = weight
+    path = tmp_path / "serving.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ServingConfigError, match=r"feed: .*task_weights of \['liked'\] must be finite and >= 0"):
+        load_serving_spec(str(path))
+
+
+def test_a_feed_that_collapses_against_the_previous_day_is_refused():
+    from recsys_assets.serving.feed import feed_size_verdict
+
+    assert feed_size_verdict(0, None, 0, 0.5) == (False, "the feed has 0 rows")
+    assert feed_size_verdict(10, None, 0, 0.5)[0]  # a first feed: nothing to compare with
+    ok, why = feed_size_verdict(499, "2024-03-01", 1000, 0.5)
+    assert not ok and why == "499 rows < 50% of 2024-03-01's 1,000"
+    assert feed_size_verdict(500, "2024-03-01", 1000, 0.5) == (True, "500 rows (50% of 2024-03-01's)")
