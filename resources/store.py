@@ -33,6 +33,9 @@ import pyarrow.fs as pafs
 SUCCESS_MARKER = "_SUCCESS"
 CANDIDATE_MARKER = "_CANDIDATE"
 VERDICTS_DIR = "_checks"
+# Versions a model was trained on, pinned by it (one small JSON file per holder under <dataset>/dt=<day>/_pins/):
+# a commit never deletes a pinned version, and retention keeps it while its holder is the model's live version.
+PINS_DIR = "_pins"
 # Previously committed versions kept after a commit, so a reader that resolved the old pointer a moment
 # ago can still finish; older committed versions are deleted. Never-committed (in-progress or killed)
 # versions are left to the retention job, since a concurrent writer may still be writing them.
@@ -297,13 +300,45 @@ class DatasetStore:
             **manifest,
         }
         self.write_json_atomic(posixpath.join(self.partition_dir(dataset, day), SUCCESS_MARKER), body)
+        pinned = set(self.pinned_versions(dataset, day).values())
         for stale in history[KEEP_PREVIOUS_VERSIONS:]:
+            if stale in pinned:  # a model was trained on it: retention releases it with the model
+                continue
             stale_dir = self.version_path(dataset, day, stale)
             try:
                 self.fs.delete_dir(stale_dir)
             except FileNotFoundError:  # already gone: a concurrent commit of this partition deleted it first
                 pass
         return body
+
+    # ---- pins: versions that a model was trained on ----
+    def pin(self, dataset: str, day: str, version: str, holder: str) -> None:
+        """Record that `holder` (a model version: "<model>.<day>.<version>") was built from `version` of the
+        partition: commits will not delete it (retention releases the pin when the holder is gone)."""
+        if not _valid_version(version):
+            raise ValueError(f"invalid version {version!r} to pin")
+        pinned_at = dt.datetime.now(dt.UTC).isoformat()
+        self.write_json_atomic(
+            self.pin_path(dataset, day, holder), {"version": version, "holder": holder, "pinned_at": pinned_at}
+        )
+
+    def pinned_versions(self, dataset: str, day: str) -> dict[str, str]:
+        """holder -> version of every pin of the partition (files that are not valid pins are ignored)."""
+        d = posixpath.join(self.partition_dir(dataset, day), PINS_DIR)
+        out = {}
+        for info in self.fs.get_file_info(pafs.FileSelector(d, allow_not_found=True)):
+            if info.type != pafs.FileType.File or not info.base_name.endswith(".json"):
+                continue
+            try:
+                body = self.read_json(info.path)
+            except (OSError, ValueError):
+                continue
+            if isinstance(body, dict) and _valid_version(body.get("version")):
+                out[info.base_name[: -len(".json")]] = body["version"]
+        return out
+
+    def pin_path(self, dataset: str, day: str, holder: str) -> str:
+        return posixpath.join(self.partition_dir(dataset, day), PINS_DIR, f"{_segment(holder, 'pin holder')}.json")
 
     # ---- gates: stage -> verdicts -> promote ----
     def stage(self, dataset: str, day: str, version: str, required_checks: Sequence[str], **manifest: object) -> dict:

@@ -359,3 +359,72 @@ def tail(path: Path, chars: int = 3000) -> str:
         return path.read_text(errors="ignore")[-chars:]
     except FileNotFoundError:
         return ""
+
+
+# --- processes a test starts -----------------------------------------------------------------------------------------
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (children, their children, ...), from /proc."""
+    import os
+
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        parents.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except OSError:
+        return False
+
+
+def stop_process_tree(proc, timeout_s: float = 30.0) -> None:
+    """Stop a server a test started and everything it started (a daemon's code servers, a webserver's, a Spark
+    worker's executors), whatever process group or session they put themselves in: the tree is collected before
+    the parent stops (a child re-parented to PID 1 cannot be found afterwards), asked to stop, then killed; a process
+    that still outlives it fails the test, so the suite never leaves a server behind."""
+    import os
+    import signal
+    import subprocess
+
+    tree = [proc.pid, *descendants(proc.pid)]
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        pass
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(_alive(p) for p in tree):
+        time.sleep(0.2)
+    for pid in [*tree, *(d for p in tree for d in descendants(p))]:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    if proc.poll() is None:
+        proc.wait(timeout=10)
+    time.sleep(0.5)
+    left = [p for p in tree if _alive(p)]
+    assert not left, f"processes outlived the test's server: {left}"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import psycopg2
 import pytest
 from dagster import AssetCheckKey, AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from tests.helpers import DAYS, PG_DSN, REPO, file_size, tail, wait_until
+from tests.helpers import DAYS, PG_DSN, REPO, file_size, stop_process_tree, tail, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -98,11 +97,7 @@ def test_daemon_sensor_tick_queues_datagen_and_postgres_holds_runs_events_checks
             context=lambda: tail(log),
         )
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_tree(proc)  # the daemon and the code server it started (in a session of its own)
 
     run = runs[0]
     assert type(instance.run_storage).__name__ == "PostgresRunStorage"

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 
-from tests.helpers import REPO, file_size, tail, wait_until
+from tests.helpers import REPO, file_size, stop_process_tree, tail, wait_until
 
 SHOTS = REPO / "docs" / "screenshots"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -114,11 +114,7 @@ def webserver(data_root, tmp_path):
         _wait_http(f"http://127.0.0.1:{port}/server_info", proc, log)
         yield f"http://127.0.0.1:{port}", home
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process_tree(proc)  # the webserver and the code server it started
 
 
 def _dismiss_community_modal(page) -> None:

@@ -7,6 +7,7 @@ string column, an `in_set` on a number column), is rejected with the filter's na
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -98,6 +99,9 @@ class RangeFilter(_ColumnFilter):
 
     @model_validator(mode="after")
     def _has_bound(self):
+        bad = [b for b in ("min", "max") if getattr(self, b) is not None and math.isnan(getattr(self, b))]
+        if bad:
+            raise ValueError(f"filter {self.name!r}: {' and '.join(bad)} must be a number, not NaN (omit for no bound)")
         if self.min is None and self.max is None:
             raise ValueError(f"filter {self.name!r}: a range filter needs min or max")
         if self.min is not None and self.max is not None and self.min > self.max:
@@ -126,7 +130,9 @@ class QuarantineSpec(StrictModel):
     max_id_length: int = Field(default=256, ge=1, le=10_000)
     max_event_pct: float = Field(default=5.0, ge=0, le=100)
     # Per reason; `default` applies to reasons not listed.
-    max_event_pct_per_reason: dict[str, float] = Field(default_factory=lambda: {"default": 2.0})
+    max_event_pct_per_reason: dict[str, Annotated[float, Field(ge=0, le=100)]] = Field(
+        default_factory=lambda: {"default": 2.0}
+    )
 
 
 class LanguageSpec(StrictModel):
@@ -138,10 +144,10 @@ class LanguageSpec(StrictModel):
 
 class SampleSpec(StrictModel):
     fraction: float = Field(gt=0, le=1)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)  # Spark's hash seed is a 32-bit int
     # The kept share of events may differ from `fraction` by this many percentage points, widened on small days
     # by 4 binomial standard errors (a 550-event day's sample is noisier than a 20M-event day's).
-    max_deviation_pp: float = Field(default=1.0, ge=0)
+    max_deviation_pp: float = Field(default=1.0, ge=0, le=100)
 
 
 class Thresholds(StrictModel):
@@ -154,11 +160,15 @@ class Thresholds(StrictModel):
 
 class FreshnessSpec(StrictModel):
     # A day's raw data (success file) is due this many hours after the day ends in app time (Asia/Kolkata)...
-    raw_due_hours_after_day_end: float = Field(default=5.0, ge=0)
+    raw_due_hours_after_day_end: float = Field(default=5.0, ge=0, le=24 * 14)
     # ...and an error is sent if it is still missing this many hours after it was due.
-    alert_after_hours: float = Field(default=3.0, ge=0)
+    alert_after_hours: float = Field(default=3.0, ge=0, le=24 * 14)
     # How many recent days the freshness sensor looks at.
-    lookback_days: int = Field(default=3, ge=1)
+    lookback_days: int = Field(default=3, ge=1, le=365)
+
+
+# The numeric columns of the training rows the embedding join can standardise.
+NORMALIZABLE_COLUMNS = ("play_duration_s", "item_video_length_s", "item_age_days", "user_tenure_days", "watch_ratio")
 
 
 class TrainingEventsSpec(StrictModel):
@@ -174,7 +184,20 @@ class TrainingEventsSpec(StrictModel):
     # log1p before standardising: durations and ages are heavy-tailed.
     log_columns: tuple[str, ...] = ("play_duration_s", "item_video_length_s", "user_tenure_days")
     string_fill: str = "unknown"
-    float_fill: float = 0.0
+    float_fill: float = Field(default=0.0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _known_columns(self):
+        unknown = sorted(set(self.normalized_columns) - set(NORMALIZABLE_COLUMNS))
+        if not self.normalized_columns or unknown:
+            raise ValueError(
+                f"normalized_columns needs one or more of {list(NORMALIZABLE_COLUMNS)}"
+                + (f"; unknown: {unknown}" if unknown else "")
+            )
+        outside = sorted(set(self.log_columns) - set(self.normalized_columns))
+        if outside:
+            raise ValueError(f"log_columns {outside} are not in normalized_columns")
+        return self
 
 
 class DatagenSpec(StrictModel):

@@ -22,7 +22,7 @@ class ArmSpec(StrictModel):
 
 class ABSpec(StrictModel):
     salt: str
-    buckets: int = Field(default=100, ge=1)
+    buckets: int = Field(default=100, ge=1, le=100_000)
     arms: list[ArmSpec] = Field(min_length=1)
 
 

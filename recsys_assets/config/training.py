@@ -6,6 +6,7 @@ Validation names the offending key, as the datagen YAML's does, so a typo fails 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, model_validator
 
@@ -25,6 +26,12 @@ CATEGORICAL_COLUMNS = (
     "feed_source",
 )
 RANKER_TASKS = ("liked", "shared", "followed", "watch_complete")
+
+# A rate or AUC in [0, 1]; a layer or embedding width (wider than this is a typo, not a model: 4096-d tables of tens of
+# millions of ids do not fit a GPU).
+Share = Annotated[float, Field(ge=0, le=1)]
+MAX_WIDTH = 4096
+Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
 
 
 class VocabSpec(StrictModel):
@@ -51,8 +58,8 @@ class ColdStartSpec(StrictModel):
 
 
 class ModelCheckSpec(StrictModel):
-    max_oov_rate: dict[str, float] = Field(default_factory=lambda: {"default": 0.35})
-    ranker_min_auc: dict[str, float] = Field(default_factory=lambda: {t: 0.55 for t in RANKER_TASKS})
+    max_oov_rate: dict[str, Share] = Field(default_factory=lambda: {"default": 0.35})
+    ranker_min_auc: dict[str, Share] = Field(default_factory=lambda: {t: 0.55 for t in RANKER_TASKS})
     ranker_max_auc_drop: float = Field(default=0.02, ge=0)
     retrieval_k: int = Field(default=50, ge=1)
     retrieval_min_recall: float = Field(default=0.05, ge=0, le=1)
@@ -95,12 +102,12 @@ class ModelSizes(StrictModel):
     device, precision, threads, seed). A run that needs other sizes points the config_files resource at another YAML
     (run config in the launchpad), so a model's sizes are always one file's content, recorded in its training.json."""
 
-    epochs: int = Field(default=2, ge=1)
-    batch_size: int = Field(default=2048, ge=2)
-    learning_rate: float = Field(default=2e-3, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
+    epochs: int = Field(default=2, ge=1, le=1000)
+    batch_size: int = Field(default=2048, ge=2, le=1 << 20)
+    learning_rate: float = Field(default=2e-3, gt=0, le=10)
+    weight_decay: float = Field(default=0.0, ge=0, le=10)
     # Rows the loader shuffles together (memory O(buffer), not O(window)).
-    shuffle_buffer_rows: int = Field(default=1_000_000, ge=1)
+    shuffle_buffer_rows: int = Field(default=1_000_000, ge=1, le=1 << 31)
     # Epoch selection on a held-out slice of the window's users (validation-driven, never on day D): train up to
     # `epochs`, keep the epoch with the best held-out score, stop after `patience` epochs without improvement.
     early_stopping: bool = False
@@ -114,12 +121,12 @@ class RankerSizes(ModelSizes):
     smoothed by `evaluation.item_prior_smoothing`), so training starts from the prior and learns what the user, the
     content and the history add to it (Wide & Deep's wide part, started at its closed-form value)."""
 
-    embedding_dim: int = Field(default=16, ge=1)
-    num_experts: int = Field(default=4, ge=1)
-    expert_sizes: tuple[int, ...] = Field(default=(128, 64), min_length=1)
-    tower_sizes: tuple[int, ...] = (32,)
+    embedding_dim: int = Field(default=16, ge=1, le=MAX_WIDTH)
+    num_experts: int = Field(default=4, ge=1, le=64)
+    expert_sizes: tuple[Width, ...] = Field(default=(128, 64), min_length=1)
+    tower_sizes: tuple[Width, ...] = (32,)
     dropout: float = Field(default=0.0, ge=0, lt=1)
-    task_weights: tuple[float, ...] = Field(default=(1.0,) * len(RANKER_TASKS))
+    task_weights: tuple[Annotated[float, Field(ge=0, le=1e6)], ...] = Field(default=(1.0,) * len(RANKER_TASKS))
     item_bias: bool = True
     max_validation_rows: int = Field(default=2_000_000, ge=1)  # validation-day rows scored for AUC
 
@@ -139,10 +146,10 @@ class RetrievalSizes(ModelSizes):
     out as days) the per-day counts are noise (docs/real_data.md has both measurements). In-batch negatives per
     positive: batch_size - 1."""
 
-    embedding_dim: int = Field(default=32, ge=1)
-    hidden_sizes: tuple[int, ...] = (128,)
-    output_dim: int = Field(default=64, ge=1)
-    temperature: float = Field(default=0.05, gt=0)
+    embedding_dim: int = Field(default=32, ge=1, le=MAX_WIDTH)
+    hidden_sizes: tuple[Width, ...] = (128,)
+    output_dim: int = Field(default=64, ge=1, le=MAX_WIDTH)
+    temperature: float = Field(default=0.05, gt=0, le=100)
     logq_correction: bool = True
     logq_by_day: bool = True
     validation_user_sample_pct: float = Field(default=100.0, gt=0, le=100)

@@ -22,6 +22,7 @@ from functools import reduce
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from recsys_assets.config.datagen import (
     ID_FORBIDDEN_CHARACTERS,
@@ -56,25 +57,47 @@ def stages_of(spec: DatagenSpec) -> list[Stage]:
     return out
 
 
+def _missing(df: DataFrame, c: str) -> Column:
+    """Null, or NaN in a floating-point column: missing, as everywhere else in the platform."""
+    if isinstance(df.schema[c].dataType, T.FloatType | T.DoubleType):
+        return F.col(c).isNull() | F.isnan(c)
+    return F.col(c).isNull()
+
+
 def first_row_per_key(df: DataFrame, key: str) -> DataFrame:
-    """One row per `key` chosen by a rule of the data, not of file layout: the most complete row (fewest null
-    columns) first, ties broken by the other columns' values in schema order, ascending, nulls last. Rows that tie
-    on every column are identical, so which one is kept makes no difference. The input contract documents this
-    rule for catalogue and user snapshots that list an id twice; any cluster and any rerun keeps the same row."""
+    """One row per `key` chosen by a rule of the data, not of file layout: the most complete row (fewest missing
+    columns: null, or NaN in a float column) first, ties broken by the other columns' values in schema order,
+    ascending, nulls last. Rows that tie on every column are identical, so which one is kept makes no difference.
+    The input contract documents this rule for catalogue and user snapshots that list an id twice; any cluster and
+    any rerun keeps the same row."""
     from pyspark.sql.window import Window
 
     rest = [c for c in df.columns if c != key]
-    nulls = reduce(lambda a, b: a + b, [F.col(c).isNull().cast("int") for c in rest], F.lit(0))
+    nulls = reduce(lambda a, b: a + b, [_missing(df, c).cast("int") for c in rest], F.lit(0))
     w = Window.partitionBy(key).orderBy(nulls.asc(), *[F.col(c).asc_nulls_last() for c in rest])
     return df.withColumn("_rank", F.row_number().over(w)).filter(F.col("_rank") == 1).drop("_rank")
 
 
+# The moderation status of an item whose catalogue rows disagree on it: no filter allows it (fails closed).
+CONFLICTING_MODERATION = "conflicting"
+
+
 def item_catalogue(items: DataFrame) -> DataFrame:
     """The day's catalogue with one row per item_id (`first_row_per_key`: a duplicated catalogue row can never
-    multiply events) and its columns prefixed item_. Item-sized: callers cache it."""
-    return first_row_per_key(items, "item_id").select(
-        "item_id", *[F.col(c).alias(f"item_{c}") for c in items.columns if c != "item_id"]
+    multiply events) and its columns prefixed item_. Rows without an item_id are left out (counted by the caller).
+    An item listed with different moderation statuses gets CONFLICTING_MODERATION, so a moderation filter drops it
+    (counted as that filter's loss) instead of keeping whichever status sorts first. Item-sized: callers cache it."""
+    from pyspark.sql.window import Window
+
+    statuses = F.size(
+        F.collect_set(F.coalesce("moderation_status", F.lit("\u0000null"))).over(Window.partitionBy("item_id"))
     )
+    keyed = items.filter(F.col("item_id").isNotNull()).withColumn("_statuses", statuses)
+    chosen = first_row_per_key(keyed, "item_id").withColumn(
+        "moderation_status",
+        F.when(F.col("_statuses") > 1, F.lit(CONFLICTING_MODERATION)).otherwise(F.col("moderation_status")),
+    )
+    return chosen.select("item_id", *[F.col(c).alias(f"item_{c}") for c in items.columns if c != "item_id"])
 
 
 def enrich_events(events: DataFrame, catalogue: DataFrame, how: str = "left", broadcast: bool = True) -> DataFrame:
@@ -388,9 +411,13 @@ def plan_filter_chain(
     a lazy re-read of the raw Parquet through the same narrow predicates, and the quarantine output reads only
     rows cached by the duplicate scan."""
     catalogue = item_catalogue(items).persist()
-    catalogue_items = catalogue.count()
+    counted = catalogue.agg(
+        F.count(F.lit(1)), F.sum((F.col("item_moderation_status") == CONFLICTING_MODERATION).cast("long"))
+    ).first()
+    catalogue_items, conflicting = int(counted[0]), int(counted[1] or 0)
     small_catalogue = catalogue_items <= BROADCAST_ROW_LIMIT
-    catalogue_rows = items.count()  # item-sized; with the distinct count it shows duplicated catalogue rows
+    # item-sized; with the distinct count they show duplicated and id-less catalogue rows
+    catalogue_rows, rows_with_id = items.agg(F.count(F.lit(1)), F.count("item_id")).first()
     q = spec.quarantine
     dedup = deduplicate(events, invalid=quarantine_reason(day_start_us, day_end_us, q).isNotNull())
     checked = with_quarantine_reason(dedup.events, day_start_us, day_end_us, q)
@@ -419,8 +446,10 @@ def plan_filter_chain(
     )
     stats = {
         "num_duplicate_candidates": dedup.duplicate_candidates,
-        "num_catalogue_rows": catalogue_rows,
-        "num_duplicate_catalogue_rows": catalogue_rows - catalogue_items,
+        "num_catalogue_rows": int(catalogue_rows),
+        "num_catalogue_rows_without_item_id": int(catalogue_rows - rows_with_id),
+        "num_duplicate_catalogue_rows": int(rows_with_id - catalogue_items),
+        "num_items_conflicting_moderation": conflicting,
     }
     return FilterChainResult(
         filtered, filtered_items, quarantined, stats, per_item, cached=(catalogue, *dedup.cached, per_item)

@@ -34,9 +34,11 @@ _YESTERDAY = TimeWindowPartitionMapping(start_offset=-1, end_offset=-1, allow_no
 @asset(
     partitions_def=daily_partitions,
     # Built when the previous day's training_events is updated and none of its blocking checks failed (they are
-    # judged inside the datagen run): ready before day D's data. `not_failed`, not `passed`: the self-dependency on
-    # yesterday's history may be missing (the stage then rebuilds from the lookback).
-    automation_condition=after_upstream(AssetSelection.assets(TRAINING_EVENTS), gate="not_failed"),
+    # judged inside the datagen run): ready before day D's data. And when yesterday's history is rebuilt: a rewritten
+    # or un-withheld day rebuilds the next day's history, which rebuilds the one after, in order, so no later history
+    # keeps what the day no longer says (a stale one is never trained on: ml/windows.py stale_history). `not_failed`,
+    # not `passed`: the self-dependency on yesterday's history may be missing (the stage then rebuilds in full).
+    automation_condition=after_upstream(AssetSelection.assets(TRAINING_EVENTS, USER_HISTORY), gate="not_failed"),
     group_name=GROUP,
     deps=[
         AssetDep(AssetKey(TRAINING_EVENTS), partition_mapping=_YESTERDAY),

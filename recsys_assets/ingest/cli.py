@@ -10,10 +10,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
-from recsys_assets.ingest.importer import CsvMapping, ImportSpec, import_csv, import_movielens
+from recsys_assets.ingest.importer import CsvMapping, ImportSpec, SourceDataError, import_csv, import_movielens
 from resources.store import DatasetStore
+
+
+def _days(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"a whole number of days >= 1, got {value!r}")
+    return n
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,36 +44,54 @@ def main(argv: list[str] | None = None) -> None:
     for sp in (ml, gen):
         sp.add_argument("--data-root", required=True)
         sp.add_argument("--source", default=None, help="id prefix (default: ml / csv)")
-        sp.add_argument("--relay-days", type=int, default=None, help="lay events onto N consecutive days")
+        sp.add_argument("--relay-days", type=_days, default=None, help="lay events onto N (>= 1) consecutive days")
+        sp.add_argument(
+            "--replace", action="store_true", help="remove the raw days already under --data-root first (else refused)"
+        )
         sp.add_argument("--start-date", default=None, help="first re-laid day (default RECSYS_PARTITIONS_START)")
         sp.add_argument("--positive-rating", type=float, default=4.0)
         sp.add_argument("--video-length-s", type=float, default=100.0)
         sp.add_argument("--language", default="hi")
     a = p.parse_args(argv)
-    spec = ImportSpec(
-        source=a.source or ("ml" if a.kind == "movielens" else "csv"),
-        relay_days=a.relay_days,
-        start_date=a.start_date,
-        positive_rating=a.positive_rating,
-        video_length_s=a.video_length_s,
-        language=a.language,
-    )
-    store = DatasetStore(a.data_root)
     t = time.time()
-    if a.kind == "movielens":
-        counts = import_movielens(a.source_dir, store, spec)
-    else:
-        mapping = CsvMapping(
-            user=a.user,
-            item=a.item,
-            timestamp=a.timestamp,
-            timestamp_unit=a.timestamp_unit,
-            rating=a.rating,
-            duration=a.duration,
-            liked=a.liked,
+    try:
+        spec = ImportSpec(
+            source=a.source or ("ml" if a.kind == "movielens" else "csv"),
+            relay_days=a.relay_days,
+            start_date=a.start_date,
+            positive_rating=a.positive_rating,
+            video_length_s=a.video_length_s,
+            language=a.language,
+            replace=a.replace,
         )
-        counts = import_csv(a.path, mapping, store, spec)
-    print(json.dumps({"data_root": a.data_root, "days": counts, "seconds": round(time.time() - t, 2)}))
+        store = DatasetStore(a.data_root)
+        if a.kind == "movielens":
+            report = import_movielens(a.source_dir, store, spec)
+        else:
+            mapping = CsvMapping(
+                user=a.user,
+                item=a.item,
+                timestamp=a.timestamp,
+                timestamp_unit=a.timestamp_unit,
+                rating=a.rating,
+                duration=a.duration,
+                liked=a.liked,
+            )
+            report = import_csv(a.path, mapping, store, spec)
+    except (SourceDataError, ValueError) as e:  # the user's input: a message, not a traceback
+        print(f"recsys-import: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(
+        json.dumps(
+            {
+                "data_root": a.data_root,
+                "days": report.days,
+                "duplicate_rows_dropped": report.duplicate_rows_dropped,
+                "replaced_days": report.replaced_days,
+                "seconds": round(time.time() - t, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

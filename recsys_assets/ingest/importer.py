@@ -48,10 +48,11 @@ from resources.store import DatasetStore
 
 US = 1_000_000
 MAX_RATING = 5.0
+MAX_ID_LENGTH = 256  # datagen's quarantine.max_id_length default: longer ids would be quarantined there
 
 
 class SourceDataError(ValueError):
-    """Source data the importer cannot map; the message names the file and column."""
+    """Source data the importer cannot map; the message names the file, column and row."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,20 @@ class ImportSpec:
     video_length_s: float = 100.0
     language: str = "hi"
     seed: int = 0
+    # An import owns the raw days of its data root: a root that already holds raw days is refused unless `replace`,
+    # which removes every raw day (and success file) there before writing (never after a validation error).
+    replace: bool = False
+
+    def __post_init__(self):
+        if self.relay_days is not None and not (isinstance(self.relay_days, int) and self.relay_days >= 1):
+            raise SourceDataError(f"relay_days must be a whole number of days >= 1 (or unset), got {self.relay_days!r}")
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    days: dict[str, dict[str, int]]  # day -> rows per raw table
+    duplicate_rows_dropped: int  # source rows identical to an earlier row (same user, item, time and values)
+    replaced_days: list[str]  # raw days of an earlier import removed first (`replace`)
 
 
 @dataclass(frozen=True)
@@ -80,7 +95,7 @@ class CsvMapping:
 
 @dataclass(frozen=True)
 class Interactions:
-    """Source interactions in source order (row i = the i-th data row of the file)."""
+    """Source interactions in source order (row i = the i-th data row of the file, exact duplicates left out)."""
 
     user: np.ndarray  # object (str)
     item: np.ndarray  # object (str)
@@ -88,6 +103,8 @@ class Interactions:
     rating: np.ndarray | None = None
     duration_s: np.ndarray | None = None
     liked: np.ndarray | None = None
+    duplicate_rows_dropped: int = 0
+    row: np.ndarray | None = None  # the source row of each interaction (event ids keep naming it)
 
 
 @dataclass(frozen=True)
@@ -99,13 +116,38 @@ class ItemMeta:
     year: np.ndarray  # float, NaN when unknown
 
 
+# Source timestamps outside [1970, now + 1 day] are a unit mix-up (milliseconds read as seconds), an overflow or a
+# typo: refused naming the row instead of creating a partition for 2099.
+MAX_FUTURE_US = US_PER_DAY
+
+
+def _line(row: int) -> str:
+    return f"row {row + 2}"  # the CSV line: 1-based, after the header
+
+
 def _read_csv(path: Path, string_columns: list[str]) -> pa.Table:
     from pyarrow import csv
 
     if not path.exists():
         raise SourceDataError(f"{path}: no such file")
     opts = csv.ConvertOptions(column_types={c: pa.string() for c in string_columns})
-    return csv.read_csv(path, convert_options=opts)
+    try:
+        return csv.read_csv(path, convert_options=opts)
+    except (pa.ArrowInvalid, UnicodeDecodeError) as e:  # not UTF-8, ragged rows, unparseable
+        raise SourceDataError(f"{path}: not a readable UTF-8 CSV ({str(e).splitlines()[0][:300]})") from None
+
+
+def _numbers(col: pa.ChunkedArray, path: Path, name: str) -> np.ndarray:
+    """A numeric column as float64; text that is not a number is refused naming its row."""
+    import pandas as pd
+
+    raw = pd.Series(col.to_pylist(), dtype=object)
+    values = pd.to_numeric(raw, errors="coerce").to_numpy(np.float64)
+    bad = np.flatnonzero(np.isnan(values) & raw.notna().to_numpy())
+    if len(bad):
+        r = int(bad[0])
+        raise SourceDataError(f"{path}: column {name!r} {_line(r)}: {str(col[r].as_py())[:50]!r} is not a number")
+    return values
 
 
 def _column(table: pa.Table, name: str, path: Path) -> pa.ChunkedArray:
@@ -118,36 +160,81 @@ def _column(table: pa.Table, name: str, path: Path) -> pa.ChunkedArray:
 
 
 def _timestamps_us(col: pa.ChunkedArray, unit: str, path: Path, name: str) -> np.ndarray:
+    """UTC epoch microseconds; a value that is not a timestamp of this unit between 1970 and tomorrow is refused
+    naming its row (infinite, 1e20, milliseconds given as seconds, a year 2099)."""
     import pyarrow.compute as pc
 
-    try:
-        if unit == "iso":
-            ts = pc.cast(pc.cast(col, pa.string()), pa.timestamp("us", tz="UTC"))
-            return ts.cast(pa.int64()).to_numpy()
-        values = col.cast(pa.float64()).to_numpy()
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-        raise SourceDataError(f"{path}: column {name!r} is not a {unit} timestamp ({e})") from e
-    return np.round(values * (US if unit == "s" else 1_000)).astype(np.int64)
+    if unit == "iso":
+        try:
+            us = pc.cast(pc.cast(col, pa.string()), pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise SourceDataError(f"{path}: column {name!r} is not an ISO-8601 timestamp ({e})") from None
+        seconds = us / US
+    else:
+        seconds = _numbers(col, path, name) / (1 if unit == "s" else 1_000)
+    latest = dt.datetime.now(dt.UTC).timestamp() + MAX_FUTURE_US / US
+    bad = np.flatnonzero(~np.isfinite(seconds) | (seconds < 0) | (seconds > latest))
+    if len(bad):
+        r = int(bad[0])
+        raise SourceDataError(
+            f"{path}: column {name!r} {_line(r)}: {str(col[r].as_py())[:50]!r} is not a time between 1970 and tomorrow "
+            f"in unit {unit!r} ({len(bad)} such rows){'; milliseconds given as seconds?' if unit == 's' else ''}"
+        )
+    return us if unit == "iso" else np.round(seconds * US).astype(np.int64)
 
 
-def read_csv_interactions(path: str | Path, mapping: CsvMapping) -> Interactions:
+def _checked_ids(col: pa.ChunkedArray, path: Path, name: str, prefix: str) -> np.ndarray:
+    """The ids of a column as the contract's ids (`prefix` + id); one outside the id alphabet (control characters, or
+    longer than MAX_ID_LENGTH with the prefix) is refused naming its row."""
+    from recsys_assets.config.datagen import ID_FORBIDDEN_CHARACTERS
+
+    ids = np.array(col.to_pylist(), dtype=object)
+    forbidden = re.compile(ID_FORBIDDEN_CHARACTERS)
+    for r, v in enumerate(ids):
+        if len(v) + len(prefix) > MAX_ID_LENGTH or forbidden.search(v):
+            what = "is too long" if len(v) + len(prefix) > MAX_ID_LENGTH else "has a control character"
+            raise SourceDataError(
+                f"{path}: column {name!r} {_line(r)}: the id {what} (ids are 1..{MAX_ID_LENGTH} characters with the "
+                "source prefix, no control characters: docs/data_contract.md)"
+            )
+    return ids
+
+
+def read_csv_interactions(path: str | Path, mapping: CsvMapping, source: str = "csv") -> Interactions:
+    """The file's interactions, each value checked (the message names file, column and row); rows identical to an
+    earlier row in every mapped column are left out and counted."""
+    import pandas as pd
+
     path = Path(path)
     table = _read_csv(path, [mapping.user, mapping.item])
     num = {}
     for key in ("rating", "duration"):
         name = getattr(mapping, key)
-        num[key] = None if name is None else _column(table, name, path).cast(pa.float64()).to_numpy()
+        num[key] = None if name is None else _numbers(_column(table, name, path), path, name)
+        if name is not None and not np.isfinite(num[key]).all():
+            r = int(np.flatnonzero(~np.isfinite(num[key]))[0])
+            raise SourceDataError(f"{path}: column {name!r} {_line(r)}: not a finite number")
     liked = None
     if mapping.liked is not None:
         raw = np.array(_column(table, mapping.liked, path).cast(pa.string()).to_pylist(), dtype=object)
         liked = np.isin(np.char.lower(raw.astype(str)), ["1", "true", "yes", "y", "t"])
+    data = {
+        "user": _checked_ids(_column(table, mapping.user, path), path, mapping.user, f"{source}-u"),
+        "item": _checked_ids(_column(table, mapping.item, path), path, mapping.item, f"{source}-i"),
+        "ts_us": _timestamps_us(
+            _column(table, mapping.timestamp, path), mapping.timestamp_unit, path, mapping.timestamp
+        ),
+        "rating": num["rating"],
+        "duration_s": num["duration"],
+        "liked": liked,
+    }
+    present = {k: v for k, v in data.items() if v is not None}
+    duplicate = pd.DataFrame(present).duplicated().to_numpy()
+    keep = np.flatnonzero(~duplicate)
     return Interactions(
-        user=np.array(_column(table, mapping.user, path).to_pylist(), dtype=object),
-        item=np.array(_column(table, mapping.item, path).to_pylist(), dtype=object),
-        ts_us=_timestamps_us(_column(table, mapping.timestamp, path), mapping.timestamp_unit, path, mapping.timestamp),
-        rating=num["rating"],
-        duration_s=num["duration"],
-        liked=liked,
+        **{k: (v[keep] if v is not None else None) for k, v in data.items()},
+        duplicate_rows_dropped=int(duplicate.sum()),
+        row=keep,
     )
 
 
@@ -173,9 +260,9 @@ MOVIELENS_RATINGS = CsvMapping(user="userId", item="movieId", timestamp="timesta
 YEAR_RE = re.compile(r"\((\d{4})\)\s*$")
 
 
-def read_movielens(source_dir: str | Path) -> tuple[Interactions, ItemMeta]:
+def read_movielens(source_dir: str | Path, source: str = "ml") -> tuple[Interactions, ItemMeta]:
     source_dir = Path(source_dir)
-    interactions = read_csv_interactions(source_dir / "ratings.csv", MOVIELENS_RATINGS)
+    interactions = read_csv_interactions(source_dir / "ratings.csv", MOVIELENS_RATINGS, source)
     movies = _read_csv(source_dir / "movies.csv", ["movieId", "title", "genres"])
     path = source_dir / "movies.csv"
     titles = _column(movies, "title", path).to_pylist()
@@ -259,13 +346,40 @@ def _ts(us: np.ndarray) -> pa.Array:
     return pa.array(us, pa.int64()).cast(pa.timestamp("us", tz="UTC"))
 
 
+def raw_days_present(store: DatasetStore) -> list[str]:
+    """Every day with a raw table partition or a success file under the data root."""
+    from recsys_assets.core.schemas import RAW_TABLES
+
+    days = {d for table in RAW_TABLES for d in store.raw_days(table)}
+    days |= {i.base_name for i in store.list_success_files()}
+    return sorted(days)
+
+
+def _remove_raw_days(store: DatasetStore, days: list[str]) -> None:
+    from recsys_assets.core.schemas import RAW_TABLES
+
+    for day in days:
+        if store.exists(store.raw_success_file(day)):  # first: a half-removed day is never complete
+            store.fs.delete_file(store.raw_success_file(day))
+        for table in RAW_TABLES:
+            if store.exists(store.raw_partition_path(table, day)):
+                store.fs.delete_dir(store.raw_partition_path(table, day))
+
+
 def import_interactions(
     store: DatasetStore, data: Interactions, spec: ImportSpec, meta: ItemMeta | None = None
-) -> dict[str, dict[str, int]]:
-    """Write the raw days (success file last) and return row counts per day and table."""
+) -> ImportReport:
+    """Write the raw days (success file last) and report row counts per day and table. Everything is checked and laid
+    out before anything under the data root changes."""
     n = len(data.ts_us)
     if n == 0:
         raise SourceDataError("no interactions to import")
+    existing = raw_days_present(store)
+    if existing and not spec.replace:
+        raise SourceDataError(
+            f"{store.root_uri} already holds raw days {existing[0]}..{existing[-1]} ({len(existing)}): an import owns "
+            "its target's raw days; import into an empty data root, or pass --replace to remove them first"
+        )
     day_idx, ts_us, days = lay_out_days(data.ts_us, spec)
     src = spec.source
     user_id = np.array([f"{src}-u{u}" for u in data.user], dtype=object)
@@ -303,7 +417,8 @@ def import_interactions(
     signup_us = signup_us - US_PER_DAY
 
     counts: dict[str, dict[str, int]] = {}
-    row = np.arange(n)
+    row = data.row if data.row is not None else np.arange(n)
+    _remove_raw_days(store, existing)
     for k, day in enumerate(days):
         sel = np.flatnonzero(day_idx == k)
         sel = sel[np.lexsort((sel, ts_us[sel]))]
@@ -360,13 +475,13 @@ def import_interactions(
         }
         write_raw_day(store, day, tables)
         counts[day] = {name: t.num_rows for name, t in tables.items()}
-    return counts
+    return ImportReport(counts, data.duplicate_rows_dropped, existing)
 
 
-def import_movielens(source_dir: str | Path, store: DatasetStore, spec: ImportSpec) -> dict[str, dict[str, int]]:
-    interactions, meta = read_movielens(source_dir)
+def import_movielens(source_dir: str | Path, store: DatasetStore, spec: ImportSpec) -> ImportReport:
+    interactions, meta = read_movielens(source_dir, spec.source)
     return import_interactions(store, interactions, spec, meta)
 
 
-def import_csv(path: str | Path, mapping: CsvMapping, store: DatasetStore, spec: ImportSpec):
-    return import_interactions(store, read_csv_interactions(path, mapping), spec)
+def import_csv(path: str | Path, mapping: CsvMapping, store: DatasetStore, spec: ImportSpec) -> ImportReport:
+    return import_interactions(store, read_csv_interactions(path, mapping, spec.source), spec)

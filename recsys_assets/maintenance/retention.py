@@ -101,6 +101,19 @@ def protected_partitions(store: DatasetStore, keep_latest: int) -> dict[str, set
     return keep
 
 
+def holder_is_live(store: DatasetStore, holder: str) -> bool:
+    """Whether a pin's holder ("<model>.<day>.<version>") is still a version readers or its gate may use: committed,
+    kept as previous, or staged for its checks. An unreadable holder or manifest counts as live (keep the data)."""
+    try:
+        model, day, version = holder.split(".", 2)
+        manifest = store.read_manifest(model, day)
+        candidate = store.read_candidate(model, day)
+    except (ValueError, InvalidManifestError):
+        return True
+    live = {manifest["version"], *manifest.get("previous_versions", [])} if manifest else set()
+    return version in live or (candidate is not None and candidate["version"] == version)
+
+
 def plan_retention(store: DatasetStore, policy: RetentionPolicy, now: dt.datetime) -> RetentionPlan:
     today = now.date().isoformat()
     cutoff_day = shift_day(today, -policy.max_partition_age_days)
@@ -129,6 +142,13 @@ def plan_retention(store: DatasetStore, policy: RetentionPolicy, now: dt.datetim
                 plan.problems.append(str(e))
                 continue
             live = {manifest["version"], *manifest.get("previous_versions", [])} if manifest else set()
+            # Versions a live model version was trained on (the same pins a commit consults before deleting).
+            for holder, version in store.pinned_versions(ds, day).items():
+                if holder_is_live(store, holder):
+                    live.add(version)
+                else:
+                    path = store.pin_path(ds, day, holder)
+                    plan.actions.append(Action("released_pin", path, 0, f"{holder} is no longer a live model version"))
             if candidate is not None:  # staged (awaiting checks) or withheld: the UI and its checks point at it
                 live.add(candidate["version"])
             for v in _dirs(store, part.path, "v="):

@@ -117,7 +117,11 @@ def cold_start_candidates(
 
     `items` has item_id, moderation_status, created_at; returns those rows plus age_days, window_events and
     the reason(s) each qualified."""
-    df = items.loc[items["moderation_status"] == "approved", ["item_id", "created_at"]].drop_duplicates("item_id")
+    # Fails closed: an item listed with different moderation statuses is not approved (as in the filter chain).
+    statuses = items.groupby("item_id")["moderation_status"].nunique(dropna=False)
+    approved = items["item_id"].notna() & (items["moderation_status"] == "approved")
+    approved &= items["item_id"].map(statuses).fillna(0).to_numpy() == 1
+    df = items.loc[approved, ["item_id", "created_at"]].drop_duplicates("item_id")
     df = df.assign(
         age_days=(as_of - pd.to_datetime(df["created_at"], utc=True)).dt.total_seconds() / 86_400.0,
         window_events=window_event_counts.reindex(df["item_id"]).fillna(0).astype("int64").to_numpy(),

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from recsys_assets.config.training import RANKER_TASKS, TrainingSpec
-from recsys_assets.core.datasets import RANKER_MODEL, RETRIEVAL_MODEL, VOCAB
+from recsys_assets.core.datasets import RANKER_MODEL, RETRIEVAL_MODEL, TRAINING_EVENTS, VOCAB
 from recsys_assets.core.days import window_of
 from recsys_assets.core.readers import read_final_items
 from recsys_assets.core.store_dirs import PartitionVersion
@@ -181,6 +181,10 @@ class TrainedModel:
         write_vocab(out, self.encoder.vocab, self.encoder.moments)
         out.write_json("metrics.json", self.metrics)
         out.write_json("training.json", self.training_info)
+        # The training_events versions it was trained on stay on disk while this model version is live.
+        holder = f"{out.dataset}.{out.day}.{out.version}"
+        for day, version in self.window.versions.items():
+            out.store.pin(TRAINING_EVENTS, day, version, holder)
         return {"metrics": self.metrics if self.manifest_metrics is None else self.manifest_metrics}
 
     def published(self) -> None:

@@ -90,22 +90,47 @@ def window_for(store: DatasetStore, day: str, spec) -> TrainingWindow:
     return training_window(store, day, spec.window_days, spec.min_window_days)
 
 
+def stale_history(store: DatasetStore, day: str) -> list[str]:
+    """Why the committed user_history of `day` no longer matches the data it folds in (empty when it does): a
+    training_events day of its lookback recommitted with another version since, committed since (un-withheld, or
+    delivered late), or no longer committed. Its manifest records the versions it was built from (`sources`)."""
+    manifest = store.read_manifest(USER_HISTORY, day) or {}
+    built_from = manifest.get("sources") or {}
+    lookback = int(manifest.get("lookback_days") or 0)
+    days = [shift_day(day, -k) for k in range(lookback, 0, -1)]
+    now = {d: (store.read_manifest(TRAINING_EVENTS, d) or {}).get("version") for d in days}
+    out = []
+    for d in days:
+        if built_from.get(d) == now[d]:
+            continue
+        if d not in built_from:
+            out.append(f"training_events {d} committed since it was built")
+        elif now[d] is None:
+            out.append(f"training_events {d} no longer committed")
+        else:
+            out.append(f"training_events {d} recommitted ({built_from[d]} -> {now[d]})")
+    return out
+
+
 def with_user_history(store: DatasetStore, window: TrainingWindow, min_days: int) -> TrainingWindow:
-    """The window restricted to days that also have a committed user_history (each event is joined with the history
-    as of its own day); a day without one is reported as unused, and the validation day must have one."""
+    """The window restricted to days that also have a committed, current user_history (each event is joined with
+    the history as of its own day); a day without one, or whose history is stale (it folded in a training_events
+    version that has been replaced since), is reported as unused, and the validation day must have a current one."""
     status = dict(window.status)
     for d in [*window.train_days, window.validation_day]:
         if not store.is_committed(USER_HISTORY, d):
             status[d] = (
                 f"no committed user_history ({day_status(store, USER_HISTORY, d)}); materialize user_history first"
             )
+        elif stale := stale_history(store, d):
+            status[d] = f"stale user_history ({'; '.join(stale)}): rebuild user_history from the earliest stale day on"
     train = [d for d in window.train_days if status[d].startswith("used")]
     if not status[window.validation_day].startswith("used") or len(train) < min(min_days, len(window.status) - 1):
         listed = "; ".join(f"{d}: {s}" for d, s in status.items() if not s.startswith("used"))
         raise NoTrainingDataError(
             f"the history-aware models of {window.validation_day} need user_history for the validation day and at "
-            f"least {min_days} window days: {listed}. Backfill user_history (user_history_job) in date order, or set "
-            "history.enabled: false in training.yaml"
+            f"least {min_days} window days: {listed}. Backfill user_history (user_history_job) in date order "
+            "(automation does it after a day is rewritten), or set history.enabled: false in training.yaml"
         )
     versions = {d: v for d, v in window.versions.items() if d in train or d == window.validation_day}
     return TrainingWindow(train_days=train, validation_day=window.validation_day, versions=versions, status=status)

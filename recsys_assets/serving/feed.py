@@ -144,6 +144,12 @@ def ensure_feed_table(conn) -> None:
     conn.commit()
 
 
+def lock_feed_day(cur, strategy_name: str, day: str) -> None:
+    """Serialise publications of one (strategy, day) until the transaction ends: a second publisher waits, then
+    replaces the first's rows whole (on a day's first publication there are no rows a DELETE could lock)."""
+    cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"recsys_feed:{strategy_name}:{day}",))
+
+
 def publish_feed(conn, rows: pd.DataFrame, strategy_name: str, day: str) -> int:
     """Replace (strategy_name, dt) in the feed table in ONE transaction: readers see the old feed or the new one,
     never a mix or an empty gap (MVCC: the delete and the COPY become visible together at commit)."""
@@ -155,6 +161,7 @@ def publish_feed(conn, rows: pd.DataFrame, strategy_name: str, day: str) -> int:
     rows[FEED_COLUMNS].to_csv(buf, index=False, header=False, quoting=csv.QUOTE_ALL)
     buf.seek(0)
     with conn.cursor() as cur:
+        lock_feed_day(cur, strategy_name, day)
         cur.execute("DELETE FROM feed WHERE strategy_name = %s AND dt = %s", (strategy_name, day))
         cur.copy_expert(f"COPY feed ({', '.join(FEED_COLUMNS)}) FROM STDIN WITH (FORMAT csv)", buf)
         cur.execute("SELECT count(*) FROM feed WHERE strategy_name = %s AND dt = %s", (strategy_name, day))

@@ -59,16 +59,17 @@ def naive_chain(
         stats[f"num_quarantined_{name}"] = int((reasons == name).sum())
     stats["num_quarantined_events"] = int(reasons.notna().sum())
 
-    # One catalogue row per item: the most complete one, then the smallest values in column order.
+    # One catalogue row per item id (rows without one are left out): the most complete one (NaN counts as missing),
+    # then the smallest values in column order; an item whose rows disagree on moderation status is `conflicting`.
+    items = items[items["item_id"].notna()]
     rest = [c for c in items.columns if c != "item_id"]
     ranked = items.assign(_nulls=items[rest].isna().sum(axis=1)).sort_values(
         ["_nulls", *rest], na_position="last", kind="stable"
     )
-    cat = (
-        ranked.drop_duplicates("item_id")
-        .drop(columns="_nulls")
-        .rename(columns={c: f"item_{c}" for c in items.columns if c != "item_id"})
-    )
+    statuses = items.groupby("item_id")["moderation_status"].nunique(dropna=False)
+    cat = ranked.drop_duplicates("item_id").drop(columns="_nulls")
+    cat.loc[cat["item_id"].map(statuses).to_numpy() > 1, "moderation_status"] = "conflicting"
+    cat = cat.rename(columns={c: f"item_{c}" for c in items.columns if c != "item_id"})
     ev = ev[reasons.isna()].merge(cat, on="item_id", how="left")
     ev["item_age_days"] = (ev["event_ts"] - ev["item_created_at"]).dt.total_seconds() / 86400.0
 

@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 from recsys_assets.config.datagen import DEFAULT_CONFIG_PATH, load_datagen_spec, parse_datagen_spec
 from recsys_assets.core.days import window_micros, window_of
 from recsys_assets.core.raw_inputs import read_raw
-from recsys_assets.core.schemas import RAW_EVENTS
+from recsys_assets.core.schemas import RAW_EVENTS, RAW_ITEMS
 from recsys_assets.datagen.filter_chain import deduplicate, run_filter_chain, sample_predicate
 from resources.store import DatasetStore
 from tests.datagen.naive_chain import naive_chain
@@ -225,14 +225,28 @@ def _hostile_day(store, day):
     out = pd.concat([events, hostile.iloc[:7], hostile.iloc[8:], late, valid], ignore_index=True)
     out["event_ts"] = pd.to_datetime(out["event_ts"], utc=True).astype(events["event_ts"].dtype)
     pq.write_table(pa.Table.from_pandas(out, schema=RAW_EVENTS, preserve_index=False), f"{path}/part-00000.parquet")
-    return out, valid["event_id"].iloc[0]
+    # The catalogue: a row without an item id, an approved item listed again as rejected (moderation must fail closed),
+    # and an item listed again with a NaN length (NaN is missing when the most complete row is chosen).
+    items_path = store.raw_partition_path("items", day)
+    items = pd.read_parquet(items_path)
+    approved = items[items.moderation_status == "approved"]
+    seen = approved[approved.item_id.isin(set(events.item_id))]
+    conflicting, nan_length = seen.iloc[[0]].copy(), seen.iloc[[1]].copy()
+    conflicting["moderation_status"] = "rejected"
+    nan_length["video_length_s"] = np.nan
+    nameless = seen.iloc[[2]].assign(item_id=None)
+    items = pd.concat([items, conflicting, nan_length, nameless], ignore_index=True)
+    pq.write_table(
+        pa.Table.from_pandas(items, schema=RAW_ITEMS, preserve_index=False), f"{items_path}/part-00000.parquet"
+    )
+    return out, valid["event_id"].iloc[0], conflicting.item_id.iloc[0]
 
 
 def test_hostile_rows_are_quarantined_by_reason_and_a_late_copy_never_displaces_the_valid_one(spark, data_root):
     store = DatasetStore(str(data_root))
     day = DAYS[1]
     spec = load_datagen_spec()
-    ev_pd, kept_id = _hostile_day(store, day)
+    ev_pd, kept_id, conflicting_item = _hostile_day(store, day)
     start_us, end_us = window_micros(window_of(day))
     events = read_raw(spark, store, "events", day)
     result = run_filter_chain(events, read_raw(spark, store, "items", day), spec, start_us, end_us)
@@ -245,6 +259,7 @@ def test_hostile_rows_are_quarantined_by_reason_and_a_late_copy_never_displaces_
                 F.col("event_id").startswith("hostile-") | (F.col("event_id") == "")
             ).collect()
         }
+        survivors = [r.item_id for r in result.filtered_items.select("item_id").collect()]
         sampled = {
             r.event_id
             for r in events.filter(F.col("event_id").isNotNull())
@@ -274,3 +289,7 @@ def test_hostile_rows_are_quarantined_by_reason_and_a_late_copy_never_displaces_
     # The valid copy is kept as the event (if the sample keeps it), the late copy is quarantined with its own reason.
     assert stats["num_quarantined_duplicate_event_id"] == expected["num_quarantined_duplicate_event_id"]
     assert kept == (1 if kept_id in sampled else 0)
+    # The catalogue's rows are all accounted for; the item listed approved and rejected is not trained on.
+    assert stats["num_catalogue_rows_without_item_id"] == 1 and stats["num_items_conflicting_moderation"] == 1
+    assert stats["num_duplicate_catalogue_rows"] == 2
+    assert conflicting_item not in set(survivors)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 import shutil
 
 import numpy as np
@@ -227,3 +228,85 @@ def test_asset_builds_incrementally_gates_on_point_in_time_and_equals_a_full_reb
     assert not evaluation.passed and "at or after day" in evaluation.description
     assert store.committed_version(USER_HISTORY, DAYS[2]) == committed
     assert store.gate_state(USER_HISTORY, DAYS[2]).state == "withheld"
+
+
+def _recommit_with_fewer_positives(store: DatasetStore, day: str, share: float = 0.5) -> set[str]:
+    """Upstream re-delivers `day` with corrected labels: `share` of its positive events stop being positives (a new
+    committed training_events version). Returns the event ids that stopped being positives."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    old = store.committed_version(TRAINING_EVENTS, day)
+    new = store.new_version()
+    src, dst = store.version_path(TRAINING_EVENTS, day, old), store.version_path(TRAINING_EVENTS, day, new)
+    shutil.copytree(f"{src}/items", f"{dst}/items")
+    events = pads.dataset(f"{src}/events", format="parquet").to_table()
+    positive = pc.or_(
+        pc.greater_equal(events["watch_ratio"], 0.5),
+        pc.or_(pc.fill_null(events["liked"], False), pc.fill_null(events["followed"], False)),
+    ).to_numpy(zero_copy_only=False)
+    positive |= pc.fill_null(events["shared"], False).to_numpy(zero_copy_only=False)
+    rng = np.random.default_rng(11)
+    flip = positive & (rng.random(len(positive)) < share)
+    df = events.to_pandas()
+    df.loc[flip, "watch_ratio"] = 0.1
+    df.loc[flip, ["liked", "shared", "followed"]] = False
+    os.makedirs(f"{dst}/events")
+    pq.write_table(pa.Table.from_pandas(df, schema=events.schema, preserve_index=False), f"{dst}/events/part-0.parquet")
+    store.commit(TRAINING_EVENTS, day, new)
+    return set(df.loc[flip, "event_id"])
+
+
+@pytest.mark.slow
+def test_a_rewritten_day_makes_every_later_history_stale_until_automation_rebuilds_them_in_order(
+    datagen_root, spark_resource, tmp_path
+):
+    """Re-delivering DAYS[0] with corrected labels: the committed histories of DAYS[1] and DAYS[2] folded in the old
+    version, so they are stale (never trained on); automation rebuilds DAYS[1], then DAYS[2] (a day's history rebuild
+    starts the next day's), and the rebuilt DAYS[2] holds none of the removed positives and equals a full rebuild."""
+    from dagster import AssetKey, AssetMaterialization, AssetSelection, evaluate_automation_conditions
+
+    from recsys_assets.ml.windows import NoTrainingDataError, stale_history, training_window, with_user_history
+    from tests.helpers import defs_with
+
+    root = tmp_path / "data"
+    shutil.copytree(datagen_root, root)
+    store = DatasetStore(str(root))
+    res = {"spark": spark_resource, "storage": StorageResource(data_root=str(root))}
+    before = set(np.concatenate(_history_rows(store, DAYS[2]).event_ids.to_numpy()))
+    removed = _recommit_with_fewer_positives(store, DAYS[0])
+    assert len(removed & before) > 20  # the committed DAYS[2] history holds positives that no longer are
+
+    for day in DAYS[1:]:
+        (reason,) = stale_history(store, day)
+        assert reason.startswith(f"training_events {DAYS[0]} recommitted")
+    assert stale_history(store, DAYS[0]) == []
+    with pytest.raises(NoTrainingDataError, match=f"{DAYS[2]}: stale user_history"):
+        with_user_history(store, training_window(store, DAYS[2], 2, 1), 1)
+
+    defs, instance = defs_with(res), DagsterInstance.ephemeral()
+    history = AssetSelection.assets(USER_HISTORY)
+    now = dt.datetime(2024, 3, 4, 12, tzinfo=dt.UTC)
+    idle = evaluate_automation_conditions(defs, instance, asset_selection=history, evaluation_time=now)
+    instance.report_runless_asset_event(AssetMaterialization(AssetKey(TRAINING_EVENTS), partition=DAYS[0]))
+    tick = evaluate_automation_conditions(
+        defs, instance, asset_selection=history, evaluation_time=now, cursor=idle.cursor
+    )
+    assert tick.get_requested_partitions(AssetKey(USER_HISTORY)) == {DAYS[1]}
+    assert run_job("user_history_job", DAYS[1], instance, res).success
+    tick = evaluate_automation_conditions(
+        defs, instance, asset_selection=history, evaluation_time=now, cursor=tick.cursor
+    )
+    assert tick.get_requested_partitions(AssetKey(USER_HISTORY)) == {DAYS[2]}
+    assert run_job("user_history_job", DAYS[2], instance, res).success
+    tick = evaluate_automation_conditions(
+        defs, instance, asset_selection=history, evaluation_time=now, cursor=tick.cursor
+    )
+    assert tick.total_requested == 0 or tick.get_requested_partitions(AssetKey(USER_HISTORY)) == {"2024-03-04"}
+
+    assert all(stale_history(store, d) == [] for d in DAYS)
+    rebuilt = _history_rows(store, DAYS[2])
+    assert not removed & set(np.concatenate(rebuilt.event_ids.to_numpy()))
+    shutil.rmtree(root / USER_HISTORY / f"dt={DAYS[1]}")  # a full rebuild from the lookback gives the same rows
+    assert run_job("user_history_job", DAYS[2], instance, res).success
+    pd.testing.assert_frame_equal(_history_rows(store, DAYS[2]), rebuilt)

@@ -20,6 +20,7 @@ from recsys_assets.ingest.importer import (
     import_csv,
     import_movielens,
     movielens_dir,
+    raw_days_present,
 )
 from resources.store import DatasetStore
 
@@ -37,7 +38,7 @@ def _source_rows() -> list[dict]:
 
 def test_movielens_import_meets_the_contract_and_counts_equal_the_source(tmp_path):
     store = DatasetStore(str(tmp_path / "data"))
-    counts = import_movielens(MOVIELENS, store, ImportSpec(relay_days=10, start_date="2024-03-01"))
+    counts = import_movielens(MOVIELENS, store, ImportSpec(relay_days=10, start_date="2024-03-01")).days
     days = sorted(counts)
     assert days == [f"2024-03-{d:02d}" for d in range(1, 11)]
     rows = _source_rows()
@@ -117,7 +118,7 @@ def test_generic_csv_lands_each_event_in_its_asia_kolkata_day(tmp_path):
     )
     mapping = CsvMapping(user="who", item="video", timestamp="when", timestamp_unit="iso", duration="secs", liked="fav")
     store = DatasetStore(str(tmp_path / "data"))
-    counts = import_csv(path, mapping, store, ImportSpec(source="plays"))
+    counts = import_csv(path, mapping, store, ImportSpec(source="plays")).days
     assert {d: c["events"] for d, c in counts.items()} == {"2024-03-01": 1, "2024-03-02": 2}
     day2 = _table(store, "events", "2024-03-02")
     assert day2.column("event_id").to_pylist() == ["plays-e1", "plays-e2"]
@@ -145,5 +146,117 @@ def test_bad_sources_are_refused_naming_what_is_wrong(tmp_path):
     # Re-laid onto the partitions, the same old data imports.
     counts = import_csv(
         old, CsvMapping(user="u", item="i", timestamp="t", timestamp_unit="iso"), store, ImportSpec(relay_days=1)
-    )
+    ).days
     assert list(counts) == ["2024-01-01"]
+
+
+def _import(tmp_path, rows, **mapping) -> str:
+    """recsys-import csv on these rows into a fresh root: the error message a user sees (exit 2), '' on success."""
+    path = _write_csv(tmp_path / "in.csv", rows)
+    root = tmp_path / f"root-{len(list(tmp_path.iterdir()))}"
+    args = ["csv", "--path", str(path), "--user", "u", "--item", "i", "--timestamp", "t", "--data-root", str(root)]
+    for k, v in mapping.items():
+        args += [f"--{k.replace('_', '-')}", v]
+    try:
+        import_cli(args)
+    except SystemExit as e:
+        assert e.code == 2
+        return str(e.__context__ or "")
+    return ""
+
+
+@pytest.mark.parametrize(
+    "value, unit",
+    [("inf", "s"), ("1e20", "s"), ("1709251200000", "s"), ("4070908800", "s"), ("abc", "s"), ("not-a-date", "iso")],
+    ids=["inf", "1e20", "ms-as-seconds", "year-2099", "text", "bad-iso"],
+)
+def test_a_timestamp_that_is_not_one_is_refused_naming_file_column_and_row(tmp_path, capsys, value, unit):
+    rows = [["u", "i", "t"], ["a", "x", "1709251200" if unit == "s" else "2024-03-01T00:00:00Z"], ["b", "y", value]]
+    _import(tmp_path, rows, timestamp_unit=unit)
+    err = capsys.readouterr().err
+    assert err.startswith("recsys-import: error: ") and "Traceback" not in err
+    assert "in.csv: column 't'" in err and ("row 3" in err or unit == "iso")
+    assert not (tmp_path / "root-1" / "raw").exists()  # nothing written
+
+
+def test_ids_outside_the_alphabet_and_text_in_numbers_are_refused_naming_the_row(tmp_path, capsys):
+    cases = [
+        ([["u", "i", "t"], ["a", "x", "1709251200"], ["b" * 100_005, "y", "1709251200"]], {}, "column 'u' row 3"),
+        ([["u", "i", "t"], ["a", "x\ry", "1709251200"]], {}, "column 'i' row 2: the id has a control character"),
+        (
+            [["u", "i", "t", "d"], ["a", "x", "1709251200", "12"], ["b", "y", "1709251200", "ten"]],
+            {"duration": "d"},
+            "column 'd' row 3: 'ten' is not a number",
+        ),
+    ]
+    for rows, mapping, expected in cases:
+        _import(tmp_path, rows, **mapping)
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err, err
+    (tmp_path / "bytes.csv").write_bytes(b"u,i,t\na,\xff\xfe,1709251200\n")
+    with pytest.raises(SourceDataError, match="bytes.csv: not a readable UTF-8 CSV"):
+        import_csv(
+            tmp_path / "bytes.csv",
+            CsvMapping(user="u", item="i", timestamp="t"),
+            DatasetStore(str(tmp_path / "b")),
+            ImportSpec(),
+        )
+
+
+@pytest.mark.parametrize("days", ["-3", "0", "x"])
+def test_relay_days_must_be_a_positive_number(tmp_path, capsys, days):
+    with pytest.raises(SystemExit):
+        import_cli(
+            [
+                "csv",
+                "--path",
+                "in.csv",
+                "--user",
+                "u",
+                "--item",
+                "i",
+                "--timestamp",
+                "t",
+                "--data-root",
+                str(tmp_path),
+                "--relay-days",
+                days,
+            ]
+        )
+    assert "a whole number of days >= 1" in capsys.readouterr().err
+    with pytest.raises(SourceDataError, match="relay_days"):
+        ImportSpec(relay_days=0)
+
+
+def test_exact_duplicate_rows_are_dropped_and_counted(tmp_path):
+    path = _write_csv(
+        tmp_path / "d.csv",
+        [["u", "i", "t"], ["a", "x", "1709251200"], ["a", "x", "1709251200"], ["a", "y", "1709251200"]],
+    )
+    report = import_csv(
+        path, CsvMapping(user="u", item="i", timestamp="t"), DatasetStore(str(tmp_path / "r")), ImportSpec()
+    )
+    assert report.duplicate_rows_dropped == 1
+    assert sum(c["events"] for c in report.days.values()) == 2
+    ids = sorted(
+        e
+        for d in report.days
+        for e in _table(DatasetStore(str(tmp_path / "r")), "events", d).column("event_id").to_pylist()
+    )
+    assert ids == ["ml-e0", "ml-e2"]  # event ids keep naming the source rows (the API's default source: ml)
+
+
+def test_an_import_owns_its_target_days(tmp_path):
+    """Re-importing 2 re-laid days over an earlier 4-day import left days 3-4 (and their success files) behind: a
+    non-empty target is refused, and --replace removes what it replaces."""
+    rows = [["u", "i", "t"]] + [[f"u{k}", f"i{k}", str(1709251200 + k)] for k in range(8)]
+    path = _write_csv(tmp_path / "in.csv", rows)
+    mapping, store = CsvMapping(user="u", item="i", timestamp="t"), DatasetStore(str(tmp_path / "root"))
+    first = import_csv(path, mapping, store, ImportSpec(relay_days=4, start_date="2024-03-01"))
+    assert sorted(first.days) == ["2024-03-01", "2024-03-02", "2024-03-03", "2024-03-04"]
+    with pytest.raises(SourceDataError, match=r"already holds raw days 2024-03-01\.\.2024-03-04 \(4\).*--replace"):
+        import_csv(path, mapping, store, ImportSpec(relay_days=2, start_date="2024-03-01"))
+    again = import_csv(path, mapping, store, ImportSpec(relay_days=2, start_date="2024-03-01", replace=True))
+    assert again.replaced_days == sorted(first.days)
+    assert raw_days_present(store) == ["2024-03-01", "2024-03-02"]
+    assert not store.exists(store.raw_success_file("2024-03-03"))

@@ -125,3 +125,36 @@ def test_every_declared_dataset_is_retained_as_its_declaration_says(tmp_path):
         kept = {d for d in (model_day, trained_on, unrelated) if (name, d) not in deleted}
         assert kept == expected_kept[decl.retention], (name, decl.retention, kept)
     assert {"feature_skew_report", "online_evaluation"} <= {n for n, _ in deleted}
+
+
+def test_the_version_a_live_model_was_trained_on_survives_recommits_until_the_model_moves_on(tmp_path):
+    """Two passing re-commits of a training_events day used to delete, by the commit itself (one previous version
+    kept), the version the current model was trained on. The model pins it; commits and retention consult the pin;
+    once the model version is no longer live, retention releases the pin and the version goes."""
+    store = DatasetStore(str(tmp_path / "data"))
+    world = make_world(num_users=50, num_items=40)
+    day = "2024-01-09"
+    trained_on = write_training_events(store, day, *make_day(world, day, 200, seed=1), files=1)
+
+    def commit_model() -> str:  # what retention reads of a model: its training.json (here it claims no data days)
+        v = store.new_version()
+        store.write_json_atomic(store.version_path("ranker_model", "2024-01-10", v, "training.json"), {})
+        store.commit("ranker_model", "2024-01-10", v)
+        return v
+
+    model = commit_model()
+    store.pin("training_events", day, trained_on, f"ranker_model.2024-01-10.{model}")
+    for seed in (2, 3):  # two passing re-commits of the day
+        write_training_events(store, day, *make_day(world, day, 200, seed=seed), files=1)
+    assert store.committed_version("training_events", day) != trained_on
+    assert Path(store.version_path("training_events", day, trained_on)).is_dir()  # not deleted by the commits
+    age(Path(store.root_uri))
+    policy = RetentionPolicy(max_partition_age_days=10_000, staging_max_age_hours=1)
+    plan = plan_retention(store, policy, NOW)
+    assert not any(trained_on in a.path for a in plan.actions)
+    # The model is retrained twice: its old version is no longer live, so the pin and then the version go.
+    for _ in range(2):
+        commit_model()
+    kinds = {(a.kind, Path(a.path).name) for a in plan_retention(store, policy, NOW).actions}
+    assert ("released_pin", f"ranker_model.2024-01-10.{model}.json") in kinds
+    assert ("stale_version", f"v={trained_on}") in kinds

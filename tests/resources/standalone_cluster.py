@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import urllib.request
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pyspark
 
-from tests.helpers import file_size, wait_until
+from tests.helpers import file_size, stop_process_tree, wait_until
 
 
 def free_port() -> int:
@@ -98,11 +97,5 @@ def standalone_cluster(log_dir: Path, worker_cores: int = 2, worker_memory: str 
         )
         yield master_url
     finally:
-        for p in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+        for p in reversed(procs):  # the worker (and its executors), then the master
+            stop_process_tree(p)

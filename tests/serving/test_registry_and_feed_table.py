@@ -9,7 +9,7 @@ import psycopg2
 import pytest
 
 from recsys_assets.serving import registry
-from recsys_assets.serving.feed import FEED_COLUMNS, ensure_feed_table, publish_feed
+from recsys_assets.serving.feed import FEED_COLUMNS, ensure_feed_table, lock_feed_day, publish_feed
 from tests.helpers import PG_DSN
 
 
@@ -63,25 +63,11 @@ def test_rollback_walks_back_through_promotions_and_logs_every_change(conn, pg_d
     assert registry.rollback(conn, "m", reason="ctr drop") == (v3, v2)
     assert registry.previous_production_version(conn, "m") == v1
 
-    # The command-line rollback (what an on-call engineer runs) against the same database.
-    import os
-
-    env = {
-        "RECSYS_PG_HOST": PG_DSN["host"],
-        "RECSYS_PG_PORT": str(PG_DSN["port"]),
-        "RECSYS_PG_USER": PG_DSN["user"],
-        "RECSYS_PG_DB": pg_database,
-    }
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        assert registry.main(["--model", "m", "rollback", "--reason", "cli"]) == 0
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    # The registry's own rollback walks back one more promotion (the command line and the UI job add the release
+    # check and the serving config around it: tests/serving/test_serving_assets.py).
+    assert registry.rollback_target(conn, "m") == (v2, v1)
+    assert registry.rollback(conn, "m", reason="cli") == (v2, v1)
+    assert registry.pin(conn, "m")["to_version"] == v1  # a rollback pins production
     assert registry.production_version(conn, "m") == v1
     log = [(d["action"], d["from_version"], d["to_version"], d["reason"]) for d in registry.deployments(conn, "m")]
     assert log == [
@@ -164,3 +150,36 @@ def test_any_stored_id_round_trips_through_the_feed_table(conn):
         stored = cur.fetchall()
     expected = sorted(zip(rows["user_id"], rows["rank"], rows["item_id"]), key=lambda r: (r[0].encode(), r[1]))
     assert sorted(stored, key=lambda r: (r[0].encode(), r[1])) == expected
+
+
+def test_two_concurrent_first_publications_of_a_day_never_mix(conn, pg_database):
+    """Publisher B is mid-transaction on a day no feed has been published for (its rows copied, not committed) when
+    A publishes the same day with other users: A waits for B, then replaces B's rows whole; the day never holds both."""
+    ensure_feed_table(conn)
+    day = "2024-03-05"
+    b = psycopg2.connect(dbname=pg_database, **PG_DSN)
+    rows_b = _feed_rows(50, day, 2).assign(user_id=lambda d: "b-" + d["user_id"])
+    with b.cursor() as cur:
+        lock_feed_day(cur, "s", day)  # what publish_feed holds while it writes
+        cur.executemany(
+            f"INSERT INTO feed ({', '.join(FEED_COLUMNS)}) VALUES ({', '.join(['%s'] * len(FEED_COLUMNS))})",
+            rows_b.itertuples(index=False, name=None),
+        )
+    done = threading.Event()
+    result = {}
+
+    def publish_a():
+        a = psycopg2.connect(dbname=pg_database, **PG_DSN)
+        result["a"] = publish_feed(a, _feed_rows(30, day, 1), "s", day)
+        a.close()
+        done.set()
+
+    t = threading.Thread(target=publish_a)
+    t.start()
+    assert not done.wait(2)  # A waits for B's publication to end
+    b.commit()
+    b.close()
+    t.join(30)
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*), count(DISTINCT model_version) FROM feed WHERE dt = %s", (day,))
+        assert cur.fetchone() == (30 * 20, 1) and result["a"] == 30 * 20
