@@ -25,8 +25,8 @@ from recsys_assets.ml.loader import BatchEncoder, committed_events_dataset, retr
 from recsys_assets.ml.ranker import RankerHyper, train_ranker
 from recsys_assets.ml.retrieval import RetrievalHyper, train_two_tower
 from recsys_assets.ml.trainer import TrainSettings
+from resources.devices import resolve_device
 from resources.store import DatasetStore
-from resources.training import resolve_device
 
 
 def main() -> None:

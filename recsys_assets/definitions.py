@@ -77,7 +77,13 @@ def default_resources() -> dict:
         "storage": StorageResource(data_root=_env(DATA_ROOT_ENV, DEFAULT_DATA_ROOT)),
         "config_files": ConfigFilesResource.from_env(),
         "spark": spark_backend(),
-        "training": TrainingResource(device=_env("RECSYS_TRAINING_DEVICE", "auto")),
+        # Where trainings run: in the run process (default), `torchrun` workers on this host, or `spark`
+        # (TorchDistributor on the Spark backend's cluster: Dataproc GPU workers in production; docs/scale.md).
+        "training": TrainingResource(
+            device=_env("RECSYS_TRAINING_DEVICE", "auto"),
+            launcher=os.environ.get("RECSYS_TRAINING_LAUNCHER", "in_process"),
+            processes=int(os.environ.get("RECSYS_TRAINING_PROCESSES", "1")),
+        ),
         # Registry, feed table: the machine's PostgreSQL by default; production sets RECSYS_PG_* (password from the
         # environment only).
         "postgres": PostgresResource.from_env(deferred=True),

@@ -57,6 +57,7 @@ def test_a_worker_imports_the_library_entry_points_without_dagster():
         "import sys\n"
         "import recsys_assets.ml.train, recsys_assets.ml.indexing, recsys_assets.ml.scoring, recsys_assets.ml.release\n"
         "import recsys_assets.datagen.stages, recsys_assets.history.stage\n"
+        "import recsys_assets.ml.worker, recsys_assets.ml.launch, recsys_assets.ml.distributed\n"
         "from recsys_assets.ml.train import build_day_vocab, train_day_ranker, train_day_retrieval\n"
         "from recsys_assets.ml.scoring import generate_feed\n"
         "loaded = sorted(m for m in sys.modules if m.split('.')[0].startswith('dagster'))\n"

@@ -108,6 +108,9 @@ class ModelSizes(StrictModel):
     weight_decay: float = Field(default=0.0, ge=0, le=10)
     # Rows the loader shuffles together (memory O(buffer), not O(window)).
     shuffle_buffer_rows: int = Field(default=1_000_000, ge=1, le=1 << 31)
+    # Id embedding tables updated sparsely (SparseAdam: only the rows a batch looked up; step cost independent of the
+    # table size); false: one dense AdamW over every parameter, as before.
+    sparse_embeddings: bool = True
     # Epoch selection on a held-out slice of the window's users (validation-driven, never on day D): train up to
     # `epochs`, keep the epoch with the best held-out score, stop after `patience` epochs without improvement.
     early_stopping: bool = False

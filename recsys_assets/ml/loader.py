@@ -25,6 +25,7 @@ import torch
 from recsys_assets.config.training import RANKER_TASKS, LabelSpec
 from recsys_assets.core.datasets import TRAINING_EVENTS
 from recsys_assets.core.days import day_number
+from recsys_assets.ml.distributed import SINGLE, Rank
 from recsys_assets.ml.features import DENSE_FEATURES, ItemCatalog, Vocab, positions_in, standardize
 from recsys_assets.ml.history import HistoryArrays
 from resources.store import DatasetStore
@@ -69,6 +70,7 @@ class TrainingEventsDataset:
         self.store = store
         self._fragments: list[tuple[str, pads.Fragment]] = []
         self._items: dict[str, tuple[pd.Index, pa.Table, pa.Table]] = {}
+        self._pieces: list[DayFragment] | None = None
         event_schema, item_schema = None, None
         for d in days:
             files = self._parquet_files(d, "events")
@@ -135,6 +137,17 @@ class TrainingEventsDataset:
 
     def get_fragments(self, filter: pc.Expression | None = None) -> list[DayFragment]:
         return [DayFragment(self, d, f) for d, f in self._fragments]
+
+    def get_pieces(self) -> list[DayFragment]:
+        """The row groups of every file, in day and file order: the loader's unit of reading, shuffling and sharding
+        (memory per piece in flight is one row group, never a whole file)."""
+        if self._pieces is None:
+            self._pieces = [DayFragment(self, d, rg) for d, f in self._fragments for rg in f.split_by_row_group()]
+        return self._pieces
+
+    def piece_rows(self) -> np.ndarray:
+        """Rows of each piece (Parquet footer metadata, no data read)."""
+        return np.array([p.fragment.row_groups[0].num_rows for p in self.get_pieces()], np.int64)
 
     def to_batches(
         self, columns: list[str] | None = None, filter: pc.Expression | None = None, batch_size: int = 131_072
@@ -216,9 +229,34 @@ class BatchEncoder:
 assert RANKER_TASKS == ("liked", "shared", "followed", "watch_complete"), "label order in BatchEncoder.encode"
 
 
-# Fragments decoded + encoded at once. Parquet decode and the Arrow dictionary lookups release the GIL, so
-# threads scale; blocks are still yielded in fragment order, so batches do not depend on thread timing.
+# Pieces (row groups) decoded + encoded at once. Parquet decode and the Arrow dictionary lookups release the GIL, so
+# threads scale; blocks are still yielded in piece order, so batches do not depend on thread timing.
 LOADER_THREADS = min(4, os.cpu_count() or 1)
+
+
+def shard_pieces(piece_rows: np.ndarray, order: np.ndarray, shard: Rank) -> np.ndarray:
+    """This rank's pieces, in `order`: each piece goes to the rank with the fewest rows so far (lowest rank on a tie),
+    so the shares are disjoint, cover every piece, and differ by at most one piece's rows. Every rank computes the
+    same assignment from the same order and the footers' row counts."""
+    if not shard.distributed:
+        return order
+    load = np.zeros(shard.world_size, np.int64)
+    mine = []
+    for i in order:
+        r = int(np.argmin(load))
+        load[r] += piece_rows[i]
+        if r == shard.rank:
+            mine.append(i)
+    return np.array(mine, np.int64)
+
+
+def local_batch_size(global_batch_size: int, piece_rows: np.ndarray, mine: np.ndarray) -> int:
+    """A rank's batch: the global batch times its share of the rows (footer counts), so the ranks' step counts match
+    however unevenly whole pieces divide (a few pieces per rank at demo scale)."""
+    total = int(piece_rows.sum())
+    if total == 0:
+        return global_batch_size
+    return max(1, round(global_batch_size * int(piece_rows[mine].sum()) / total))
 
 
 def encoded_blocks(
@@ -226,16 +264,18 @@ def encoded_blocks(
     encoder: BatchEncoder,
     filter: pc.Expression | None = None,
     read_rows: int = 65_536,
-    fragment_order: np.ndarray | None = None,
+    order: np.ndarray | None = None,
     threads: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    fragments = list(dataset.get_fragments(filter=filter))
-    order = fragment_order if fragment_order is not None else np.arange(len(fragments))
+    """Encoded blocks of the pieces in `order` (default: all, in storage order), at most `threads` + 1 pieces in
+    flight."""
+    pieces = dataset.get_pieces()
+    order = order if order is not None else np.arange(len(pieces))
 
-    def encode_fragment(i: int) -> list[dict[str, np.ndarray]]:
+    def encode_piece(i: int) -> list[dict[str, np.ndarray]]:
         return [
-            encoder.encode(b, fragments[i].day)
-            for b in fragments[i].to_batches(
+            encoder.encode(b, pieces[i].day)
+            for b in pieces[i].to_batches(
                 columns=encoder.columns, filter=filter, batch_size=read_rows, dictionary_items=True
             )
             if b.num_rows
@@ -244,12 +284,12 @@ def encoded_blocks(
     threads = LOADER_THREADS if threads is None else threads
     if threads <= 1 or len(order) <= 1:
         for i in order:
-            yield from encode_fragment(i)
+            yield from encode_piece(i)
         return
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="loader") as pool:
         pending: deque = deque()
         for i in order:
-            pending.append(pool.submit(encode_fragment, i))
+            pending.append(pool.submit(encode_piece, i))
             if len(pending) > threads:
                 yield from pending.popleft().result()
         while pending:
@@ -269,10 +309,20 @@ def shuffled_batches(
     filter: pc.Expression | None = None,
     shuffle_buffer_rows: int = 1_000_000,
     drop_last: bool = False,
+    shard: Rank = SINGLE,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Training batches: fragments in a (seed, epoch) permutation, rows shuffled within a bounded buffer."""
+    """Training batches: pieces in a (seed, epoch) permutation, rows shuffled within a bounded buffer.
+
+    With a data-parallel `shard`: this rank's disjoint share of the pieces (`shard_pieces`), its rows shuffled by
+    its own (seed, epoch, rank) stream, in batches of its share of the global `batch_size` (`local_batch_size`):
+    every rank then takes about as many steps, and each global batch mixes every rank's pieces in proportion, as
+    one process's batches mix the whole window."""
     rng = np.random.default_rng([seed, epoch])
-    n_frag = len(list(dataset.get_fragments(filter=filter)))
+    rows = dataset.piece_rows()
+    order = shard_pieces(rows, rng.permutation(len(rows)), shard)
+    if shard.distributed:
+        rng = np.random.default_rng([seed, epoch, shard.rank])
+        batch_size = local_batch_size(batch_size, rows, order)
     buffer: list[dict[str, np.ndarray]] = []
     buffered = 0
 
@@ -290,7 +340,7 @@ def shuffled_batches(
         buffer = [{k: v[rest] for k, v in block.items()}] if len(rest) else []
         buffered = len(rest)
 
-    for block in encoded_blocks(dataset, encoder, filter, fragment_order=rng.permutation(n_frag)):
+    for block in encoded_blocks(dataset, encoder, filter, order=order):
         buffer.append(block)
         buffered += len(block["content_row"])
         if buffered >= shuffle_buffer_rows:
@@ -300,11 +350,29 @@ def shuffled_batches(
 
 
 def sequential_batches(
-    dataset: TrainingEventsDataset, encoder: BatchEncoder, batch_size: int, filter: pc.Expression | None = None
+    dataset: TrainingEventsDataset,
+    encoder: BatchEncoder,
+    batch_size: int,
+    filter: pc.Expression | None = None,
+    shard: Rank = SINGLE,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Evaluation batches in storage order."""
-    for block in encoded_blocks(dataset, encoder, filter, read_rows=batch_size):
+    """Evaluation batches in storage order (this rank's share of the pieces with a data-parallel `shard`, in
+    batches of its share of `batch_size`)."""
+    rows = dataset.piece_rows()
+    order = shard_pieces(rows, np.arange(len(rows)), shard)
+    if shard.distributed:
+        batch_size = local_batch_size(batch_size, rows, order)
+    for block in encoded_blocks(dataset, encoder, filter, read_rows=batch_size, order=order):
         yield {k: torch.from_numpy(v) for k, v in block.items()}
+
+
+def empty_batch(dataset: TrainingEventsDataset, encoder: BatchEncoder) -> dict[str, torch.Tensor]:
+    """A batch of no rows with the shapes and dtypes of the encoder's batches: what a data-parallel rank whose share
+    is used up steps with while the others finish theirs."""
+    for piece in dataset.get_pieces():
+        for b in piece.to_batches(columns=encoder.columns, dictionary_items=True):
+            return {k: torch.from_numpy(v[:0]) for k, v in encoder.encode(b.slice(0, 0), piece.day).items()}
+    raise ValueError("no training rows: cannot build a batch template")
 
 
 def item_frequencies(

@@ -144,7 +144,8 @@ class MMoERanker(nn.Module):
 def ranker_loss(
     model: MMoERanker, logits: torch.Tensor, labels: torch.Tensor, task_weights: list[float]
 ) -> torch.Tensor:
-    per_task = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(dim=0)
+    # A mean over the rows that is 0, not NaN, for a batch of none (a data-parallel rank whose share is used up).
+    per_task = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").sum(dim=0) / max(len(labels), 1)
     return (per_task * torch.tensor(task_weights, device=logits.device, dtype=per_task.dtype)).sum()
 
 
@@ -253,9 +254,21 @@ def in_batch_softmax_loss(
     In-batch negatives are drawn in proportion to item popularity; subtracting log q(item) from the logits
     (Yi et al., 2019) removes that bias so popular items are not over-penalised. Other rows of the same item
     are masked: they are not negatives of each other.
+
+    Data-parallel: the negatives are the global batch's items (every rank's item vectors, keys and log q gathered;
+    the gradient of another rank's item vectors goes back to it), so N processes see the negatives one process with
+    the same global batch would. Mean over this rank's queries; 0 when it has none.
     """
-    logits = q @ i.T / temperature - log_q.unsqueeze(0)
-    same_item = item_keys.unsqueeze(0) == item_keys.unsqueeze(1)
-    eye = torch.eye(len(item_keys), dtype=torch.bool, device=q.device)
-    logits = logits.masked_fill(same_item & ~eye, float("-inf"))
-    return F.cross_entropy(logits, torch.arange(len(item_keys), device=q.device))
+    from recsys_assets.ml.distributed import gather_rows, gathered_sizes, is_distributed
+
+    sizes = gathered_sizes(len(q), q.device) if is_distributed() else None
+    all_i, offset = gather_rows(i, sizes)
+    all_keys, _ = gather_rows(item_keys, sizes)
+    all_log_q, _ = gather_rows(log_q, sizes)
+    logits = q @ all_i.T / temperature - all_log_q.unsqueeze(0)
+    target = offset + torch.arange(len(q), device=q.device)
+    own = torch.zeros_like(logits, dtype=torch.bool)
+    own[torch.arange(len(q), device=q.device), target] = True
+    same_item = item_keys.unsqueeze(1) == all_keys.unsqueeze(0)
+    logits = logits.masked_fill(same_item & ~own, float("-inf"))
+    return F.cross_entropy(logits, target, reduction="sum") / max(len(q), 1)

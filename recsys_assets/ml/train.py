@@ -123,7 +123,8 @@ class ModelInputs:
         same config and data resumes; any other config starts fresh."""
         fp = fingerprint(
             hyper,
-            {k: v for k, v in settings.__dict__.items() if k not in ("device", "num_threads")},
+            # Not the device, threads or this process's rank: every rank of a data-parallel run shares one directory.
+            {k: v for k, v in settings.__dict__.items() if k not in ("device", "num_threads", "rank")},
             self.window.as_dict(),
             self.vocab_version,
             *extra,
@@ -136,7 +137,8 @@ class ModelInputs:
         hf_hyper = dataclasses.replace(hyper, history_len=0)
         fp, checkpoints = self.checkpoints(name, hf_hyper, settings, *extra)
         trained = train_fn(train_data, self.encoder, hf_hyper, settings, checkpoints, fp, log, **kwargs)
-        checkpoints.clear()
+        if settings.shard.is_main:
+            checkpoints.clear()
         return trained[0]
 
     def training_info(self, settings: TrainSettings, hyper, fit: FitResult, run_id: str, **extra) -> dict:
@@ -223,9 +225,10 @@ def _previous_ranker_aucs(inputs: ModelInputs, max_rows: int, log: Log) -> tuple
     return prev_day, task_aucs(scores, labels)
 
 
-def train_day_ranker(inputs: ModelInputs, runtime: dict, run_id: str, log: Log) -> TrainedModel:
+def train_day_ranker(inputs: ModelInputs, runtime: dict, run_id: str, log: Log) -> TrainedModel | None:
     """The multi-task ranker of the day, with its validation-day AUCs beside the previous model's, the history-free
-    ranker's and the item prior's on the same rows."""
+    ranker's and the item prior's on the same rows. Data-parallel (runtime rank / world_size): every rank trains its
+    share, rank 0 alone evaluates and returns the model (the others return None)."""
     from recsys_assets.ml.baselines import item_prior_aucs
     from recsys_assets.ml.export import export_program
     from recsys_assets.ml.loader import sequential_batches, split_holdout
@@ -264,17 +267,22 @@ def train_day_ranker(inputs: ModelInputs, runtime: dict, run_id: str, log: Log) 
         selection["item_bias_start"] = priors.bias_logits
     fp, checkpoints = inputs.checkpoints(RANKER_MODEL, hyper, settings, sizes.model_dump())
     model, fit = train_ranker(train_data, encoder, hyper, settings, checkpoints, fp, log, **selection)
-    t0 = time.perf_counter()
-    scores, labels = score_ranker(model, valid_data, encoder, max_rows=sizes.max_validation_rows)
-    aucs, rates = task_aucs(scores, labels), task_positive_rates(labels)
-    prev_day, prev_aucs = _previous_ranker_aucs(inputs, sizes.max_validation_rows, log)
-    # The same protocol for the cheap baselines: the history-free ranker (same data, sizes and seed) and the item
-    # prior (the item's smoothed label rate in the window).
-    history_free_aucs: dict = {}
+    # The history-free ranker (same data, sizes and seed): a cheap baseline on the same protocol.
+    hf_model = None
     if hyper.history_len and spec.history.compare_history_free:
         hf_model = inputs.train_history_free(
             RANKER_MODEL, train_ranker, train_data, hyper, settings, sizes.model_dump(), log=log, **selection
         )
+    if not settings.shard.is_main:
+        return None  # a data-parallel rank other than 0: its share is trained, rank 0 evaluates and writes
+    t0 = time.perf_counter()
+    scores, labels = score_ranker(model, valid_data, encoder, max_rows=sizes.max_validation_rows)
+    aucs, rates = task_aucs(scores, labels), task_positive_rates(labels)
+    prev_day, prev_aucs = _previous_ranker_aucs(inputs, sizes.max_validation_rows, log)
+    # The same protocol for the cheap baselines: the history-free ranker and the item prior (the item's smoothed
+    # label rate in the window).
+    history_free_aucs: dict = {}
+    if hf_model is not None:
         history_free_aucs = task_aucs(*score_ranker(hf_model, valid_data, encoder, max_rows=sizes.max_validation_rows))
     plain = dataclasses.replace(encoder, history=None)  # the prior needs items and labels, not the history gather
     prior_aucs = item_prior_aucs(
@@ -309,9 +317,10 @@ def train_day_ranker(inputs: ModelInputs, runtime: dict, run_id: str, log: Log) 
     )
 
 
-def train_day_retrieval(inputs: ModelInputs, runtime: dict, run_id: str, log: Log) -> TrainedModel:
+def train_day_retrieval(inputs: ModelInputs, runtime: dict, run_id: str, log: Log) -> TrainedModel | None:
     """The two-tower of the day, with full-corpus recall/NDCG on the validation day for every method on one protocol
-    (the model with and without history and the recency prior, most-popular, recent-popular, item-kNN)."""
+    (the model with and without history and the recency prior, most-popular, recent-popular, item-kNN).
+    Data-parallel: every rank trains its share, rank 0 alone evaluates and returns the model."""
     import torch
 
     from recsys_assets.ml.baselines import seen_items
@@ -351,6 +360,8 @@ def train_day_retrieval(inputs: ModelInputs, runtime: dict, run_id: str, log: Lo
         models["two-tower (history-free)"] = inputs.train_history_free(
             RETRIEVAL_MODEL, train_two_tower, train_data, hyper, settings, *extra, log=log, **selection
         )
+    if not settings.shard.is_main:
+        return None
     t0 = time.perf_counter()
     queries = evaluation_queries(
         committed_events_dataset(store, [day]), encoder, spec.labels, sizes.validation_user_sample_pct

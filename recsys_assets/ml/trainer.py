@@ -8,6 +8,7 @@ derived from (seed, epoch) alone, so a resumed run ends with the same weights as
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import math
@@ -23,6 +24,8 @@ import pyarrow.fs as pafs
 import torch
 from torch import nn
 
+from recsys_assets.ml.distributed import SINGLE, GradientSync, Rank, all_gather_objects, all_sum
+from recsys_assets.ml.sparse_optim import LazyAdam
 from resources.store import DatasetStore
 
 
@@ -40,6 +43,16 @@ class TrainSettings:
     mixed_precision: bool = False  # bf16 autocast, GPU only
     num_threads: int = 0  # 0 = torch default
     shuffle_buffer_rows: int = 1_000_000
+    # Id embedding tables get sparse gradients and a lazy (row-wise) Adam: a step updates only the rows its batch
+    # looked up, so its cost does not grow with the table (dense AdamW touches every row of every table every step).
+    sparse_embeddings: bool = True
+    # Data-parallel place of this process (ml/distributed.py): batch_size stays the global batch.
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def shard(self) -> Rank:
+        return Rank(self.rank, self.world_size)
 
     @classmethod
     def of(cls, sizes, runtime: dict) -> TrainSettings:
@@ -50,6 +63,7 @@ class TrainSettings:
             learning_rate=sizes.learning_rate,
             weight_decay=sizes.weight_decay,
             shuffle_buffer_rows=sizes.shuffle_buffer_rows,
+            sparse_embeddings=sizes.sparse_embeddings,
             **runtime,
         )
 
@@ -183,6 +197,52 @@ def prefetched(
 FINITE_CHECK_EVERY = 50
 
 
+class Optimizers:
+    """The model's optimizers: AdamW for the dense layers and, with `sparse_embeddings`, LazyAdam (AdamW's trajectory,
+    reading and writing only the rows a batch looks up; ml/sparse_optim.py) for every nn.Embedding table, whose
+    lookups then produce sparse gradients. `sync` brings every row up to date (before weights are saved or read);
+    `done` also restores the tables to plain dense lookups, so exports see ordinary modules."""
+
+    def __init__(self, model: nn.Module, settings: TrainSettings):
+        self.tables = [m for m in model.modules() if isinstance(m, nn.Embedding)] if settings.sparse_embeddings else []
+        table_params = {id(m.weight) for m in self.tables}
+        dense = [p for p in model.parameters() if id(p) not in table_params]
+        self.all = [torch.optim.AdamW(dense, lr=settings.learning_rate, weight_decay=settings.weight_decay)]
+        if self.tables:
+            for m in self.tables:
+                m.sparse = True
+            weights = list({id(m.weight): m.weight for m in self.tables}.values())
+            self.lazy = LazyAdam(weights, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+            self.lazy.watch(self.tables)
+            self.all.append(self.lazy)
+
+    def zero_grad(self) -> None:
+        for o in self.all:
+            o.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        for o in self.all:
+            o.step()
+
+    def state_dict(self) -> list[dict]:
+        return [o.state_dict() for o in self.all]
+
+    def load_state_dict(self, states: list[dict]) -> None:
+        for o, s in zip(self.all, states, strict=True):
+            o.load_state_dict(s)
+
+    def sync(self) -> None:
+        if self.tables:
+            self.lazy.catch_up_all()
+
+    def done(self) -> None:
+        self.sync()
+        if self.tables:
+            self.lazy.unwatch()
+        for m in self.tables:
+            m.sparse = False
+
+
 def fit(
     model: nn.Module,
     step_loss: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor],
@@ -194,16 +254,26 @@ def fit(
     on_epoch_end: Callable[[int], None] | None = None,
     holdout: Callable[[], Iterator[dict[str, torch.Tensor]]] | None = None,
     patience: int = 2,
+    empty_batch: Callable[[], dict[str, torch.Tensor]] | None = None,
 ) -> FitResult:
     """Train for settings.epochs. With `holdout` (batches of a held-out slice of the training window, never the
     validation day): after each epoch the mean training loss on it is measured, the model ends with the weights of
     the best epoch, and training stops after `patience` epochs without improvement (validation-driven selection
-    instead of a fixed epoch count)."""
+    instead of a fixed epoch count).
+
+    Data-parallel (settings.world_size > 1, the process group initialised): `batches` / `holdout` yield this rank's
+    share, `empty_batch` a batch of no rows (what a rank steps with once its share is used up); gradients are those
+    of the global batch (ml/distributed.py), rank 0 alone writes checkpoints, and every rank ends with the same
+    weights."""
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
     device = torch.device(settings.device)
     model.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    opt = Optimizers(model, settings)
+    shard = settings.shard
+    sync = GradientSync(model) if shard.distributed else None
+    if shard.distributed and empty_batch is None:
+        raise ValueError("data-parallel training needs an empty_batch template")
     result = FitResult()
     start_epoch = 0
     best: dict | None = None  # {"epoch", "loss", "model"} of the best holdout epoch so far
@@ -217,39 +287,50 @@ def fit(
         log(f"resumed from checkpoint after epoch {state['epoch']}")
     use_amp = settings.mixed_precision and device.type == "cuda"
     for epoch in range(start_epoch, settings.epochs):
-        torch.manual_seed(settings.seed * 1000 + epoch)
+        torch.manual_seed(settings.seed * 1000 + epoch + 7919 * shard.rank)
         model.train()
         # The loss sum stays on the device (no per-step .item() sync), so the GPU queue never drains.
         total_loss, samples, t0 = torch.zeros((), dtype=torch.float64, device=device), 0, time.perf_counter()
-        for step, batch in enumerate(prefetched(batches(epoch), pin_memory=device.type == "cuda")):
+        for step, (batch, n, n_global) in enumerate(_joined(batches(epoch), shard, device, empty_batch)):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss = step_loss(model, batch)
             if step % FINITE_CHECK_EVERY == 0 and not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite training loss at epoch {epoch} step {step}: {loss.item()}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            opt.zero_grad()
+            # Data-parallel: my rows' share of the global batch's mean loss; the gradient sum is the global mean's.
+            (loss * (n / n_global) if sync is not None else loss).backward()
+            if sync is not None:
+                sync()
             opt.step()
-            n = len(next(iter(batch.values())))
             total_loss += loss.detach().double() * n
             samples += n
-        total_loss = float(total_loss)
-        if not math.isfinite(total_loss):
-            raise FloatingPointError(f"non-finite training loss in epoch {epoch}")
+        opt.sync()  # every table row up to date: the holdout, the best-epoch copy and the checkpoint read them
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
+        rank_rates = [round(samples / seconds, 1) if seconds else 0.0]
+        if shard.distributed:
+            total, all_samples = all_sum([float(total_loss), float(samples)], device)
+            rank_rates = all_gather_objects(rank_rates[0])
+        else:
+            total, all_samples = float(total_loss), samples
+        if not math.isfinite(total):
+            raise FloatingPointError(f"non-finite training loss in epoch {epoch}")
+        samples = int(all_samples)
         result.train_seconds += seconds
         result.trained_samples += samples
         row = {
             "epoch": epoch,
-            "loss": total_loss / max(samples, 1),
+            "loss": total / max(samples, 1),
             "samples": samples,
             "seconds": round(seconds, 3),
             "samples_per_s": round(samples / seconds, 1) if seconds else 0.0,
         }
+        if shard.distributed:
+            row["rank_samples_per_s"] = rank_rates
         if holdout is not None:
-            row["holdout_loss"] = _holdout_loss(model, step_loss, holdout, device, use_amp)
+            row["holdout_loss"] = _holdout_loss(model, step_loss, holdout, device, use_amp, shard, empty_batch)
             if best is None or row["holdout_loss"] < best["loss"]:
                 best = {
                     "epoch": epoch,
@@ -261,7 +342,7 @@ def fit(
             f"epoch {epoch}: loss {row['loss']:.5f}, {samples:,} samples, {row['samples_per_s']:,.0f} samples/s"
             + (f", holdout loss {row['holdout_loss']:.5f}" if holdout is not None else "")
         )
-        if checkpoints is not None:
+        if checkpoints is not None and shard.is_main:
             checkpoints.save(
                 epoch,
                 {
@@ -279,6 +360,7 @@ def fit(
             result.stopped_early = epoch + 1 < settings.epochs
             log(f"no holdout improvement for {patience} epochs since epoch {best['epoch']}: stopping")
             break
+    opt.done()
     model.to("cpu")
     if best is not None:
         model.load_state_dict(best["model"])
@@ -307,21 +389,24 @@ def fit_on_events(
     from recsys_assets.ml.loader import sequential_batches, shuffled_batches, split_holdout
 
     train_filter, holdout_filter = split_holdout(filter, holdout_users)
+    shard = settings.shard
+    batch_size = settings.batch_size  # global: a rank's loader takes its share
 
     def batches(epoch: int):
         return shuffled_batches(
             train,
             encoder,
-            settings.batch_size,
+            batch_size,
             settings.seed,
             epoch,
             filter=train_filter,
             shuffle_buffer_rows=settings.shuffle_buffer_rows,
             drop_last=drop_last,
+            shard=shard,
         )
 
     def holdout():
-        return sequential_batches(train, encoder, settings.batch_size, filter=holdout_filter)
+        return sequential_batches(train, encoder, batch_size, filter=holdout_filter, shard=shard)
 
     return fit(
         model,
@@ -334,19 +419,59 @@ def fit_on_events(
         on_epoch_end,
         holdout if holdout_filter is not None else None,
         patience,
+        _EmptyBatch(train, encoder) if shard.distributed else None,
     )
 
 
+class _EmptyBatch:
+    """The empty batch a rank steps with once its share is used up, read once (one row of the window) and reused."""
+
+    def __init__(self, train, encoder):
+        self.train, self.encoder, self.batch = train, encoder, None
+
+    def __call__(self) -> dict[str, torch.Tensor]:
+        if self.batch is None:
+            from recsys_assets.ml.loader import empty_batch
+
+            self.batch = empty_batch(self.train, self.encoder)
+        return self.batch
+
+
+def _joined(
+    batches: Iterator[dict[str, torch.Tensor]], shard: Rank, device: torch.device, empty_batch
+) -> Iterator[tuple[dict[str, torch.Tensor], int, int]]:
+    """(batch, its rows, the global batch's rows) per step. Data-parallel: one all-reduce per step of
+    [my rows, 1 if I have a batch]; a rank whose share is used up yields empty batches until every rank's is (all
+    ranks take part in every collective; no rows are dropped to even the shares out)."""
+    with contextlib.closing(prefetched(batches, pin_memory=device.type == "cuda")) as stream:
+        while True:
+            batch = next(stream, None)
+            n = len(next(iter(batch.values()))) if batch is not None else 0
+            if not shard.distributed:
+                if batch is None:
+                    return
+                yield batch, n, n
+                continue
+            n_global, active = all_sum([float(n), float(batch is not None)], device)
+            if active == 0:
+                return
+            yield (batch if batch is not None else empty_batch()), n, int(n_global)
+
+
 @torch.no_grad()
-def _holdout_loss(model: nn.Module, step_loss, holdout, device, use_amp: bool) -> float:
+def _holdout_loss(
+    model: nn.Module, step_loss, holdout, device, use_amp: bool, shard: Rank = SINGLE, empty_batch=None
+) -> float:
+    """Mean loss over the holdout rows (every rank's share, when data-parallel), in batches like training's."""
     model.eval()
     total, n = 0.0, 0
-    for batch in holdout():
+    for batch, size, _ in _joined(holdout(), shard, device, empty_batch):
         batch = {k: v.to(device) for k, v in batch.items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             loss = step_loss(model, batch)
-        size = len(next(iter(batch.values())))
         total += float(loss) * size
         n += size
+    if shard.distributed:
+        total, n = all_sum([total, float(n)], device)
     model.train()
     return total / n if n else float("inf")

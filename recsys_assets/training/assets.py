@@ -30,26 +30,20 @@ from recsys_assets.core.datasets import (
 from recsys_assets.core.metadata import md_table, numeric_metadata
 from recsys_assets.core.partitions import PER_DAY, daily_partitions
 from recsys_assets.core.runs import DayRun
-from recsys_assets.ml.train import (
-    ModelInputs,
-    TrainedModel,
-    VocabResult,
-    build_day_vocab,
-    train_day_ranker,
-    train_day_retrieval,
-)
-from recsys_assets.ml.windows import TrainingWindow
+from recsys_assets.ml.train import TrainedModel, VocabResult, build_day_vocab, train_day_ranker, train_day_retrieval
 from recsys_assets.training.automation import TRAIN_AFTER_DATAGEN, TRAIN_AFTER_VOCAB
 from recsys_assets.training.lineage import window_dep
+from recsys_assets.training.workers import ModelRun, train_model
+from resources.spark import SparkResource
 from resources.storage import StorageResource
 from resources.training import TrainingResource
 
 GROUP = "training"
 
 
-def window_table(window: TrainingWindow) -> MetadataValue:
+def window_table(status: dict[str, str]) -> MetadataValue:
     """Each day of the window and what happened to it (used, withheld by a failed check, missing)."""
-    return md_table(["day", "training_events"], [[d, s] for d, s in window.status.items()])
+    return md_table(["day", "training_events"], [[d, s] for d, s in status.items()])
 
 
 @asset(
@@ -95,7 +89,7 @@ def vocab_metadata(result: VocabResult, day: str) -> dict:
             [[f, sizes[f], stats["new_tokens"][f], round(oov[f], 4), stats["max_oov_rate"][f]] for f in sizes],
         ),
         "train_days": ", ".join(result.window.train_days),
-        "window": window_table(result.window),
+        "window": window_table(result.window.status),
         "warm_start_from": stats["warm_start_from"] or "none (first vocab)",
         **numeric_metadata({f"cardinality_{f}": v for f, v in sizes.items()}),
         **numeric_metadata({f"oov_rate_{f}": float(v) for f, v in oov.items()}),
@@ -122,19 +116,19 @@ def model_asset(name: str, train: Callable[..., TrainedModel], report: Callable[
         storage: StorageResource,
         training: TrainingResource,
         config_files: ConfigFilesResource,
+        spark: SparkResource,
     ) -> MaterializeResult:
         run = DayRun.of(context, storage)
-        inputs = ModelInputs.resolve(run.store, run.day, config_files.training_spec(), run.log)
-        trained = train(inputs, training.runtime(), run.run_id, run.log)
-        out = run.write(name, trained.write)
-        trained.published()
-        return MaterializeResult(metadata={**report(trained.metrics), **training_metadata(trained, out)})
+        trained = train_model(run, name, train, config_files.training_spec(), training, spark, context)
+        return MaterializeResult(metadata={**report(trained.metrics), **training_metadata(trained)})
 
     return model
 
 
-def training_metadata(trained: TrainedModel, out) -> dict:
-    fit, history = trained.fit, trained.fit.history
+def training_metadata(trained: ModelRun) -> dict:
+    info, out = trained.training_info, trained.out
+    history = info["history"]
+    per_rank = history[-1].get("rank_samples_per_s") if history else None
     return {
         "training_history": md_table(
             ["epoch", "loss", "holdout loss", "samples", "seconds", "samples/s"],
@@ -144,14 +138,19 @@ def training_metadata(trained: TrainedModel, out) -> dict:
                 for h in history
             ],
         ),
-        "train_days": ", ".join(trained.window.train_days),
-        "window": window_table(trained.window),
-        "device": trained.settings.device,
+        "train_days": ", ".join(info["train_days"]),
+        "window": window_table(info["window_status"]),
+        "device": info["settings"]["device"],
+        "launcher": trained.launcher,
+        "processes": MetadataValue.int(info["settings"].get("world_size", 1)),
         "path": MetadataValue.path(out.uri),
         "version": out.version,
-        "samples_per_s": MetadataValue.float(round(fit.samples_per_s, 1)),
-        "train_seconds": MetadataValue.float(round(fit.train_seconds, 2)),
-        "resumed_from_epoch": MetadataValue.int(-1 if fit.resumed_from_epoch is None else fit.resumed_from_epoch),
+        "samples_per_s": MetadataValue.float(round(info["samples_per_s"], 1)),
+        **({"samples_per_s_per_rank": MetadataValue.json({"last_epoch": per_rank})} if per_rank else {}),
+        "train_seconds": MetadataValue.float(round(info["train_seconds"], 2)),
+        "resumed_from_epoch": MetadataValue.int(
+            -1 if info["resumed_from_epoch"] is None else info["resumed_from_epoch"]
+        ),
     }
 
 

@@ -336,3 +336,32 @@ def test_training_killed_mid_run_resumes_from_last_checkpoint_with_identical_res
         log=lambda m: None,
     )
     assert other.resumed_from_epoch is None
+
+
+def test_sparse_updates_touch_only_the_rows_a_step_looked_up():
+    """With sparse_embeddings a step moves only the embedding rows its batch looked up (LazyAdam: the rows it skipped
+    catch up when next looked up or at the end, `done`); a dense AdamW keeps moving rows of earlier batches through
+    their momentum every step, at a cost that grows with the table."""
+    from recsys_assets.ml.trainer import Optimizers
+
+    def rows_moved_per_step(sparse: bool) -> list[list[int]]:
+        torch.manual_seed(0)
+        table, head = torch.nn.Embedding(1000, 8), torch.nn.Linear(8, 1)
+        opt = Optimizers(torch.nn.ModuleList([table, head]), TrainSettings(learning_rate=0.1, sparse_embeddings=sparse))
+        moved = []
+        for ids in (torch.tensor([1, 2, 3]), torch.tensor([7, 8])):
+            before = table.weight.detach().clone()
+            opt.zero_grad()
+            head(table(ids)).sum().backward()
+            assert table.weight.grad.is_sparse == sparse
+            opt.step()
+            moved.append(torch.nonzero((table.weight.detach() != before).any(dim=1)).flatten().tolist())
+        before = table.weight.detach().clone()
+        opt.done()
+        caught_up = torch.nonzero((table.weight.detach() != before).any(dim=1)).flatten().tolist()
+        assert caught_up == ([1, 2, 3] if sparse else [])  # step 2 skipped rows 1-3: their momentum, applied now
+        assert not table.sparse  # plain lookups again for export
+        return moved
+
+    assert rows_moved_per_step(sparse=True) == [[1, 2, 3], [7, 8]]
+    assert rows_moved_per_step(sparse=False) == [[1, 2, 3], [1, 2, 3, 7, 8]]  # step 2 moved step 1's rows too
