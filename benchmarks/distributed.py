@@ -39,7 +39,7 @@ def main() -> None:
         update={
             "ranker": spec.ranker.model_copy(update=one_epoch),
             "retrieval": spec.retrieval.model_copy(update=one_epoch),
-            "history": spec.history.model_copy(update={"compare_history_free": False}),
+            "history": spec.history.model_copy(update={"compare_history_free": "never"}),
         }
     )
     out = {
@@ -71,9 +71,7 @@ def main() -> None:
             shutil.rmtree(store.version_path(model, a.day, version), ignore_errors=True)
             last = result["training_info"]["history"][-1]
             metrics = result["metrics"]
-            quality = (
-                {"auc": metrics["auc"]} if model == RANKER_MODEL else {"recall@10": metrics["model_recall@10"]}
-            )
+            quality = {"auc": metrics["auc"]} if model == RANKER_MODEL else {"recall@10": metrics["model_recall@10"]}
             row = {
                 "model": model,
                 "processes": n,

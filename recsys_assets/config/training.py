@@ -6,9 +6,9 @@ Validation names the offending key, as the datagen YAML's does, so a typo fails 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from recsys_assets.config.base import ConfigFileError, StrictModel, load_config_file
 
@@ -87,8 +87,28 @@ class HistorySpec(StrictModel):
     lookback_days: int = Field(default=30, ge=1, le=365)  # entries older than this are dropped
     # WARN check: share of the latest folded day's active users with a history may drop at most this much vs D-1.
     max_coverage_drop: float = Field(default=0.1, ge=0, le=1)
-    # offline_evaluation also trains the history-free variant of each model on the same data, for the comparison.
-    compare_history_free: bool = True
+    # Also train the history-free variant of each model on the same data, for offline_evaluation's comparison:
+    # `daily`, `weekly` (on `history_free_weekday` only: two extra trainings a week, not a day) or `never`.
+    # true / false read as daily / never.
+    compare_history_free: Literal["daily", "weekly", "never"] = "weekly"
+    history_free_weekday: Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"] = (
+        "monday"
+    )
+
+    @field_validator("compare_history_free", mode="before")
+    @classmethod
+    def _bool_schedule(cls, v):
+        return {True: "daily", False: "never"}.get(v, v) if isinstance(v, bool) else v
+
+    def compares_history_free(self, day: str) -> bool:
+        """Whether the models of `day` also train their history-free variants."""
+        import datetime as dt
+
+        if not self.enabled or self.compare_history_free == "never":
+            return False
+        if self.compare_history_free == "daily":
+            return True
+        return dt.date.fromisoformat(day).strftime("%A").lower() == self.history_free_weekday
 
     @model_validator(mode="after")
     def _len(self):
@@ -155,7 +175,6 @@ class RetrievalSizes(ModelSizes):
     temperature: float = Field(default=0.05, gt=0, le=100)
     logq_correction: bool = True
     logq_by_day: bool = True
-    validation_user_sample_pct: float = Field(default=100.0, gt=0, le=100)
 
 
 class RetrievalScoring(StrictModel):
@@ -173,6 +192,15 @@ class EvaluationSpec(StrictModel):
     exclude_seen: bool = False
     # Smoothing of the ranker's item-prior baseline: (positives + m * global rate) / (events + m).
     item_prior_smoothing: float = Field(default=20.0, ge=0)
+    # Every retrieval method is scored on one fixed hash sample of the validation day's users with a positive: the
+    # `validation_users` with the smallest user keys (the same users on every rerun and for every method; all of
+    # them when fewer). The report says how many were scored.
+    validation_users: int = Field(default=50_000, ge=1, le=10_000_000)
+    # Item-kNN scores from each item's `knn_neighbours` most similar items (cosine over the histories of a fixed hash
+    # sample of at most `knn_population_users` users as of the day): its cost per query does not grow with the user
+    # population, and building the lists is bounded by the sample.
+    knn_neighbours: int = Field(default=200, ge=1, le=100_000)
+    knn_population_users: int = Field(default=1_000_000, ge=1, le=100_000_000)
 
 
 class TrainingSpec(StrictModel):

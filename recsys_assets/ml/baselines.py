@@ -3,13 +3,15 @@ user already interacted with in the window are optionally left out (training.yam
 recall@K / NDCG@K / top-10 catalogue coverage are computed the same way for all (exact top-K, no index).
 
 Methods: the two-tower (with and without history), most-popular (window positives), recent-popular (the last
-window day's positives), item-kNN (cosine over users' histories as of the day: co-occurrence, no training). The
+window day's positives), item-kNN (cosine over users' histories as of the day: co-occurrence, no training; each item
+keeps its nearest items, so scoring does not grow with the user population). The
 ranker's cheap baseline is the item prior: the item's smoothed label rate in the window, per task.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -36,33 +38,81 @@ def count_scores(counts: np.ndarray) -> ScoreFn:
     return lambda rows: score.unsqueeze(0).expand(rows.stop - rows.start, n)
 
 
-def item_knn_scores(
-    profile_rows: np.ndarray, population_rows: np.ndarray, num_items: int, fallback_counts: np.ndarray | None = None
-) -> ScoreFn:
-    """Item-kNN: score(u, j) = sum over u's history items i of cos(i, j), cosine over the population's histories
-    (binary user x item). `profile_rows` [queries, L] and `population_rows` [users, L] are catalogue rows, -1 = none.
-    `fallback_counts` break ties (and rank for users without history) by popularity, below any similarity."""
+@dataclass(frozen=True)
+class ItemNeighbours:
+    """Each item's most similar items: `rows` [items, m] catalogue rows (-1 = none), `similarity` [items, m]."""
+
+    rows: np.ndarray
+    similarity: np.ndarray
+
+    @property
+    def num_items(self) -> int:
+        return len(self.rows)
+
+    def matrix(self):
+        """The lists as a sparse [items, items] matrix (scipy CSR)."""
+        from scipy import sparse
+
+        i, k = np.nonzero(self.rows >= 0)
+        return sparse.csr_matrix(
+            (self.similarity[i, k].astype(np.float64), (i, self.rows[i, k])), shape=(self.num_items, self.num_items)
+        )
+
+
+def item_neighbours(population_rows: np.ndarray, num_items: int, m: int, block: int = 2048) -> ItemNeighbours:
+    """Every item's `m` nearest items by cosine over the population's histories (binary user x item; an item is its
+    own nearest, cos = 1): co-occurrence counts a block of items at a time (memory: one block's sparse row of the
+    item x item matrix), each row cut to its top `m` (ties: lower catalogue row). `population_rows` [users, L] are
+    catalogue rows, -1 = none. Built once; scoring a query then costs its history's lists, not the population."""
+    from scipy import sparse
+
     users, cols = np.nonzero(population_rows >= 0)
-    items = population_rows[users, cols]
-    x = torch.sparse_coo_tensor(
-        torch.from_numpy(np.stack([users, items])), torch.ones(len(items)), (len(population_rows), num_items)
-    ).coalesce()
-    x = torch.sparse_coo_tensor(x.indices(), torch.ones(x.indices().shape[1]), x.shape).coalesce()  # binary
-    norm = torch.sqrt(torch.sparse.sum(x, dim=0).to_dense()).clamp(min=1.0)
-    xt = x.t().coalesce()
-    tie = torch.zeros(num_items, dtype=torch.float64)
+    x = sparse.csr_matrix(
+        (np.ones(len(users), np.float64), (users, population_rows[users, cols])),
+        shape=(len(population_rows), num_items),
+    )
+    x.sum_duplicates()
+    x.data[:] = 1.0  # binary: an item twice in a history counts once
+    norm = np.sqrt(np.maximum(np.asarray(x.sum(axis=0)).ravel(), 1.0))
+    xt = x.T.tocsr()
+    rows = np.full((num_items, m), -1, np.int64)
+    sims = np.zeros((num_items, m), np.float32)
+    for start in range(0, num_items, block):
+        c = (xt[start : start + block] @ x).tocsr()  # co-occurrence counts of the block's items with every item
+        c.sort_indices()
+        r = np.repeat(np.arange(c.shape[0]), np.diff(c.indptr))
+        cos = c.data / (norm[start + r] * norm[c.indices])
+        order = np.lexsort((c.indices, -cos, r))
+        r_o = r[order]
+        rank = np.arange(len(order)) - c.indptr[:-1][r_o]
+        keep = rank < m
+        rows[start + r_o[keep], rank[keep]] = c.indices[order][keep]
+        sims[start + r_o[keep], rank[keep]] = cos[order][keep]
+    return ItemNeighbours(rows, sims)
+
+
+def neighbour_scores(
+    profile_rows: np.ndarray, neighbours: ItemNeighbours, fallback_counts: np.ndarray | None = None
+) -> ScoreFn:
+    """Item-kNN: score(u, j) = sum over u's history items i of sim(i, j) for j among i's neighbour list
+    (`item_neighbours`). `profile_rows` [queries, L] are catalogue rows, -1 = none; `fallback_counts` break ties
+    (and rank for users without history) by popularity, below any similarity."""
+    from scipy import sparse
+
+    num_items = neighbours.num_items
+    sim = neighbours.matrix()
+    tie = np.zeros(num_items, np.float64)
     if fallback_counts is not None and len(fallback_counts):
         order = np.lexsort((np.arange(num_items), -fallback_counts))
-        tie[torch.from_numpy(order)] = torch.linspace(1e-6, 0.0, num_items, dtype=torch.float64)
+        tie[order] = np.linspace(1e-6, 0.0, num_items)
 
     def score(rows: slice) -> torch.Tensor:
         prof = profile_rows[rows]
-        p = torch.zeros(len(prof), num_items)
         r, c = np.nonzero(prof >= 0)
-        p[torch.from_numpy(r), torch.from_numpy(prof[r, c])] = 1.0
-        p = p / norm
-        via_users = torch.sparse.mm(x, p.T)  # [users, q]
-        return (torch.sparse.mm(xt, via_users).T / norm).to(torch.float64) + tie  # [q, items]
+        p = sparse.csr_matrix((np.ones(len(r)), (r, prof[r, c])), shape=(len(prof), num_items))
+        p.sum_duplicates()
+        p.data[:] = 1.0  # binary profile
+        return torch.from_numpy((p @ sim).toarray() + tie)
 
     return score
 

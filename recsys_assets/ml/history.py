@@ -99,11 +99,12 @@ def history_arrays(table: pa.Table, max_len: int, vocab, catalog) -> HistoryArra
     )
 
 
-def load_histories(store, days: list[str], max_len: int, vocab, catalog) -> dict[str, HistoryArrays]:
-    """HistoryArrays of the committed user_history of each day (each event is joined with its own day's)."""
-    from recsys_assets.core.readers import read_history_table
+def load_histories(store, days: list[str], max_len: int, vocab, catalog) -> dict:
+    """The committed user_history of each day (each event is joined with its own day's), memory-mapped from the
+    host's cache and looked up per batch (ml/mapped_history.py): no user-sized array is held in RAM."""
+    from recsys_assets.ml.mapped_history import mapped_history
 
-    return {d: history_arrays(read_history_table(store, d), max_len, vocab, catalog) for d in days}
+    return {d: mapped_history(store, d, max_len, vocab, catalog) for d in days}
 
 
 def history_lengths(store, day: str, user_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:

@@ -90,7 +90,9 @@ def build_retrieval_index(store: DatasetStore, day: str, spec: TrainingSpec, set
     history = load_histories(store, [day], model.history_len, vocab, catalog) if model.history_len else None
     encoder = BatchEncoder(vocab, moments, catalog, spec.labels, history)
     queries = query_vectors(
-        model, evaluation_queries(committed_events_dataset(store, [day]), encoder, spec.labels), catalog
+        model,
+        evaluation_queries(committed_events_dataset(store, [day]), encoder, spec.labels, settings.max_recall_queries),
+        catalog,
     )
     queries = queries[np.random.default_rng(0).permutation(len(queries))[: settings.max_recall_queries]]
     # The recency prior the model was evaluated with, from the index's own day (the newest data when it serves):

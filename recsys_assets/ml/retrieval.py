@@ -197,18 +197,33 @@ class EvalQueries:
     day: str | None = None
 
 
+def sampled_user_keys(day: TrainingEventsDataset, labels: LabelSpec, max_users: int) -> np.ndarray:
+    """The `max_users` smallest user keys (ml/mapped_history.user_keys) among the day's users with a positive event:
+    a fixed hash sample, the same on every rerun, read in one streamed pass (memory: the sample plus one batch)."""
+    from recsys_assets.ml.mapped_history import user_keys
+
+    kept = np.zeros(0, np.uint64)
+    for b in day.to_batches(columns=["user_id"], filter=retrieval_positive_filter(labels)):
+        kept = np.unique(np.concatenate([kept, user_keys(b.column("user_id"))]))[:max_users]
+    return kept
+
+
 def evaluation_queries(
-    day: TrainingEventsDataset, encoder: BatchEncoder, labels: LabelSpec, user_sample_pct: float = 100.0
+    day: TrainingEventsDataset, encoder: BatchEncoder, labels: LabelSpec, max_users: int = 50_000
 ) -> EvalQueries:
-    """Users (hash-sampled, so the same users on any rerun) with >= 1 positive event on the evaluation day."""
+    """The users of the evaluation day with >= 1 positive event, at most `max_users` of them (a fixed hash sample:
+    `sampled_user_keys`), with their positives. Two streamed passes; only the sample's rows are kept."""
+    from recsys_assets.ml.mapped_history import user_keys
+
     cols = ["user_id", "user_language", "user_region", "user_tenure_days", "item_id"]
+    sample = sampled_user_keys(day, labels, max_users)
     parts = []
     for b in day.to_batches(columns=cols, filter=retrieval_positive_filter(labels)):
-        df = b.to_pandas()
-        if user_sample_pct < 100.0:
-            bucket = pd.util.hash_array(df["user_id"].to_numpy(dtype=object)) % 10_000
-            df = df[bucket < user_sample_pct * 100]
-        parts.append(df)
+        keys = user_keys(b.column("user_id"))
+        pos = np.minimum(np.searchsorted(sample, keys), max(len(sample) - 1, 0))
+        inside = (sample[pos] == keys) if len(sample) else np.zeros(len(keys), bool)
+        if inside.any():
+            parts.append(b.filter(pa.array(inside)).to_pandas())
     df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
     users = df.drop_duplicates("user_id").reset_index(drop=True)
     cat, dense = query_tower_inputs(users, encoder.vocab, encoder.moments)
@@ -315,12 +330,21 @@ def compare_retrieval(
     ks: list[int],
     seen: list[np.ndarray] | None = None,
     recency_prior: float = 0.0,
+    knn_neighbours: int = 200,
+    knn_population_users: int = 1_000_000,
 ) -> dict[str, dict[str, float]]:
     """Every method on the same day-D, full-corpus protocol (recsys_assets/ml/baselines.py): the given
     two-tower models (with `recency_prior`, each also as `<name> + recency prior`: q.i / T + w log(1 + recent)),
     most-popular over the window, recent-popular (last window day), and item-kNN over the users' histories as of the
-    day when the encoder has them."""
-    from recsys_assets.ml.baselines import compare_methods, count_scores, item_knn_scores, vector_scores
+    day when the encoder has them (each item's `knn_neighbours` nearest items over a fixed hash sample of at most
+    `knn_population_users` users' histories)."""
+    from recsys_assets.ml.baselines import (
+        compare_methods,
+        count_scores,
+        item_neighbours,
+        neighbour_scores,
+        vector_scores,
+    )
 
     catalog = encoder.catalog
     methods = {}
@@ -334,6 +358,9 @@ def compare_retrieval(
     methods["most-popular"] = count_scores(window_counts)
     methods["recent-popular"] = count_scores(recent_counts)
     if queries.hist_rows is not None:
-        population = encoder.history[queries.day].content_rows[:-1]
-        methods["item-kNN"] = item_knn_scores(queries.hist_rows, population, len(catalog), window_counts)
+        # The first rows of a mapped history are the users with the smallest keys: a fixed hash sample.
+        history = encoder.history[queries.day]
+        population = np.asarray(history.content_rows[: min(knn_population_users, len(history.content_rows) - 1)])
+        neighbours = item_neighbours(population, len(catalog), knn_neighbours)
+        methods["item-kNN"] = neighbour_scores(queries.hist_rows, neighbours, window_counts)
     return compare_methods(methods, queries.relevant, ks, len(catalog), seen)

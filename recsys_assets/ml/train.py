@@ -269,7 +269,7 @@ def train_day_ranker(inputs: ModelInputs, runtime: dict, run_id: str, log: Log) 
     model, fit = train_ranker(train_data, encoder, hyper, settings, checkpoints, fp, log, **selection)
     # The history-free ranker (same data, sizes and seed): a cheap baseline on the same protocol.
     hf_model = None
-    if hyper.history_len and spec.history.compare_history_free:
+    if hyper.history_len and spec.history.compares_history_free(day):
         hf_model = inputs.train_history_free(
             RANKER_MODEL, train_ranker, train_data, hyper, settings, sizes.model_dump(), log=log, **selection
         )
@@ -356,7 +356,7 @@ def train_day_retrieval(inputs: ModelInputs, runtime: dict, run_id: str, log: Lo
     )
     primary = "two-tower (history)" if hyper.history_len else "two-tower"
     models = {primary: model}
-    if hyper.history_len and spec.history.compare_history_free:
+    if hyper.history_len and spec.history.compares_history_free(day):
         models["two-tower (history-free)"] = inputs.train_history_free(
             RETRIEVAL_MODEL, train_two_tower, train_data, hyper, settings, *extra, log=log, **selection
         )
@@ -364,7 +364,7 @@ def train_day_retrieval(inputs: ModelInputs, runtime: dict, run_id: str, log: Lo
         return None
     t0 = time.perf_counter()
     queries = evaluation_queries(
-        committed_events_dataset(store, [day]), encoder, spec.labels, sizes.validation_user_sample_pct
+        committed_events_dataset(store, [day]), encoder, spec.labels, spec.evaluation.validation_users
     )
     k = spec.checks.retrieval_k
     ks = sorted({10, k})
@@ -375,7 +375,20 @@ def train_day_retrieval(inputs: ModelInputs, runtime: dict, run_id: str, log: Lo
     seen = seen_items(train_data, queries.user_ids, encoder.catalog) if spec.evaluation.exclude_seen else None
     prior = spec.retrieval_scoring.recency_prior
     as_of = pd.Timestamp(window_of(day).end)
-    methods = compare_retrieval(models, queries, encoder, as_of, positive_counts, recent_counts, ks, seen, prior)
+    ev = spec.evaluation
+    methods = compare_retrieval(
+        models,
+        queries,
+        encoder,
+        as_of,
+        positive_counts,
+        recent_counts,
+        ks,
+        seen,
+        prior,
+        ev.knn_neighbours,
+        ev.knn_population_users,
+    )
     if prior:  # the served score (the index adds the same prior): what the gate judges
         primary = f"{primary} + recency prior"
     # The gate's keys: the model vs most-popular, under the same protocol as every other method.
@@ -388,6 +401,8 @@ def train_day_retrieval(inputs: ModelInputs, runtime: dict, run_id: str, log: Lo
         "recency_prior": prior,
         "exclude_seen": spec.evaluation.exclude_seen,
         "num_queries": int(sum(1 for r in queries.relevant if len(r))),
+        "validation_users_sample": spec.evaluation.validation_users,  # the fixed hash sample's size (at most)
+        "knn_neighbours": spec.evaluation.knn_neighbours,
         "corpus_size": len(encoder.catalog),
         "validation_day": day,
         "k": k,

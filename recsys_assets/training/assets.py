@@ -184,6 +184,8 @@ def retrieval_report(metrics: dict) -> dict:
     return {
         "validation_retrieval": md_table(["metric", *names], rows),
         "protocol": f"day {metrics['validation_day']}, full corpus ({metrics['corpus_size']:,} items), exact top-K, "
+        + f"{metrics['num_queries']:,} users (a fixed hash sample of at most "
+        + f"{metrics.get('validation_users_sample', metrics['num_queries']):,}), "
         + seen,
         "recall_plot": _recall_plot(methods, ks),
         "num_validation_users": MetadataValue.int(metrics["num_queries"]),

@@ -12,8 +12,9 @@ import torch
 from recsys_assets.ml.baselines import (
     compare_methods,
     count_scores,
-    item_knn_scores,
+    item_neighbours,
     item_prior_aucs,
+    neighbour_scores,
     rank_all,
     seen_items,
     smoothed_label_rates,
@@ -151,8 +152,22 @@ def test_baselines_match_brute_force_definitions():
     for q, row in enumerate(profile):
         p[q, row[row >= 0]] = 1
     expected = p @ sim
-    got = item_knn_scores(profile, population, 12)(slice(0, 5)).numpy()
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    # every neighbour kept: the exact item-kNN (the full cosine sum over the population), same rankings
+    everyone = item_neighbours(population, 12, m=12)
+    got = neighbour_scores(profile, everyone)(slice(0, 5)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)  # similarities stored as float32
+    np.testing.assert_array_equal(np.argsort(-got, kind="stable"), np.argsort(-expected, kind="stable"))
+    # top-3 lists: each history item adds its 3 most similar items (itself first, cos = 1; ties to the lower row)
+    nearest = item_neighbours(population, 12, m=3)
+    assert (nearest.rows[:, 0] == np.arange(12)).all() and np.allclose(nearest.similarity[:, 0], 1.0)
+    truncated = np.zeros_like(sim)
+    for i in range(12):
+        top = np.lexsort((np.arange(12), -sim[i]))[:3]
+        truncated[i, top] = sim[i, top]
+    np.testing.assert_allclose(neighbour_scores(profile, nearest)(slice(0, 5)).numpy(), p @ truncated, atol=1e-6)
+    # per-query cost: a block of items at a time gives the same lists as one block
+    blocked = item_neighbours(population, 12, m=3, block=5)
+    np.testing.assert_array_equal(blocked.rows, nearest.rows)
 
     relevant = [np.array([1]), np.array([2, 4])]
     out = compare_methods({"pop": count_scores(counts)}, relevant, [1, 2], 5)

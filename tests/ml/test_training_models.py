@@ -365,3 +365,33 @@ def test_sparse_updates_touch_only_the_rows_a_step_looked_up():
 
     assert rows_moved_per_step(sparse=True) == [[1, 2, 3], [7, 8]]
     assert rows_moved_per_step(sparse=False) == [[1, 2, 3], [1, 2, 3, 7, 8]]  # step 2 moved step 1's rows too
+
+
+def test_every_method_is_scored_on_one_fixed_hash_sample_of_the_days_users(model_store):
+    from recsys_assets.ml.mapped_history import user_keys
+
+    enc = make_encoder(model_store)
+    day = committed_events_dataset(model_store, [VALID_DAY])
+    everyone = evaluation_queries(day, enc, LabelSpec())
+    sample = evaluation_queries(day, enc, LabelSpec(), max_users=50)
+    assert len(everyone.user_ids) > 300 and len(sample.user_ids) == 50
+    # the 50 users with the smallest keys, the same on a rerun
+    keys = np.sort(user_keys(np.asarray(everyone.user_ids)))
+    assert np.array_equal(np.sort(user_keys(np.asarray(sample.user_ids))), keys[:50])
+    assert list(evaluation_queries(day, enc, LabelSpec(), max_users=50).user_ids) == list(sample.user_ids)
+    # each sampled user keeps every positive of the day
+    full = dict(zip(everyone.user_ids, everyone.relevant, strict=True))
+    for user, rel in zip(sample.user_ids, sample.relevant, strict=True):
+        assert np.array_equal(np.sort(rel), np.sort(full[user]))
+
+
+def test_the_history_free_twins_train_on_the_configured_schedule():
+    from recsys_assets.config.training import HistorySpec
+
+    friday, monday = "2024-03-08", "2024-03-11"
+    assert HistorySpec().compare_history_free == "weekly"  # not a daily cost by default
+    assert [HistorySpec().compares_history_free(d) for d in (friday, monday)] == [False, True]
+    assert HistorySpec(compare_history_free=True).compares_history_free(friday)  # true reads as daily
+    assert not HistorySpec(compare_history_free="never").compares_history_free(monday)
+    assert not HistorySpec(enabled=False, compare_history_free="daily").compares_history_free(monday)
+    assert HistorySpec(history_free_weekday="friday").compares_history_free(friday)
