@@ -1,0 +1,181 @@
+"""Peak memory of a day's training against volume: synthetic worlds at 1x, 4x, 16x users and events per day (8 days:
+a 7-day window + the validation day), datagen and user_history through the project's jobs, then vocab + both
+models of the last day in a fresh process whose peak RSS (and its workers', with a launcher) is measured.
+Prints JSON lines and a summary.
+
+    .venv/bin/python benchmarks/training_memory.py --work-dir /tmp/memscale --scales 1,4,16 \
+        [--base-events 200000 --base-users 30000] [--launcher in_process|torchrun --processes N]
+
+Models train one epoch each without the history-free twins (the measure is memory, not quality). The datasets are
+kept under --work-dir and reused by a rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+
+def prepare(root: Path, home: Path, scale: int, a) -> dict:
+    """Raw data, datagen and user_history of every day (reused when already there)."""
+    from dagster import DagsterInstance
+
+    from recsys_assets.definitions import build_defs, default_resources
+    from recsys_assets.demo import backfill_runs, run_job, run_range
+    from recsys_assets.synthetic.generator import SyntheticConfig, generate
+    from resources.store import DatasetStore
+
+    store = DatasetStore(str(root))
+    cfg = SyntheticConfig(num_days=8, events_per_day=a.base_events * scale, num_users=a.base_users * scale)
+    done = root / "_prepared.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    t0 = time.time()
+    counts = generate(store, cfg)
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home)
+    os.environ["RECSYS_DATA_ROOT"] = str(root)
+    instance = DagsterInstance.ephemeral()
+    defs = build_defs(default_resources())
+    for chunk in backfill_runs(cfg.days):
+        if not run_range(defs, "datagen_job", chunk[0], chunk[-1], instance).success:
+            raise SystemExit(f"datagen {chunk} failed at scale {scale}")
+    for day in cfg.days:
+        if not run_job(defs, "user_history_job", day, instance).success:
+            raise SystemExit(f"user_history {day} failed at scale {scale}")
+    info = {
+        "scale": scale,
+        "raw_events": sum(c["events"] for c in counts.values()),
+        "users": cfg.num_users,
+        "events_per_day": cfg.events_per_day,
+        "days": cfg.days,
+        "training_rows": {d: store.read_manifest("training_events", d).get("row_count") for d in cfg.days},
+        "prepare_seconds": round(time.time() - t0, 1),
+    }
+    done.write_text(json.dumps(info))
+    return info
+
+
+def child(a) -> None:
+    """Train the last day's vocab and models in this process (the measured one) and print its peak RSS."""
+    from dagster import AssetKey, DagsterInstance
+
+    from recsys_assets.config.files import ConfigFilesResource
+    from recsys_assets.definitions import build_defs, default_resources
+    from resources.storage import StorageResource
+    from resources.training import TrainingResource
+
+    t0 = time.time()
+    resources = {
+        **default_resources(),
+        "storage": StorageResource(data_root=a.root),
+        "training": TrainingResource(device="cpu", launcher=a.launcher, processes=a.processes),
+        "config_files": ConfigFilesResource(training=a.training_yaml),
+    }
+    selection = [AssetKey("vocab"), AssetKey("ranker_model"), AssetKey("retrieval_model")]
+    result = (
+        build_defs(resources)
+        .resolve_job_def("training_job")
+        .execute_in_process(
+            partition_key=a.day,
+            instance=DagsterInstance.ephemeral(),
+            raise_on_error=False,
+            asset_selection=selection,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        )
+    )
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "success": result.success,
+                "peak_rss_mb": round(own, 1),
+                "peak_worker_rss_mb": round(workers, 1),
+                "seconds": round(time.time() - t0, 1),
+            }
+        ),
+        flush=True,
+    )
+
+
+def training_yaml(path: Path) -> str:
+    from recsys_assets.config.training import DEFAULT_TRAINING_CONFIG_PATH
+
+    spec = yaml.safe_load(Path(DEFAULT_TRAINING_CONFIG_PATH).read_text())
+    spec["history"]["compare_history_free"] = "never"
+    for model in ("ranker", "retrieval"):
+        spec[model]["epochs"] = 1
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--work-dir", default="/tmp/recsys-memscale")
+    p.add_argument("--scales", default="1,4,16")
+    p.add_argument("--base-events", type=int, default=200_000)
+    p.add_argument("--base-users", type=int, default=30_000)
+    p.add_argument("--launcher", default="in_process")
+    p.add_argument("--processes", type=int, default=1)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--root", help=argparse.SUPPRESS)
+    p.add_argument("--day", help=argparse.SUPPRESS)
+    p.add_argument("--training-yaml", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        return child(a)
+    work = Path(a.work_dir)
+    rows = []
+    for scale in [int(s) for s in a.scales.split(",")]:
+        root, home = work / f"x{scale}" / "data", work / f"x{scale}" / "home"
+        info = prepare(root, home, scale, a)
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            "--root",
+            str(root),
+            "--day",
+            info["days"][-1],
+            "--training-yaml",
+            training_yaml(work / "training.yaml"),
+            "--launcher",
+            a.launcher,
+            "--processes",
+            str(a.processes),
+        ]
+        env = {**os.environ, "DAGSTER_HOME": str(home), "RECSYS_CACHE_DIR": str(work / "cache")}
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if line is None:
+            raise SystemExit(f"scale {scale}: the training process printed no result\n{out.stderr[-3000:]}")
+        window_rows = sum(v for d, v in info["training_rows"].items() if d != info["days"][-1] and v)
+        row = {
+            "scale": scale,
+            "users": info["users"],
+            "events_per_day": info["events_per_day"],
+            "window_training_rows": window_rows,
+            "launcher": a.launcher,
+            "processes": a.processes,
+            **json.loads(line[len("RESULT ") :]),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    base = rows[0]["peak_rss_mb"]
+    summary = {"benchmark": "training_memory", "cpus": os.cpu_count(), "runs": rows}
+    summary["peak_rss_over_1x"] = [round(r["peak_rss_mb"] / base, 2) for r in rows]
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
