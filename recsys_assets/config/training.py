@@ -36,6 +36,9 @@ Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
 
 class VocabSpec(StrictModel):
     min_count: int = Field(default=2, ge=1)
+    # A token that no window has held for this many vocab days retires to OOV and its id is reused by a new token
+    # (ml/features.py): the vocab's size stays bounded by the live tokens. null: tokens never retire.
+    retire_after_days: int | None = Field(default=30, ge=1, le=3650)
     features: list[str] = Field(default_factory=lambda: list(CATEGORICAL_COLUMNS), min_length=1)
 
     @model_validator(mode="after")

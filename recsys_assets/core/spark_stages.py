@@ -16,7 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from recsys_assets.core.datasets import FILTERED_EVENTS, RANKER_MODEL, RETRIEVAL_MODEL, TRAINING_EVENTS, USER_HISTORY
+from recsys_assets.core.datasets import (
+    FILTERED_EVENTS,
+    RANKER_MODEL,
+    RETRIEVAL_MODEL,
+    TRAINING_EVENTS,
+    USER_HISTORY,
+    VOCAB,
+)
 from recsys_assets.core.runs import DayRun
 from recsys_assets.core.store_dirs import PartitionVersion
 from resources.spark import SparkJob
@@ -41,6 +48,9 @@ SPARK_STAGES: dict[str, SparkStage] = {
         SparkStage(FILTERED_EVENTS, "recsys_assets.datagen.stages:filtered_events_stage", "num_events_post_filters"),
         SparkStage(TRAINING_EVENTS, "recsys_assets.datagen.stages:training_events_stage", "num_final_rows"),
         SparkStage(USER_HISTORY, "recsys_assets.history.stage:user_history_stage", "users_with_history", ("coverage",)),
+        # The training window's counts (tokens, dense sums, per-item label and positive counts) into the vocab's
+        # version; the run process merges the vocabulary from them and publishes it.
+        SparkStage(VOCAB, "recsys_assets.ml.window_counts:window_counts_stage", "window_rows"),
         # Model trainings: TorchDistributor workers on the cluster's executors (ml/launch.py); their stats are rank
         # 0's result (manifest, metrics, training history).
         SparkStage(RANKER_MODEL, "recsys_assets.ml.launch:training_stage", "trained_samples"),

@@ -24,6 +24,11 @@ from resources.store import DatasetStore
 # module needs no pyspark.
 
 
+# ~32 MiB row groups of training_events: ~0.3-0.5M rows at the design documents' row width (Spark's default, 128 MiB,
+# would be ~1.5M rows a piece: four pieces in flight per loader hold ~1 GB decoded).
+TRAINING_ROW_GROUP_BYTES = 32 * 1024 * 1024
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
@@ -119,7 +124,11 @@ def training_events_stage(session, store: DatasetStore, day: str, version: str, 
     events_uri = store.version_uri(TRAINING_EVENTS, day, version, "events")
     try:
         with _job_description(session, f"{TRAINING_EVENTS} {day}: write events"):
-            result.events.write.mode("overwrite").parquet(events_uri)
+            # Row groups of at most TRAINING_ROW_GROUP_BYTES: the training loader's unit of reading, shuffling and
+            # sharding across data-parallel ranks (memory per piece in flight is one row group).
+            result.events.write.mode("overwrite").option("parquet.block.size", TRAINING_ROW_GROUP_BYTES).parquet(
+                events_uri
+            )
         result.finish_stats()
         with _job_description(session, f"{TRAINING_EVENTS} {day}: write items"):
             result.items.write.mode("overwrite").parquet(store.version_uri(TRAINING_EVENTS, day, version, "items"))

@@ -176,6 +176,12 @@ def smoothed_label_rates(
         n += np.bincount(keys, minlength=num_keys)
         for t in range(num_tasks):
             pos[:, t] += np.bincount(keys, weights=labels[:, t], minlength=num_keys)
+    return rates_from_sums(pos, n, smoothing)
+
+
+def rates_from_sums(pos: np.ndarray, n: np.ndarray, smoothing: float) -> np.ndarray:
+    """smoothed_label_rates from its sums: positives [keys, tasks] and events [keys] per key (e.g. counted on
+    Spark, ml/window_counts.py)."""
     overall = pos.sum(axis=0) / max(n.sum(), 1.0)
     return (pos + smoothing * overall) / (n[:, None] + smoothing)
 

@@ -1,8 +1,12 @@
 """Feature vocabularies with stable ids, dense-feature moments, and the item catalogue (content embeddings).
 
 Ids 0 and 1 are reserved (padding, out-of-vocabulary); tokens start at 2. A vocabulary is extended, never
-renumbered: a token keeps yesterday's id and new tokens are appended, so embedding tables warm-start across
-days. Counting streams Parquet record batches, so memory grows with the vocabulary, not with the events.
+renumbered: a live token keeps yesterday's id and new tokens take free ids, so ids stay comparable across days.
+Its size is bounded by retirement (VocabSpec.retire_after_days): a token no window has held for that many vocab days
+retires (it encodes to OOV from then on, like a token never seen) and its id is free; new tokens take the lowest
+free ids first, then are appended. So a vocabulary holds at most the most live tokens it has ever had, plus nothing
+for the tokens that came and went. Counting streams Parquet record batches, so memory grows with the vocabulary, not
+with the events (the vocab asset counts on Spark: ml/window_counts.py).
 """
 
 from __future__ import annotations
@@ -22,9 +26,17 @@ NUM_RESERVED = 2
 # Dense model inputs and their transform before standardising (heavy tails -> log1p).
 DENSE_FEATURES = {"item_video_length_s": "log1p", "item_age_days": "identity", "user_tenure_days": "log1p"}
 
+# token null: a retired id, free for a new token. last_seen: the latest vocab day whose window held the token.
 VOCAB_SCHEMA = pa.schema(
-    [("feature", pa.string()), ("token", pa.string()), ("index", pa.int64()), ("count", pa.int64())]
+    [
+        ("feature", pa.string()),
+        ("token", pa.string()),
+        ("index", pa.int64()),
+        ("count", pa.int64()),
+        ("last_seen", pa.string()),
+    ]
 )
+VOCAB_COLUMNS = ["token", "index", "count", "last_seen"]
 
 
 def count_tokens(
@@ -55,22 +67,60 @@ def _sum_series(parts: list[pd.Series]) -> pd.Series:
     return pd.concat(parts).groupby(level=0, sort=False).sum().astype("int64")
 
 
-def merge_vocab(previous: pd.DataFrame | None, counts: pd.Series, min_count: int) -> pd.DataFrame:
-    """One feature's vocabulary: previous tokens keep their index (count refreshed, 0 if unseen); new tokens
-    with count >= min_count are appended by descending count, then token, so the result is deterministic."""
-    prev = (
-        previous[["token", "index"]]
-        if previous is not None and len(previous)
-        else pd.DataFrame({"token": pd.Series(dtype="object"), "index": pd.Series(dtype="int64")})
-    )
-    kept = prev.assign(count=counts.reindex(prev["token"]).fillna(0).astype("int64").to_numpy())
-    new = counts[(counts >= min_count) & ~counts.index.isin(prev["token"])]
+def merge_vocab(
+    previous: pd.DataFrame | None,
+    counts: pd.Series,
+    min_count: int,
+    day: str | None = None,
+    retire_after_days: int | None = None,
+) -> pd.DataFrame:
+    """One feature's vocabulary of vocab day `day`: previous live tokens keep their index (count refreshed, 0 if
+    unseen; last_seen = `day` when seen); a token unseen in the windows of more than `retire_after_days` days retires
+    (token null, its id free); new tokens with count >= min_count take the free ids (lowest first), then are appended,
+    by descending count, then token, so the result is deterministic."""
+    from recsys_assets.core.days import shift_day
+
+    if previous is not None and len(previous):
+        prev = previous.reindex(columns=VOCAB_COLUMNS).astype({"token": object, "last_seen": object})
+    else:
+        prev = pd.DataFrame(
+            {c: pd.Series(dtype="int64" if c in ("index", "count") else "object") for c in VOCAB_COLUMNS}
+        )
+    live = prev["token"].notna()
+    tokens = prev["token"].where(live, None)
+    prev["count"] = counts.reindex(tokens.astype(object)).fillna(0).astype("int64").to_numpy()
+    prev.loc[~live, "count"] = 0
+    seen = live & (prev["count"] > 0)
+    if day is not None:
+        prev.loc[seen, "last_seen"] = day
+        # A token carried from a vocab written before last_seen existed: seen as of the day it is carried to.
+        prev.loc[live & prev["last_seen"].isna(), "last_seen"] = day
+    if retire_after_days is not None and day is not None:
+        cutoff = shift_day(day, -retire_after_days)
+        retire = live & ~seen & (prev["last_seen"].astype(str) < cutoff)
+        prev.loc[retire, ["token", "last_seen"]] = None
+        live = live & ~retire
+    new = counts[(counts >= min_count) & ~counts.index.isin(prev.loc[live, "token"])]
     new_df = pd.DataFrame({"token": new.index.astype(str), "count": new.to_numpy()}).sort_values(
         ["count", "token"], ascending=[False, True], kind="stable"
     )
+    free = np.sort(prev.loc[~live, "index"].to_numpy(np.int64))
+    reused = min(len(free), len(new_df))
     start = int(prev["index"].max()) + 1 if len(prev) else NUM_RESERVED
-    new_df["index"] = np.arange(start, start + len(new_df), dtype=np.int64)
-    out = pd.concat([kept, new_df[["token", "index", "count"]]], ignore_index=True)
+    new_df["index"] = np.concatenate(
+        [free[:reused], np.arange(start, start + len(new_df) - reused, dtype=np.int64)]
+    ).astype(np.int64)
+    new_df["last_seen"] = day
+    by_index = new_df.set_index("index")
+    taken = prev["index"].isin(by_index.index[:reused])
+    if reused:
+        picked = by_index.loc[prev.loc[taken, "index"]]
+        prev.loc[taken, "token"] = picked["token"].to_numpy(dtype=object)
+        prev.loc[taken, "count"] = picked["count"].to_numpy(np.int64)
+        prev.loc[taken, "last_seen"] = day
+    out = pd.concat([prev, new_df.iloc[reused:][VOCAB_COLUMNS]], ignore_index=True)
+    out["count"] = out["count"].astype("int64")
+    out["index"] = out["index"].astype("int64")
     return out.sort_values("index", kind="stable").reset_index(drop=True)
 
 
@@ -80,15 +130,26 @@ class Vocab:
 
     tables: dict[str, pd.DataFrame]
     _lookup: dict[str, pd.Index] = field(default_factory=dict, repr=False)
+    _ids: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         for f, t in self.tables.items():
-            t = t.sort_values("index", kind="stable").reset_index(drop=True)
+            t = t.reindex(columns=VOCAB_COLUMNS).sort_values("index", kind="stable").reset_index(drop=True)
             expected = np.arange(NUM_RESERVED, NUM_RESERVED + len(t))
             if not np.array_equal(t["index"].to_numpy(), expected):
                 raise ValueError(f"vocab {f!r}: ids must be contiguous from {NUM_RESERVED}")
             self.tables[f] = t
-            self._lookup[f] = pd.Index(t["token"].astype(str).to_numpy())
+            live = t["token"].notna().to_numpy()
+            self._lookup[f] = pd.Index(t["token"].to_numpy(dtype=object)[live].astype(str))
+            self._ids[f] = t["index"].to_numpy(np.int64)[live]
+
+    def live_tokens(self, feature: str) -> np.ndarray:
+        """The feature's tokens that have an id (retired ids excluded), as an object array of str."""
+        return self._lookup[feature].to_numpy(dtype=object)
+
+    def retired(self, feature: str) -> int:
+        """Ids of the feature that are retired and not yet taken by a new token."""
+        return int(self.tables[feature]["token"].isna().sum())
 
     @property
     def features(self) -> list[str]:
@@ -100,17 +161,18 @@ class Vocab:
     def encode(self, feature: str, values: pa.Array | pa.ChunkedArray) -> np.ndarray:
         """Ids for an Arrow string column: its position in the vocab + the reserved ids, OOV_ID if unknown/null."""
         pos = positions_in(self._lookup[feature], values)
-        return np.where(pos < 0, OOV_ID, pos + NUM_RESERVED).astype(np.int64)
+        ids = self._ids[feature]
+        return np.where(pos < 0, OOV_ID, ids[np.maximum(pos, 0)] if len(ids) else OOV_ID).astype(np.int64)
 
     def to_table(self) -> pa.Table:
-        frames = [t.assign(feature=f)[["feature", "token", "index", "count"]] for f, t in self.tables.items()]
+        frames = [t.assign(feature=f)[["feature", *VOCAB_COLUMNS]] for f, t in self.tables.items()]
         return pa.Table.from_pandas(pd.concat(frames, ignore_index=True), schema=VOCAB_SCHEMA, preserve_index=False)
 
     @classmethod
     def from_table(cls, table: pa.Table) -> Vocab:
-        df = table.to_pandas()
+        df = table.to_pandas()  # a vocab written before last_seen existed reads with last_seen null
         return cls(
-            {f: g[["token", "index", "count"]].reset_index(drop=True) for f, g in df.groupby("feature", sort=False)}
+            {f: g.reindex(columns=VOCAB_COLUMNS).reset_index(drop=True) for f, g in df.groupby("feature", sort=False)}
         )
 
 
@@ -128,10 +190,18 @@ def positions_in(index: pd.Index, values: pa.Array | pa.ChunkedArray) -> np.ndar
     return np.where(codes < 0, -1, found[np.maximum(codes, 0)]).astype(np.int64)
 
 
-def build_vocab(previous: Vocab | None, counts: dict[str, pd.Series], min_count: int) -> Vocab:
+def build_vocab(
+    previous: Vocab | None,
+    counts: dict[str, pd.Series],
+    min_count: int,
+    day: str | None = None,
+    retire_after_days: int | None = None,
+) -> Vocab:
     return Vocab(
         {
-            f: merge_vocab(previous.tables.get(f) if previous is not None else None, c, min_count)
+            f: merge_vocab(
+                previous.tables.get(f) if previous is not None else None, c, min_count, day, retire_after_days
+            )
             for f, c in counts.items()
         }
     )

@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow as pa
 
 from recsys_assets.config.training import TrainingSpec
-from recsys_assets.core.datasets import RETRIEVAL_MODEL
+from recsys_assets.core.datasets import RETRIEVAL_MODEL, VOCAB
 from recsys_assets.core.days import window_of
 from recsys_assets.core.raw_inputs import read_raw_table
 from recsys_assets.core.readers import read_final_items
@@ -140,11 +140,18 @@ def build_cold_start_index(store: DatasetStore, day: str, spec: TrainingSpec, se
     )
     from recsys_assets.ml.features import count_tokens
     from recsys_assets.ml.loader import committed_events_dataset
+    from recsys_assets.ml.window_counts import WindowCounts
     from recsys_assets.ml.windows import training_window
 
     window = training_window(store, day, spec.window_days)
-    events = committed_events_dataset(store, [*window.train_days, day])
-    window_counts = count_tokens(events.to_batches(columns=["item_id"]), ["item_id"])["item_id"]
+    counts = None
+    if store.is_committed(VOCAB, day):
+        counts = WindowCounts.read(store, ArtifactDir.committed(store, VOCAB, day))
+    if counts is not None and counts.covers(window.versions):  # counted on Spark with the day's vocab
+        window_counts = counts.item_rows([*window.train_days, day])
+    else:
+        events = committed_events_dataset(store, [*window.train_days, day])
+        window_counts = count_tokens(events.to_batches(columns=["item_id"]), ["item_id"])["item_id"]
     items = read_raw_table(store, "items", day, ["item_id", "moderation_status", "created_at"]).to_pandas()
     as_of = pd.Timestamp(window_of(day).end)
     candidates = cold_start_candidates(

@@ -398,7 +398,7 @@ def item_day_frequencies(
 def holdout_user_ids(vocab: Vocab, pct: float) -> pa.Array:
     """A stable hash-chosen `pct`% of the window's users (the vocab's user_id tokens): their events are held out of
     training to select the epoch (never the validation day, which stays untouched for the gate)."""
-    tokens = vocab.tables["user_id"]["token"].astype(str).to_numpy(dtype=object)
+    tokens = vocab.live_tokens("user_id")
     bucket = pd.util.hash_array(tokens, categorize=False) % 10_000
     return pa.array(tokens[bucket < pct * 100], pa.string())
 

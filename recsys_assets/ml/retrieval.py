@@ -79,11 +79,14 @@ def train_two_tower(
     on_epoch_end: Callable[[int], None] | None = None,
     holdout_users=None,
     patience: int = 2,
+    day_positives: dict[str, np.ndarray] | None = None,
 ) -> tuple[TwoTower, FitResult, np.ndarray]:
     """Trains on positive events only. Returns the model, fit result, and per-catalogue-row positive counts.
-    `holdout_users`: users whose window positives select the epoch (early stopping) instead of training."""
+    `holdout_users`: users whose window positives select the epoch (early stopping) instead of training.
+    `day_positives`: the positives per day and catalogue row when already counted (ml/window_counts.py); counted
+    here in one pass otherwise."""
     positives = retrieval_positive_filter(encoder.labels)
-    by_day = item_day_frequencies(train, encoder.catalog, positives)
+    by_day = day_positives if day_positives is not None else item_day_frequencies(train, encoder.catalog, positives)
     counts = sum(by_day.values(), np.zeros(len(encoder.catalog), np.int64))
     if counts.sum() == 0:
         raise ValueError("no positive events in the training window: cannot train the two-tower model")

@@ -25,6 +25,7 @@ from recsys_assets.ml.artifacts import ArtifactDir, fingerprint, latest_committe
 from recsys_assets.ml.features import Vocab, build_item_catalog
 from recsys_assets.ml.loader import BatchEncoder, committed_events_dataset
 from recsys_assets.ml.trainer import CheckpointStore, FitResult, TrainSettings
+from recsys_assets.ml.window_counts import WindowCounts
 from recsys_assets.ml.windows import TrainingWindow, window_for, with_user_history
 from resources.store import DatasetStore
 
@@ -46,21 +47,35 @@ class VocabResult:
         return {"row_count": self.stats["num_tokens"]}
 
 
-def build_day_vocab(store: DatasetStore, day: str, spec: TrainingSpec) -> VocabResult:
+def vocab_inputs(store: DatasetStore, day: str, spec: TrainingSpec) -> tuple[TrainingWindow, str | None]:
+    """The day's training window and the latest earlier vocab day (whose ids the new vocab keeps): what the vocab
+    and its window counts (ml/window_counts.py) are computed from."""
+    return window_for(store, day, spec), latest_committed_before(store, VOCAB, day)
+
+
+def build_day_vocab(store: DatasetStore, day: str, spec: TrainingSpec, counts=None) -> VocabResult:
     """Token counts over the window's committed days, merged into the latest earlier vocab (stable ids), the dense
-    moments, and each feature's OOV rate on the validation day."""
+    moments, and each feature's OOV rate on the validation day. `counts`: the window counts of the same window
+    computed on Spark (ml/window_counts.WindowCounts, what the vocab asset passes); without them the events are
+    counted here in one Python pass (small data, tests)."""
     from recsys_assets.ml.features import DENSE_FEATURES, build_vocab, count_tokens, dense_moments, oov_rates
 
-    window = window_for(store, day, spec)
-    train = committed_events_dataset(store, window.train_days)
-    previous_day = latest_committed_before(store, VOCAB, day)
+    window, previous_day = vocab_inputs(store, day, spec)
     previous: Vocab | None = None
     if previous_day is not None:
         previous, _ = ArtifactDir.committed(store, VOCAB, previous_day).read_vocab()
-    counts = count_tokens(train.to_batches(columns=spec.vocab.features), spec.vocab.features)
-    new_vocab = build_vocab(previous, counts, spec.vocab.min_count)
-    moments = dense_moments(train.to_batches(columns=list(DENSE_FEATURES)))
-    oov = oov_rates(new_vocab, committed_events_dataset(store, [day]).to_batches(columns=new_vocab.features))
+    retire = spec.vocab.retire_after_days
+    if counts is not None and not counts.covers(window.versions):
+        raise ValueError(f"vocab {day}: the window counts were taken from other training_events versions")
+    if counts is not None:
+        new_vocab = build_vocab(previous, counts.token_counts(), spec.vocab.min_count, day, retire)
+        moments, oov = counts.moments(), counts.oov_rates(new_vocab)
+    else:
+        train = committed_events_dataset(store, window.train_days)
+        tokens = count_tokens(train.to_batches(columns=spec.vocab.features), spec.vocab.features)
+        new_vocab = build_vocab(previous, tokens, spec.vocab.min_count, day, retire)
+        moments = dense_moments(train.to_batches(columns=list(DENSE_FEATURES)))
+        oov = oov_rates(new_vocab, committed_events_dataset(store, [day]).to_batches(columns=new_vocab.features))
     sizes = {f: new_vocab.cardinality(f) for f in new_vocab.features}
     prev_sizes = {f: previous.cardinality(f) if previous and f in previous.tables else 2 for f in new_vocab.features}
     stats = {
@@ -69,9 +84,12 @@ def build_day_vocab(store: DatasetStore, day: str, spec: TrainingSpec) -> VocabR
         "min_count": spec.vocab.min_count,
         "cardinality": sizes,
         "new_tokens": {f: sizes[f] - prev_sizes[f] for f in sizes},
+        "retired_ids": {f: new_vocab.retired(f) for f in sizes},
+        "retire_after_days": retire,
         "oov_rate_validation_day": oov,
         "max_oov_rate": {f: spec.checks.oov_limit(f) for f in sizes},
         "num_tokens": sum(sizes.values()) - 2 * len(sizes),
+        "counted_on": "spark" if counts is not None else "run process",
     }
     return VocabResult(new_vocab, moments, stats, window)
 
@@ -87,6 +105,7 @@ class ModelInputs:
     window: TrainingWindow
     vocab_version: str
     encoder: BatchEncoder
+    counts: WindowCounts | None = None  # the vocab's window counts (Spark), when it has them
 
     @classmethod
     def resolve(cls, store: DatasetStore, day: str, spec: TrainingSpec, log: Log) -> ModelInputs:
@@ -102,9 +121,12 @@ class ModelInputs:
         days = [*window.train_days, window.validation_day]
         catalog = build_item_catalog([read_final_items(store, d) for d in days])
         history = load_histories(store, days, spec.history.max_len, vocab, catalog) if spec.history.enabled else None
-        return cls(
-            day, store, spec, window, vocab_dir.version, BatchEncoder(vocab, moments, catalog, spec.labels, history)
-        )
+        counts = WindowCounts.read(store, vocab_dir)
+        if counts is not None and not counts.covers(window.versions):
+            log(f"vocab {day}: window counts from other training_events versions; counting in this process")
+            counts = None
+        encoder = BatchEncoder(vocab, moments, catalog, spec.labels, history)
+        return cls(day, store, spec, window, vocab_dir.version, encoder, counts)
 
     @property
     def history_len(self) -> int:
@@ -261,8 +283,14 @@ def train_day_ranker(inputs: ModelInputs, runtime: dict, run_id: str, log: Log) 
     selection = inputs.selection(sizes)
     # One pass over the window for the item prior: the item-bias start of both rankers and the item-prior baseline,
     # all on the training rows (never the held-out users of early stopping).
-    train_rows, _ = split_holdout(None, selection.get("holdout_users"))
-    priors = item_priors(train_data, encoder, spec.evaluation.item_prior_smoothing, train_rows)
+    smoothing = spec.evaluation.item_prior_smoothing
+    priors = None
+    if inputs.counts is not None:  # from the window counts (Spark), when taken with this ranker's holdout
+        held_pct = sizes.holdout_pct if "holdout_users" in selection else 0.0
+        priors = inputs.counts.item_priors(encoder, window.train_days, smoothing, held_pct)
+    if priors is None:
+        train_rows, _ = split_holdout(None, selection.get("holdout_users"))
+        priors = item_priors(train_data, encoder, smoothing, train_rows)
     if hyper.item_bias:
         selection["item_bias_start"] = priors.bias_logits
     fp, checkpoints = inputs.checkpoints(RANKER_MODEL, hyper, settings, sizes.model_dump())
@@ -351,6 +379,8 @@ def train_day_retrieval(inputs: ModelInputs, runtime: dict, run_id: str, log: Lo
     selection = inputs.selection(sizes)
     extra = (spec.labels.model_dump(), sizes.model_dump())
     fp, checkpoints = inputs.checkpoints(RETRIEVAL_MODEL, hyper, settings, *extra)
+    if inputs.counts is not None:  # the logQ counts from the window counts (Spark)
+        selection["day_positives"] = inputs.counts.item_day_positives(encoder.catalog, window.train_days)
     model, fit, positive_counts = train_two_tower(
         train_data, encoder, hyper, settings, checkpoints, fp, log, **selection
     )
@@ -369,9 +399,12 @@ def train_day_retrieval(inputs: ModelInputs, runtime: dict, run_id: str, log: Lo
     k = spec.checks.retrieval_k
     ks = sorted({10, k})
     positives = retrieval_positive_filter(spec.labels)
-    recent_counts = item_frequencies(
-        committed_events_dataset(store, window.train_days[-1:]), encoder.catalog, positives
-    )
+    if inputs.counts is not None:
+        recent_counts = selection["day_positives"][window.train_days[-1]]
+    else:
+        recent_counts = item_frequencies(
+            committed_events_dataset(store, window.train_days[-1:]), encoder.catalog, positives
+        )
     seen = seen_items(train_data, queries.user_ids, encoder.catalog) if spec.evaluation.exclude_seen else None
     prior = spec.retrieval_scoring.recency_prior
     as_of = pd.Timestamp(window_of(day).end)

@@ -30,7 +30,16 @@ from recsys_assets.core.datasets import (
 from recsys_assets.core.metadata import md_table, numeric_metadata
 from recsys_assets.core.partitions import PER_DAY, daily_partitions
 from recsys_assets.core.runs import DayRun
-from recsys_assets.ml.train import TrainedModel, VocabResult, build_day_vocab, train_day_ranker, train_day_retrieval
+from recsys_assets.core.spark_stages import stage_job
+from recsys_assets.ml.train import (
+    TrainedModel,
+    VocabResult,
+    build_day_vocab,
+    train_day_ranker,
+    train_day_retrieval,
+    vocab_inputs,
+)
+from recsys_assets.ml.window_counts import WindowCounts, window_counts_params
 from recsys_assets.training.automation import TRAIN_AFTER_DATAGEN, TRAIN_AFTER_VOCAB
 from recsys_assets.training.lineage import window_dep
 from recsys_assets.training.workers import ModelRun, train_model
@@ -62,18 +71,25 @@ def window_table(status: dict[str, str]) -> MetadataValue:
             ),
         ),
     ],
-    kinds={"python", "parquet"},
+    kinds={"spark", "python", "parquet"},
     backfill_policy=PER_DAY,
     description="Vocabularies of the categorical features over the training window with stable ids (yesterday's "
     "ids kept, new tokens appended), reserved padding/OOV ids, counts, dense-feature moments, and the OOV rate of "
     "each feature on the validation day.",
 )
 def vocab(
-    context: AssetExecutionContext, storage: StorageResource, config_files: ConfigFilesResource
+    context: AssetExecutionContext, storage: StorageResource, config_files: ConfigFilesResource, spark: SparkResource
 ) -> MaterializeResult:
     run = DayRun.of(context, storage)
-    result = build_day_vocab(run.store, run.day, config_files.training_spec())
-    out = run.write(VOCAB, result.write)
+    spec = config_files.training_spec()
+    # The window's counts on the Spark resource (a stage of the Spark job, ml/window_counts.py), written into the new
+    # version; the run process merges the vocabulary from the small tables it wrote.
+    window, previous_day = vocab_inputs(run.store, run.day, spec)
+    out = run.new_version(VOCAB)
+    params = window_counts_params(run.store, window, spec, previous_day)
+    spark.run_job(context, stage_job(VOCAB, run.store, run.day, out.version, params))
+    result = build_day_vocab(run.store, run.day, spec, WindowCounts.read(run.store, out))
+    out.publish(**result.write(out))
     return MaterializeResult(
         metadata={**vocab_metadata(result, run.day), "path": MetadataValue.path(out.uri), "version": out.version}
     )
@@ -81,13 +97,25 @@ def vocab(
 
 def vocab_metadata(result: VocabResult, day: str) -> dict:
     stats = result.stats
-    sizes, oov = stats["cardinality"], stats["oov_rate_validation_day"]
+    sizes, oov, retired = stats["cardinality"], stats["oov_rate_validation_day"], stats.get("retired_ids", {})
     return {
         "dagster/row_count": MetadataValue.int(stats["num_tokens"]),
         "features": md_table(
-            ["feature", "ids (incl. 2 reserved)", "new ids", "OOV rate on " + day, "max OOV rate"],
-            [[f, sizes[f], stats["new_tokens"][f], round(oov[f], 4), stats["max_oov_rate"][f]] for f in sizes],
+            [
+                "feature",
+                "ids (incl. 2 reserved)",
+                "new ids",
+                "retired ids (free)",
+                "OOV rate on " + day,
+                "max OOV rate",
+            ],
+            [
+                [f, sizes[f], stats["new_tokens"][f], retired.get(f, 0), round(oov[f], 4), stats["max_oov_rate"][f]]
+                for f in sizes
+            ],
         ),
+        "counted_on": stats.get("counted_on", "run process"),
+        "retire_after_days": str(stats.get("retire_after_days")),
         "train_days": ", ".join(result.window.train_days),
         "window": window_table(result.window.status),
         "warm_start_from": stats["warm_start_from"] or "none (first vocab)",

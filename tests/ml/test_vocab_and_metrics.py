@@ -37,6 +37,54 @@ def test_merge_vocab_keeps_old_ids_appends_new_tokens_by_count_and_drops_rare_ne
     assert day2[["token", "index", "count"]].values.tolist() == [["b", 2, 0], ["a", 3, 2], ["d", 4, 7], ["c", 5, 4]]
 
 
+def test_unseen_tokens_retire_to_oov_and_new_tokens_reuse_their_ids():
+    d1 = merge_vocab(None, pd.Series({"a": 5, "b": 9, "c": 3}), 2, "2024-01-01", retire_after_days=2)
+    assert d1[["token", "index", "last_seen"]].values.tolist() == [
+        ["b", 2, "2024-01-01"],
+        ["a", 3, "2024-01-01"],
+        ["c", 4, "2024-01-01"],
+    ]
+    # b unseen for 2 days: kept (not more than retire_after_days); a seen, c unseen.
+    d3 = merge_vocab(d1, pd.Series({"a": 1}), 2, "2024-01-03", retire_after_days=2)
+    assert d3[["token", "index", "count", "last_seen"]].values.tolist() == [
+        ["b", 2, 0, "2024-01-01"],
+        ["a", 3, 1, "2024-01-03"],
+        ["c", 4, 0, "2024-01-01"],
+    ]
+    # Day 4: b and c unseen for 3 days retire; their ids go to the new tokens (most frequent first, lowest id
+    # first), then new ids are appended. a keeps its id.
+    d4 = merge_vocab(d3, pd.Series({"x": 4, "y": 8, "z": 2, "w": 1}), 2, "2024-01-04", retire_after_days=2)
+    assert d4[["token", "index", "count", "last_seen"]].values.tolist() == [
+        ["y", 2, 8, "2024-01-04"],
+        ["a", 3, 0, "2024-01-03"],
+        ["x", 4, 4, "2024-01-04"],
+        ["z", 5, 2, "2024-01-04"],
+    ]
+    # Retired with no taker: the id stays free (token null) and the retired token encodes to OOV.
+    d9 = merge_vocab(d4, pd.Series({"y": 3, "x": 1, "z": 2}), 2, "2024-01-09", retire_after_days=2)
+    assert d9["token"].tolist() == ["y", None, "x", "z"]
+    v = Vocab({"f": d9})
+    assert v.encode("f", pa.array(["a", "y", "z", "x", None])).tolist() == [OOV_ID, 2, 5, 4, OOV_ID]
+    assert v.cardinality("f") == 6 and v.retired("f") == 1 and sorted(v.live_tokens("f")) == ["x", "y", "z"]
+    again = Vocab.from_table(v.to_table())
+    assert again.encode("f", pa.array(["a", "y", "z"])).tolist() == [OOV_ID, 2, 5] and again.retired("f") == 1
+    # Never retiring (null): the size only grows.
+    assert merge_vocab(d3, pd.Series({"x": 4}), 2, "2024-02-01", retire_after_days=None)["token"].tolist() == [
+        "b",
+        "a",
+        "c",
+        "x",
+    ]
+
+
+def test_a_vocab_without_last_seen_is_carried_from_its_next_day():
+    old = pd.DataFrame({"token": ["a", "b"], "index": [2, 3], "count": [4, 2]})  # written before last_seen existed
+    v = merge_vocab(old, pd.Series({"a": 1}), 2, "2024-01-10", retire_after_days=1)
+    assert v[["token", "last_seen"]].values.tolist() == [["a", "2024-01-10"], ["b", "2024-01-10"]]
+    later = merge_vocab(v, pd.Series({"a": 1}), 2, "2024-01-12", retire_after_days=1)
+    assert later["token"].tolist() == ["a", None]
+
+
 def test_vocab_encodes_unknown_and_null_to_oov_and_round_trips_through_parquet_table():
     v = build_vocab(None, {"user_id": pd.Series({"u1": 3, "u2": 5}), "region": pd.Series({"r": 2})}, min_count=2)
     got = v.encode("user_id", pa.chunked_array([pa.array(["u2", "u1", "zz", None, "u2"])]))
