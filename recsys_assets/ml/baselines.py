@@ -59,12 +59,17 @@ class ItemNeighbours:
         )
 
 
-def item_neighbours(population_rows: np.ndarray, num_items: int, m: int, block: int = 2048) -> ItemNeighbours:
+def item_neighbours(
+    population_rows: np.ndarray, num_items: int, m: int, block_entries: int = 1 << 22
+) -> ItemNeighbours:
     """Every item's `m` nearest items by cosine over the population's histories (binary user x item; an item is its
-    own nearest, cos = 1): co-occurrence counts a block of items at a time (memory: one block's sparse row of the
-    item x item matrix), each row cut to its top `m` (ties: lower catalogue row). `population_rows` [users, L] are
-    catalogue rows, -1 = none. Built once; scoring a query then costs its history's lists, not the population."""
+    own nearest, cos = 1): co-occurrence counts a block of items at a time, each row cut to its top `m` (ties: lower
+    catalogue row). A block holds at most `block_entries` item pairs (block rows x catalogue size), so the memory
+    does not grow with the catalogue. `population_rows` [users, L] are catalogue rows, -1 = none. Built once;
+    scoring a query then costs its history's lists, not the population."""
     from scipy import sparse
+
+    block = max(1, min(2048, block_entries // max(num_items, 1)))
 
     users, cols = np.nonzero(population_rows >= 0)
     x = sparse.csr_matrix(

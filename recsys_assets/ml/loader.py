@@ -8,6 +8,8 @@ reproducible, which is what makes resuming from a checkpoint give the same model
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -267,33 +269,76 @@ def encoded_blocks(
     order: np.ndarray | None = None,
     threads: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Encoded blocks of the pieces in `order` (default: all, in storage order), at most `threads` + 1 pieces in
-    flight."""
+    """Encoded blocks (at most `read_rows` rows each) of the pieces in `order` (default: all, in storage order), in
+    that order. With threads, each piece is read by a pool thread into its own queue of at most PIECE_QUEUE_BLOCKS
+    blocks: at most `threads` + 1 pieces in flight and at most `threads` x (PIECE_QUEUE_BLOCKS + 1) blocks decoded
+    ahead, however large a piece (row group) is. The blocks and their order do not depend on the threads."""
     pieces = dataset.get_pieces()
     order = order if order is not None else np.arange(len(pieces))
 
-    def encode_piece(i: int) -> list[dict[str, np.ndarray]]:
-        return [
-            encoder.encode(b, pieces[i].day)
-            for b in pieces[i].to_batches(
-                columns=encoder.columns, filter=filter, batch_size=read_rows, dictionary_items=True
-            )
-            if b.num_rows
-        ]
+    def blocks_of(i: int) -> Iterator[dict[str, np.ndarray]]:
+        for b in pieces[i].to_batches(
+            columns=encoder.columns, filter=filter, batch_size=read_rows, dictionary_items=True
+        ):
+            if b.num_rows:
+                yield encoder.encode(b, pieces[i].day)
 
     threads = LOADER_THREADS if threads is None else threads
     if threads <= 1 or len(order) <= 1:
         for i in order:
-            yield from encode_piece(i)
+            yield from blocks_of(i)
         return
+    stop = threading.Event()
+
+    def fill(i: int, q: queue.Queue) -> None:
+        try:
+            for block in blocks_of(i):
+                while not stop.is_set():
+                    try:
+                        q.put(block, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            item = _END
+        except BaseException as e:  # handed to the consumer, raised there
+            item = e
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="loader") as pool:
         pending: deque = deque()
-        for i in order:
-            pending.append(pool.submit(encode_piece, i))
-            if len(pending) > threads:
-                yield from pending.popleft().result()
-        while pending:
-            yield from pending.popleft().result()
+        ahead = iter(order)
+        try:
+            for i in ahead:
+                q: queue.Queue = queue.Queue(maxsize=PIECE_QUEUE_BLOCKS)
+                pool.submit(fill, int(i), q)
+                pending.append(q)
+                if len(pending) > threads:
+                    yield from _drain_piece(pending.popleft())
+            while pending:
+                yield from _drain_piece(pending.popleft())
+        finally:
+            stop.set()  # a consumer that stops early (max_rows) releases the producers blocked on full queues
+
+
+_END = object()
+PIECE_QUEUE_BLOCKS = 2
+
+
+def _drain_piece(q: queue.Queue) -> Iterator[dict[str, np.ndarray]]:
+    while True:
+        item = q.get()
+        if item is _END:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
 
 
 def _concat(blocks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -166,7 +166,7 @@ def test_baselines_match_brute_force_definitions():
         truncated[i, top] = sim[i, top]
     np.testing.assert_allclose(neighbour_scores(profile, nearest)(slice(0, 5)).numpy(), p @ truncated, atol=1e-6)
     # per-query cost: a block of items at a time gives the same lists as one block
-    blocked = item_neighbours(population, 12, m=3, block=5)
+    blocked = item_neighbours(population, 12, m=3, block_entries=5 * 12)  # blocks of 5 items
     np.testing.assert_array_equal(blocked.rows, nearest.rows)
 
     relevant = [np.array([1]), np.array([2, 4])]

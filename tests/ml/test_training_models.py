@@ -63,6 +63,26 @@ def test_loader_yields_every_row_once_per_epoch_in_a_seeded_order(model_store):
     assert first["labels"].shape == (512, 4) and first["dense"].shape == (512, 3)
 
 
+def test_threaded_loader_streams_the_same_blocks_in_bounded_queues_and_stops_early(model_store):
+    import threading
+
+    from recsys_assets.ml.loader import PIECE_QUEUE_BLOCKS, encoded_blocks
+
+    ds, enc = committed_events_dataset(model_store, TRAIN_DAYS), make_encoder(model_store)
+    order = np.random.default_rng(3).permutation(len(ds.get_pieces()))
+    one = list(encoded_blocks(ds, enc, read_rows=500, order=order, threads=1))
+    many = list(encoded_blocks(ds, enc, read_rows=500, order=order, threads=3))
+    assert len(one) == len(many) > 3 * (PIECE_QUEUE_BLOCKS + 1)  # more blocks than the queues hold
+    for a, b in zip(one, many):
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    # A consumer that stops after two blocks (score_ranker's max_rows) releases the producers: nothing hangs.
+    before = threading.active_count()
+    stream = encoded_blocks(ds, enc, read_rows=500, order=order, threads=3)
+    assert [len(next(stream)["content_row"]) for _ in range(2)] == [500, 500]
+    stream.close()
+    assert threading.active_count() <= before
+
+
 def test_ranker_learns_labels_that_depend_on_features(model_store):
     enc = make_encoder(model_store)
     model, fit = train_ranker(
