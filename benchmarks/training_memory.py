@@ -6,7 +6,8 @@ Prints JSON lines and a summary.
     .venv/bin/python benchmarks/training_memory.py --work-dir /tmp/memscale --scales 1,4,16 \
         [--base-events 200000 --base-users 30000] [--launcher in_process|torchrun --processes N] [--prepare-only]
 
-At scale s: s x 200k events and s x 30k users a day, s x 8k items (+ s x 65 new a day) and s x 3k authors.
+At scale s: s x base events and s x base users a day; items (8k, + 65 new a day) and authors (3k) in proportion to
+the events (the generator's default day is 200k events).
 
 Models train one epoch each without the history-free twins (the measure is memory, not quality). The datasets are
 kept under --work-dir and reused by a rerun.
@@ -36,15 +37,16 @@ def prepare(root: Path, home: Path, scale: int, a) -> dict:
     from resources.store import DatasetStore
 
     store = DatasetStore(str(root))
+    volume = a.base_events * scale / 200_000  # the generator's default day: 200k events, 8k items, 3k authors
     # Items and authors grow with the volume too (as many events per item as at 1x): with a fixed catalogue the
     # filter chain's item losses move past the datagen checks' thresholds and the day is withheld.
     cfg = SyntheticConfig(
         num_days=8,
         events_per_day=a.base_events * scale,
         num_users=a.base_users * scale,
-        initial_items=8_000 * scale,
-        new_items_per_day=65 * scale,
-        num_authors=3_000 * scale,
+        initial_items=round(8_000 * volume),
+        new_items_per_day=round(65 * volume),
+        num_authors=round(3_000 * volume),
     )
     done = root / "_prepared.json"
     if done.exists():
@@ -91,25 +93,32 @@ def child(a) -> None:
         "training": TrainingResource(device="cpu", launcher=a.launcher, processes=a.processes),
         "config_files": ConfigFilesResource(training=a.training_yaml),
     }
-    selection = [AssetKey("vocab"), AssetKey("ranker_model"), AssetKey("retrieval_model")]
-    result = (
-        build_defs(resources)
-        .resolve_job_def("training_job")
-        .execute_in_process(
+    # One asset at a time (each reads what the one before committed): the peak after each says which step raised it.
+    job = build_defs(resources).resolve_job_def("training_job")
+    failed, peak_after = {}, {}
+    for name in ("vocab", "ranker_model", "retrieval_model"):
+        result = job.execute_in_process(
             partition_key=a.day,
             instance=DagsterInstance.ephemeral(),
             raise_on_error=False,
-            asset_selection=selection,
+            asset_selection=[AssetKey(name)],
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         )
-    )
+        failed |= {
+            e.step_key: (e.event_specific_data.error.message.strip().splitlines() or [""])[-1][:300]
+            for e in result.all_events
+            if e.is_step_failure
+        }
+        peak_after[name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(
         "RESULT "
         + json.dumps(
             {
-                "success": result.success,
+                "success": not failed,
+                "failed_steps": failed,  # e.g. a model gate failing on a tiny world: the steps still ran
+                "peak_rss_mb_after": peak_after,
                 "peak_rss_mb": round(own, 1),
                 "peak_worker_rss_mb": round(workers, 1),
                 "seconds": round(time.time() - t0, 1),
@@ -149,7 +158,9 @@ def main() -> None:
     work = Path(a.work_dir)
     rows = []
     for scale in [int(s) for s in a.scales.split(",")]:
-        root, home = work / f"x{scale}" / "data", work / f"x{scale}" / "home"
+        # Named by volume: a world is the same at (base 200k, x4) and (base 50k, x16), and is prepared once.
+        world = work / f"e{a.base_events * scale}-u{a.base_users * scale}"
+        root, home = world / "data", world / "home"
         info = prepare(root, home, scale, a)
         if a.prepare_only:
             print(json.dumps({"prepared": scale, **info}), flush=True)
