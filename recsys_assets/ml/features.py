@@ -37,6 +37,8 @@ VOCAB_SCHEMA = pa.schema(
     ]
 )
 VOCAB_COLUMNS = ["token", "index", "count", "last_seen"]
+# Item columns of training_events never widened onto the events (the loader and the Spark window counts read alike).
+NOT_WIDENED = {"item_id", "num_events", "embedding"}
 
 
 def count_tokens(
@@ -233,8 +235,14 @@ def dense_moments(batches: Iterable[pa.RecordBatch]) -> dict[str, dict[str, floa
             x = transform_dense(f, b.column(f).to_numpy(zero_copy_only=False))
             s[f][0] += float(x.sum())
             s[f][1] += float((x * x).sum())
+    return moments_from_sums(s, n)
+
+
+def moments_from_sums(sums: dict[str, list[float]], n: int) -> dict[str, dict[str, float]]:
+    """Mean/std of each transformed dense feature from [sum, sum of squares] over `n` rows (one pass here, or on
+    Spark: ml/window_counts.py)."""
     out = {}
-    for f, (sx, sxx) in s.items():
+    for f, (sx, sxx) in sums.items():
         mean = sx / n if n else 0.0
         var = max(sxx / n - mean * mean, 0.0) if n else 0.0
         out[f] = {"mean": mean, "std": float(np.sqrt(var)) or 1.0, "transform": DENSE_FEATURES[f]}

@@ -28,7 +28,7 @@ from recsys_assets.config.training import RANKER_TASKS, LabelSpec
 from recsys_assets.core.datasets import TRAINING_EVENTS
 from recsys_assets.core.days import day_number
 from recsys_assets.ml.distributed import SINGLE, Rank
-from recsys_assets.ml.features import DENSE_FEATURES, ItemCatalog, Vocab, positions_in, standardize
+from recsys_assets.ml.features import DENSE_FEATURES, NOT_WIDENED, ItemCatalog, Vocab, positions_in, standardize
 from recsys_assets.ml.history import HistoryArrays
 from resources.store import DatasetStore
 
@@ -36,7 +36,6 @@ LABEL_COLUMNS = ["liked", "shared", "followed", "watch_ratio"]
 
 
 # Columns of the items table that are not item columns of the events (ids, counts, the embedding).
-_NOT_WIDENED = {"item_id", "num_events", "embedding"}
 
 
 class DayFragment:
@@ -87,7 +86,7 @@ class TrainingEventsDataset:
         self.item_columns = [
             n
             for n in (item_schema.names if item_schema is not None else [])
-            if n not in _NOT_WIDENED and n not in self.event_columns
+            if n not in NOT_WIDENED and n not in self.event_columns
         ]
 
     def _parquet_files(self, day: str, table: str) -> list[str]:
@@ -290,26 +289,25 @@ def encoded_blocks(
         return
     stop = threading.Event()
 
+    def put(q: queue.Queue, item) -> bool:
+        """Put `item` unless the consumer has stopped (False then)."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def fill(i: int, q: queue.Queue) -> None:
         try:
             for block in blocks_of(i):
-                while not stop.is_set():
-                    try:
-                        q.put(block, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(q, block):
                     return
             item = _END
         except BaseException as e:  # handed to the consumer, raised there
             item = e
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+        put(q, item)
 
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="loader") as pool:
         pending: deque = deque()

@@ -27,14 +27,13 @@ import pyarrow.dataset as pads
 
 from recsys_assets.config.training import RANKER_TASKS
 from recsys_assets.core.datasets import TRAINING_EVENTS, VOCAB
-from recsys_assets.ml.features import DENSE_FEATURES, NUM_RESERVED, OOV_ID, Vocab
+from recsys_assets.ml.features import DENSE_FEATURES, NOT_WIDENED, NUM_RESERVED, OOV_ID, Vocab, moments_from_sums
 from resources.store import DatasetStore
 
 TOKENS = "window_counts/tokens"  # set ("window" | "validation"), feature, token, count
 ITEMS = "window_counts/items"  # day, item_id, rows, positives, prior_rows, prior_<task>...
 SUMMARY = "window_counts.json"  # rows, dense sums, versions, the parameters the counts depend on
 HOLDOUT_BUCKETS = 10_000  # loader.holdout_user_ids: a user is held out when hash(user_id) % 10_000 < pct * 100
-_NOT_WIDENED = {"item_id", "num_events", "embedding"}  # loader._NOT_WIDENED: item columns never widened onto events
 
 
 def window_counts_params(store: DatasetStore, window, spec, previous_vocab_day: str | None) -> dict:
@@ -70,7 +69,7 @@ def _day_rows(session, store: DatasetStore, day: str, version: str, columns: lis
 
     events = session.read.parquet(store.version_uri(TRAINING_EVENTS, day, version, "events"))
     items = session.read.parquet(store.version_uri(TRAINING_EVENTS, day, version, "items"))
-    widened = [c for c in items.columns if c not in _NOT_WIDENED and c not in events.columns and c in columns]
+    widened = [c for c in items.columns if c not in NOT_WIDENED and c not in events.columns and c in columns]
     items = items.select("item_id", *widened, F.lit(True).alias("_known"))
     rows = events.select(*[c for c in columns if c in events.columns]).join(F.broadcast(items), "item_id", "left")
     missing = [c for c in columns if c not in rows.columns]
@@ -163,7 +162,6 @@ def window_counts_stage(session, store: DatasetStore, day: str, version: str, pa
     positive = F.coalesce(F.col("watch_ratio") >= min_watch, F.lit(False))
     if params["retrieval_positive_on_engagement"]:
         positive = positive | _flag("liked") | _flag("shared") | _flag("followed")
-    with_held = window
     if float(params["holdout_pct"]) > 0:
         held = _holdout_users(session, window, params)
         with_held = window.withColumn("user_id", F.col("user_id").cast("string")).join(held, "user_id", "left")
@@ -236,12 +234,7 @@ class WindowCounts:
 
     def moments(self) -> dict[str, dict[str, float]]:
         """features.dense_moments of the window from its sums."""
-        n, out = self.summary["window_rows"], {}
-        for f, (sx, sxx) in self.summary["dense_sums"].items():
-            mean = sx / n if n else 0.0
-            var = max(sxx / n - mean * mean, 0.0) if n else 0.0
-            out[f] = {"mean": mean, "std": float(np.sqrt(var)) or 1.0, "transform": DENSE_FEATURES[f]}
-        return out
+        return moments_from_sums(self.summary["dense_sums"], self.summary["window_rows"])
 
     def oov_rates(self, vocab: Vocab) -> dict[str, float]:
         """features.oov_rates of the validation day: the share of its rows whose token (or null) is not in `vocab`."""
