@@ -289,25 +289,15 @@ def encoded_blocks(
         return
     stop = threading.Event()
 
-    def put(q: queue.Queue, item) -> bool:
-        """Put `item` unless the consumer has stopped (False then)."""
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
     def fill(i: int, q: queue.Queue) -> None:
         try:
             for block in blocks_of(i):
-                if not put(q, block):
+                if not put_unless_stopped(q, block, stop):
                     return
             item = _END
         except BaseException as e:  # handed to the consumer, raised there
             item = e
-        put(q, item)
+        put_unless_stopped(q, item, stop)
 
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="loader") as pool:
         pending: deque = deque()
@@ -326,6 +316,20 @@ def encoded_blocks(
 
 
 _END = object()
+
+
+def put_unless_stopped(q: queue.Queue, item, stop: threading.Event) -> bool:
+    """Put `item` into a bounded queue unless the consumer has stopped (`stop` set; False then): a producer thread
+    never blocks forever on a queue nobody reads."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 PIECE_QUEUE_BLOCKS = 2
 
 

@@ -158,17 +158,13 @@ def prefetched(
     """Produce batches on a background thread (pyarrow decode and numpy gather release the GIL) so reading the
     next batch overlaps the training step; order is unchanged, so training stays deterministic. With
     pin_memory, host tensors are page-locked so the copy to the GPU can be asynchronous."""
+    from recsys_assets.ml.loader import put_unless_stopped
+
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
     def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_unless_stopped(q, item, stop)
 
     def produce() -> None:
         try:
