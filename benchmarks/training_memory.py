@@ -19,12 +19,12 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import yaml
+from child_result import report, run_child  # this directory is on the path when run as a script
 
 
 def prepare(root: Path, home: Path, scale: int, a) -> dict:
@@ -112,19 +112,15 @@ def child(a) -> None:
         peak_after[name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(
-        "RESULT "
-        + json.dumps(
-            {
-                "success": not failed,
-                "failed_steps": failed,  # e.g. a model gate failing on a tiny world: the steps still ran
-                "peak_rss_mb_after": peak_after,
-                "peak_rss_mb": round(own, 1),
-                "peak_worker_rss_mb": round(workers, 1),
-                "seconds": round(time.time() - t0, 1),
-            }
-        ),
-        flush=True,
+    report(
+        {
+            "success": not failed,
+            "failed_steps": failed,  # e.g. a model gate failing on a tiny world: the steps still ran
+            "peak_rss_mb_after": peak_after,
+            "peak_rss_mb": round(own, 1),
+            "peak_worker_rss_mb": round(workers, 1),
+            "seconds": round(time.time() - t0, 1),
+        }
     )
 
 
@@ -181,10 +177,7 @@ def main() -> None:
             str(a.processes),
         ]
         env = {**os.environ, "DAGSTER_HOME": str(home), "RECSYS_CACHE_DIR": str(work / "cache")}
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if line is None:
-            raise SystemExit(f"scale {scale}: the training process printed no result\n{out.stderr[-3000:]}")
+        result = run_child(cmd, f"scale {scale}", env)
         window_rows = sum(v for d, v in info["training_rows"].items() if d != info["days"][-1] and v)
         row = {
             "scale": scale,
@@ -193,7 +186,7 @@ def main() -> None:
             "window_training_rows": window_rows,
             "launcher": a.launcher,
             "processes": a.processes,
-            **json.loads(line[len("RESULT ") :]),
+            **result,
         }
         rows.append(row)
         print(json.dumps(row), flush=True)

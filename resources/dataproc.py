@@ -25,6 +25,15 @@ def _label(value: str) -> str:
     return _LABEL.sub("-", value.lower())[:63].strip("-") or "x"
 
 
+def machine_vcpus(machine_type: str) -> int:
+    """vCPUs of a Compute Engine machine type: the number after the family (n2-highmem-16, c3-standard-88,
+    e2-custom-8-32768, custom-24-98304)."""
+    m = re.search(r"(?:^|-)(?:custom-)?(\d+)(?:-\d+(?:-ext)?)?$", machine_type)
+    if not m:
+        raise ValueError(f"cannot tell the vCPUs of machine type {machine_type!r}: set DataprocSparkResource.cores")
+    return int(m.group(1))
+
+
 class DataprocSparkResource(SparkResource):
     """Spark jobs as Dataproc PySpark jobs. `data_root` of the storage resource must be gs://."""
 
@@ -53,8 +62,20 @@ class DataprocSparkResource(SparkResource):
     pipes_prefix: str = "recsys/pipes"
     labels: dict[str, str] = Field(default_factory=lambda: {"team": "recsys", "managed-by": "dagster"})
     pip_packages: list[str] = Field(
-        default_factory=lambda: ["dagster==1.13.27", "dagster-pipes==1.13.27", "pydantic>=2.5", "pyyaml>=6"]
+        default_factory=lambda: [
+            "dagster==1.13.27",
+            "dagster-pipes==1.13.27",
+            "pydantic>=2.5",
+            "pyyaml>=6",
+            # the training_events expectations run in the job (recsys_assets/datagen/stages.py), on the driver
+            "great-expectations==1.24.1",
+        ]
     )
+
+    def total_cores(self) -> int:
+        """vCPUs of the primary and secondary workers (from the machine type: n2-highmem-16 -> 16,
+        custom-24-... -> 24), or `cores` when set."""
+        return self.cores or (self.num_workers + self.num_secondary_workers) * machine_vcpus(self.worker_machine_type)
 
     # ---- requests (pure) ----
     def effective_cluster_name(self, run_id: str) -> str:
@@ -87,8 +108,7 @@ class DataprocSparkResource(SparkResource):
             "software_config": {
                 "image_version": self.image_version,
                 "properties": {
-                    "spark:spark.sql.shuffle.partitions": str(self.shuffle_partitions),
-                    **{f"spark:{k}": v for k, v in {**JOB_SPARK_CONF, **self.spark_conf}.items()},
+                    f"spark:{k}": v for k, v in {**JOB_SPARK_CONF, **self.sizing_conf(), **self.spark_conf}.items()
                 },
             },
             "lifecycle_config": {"idle_delete_ttl": {"seconds": self.idle_delete_ttl_s}},

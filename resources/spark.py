@@ -17,6 +17,8 @@ from typing import Any
 from dagster import ConfigurableResource
 from pydantic import Field
 
+from resources.spark_conf import TARGET_FILE_BYTES_CONF
+
 # Session properties the datagen output depends on, set the same way on every backend (in-process session,
 # spark-submit, the job entry point, Dataproc cluster properties): timestamps in UTC and written as micros;
 # overwrites replace only the partition a job writes (we write version dirs, but be safe).
@@ -27,6 +29,22 @@ JOB_SPARK_CONF = {
 }
 
 DEFAULT_JAVA_OPTIONS = "-XX:+UseParallelGC"
+
+
+def master_cores(master: str, conf: Mapping[str, str]) -> int | None:
+    """Cores a master URL gives a job: local[N] / local[*] / local; for a cluster master spark.cores.max or
+    executor instances x cores when set; None when the URL does not say (a cluster whose size is elsewhere)."""
+    import re
+
+    m = re.fullmatch(r"local(?:\[(\*|\d+)(?:,\s*\d+)?\])?", master.strip())
+    if m:
+        n = m.group(1)
+        return 1 if n is None else (os.cpu_count() or 1) if n == "*" else int(n)
+    if "spark.cores.max" in conf:
+        return int(conf["spark.cores.max"])
+    if "spark.executor.instances" in conf:
+        return int(conf["spark.executor.instances"]) * int(conf.get("spark.executor.cores", "1"))
+    return None
 
 
 @dataclass(frozen=True)
@@ -49,7 +67,26 @@ class SparkResource(ConfigurableResource):
         description="Spark master URL: local[*], spark://host:7077, or yarn on a Dataproc cluster.",
     )
     app_name: str = "recsys-datagen"
-    shuffle_partitions: int = Field(default=8, description="spark.sql.shuffle.partitions for day-sized jobs.")
+    shuffle_partitions: int = Field(
+        default=0,
+        ge=0,
+        description="spark.sql.shuffle.partitions; 0 (default): partitions_per_core x the backend's cores "
+        "(total_cores), with adaptive execution coalescing the small ones, so a day's shuffle is sized to the "
+        "cluster it runs on (docs/scale.md).",
+    )
+    partitions_per_core: int = Field(default=3, ge=1, description="Shuffle partitions per core when derived.")
+    cores: int = Field(
+        default=0,
+        ge=0,
+        description="Cores of the backend when the master URL does not say (a standalone or YARN master without "
+        "spark.cores.max); 0: from the master URL / spark_conf, else 8.",
+    )
+    target_file_mb: int = Field(
+        default=256,
+        ge=1,
+        description="Size each Parquet file of a day's output aims at (rows per file from the table's bytes per "
+        "row); advisory partition size of adaptive execution too.",
+    )
     driver_memory: str = "4g"
     java_options: str = Field(
         default=DEFAULT_JAVA_OPTIONS,
@@ -66,6 +103,24 @@ class SparkResource(ConfigurableResource):
         "them (~3 s less per session on a 2-core host, docs/benchmarks.md). A stale archive (another JDK or "
         "Spark) is ignored by the JVM.",
     )
+
+    def total_cores(self) -> int:
+        return self.cores or master_cores(self.master, self.spark_conf) or 8
+
+    def effective_shuffle_partitions(self) -> int:
+        return self.shuffle_partitions or max(2, self.partitions_per_core * self.total_cores())
+
+    def sizing_conf(self) -> dict[str, str]:
+        """Shuffle partitions for this backend, adaptive execution coalescing them towards ~target_file_mb / 2
+        (in-memory shuffle blocks are larger than the Parquet they become), and the file-size target the stages
+        read. spark_conf overrides any of them."""
+        return {
+            "spark.sql.shuffle.partitions": str(self.effective_shuffle_partitions()),
+            "spark.sql.adaptive.enabled": "true",
+            "spark.sql.adaptive.coalescePartitions.enabled": "true",
+            "spark.sql.adaptive.advisoryPartitionSizeInBytes": f"{max(self.target_file_mb // 2, 1)}m",
+            TARGET_FILE_BYTES_CONF: str(self.target_file_mb << 20),
+        }
 
     def jvm_conf(self) -> dict[str, str]:
         driver = " ".join(o for o in (self.java_options, class_archive_options(self.class_archive)) if o)
@@ -84,12 +139,11 @@ class SparkResource(ConfigurableResource):
         builder = (
             SparkSession.builder.master(self.master)
             .appName(self.app_name)
-            .config("spark.sql.shuffle.partitions", str(self.shuffle_partitions))
             .config("spark.driver.memory", self.driver_memory)
             .config("spark.ui.enabled", "false")
             .config("spark.ui.showConsoleProgress", "false")
         )
-        for k, v in {**JOB_SPARK_CONF, **self.jvm_conf(), **self.spark_conf}.items():
+        for k, v in {**JOB_SPARK_CONF, **self.sizing_conf(), **self.jvm_conf(), **self.spark_conf}.items():
             builder = builder.config(k, v)
         session = builder.getOrCreate()
         session.sparkContext.setLogLevel("WARN")
@@ -193,7 +247,7 @@ class SparkSubmitResource(SparkResource):
             "spark.ui.enabled": "false",
             "spark.executor.memory": self.executor_memory,
             "spark.log.level": "WARN",
-            "spark.sql.shuffle.partitions": str(self.shuffle_partitions),
+            **self.sizing_conf(),
             **self.jvm_conf(),
             **self.spark_conf,
         }

@@ -138,11 +138,14 @@ class DatasetStore:
 
     def uri(self, *parts: str) -> str:
         """The same location as a URI Spark understands (absolute local path, or gs://bucket/...)."""
-        p = self.path(*parts)
+        return self.uri_of(self.path(*parts))
+
+    def uri_of(self, path: str) -> str:
+        """A path on this store's filesystem (`self.path`, or one outside the root) as a URI Spark understands."""
         if self.is_local:
-            return p
+            return path
         scheme = self.root_uri.split("://", 1)[0]
-        return f"{scheme}://{p}"
+        return f"{scheme}://{path}"
 
     # ---- raw inputs (written by upstream, read-only here) ----
     def raw_partition_uri(self, table: str, day: str) -> str:

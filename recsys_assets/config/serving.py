@@ -37,6 +37,8 @@ class FeedSpec(StrictModel):
     # The day's feed is refused (blocking check feed_rows_within_limits, the served one stays) when it has no rows or
     # fewer than this share of the previous day's rows of the same strategy.
     min_rows_share_of_previous: float = Field(default=0.5, ge=0, le=1)
+    # Days of feed kept in the table: partitions of days more than this before the day published are dropped.
+    retention_days: int = Field(default=14, ge=1)
 
     @model_validator(mode="after")
     def _k(self):

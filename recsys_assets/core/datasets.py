@@ -41,6 +41,7 @@ COLD_START_INDEX = "cold_start_index"
 OFFLINE_EVALUATION = "offline_evaluation"
 FEATURE_SKEW_REPORT = "feature_skew_report"
 ONLINE_EVALUATION = "online_evaluation"
+FEED_ROWS = "feed"  # the day's feed as scored on Spark (Parquet), before the feed asset loads it into PostgreSQL
 
 DATASETS: dict[str, DatasetDecl] = {
     d.name: d
@@ -57,6 +58,7 @@ DATASETS: dict[str, DatasetDecl] = {
         DatasetDecl(OFFLINE_EVALUATION, "model_companion"),
         DatasetDecl(FEATURE_SKEW_REPORT, "report"),
         DatasetDecl(ONLINE_EVALUATION, "report"),
+        DatasetDecl(FEED_ROWS, "report"),
     )
 }
 

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recsys_assets.core.datasets import (
+    FEED_ROWS,
     FILTERED_EVENTS,
+    ONLINE_EVALUATION,
     RANKER_MODEL,
     RETRIEVAL_MODEL,
     TRAINING_EVENTS,
@@ -42,11 +44,20 @@ class SparkStage:
         return getattr(importlib.import_module(module), name)
 
 
+TRAINING_EVENTS_EXPECTATIONS = "training_events_expectations"
+
 SPARK_STAGES: dict[str, SparkStage] = {
     s.name: s
     for s in (
         SparkStage(FILTERED_EVENTS, "recsys_assets.datagen.stages:filtered_events_stage", "num_events_post_filters"),
         SparkStage(TRAINING_EVENTS, "recsys_assets.datagen.stages:training_events_stage", "num_final_rows"),
+        # The blocking expectations of a written training_events version, on the backend (re-judging a version
+        # whose stats lack them; the training_events stage computes them as it writes). Writes nothing.
+        SparkStage(
+            TRAINING_EVENTS_EXPECTATIONS,
+            "recsys_assets.datagen.stages:training_events_expectations_stage",
+            "num_expectations",
+        ),
         SparkStage(USER_HISTORY, "recsys_assets.history.stage:user_history_stage", "users_with_history", ("coverage",)),
         # The training window's counts (tokens, dense sums, per-item label and positive counts) into the vocab's
         # version; the run process merges the vocabulary from them and publishes it.
@@ -55,6 +66,11 @@ SPARK_STAGES: dict[str, SparkStage] = {
         # 0's result (manifest, metrics, training history).
         SparkStage(RANKER_MODEL, "recsys_assets.ml.launch:training_stage", "trained_samples"),
         SparkStage(RETRIEVAL_MODEL, "recsys_assets.ml.launch:training_stage", "trained_samples"),
+        # The day's feed scored on the executors (each Python worker loads the release once), as Parquet rows the
+        # feed asset streams into PostgreSQL.
+        SparkStage(FEED_ROWS, "recsys_assets.serving.feed_stage:feed_stage", "rows"),
+        # The day's online CTR report from the impressions log and the next days' plays (a join on the executors).
+        SparkStage(ONLINE_EVALUATION, "recsys_assets.serving.online_eval:online_evaluation_stage", "impressions"),
     )
 }
 

@@ -36,7 +36,8 @@ class DayInput:
     day: str
     version: str
     stats: dict
-    spark: object | None = None  # SparkResource, for checks that read the written rows
+    spark: object | None = None  # SparkResource, for checks that run a stage on the written rows
+    context: object | None = None  # the Dagster context a submitted stage reports through (Pipes)
 
 
 @dataclass(frozen=True)
@@ -114,19 +115,18 @@ def judge_embedding_join_item_loss(d: DayInput) -> AssetCheckResult:
 
 
 def judge_training_events_expectations(d: DayInput) -> AssetCheckResult:
-    from recsys_assets.datagen.expectations import items_suite, training_events_suite, validate
+    """From the expectations the training_events stage computed on the Spark backend as it wrote this version
+    (stats["expectations"]); a version whose stats lack them for it is validated by a stage run on the same backend
+    (Dataproc in production), never by a Spark session of the Dagster process."""
+    from recsys_assets.core.spark_stages import TRAINING_EVENTS_EXPECTATIONS, stage_job
 
-    if d.spark is None:
-        raise ValueError("training_events_expectations reads the written rows: it needs the Spark resource")
-    session = d.spark.get_session()
-    events = session.read.parquet(d.store.version_uri(TRAINING_EVENTS, d.day, d.version, "events"))
-    items = session.read.parquet(d.store.version_uri(TRAINING_EVENTS, d.day, d.version, "items"))
-    rows = validate(
-        {
-            "training_events": (events, lambda: training_events_suite(d.stats["max_item_age_days"], events.columns)),
-            "training_items": (items, lambda: items_suite(items.columns)),
-        }
-    )
+    found = d.stats.get("expectations") or {}
+    if found.get("version") != d.version:
+        if d.spark is None:
+            raise ValueError("training_events_expectations of a version without them needs the Spark resource")
+        job = stage_job(TRAINING_EVENTS_EXPECTATIONS, d.store, d.day, d.version, {})
+        found = d.spark.run_job(d.context, job)["expectations"]
+    rows = found["rows"]
     failed = [r for r in rows if not r["success"]]
     return AssetCheckResult(
         passed=not failed,
@@ -283,12 +283,12 @@ def check_specs(dataset: str) -> list[AssetCheckSpec]:
 
 
 def evaluate_day(
-    dataset: str, store: DatasetStore, day: str, version: str, stats: dict, spark=None
+    dataset: str, store: DatasetStore, day: str, version: str, stats: dict, spark=None, context=None
 ) -> list[AssetCheckResult]:
     """Judge every check of `dataset` on the day's version `version`; each blocking verdict is recorded on the
     version (the storage layer commits it when all pass, recsys_assets/core/gating.py). Results carry the asset key
     and check name."""
-    return [_evaluate(check, DayInput(store, day, version, stats, spark)) for check in checks_of(dataset)]
+    return [_evaluate(check, DayInput(store, day, version, stats, spark, context)) for check in checks_of(dataset)]
 
 
 def _evaluate(check: DayCheck, d: DayInput) -> AssetCheckResult:
@@ -310,7 +310,7 @@ def blocking_failures(results: list[AssetCheckResult]) -> list[str]:
     return [r.check_name for r in results if not r.passed and DAY_CHECK_BY_NAME[r.check_name].blocking]
 
 
-def judge_day_check(name: str, store: DatasetStore, day: str, spark=None) -> AssetCheckResult:
+def judge_day_check(name: str, store: DatasetStore, day: str, spark=None, context=None) -> AssetCheckResult:
     """Re-judge one check on the day's version under check (the staged candidate, else the committed version), as
     the asset does after writing it; a blocking verdict is recorded. For operators and tests: re-evaluating a day
     after a threshold change or a repaired baseline without rewriting it."""
@@ -318,4 +318,4 @@ def judge_day_check(name: str, store: DatasetStore, day: str, spark=None) -> Ass
     version = judged_version(store, check.dataset, day)
     stats_file = "report.json" if check.dataset == MONITORING_REPORT else "stats.json"
     stats = store.read_json(store.version_path(check.dataset, day, version, stats_file))
-    return _evaluate(check, DayInput(store, day, version, stats, spark))
+    return _evaluate(check, DayInput(store, day, version, stats, spark, context))

@@ -78,7 +78,7 @@ def run_days(
             t0 = time.perf_counter()
             written = write_day(DayRun.of(context, storage, day))
             t1 = time.perf_counter()
-            results = evaluate_day(dataset, storage.store, day, written.version, written.stats, spark)
+            results = evaluate_day(dataset, storage.store, day, written.version, written.stats, spark, context)
             t2 = time.perf_counter()
         except Exception as exc:  # reported with the days done below, then re-raised as the step's failure
             stopped, stopped_day, error = f"{day} failed: {type(exc).__name__}: {exc}", day, exc

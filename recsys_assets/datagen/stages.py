@@ -27,6 +27,25 @@ from resources.store import DatasetStore
 # ~32 MiB row groups of training_events: ~0.3-0.5M rows at the design documents' row width (Spark's default, 128 MiB,
 # would be ~1.5M rows a piece: four pieces in flight per loader hold ~1 GB decoded).
 TRAINING_ROW_GROUP_BYTES = 32 * 1024 * 1024
+# Compressed Parquet bytes a row of each day-sized output takes (measured on the synthetic 800k-event day: 12.3 MB
+# for 345,703 filtered events, 23.3 MB for 344,461 training events): how many rows make a file of the session's
+# target size (SparkResource.target_file_mb).
+BYTES_PER_ROW = {FILTERED_EVENTS: 36, TRAINING_EVENTS: 68}
+
+
+def sized_write(session, df, table: str, expected_rows: int | None = None):
+    """`df.write` with files aimed at the session's target size: at most target / BYTES_PER_ROW rows per file
+    (splits large partitions), and, when the row count is known beforehand, the partitions coalesced (no shuffle)
+    to about rows x bytes / target when there are more of them (merges small ones)."""
+    from resources.spark_conf import TARGET_FILE_BYTES_CONF
+
+    target = int(session.conf.get(TARGET_FILE_BYTES_CONF, str(256 << 20)))
+    rows_per_file = max(10_000, target // BYTES_PER_ROW[table])
+    if expected_rows is not None:
+        files = max(1, -(-expected_rows // rows_per_file))
+        if df.rdd.getNumPartitions() > files:
+            df = df.coalesce(files)
+    return df.write.option("maxRecordsPerFile", rows_per_file)
 
 
 def _now() -> str:
@@ -72,7 +91,7 @@ def filtered_events_stage(session, store: DatasetStore, day: str, version: str, 
     )
     try:
         with _job_description(session, f"{FILTERED_EVENTS} {day}: write events"):
-            result.filtered_events.write.mode("overwrite").parquet(
+            sized_write(session, result.filtered_events, FILTERED_EVENTS).mode("overwrite").parquet(
                 store.version_uri(FILTERED_EVENTS, day, version, "events")
             )
         with _job_description(session, f"{FILTERED_EVENTS} {day}: write items"):
@@ -126,9 +145,10 @@ def training_events_stage(session, store: DatasetStore, day: str, version: str, 
         with _job_description(session, f"{TRAINING_EVENTS} {day}: write events"):
             # Row groups of at most TRAINING_ROW_GROUP_BYTES: the training loader's unit of reading, shuffling and
             # sharding across data-parallel ranks (memory per piece in flight is one row group).
-            result.events.write.mode("overwrite").option("parquet.block.size", TRAINING_ROW_GROUP_BYTES).parquet(
-                events_uri
-            )
+            # Files of ~target_file_mb: the filter chain's output count is known, so the partitions are merged to it.
+            expected = filter_stats.get("num_events_post_filters")
+            writer = sized_write(session, result.events, TRAINING_EVENTS, expected)
+            writer.mode("overwrite").option("parquet.block.size", TRAINING_ROW_GROUP_BYTES).parquet(events_uri)
         result.finish_stats()
         with _job_description(session, f"{TRAINING_EVENTS} {day}: write items"):
             result.items.write.mode("overwrite").parquet(store.version_uri(TRAINING_EVENTS, day, version, "items"))
@@ -137,16 +157,21 @@ def training_events_stage(session, store: DatasetStore, day: str, version: str, 
         result.release()
     with _job_description(session, f"{TRAINING_EVENTS} {day}: count users"):
         num_users = count_users(session.read.parquet(events_uri))
+    max_item_age_days = max(
+        (f.max for f in spec.filters if getattr(f, "column", None) == "item_age_days" and f.max is not None),
+        default=float("inf"),
+    )
+    # The blocking expectations, computed here, where the rows are (the cluster on Dataproc), on what was written.
+    with _job_description(session, f"{TRAINING_EVENTS} {day}: expectations"):
+        expectations = written_expectations(session, store, day, version, max_item_age_days)
     stats = {
         **result.stats,
         "num_users": num_users,
         "num_unique_items_post_filters": filter_stats["num_unique_items_post_filters"],
         "users_snapshot_day": users_day,
         "thresholds": spec.thresholds.model_dump(),
-        "max_item_age_days": max(
-            (f.max for f in spec.filters if getattr(f, "column", None) == "item_age_days" and f.max is not None),
-            default=float("inf"),
-        ),
+        "max_item_age_days": max_item_age_days,
+        "expectations": expectations,
         "normalization": result.normalization,
         "schema": schema,
         "items_schema": items_schema,
@@ -154,3 +179,27 @@ def training_events_stage(session, store: DatasetStore, day: str, version: str, 
     }
     store.write_json_atomic(store.version_path(TRAINING_EVENTS, day, version, "stats.json"), stats)
     return stats
+
+
+def written_expectations(session, store: DatasetStore, day: str, version: str, max_item_age_days: float) -> dict:
+    """The training_events expectations (great-expectations suites, recsys_assets/datagen/expectations.py) on the
+    rows of `version` as written: {"version", "rows": one summary row per expectation}. Runs in the Spark job."""
+    from recsys_assets.datagen.expectations import items_suite, training_events_suite, validate
+
+    events = session.read.parquet(store.version_uri(TRAINING_EVENTS, day, version, "events"))
+    items = session.read.parquet(store.version_uri(TRAINING_EVENTS, day, version, "items"))
+    rows = validate(
+        {
+            "training_events": (events, lambda: training_events_suite(max_item_age_days, events.columns)),
+            "training_items": (items, lambda: items_suite(items.columns)),
+        }
+    )
+    return {"version": version, "rows": rows}
+
+
+def training_events_expectations_stage(session, store: DatasetStore, day: str, version: str, params: dict) -> dict:
+    """The expectations of an existing training_events version, as a stage of its own (re-judging a version whose
+    stats do not carry them for it); writes nothing."""
+    stats = store.read_json(store.version_path(TRAINING_EVENTS, day, version, "stats.json"))
+    out = written_expectations(session, store, day, version, float(stats.get("max_item_age_days", float("inf"))))
+    return {"expectations": out, "num_expectations": len(out["rows"])}

@@ -196,14 +196,18 @@ class BatchEncoder:
 
     def encode(self, batch: pa.RecordBatch, day: str | None = None) -> dict[str, np.ndarray]:
         """Model arrays of a batch of `day`'s events; with history, also `hist_ids` (item_id vocab ids) and
-        `hist_rows` (catalogue rows, -1 = none) [rows, max_len] of each event's user as of `day`."""
+        `hist_rows` (catalogue rows, -1 = none) [rows, max_len] of each event's user as of `day`.
+
+        Ids and rows are int32 here (what a shuffle buffer holds: ~228 B a row with a 20-item history instead of
+        ~436 B as int64); `batch_tensors` widens them to int64 per batch."""
         out = self._encode(batch)
         if day is not None:  # the events' day (days since 1970-01-01): per-day sampling rates key on it
             out["event_day"] = np.full(batch.num_rows, day_number(day), np.int32)
         if self.history is not None:
             if day not in self.history:
                 raise KeyError(f"no user_history loaded for {day}: the encoder has {sorted(self.history)}")
-            out["hist_ids"], out["hist_rows"] = self.history[day].lookup(batch.column("user_id"))
+            ids, rows = self.history[day].lookup(batch.column("user_id"))
+            out["hist_ids"], out["hist_rows"] = ids.astype(np.int32, copy=False), rows.astype(np.int32, copy=False)
         return out
 
     def _encode(self, batch: pa.RecordBatch) -> dict[str, np.ndarray]:
@@ -217,17 +221,29 @@ class BatchEncoder:
             for c in ("liked", "shared", "followed")
         ]
         return {
-            "cat": np.stack([self.vocab.encode(f, batch.column(f)) for f in self.vocab.features], axis=1),
+            "cat": np.stack([self.vocab.encode(f, batch.column(f)) for f in self.vocab.features], axis=1).astype(
+                np.int32
+            ),
             "dense": np.stack(
                 [standardize(f, batch.column(f).to_numpy(zero_copy_only=False), self.moments) for f in DENSE_FEATURES],
                 axis=1,
             ),
-            "content_row": content_row.astype(np.int64),
+            "content_row": content_row.astype(np.int32),
             "labels": np.stack([*flags, (watch >= self.labels.watch_complete_min_ratio).astype(np.float32)], axis=1),
         }
 
 
 assert RANKER_TASKS == ("liked", "shared", "followed", "watch_complete"), "label order in BatchEncoder.encode"
+
+
+def batch_tensors(block: dict[str, np.ndarray], idx: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+    """A model batch from encoded arrays (rows `idx` of them, or all): the encoder's int32 ids and rows widened to
+    the int64 that embedding lookups and indexing take."""
+    out = {}
+    for k, v in block.items():
+        a = v if idx is None else v[idx]
+        out[k] = torch.from_numpy(a.astype(np.int64) if a.dtype == np.int32 else np.ascontiguousarray(a))
+    return out
 
 
 # Pieces (row groups) decoded + encoded at once. Parquet decode and the Arrow dictionary lookups release the GIL, so
@@ -376,13 +392,14 @@ def shuffled_batches(
     def drain(final: bool) -> Iterator[dict[str, torch.Tensor]]:
         nonlocal buffer, buffered
         block = _concat(buffer)
+        buffer = []  # the blocks are in `block` now: held once, not twice, while it drains
         perm = rng.permutation(buffered)
         n_out = buffered if final else (buffered // batch_size) * batch_size
         for s in range(0, n_out, batch_size):
             idx = perm[s : s + batch_size]
             if len(idx) < batch_size and drop_last:
                 break
-            yield {k: torch.from_numpy(np.ascontiguousarray(v[idx])) for k, v in block.items()}
+            yield batch_tensors(block, idx)
         rest = perm[n_out:]
         buffer = [{k: v[rest] for k, v in block.items()}] if len(rest) else []
         buffered = len(rest)
@@ -410,7 +427,7 @@ def sequential_batches(
     if shard.distributed:
         batch_size = local_batch_size(batch_size, rows, order)
     for block in encoded_blocks(dataset, encoder, filter, read_rows=batch_size, order=order):
-        yield {k: torch.from_numpy(v) for k, v in block.items()}
+        yield batch_tensors(block)
 
 
 def empty_batch(dataset: TrainingEventsDataset, encoder: BatchEncoder) -> dict[str, torch.Tensor]:
@@ -418,7 +435,7 @@ def empty_batch(dataset: TrainingEventsDataset, encoder: BatchEncoder) -> dict[s
     is used up steps with while the others finish theirs."""
     for piece in dataset.get_pieces():
         for b in piece.to_batches(columns=encoder.columns, dictionary_items=True):
-            return {k: torch.from_numpy(v[:0]) for k, v in encoder.encode(b.slice(0, 0), piece.day).items()}
+            return batch_tensors(encoder.encode(b.slice(0, 0), piece.day))
     raise ValueError("no training rows: cannot build a batch template")
 
 

@@ -51,10 +51,12 @@ def run_job(job: dict) -> dict | None:
     from recsys_assets.config.training import TrainingSpec
     from recsys_assets.core.store_dirs import PartitionVersion
     from recsys_assets.ml.distributed import init_process_group, local_device
+    from recsys_assets.ml.memory import bound_heap_growth
     from recsys_assets.ml.train import ModelInputs, train_day_ranker, train_day_retrieval
     from resources.devices import runtime_of
     from resources.store import DatasetStore
 
+    bound_heap_growth()  # freed temporaries go back to the system (ml/memory.py)
     spec_job = TrainingJob(**job)
     rt = spec_job.runtime
     runtime = runtime_of(local_device(rt["device"]), rt["mixed_precision"], rt["num_threads"], rt["seed"])

@@ -17,6 +17,7 @@ from recsys_assets.config.files import ConfigFilesResource
 from recsys_assets.core.datasets import (
     COLD_START_INDEX,
     FEATURE_SKEW_REPORT,
+    FEED_ROWS,
     ONLINE_EVALUATION,
     RANKER_MODEL,
     RETRIEVAL_INDEX,
@@ -27,21 +28,23 @@ from recsys_assets.core.datasets import (
 from recsys_assets.core.metadata import md_table
 from recsys_assets.core.partitions import daily_partitions
 from recsys_assets.core.runs import DayRun, json_file
+from recsys_assets.core.spark_stages import stage_job
 from recsys_assets.serving import registry
 from recsys_assets.serving.automation import SERVE_NEWEST_DAY
-from recsys_assets.serving.feed import (
-    DayFeed,
-    build_feed,
+from recsys_assets.serving.feed import feed_example, feed_row_chunks, feed_size_verdict
+from recsys_assets.serving.feed_stage import feed_params
+from recsys_assets.serving.feed_table import (
+    drop_expired_feed_days,
     ensure_feed_table,
-    feed_size_verdict,
     previous_feed_rows,
     publish_feed,
 )
-from recsys_assets.serving.online_eval import day_online_report
+from recsys_assets.serving.online_eval import online_evaluation_params
 from recsys_assets.serving.releases import describe_pin, promote_day, register_release
 from recsys_assets.serving.serving_config import latest_config, publish_serving_config
 from recsys_assets.serving.skew import day_skew_report
 from resources.postgres import PostgresResource
+from resources.spark import SparkResource
 from resources.storage import StorageResource
 
 GROUP = "serving"
@@ -158,7 +161,7 @@ FEED_ROWS_CHECK = "feed_rows_within_limits"
 @asset(
     **_HAND_OFF,
     deps=[serving_config, AssetKey(TRAINING_EVENTS), AssetKey(USER_HISTORY)],
-    kinds={"postgres"},
+    kinds={"spark", "postgres"},
     check_specs=[
         AssetCheckSpec(
             FEED_ROWS_CHECK,
@@ -170,53 +173,58 @@ FEED_ROWS_CHECK = "feed_rows_within_limits"
         )
     ],
     description="Top-K recommendations per active user of the day (retrieval -> ranker with the user's A/B arm's "
-    "model version), replacing the day's rows of the Postgres `feed` table in one transaction.",
+    "model version), loaded into a staging table and swapped in for the day's partition of the Postgres `feed` "
+    "table in one transaction; partitions past feed.retention_days are dropped.",
 )
 def feed(
     context: AssetExecutionContext,
     storage: StorageResource,
     config_files: ConfigFilesResource,
     postgres: PostgresResource,
+    spark: SparkResource,
 ):
     run, spec = DayRun.of(context, storage), config_files.serving_spec()
     cfg = latest_config(run.store)
     if cfg is None:
         raise Failure("no serving config published yet: materialize serving_config first")
-    day_feed = build_feed(run.store, run.day, spec, cfg)
+    # Scored on the Spark backend (serving/feed_stage.py): the run process holds neither the users nor the rows.
+    out = run.new_version(FEED_ROWS)
+    stats = spark.run_job(context, stage_job(FEED_ROWS, run.store, run.day, out.version, feed_params(spec, cfg)))
     with postgres.connect() as conn:
         ensure_feed_table(conn)
         previous_day, previous_rows = previous_feed_rows(conn, spec.feed.strategy_name, run.day)
-        ok, why = feed_size_verdict(
-            len(day_feed.rows), previous_day, previous_rows, spec.feed.min_rows_share_of_previous
-        )
+        ok, why = feed_size_verdict(stats["rows"], previous_day, previous_rows, spec.feed.min_rows_share_of_previous)
         verdict = AssetCheckResult(check_name=FEED_ROWS_CHECK, passed=ok, description=why)
         if not ok:
             yield verdict
             raise Failure(f"feed of {run.day} refused, the served feed is unchanged: {why}")
-        written = publish_feed(conn, day_feed.rows, spec.feed.strategy_name, run.day)
-    metadata = feed_metadata(day_feed, written, cfg, spec.feed.strategy_name)
+        chunks = feed_row_chunks(run.store, run.day, out.version)
+        written = publish_feed(conn, chunks, spec.feed.strategy_name, run.day)
+        dropped = drop_expired_feed_days(conn, spec.feed.strategy_name, run.day, spec.feed.retention_days)
+    out.publish(row_count=written)
+    metadata = feed_metadata(run.day, stats, feed_example(run.store, run.day, out.version), cfg, spec.feed)
+    metadata["retention"] = MetadataValue.md(
+        f"partitions older than {spec.feed.retention_days} days are dropped; dropped now: "
+        + (", ".join(dropped) if dropped else "none")
+    )
     yield MaterializeResult(metadata={**metadata, "table": postgres.describe() + "#feed"}, check_results=[verdict])
 
 
-def feed_metadata(day_feed: DayFeed, written: int, cfg: dict, strategy_name: str) -> dict:
-    rows = day_feed.rows
-    example = rows[rows["user_id"] == rows["user_id"].iloc[0]].head(10) if len(rows) else rows
+def feed_metadata(day: str, stats: dict, example, cfg: dict, feed_spec) -> dict:
     return {
-        "dagster/row_count": MetadataValue.int(written),
-        "active_users": MetadataValue.int(day_feed.active_users),
-        "published_users": MetadataValue.int(int(rows["user_id"].nunique())),
-        "strategy_name": strategy_name,
+        "dagster/row_count": MetadataValue.int(stats["rows"]),
+        "active_users": MetadataValue.int(stats["active_users"]),
+        "published_users": MetadataValue.int(sum(users for _, _, users, _ in stats["per_arm"])),
+        "strategy_name": feed_spec.strategy_name,
         "serving_config_version": MetadataValue.int(cfg["config_version"]),
-        "per_arm": md_table(["arm", "model version", "users", "rows"], day_feed.per_arm),
+        "per_arm": md_table(["arm", "model version", "users", "rows"], stats["per_arm"]),
         "example_feed": md_table(
             ["user", "rank", "item", "score"],
             [[r.user_id, int(r.rank), r.item_id, round(float(r.score), 4)] for r in example.itertuples()],
         ),
-        "generate_seconds": MetadataValue.float(round(day_feed.generate_seconds, 2)),
-        "users_per_s": MetadataValue.float(round(day_feed.scored_users / max(day_feed.generate_seconds, 1e-9), 1)),
-        "user_history": f"as of {day_feed.day}"
-        if day_feed.with_history
-        else "none committed (history-free releases only)",
+        "generate_seconds": MetadataValue.float(stats["generate_seconds"]),
+        "users_per_s": MetadataValue.float(round(stats["scored_users"] / max(stats["generate_seconds"], 1e-9), 1)),
+        "user_history": f"as of {day}" if stats["with_history"] else "none committed (history-free releases only)",
     }
 
 
@@ -253,17 +261,21 @@ def feature_skew_report(
     partitions_def=daily_partitions,
     group_name=GROUP,
     deps=[feed],
-    kinds={"pandas"},
+    kinds={"spark"},
     description="CTR of the day's published feed from the serving logs: impressions (served on the next day) "
     "followed by a play of the item within plays_window_minutes, and the share of users with at least one such "
     "play, per A/B arm and model version.",
 )
 def online_evaluation(
-    context: AssetExecutionContext, storage: StorageResource, config_files: ConfigFilesResource
+    context: AssetExecutionContext, storage: StorageResource, config_files: ConfigFilesResource, spark: SparkResource
 ) -> MaterializeResult:
     run = DayRun.of(context, storage)
-    report, impressions = day_online_report(run.store, run.day, config_files.serving_spec().online_evaluation)
-    run.write(ONLINE_EVALUATION, json_file("report.json", report, row_count=impressions))
+    params = online_evaluation_params(run.store, run.day, config_files.serving_spec().online_evaluation)
+    # On the Spark backend (serving/online_eval.py): the impressions and plays never reach this process.
+    out = run.new_version(ONLINE_EVALUATION)
+    stats = spark.run_job(context, stage_job(ONLINE_EVALUATION, run.store, run.day, out.version, params))
+    report, impressions = stats["report"], stats["impressions"]
+    out.publish(row_count=impressions)
     ctr_columns = ["arm", "model_version", "impressions", "users", "clicks", "ctr", "user_hit_rate"]
     digits = {"ctr": 5, "user_hit_rate": 4}
     return MaterializeResult(

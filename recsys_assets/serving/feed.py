@@ -1,11 +1,9 @@
-"""The published feed: which users get one (stratified sampling), and the PostgreSQL `feed` table a day is written
-to in one transaction. The scoring itself (query tower -> FAISS -> ranker) is the model library's
-(recsys_assets/ml/scoring.py)."""
+"""The published feed: which users get one (stratified sampling) and whether a day's feed may replace the served
+one. The PostgreSQL `feed` table it is written to: recsys_assets/serving/feed_table.py; the scoring itself (query
+tower -> FAISS -> ranker): the model library's recsys_assets/ml/scoring.py."""
 
 from __future__ import annotations
 
-import csv
-import io
 import time
 from dataclasses import dataclass
 
@@ -13,30 +11,20 @@ import pandas as pd
 
 from recsys_assets.serving.serving_config import arm_of_buckets, stable_hash, user_buckets
 
-FEED_COLUMNS = ["strategy_name", "dt", "user_id", "rank", "item_id", "score", "model_version", "arm"]
-
-FEED_DDL = """
-CREATE TABLE IF NOT EXISTS feed (
-    strategy_name text    NOT NULL,
-    dt            date    NOT NULL,
-    user_id       text    NOT NULL,
-    rank          integer NOT NULL,
-    item_id       text    NOT NULL,
-    score         double precision NOT NULL,
-    model_version integer NOT NULL,
-    arm           text    NOT NULL,
-    PRIMARY KEY (strategy_name, dt, user_id, rank)
-);
-"""
-
 
 def active_users(store, day: str) -> pd.DataFrame:
     """Distinct users with events on the day and their latest attributes."""
     from recsys_assets.ml.loader import committed_events_dataset
     from recsys_assets.ml.scoring import USER_COLUMNS
 
-    t = committed_events_dataset(store, [day]).to_table(columns=[*USER_COLUMNS, "event_ts"])
-    df = t.to_pandas().sort_values("event_ts", kind="stable")
+    return latest_user_rows(
+        committed_events_dataset(store, [day]).to_table(columns=[*USER_COLUMNS, "event_ts"]).to_pandas()
+    )
+
+
+def latest_user_rows(events: pd.DataFrame) -> pd.DataFrame:
+    """One row per user_id: the user columns of its latest event (event_ts), sorted by user_id."""
+    df = events.sort_values("event_ts", kind="stable")
     return (
         df.drop_duplicates("user_id", keep="last")
         .drop(columns="event_ts")
@@ -57,9 +45,10 @@ class DayFeed:
 
 
 def build_feed(store, day: str, spec, cfg: dict) -> DayFeed:
-    """The day's feed: its active users (stratified-sampled when serving.yaml says so) split into A/B arms by the
-    served config, each arm scored with its release (recsys_assets/ml/scoring.py) and the users' history as of the
-    day when one is committed."""
+    """The day's feed in this process: its active users (stratified-sampled when serving.yaml says so) split into A/B
+    arms by the served config, each arm scored with its release (recsys_assets/ml/scoring.py) and the users' history
+    as of the day when one is committed. The reference the Spark stage (serving/feed_stage.py, what the feed asset
+    runs) equals row for row, both scoring with ml/scoring.generate_feed; for a small day or a check."""
     from recsys_assets.core.datasets import USER_HISTORY
     from recsys_assets.core.days import window_of
     from recsys_assets.ml.release import load_release
@@ -101,16 +90,26 @@ def build_feed(store, day: str, spec, cfg: dict) -> DayFeed:
     return DayFeed(day, rows, n_active, len(users), per_arm, time.perf_counter() - t0, history is not None)
 
 
-def previous_feed_rows(conn, strategy_name: str, day: str) -> tuple[str | None, int]:
-    """(the newest earlier day with published rows of this strategy, its row count)."""
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT dt, count(*) FROM feed WHERE strategy_name = %s AND dt = "
-            "(SELECT max(dt) FROM feed WHERE strategy_name = %s AND dt < %s) GROUP BY dt",
-            (strategy_name, strategy_name, day),
-        )
-        row = cur.fetchone()
-    return (str(row[0]), int(row[1])) if row else (None, 0)
+def feed_row_chunks(store, day: str, version: str, batch_rows: int = 200_000):
+    """The feed rows of a version scored on Spark (serving/feed_stage.py), as pandas frames of at most `batch_rows`
+    rows read one at a time from its Parquet (what publish_feed streams into PostgreSQL)."""
+    import pyarrow.dataset as pads
+
+    from recsys_assets.core.datasets import FEED_ROWS
+    from recsys_assets.serving.feed_stage import FEED_ROWS_DIR
+
+    path = store.version_path(FEED_ROWS, day, version, FEED_ROWS_DIR)
+    for b in pads.dataset(path, filesystem=store.fs, format="parquet").to_batches(batch_size=batch_rows):
+        if b.num_rows:
+            yield b.to_pandas()
+
+
+def feed_example(store, day: str, version: str, rows: int = 10) -> pd.DataFrame:
+    """The first user's rows of a scored feed (the asset's example table)."""
+    for chunk in feed_row_chunks(store, day, version, batch_rows=1_000):
+        first = chunk[chunk["user_id"] == chunk["user_id"].iloc[0]]
+        return first.sort_values("rank").head(rows)
+    return pd.DataFrame(columns=["user_id", "rank", "item_id", "score"])
 
 
 def feed_size_verdict(rows: int, previous_day: str | None, previous_rows: int, min_share: float) -> tuple[bool, str]:
@@ -135,39 +134,3 @@ def stratified_users(users: pd.DataFrame, segment_column: str, per_segment: int,
         .drop(columns="_h")
         .reset_index(drop=True)
     )
-
-
-def ensure_feed_table(conn) -> None:
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_xact_lock(hashtext('recsys_feed_ddl'))")
-        cur.execute(FEED_DDL)
-    conn.commit()
-
-
-def lock_feed_day(cur, strategy_name: str, day: str) -> None:
-    """Serialise publications of one (strategy, day) until the transaction ends: a second publisher waits, then
-    replaces the first's rows whole (on a day's first publication there are no rows a DELETE could lock)."""
-    cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"recsys_feed:{strategy_name}:{day}",))
-
-
-def publish_feed(conn, rows: pd.DataFrame, strategy_name: str, day: str) -> int:
-    """Replace (strategy_name, dt) in the feed table in ONE transaction: readers see the old feed or the new one,
-    never a mix or an empty gap (MVCC: the delete and the COPY become visible together at commit)."""
-    missing = [c for c in FEED_COLUMNS if c not in rows.columns]
-    if missing:
-        raise ValueError(f"feed rows lack columns {missing}")
-    buf = io.StringIO()
-    # Every field quoted: any stored id (CR, LF, quotes, commas, backslashes, `\.`) is data to COPY, never syntax.
-    rows[FEED_COLUMNS].to_csv(buf, index=False, header=False, quoting=csv.QUOTE_ALL)
-    buf.seek(0)
-    with conn.cursor() as cur:
-        lock_feed_day(cur, strategy_name, day)
-        cur.execute("DELETE FROM feed WHERE strategy_name = %s AND dt = %s", (strategy_name, day))
-        cur.copy_expert(f"COPY feed ({', '.join(FEED_COLUMNS)}) FROM STDIN WITH (FORMAT csv)", buf)
-        cur.execute("SELECT count(*) FROM feed WHERE strategy_name = %s AND dt = %s", (strategy_name, day))
-        written = int(cur.fetchone()[0])
-        if written != len(rows):
-            conn.rollback()
-            raise RuntimeError(f"feed COPY wrote {written} rows, expected {len(rows)}; rolled back")
-    conn.commit()
-    return written

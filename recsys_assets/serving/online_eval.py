@@ -1,5 +1,9 @@
 """Online evaluation from logs (seed 001): of the recommendations served, which were played within the window.
 
+Computed on Spark (`online_evaluation_stage`, a stage of the Spark job: the day's impressions, the whole served
+feed, and two days of raw events never reach the run process); `online_metrics` is the pandas reference the Spark
+metrics equal (tests/serving/test_serving_units.py).
+
 - impression CTR: served (user, item) impressions followed by a play of that item by that user within
   `window` after serving, over all impressions;
 - user hit rate (seed 001's dashboard metric): share of served users who played at least one of their
@@ -62,22 +66,94 @@ def online_metrics(impressions: pd.DataFrame, plays: pd.DataFrame, window: pd.Ti
     return rows
 
 
-def day_online_report(store, day: str, spec) -> tuple[dict, int]:
-    """The CTR report of the day's served feed (impressions log of the day, plays of the next two days' raw events
-    that have arrived) and the number of impressions."""
+def online_evaluation_params(store, day: str, spec) -> dict:
+    """The stage's parameters: the impressions log of the day (complete: its _SUCCESS marker) and the days of plays
+    that have arrived (the next two days' raw events). Raises a Failure naming what is missing."""
     import datetime as dt
+    import posixpath
 
     from dagster import Failure
 
-    from recsys_assets.serving.serving_config import read_log
+    from recsys_assets.serving.serving_config import log_path
 
-    impressions = read_log(store, spec.impressions_log, day, "impressions log")
+    path = log_path(spec.impressions_log, store, day)
+    if not store.exists(posixpath.join(path, "_SUCCESS")):
+        raise Failure(f"impressions log not found (no _SUCCESS under {path}); the serving side's log export writes it")
     d0 = dt.date.fromisoformat(day)
     play_days = [(d0 + dt.timedelta(days=i)).isoformat() for i in (1, 2)]
     present = [d for d in play_days if store.exists(store.raw_partition_path("events", d))]
     if not present:
         raise Failure(f"no raw events for {play_days[0]}: plays after the feed was served are not in yet")
-    plays = pd.concat([read_raw_plays(store, d) for d in present], ignore_index=True)
-    rows = online_metrics(impressions, plays, pd.Timedelta(minutes=spec.plays_window_minutes))
-    report = {"day": day, "window_minutes": spec.plays_window_minutes, "play_days": present, "arms": rows}
-    return report, len(impressions)
+    return {"impressions_log": spec.impressions_log, "play_days": present, "window_minutes": spec.plays_window_minutes}
+
+
+def online_metrics_spark(impressions, plays, window_minutes: int) -> list[dict]:
+    """online_metrics on Spark DataFrames (impressions: IMPRESSION_COLUMNS; plays: user_id, item_id, event_ts): an
+    impression row is clicked when a left-semi join finds a play of its (user, item) in [served_at, served_at +
+    window]; one row per (arm, model_version), collected (a row per arm)."""
+    from pyspark.sql import functions as F
+
+    missing = [c for c in IMPRESSION_COLUMNS if c not in impressions.columns]
+    if missing:
+        raise ValueError(f"impressions log lacks columns {missing}")
+    i, p = impressions.alias("i"), plays.alias("p")
+    clicked = i.join(
+        p,
+        (F.col("i.user_id") == F.col("p.user_id"))
+        & (F.col("i.item_id") == F.col("p.item_id"))
+        & (F.col("p.event_ts") >= F.col("i.served_at"))
+        & (F.col("p.event_ts") <= F.col("i.served_at") + F.expr(f"INTERVAL {int(window_minutes)} MINUTES")),
+        "left_semi",
+    )
+    keys = ["arm", "model_version"]
+    served = impressions.groupBy(*keys).agg(
+        F.count("*").alias("impressions"), F.countDistinct("user_id").alias("users")
+    )
+    hits = clicked.groupBy(*keys).agg(
+        F.count("*").alias("clicks"),
+        F.countDistinct("user_id").alias("hit_users"),
+        F.avg("rank").alias("mean_clicked_rank"),
+    )
+    rows = []
+    for r in served.join(hits, keys, "left").orderBy(*keys).collect():
+        clicks, hit_users = int(r["clicks"] or 0), int(r["hit_users"] or 0)
+        rows.append(
+            {
+                "arm": r["arm"],
+                "model_version": int(r["model_version"]),
+                "impressions": int(r["impressions"]),
+                "users": int(r["users"]),
+                "clicks": clicks,
+                "ctr": clicks / r["impressions"],
+                "user_hit_rate": hit_users / r["users"],
+                "mean_clicked_rank": float(r["mean_clicked_rank"]) if clicks else None,
+            }
+        )
+    return rows
+
+
+def online_evaluation_stage(session, store, day: str, version: str, params: dict) -> dict:
+    """The day's CTR report on Spark (impressions log of the day, plays of the play days' raw events), written as
+    report.json into the online_evaluation `version`. Returns the report and the impression count."""
+    from functools import reduce
+
+    from pyspark.sql import functions as F
+
+    from recsys_assets.core.datasets import ONLINE_EVALUATION
+    from recsys_assets.core.raw_inputs import read_raw
+    from recsys_assets.serving.serving_config import log_path
+
+    impressions = session.read.parquet(store.uri_of(log_path(params["impressions_log"], store, day)))
+    plays = reduce(
+        lambda a, b: a.unionByName(b),
+        [
+            read_raw(session, store, "events", d)
+            .where(F.coalesce(F.col("play_duration_s"), F.lit(0.0)) > 0)
+            .select("user_id", "item_id", "event_ts")
+            for d in params["play_days"]
+        ],
+    )
+    rows = online_metrics_spark(impressions, plays, params["window_minutes"])
+    report = {"day": day, "window_minutes": params["window_minutes"], "play_days": params["play_days"], "arms": rows}
+    store.write_json_atomic(store.version_path(ONLINE_EVALUATION, day, version, "report.json"), report)
+    return {"report": report, "impressions": sum(r["impressions"] for r in rows)}

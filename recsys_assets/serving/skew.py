@@ -118,6 +118,26 @@ def feature_skew(
     return rows
 
 
+def hash_sample(dataset, columns: list[str], max_rows: int) -> pd.DataFrame:
+    """About `max_rows` rows of the dataset, the same on every rerun: a row is kept when hash(user_id|item_id) modulo
+    the row count is below `max_rows` (all rows when there are fewer). Sampled batch by batch in Arrow, so only the
+    sample ever becomes pandas (memory: the sample and one batch, whatever the day's size)."""
+    import pyarrow as pa
+
+    total = dataset.count_rows()
+    kept = []
+    for b in dataset.to_batches(columns=columns):
+        if total > max_rows:
+            key = b.column("user_id").to_numpy(zero_copy_only=False).astype(object) + "|"
+            key = key + b.column("item_id").to_numpy(zero_copy_only=False).astype(object)
+            b = b.filter(pa.array(pd.util.hash_array(key) % total < max_rows))
+        if b.num_rows:
+            kept.append(b)
+    if not kept:
+        return pd.DataFrame(columns=columns)
+    return pa.Table.from_batches(kept).to_pandas()
+
+
 def day_skew_report(store, day: str, spec) -> dict:
     """The day's report: training_events (hash-sampled to spec.max_offline_rows, the same rows on every rerun) vs the
     logged online feature sample, per feature; with the history length when both sides have it."""
@@ -130,12 +150,7 @@ def day_skew_report(store, day: str, spec) -> dict:
 
     online = read_log(store, spec.online_feature_log, day, "online feature log")
     cols = sorted({*spec.numeric_features, *spec.categorical_features, "user_id", "item_id"})
-    offline = committed_events_dataset(store, [day]).to_table(columns=cols).to_pandas()
-    if len(offline) > spec.max_offline_rows:  # hash sample: the same rows on every rerun
-        h = pd.util.hash_array(
-            offline["user_id"].to_numpy(dtype=object) + "|" + offline["item_id"].to_numpy(dtype=object)
-        )
-        offline = offline[h % len(offline) < spec.max_offline_rows]
+    offline = hash_sample(committed_events_dataset(store, [day]), cols, spec.max_offline_rows)
     numeric = list(spec.numeric_features)
     # The history the models read: its length per row, offline from user_history (as of the day), online as the
     # server logged it. Compared when both sides have it (logs written before history existed do not).

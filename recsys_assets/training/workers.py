@@ -13,6 +13,7 @@ from recsys_assets.core.runs import DayRun
 from recsys_assets.core.spark_stages import stage_job
 from recsys_assets.core.store_dirs import PartitionVersion
 from recsys_assets.ml.launch import run_torchrun
+from recsys_assets.ml.memory import bound_heap_growth
 from recsys_assets.ml.train import ModelInputs, TrainedModel
 from recsys_assets.ml.trainer import CheckpointStore
 from recsys_assets.ml.worker import TrainingJob
@@ -40,6 +41,7 @@ def train_model(
 ) -> ModelRun:
     launch = training.launch()
     if launch["launcher"] == "in_process":
+        bound_heap_growth()  # this run process trains: freed temporaries go back to the system (ml/memory.py)
         inputs = ModelInputs.resolve(run.store, run.day, spec, run.log)
         trained = train(inputs, training.runtime(), run.run_id, run.log)
         out = run.write(name, trained.write)

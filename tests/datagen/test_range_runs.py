@@ -23,9 +23,10 @@ VOLATILE = {"started_at", "finished_at", "run_time_s"}
 
 
 def _stats(store, dataset: str, day: str) -> dict:
-    return {
-        k: v for k, v in store.read_json(store.committed_path(dataset, day, "stats.json")).items() if k not in VOLATILE
-    }
+    stats = store.read_json(store.committed_path(dataset, day, "stats.json"))
+    if "expectations" in stats:  # judged on each run's own version: the rows compare, the version names differ
+        stats["expectations"] = stats["expectations"]["rows"]
+    return {k: v for k, v in stats.items() if k not in VOLATILE}
 
 
 def _latest_metadata(instance, asset: str, day: str) -> dict:

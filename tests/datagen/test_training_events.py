@@ -250,3 +250,31 @@ def test_events_and_items_tables_that_disagree_fail_the_stage(spark, raw_root, t
             result.finish_stats()
     finally:
         result.release()
+
+
+def test_day_outputs_are_written_in_files_of_the_target_size(spark, tmp_path):
+    """sized_write: at most target / bytes-per-row rows per file (a large partition is split), and with the row count
+    known the partitions are coalesced (no shuffle) to about rows x bytes / target files."""
+    import pyarrow.parquet as pq
+
+    from recsys_assets.core.datasets import TRAINING_EVENTS
+    from recsys_assets.datagen.stages import BYTES_PER_ROW, sized_write
+    from resources.spark_conf import TARGET_FILE_BYTES_CONF
+
+    rows_per_file = (1 << 20) // BYTES_PER_ROW[TRAINING_EVENTS]
+    before = spark.conf.get(TARGET_FILE_BYTES_CONF)
+    spark.conf.set(TARGET_FILE_BYTES_CONF, str(1 << 20))
+    try:
+        df = spark.range(50_000).selectExpr("id", "cast(id % 97 as string) AS item_id")
+        sized_write(spark, df.repartition(2), TRAINING_EVENTS).parquet(str(tmp_path / "split"))
+        sized_write(spark, df.repartition(8), TRAINING_EVENTS, expected_rows=50_000).parquet(str(tmp_path / "merged"))
+    finally:
+        spark.conf.set(TARGET_FILE_BYTES_CONF, before)
+
+    def file_rows(name):
+        return sorted(pq.ParquetFile(p).metadata.num_rows for p in (tmp_path / name).glob("*.parquet"))
+
+    split, merged = file_rows("split"), file_rows("merged")
+    assert sum(split) == sum(merged) == 50_000
+    assert max(split) == rows_per_file and len(split) == 4  # two partitions of 25k, each cut at rows_per_file
+    assert len(merged) == -(-50_000 // rows_per_file) == 4 and max(merged) <= rows_per_file

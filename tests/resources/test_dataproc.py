@@ -36,7 +36,13 @@ def test_cluster_request_carries_the_configured_shape_and_is_a_valid_dataproc_cl
     assert cluster.config.worker_config.machine_type_uri == "n2-highmem-32"
     assert cluster.config.secondary_worker_config.num_instances == 4
     assert cluster.config.software_config.image_version == "2.2-debian12"
-    assert cluster.config.software_config.properties["spark:spark.executor.memory"] == "40g"
+    props = cluster.config.software_config.properties
+    assert props["spark:spark.executor.memory"] == "40g"
+    # Shuffle sized to the cluster: 3 partitions per vCPU of (6 + 4) n2-highmem-32 workers, coalesced adaptively.
+    assert props["spark:spark.sql.shuffle.partitions"] == str(3 * 10 * 32)
+    assert props["spark:spark.sql.adaptive.enabled"] == "true"
+    assert props["spark:spark.sql.adaptive.coalescePartitions.enabled"] == "true"
+    assert props["spark:spark.recsys.targetFileBytes"] == str(256 << 20)
     assert cluster.config.lifecycle_config.idle_delete_ttl.seconds == 3600
     assert cluster.config.initialization_actions[0].executable_file.startswith(
         "gs://goog-dataproc-initialization-actions-asia-south1/"
@@ -44,6 +50,31 @@ def test_cluster_request_carries_the_configured_shape_and_is_a_valid_dataproc_cl
     assert "dagster-pipes==1.13.27" in cluster.config.gce_cluster_config.metadata["PIP_PACKAGES"]
     assert cluster.labels["dagster-run"] == "3f2a9c1e" and cluster.labels["managed-by"] == "dagster"
     assert resource(ephemeral_cluster=False).cluster_spec(RUN_ID)["cluster_name"] == "recsys-datagen"
+
+
+def test_spark_sizing_follows_the_backend_and_config_overrides_it():
+    from resources.dataproc import machine_vcpus
+    from resources.spark import SparkResource, master_cores
+
+    assert [machine_vcpus(m) for m in ("n2-highmem-16", "c3-standard-88", "e2-custom-8-32768", "custom-24-98304")] == [
+        16,
+        88,
+        8,
+        24,
+    ]
+    with pytest.raises(ValueError, match="set DataprocSparkResource.cores"):
+        machine_vcpus("a3-highgpu-8g")
+    assert resource().total_cores() == 4 * 16  # the default cluster: 4 x n2-highmem-16
+    assert resource().effective_shuffle_partitions() == 192
+    assert resource(cores=100).effective_shuffle_partitions() == 300
+    assert resource(shuffle_partitions=50).effective_shuffle_partitions() == 50
+    assert master_cores("local[3]", {}) == 3 and master_cores("local", {}) == 1
+    assert master_cores("spark://h:7077", {"spark.cores.max": "12"}) == 12
+    assert master_cores("yarn", {"spark.executor.instances": "5", "spark.executor.cores": "4"}) == 20
+    assert master_cores("yarn", {}) is None and SparkResource(master="yarn").total_cores() == 8
+    conf = SparkResource(master="local[2]", target_file_mb=64).sizing_conf()
+    assert conf["spark.sql.shuffle.partitions"] == "6" and conf["spark.recsys.targetFileBytes"] == str(64 << 20)
+    assert conf["spark.sql.adaptive.advisoryPartitionSizeInBytes"] == "32m"
 
 
 def test_job_request_submits_the_shared_job_file_with_arguments_it_parses():

@@ -30,6 +30,8 @@ def _table(store, dataset, day, sub):
 
 def _stats(store, dataset, day):
     s = store.read_json(store.committed_path(dataset, day, "stats.json"))
+    if "expectations" in s:  # judged on the run's own version: the rows compare, the version names differ
+        s["expectations"] = s["expectations"]["rows"]
     return {k: v for k, v in s.items() if k not in ("started_at", "finished_at", "run_time_s")}
 
 
@@ -80,3 +82,10 @@ def test_datagen_submitted_to_a_standalone_cluster_equals_local_mode(raw_root, s
     assert json.dumps(_stats(local, "training_events", day), sort_keys=True) == json.dumps(
         _stats(cluster, "training_events", day), sort_keys=True
     )
+    # The blocking expectations were computed by the submitted job on the version it wrote (handed back in its
+    # stats), and the check judged from them.
+    expectations = cluster.read_json(cluster.committed_path("training_events", day, "stats.json"))["expectations"]
+    assert expectations["version"] == cluster.committed_version("training_events", day)
+    assert len(expectations["rows"]) > 10 and all(r["success"] for r in expectations["rows"])
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["training_events_expectations"] is True

@@ -25,7 +25,7 @@ from recsys_assets.ml.models import MMoERanker, RankerConfig
 from recsys_assets.ml.release import UntrustedReleaseError, load_release, release_problems, version_dir
 from recsys_assets.ml.scoring import ReleaseHistory
 from recsys_assets.serving import registry
-from recsys_assets.serving.feed import active_users
+from recsys_assets.serving.feed import active_users, build_feed
 from recsys_assets.serving.online_eval import IMPRESSION_COLUMNS, read_raw_plays
 from recsys_assets.serving.serving_config import latest_config, latest_written_config, user_buckets
 from recsys_assets.synthetic.online_logs import simulate_impressions, write_online_feature_sample
@@ -214,6 +214,24 @@ def test_two_releases_feed_ab_split_skew_online_ctr_and_rollback(
     assert (by_user["arm"].to_numpy() == np.where(buckets < 90, "production", "holdback")).all()
     assert 0.03 < (buckets >= 90).mean() < 0.2
     assert len(feed_rows(pg_database, day1)) == len(feed1)  # day 2's feed is untouched
+
+    # The feed asset scored day 2 on Spark (serving/feed_stage.py): exactly the rows of the in-process feed (same
+    # users, items, ranks, arms and versions; the same scores) for two releases, one with history.
+    torch.set_num_threads(1)  # as a Spark task scores
+    try:
+        reference = build_feed(store, day2, spec, cfg).rows
+    finally:
+        torch.set_num_threads(2)
+    keys = ["user_id", "rank", "item_id", "model_version", "arm"]
+
+    def ordered(df):
+        return df.sort_values(["user_id", "rank"]).reset_index(drop=True)
+
+    spark_feed, reference = ordered(feed2), ordered(reference)
+    assert len(spark_feed) == len(reference) > 0
+    assert spark_feed[keys].astype(str).equals(reference[keys].astype(str))
+    np.testing.assert_allclose(spark_feed["score"], reference["score"], rtol=1e-6)
+    assert set(spark_feed["model_version"]) == {1, 2}
 
     # One UI action: the rollback job returns production to v1 and republishes the config.
     res = (

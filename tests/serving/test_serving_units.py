@@ -221,3 +221,99 @@ def test_a_feed_that_collapses_against_the_previous_day_is_refused():
     ok, why = feed_size_verdict(499, "2024-03-01", 1000, 0.5)
     assert not ok and why == "499 rows < 50% of 2024-03-01's 1,000"
     assert feed_size_verdict(500, "2024-03-01", 1000, 0.5) == (True, "500 rows (50% of 2024-03-01's)")
+
+
+def test_spark_day_users_equal_the_in_process_active_users_and_stratified_sample(spark):
+    """serving/feed_stage.day_users (the Spark feed's users) against serving/feed's pandas functions: latest
+    attributes per user, and the per-segment hash sample."""
+    from recsys_assets.serving.feed import latest_user_rows
+    from recsys_assets.serving.feed_stage import day_users
+
+    rng = np.random.default_rng(3)
+    n = 3_000
+    events = pd.DataFrame(
+        {
+            "user_id": [f"u{i}" for i in rng.integers(0, 400, n)],
+            "user_language": rng.choice(["hi", "ta", "te"], n),
+            "user_region": rng.choice(["N", "S", "E", "W"], n, p=[0.55, 0.3, 0.1, 0.05]),
+            "user_tenure_days": rng.integers(0, 900, n).astype(np.int64),
+            "event_ts": pd.to_datetime("2024-03-02") + pd.to_timedelta(rng.permutation(n), unit="s"),
+        }
+    )
+    sdf = spark.createDataFrame(events)
+    expected = latest_user_rows(events)
+    params = {"sample_users_per_segment": None, "stratify_by": "user_region", "sample_salt": "s1"}
+    got = day_users(sdf, params).toPandas().sort_values("user_id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(got[expected.columns], expected, check_dtype=False)
+    sampled = stratified_users(expected, "user_region", 20, "s1").sort_values("user_id").reset_index(drop=True)
+    got = day_users(sdf, {**params, "sample_users_per_segment": 20}).toPandas()
+    got = got.sort_values("user_id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(got[sampled.columns], sampled, check_dtype=False)
+    assert got.groupby("user_region").size().max() == 20
+
+
+def test_skew_hash_sample_is_taken_in_arrow_and_equals_the_whole_frame_formula():
+    """serving/skew.hash_sample keeps exactly the rows whose hash(user_id|item_id) % row count < max_rows (what
+    the report sampled from the whole day in pandas before), reading one batch at a time."""
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    from recsys_assets.serving.skew import hash_sample
+
+    rng = np.random.default_rng(5)
+    n = 50_000
+    df = pd.DataFrame(
+        {
+            "user_id": [f"u{i}" for i in rng.integers(0, 5_000, n)],
+            "item_id": [f"i{i}" for i in rng.integers(0, 900, n)],
+            "watch_ratio": rng.random(n),
+        }
+    )
+    ds = pads.dataset(pa.Table.from_pandas(df, preserve_index=False).to_batches(max_chunksize=4_096), schema=None)
+    h = pd.util.hash_array(df["user_id"].to_numpy(dtype=object) + "|" + df["item_id"].to_numpy(dtype=object))
+    expected = df[h % n < 7_000].reset_index(drop=True)
+    got = hash_sample(ds, ["user_id", "item_id", "watch_ratio"], 7_000)
+    pd.testing.assert_frame_equal(got, expected)
+    assert 6_000 < len(got) < 8_000
+    assert len(hash_sample(ds, ["user_id", "item_id"], n)) == n  # no more rows than asked: all of them
+
+
+def test_online_metrics_on_spark_equal_the_pandas_reference(spark):
+    """serving/online_eval.online_metrics_spark (what the online_evaluation stage runs) against online_metrics on
+    random impressions and plays: repeated impressions, plays before/inside/after the window, arms without clicks."""
+    from recsys_assets.serving.online_eval import online_metrics_spark
+
+    rng = np.random.default_rng(11)
+    t0 = pd.Timestamp("2024-03-03 08:00", tz="UTC")
+    n = 4_000
+    users = rng.integers(0, 300, n)
+    imp = pd.DataFrame(
+        {
+            "user_id": [f"u{u}" for u in users],
+            "item_id": [f"i{i}" for i in rng.integers(0, 60, n)],
+            "rank": rng.integers(1, 21, n),
+            "model_version": np.where(users % 10 == 0, 1, 2),
+            "arm": np.where(users % 10 == 0, "holdback", "production"),
+            "served_at": t0 + pd.to_timedelta(rng.integers(0, 600, n), unit="m"),
+        }
+    )
+    imp = pd.concat([imp, imp.iloc[:50]], ignore_index=True)  # a repeated impression counts twice, as in pandas
+    imp.loc[imp["user_id"] == "u7", ["arm", "model_version"]] = ["empty", 3]  # an arm with (likely) no clicks
+    m = 20_000
+    plays = pd.DataFrame(
+        {
+            "user_id": [f"u{u}" for u in rng.integers(0, 300, m)],
+            "item_id": [f"i{i}" for i in rng.integers(0, 60, m)],
+            "event_ts": t0 + pd.to_timedelta(rng.integers(-60, 700, m), unit="m"),
+        }
+    )
+    expected = online_metrics(imp, plays, pd.Timedelta(minutes=60))
+    got = online_metrics_spark(spark.createDataFrame(imp), spark.createDataFrame(plays), 60)
+    assert [(r["arm"], r["model_version"]) for r in got] == [(r["arm"], r["model_version"]) for r in expected]
+    for g, e in zip(got, expected):
+        assert {k: v for k, v in g.items() if k not in ("ctr", "user_hit_rate", "mean_clicked_rank")} == {
+            k: v for k, v in e.items() if k not in ("ctr", "user_hit_rate", "mean_clicked_rank")
+        }
+        for k in ("ctr", "user_hit_rate", "mean_clicked_rank"):
+            assert g[k] == pytest.approx(e[k]) if e[k] is not None else g[k] is None
+    assert sum(r["clicks"] for r in got) > 100

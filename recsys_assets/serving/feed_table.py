@@ -1,0 +1,311 @@
+"""The PostgreSQL `feed` table the serving side reads: partitioned by strategy and day, a day loaded by a streamed COPY
+into a staging table that is indexed and then swapped in for the day's partition in the same transaction, old days
+dropped by retention.
+
+    feed                         PARTITION BY LIST (strategy_name)      -- what readers query
+      feed_s_<hash(strategy)>    PARTITION BY LIST (dt)                 -- one per strategy, created once
+        feed_<hash>_<yyyymmdd>_<nonce>  FOR VALUES IN (<day>)           -- one per published (strategy, day)
+    feed_partitions (strategy_name, dt, table_name, rows, published_at)  -- the catalogue of leaves
+
+A publication is ONE transaction: take the (strategy, day) advisory lock, create the staging table, COPY the rows
+into it from a stream of bounded chunks (memory: one chunk's CSV, not the day), count them, build the primary key
+and a CHECK constraint equal to the partition bound (so ATTACH needs no validation scan), detach + drop the day's
+previous partition, attach the new one, and record it. Readers see the previous complete feed or the new one, never
+part of one; a publisher killed at any point leaves nothing (the transaction, staging table included, rolls back).
+The swap's exclusive lock on the strategy's table lasts the detach/attach only, after the COPY and the index build.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import io
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+
+import pandas as pd
+
+FEED_COLUMNS = ["strategy_name", "dt", "user_id", "rank", "item_id", "score", "model_version", "arm"]
+FEED_KEY = ("strategy_name", "dt", "user_id", "rank")
+COPY_CHUNK_ROWS = 200_000  # rows rendered to CSV at a time (~21 MB of text at ~106 characters a row)
+# The swap's DETACH needs an exclusive lock on the strategy's table; a reader in a long transaction holds it off, and
+# readers arriving meanwhile would queue behind the waiting swap. So each try waits at most SWAP_LOCK_TIMEOUT_S, is
+# rolled back to a savepoint (the loaded staging table stays) and retried, for at most SWAP_WAIT_S in all.
+SWAP_LOCK_TIMEOUT_S = 2.0
+SWAP_WAIT_S = 600.0
+
+FEED_DDL = f"""
+CREATE TABLE IF NOT EXISTS feed (
+    strategy_name text    NOT NULL,
+    dt            date    NOT NULL,
+    user_id       text    NOT NULL,
+    rank          integer NOT NULL,
+    item_id       text    NOT NULL,
+    score         double precision NOT NULL,
+    model_version integer NOT NULL,
+    arm           text    NOT NULL,
+    PRIMARY KEY ({", ".join(FEED_KEY)})
+) PARTITION BY LIST (strategy_name);
+CREATE TABLE IF NOT EXISTS feed_partitions (
+    strategy_name text        NOT NULL,
+    dt            date        NOT NULL,
+    table_name    text        NOT NULL UNIQUE,
+    rows          bigint      NOT NULL,
+    published_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (strategy_name, dt)
+);
+"""
+
+
+def strategy_table(strategy_name: str) -> str:
+    """The strategy's sub-partitioned table (a stable name: any strategy string maps to a valid identifier)."""
+    return "feed_s_" + hashlib.sha1(strategy_name.encode()).hexdigest()[:12]
+
+
+def _relkind(cur, name: str) -> str | None:
+    cur.execute("SELECT c.relkind FROM pg_class c WHERE c.oid = to_regclass(%s)", (name,))
+    row = cur.fetchone()
+    return row[0] if row else None
+
+
+def ensure_feed_table(conn) -> None:
+    """Create the partitioned feed table and its catalogue (idempotent, serialised between processes). A `feed` table
+    from before partitioning (an ordinary table) is converted: each of its (strategy, day) becomes a partition."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext('recsys_feed_ddl'))")
+        legacy = _relkind(cur, "feed") == "r"
+        if legacy:
+            cur.execute("ALTER TABLE feed RENAME TO feed_unpartitioned")
+            cur.execute("ALTER INDEX IF EXISTS feed_pkey RENAME TO feed_unpartitioned_pkey")
+        cur.execute(FEED_DDL)
+        if legacy:
+            cur.execute("SELECT DISTINCT strategy_name, dt FROM feed_unpartitioned ORDER BY 1, 2")
+            for strategy_name, day in cur.fetchall():
+                _ensure_strategy(cur, strategy_name)
+                table = _stage(cur, strategy_name, str(day))
+                cur.execute(
+                    f"INSERT INTO {table} SELECT {', '.join(FEED_COLUMNS)} FROM feed_unpartitioned "
+                    "WHERE strategy_name = %s AND dt = %s",
+                    (strategy_name, day),
+                )
+                _swap_in(cur, strategy_name, str(day), table, cur.rowcount)
+            cur.execute("DROP TABLE feed_unpartitioned")
+    conn.commit()
+
+
+def _ensure_strategy(cur, strategy_name: str) -> str:
+    """The strategy's table under `feed`, created when missing (callers hold the DDL lock or the table exists)."""
+    table = strategy_table(strategy_name)
+    if _relkind(cur, table) is None:
+        cur.execute(
+            f"CREATE TABLE {table} PARTITION OF feed FOR VALUES IN (%s) PARTITION BY LIST (dt)", (strategy_name,)
+        )
+    return table
+
+
+def lock_feed_day(cur, strategy_name: str, day: str) -> None:
+    """Serialise publications of one (strategy, day) until the transaction ends: a second publisher waits, then
+    replaces the first's partition whole."""
+    cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"recsys_feed:{strategy_name}:{day}",))
+
+
+def _stage(cur, strategy_name: str, day: str) -> str:
+    """A new empty table shaped like feed (not yet a partition), named for its (strategy, day) and unique."""
+    table = f"{strategy_table(strategy_name)[:19]}_{day.replace('-', '')}_{uuid.uuid4().hex[:8]}"
+    cur.execute(f"CREATE TABLE {table} (LIKE feed INCLUDING DEFAULTS)")
+    return table
+
+
+def _swap_in(cur, strategy_name: str, day: str, table: str, rows: int) -> None:
+    """Index `table`, constrain it to its bound, and make it the (strategy, day) partition in place of the previous
+    one (which is dropped). In the caller's transaction."""
+    parent = _ensure_strategy(cur, strategy_name)
+    cur.execute(f"ALTER TABLE {table} ADD PRIMARY KEY ({', '.join(FEED_KEY)})")
+    cur.execute(
+        f"ALTER TABLE {table} ADD CONSTRAINT {table}_bound CHECK (strategy_name = %s AND dt = %s)",
+        (strategy_name, day),
+    )
+    cur.execute(
+        "SELECT table_name FROM feed_partitions WHERE strategy_name = %s AND dt = %s FOR UPDATE", (strategy_name, day)
+    )
+    old = cur.fetchone()
+    if old:
+        cur.execute(f"ALTER TABLE {parent} DETACH PARTITION {old[0]}")
+        cur.execute(f"DROP TABLE {old[0]}")
+    cur.execute(f"ALTER TABLE {parent} ATTACH PARTITION {table} FOR VALUES IN (%s)", (day,))
+    cur.execute(
+        "INSERT INTO feed_partitions (strategy_name, dt, table_name, rows) VALUES (%s, %s, %s, %s) "
+        "ON CONFLICT (strategy_name, dt) DO UPDATE SET table_name = EXCLUDED.table_name, rows = EXCLUDED.rows, "
+        "published_at = now()",
+        (strategy_name, day, table, rows),
+    )
+
+
+def _swap_in_with_retries(
+    cur, strategy_name: str, day: str, table: str, rows: int, lock_timeout_s: float, swap_wait_s: float
+) -> None:
+    """_swap_in under a lock timeout, retried from a savepoint until `swap_wait_s` has passed (SWAP_LOCK_TIMEOUT_S)."""
+    import psycopg2.errors
+
+    deadline = time.monotonic() + swap_wait_s
+    cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(lock_timeout_s * 1000)}ms",))
+    while True:
+        cur.execute("SAVEPOINT feed_swap")
+        try:
+            _swap_in(cur, strategy_name, day, table, rows)
+        except psycopg2.errors.LockNotAvailable as e:
+            cur.execute("ROLLBACK TO SAVEPOINT feed_swap")
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"feed ({strategy_name!r}, {day}): could not swap the new partition in for {swap_wait_s:.0f} s; "
+                    f"a transaction kept {strategy_table(strategy_name)} locked ({e.pgerror or e}). Nothing changed."
+                ) from None
+            time.sleep(min(lock_timeout_s, 1.0))
+            continue
+        cur.execute("RELEASE SAVEPOINT feed_swap")
+        cur.execute("SET LOCAL lock_timeout = 0")
+        return
+
+
+class _CsvStream(io.RawIOBase):
+    """A readable stream of the CSV text of row chunks, rendered one chunk at a time (what COPY reads)."""
+
+    def __init__(self, chunks: Iterable[pd.DataFrame], strategy_name: str, day: str):
+        self._chunks = iter(chunks)
+        self._buf = b""
+        self.rows = 0
+        self.error: BaseException | None = None  # what failed in a read (COPY reports it as its own error)
+        self._strategy, self._day = strategy_name, day
+
+    def readable(self) -> bool:
+        return True
+
+    def _next_chunk(self) -> bool:
+        for chunk in self._chunks:
+            missing = [c for c in FEED_COLUMNS if c not in chunk.columns]
+            if missing:
+                raise ValueError(f"feed rows lack columns {missing}")
+            if not len(chunk):
+                continue
+            wrong = chunk[(chunk["strategy_name"] != self._strategy) | (chunk["dt"].astype(str) != self._day)]
+            if len(wrong):
+                raise ValueError(
+                    f"feed rows of ({wrong['strategy_name'].iloc[0]!r}, {wrong['dt'].iloc[0]}) in the publication of "
+                    f"({self._strategy!r}, {self._day})"
+                )
+            out = io.StringIO()
+            # Every field quoted: any stored id (CR, LF, quotes, commas, backslashes, `\.`) is data, never syntax.
+            chunk[FEED_COLUMNS].to_csv(out, index=False, header=False, quoting=csv.QUOTE_ALL)
+            self._buf = out.getvalue().encode()
+            self.rows += len(chunk)
+            return True
+        return False
+
+    def readinto(self, b) -> int:
+        while not self._buf:
+            try:
+                more = self._next_chunk()
+            except BaseException as e:
+                self.error = e
+                raise
+            if not more:
+                return 0
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
+def _chunks(rows: pd.DataFrame | Iterable[pd.DataFrame], chunk_rows: int) -> Iterator[pd.DataFrame]:
+    if isinstance(rows, pd.DataFrame):
+        missing = [c for c in FEED_COLUMNS if c not in rows.columns]
+        if missing:
+            raise ValueError(f"feed rows lack columns {missing}")
+        for s in range(0, len(rows), chunk_rows):
+            yield rows.iloc[s : s + chunk_rows]
+        return
+    yield from rows
+
+
+def publish_feed(
+    conn,
+    rows: pd.DataFrame | Iterable[pd.DataFrame],
+    strategy_name: str,
+    day: str,
+    chunk_rows: int = COPY_CHUNK_ROWS,
+    lock_timeout_s: float = SWAP_LOCK_TIMEOUT_S,
+    swap_wait_s: float = SWAP_WAIT_S,
+) -> int:
+    """Replace the (strategy_name, day) partition of the feed table with `rows` (a frame, or an iterable of frames
+    streamed in order: e.g. the Parquet row groups of a feed scored on Spark), in one transaction (module docstring).
+    Returns the rows written."""
+    day = str(dt.date.fromisoformat(str(day)))
+    stream = _CsvStream(_chunks(rows, chunk_rows), strategy_name, day)
+    try:
+        with conn.cursor() as cur:  # the strategy's table, in its own short transaction under the DDL lock
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext('recsys_feed_ddl'))")
+            _ensure_strategy(cur, strategy_name)
+        conn.commit()
+        with conn.cursor() as cur:
+            lock_feed_day(cur, strategy_name, day)
+            table = _stage(cur, strategy_name, day)
+            cur.copy_expert(
+                f"COPY {table} ({', '.join(FEED_COLUMNS)}) FROM STDIN WITH (FORMAT csv)", stream, size=1 << 20
+            )
+            cur.execute(f"SELECT count(*) FROM {table}")
+            written = int(cur.fetchone()[0])
+            if written != stream.rows:
+                raise RuntimeError(f"feed COPY wrote {written} rows, expected {stream.rows}; rolled back")
+            _swap_in_with_retries(cur, strategy_name, day, table, written, lock_timeout_s, swap_wait_s)
+        conn.commit()
+    except BaseException as e:
+        conn.rollback()
+        if stream.error is not None and stream.error is not e:
+            raise stream.error from None  # the rows' own error (a user's), not the COPY that carried it
+        raise
+    return written
+
+
+def previous_feed_rows(conn, strategy_name: str, day: str) -> tuple[str | None, int]:
+    """(the newest earlier day with a published feed of this strategy, its row count): from the catalogue, no scan."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT dt, rows FROM feed_partitions WHERE strategy_name = %s AND dt < %s ORDER BY dt DESC LIMIT 1",
+            (strategy_name, day),
+        )
+        row = cur.fetchone()
+    return (str(row[0]), int(row[1])) if row else (None, 0)
+
+
+def published_feed_days(conn, strategy_name: str) -> list[tuple[str, int]]:
+    """[(day, rows)] of the strategy's partitions, oldest first."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT dt, rows FROM feed_partitions WHERE strategy_name = %s ORDER BY dt", (strategy_name,))
+        return [(str(d), int(n)) for d, n in cur.fetchall()]
+
+
+def drop_expired_feed_days(conn, strategy_name: str, today: str, retention_days: int) -> list[str]:
+    """Drop the strategy's partitions of days more than `retention_days` before `today` (each detached and dropped
+    under its day's lock, in one transaction). Returns the days dropped."""
+    cutoff = dt.date.fromisoformat(str(today)) - dt.timedelta(days=retention_days)
+    dropped = []
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT dt, table_name FROM feed_partitions WHERE strategy_name = %s AND dt < %s ORDER BY dt",
+                (strategy_name, cutoff),
+            )
+            parent = strategy_table(strategy_name)
+            for day, table in cur.fetchall():
+                lock_feed_day(cur, strategy_name, str(day))
+                cur.execute(f"ALTER TABLE {parent} DETACH PARTITION {table}")
+                cur.execute(f"DROP TABLE {table}")
+                cur.execute("DELETE FROM feed_partitions WHERE strategy_name = %s AND dt = %s", (strategy_name, day))
+                dropped.append(str(day))
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    return dropped
