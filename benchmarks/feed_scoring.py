@@ -82,13 +82,15 @@ class _ReadFrom:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--data-root", required=True)
-    p.add_argument("--day", required=True)
+    p.add_argument("--data-root")
+    p.add_argument("--day")
     p.add_argument("--master", default="local[2]")
     p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
         return child(*a.child)
+    if not (a.data_root and a.day):
+        p.error("--data-root and --day are required")
     runs = []
     for path in ("in_process", "spark"):
         runs.append(run_child([sys.executable, __file__, "--child", path, a.data_root, a.day, a.master], path))

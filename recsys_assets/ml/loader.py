@@ -195,19 +195,36 @@ class BatchEncoder:
         return sorted({*self.vocab.features, *DENSE_FEATURES, *LABEL_COLUMNS, "item_id", "user_id"})
 
     def encode(self, batch: pa.RecordBatch, day: str | None = None) -> dict[str, np.ndarray]:
-        """Model arrays of a batch of `day`'s events; with history, also `hist_ids` (item_id vocab ids) and
-        `hist_rows` (catalogue rows, -1 = none) [rows, max_len] of each event's user as of `day`.
-
-        Ids and rows are int32 here (what a shuffle buffer holds: ~228 B a row with a 20-item history instead of
-        ~436 B as int64); `batch_tensors` widens them to int64 per batch."""
+        """Model arrays of a batch of `day`'s events. Ids and rows are int32 (what a shuffle buffer holds: ~72 B a
+        row); with history, `hist_user` is each event's user's row in the day's history table (int32): the history
+        itself, `hist_ids` (item_id vocab ids) and `hist_rows` (catalogue rows, -1 = none) [rows, max_len], is
+        gathered per batch from that (memory-mapped) table by `gather_history`, never held in the buffer.
+        `batch_tensors` does both for a batch and widens the ids to int64."""
         out = self._encode(batch)
         if day is not None:  # the events' day (days since 1970-01-01): per-day sampling rates key on it
             out["event_day"] = np.full(batch.num_rows, day_number(day), np.int32)
         if self.history is not None:
             if day not in self.history:
                 raise KeyError(f"no user_history loaded for {day}: the encoder has {sorted(self.history)}")
-            ids, rows = self.history[day].lookup(batch.column("user_id"))
-            out["hist_ids"], out["hist_rows"] = ids.astype(np.int32, copy=False), rows.astype(np.int32, copy=False)
+            out["hist_user"] = self.history[day].rows_of(batch.column("user_id")).astype(np.int32)
+        return out
+
+    def gather_history(self, block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`block` with its `hist_user` rows replaced by the users' `hist_ids` and `hist_rows` as of each event's day
+        (unchanged without history)."""
+        if "hist_user" not in block:
+            return block
+        out = {k: v for k, v in block.items() if k != "hist_user"}
+        rows, days = block["hist_user"], block["event_day"]
+        by_number = {day_number(d): h for d, h in self.history.items()}
+        length = next(iter(self.history.values())).max_len
+        ids = np.zeros((len(rows), length), np.int64)
+        content = np.full((len(rows), length), -1, np.int64)
+        for number in np.unique(days):
+            m = days == number
+            table = by_number[int(number)]
+            ids[m], content[m] = table.item_ids[rows[m]], table.content_rows[rows[m]]
+        out["hist_ids"], out["hist_rows"] = ids, content
         return out
 
     def _encode(self, batch: pa.RecordBatch) -> dict[str, np.ndarray]:
@@ -236,12 +253,15 @@ class BatchEncoder:
 assert RANKER_TASKS == ("liked", "shared", "followed", "watch_complete"), "label order in BatchEncoder.encode"
 
 
-def batch_tensors(block: dict[str, np.ndarray], idx: np.ndarray | None = None) -> dict[str, torch.Tensor]:
-    """A model batch from encoded arrays (rows `idx` of them, or all): the encoder's int32 ids and rows widened to
-    the int64 that embedding lookups and indexing take."""
+def batch_tensors(
+    block: dict[str, np.ndarray], encoder: BatchEncoder, idx: np.ndarray | None = None
+) -> dict[str, torch.Tensor]:
+    """A model batch from encoded arrays (rows `idx` of them, or all): the users' histories gathered
+    (`BatchEncoder.gather_history`) and the encoder's int32 ids and rows widened to the int64 that embedding lookups
+    and indexing take."""
+    rows = block if idx is None else {k: v[idx] for k, v in block.items()}
     out = {}
-    for k, v in block.items():
-        a = v if idx is None else v[idx]
+    for k, a in encoder.gather_history(rows).items():
         out[k] = torch.from_numpy(a.astype(np.int64) if a.dtype == np.int32 else np.ascontiguousarray(a))
     return out
 
@@ -399,7 +419,7 @@ def shuffled_batches(
             idx = perm[s : s + batch_size]
             if len(idx) < batch_size and drop_last:
                 break
-            yield batch_tensors(block, idx)
+            yield batch_tensors(block, encoder, idx)
         rest = perm[n_out:]
         buffer = [{k: v[rest] for k, v in block.items()}] if len(rest) else []
         buffered = len(rest)
@@ -427,7 +447,7 @@ def sequential_batches(
     if shard.distributed:
         batch_size = local_batch_size(batch_size, rows, order)
     for block in encoded_blocks(dataset, encoder, filter, read_rows=batch_size, order=order):
-        yield batch_tensors(block)
+        yield batch_tensors(block, encoder)
 
 
 def empty_batch(dataset: TrainingEventsDataset, encoder: BatchEncoder) -> dict[str, torch.Tensor]:
@@ -435,7 +455,7 @@ def empty_batch(dataset: TrainingEventsDataset, encoder: BatchEncoder) -> dict[s
     is used up steps with while the others finish theirs."""
     for piece in dataset.get_pieces():
         for b in piece.to_batches(columns=encoder.columns, dictionary_items=True):
-            return batch_tensors(encoder.encode(b.slice(0, 0), piece.day))
+            return batch_tensors(encoder.encode(b.slice(0, 0), piece.day), encoder)
     raise ValueError("no training rows: cannot build a batch template")
 
 

@@ -92,16 +92,26 @@ def build_feed(store, day: str, spec, cfg: dict) -> DayFeed:
 
 def feed_row_chunks(store, day: str, version: str, batch_rows: int = 200_000):
     """The feed rows of a version scored on Spark (serving/feed_stage.py), as pandas frames of at most `batch_rows`
-    rows read one at a time from its Parquet (what publish_feed streams into PostgreSQL)."""
-    import pyarrow.dataset as pads
+    rows read one at a time from its Parquet files, a row group at a time (what publish_feed streams into
+    PostgreSQL; memory: one row group and one frame, whatever the day's size)."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
 
     from recsys_assets.core.datasets import FEED_ROWS
     from recsys_assets.serving.feed_stage import FEED_ROWS_DIR
 
     path = store.version_path(FEED_ROWS, day, version, FEED_ROWS_DIR)
-    for b in pads.dataset(path, filesystem=store.fs, format="parquet").to_batches(batch_size=batch_rows):
-        if b.num_rows:
-            yield b.to_pandas()
+    infos = store.fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    files = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet"))
+    for f in files:
+        with store.fs.open_input_file(f) as handle:
+            for b in pq.ParquetFile(handle, pre_buffer=False).iter_batches(batch_size=batch_rows):
+                frame = b.to_pandas() if b.num_rows else None
+                del b
+                pa.default_memory_pool().release_unused()  # Arrow's pool would keep each batch's buffers cached
+                if frame is not None:
+                    yield frame
 
 
 def feed_example(store, day: str, version: str, rows: int = 10) -> pd.DataFrame:

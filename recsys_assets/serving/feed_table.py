@@ -174,7 +174,7 @@ class _CsvStream(io.RawIOBase):
 
     def __init__(self, chunks: Iterable[pd.DataFrame], strategy_name: str, day: str):
         self._chunks = iter(chunks)
-        self._buf = b""
+        self._buf = memoryview(b"")  # the current chunk's CSV not yet read (a view: reads copy only what they take)
         self.rows = 0
         self.error: BaseException | None = None  # what failed in a read (COPY reports it as its own error)
         self._strategy, self._day = strategy_name, day
@@ -198,7 +198,7 @@ class _CsvStream(io.RawIOBase):
             out = io.StringIO()
             # Every field quoted: any stored id (CR, LF, quotes, commas, backslashes, `\.`) is data, never syntax.
             chunk[FEED_COLUMNS].to_csv(out, index=False, header=False, quoting=csv.QUOTE_ALL)
-            self._buf = out.getvalue().encode()
+            self._buf = memoryview(out.getvalue().encode())
             self.rows += len(chunk)
             return True
         return False

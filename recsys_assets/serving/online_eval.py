@@ -92,17 +92,26 @@ def online_metrics_spark(impressions, plays, window_minutes: int) -> list[dict]:
     impression row is clicked when a left-semi join finds a play of its (user, item) in [served_at, served_at +
     window]; one row per (arm, model_version), collected (a row per arm)."""
     from pyspark.sql import functions as F
+    from pyspark.sql import types as T
 
     missing = [c for c in IMPRESSION_COLUMNS if c not in impressions.columns]
     if missing:
         raise ValueError(f"impressions log lacks columns {missing}")
-    i, p = impressions.alias("i"), plays.alias("p")
+
+    def nanos(df, column: str):  # a timestamp, or nanoseconds since the epoch (a log written at ns precision)
+        if isinstance(df.schema[column].dataType, T.LongType):
+            return F.col(column)
+        return F.unix_micros(F.col(column)) * F.lit(1000)
+
+    i = impressions.withColumn("_served_ns", nanos(impressions, "served_at")).alias("i")
+    p = plays.select("user_id", "item_id", nanos(plays, "event_ts").alias("_event_ns")).alias("p")
+    window_ns = int(window_minutes) * 60 * 1_000_000_000
     clicked = i.join(
         p,
         (F.col("i.user_id") == F.col("p.user_id"))
         & (F.col("i.item_id") == F.col("p.item_id"))
-        & (F.col("p.event_ts") >= F.col("i.served_at"))
-        & (F.col("p.event_ts") <= F.col("i.served_at") + F.expr(f"INTERVAL {int(window_minutes)} MINUTES")),
+        & (F.col("p._event_ns") >= F.col("i._served_ns"))
+        & (F.col("p._event_ns") <= F.col("i._served_ns") + F.lit(window_ns)),
         "left_semi",
     )
     keys = ["arm", "model_version"]
@@ -135,15 +144,30 @@ def online_metrics_spark(impressions, plays, window_minutes: int) -> list[dict]:
 def online_evaluation_stage(session, store, day: str, version: str, params: dict) -> dict:
     """The day's CTR report on Spark (impressions log of the day, plays of the play days' raw events), written as
     report.json into the online_evaluation `version`. Returns the report and the impression count."""
+    from recsys_assets.core.datasets import ONLINE_EVALUATION
+    from recsys_assets.serving.serving_config import log_path
+
+    # The serving side may write served_at at nanosecond precision (pandas does), which Spark reads only as a long.
+    nanos_as_long = "spark.sql.legacy.parquet.nanosAsLong"
+    before = session.conf.get(nanos_as_long, "false")
+    session.conf.set(nanos_as_long, "true")
+    try:
+        impressions = session.read.parquet(store.uri_of(log_path(params["impressions_log"], store, day)))
+        rows = _day_metrics(session, store, impressions, params)
+    finally:
+        session.conf.set(nanos_as_long, before)
+    report = {"day": day, "window_minutes": params["window_minutes"], "play_days": params["play_days"], "arms": rows}
+    store.write_json_atomic(store.version_path(ONLINE_EVALUATION, day, version, "report.json"), report)
+    return {"report": report, "impressions": sum(r["impressions"] for r in rows)}
+
+
+def _day_metrics(session, store, impressions, params: dict) -> list[dict]:
     from functools import reduce
 
     from pyspark.sql import functions as F
 
-    from recsys_assets.core.datasets import ONLINE_EVALUATION
     from recsys_assets.core.raw_inputs import read_raw
-    from recsys_assets.serving.serving_config import log_path
 
-    impressions = session.read.parquet(store.uri_of(log_path(params["impressions_log"], store, day)))
     plays = reduce(
         lambda a, b: a.unionByName(b),
         [
@@ -153,7 +177,4 @@ def online_evaluation_stage(session, store, day: str, version: str, params: dict
             for d in params["play_days"]
         ],
     )
-    rows = online_metrics_spark(impressions, plays, params["window_minutes"])
-    report = {"day": day, "window_minutes": params["window_minutes"], "play_days": params["play_days"], "arms": rows}
-    store.write_json_atomic(store.version_path(ONLINE_EVALUATION, day, version, "report.json"), report)
-    return {"report": report, "impressions": sum(r["impressions"] for r in rows)}
+    return online_metrics_spark(impressions, plays, params["window_minutes"])

@@ -70,20 +70,38 @@ SETTINGS = TrainSettings(epochs=2, batch_size=256, learning_rate=3e-3, num_threa
 
 
 def test_the_loaders_padded_history_equals_the_raw_lists(model_store, history_encoder):  # noqa: F811
+    """Each event's history, gathered per batch from its day's table (`BatchEncoder.gather_history`), is its user's
+    list as of the event's day; shuffled batches over the whole window carry the same rows as sequential ones."""
+    from recsys_assets.ml.loader import shuffled_batches
+
     enc, tables = history_encoder
     raw = {d: dict(zip(t["user_id"].to_pylist(), t["item_ids"].to_pylist())) for d, t in tables.items()}
-    data = committed_events_dataset(model_store, [TRAIN_DAYS[-1]])
-    users = data.to_table(columns=["user_id"])["user_id"].to_pylist()
-    batches = list(sequential_batches(data, enc, 1000))
-    hist_ids = np.concatenate([b["hist_ids"].numpy() for b in batches])
-    hist_rows = np.concatenate([b["hist_rows"].numpy() for b in batches])
-    assert len(hist_ids) == len(users) and (hist_ids != 0).any()
-    for i in range(0, len(users), 97):
-        items = raw[TRAIN_DAYS[-1]].get(users[i], [])[:MAX_LEN]
-        expected = enc.vocab.encode("item_id", pa.array(items, pa.string())).tolist() if items else []
-        assert hist_ids[i].tolist() == expected + [0] * (MAX_LEN - len(items))
-        rows = enc.catalog.rows(pa.array(items, pa.string())).tolist() if items else []
-        assert hist_rows[i].tolist() == rows + [-1] * (MAX_LEN - len(items))
+    for day in TRAIN_DAYS:
+        data = committed_events_dataset(model_store, [day])
+        users = data.to_table(columns=["user_id"])["user_id"].to_pylist()
+        batches = list(sequential_batches(data, enc, 1000))
+        hist_ids = np.concatenate([b["hist_ids"].numpy() for b in batches])
+        hist_rows = np.concatenate([b["hist_rows"].numpy() for b in batches])
+        assert len(hist_ids) == len(users) and ((hist_ids != 0).any() or day == TRAIN_DAYS[0])
+        for i in range(0, len(users), 97):
+            items = raw[day].get(users[i], [])[:MAX_LEN]
+            expected = enc.vocab.encode("item_id", pa.array(items, pa.string())).tolist() if items else []
+            assert hist_ids[i].tolist() == expected + [0] * (MAX_LEN - len(items))
+            rows = enc.catalog.rows(pa.array(items, pa.string())).tolist() if items else []
+            assert hist_rows[i].tolist() == rows + [-1] * (MAX_LEN - len(items))
+
+    def rows_of(batches) -> list[tuple]:
+        keys = ("event_day", "content_row", "cat", "labels", "hist_ids", "hist_rows")
+        out = []
+        for b in batches:
+            cols = [b[k].numpy().reshape(len(b["content_row"]), -1) for k in keys]
+            out += [tuple(np.concatenate([c[i] for c in cols]).tolist()) for i in range(len(b["content_row"]))]
+        return sorted(out)
+
+    window = committed_events_dataset(model_store, TRAIN_DAYS)
+    shuffled = list(shuffled_batches(window, enc, 512, seed=1, epoch=0, shuffle_buffer_rows=20_000))
+    assert shuffled[0]["hist_ids"].dtype == torch.int64 and len({int(d) for d in shuffled[0]["event_day"]}) > 1
+    assert rows_of(shuffled) == rows_of(sequential_batches(window, enc, 1000))
 
 
 def test_history_aware_two_tower_exports_and_scores_like_its_weights(model_store, history_encoder):  # noqa: F811

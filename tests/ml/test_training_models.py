@@ -415,3 +415,15 @@ def test_the_history_free_twins_train_on_the_configured_schedule():
     assert not HistorySpec(compare_history_free="never").compares_history_free(monday)
     assert not HistorySpec(enabled=False, compare_history_free="daily").compares_history_free(monday)
     assert HistorySpec(history_free_weekday="friday").compares_history_free(friday)
+
+
+def test_the_heap_policy_applies_on_glibc_and_is_idempotent():
+    """ml/memory.py: the training processes fix glibc's mmap threshold (the measured effect is in docs/scale.md)."""
+    import platform
+
+    from recsys_assets.ml import memory
+
+    applied = memory.bound_heap_growth()
+    assert applied == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+    assert memory.bound_heap_growth() == applied
+    memory.release_free_heap()

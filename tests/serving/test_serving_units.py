@@ -317,3 +317,6 @@ def test_online_metrics_on_spark_equal_the_pandas_reference(spark):
         for k in ("ctr", "user_hit_rate", "mean_clicked_rank"):
             assert g[k] == pytest.approx(e[k]) if e[k] is not None else g[k] is None
     assert sum(r["clicks"] for r in got) > 100
+    # A log written at nanosecond precision (pandas' default) reaches Spark as a long: the same metrics.
+    as_nanos = imp.assign(served_at=imp["served_at"].astype("int64"))
+    assert online_metrics_spark(spark.createDataFrame(as_nanos), spark.createDataFrame(plays), 60) == got
