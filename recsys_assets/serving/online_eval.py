@@ -172,7 +172,8 @@ def _day_metrics(session, store, impressions, params: dict) -> list[dict]:
         lambda a, b: a.unionByName(b),
         [
             read_raw(session, store, "events", d)
-            .where(F.coalesce(F.col("play_duration_s"), F.lit(0.0)) > 0)
+            # read_raw_plays' fillna(0) > 0: null and NaN are no play (Spark orders NaN above every number)
+            .where(F.nanvl(F.coalesce(F.col("play_duration_s"), F.lit(0.0)), F.lit(0.0)) > 0)
             .select("user_id", "item_id", "event_ts")
             for d in params["play_days"]
         ],
