@@ -17,7 +17,7 @@ from typing import Any
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from resources.spark_conf import TARGET_FILE_BYTES_CONF
+from resources.spark_conf import DEFAULT_TARGET_FILE_MB, TARGET_FILE_BYTES_CONF
 
 # Session properties the datagen output depends on, set the same way on every backend (in-process session,
 # spark-submit, the job entry point, Dataproc cluster properties): timestamps in UTC and written as micros;
@@ -82,7 +82,7 @@ class SparkResource(ConfigurableResource):
         "spark.cores.max); 0: from the master URL / spark_conf, else 8.",
     )
     target_file_mb: int = Field(
-        default=256,
+        default=DEFAULT_TARGET_FILE_MB,
         ge=1,
         description="Size each Parquet file of a day's output aims at (rows per file from the table's bytes per "
         "row); advisory partition size of adaptive execution too.",

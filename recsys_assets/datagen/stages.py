@@ -37,9 +37,9 @@ def sized_write(session, df, table: str, expected_rows: int | None = None):
     """`df.write` with files aimed at the session's target size: at most target / BYTES_PER_ROW rows per file
     (splits large partitions), and, when the row count is known beforehand, the partitions coalesced (no shuffle)
     to about rows x bytes / target when there are more of them (merges small ones)."""
-    from resources.spark_conf import TARGET_FILE_BYTES_CONF
+    from resources.spark_conf import DEFAULT_TARGET_FILE_MB, TARGET_FILE_BYTES_CONF
 
-    target = int(session.conf.get(TARGET_FILE_BYTES_CONF, str(256 << 20)))
+    target = int(session.conf.get(TARGET_FILE_BYTES_CONF, str(DEFAULT_TARGET_FILE_MB << 20)))
     rows_per_file = max(10_000, target // BYTES_PER_ROW[table])
     if expected_rows is not None:
         files = max(1, -(-expected_rows // rows_per_file))

@@ -35,9 +35,6 @@ from resources.store import DatasetStore
 LABEL_COLUMNS = ["liked", "shared", "followed", "watch_ratio"]
 
 
-# Columns of the items table that are not item columns of the events (ids, counts, the embedding).
-
-
 class DayFragment:
     """One Parquet file of a day's training_events events, read widened with that day's item columns."""
 

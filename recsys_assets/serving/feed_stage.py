@@ -22,7 +22,6 @@ from recsys_assets.core.datasets import FEED_ROWS, TRAINING_EVENTS, USER_HISTORY
 from resources.store import DatasetStore
 
 FEED_ROWS_DIR = "rows"  # the feed version's Parquet rows (FEED_COLUMNS)
-FEED_USER_COLUMNS = ["user_id", "user_language", "user_region", "user_tenure_days"]  # = ml/scoring.USER_COLUMNS
 
 _RELEASES: dict[tuple[str, int], object] = {}  # per Python worker: (data root, version) -> LoadedRelease
 
@@ -62,7 +61,7 @@ def score_users(batches, root_uri: str, day: str, params: dict, with_history: bo
 
     from recsys_assets.core.days import window_of
     from recsys_assets.ml.memory import bound_heap_growth
-    from recsys_assets.ml.scoring import generate_feed
+    from recsys_assets.ml.scoring import USER_COLUMNS, generate_feed
 
     torch.set_num_threads(1)  # one Spark task = one core
     bound_heap_growth()
@@ -81,7 +80,7 @@ def score_users(batches, root_uri: str, day: str, params: dict, with_history: bo
                 )
             rows = generate_feed(
                 release_for(root_uri, int(version)),
-                part[FEED_USER_COLUMNS],
+                part[USER_COLUMNS],
                 params["k_retrieve"],
                 params["k_feed"],
                 params["task_weights"],
@@ -111,9 +110,10 @@ def day_users(events, params: dict):
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
+    from recsys_assets.ml.scoring import USER_COLUMNS
     from recsys_assets.serving.serving_config import stable_hash
 
-    attrs = [c for c in FEED_USER_COLUMNS if c != "user_id"]
+    attrs = [c for c in USER_COLUMNS if c != "user_id"]
     users = (
         events.groupBy("user_id")
         .agg(F.max_by(F.struct(*attrs), "event_ts").alias("u"))
@@ -122,8 +122,8 @@ def day_users(events, params: dict):
     per_segment, segment = params["sample_users_per_segment"], params["stratify_by"]
     if not per_segment:
         return users
-    if segment not in FEED_USER_COLUMNS:
-        raise ValueError(f"feed stratify_by column {segment!r} is not a user column ({FEED_USER_COLUMNS})")
+    if segment not in USER_COLUMNS:
+        raise ValueError(f"feed stratify_by column {segment!r} is not a user column ({USER_COLUMNS})")
     salt = params["sample_salt"]
 
     def with_hash(batches):  # stable_hash as 16 hex digits: string order = numeric (uint64) order

@@ -70,15 +70,12 @@ def online_evaluation_params(store, day: str, spec) -> dict:
     """The stage's parameters: the impressions log of the day (complete: its _SUCCESS marker) and the days of plays
     that have arrived (the next two days' raw events). Raises a Failure naming what is missing."""
     import datetime as dt
-    import posixpath
 
     from dagster import Failure
 
-    from recsys_assets.serving.serving_config import log_path
+    from recsys_assets.serving.serving_config import complete_log_path
 
-    path = log_path(spec.impressions_log, store, day)
-    if not store.exists(posixpath.join(path, "_SUCCESS")):
-        raise Failure(f"impressions log not found (no _SUCCESS under {path}); the serving side's log export writes it")
+    complete_log_path(store, spec.impressions_log, day, "impressions log")
     d0 = dt.date.fromisoformat(day)
     play_days = [(d0 + dt.timedelta(days=i)).isoformat() for i in (1, 2)]
     present = [d for d in play_days if store.exists(store.raw_partition_path("events", d))]

@@ -234,14 +234,22 @@ def publish_serving_config(store, conn, spec) -> tuple[dict, list[str]]:
     )
 
 
-def read_log(store, template: str, day: str, what: str):
-    """A day of a serving-side log (Parquet under log_path, complete when its _SUCCESS marker exists) as pandas."""
+def complete_log_path(store, template: str, day: str, what: str) -> str:
+    """log_path of a day of a serving-side log, which must be complete (its _SUCCESS marker exists; a Failure
+    naming `what` otherwise)."""
     import posixpath
 
-    import pyarrow.dataset as pads
     from dagster import Failure
 
     path = log_path(template, store, day)
     if not store.exists(posixpath.join(path, "_SUCCESS")):
         raise Failure(f"{what} not found (no _SUCCESS under {path}); the serving side's log export writes it")
+    return path
+
+
+def read_log(store, template: str, day: str, what: str):
+    """A complete day of a serving-side log (Parquet under log_path) as pandas."""
+    import pyarrow.dataset as pads
+
+    path = complete_log_path(store, template, day, what)
     return pads.dataset(path, filesystem=store.fs, format="parquet").to_table().to_pandas()
