@@ -9,6 +9,14 @@ import subprocess
 PREFIX = "RESULT "
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM), in MB. Not getrusage's ru_maxrss: Linux carries the parent's peak across the
+    fork + exec that starts a child, so a child's ru_maxrss is never below its parent's (a benchmark's parent that
+    held a large frame would set every measured child's floor)."""
+    with open("/proc/self/status") as f:
+        return round(next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024, 1)
+
+
 def report(result: dict) -> None:
     """In the child: print the result line."""
     print(PREFIX + json.dumps(result), flush=True)

@@ -4,7 +4,7 @@ publishing process (the Dagster run process in production) at 1x, 4x, 16x feed r
 Each size: synthetic feed rows (20 per user) written to Parquet in row groups (as the Spark feed stage writes
 them), then a fresh process streams them with serving/feed.feed_row_chunks into serving/feed_table.publish_feed
 against a fresh database on the local server, twice (the first publication of the day, then a replacement swap),
-and reports its peak RSS (ru_maxrss) and the time of each. Prints JSON lines and a summary.
+and reports its peak RSS (VmHWM) and the time of each. Prints JSON lines and a summary.
 
     .venv/bin/python benchmarks/feed_publish.py [--rows 1000000,4000000,16000000] [--work-dir /tmp/feed-publish]
 """
@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from child_result import report, run_child  # noqa: E402  (this directory is on the path when run as a script)
+from child_result import peak_rss_mb, report, run_child  # noqa: E402  (this directory is on the path when run as a script)
 
 DSN = dict(host=os.environ.get("RECSYS_PG_HOST", "127.0.0.1"), port=5432, user="postgres")
 DAY = "2024-03-08"
@@ -84,14 +83,15 @@ def child(root: str, version: str, dbname: str) -> None:
     store = DatasetStore(root)
     conn = psycopg2.connect(dbname=dbname, **DSN)
     ensure_feed_table(conn)
-    seconds = []
+    seconds, swap_lock_s = [], []
     for _ in range(2):  # the day's first publication, then a replacement (detach + drop + attach)
-        t0 = time.perf_counter()
-        written = publish_feed(conn, feed_row_chunks(store, DAY, version), "ml-two-tower-mmoe", DAY)
+        t0, timings = time.perf_counter(), {}
+        written = publish_feed(conn, feed_row_chunks(store, DAY, version), "ml-two-tower-mmoe", DAY, timings=timings)
         seconds.append(round(time.perf_counter() - t0, 1))
+        swap_lock_s.append(timings["swap_lock_s"])
     conn.close()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    report({"written": written, "seconds": seconds, "peak_rss_mb": round(peak, 1)})
+    peak = peak_rss_mb()
+    report({"written": written, "seconds": seconds, "swap_lock_s": swap_lock_s, "peak_rss_mb": round(peak, 1)})
 
 
 def main() -> None:

@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from child_result import report, run_child  # noqa: E402  (this directory is on the path when run as a script)
+from child_result import peak_rss_mb, report, run_child  # noqa: E402  (this directory is on the path when run as a script)
 
 
 def child(path: str, root: str, day: str, master: str) -> None:
@@ -48,7 +47,7 @@ def child(path: str, root: str, day: str, master: str) -> None:
             stats = run_stage(session, "feed", _ReadFrom(store, scratch), day, "bench", feed_params(spec, cfg))
         rows, users = stats["rows"], stats["scored_users"]
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     report(
         {
             "path": path,

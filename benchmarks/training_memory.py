@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import yaml
-from child_result import report, run_child  # this directory is on the path when run as a script
+from child_result import peak_rss_mb, report, run_child  # this directory is on the path when run as a script
 
 
 def prepare(root: Path, home: Path, scale: int, a) -> dict:
@@ -135,9 +135,9 @@ def child(a) -> None:
             for e in result.all_events
             if e.is_step_failure
         }
-        peak_after[name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        peak_after[name] = peak_rss_mb()
         anon_after[name] = anon.take()
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    own = peak_rss_mb()
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     report(
         {
@@ -145,7 +145,7 @@ def child(a) -> None:
             "failed_steps": failed,  # e.g. a model gate failing on a tiny world: the steps still ran
             "peak_rss_mb_after": peak_after,
             # RssAnon sampled every 20 ms: what the process holds, without the file-backed pages (shared libraries,
-            # the memory-mapped histories) that ru_maxrss counts and the kernel can drop
+            # the memory-mapped histories) that the peak RSS counts and the kernel can drop
             "peak_anon_mb_during": anon_after,
             "peak_rss_mb": round(own, 1),
             "peak_anon_mb": max(anon_after.values()),
@@ -166,27 +166,36 @@ def training_yaml(path: Path) -> str:
     return str(path)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+def world_arguments(p: argparse.ArgumentParser, base_events: int, base_users: int) -> None:
+    """The worlds' arguments (and a measured child's), shared with serving_memory.py."""
     p.add_argument("--work-dir", default="/tmp/recsys-memscale")
     p.add_argument("--scales", default="1,4,16")
-    p.add_argument("--base-events", type=int, default=200_000)
-    p.add_argument("--base-users", type=int, default=30_000)
-    p.add_argument("--launcher", default="in_process")
-    p.add_argument("--processes", type=int, default=1)
-    p.add_argument("--prepare-only", action="store_true", help="prepare the worlds, measure nothing")
+    p.add_argument("--base-events", type=int, default=base_events)
+    p.add_argument("--base-users", type=int, default=base_users)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--root", help=argparse.SUPPRESS)
     p.add_argument("--day", help=argparse.SUPPRESS)
     p.add_argument("--training-yaml", help=argparse.SUPPRESS)
+
+
+def world_dir(a, scale: int) -> Path:
+    """Named by volume: a world is the same at (base 200k, x4) and (base 50k, x16), and is prepared once."""
+    return Path(a.work_dir) / f"e{a.base_events * scale}-u{a.base_users * scale}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    world_arguments(p, base_events=200_000, base_users=30_000)
+    p.add_argument("--launcher", default="in_process")
+    p.add_argument("--processes", type=int, default=1)
+    p.add_argument("--prepare-only", action="store_true", help="prepare the worlds, measure nothing")
     a = p.parse_args()
     if a.child:
         return child(a)
     work = Path(a.work_dir)
     rows = []
     for scale in [int(s) for s in a.scales.split(",")]:
-        # Named by volume: a world is the same at (base 200k, x4) and (base 50k, x16), and is prepared once.
-        world = work / f"e{a.base_events * scale}-u{a.base_users * scale}"
+        world = world_dir(a, scale)
         root, home = world / "data", world / "home"
         info = prepare(root, home, scale, a)
         if a.prepare_only:

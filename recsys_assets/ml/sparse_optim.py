@@ -29,6 +29,9 @@ import torch
 
 # Skipped steps summed term by term (their exact bias corrections); beyond, r^j < 2e-6 and the tail is closed-form.
 EXACT_TERMS = 128
+# Rows caught up at a time: the sum's temporaries are [rows, EXACT_TERMS] float64 (8 MiB each at 8,192 rows), so a
+# catch-up of a whole table (catch_up_all: tens of millions of user ids) needs memory of a chunk, not of the table.
+CATCH_UP_ROWS = 8192
 
 
 def _skipped_step_sum(
@@ -74,12 +77,19 @@ class LazyAdam(torch.optim.Optimizer):
 
     @staticmethod
     def _catch_up(p, st, group, rows: torch.Tensor, to_step: int) -> None:
-        """Apply the zero-gradient steps row_step[rows]+1 .. to_step to `rows` (each has skipped J >= 0 of them)."""
+        """Apply the zero-gradient steps row_step[rows]+1 .. to_step to `rows` (each has skipped J >= 0 of them),
+        CATCH_UP_ROWS rows at a time."""
         skipped = to_step - st["row_step"][rows]
         moving = skipped > 0
         if not bool(moving.any()):
             return
         rows, skipped = rows[moving], skipped[moving]
+        for s in range(0, len(rows), CATCH_UP_ROWS):
+            LazyAdam._catch_up_rows(p, st, group, rows[s : s + CATCH_UP_ROWS], skipped[s : s + CATCH_UP_ROWS], to_step)
+
+    @staticmethod
+    def _catch_up_rows(p, st, group, rows: torch.Tensor, skipped: torch.Tensor, to_step: int) -> None:
+        """`_catch_up` of distinct rows that each skipped `skipped` > 0 steps."""
         (beta1, beta2), lr, eps, wd = group["betas"], group["lr"], group["eps"], group["weight_decay"]
         m, v = st["exp_avg"][rows], st["exp_avg_sq"][rows]
         j = skipped.to(p.dtype)
@@ -152,9 +162,12 @@ class LazyAdam(torch.optim.Optimizer):
 
     @torch.no_grad()
     def catch_up_all(self) -> None:
-        """Bring every row to the current step (O(table), once per epoch): before weights are read or saved."""
+        """Bring every row to the current step (O(table) time, once per epoch; memory of CATCH_UP_ROWS rows): before
+        weights are read or saved."""
         for group in self.param_groups:
             for p in group["params"]:
                 if p in self.state and self.state[p]:
                     st = self.state[p]
-                    self._catch_up(p, st, group, torch.arange(p.shape[0], device=p.device), st["step"])
+                    for s in range(0, p.shape[0], CATCH_UP_ROWS):
+                        rows = torch.arange(s, min(s + CATCH_UP_ROWS, p.shape[0]), device=p.device)
+                        self._catch_up(p, st, group, rows, st["step"])

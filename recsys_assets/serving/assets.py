@@ -199,10 +199,13 @@ def feed(
             yield verdict
             raise Failure(f"feed of {run.day} refused, the served feed is unchanged: {why}")
         chunks = feed_row_chunks(run.store, run.day, out.version)
-        written = publish_feed(conn, chunks, spec.feed.strategy_name, run.day)
+        timings: dict = {}
+        written = publish_feed(conn, chunks, spec.feed.strategy_name, run.day, timings=timings)
         dropped = drop_expired_feed_days(conn, spec.feed.strategy_name, run.day, spec.feed.retention_days)
     out.publish(row_count=written)
     metadata = feed_metadata(run.day, stats, feed_example(run.store, run.day, out.version), cfg, spec.feed)
+    metadata["copy_seconds"] = MetadataValue.float(timings["copy_s"])
+    metadata["swap_lock_seconds"] = MetadataValue.float(timings["swap_lock_s"])  # readers of the feed wait this long
     metadata["retention"] = MetadataValue.md(
         f"partitions older than {spec.feed.retention_days} days are dropped; dropped now: "
         + (", ".join(dropped) if dropped else "none")

@@ -90,7 +90,9 @@ def ensure_feed_table(conn) -> None:
                     "WHERE strategy_name = %s AND dt = %s",
                     (strategy_name, day),
                 )
-                _swap_in(cur, strategy_name, str(day), table, cur.rowcount)
+                rows = cur.rowcount
+                _index_staging(cur, strategy_name, str(day), table)
+                _swap_in(cur, strategy_name, str(day), table, rows)
             cur.execute("DROP TABLE feed_unpartitioned")
     conn.commit()
 
@@ -118,21 +120,29 @@ def _stage(cur, strategy_name: str, day: str) -> str:
     return table
 
 
-def _swap_in(cur, strategy_name: str, day: str, table: str, rows: int) -> None:
-    """Index `table`, constrain it to its bound, and make it the (strategy, day) partition in place of the previous
-    one (which is dropped). In the caller's transaction."""
-    parent = _ensure_strategy(cur, strategy_name)
+def _index_staging(cur, strategy_name: str, day: str, table: str) -> None:
+    """The loaded staging table's primary key and its partition bound as a CHECK (ATTACH then skips its scan): built
+    before the swap, under no lock a reader of the feed waits on, and once however often the swap retries."""
     cur.execute(f"ALTER TABLE {table} ADD PRIMARY KEY ({', '.join(FEED_KEY)})")
     cur.execute(
         f"ALTER TABLE {table} ADD CONSTRAINT {table}_bound CHECK (strategy_name = %s AND dt = %s)",
         (strategy_name, day),
     )
+
+
+def _swap_in(cur, strategy_name: str, day: str, table: str, rows: int) -> float:
+    """Make the indexed staging `table` the (strategy, day) partition in place of the previous one (which is
+    dropped), in the caller's transaction. Returns when (perf_counter) the lock that readers of the strategy's feed
+    wait on was taken: the DETACH of the previous partition (a first publication's ATTACH does not block readers)."""
+    parent = _ensure_strategy(cur, strategy_name)
     cur.execute(
         "SELECT table_name FROM feed_partitions WHERE strategy_name = %s AND dt = %s FOR UPDATE", (strategy_name, day)
     )
     old = cur.fetchone()
+    locked_at = None
     if old:
         cur.execute(f"ALTER TABLE {parent} DETACH PARTITION {old[0]}")
+        locked_at = time.perf_counter()
         cur.execute(f"DROP TABLE {old[0]}")
     cur.execute(f"ALTER TABLE {parent} ATTACH PARTITION {table} FOR VALUES IN (%s)", (day,))
     cur.execute(
@@ -141,12 +151,14 @@ def _swap_in(cur, strategy_name: str, day: str, table: str, rows: int) -> None:
         "published_at = now()",
         (strategy_name, day, table, rows),
     )
+    return locked_at if locked_at is not None else time.perf_counter()
 
 
 def _swap_in_with_retries(
     cur, strategy_name: str, day: str, table: str, rows: int, lock_timeout_s: float, swap_wait_s: float
-) -> None:
-    """_swap_in under a lock timeout, retried from a savepoint until `swap_wait_s` has passed (SWAP_LOCK_TIMEOUT_S)."""
+) -> float:
+    """_swap_in under a lock timeout, retried from a savepoint until `swap_wait_s` has passed (SWAP_LOCK_TIMEOUT_S).
+    Returns what the successful `_swap_in` returns (when readers' lock was taken; it is held until the commit)."""
     import psycopg2.errors
 
     deadline = time.monotonic() + swap_wait_s
@@ -154,7 +166,7 @@ def _swap_in_with_retries(
     while True:
         cur.execute("SAVEPOINT feed_swap")
         try:
-            _swap_in(cur, strategy_name, day, table, rows)
+            locked_at = _swap_in(cur, strategy_name, day, table, rows)
         except psycopg2.errors.LockNotAvailable as e:
             cur.execute("ROLLBACK TO SAVEPOINT feed_swap")
             if time.monotonic() > deadline:
@@ -166,7 +178,7 @@ def _swap_in_with_retries(
             continue
         cur.execute("RELEASE SAVEPOINT feed_swap")
         cur.execute("SET LOCAL lock_timeout = 0")
-        return
+        return locked_at
 
 
 class _CsvStream(io.RawIOBase):
@@ -237,12 +249,17 @@ def publish_feed(
     chunk_rows: int = COPY_CHUNK_ROWS,
     lock_timeout_s: float = SWAP_LOCK_TIMEOUT_S,
     swap_wait_s: float = SWAP_WAIT_S,
+    timings: dict | None = None,
 ) -> int:
     """Replace the (strategy_name, day) partition of the feed table with `rows` (a frame, or an iterable of frames
     streamed in order: e.g. the Parquet row groups of a feed scored on Spark), in one transaction (module docstring).
-    Returns the rows written."""
+    Returns the rows written. `timings`, when given, receives `copy_s` (the staging load and its index: readers
+    unaffected) and `swap_lock_s` (from the DETACH of the previous partition to the commit: how long readers of the
+    strategy's feed wait at most; ~0 for a first publication)."""
     day = str(dt.date.fromisoformat(str(day)))
     stream = _CsvStream(_chunks(rows, chunk_rows), strategy_name, day)
+    timings = {} if timings is None else timings
+    t0 = time.perf_counter()
     try:
         with conn.cursor() as cur:  # the strategy's table, in its own short transaction under the DDL lock
             cur.execute("SELECT pg_advisory_xact_lock(hashtext('recsys_feed_ddl'))")
@@ -258,8 +275,11 @@ def publish_feed(
             written = int(cur.fetchone()[0])
             if written != stream.rows:
                 raise RuntimeError(f"feed COPY wrote {written} rows, expected {stream.rows}; rolled back")
-            _swap_in_with_retries(cur, strategy_name, day, table, written, lock_timeout_s, swap_wait_s)
+            _index_staging(cur, strategy_name, day, table)
+            timings["copy_s"] = round(time.perf_counter() - t0, 3)  # load + index: readers unaffected
+            locked_at = _swap_in_with_retries(cur, strategy_name, day, table, written, lock_timeout_s, swap_wait_s)
         conn.commit()
+        timings["swap_lock_s"] = round(time.perf_counter() - locked_at, 4)
     except BaseException as e:
         conn.rollback()
         if stream.error is not None and stream.error is not e:

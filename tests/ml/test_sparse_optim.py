@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from recsys_assets.ml import sparse_optim
 from recsys_assets.ml.sparse_optim import LazyAdam
 
 
@@ -92,3 +93,14 @@ def test_a_step_reads_and_writes_only_the_looked_up_rows():
         o = LazyAdam(dense.parameters(), lr=0.1)
         dense(torch.tensor([0])).sum().backward()
         o.step()
+
+
+def test_catching_up_in_chunks_gives_the_rows_of_one_pass(monkeypatch):
+    """catch_up_all and a lookup's catch-up walk the rows CATCH_UP_ROWS at a time (their temporaries are
+    [rows, EXACT_TERMS] float64: a whole table of tens of millions of ids at once would not fit): a chunk of 7 rows
+    (1,000-row table, lookups of 40 rows) ends on the weights and moments of one pass over all of them."""
+    _, whole, _ = _train(lazy=True, steps=60, weight_decay=0.01)
+    monkeypatch.setattr(sparse_optim, "CATCH_UP_ROWS", 7)
+    _, chunked, _ = _train(lazy=True, steps=60, weight_decay=0.01)
+    assert sparse_optim.CATCH_UP_ROWS < 1000  # the table really was caught up in many chunks
+    assert torch.equal(whole, chunked)

@@ -204,12 +204,17 @@ def test_a_reader_in_a_long_transaction_delays_the_swap_without_queueing_other_r
     long_reader = psycopg2.connect(dbname=pg_database, **PG_DSN)
     with long_reader.cursor() as cur:
         cur.execute("SELECT count(*) FROM feed WHERE dt = %s", (day,))  # its transaction stays open
-    done, result = threading.Event(), {}
+    done, result, ended = threading.Event(), {}, {}
 
     def publish():
         c = psycopg2.connect(dbname=pg_database, **PG_DSN)
-        result["n"] = publish_feed(c, _feed_rows(20, day, 2), "s", day, lock_timeout_s=0.2, swap_wait_s=60)
+        timings: dict = {}
+        result["n"] = publish_feed(
+            c, _feed_rows(20, day, 2), "s", day, lock_timeout_s=0.2, swap_wait_s=60, timings=timings
+        )
+        ended["at"] = time.perf_counter()
         c.close()
+        result["timings"] = timings
         done.set()
 
     t = threading.Thread(target=publish)
@@ -220,10 +225,16 @@ def test_a_reader_in_a_long_transaction_delays_the_swap_without_queueing_other_r
         assert _count(conn, day) == (200, 1)
         assert time.monotonic() - started < 5
         time.sleep(0.3)
+    released = time.perf_counter()
     long_reader.commit()
     t.join(30)
     long_reader.close()
+    timings = result.pop("timings")
     assert result == {"n": 400} and _count(conn, day) == (400, 1)
+    # The lock time reported runs from the DETACH that took readers' lock to the commit: taken after the long reader
+    # let go, so neither the retries before (>= 1.5 s) nor the COPY and index build are in it.
+    assert 0 < timings["swap_lock_s"] <= ended["at"] - released
+    assert timings["copy_s"] > 0
     # A swap that cannot get its lock in time gives up and changes nothing.
     long_reader = psycopg2.connect(dbname=pg_database, **PG_DSN)
     with long_reader.cursor() as cur:
