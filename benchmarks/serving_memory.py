@@ -4,7 +4,7 @@ in a fresh process whose peak RSS (and peak anonymous memory, sampled every 20 m
 Prints JSON lines and a summary.
 
     .venv/bin/python benchmarks/serving_memory.py --work-dir /tmp/memscale --scales 1,4,16 \
-        [--base-events 50000 --base-users 7500] [--master 'local[2]']
+        [--base-events 50000 --base-users 7500] [--master 'local[2]'] [--reuse-models]
 
 The worlds are training_memory.py's (8 synthetic days through datagen and user_history, reused when there). The
 served day is the second-to-last one (its next day's raw plays make the simulated impressions). The models of the
@@ -137,9 +137,16 @@ def serve_world(world: Path, info: dict, scale: int, a) -> dict:
     pg = PostgresResource(dbname=DATABASE)
     pg.drop_database()  # every scale starts from an empty feed table and registry
     pg.ensure_database()
-    trained = run_child([*base, "--job", "training_job", "--steps", "training_job"], f"training {scale}", env)
-    if not trained["success"]:
-        raise SystemExit(f"scale {scale}: training failed: {trained['failed_steps']}")
+    from recsys_assets.core.datasets import COLD_START_INDEX, RANKER_MODEL, RETRIEVAL_INDEX, RETRIEVAL_MODEL
+
+    trained = {"total_seconds": None}  # --reuse-models and the day's models and indexes are committed: not retrained
+    if not (
+        a.reuse_models
+        and all(store.is_committed(d, day) for d in (RANKER_MODEL, RETRIEVAL_MODEL, RETRIEVAL_INDEX, COLD_START_INDEX))
+    ):
+        trained = run_child([*base, "--job", "training_job", "--steps", "training_job"], f"training {scale}", env)
+        if not trained["success"]:
+            raise SystemExit(f"scale {scale}: training failed: {trained['failed_steps']}")
     spec = ConfigFilesResource().serving_spec()
     online_rows = write_online_feature_sample(store, day, spec.skew.online_feature_log)
     serving = run_child([*base, "--job", "serving_job", "--steps", ",".join(SERVING_STEPS)], f"serving {scale}", env)
@@ -173,6 +180,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     world_arguments(p, base_events=50_000, base_users=7_500)
     p.add_argument("--master", default="local[2]")
+    p.add_argument(
+        "--reuse-models", action="store_true", help="serve the day's committed models and indexes of an earlier run"
+    )
     p.add_argument("--job", help=argparse.SUPPRESS)
     p.add_argument("--steps", help=argparse.SUPPRESS)
     a = p.parse_args()

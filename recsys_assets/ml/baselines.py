@@ -138,11 +138,21 @@ def seen_items(window, user_ids: np.ndarray, catalog) -> list[np.ndarray]:
     return group_relevant(q, it, len(user_ids))
 
 
+# Scores of one ranking chunk at most: [queries x catalogue] float64 (64 MiB; the scorer's own output beside it), so
+# a chunk holds fewer queries as the catalogue grows (256 up to 32k items, ~11 at 729k) instead of growing with it.
+RANK_CHUNK_SCORES = 1 << 23
+
+
+def rank_chunk(num_items: int, most: int = 256) -> int:
+    """Queries ranked at once against `num_items` items: at most `most`, at most RANK_CHUNK_SCORES scores."""
+    return max(1, min(most, RANK_CHUNK_SCORES // max(num_items, 1)))
+
+
 def rank_all(score: ScoreFn, n_queries: int, k: int, seen: list[np.ndarray] | None, chunk: int = 256) -> np.ndarray:
     out = []
     for s in range(0, n_queries, chunk):
         rows = slice(s, min(s + chunk, n_queries))
-        sc = score(rows).clone().to(torch.float64)
+        sc = score(rows).to(torch.float64, copy=True)  # a copy: the seen mask below never writes the scorer's tensor
         if seen is not None:
             for i, q in enumerate(range(rows.start, rows.stop)):
                 if len(seen[q]):
@@ -162,7 +172,7 @@ def compare_methods(
     kmax = max(max(ks), 10)
     out = {}
     for name, score in methods.items():
-        ranked = rank_all(score, len(relevant), kmax, seen)
+        ranked = rank_all(score, len(relevant), kmax, seen, chunk=rank_chunk(num_items))
         m = recall_ndcg_at_k(ranked, relevant, ks)
         m["coverage@10"] = float(len(np.unique(ranked[:, :10])) / num_items) if num_items and len(ranked) else 0.0
         out[name] = m

@@ -16,6 +16,7 @@ from recsys_assets.ml.baselines import (
     item_prior_aucs,
     neighbour_scores,
     rank_all,
+    rank_chunk,
     seen_items,
     smoothed_label_rates,
 )
@@ -186,6 +187,15 @@ def test_baselines_match_brute_force_definitions():
     # per-query cost: a block of items at a time gives the same lists as one block
     blocked = item_neighbours(population, 12, m=3, block_entries=5 * 12)  # blocks of 5 items
     np.testing.assert_array_equal(blocked.rows, nearest.rows)
+
+    # ranking chunks bounded by scores, not queries (catalogue-sized rows): one query at a time ranks the same, and
+    # the seen mask never writes the scorer's tensor
+    scores = neighbour_scores(profile, nearest)
+    before = scores(slice(0, 5)).clone()
+    masks = [np.array([0, 3]), np.array([], np.int64), np.array([11]), np.array([1, 2, 5]), np.array([4])]
+    np.testing.assert_array_equal(rank_all(scores, 5, 4, masks, chunk=1), rank_all(scores, 5, 4, masks))
+    assert torch.equal(scores(slice(0, 5)), before)
+    assert rank_chunk(12) == 256 and rank_chunk(729_000) == (1 << 23) // 729_000 == 11 and rank_chunk(10**9) == 1
 
     relevant = [np.array([1]), np.array([2, 4])]
     out = compare_methods({"pop": count_scores(counts)}, relevant, [1, 2], 5)
