@@ -155,13 +155,15 @@ def child(a) -> None:
     )
 
 
-def training_yaml(path: Path) -> str:
+def training_yaml(path: Path, shuffle_buffer_rows: int | None = None) -> str:
     from recsys_assets.config.training import DEFAULT_TRAINING_CONFIG_PATH
 
     spec = yaml.safe_load(Path(DEFAULT_TRAINING_CONFIG_PATH).read_text())
     spec["history"]["compare_history_free"] = "never"
     for model in ("ranker", "retrieval"):
         spec[model]["epochs"] = 1
+        if shuffle_buffer_rows:
+            spec[model]["shuffle_buffer_rows"] = shuffle_buffer_rows
     path.write_text(yaml.safe_dump(spec))
     return str(path)
 
@@ -189,6 +191,7 @@ def main() -> None:
     p.add_argument("--launcher", default="in_process")
     p.add_argument("--processes", type=int, default=1)
     p.add_argument("--prepare-only", action="store_true", help="prepare the worlds, measure nothing")
+    p.add_argument("--shuffle-buffer-rows", type=int, help="both models' shuffle buffer (default: training.yaml's)")
     a = p.parse_args()
     if a.child:
         return child(a)
@@ -210,7 +213,7 @@ def main() -> None:
             "--day",
             info["days"][-1],
             "--training-yaml",
-            training_yaml(work / "training.yaml"),
+            training_yaml(work / "training.yaml", a.shuffle_buffer_rows),
             "--launcher",
             a.launcher,
             "--processes",
@@ -226,6 +229,7 @@ def main() -> None:
             "window_training_rows": window_rows,
             "launcher": a.launcher,
             "processes": a.processes,
+            "shuffle_buffer_rows": a.shuffle_buffer_rows,
             **result,
         }
         rows.append(row)
