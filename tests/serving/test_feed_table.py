@@ -167,6 +167,37 @@ def test_any_stored_id_round_trips_through_the_feed_table(conn):
     assert sorted(r[3] for r in again) == sorted(rows["score"].tolist())  # doubles round-trip exactly
 
 
+def test_a_replaced_partition_is_dropped_after_the_commit_and_swept_if_left(conn, monkeypatch):
+    """The swap detaches the day's previous partition and lists it in feed_retired; it is dropped after the commit
+    (outside readers' lock). A publisher that dies between its commit and that drop leaves a detached table that no
+    reader sees, and the next publication sweeps it."""
+    from recsys_assets.serving import feed_table
+
+    day = "2024-03-04"
+    publish_feed(conn, _feed_rows(3, day, 1), "s", day)
+    first = _leaf_tables(conn)
+
+    def dies_here(c):
+        raise KeyboardInterrupt("killed after the commit")
+
+    monkeypatch.setattr(feed_table, "drop_retired_feed_tables", dies_here)
+    with pytest.raises(KeyboardInterrupt):
+        publish_feed(conn, _feed_rows(4, day, 2), "s", day)
+    monkeypatch.undo()
+    assert _count(conn, day) == (80, 1)  # the new feed is served
+    with conn.cursor() as cur:
+        cur.execute("SELECT table_name FROM feed_retired")
+        assert [r[0] for r in cur.fetchall()] == first  # the old partition: detached, listed, not dropped
+    conn.commit()
+    assert len(_leaf_tables(conn)) == 2
+    publish_feed(conn, _feed_rows(5, "2024-03-05", 3), "s", "2024-03-05")  # any later publication sweeps it
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM feed_retired")
+        assert cur.fetchone() == (0,)
+    conn.commit()
+    assert first[0] not in _leaf_tables(conn) and len(_leaf_tables(conn)) == 2  # the two days' partitions
+
+
 def test_two_concurrent_publications_of_a_day_never_mix(conn, pg_database):
     """Publisher B is mid-COPY of a day (its first chunk sent, the transaction open) when A publishes the same day
     with other users: A waits for B, then replaces B's partition whole; the day never holds both."""
