@@ -25,9 +25,14 @@ def write_vocab(directory: StoreDir, vocab: Vocab, moments: dict) -> None:
 
 
 def read_vocab(directory: StoreDir) -> tuple[Vocab, dict]:
+    import pyarrow as pa
+
     from recsys_assets.ml.features import Vocab
 
-    return Vocab.from_table(directory.read_table("vocab.parquet")), directory.read_json("feature_moments.json")
+    vocab = Vocab.from_table(directory.read_table("vocab.parquet"))
+    # The read's decode buffers stay cached in Arrow's pool otherwise: 43 MB of the 124 MB a 143k-token vocab cost.
+    pa.default_memory_pool().release_unused()
+    return vocab, directory.read_json("feature_moments.json")
 
 
 class ArtifactDir(PartitionVersion):
