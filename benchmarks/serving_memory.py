@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 import yaml
-from child_result import peak_rss_mb, report, run_child  # this directory is on the path when run as a script
-from training_memory import AnonPeak, prepare, world_arguments, world_dir
+from child_result import report, run_child  # this directory is on the path when run as a script
+from training_memory import AnonPeak, measure_assets, one_epoch_spec, prepare, world_arguments, world_dir
 
 SERVING_STEPS = ("model_repository", "model_promotion", "serving_config", "feed", "feature_skew_report")
 DATABASE = "recsys_bench_serving"
@@ -51,37 +51,18 @@ def resources_of(a) -> dict:
     }
 
 
-def root_cause(error) -> str:
-    """The innermost error's last line (a step failure's own message is Dagster's wrapper)."""
-    while getattr(error, "cause", None) is not None:
-        error = error.cause
-    return (error.message.strip().splitlines() or [""])[-1][:300]
-
-
 def child(a) -> None:
     """Run the job's assets one at a time (each reads what the one before committed) in this process."""
-    from dagster import AssetKey, DagsterInstance
+    from dagster import DagsterInstance
 
     from recsys_assets.definitions import build_defs
 
     t0 = time.time()
     anon = AnonPeak()
     job = build_defs(resources_of(a)).resolve_job_def(a.job)
-    instance = DagsterInstance.get()  # DAGSTER_HOME: the world's own instance, shared by the steps
-    failed, peak_after, anon_after, seconds = {}, {}, {}, {}
-    for name in a.steps.split(","):
-        t = time.time()
-        result = job.execute_in_process(
-            partition_key=a.day,
-            instance=instance,
-            raise_on_error=False,
-            asset_selection=[AssetKey(name)] if a.job != "training_job" else None,
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-        )
-        failed |= {e.step_key: root_cause(e.event_specific_data.error) for e in result.all_events if e.is_step_failure}
-        seconds[name] = round(time.time() - t, 1)
-        peak_after[name] = peak_rss_mb()
-        anon_after[name] = anon.take()
+    names = a.steps.split(",") if a.job != "training_job" else None
+    # DAGSTER_HOME: the world's own instance, shared by the steps
+    failed, peak_after, anon_after, seconds = measure_assets(job, a.day, names, DagsterInstance.get, anon)
     report(
         {
             "success": not failed,
@@ -99,13 +80,8 @@ def child(a) -> None:
 def training_yaml(path: Path) -> str:
     """The project's training config with a one-day window, one epoch, no history-free twins and every model gate at
     zero (the models only have to exist for the serving steps)."""
-    from recsys_assets.config.training import DEFAULT_TRAINING_CONFIG_PATH
-
-    spec = yaml.safe_load(Path(DEFAULT_TRAINING_CONFIG_PATH).read_text())
+    spec = one_epoch_spec()
     spec["window_days"], spec["min_window_days"] = 1, 1
-    spec["history"]["compare_history_free"] = "never"
-    for model in ("ranker", "retrieval"):
-        spec[model]["epochs"] = 1
     checks = spec["checks"]
     checks["ranker_min_auc"] = {t: 0.0 for t in checks["ranker_min_auc"]}
     checks["ranker_max_auc_drop"] = 1.0
@@ -144,7 +120,7 @@ def serve_world(world: Path, info: dict, scale: int, a) -> dict:
         a.reuse_models
         and all(store.is_committed(d, day) for d in (RANKER_MODEL, RETRIEVAL_MODEL, RETRIEVAL_INDEX, COLD_START_INDEX))
     ):
-        trained = run_child([*base, "--job", "training_job", "--steps", "training_job"], f"training {scale}", env)
+        trained = run_child([*base, "--job", "training_job", "--steps", "-"], f"training {scale}", env)
         if not trained["success"]:
             raise SystemExit(f"scale {scale}: training failed: {trained['failed_steps']}")
     spec = ConfigFilesResource().serving_spec()

@@ -102,9 +102,39 @@ class AnonPeak:
         return round(peak / 1024, 1)
 
 
+def root_cause(error) -> str:
+    """The innermost error's last line (a step failure's own message is Dagster's wrapper)."""
+    while getattr(error, "cause", None) is not None:
+        error = error.cause
+    return (error.message.strip().splitlines() or [""])[-1][:300]
+
+
+def measure_assets(job, day: str, names: list[str] | None, instance_of, anon: AnonPeak):
+    """Execute `job`'s assets `names` one at a time (each reads what the one before committed; None: the whole job
+    once) on a fresh `instance_of()` each, in this process. Returns (failed steps -> root cause, peak RSS after each,
+    peak anonymous memory during each, seconds of each): the peak after each says which step raised it."""
+    from dagster import AssetKey
+
+    failed, peak_after, anon_after, seconds = {}, {}, {}, {}
+    for name in names or [job.name]:
+        t = time.time()
+        result = job.execute_in_process(
+            partition_key=day,
+            instance=instance_of(),
+            raise_on_error=False,
+            asset_selection=[AssetKey(name)] if names else None,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        )
+        failed |= {e.step_key: root_cause(e.event_specific_data.error) for e in result.all_events if e.is_step_failure}
+        seconds[name] = round(time.time() - t, 1)
+        peak_after[name] = peak_rss_mb()
+        anon_after[name] = anon.take()
+    return failed, peak_after, anon_after, seconds
+
+
 def child(a) -> None:
     """Train the last day's vocab and models in this process (the measured one) and print its peak RSS."""
-    from dagster import AssetKey, DagsterInstance
+    from dagster import DagsterInstance
 
     from recsys_assets.config.files import ConfigFilesResource
     from recsys_assets.definitions import build_defs, default_resources
@@ -119,24 +149,9 @@ def child(a) -> None:
         "training": TrainingResource(device="cpu", launcher=a.launcher, processes=a.processes),
         "config_files": ConfigFilesResource(training=a.training_yaml),
     }
-    # One asset at a time (each reads what the one before committed): the peak after each says which step raised it.
     job = build_defs(resources).resolve_job_def("training_job")
-    failed, peak_after, anon_after = {}, {}, {}
-    for name in ("vocab", "ranker_model", "retrieval_model"):
-        result = job.execute_in_process(
-            partition_key=a.day,
-            instance=DagsterInstance.ephemeral(),
-            raise_on_error=False,
-            asset_selection=[AssetKey(name)],
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-        )
-        failed |= {
-            e.step_key: (e.event_specific_data.error.message.strip().splitlines() or [""])[-1][:300]
-            for e in result.all_events
-            if e.is_step_failure
-        }
-        peak_after[name] = peak_rss_mb()
-        anon_after[name] = anon.take()
+    names = ["vocab", "ranker_model", "retrieval_model"]
+    failed, peak_after, anon_after, _ = measure_assets(job, a.day, names, DagsterInstance.ephemeral, anon)
     own = peak_rss_mb()
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     report(
@@ -155,7 +170,9 @@ def child(a) -> None:
     )
 
 
-def training_yaml(path: Path, shuffle_buffer_rows: int | None = None) -> str:
+def one_epoch_spec(shuffle_buffer_rows: int | None = None) -> dict:
+    """The packaged training config with one epoch per model and no history-free twins (the measure is memory, not
+    quality); both models' shuffle buffer set when given."""
     from recsys_assets.config.training import DEFAULT_TRAINING_CONFIG_PATH
 
     spec = yaml.safe_load(Path(DEFAULT_TRAINING_CONFIG_PATH).read_text())
@@ -164,7 +181,11 @@ def training_yaml(path: Path, shuffle_buffer_rows: int | None = None) -> str:
         spec[model]["epochs"] = 1
         if shuffle_buffer_rows:
             spec[model]["shuffle_buffer_rows"] = shuffle_buffer_rows
-    path.write_text(yaml.safe_dump(spec))
+    return spec
+
+
+def training_yaml(path: Path, shuffle_buffer_rows: int | None = None) -> str:
+    path.write_text(yaml.safe_dump(one_epoch_spec(shuffle_buffer_rows)))
     return str(path)
 
 

@@ -211,7 +211,7 @@ def _csv_buffer(table):
 class _CsvStream(io.RawIOBase):
     """A readable stream of the CSV text of row chunks, rendered one chunk at a time (what COPY reads)."""
 
-    def __init__(self, chunks: Iterable[pd.DataFrame], strategy_name: str, day: str):
+    def __init__(self, chunks: Iterable, strategy_name: str, day: str):
         self._chunks = iter(chunks)
         self._buf = memoryview(b"")  # the current chunk's CSV not yet read (a view: reads copy only what they take)
         self.rows = 0
