@@ -6,7 +6,10 @@ them), then a fresh process streams them with serving/feed.feed_row_chunks into 
 against a fresh database on the local server, twice (the first publication of the day, then a replacement swap),
 and reports its peak RSS (VmHWM) and the time of each. Prints JSON lines and a summary.
 
-    .venv/bin/python benchmarks/feed_publish.py [--rows 1000000,4000000,16000000] [--work-dir /tmp/feed-publish]
+    .venv/bin/python benchmarks/feed_publish.py [--rows 1000000,4000000,16000000] [--work-dir /tmp/feed-publish] \
+        [--streams 1,2,4]
+
+--streams: COPY streams of a publication (publish_feed(streams=N)); each size is published once per value.
 """
 
 from __future__ import annotations
@@ -73,7 +76,9 @@ def _schema():
     )
 
 
-def child(root: str, version: str, dbname: str) -> None:
+def child(root: str, version: str, dbname: str, streams: str) -> None:
+    import contextlib
+
     import psycopg2
 
     from recsys_assets.serving.feed import feed_row_chunks
@@ -86,7 +91,15 @@ def child(root: str, version: str, dbname: str) -> None:
     seconds, swap_lock_s = [], []
     for _ in range(2):  # the day's first publication, then a replacement (detach + drop + attach)
         t0, timings = time.perf_counter(), {}
-        written = publish_feed(conn, feed_row_chunks(store, DAY, version), "ml-two-tower-mmoe", DAY, timings=timings)
+        written = publish_feed(
+            conn,
+            feed_row_chunks(store, DAY, version),
+            "ml-two-tower-mmoe",
+            DAY,
+            timings=timings,
+            streams=int(streams),
+            connect=lambda: contextlib.closing(psycopg2.connect(dbname=dbname, **DSN)),
+        )
         seconds.append(round(time.perf_counter() - t0, 1))
         swap_lock_s.append(timings["swap_lock_s"])
     conn.close()
@@ -98,14 +111,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--rows", default="1000000,4000000,16000000")
     p.add_argument("--work-dir", default="/tmp/feed-publish")
-    p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--streams", default="1", help="COPY streams per publication, e.g. 1,2,4")
+    p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
         return child(*a.child)
     import psycopg2
 
     results = []
-    for rows in [int(r) for r in a.rows.split(",")]:
+    sizes = [(int(r), int(n)) for r in a.rows.split(",") for n in a.streams.split(",")]
+    for rows, streams in sizes:
         root, version = Path(a.work_dir) / f"rows{rows}", "bench"
         if not (root / "feed" / f"dt={DAY}" / f"v={version}" / "rows" / "part-00000.parquet").exists():
             write_rows(root, rows, version)
@@ -114,11 +129,12 @@ def main() -> None:
         admin.autocommit = True
         admin.cursor().execute(f'CREATE DATABASE "{dbname}"')
         try:
-            r = run_child([sys.executable, __file__, "--child", str(root), version, dbname], f"{rows} rows")
+            cmd = [sys.executable, __file__, "--child", str(root), version, dbname, str(streams)]
+            r = run_child(cmd, f"{rows} rows, {streams} streams")
         finally:
             admin.cursor().execute(f'DROP DATABASE "{dbname}" WITH (FORCE)')
             admin.close()
-        row = {"rows": rows, **r, "rows_per_s": [round(rows / s) for s in r["seconds"]]}
+        row = {"rows": rows, "streams": streams, **r, "rows_per_s": [round(rows / s) for s in r["seconds"]]}
         results.append(row)
         print(json.dumps(row), flush=True)
     base = results[0]["peak_rss_mb"]

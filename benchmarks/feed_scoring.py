@@ -30,7 +30,7 @@ def child(path: str, root: str, day: str, master: str) -> None:
 
     store, spec = DatasetStore(root), load_serving_spec()
     cfg = latest_config(store)
-    t0 = time.perf_counter()
+    t0, extra = time.perf_counter(), {}
     if path == "in_process":
         from recsys_assets.serving.feed import build_feed
 
@@ -46,6 +46,7 @@ def child(path: str, root: str, day: str, master: str) -> None:
             scratch = DatasetStore(tmp)
             stats = run_stage(session, "feed", _ReadFrom(store, scratch), day, "bench", feed_params(spec, cfg))
         rows, users = stats["rows"], stats["scored_users"]
+        extra = {k: stats[k] for k in ("release_load_task_seconds", "scoring_task_seconds", "users_per_task_second")}
     seconds = time.perf_counter() - t0
     peak = peak_rss_mb()
     report(
@@ -56,6 +57,7 @@ def child(path: str, root: str, day: str, master: str) -> None:
             "seconds": round(seconds, 1),
             "users_per_s": round(users / seconds, 1),
             "run_process_peak_rss_mb": round(peak, 1),
+            **extra,
         }
     )
 

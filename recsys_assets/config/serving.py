@@ -39,6 +39,8 @@ class FeedSpec(StrictModel):
     min_rows_share_of_previous: float = Field(default=0.5, ge=0, le=1)
     # Days of feed kept in the table: partitions of days more than this before the day published are dropped.
     retention_days: int = Field(default=14, ge=1)
+    # COPY streams loading a day into PostgreSQL at once, each on its own connection (serving/feed_table.py).
+    copy_streams: int = Field(default=1, ge=1, le=32)
 
     @model_validator(mode="after")
     def _k(self):

@@ -11,7 +11,7 @@ with the events (the vocab asset counts on Spark: ml/window_counts.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -287,16 +287,51 @@ class ItemCatalog:
         return np.maximum((as_of - created).dt.total_seconds().to_numpy() / 86_400.0, 0.0)
 
 
-def build_item_catalog(day_tables: list[pa.Table]) -> ItemCatalog:
-    """Union of per-day final-items tables (oldest first); an item's latest day wins."""
-    t = pa.concat_tables([d.select(ITEM_CATALOG_COLUMNS) for d in day_tables]).to_pandas()
-    t = t.drop_duplicates("item_id", keep="last").reset_index(drop=True)
-    emb = np.stack(t["embedding"].to_numpy()).astype(np.float32) if len(t) else np.zeros((0, 128), np.float32)
+def build_item_catalog(day_tables: Sequence[pa.Table | Callable[[], pa.Table]]) -> ItemCatalog:
+    """Union of per-day final-items tables (oldest first; an entry may be a zero-argument reader of its table); an
+    item's latest day wins, and rows keep the order of their latest occurrence in the days' concatenation.
+
+    Item-sized, not window-sized: the days are read newest first, one at a time, each reduced to the items no newer
+    day has before the next is read, and embeddings are decoded from Arrow's flat values into one float32 matrix
+    (never one Python object per row: 8 days of the design documents' ~729k items would be ~5.8M of them)."""
+    groups: list[tuple[np.ndarray, np.ndarray, pd.DataFrame]] = []  # newest day first
+    seen: list[pa.Array] = []
+    for entry in reversed(list(day_tables)):
+        t = (entry() if callable(entry) else entry).select(ITEM_CATALOG_COLUMNS)
+        if seen:
+            t = t.filter(pc.invert(pc.is_in(t.column("item_id"), value_set=pa.concat_arrays(seen))))
+        ids = t.column("item_id").to_numpy(zero_copy_only=False)
+        last = ~pd.Series(ids).duplicated(keep="last").to_numpy()  # a day listing an item twice: its last row
+        if not last.all():
+            t, ids = t.filter(pa.array(last)), ids[last]
+        groups.append(
+            (ids, embedding_matrix(t.column("embedding")), t.drop_columns(["item_id", "embedding"]).to_pandas())
+        )
+        seen.append(t.column("item_id").combine_chunks().cast(pa.string()))
+        del t
+    if not groups:
+        raise ValueError("an item catalogue needs at least one day's items table")
+    groups.reverse()
+    rows = [g for g in groups if len(g[0])] or groups[:1]
     return ItemCatalog(
-        item_ids=t["item_id"].to_numpy(dtype=object),
-        embeddings=emb,
-        attributes=t.drop(columns=["item_id", "embedding"]).reset_index(drop=True),
+        item_ids=np.concatenate([g[0] for g in rows]).astype(object),
+        embeddings=np.concatenate([g[1] for g in rows]),
+        attributes=pd.concat([g[2] for g in rows], ignore_index=True),
     )
+
+
+def embedding_matrix(column: pa.ChunkedArray | pa.Array, dim: int | None = None) -> np.ndarray:
+    """A list<float> embedding column as a float32 [rows, dim] matrix, read from the list's flat values; every row
+    must have the same length (an error names the first row that does not, or is null)."""
+    col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if not len(col):
+        return np.zeros((0, dim or 128), np.float32)
+    lengths = pc.fill_null(pc.list_value_length(col), -1).to_numpy(zero_copy_only=False)
+    dim = int(lengths[0]) if dim is None else dim
+    bad = np.flatnonzero(lengths != dim)
+    if len(bad):
+        raise ValueError(f"embedding of row {int(bad[0])} has {int(lengths[bad[0]])} values, expected {dim} (-1: null)")
+    return col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(col), dim)
 
 
 ITEM_CATALOG_COLUMNS = [

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -84,7 +85,7 @@ def build_retrieval_index(store: DatasetStore, day: str, spec: TrainingSpec, set
     model.load_state_dict(model_dir.read_torch("model.pt"))
     model.eval()
     vocab, moments = model_dir.read_vocab()
-    catalog = build_item_catalog([read_final_items(store, d) for d in [*info["train_days"], day]])
+    catalog = build_item_catalog([partial(read_final_items, store, d) for d in [*info["train_days"], day]])
     t0 = time.perf_counter()
     vectors = item_vectors(model, catalog, vocab, moments, pd.Timestamp(window_of(day).end))
     history = load_histories(store, [day], model.history_len, vocab, catalog) if model.history_len else None

@@ -384,8 +384,19 @@ def _drain_piece(q: queue.Queue) -> Iterator[dict[str, np.ndarray]]:
         yield item
 
 
-def _concat(blocks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
+def take_rows(blocks: list[dict[str, np.ndarray]], idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Rows `idx` of the blocks' concatenation, gathered block by block: what `{k: concat(blocks)[k][idx]}` gives,
+    without the concatenation's copy of the whole shuffle buffer (the buffer is held once while it drains)."""
+    sizes = np.fromiter((len(b["content_row"]) for b in blocks), np.int64, len(blocks))
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    which = np.searchsorted(starts, idx, side="right") - 1
+    local = idx - starts[which]
+    out = {k: np.empty((len(idx), *v.shape[1:]), v.dtype) for k, v in blocks[0].items()}
+    for j in np.unique(which):
+        m = which == j
+        for k, v in blocks[j].items():
+            out[k][m] = v[local[m]]
+    return out
 
 
 def shuffled_batches(
@@ -416,17 +427,16 @@ def shuffled_batches(
 
     def drain(final: bool) -> Iterator[dict[str, torch.Tensor]]:
         nonlocal buffer, buffered
-        block = _concat(buffer)
-        buffer = []  # the blocks are in `block` now: held once, not twice, while it drains
+        blocks, buffer = buffer, []
         perm = rng.permutation(buffered)
         n_out = buffered if final else (buffered // batch_size) * batch_size
         for s in range(0, n_out, batch_size):
             idx = perm[s : s + batch_size]
             if len(idx) < batch_size and drop_last:
                 break
-            yield batch_tensors(block, encoder, idx)
+            yield batch_tensors(take_rows(blocks, idx), encoder)
         rest = perm[n_out:]
-        buffer = [{k: v[rest] for k, v in block.items()}] if len(rest) else []
+        buffer = [take_rows(blocks, rest)] if len(rest) else []
         buffered = len(rest)
 
     for block in encoded_blocks(dataset, encoder, filter, order=order):

@@ -49,3 +49,19 @@ def release_free_heap() -> None:
     libc = _libc()
     if libc is not None and hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)
+
+
+def release_memory() -> None:
+    """Between the phases of a training process (after an epoch's batches, after a model step): collect reference
+    cycles, then hand back what the two allocators keep of freed memory, glibc's heaps (`release_free_heap`) and
+    Arrow's pool (mimalloc by default; it keeps freed Parquet decode buffers for reuse). Measured on the 16x
+    synthetic world (docs/scale.md): after the ranker step the run process held 769 MB anonymous, 572 MB after the
+    collection and the trim and 506 MB after Arrow's release; without it the retrieval step that follows in the same
+    process started ~260 MB higher and its peak was that much higher too."""
+    import gc
+
+    import pyarrow as pa
+
+    gc.collect()
+    release_free_heap()
+    pa.default_memory_pool().release_unused()

@@ -13,6 +13,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import pandas as pd
 
@@ -119,7 +120,7 @@ class ModelInputs:
         vocab_dir = ArtifactDir.committed(store, VOCAB, day)
         vocab, moments = vocab_dir.read_vocab()
         days = [*window.train_days, window.validation_day]
-        catalog = build_item_catalog([read_final_items(store, d) for d in days])
+        catalog = build_item_catalog([partial(read_final_items, store, d) for d in days])
         history = load_histories(store, days, spec.history.max_len, vocab, catalog) if spec.history.enabled else None
         counts = WindowCounts.read(store, vocab_dir)
         if counts is not None and not counts.covers(window.versions):

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from recsys_assets.ml.distributed import SINGLE, GradientSync, Rank, all_gather_objects, all_sum
+from recsys_assets.ml.memory import release_memory
 from recsys_assets.ml.sparse_optim import LazyAdam
 from resources.store import DatasetStore
 
@@ -302,6 +303,7 @@ def fit(
             total_loss += loss.detach().double() * n
             samples += n
         opt.sync()  # every table row up to date: the holdout, the best-epoch copy and the checkpoint read them
+        release_memory()  # the epoch's shuffle buffer and batches are freed: hand them back before the holdout
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0

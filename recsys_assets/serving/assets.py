@@ -200,12 +200,21 @@ def feed(
             raise Failure(f"feed of {run.day} refused, the served feed is unchanged: {why}")
         chunks = feed_row_chunks(run.store, run.day, out.version)
         timings: dict = {}
-        written = publish_feed(conn, chunks, spec.feed.strategy_name, run.day, timings=timings)
+        written = publish_feed(
+            conn,
+            chunks,
+            spec.feed.strategy_name,
+            run.day,
+            timings=timings,
+            streams=spec.feed.copy_streams,
+            connect=postgres.connect,
+        )
         dropped = drop_expired_feed_days(conn, spec.feed.strategy_name, run.day, spec.feed.retention_days)
     out.publish(row_count=written)
     metadata = feed_metadata(run.day, stats, feed_example(run.store, run.day, out.version), cfg, spec.feed)
     metadata["copy_seconds"] = MetadataValue.float(timings["copy_s"])
     metadata["swap_lock_seconds"] = MetadataValue.float(timings["swap_lock_s"])  # readers of the feed wait this long
+    metadata["copy_streams"] = MetadataValue.int(spec.feed.copy_streams)
     metadata["retention"] = MetadataValue.md(
         f"partitions older than {spec.feed.retention_days} days are dropped; dropped now: "
         + (", ".join(dropped) if dropped else "none")
@@ -227,6 +236,8 @@ def feed_metadata(day: str, stats: dict, example, cfg: dict, feed_spec) -> dict:
         ),
         "generate_seconds": MetadataValue.float(stats["generate_seconds"]),
         "users_per_s": MetadataValue.float(round(stats["scored_users"] / max(stats["generate_seconds"], 1e-9), 1)),
+        # the Python workers' scoring rate per core (one task = one core), fixed costs excluded: what sizes a cluster
+        "users_per_task_second": MetadataValue.float(stats.get("users_per_task_second", 0.0)),
         "user_history": f"as of {day}" if stats["with_history"] else "none committed (history-free releases only)",
     }
 

@@ -52,9 +52,10 @@ def feed_params(spec, cfg: dict) -> dict:
     }
 
 
-def score_users(batches, root_uri: str, day: str, params: dict, with_history: bool):
+def score_users(batches, root_uri: str, day: str, params: dict, with_history: bool, timed=None):
     """mapInPandas body: each batch of users (user columns, arm, model_version[, item_ids]) scored with its arm's
-    release; yields feed rows."""
+    release; yields feed rows. `timed(kind, seconds)`, when given, receives the seconds spent loading releases
+    ("load") and scoring ("score": ml/scoring.generate_feed), e.g. into Spark accumulators."""
     import pandas as pd
     import pyarrow as pa
     import torch
@@ -78,8 +79,11 @@ def score_users(batches, root_uri: str, day: str, params: dict, with_history: bo
                         "item_ids": pa.array([list(x) for x in part.loc[has, "item_ids"]], pa.list_(pa.string())),
                     }
                 )
+            t0 = time.perf_counter()
+            release = release_for(root_uri, int(version))
+            t1 = time.perf_counter()
             rows = generate_feed(
-                release_for(root_uri, int(version)),
+                release,
                 part[USER_COLUMNS],
                 params["k_retrieve"],
                 params["k_feed"],
@@ -88,6 +92,9 @@ def score_users(batches, root_uri: str, day: str, params: dict, with_history: bo
                 as_of,
                 history=history,
             )
+            if timed is not None:
+                timed("load", t1 - t0)
+                timed("score", time.perf_counter() - t1)
             arm = pd.Series(part["arm"].to_numpy(), index=part["user_id"].to_numpy())
             yield pd.DataFrame(
                 {
@@ -166,8 +173,12 @@ def feed_stage(session, store: DatasetStore, day: str, version: str, params: dic
     partitions = int(session.conf.get("spark.sql.shuffle.partitions"))
     root = store.root_uri
 
+    # Seconds the Python workers spend loading releases and scoring, summed over tasks: the steady-state rate per
+    # core (users per task-second) is what a cluster's size is worked out from (docs/scale.md).
+    spent = {"load": session.sparkContext.accumulator(0.0), "score": session.sparkContext.accumulator(0.0)}
+
     def score(batches):
-        yield from score_users(batches, root, day, params, with_history)
+        yield from score_users(batches, root, day, params, with_history, lambda kind, s: spent[kind].add(s))
 
     schema = (
         "strategy_name string, dt string, user_id string, rank int, item_id string, score double, "
@@ -189,6 +200,9 @@ def feed_stage(session, store: DatasetStore, day: str, version: str, params: dic
         "per_arm": [[r["arm"], int(r["model_version"]), int(r["users"]), int(r["rows"])] for r in per_arm],
         "with_history": with_history,
         "generate_seconds": round(time.monotonic() - t0, 2),
+        "release_load_task_seconds": round(spent["load"].value, 2),
+        "scoring_task_seconds": round(spent["score"].value, 2),
     }
+    stats["users_per_task_second"] = round(stats["scored_users"] / max(stats["scoring_task_seconds"], 1e-9), 1)
     store.write_json_atomic(store.version_path(FEED_ROWS, day, version, "stats.json"), stats)
     return stats

@@ -20,9 +20,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
+import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 
 import pandas as pd
 
@@ -118,9 +121,19 @@ def lock_feed_day(cur, strategy_name: str, day: str) -> None:
 
 def _stage(cur, strategy_name: str, day: str) -> str:
     """A new empty table shaped like feed (not yet a partition), named for its (strategy, day) and unique."""
-    table = f"{strategy_table(strategy_name)[:19]}_{day.replace('-', '')}_{uuid.uuid4().hex[:8]}"
+    table = _staging_name(strategy_name, day)
     cur.execute(f"CREATE TABLE {table} (LIKE feed INCLUDING DEFAULTS)")
     return table
+
+
+def _staging_name(strategy_name: str, day: str) -> str:
+    return f"{strategy_table(strategy_name)[:19]}_{day.replace('-', '')}_{uuid.uuid4().hex[:8]}"
+
+
+def _owner_key(table: str) -> str:
+    """The advisory lock a multi-stream publisher holds on its committed staging table for as long as it loads it:
+    the sweep (drop_retired_feed_tables) drops a listed table only when no live session holds it."""
+    return f"recsys_feed_stage:{table}"
 
 
 def _index_staging(cur, strategy_name: str, day: str, table: str) -> None:
@@ -263,6 +276,32 @@ class _CsvStream(io.RawIOBase):
         return n
 
 
+class _SharedChunks:
+    """One iterator of row chunks read by several COPY streams: each `next` hands the next chunk to one stream
+    (reading it, e.g. from Parquet, under a lock; rendering and sending it in the stream's thread). `abort` makes
+    every stream's next read fail, so that the others stop when one has failed."""
+
+    def __init__(self, chunks: Iterator):
+        self._chunks = chunks
+        self._lock = threading.Lock()
+        self.aborted = False
+        self.first_failure: tuple[_CsvStream, BaseException] | None = None  # the stream that failed first, and how
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        with self._lock:
+            if self.aborted:
+                raise RuntimeError("another COPY stream of this publication failed")
+            return next(self._chunks)
+
+    def fail(self, stream: _CsvStream, error: BaseException) -> None:
+        with self._lock:
+            if not self.aborted:
+                self.aborted, self.first_failure = True, (stream, error)
+
+
 def _chunks(rows: pd.DataFrame | Iterable, chunk_rows: int) -> Iterator:
     if isinstance(rows, pd.DataFrame):
         missing = [c for c in FEED_COLUMNS if c not in rows.columns]
@@ -283,16 +322,28 @@ def publish_feed(
     lock_timeout_s: float = SWAP_LOCK_TIMEOUT_S,
     swap_wait_s: float = SWAP_WAIT_S,
     timings: dict | None = None,
+    streams: int = 1,
+    connect: Callable[[], AbstractContextManager] | None = None,
 ) -> int:
     """Replace the (strategy_name, day) partition of the feed table with `rows` (a frame, or an iterable of pandas
     frames or Arrow tables streamed in order: e.g. the Parquet batches of a feed scored on Spark), in one
     transaction (module docstring).
     Returns the rows written. `timings`, when given, receives `copy_s` (the staging load and its index: readers
     unaffected) and `swap_lock_s` (from the DETACH of the previous partition to the commit: how long readers of the
-    strategy's feed wait at most; ~0 for a first publication)."""
+    strategy's feed wait at most; ~0 for a first publication).
+
+    `streams` > 1: the staging table is loaded by that many COPY streams at once, each on its own connection from
+    `connect` (a context manager of a connection, e.g. PostgresResource.connect), taking the chunks in turn
+    (`_publish_streams`); the swap is the same."""
     day = str(dt.date.fromisoformat(str(day)))
-    stream = _CsvStream(_chunks(rows, chunk_rows), strategy_name, day)
     timings = {} if timings is None else timings
+    if streams > 1:
+        if connect is None:
+            raise ValueError("a publication over several COPY streams needs `connect` for their connections")
+        return _publish_streams(
+            conn, connect, _chunks(rows, chunk_rows), strategy_name, day, streams, lock_timeout_s, swap_wait_s, timings
+        )
+    stream = _CsvStream(_chunks(rows, chunk_rows), strategy_name, day)
     t0 = time.perf_counter()
     try:
         with conn.cursor() as cur:  # the strategy's table, in its own short transaction under the DDL lock
@@ -323,22 +374,121 @@ def publish_feed(
     return written
 
 
-def drop_retired_feed_tables(conn) -> list[str]:
-    """Drop the partitions that swaps detached (feed_retired), each in its own short transaction, outside any lock a
-    reader of the feed waits on. Also drops those a publisher killed between its commit and this left behind: any
-    later publication sweeps them. Returns the tables dropped."""
-    dropped = []
-    while True:
+def _publish_streams(
+    conn, connect, chunks: Iterator, strategy_name: str, day: str, streams: int, lock_timeout_s, swap_wait_s, timings
+) -> int:
+    """publish_feed over `streams` COPY streams. Several connections cannot load a table that only the publisher's
+    open transaction can see, so the staging table is created and committed first, listed in feed_retired (so that a
+    publisher killed at any point leaves a table the next publication's sweep drops, never a visible one) and held by
+    a session advisory lock (`_owner_key`) so that no sweep drops it while it loads. Then, in the publisher's
+    transaction (under the day's lock): the streams load it, each committing its share; the rows are counted, the
+    table indexed and swapped in, and its feed_retired entry removed, in one commit. Readers see the same as with
+    one stream: the previous complete feed, then the new one."""
+    shared = _SharedChunks(chunks)
+    table = _staging_name(strategy_name, day)
+    key = _owner_key(table)
+    t0 = time.perf_counter()
+    created = False
+    try:
         with conn.cursor() as cur:
-            cur.execute("SELECT table_name FROM feed_retired ORDER BY retired_at LIMIT 1 FOR UPDATE SKIP LOCKED")
-            row = cur.fetchone()
-            if row is None:
-                conn.commit()
-                return dropped
-            cur.execute(f"DROP TABLE IF EXISTS {row[0]}")
-            cur.execute("DELETE FROM feed_retired WHERE table_name = %s", (row[0],))
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext('recsys_feed_ddl'))")
+            _ensure_strategy(cur, strategy_name)
+            cur.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))  # session-level: until unlocked or gone
+            cur.execute(f"CREATE TABLE {table} (LIKE feed INCLUDING DEFAULTS)")
+            cur.execute("INSERT INTO feed_retired (table_name) VALUES (%s)", (table,))
         conn.commit()
-        dropped.append(row[0])
+        created = True
+        with conn.cursor() as cur:
+            lock_feed_day(cur, strategy_name, day)  # held to the commit: a second publisher of the day waits
+
+            def load(stream: _CsvStream) -> None:
+                try:
+                    with connect() as c:
+                        with c.cursor() as cc:
+                            cc.copy_expert(
+                                f"COPY {table} ({', '.join(FEED_COLUMNS)}) FROM STDIN WITH (FORMAT csv)",
+                                stream,
+                                size=1 << 20,
+                            )
+                        c.commit()
+                except BaseException as e:
+                    shared.fail(stream, e)
+                    raise
+
+            loads = [_CsvStream(shared, strategy_name, day) for _ in range(streams)]
+            with ThreadPoolExecutor(streams, thread_name_prefix="feed-copy") as pool:
+                futures = [pool.submit(load, stream) for stream in loads]
+            for f in futures:
+                f.result()  # re-raises a stream's failure (the first one is reported below)
+            expected = sum(stream.rows for stream in loads)
+            cur.execute(f"SELECT count(*) FROM {table}")
+            written = int(cur.fetchone()[0])
+            if written != expected:
+                raise RuntimeError(f"feed COPY streams wrote {written} rows, expected {expected}; rolled back")
+            _index_staging(cur, strategy_name, day, table)
+            timings["copy_s"] = round(time.perf_counter() - t0, 3)
+            timings["copy_streams"] = streams
+            locked_at = _swap_in_with_retries(cur, strategy_name, day, table, written, lock_timeout_s, swap_wait_s)
+            cur.execute("DELETE FROM feed_retired WHERE table_name = %s", (table,))
+        conn.commit()
+        timings["swap_lock_s"] = round(time.perf_counter() - locked_at, 4)
+    except BaseException:
+        conn.rollback()
+        if created:
+            _drop_staging(conn, table)
+        if shared.first_failure is not None:  # the stream that failed first: the others stopped because of it
+            stream, error = shared.first_failure
+            raise (stream.error or error) from None  # a row's own error (a user's), not the COPY that carried it
+        raise
+    finally:
+        _unlock(conn, key)
+    drop_retired_feed_tables(conn)
+    return written
+
+
+def _drop_staging(conn, table: str) -> None:
+    """A failed multi-stream publication's staging table, dropped now (or, if that fails too, by a later sweep)."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {table}")
+            cur.execute("DELETE FROM feed_retired WHERE table_name = %s", (table,))
+        conn.commit()
+    except Exception:
+        conn.rollback()
+
+
+def _unlock(conn, key: str) -> None:
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
+        conn.commit()
+    except Exception:  # a broken connection: its session, and so the lock, is gone
+        conn.rollback()
+
+
+def drop_retired_feed_tables(conn) -> list[str]:
+    """Drop the tables listed in feed_retired, each in its own short transaction, outside any lock a reader of the
+    feed waits on: partitions that swaps detached, those a publisher killed between its commit and this left behind,
+    and the staging tables of multi-stream publications that died (a live one's holds its `_owner_key` lock and is
+    skipped). Any later publication sweeps them. Returns the tables dropped."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT table_name FROM feed_retired ORDER BY retired_at")
+        listed = [r[0] for r in cur.fetchall()]
+    conn.commit()
+    dropped = []
+    for name in listed:
+        with conn.cursor() as cur:
+            cur.execute("SELECT table_name FROM feed_retired WHERE table_name = %s FOR UPDATE SKIP LOCKED", (name,))
+            mine = cur.fetchone() is not None
+            if mine:
+                cur.execute("SELECT pg_try_advisory_xact_lock(hashtext(%s))", (_owner_key(name),))
+                mine = bool(cur.fetchone()[0])  # false: a live publication is still loading it
+            if mine:
+                cur.execute(f"DROP TABLE IF EXISTS {name}")
+                cur.execute("DELETE FROM feed_retired WHERE table_name = %s", (name,))
+                dropped.append(name)
+        conn.commit()
+    return dropped
 
 
 def previous_feed_rows(conn, strategy_name: str, day: str) -> tuple[str | None, int]:

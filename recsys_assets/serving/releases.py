@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from dagster import Failure
@@ -73,7 +74,7 @@ def register_release(store: DatasetStore, conn, model_name: str, day: str, run_i
 
     sources = source_versions(store, day)
     train_info = PartitionVersion.committed(store, RETRIEVAL_MODEL, day).read_json("training.json")
-    catalog = build_item_catalog([read_final_items(store, d) for d in [*train_info["train_days"], day]])
+    catalog = build_item_catalog([partial(read_final_items, store, d) for d in [*train_info["train_days"], day]])
     r_metrics = PartitionVersion.committed(store, RANKER_MODEL, day).read_json("metrics.json")
     t_metrics = PartitionVersion.committed(store, RETRIEVAL_MODEL, day).read_json("metrics.json")
     index_info = PartitionVersion.committed(store, RETRIEVAL_INDEX, day).read_json("index.json")

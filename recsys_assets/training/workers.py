@@ -13,7 +13,7 @@ from recsys_assets.core.runs import DayRun
 from recsys_assets.core.spark_stages import stage_job
 from recsys_assets.core.store_dirs import PartitionVersion
 from recsys_assets.ml.launch import run_torchrun
-from recsys_assets.ml.memory import bound_heap_growth
+from recsys_assets.ml.memory import bound_heap_growth, release_memory
 from recsys_assets.ml.train import ModelInputs, TrainedModel
 from recsys_assets.ml.trainer import CheckpointStore
 from recsys_assets.ml.worker import TrainingJob
@@ -42,11 +42,16 @@ def train_model(
     launch = training.launch()
     if launch["launcher"] == "in_process":
         bound_heap_growth()  # this run process trains: freed temporaries go back to the system (ml/memory.py)
-        inputs = ModelInputs.resolve(run.store, run.day, spec, run.log)
-        trained = train(inputs, training.runtime(), run.run_id, run.log)
-        out = run.write(name, trained.write)
-        trained.published()
-        return ModelRun(out, trained.metrics, trained.training_info, "in_process", 1)
+        release_memory()  # what an earlier step of this process freed (its steps run one after another)
+        try:
+            inputs = ModelInputs.resolve(run.store, run.day, spec, run.log)
+            trained = train(inputs, training.runtime(), run.run_id, run.log)
+            out = run.write(name, trained.write)
+            trained.published()
+            return ModelRun(out, trained.metrics, trained.training_info, "in_process", 1)
+        finally:
+            inputs = trained = None
+            release_memory()
     out = run.new_version(name)
     job = TrainingJob(
         model=name,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import torch
 
 from recsys_assets.config.training import LabelSpec
 from recsys_assets.ml.export import export_program, load_program
-from recsys_assets.ml.loader import BatchEncoder, committed_events_dataset, shuffled_batches
+from recsys_assets.ml.loader import BatchEncoder, committed_events_dataset, shuffled_batches, take_rows
 from recsys_assets.ml.models import MMoERanker, RankerConfig, in_batch_softmax_loss
 from recsys_assets.ml.ranker import (
     RankerHyper,
@@ -61,6 +62,21 @@ def test_loader_yields_every_row_once_per_epoch_in_a_seeded_order(model_store):
     # Shuffled beyond file order: the first batch mixes rows from more than one day's files.
     first = next(shuffled_batches(ds, enc, 512, seed=3, epoch=0, shuffle_buffer_rows=20_000))
     assert first["labels"].shape == (512, 4) and first["dense"].shape == (512, 3)
+
+
+def test_the_shuffle_buffer_gathers_rows_from_its_blocks_as_their_concatenation_would():
+    """loader.take_rows: the buffer drains without a concatenated copy, and gives exactly the rows it would."""
+    rng = np.random.default_rng(0)
+    blocks = [
+        {"cat": rng.integers(0, 99, (n, 3), dtype=np.int32), "content_row": rng.integers(0, 9, n).astype(np.int32)}
+        for n in (5, 1, 7, 3)
+    ]
+    whole = {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
+    for idx in (rng.permutation(16), np.array([15, 0, 5, 6, 12, 5]), np.zeros(0, np.int64)):
+        got = take_rows(blocks, idx)
+        for k, v in whole.items():
+            assert got[k].dtype == v.dtype and got[k].shape == (len(idx), *v.shape[1:])
+            assert np.array_equal(got[k], v[idx])
 
 
 def test_threaded_loader_streams_the_same_blocks_in_bounded_queues_and_stops_early(model_store):
@@ -427,3 +443,45 @@ def test_the_heap_policy_applies_on_glibc_and_is_idempotent():
     assert applied == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
     assert memory.bound_heap_growth() == applied
     memory.release_free_heap()
+
+
+def test_release_memory_hands_freed_heap_back_to_the_system():
+    """ml/memory.release_memory: what freed allocations leave in glibc's heaps goes back to the system. 256 MB of
+    64 KiB buffers interleaved with small live ones (as a loop's temporaries interleave with long-lived arrays):
+    free() alone cannot give the holes between the live ones back. In a fresh interpreter, whose heap has no holes
+    of its own that the small ones could take instead."""
+    import platform
+
+    if not (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"):
+        pytest.skip("glibc only")
+    script = textwrap.dedent(
+        """
+        import json
+        from recsys_assets.ml import memory
+
+        def anon_mb():
+            with open("/proc/self/status") as f:
+                return next(int(line.split()[1]) for line in f if line.startswith("RssAnon:")) / 1024
+
+        memory.bound_heap_growth()
+        memory.release_memory()
+        before = anon_mb()
+        chunks, pins = [], []
+        for i in range(4096):
+            chunks.append(bytes(64 << 10) + bytes([i % 256]))
+            pins.append(bytes(600) + bytes([i % 256]))  # above pymalloc's 512 bytes: between the chunks
+        held = anon_mb()
+        del chunks
+        after_free = anon_mb()
+        memory.release_memory()
+        print(json.dumps({"held": held - before, "after_free": after_free - before,
+                          "released": anon_mb() - before, "pins": len(pins)}))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO, timeout=300
+    )
+    mb = json.loads(out.stdout.strip().splitlines()[-1])
+    assert mb["held"] > 200 and mb["pins"] == 4096
+    assert mb["after_free"] > 200  # free() kept the holes
+    assert mb["released"] < 50

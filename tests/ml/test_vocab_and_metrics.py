@@ -10,7 +10,16 @@ import pyarrow as pa
 import pytest
 
 from recsys_assets.config.training import TrainingConfigError, load_training_spec
-from recsys_assets.ml.features import OOV_ID, Vocab, build_vocab, count_tokens, dense_moments, merge_vocab, oov_rates
+from recsys_assets.ml.features import (
+    OOV_ID,
+    Vocab,
+    build_item_catalog,
+    build_vocab,
+    count_tokens,
+    dense_moments,
+    merge_vocab,
+    oov_rates,
+)
 from recsys_assets.ml.metrics import exact_top_k, group_relevant, popularity_ranking, recall_ndcg_at_k, roc_auc
 
 
@@ -101,6 +110,52 @@ def test_vocab_encodes_unknown_and_null_to_oov_and_round_trips_through_parquet_t
 def test_vocab_rejects_non_contiguous_ids():
     with pytest.raises(ValueError, match="contiguous"):
         Vocab({"f": pd.DataFrame({"token": ["a", "b"], "index": [2, 4], "count": [1, 1]})})
+
+
+def _items_day(ids: list[str], day: int, dim: int = 4) -> pa.Table:
+    n = len(ids)
+    return pa.table(
+        {
+            "item_id": pa.array(ids, pa.string()),
+            "item_author_id": [f"a{day}{i}" for i in range(n)],
+            "item_category": ["c"] * n,
+            "item_language": ["en"] * n,
+            "item_video_length_s": [float(day * 10 + i) for i in range(n)],
+            "item_created_at": pa.array([pd.Timestamp("2024-03-01", tz="UTC")] * n, pa.timestamp("us", tz="UTC")),
+            "embedding": pa.array([[float(day), float(i), 0.5, -1.0][:dim] for i in range(n)], pa.list_(pa.float32())),
+            "num_events": [1] * n,
+        }
+    )
+
+
+def test_item_catalogue_keeps_each_items_latest_day_read_one_day_at_a_time():
+    """features.build_item_catalog equals the concatenation of the days with each item's last row kept (what it
+    computed before it read days newest first), reading one day's table at a time through readers."""
+    days = [_items_day(["i1", "i2", "i3"], 1), _items_day(["i4", "i2", "i4"], 2), _items_day(["i5", "i1"], 3)]
+    read: list[int] = []
+
+    def reader(i: int):
+        def read_day() -> pa.Table:
+            read.append(i)
+            return days[i]
+
+        return read_day
+
+    catalog = build_item_catalog([reader(i) for i in range(3)])
+    assert read == [2, 1, 0]  # newest first
+    naive = pa.concat_tables(days).to_pandas().drop_duplicates("item_id", keep="last").reset_index(drop=True)
+    assert list(catalog.item_ids) == list(naive["item_id"]) == ["i3", "i2", "i4", "i5", "i1"]
+    assert np.array_equal(catalog.embeddings, np.stack(naive["embedding"].to_numpy()).astype(np.float32))
+    assert catalog.embeddings[catalog.rows(pa.array(["i4"]))[0]].tolist() == [2.0, 2.0, 0.5, -1.0]  # day 2's last
+    expected = naive.drop(columns=["item_id", "embedding", "num_events"])
+    pd.testing.assert_frame_equal(catalog.attributes, expected[catalog.attributes.columns])
+    assert build_item_catalog(days).item_ids.tolist() == catalog.item_ids.tolist()  # tables as well as readers
+
+
+def test_item_catalogue_names_a_row_whose_embedding_has_another_length():
+    bad = _items_day(["i1", "i2"], 1).set_column(6, "embedding", pa.array([[1.0, 2.0], [1.0]], pa.list_(pa.float32())))
+    with pytest.raises(ValueError, match="embedding of row 1 has 1 values, expected 2"):
+        build_item_catalog([bad])
 
 
 def test_dense_moments_match_numpy_over_batches():

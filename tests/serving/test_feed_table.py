@@ -4,6 +4,7 @@ table, and ids that are data, never COPY syntax."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 from recsys_assets.serving.feed_table import (
     FEED_COLUMNS,
     drop_expired_feed_days,
+    drop_retired_feed_tables,
     ensure_feed_table,
     previous_feed_rows,
     publish_feed,
@@ -62,13 +64,17 @@ def _count(conn, day: str, strategy: str = "s") -> tuple[int, int]:
     return out
 
 
-def _leaf_tables(conn) -> list[str]:
-    """Every table of this database named like a feed partition or a staging table (attached or not)."""
+def _names(conn, query: str) -> list[str]:
     with conn.cursor() as cur:
-        cur.execute("SELECT relname FROM pg_class WHERE relkind = 'r' AND relname LIKE 'feed\\_s\\_%' ORDER BY 1")
+        cur.execute(query)
         out = [r[0] for r in cur.fetchall()]
     conn.commit()
     return out
+
+
+def _leaf_tables(conn) -> list[str]:
+    """Every table of this database named like a feed partition or a staging table (attached or not)."""
+    return _names(conn, "SELECT relname FROM pg_class WHERE relkind = 'r' AND relname LIKE 'feed\\_s\\_%' ORDER BY 1")
 
 
 def test_the_table_is_partitioned_by_strategy_then_day(conn):
@@ -303,12 +309,10 @@ publish_feed(conn, chunks(), "s", "2024-03-02")
 """
 
 
-def test_a_killed_publisher_leaves_nothing_visible(conn, pg_database):
-    day = "2024-03-02"
-    publish_feed(conn, _feed_rows(100, day, 1), "s", day)
-    before = _leaf_tables(conn)
+def _kill_mid_copy(script: str, pg_database: str, conn, day: str) -> None:
+    """Run a publisher script until it has sent its first chunk, check readers still see the old feed, SIGKILL it."""
     p = subprocess.Popen(
-        [sys.executable, "-c", _KILLED_PUBLISHER, pg_database],
+        [sys.executable, "-c", script, pg_database],
         cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,
@@ -322,6 +326,13 @@ def test_a_killed_publisher_leaves_nothing_visible(conn, pg_database):
     finally:
         if p.poll() is None:
             p.kill()
+
+
+def test_a_killed_publisher_leaves_nothing_visible(conn, pg_database):
+    day = "2024-03-02"
+    publish_feed(conn, _feed_rows(100, day, 1), "s", day)
+    before = _leaf_tables(conn)
+    _kill_mid_copy(_KILLED_PUBLISHER, pg_database, conn, day)
     # The server notices the dead client and rolls its transaction back (the staging table with it); wait for that.
     deadline = time.monotonic() + 60
     with conn.cursor() as cur:
@@ -338,6 +349,92 @@ def test_a_killed_publisher_leaves_nothing_visible(conn, pg_database):
     assert _leaf_tables(conn) == before and published_feed_days(conn, "s") == [(day, 2_000)]
     # The day's lock went with it: the next publication goes through.
     assert publish_feed(conn, _feed_rows(10, day, 2), "s", day) == 200 and _count(conn, day) == (200, 1)
+
+
+def _connector(pg_database):
+    """A context manager of a new connection per COPY stream (as PostgresResource.connect gives)."""
+    return lambda: contextlib.closing(psycopg2.connect(dbname=pg_database, **PG_DSN))
+
+
+def _retired(conn) -> list[str]:
+    return _names(conn, "SELECT table_name FROM feed_retired ORDER BY 1")
+
+
+def test_several_copy_streams_load_the_same_rows_and_leave_no_staging_table(conn, pg_database):
+    day = "2024-03-02"
+    rows = _feed_rows(1_000, day, 3)
+    timings: dict = {}
+    n = publish_feed(conn, rows, "s", day, chunk_rows=700, streams=3, connect=_connector(pg_database), timings=timings)
+    assert n == 20_000 and timings["copy_streams"] == 3
+    stored = pd.read_sql_query(f"SELECT {', '.join(FEED_COLUMNS)} FROM feed ORDER BY user_id, rank", conn)
+    conn.commit()
+    expected = rows.sort_values(["user_id", "rank"]).reset_index(drop=True)
+    assert stored.assign(dt=stored["dt"].astype(str)).equals(expected)
+    assert len(_leaf_tables(conn)) == 1 and _retired(conn) == []
+    # A replacement over two streams; then rows of another day in one stream's chunks: the user's error, the
+    # other streams stopped, the staging table dropped, the served day unchanged.
+    assert (
+        publish_feed(conn, _feed_rows(30, day, 4), "s", day, chunk_rows=70, streams=2, connect=_connector(pg_database))
+        == 600
+    )
+    bad = iter([_feed_rows(50, day, 5), _feed_rows(50, day, 5), _feed_rows(5, "2024-03-03", 5), _feed_rows(50, day, 5)])
+    with pytest.raises(ValueError, match=r"\('s', 2024-03-03\) in the publication of \('s', 2024-03-02\)"):
+        publish_feed(conn, bad, "s", day, streams=3, connect=_connector(pg_database))
+    assert _count(conn, day) == (600, 1)
+    assert len(_leaf_tables(conn)) == 1 and _retired(conn) == []
+
+
+def test_a_loading_multi_stream_staging_table_is_never_swept(conn, pg_database):
+    """The staging table of a multi-stream load is committed (other connections load it) and listed for the sweep
+    (a killed publisher's is dropped later), but a sweep while its publisher is alive leaves it alone."""
+    day = "2024-03-02"
+    publish_feed(conn, _feed_rows(10, day, 1), "s", day)
+    sent, go, result = threading.Event(), threading.Event(), {}
+
+    def chunks():
+        yield _feed_rows(40, day, 2).iloc[:400]
+        sent.set()
+        go.wait(60)
+        yield _feed_rows(40, day, 2).iloc[400:]
+
+    def publish():
+        c = psycopg2.connect(dbname=pg_database, **PG_DSN)
+        result["n"] = publish_feed(c, chunks(), "s", day, streams=2, connect=_connector(pg_database))
+        c.close()
+
+    t = threading.Thread(target=publish)
+    t.start()
+    try:
+        assert sent.wait(30)
+        staging = _retired(conn)
+        assert len(staging) == 1 and staging[0] in _leaf_tables(conn)
+        assert drop_retired_feed_tables(conn) == []  # its publisher holds it
+        assert staging[0] in _leaf_tables(conn) and _count(conn, day) == (200, 1)
+    finally:
+        go.set()
+        t.join(60)
+    assert result == {"n": 800} and _count(conn, day) == (800, 1)
+    assert _retired(conn) == [] and len(_leaf_tables(conn)) == 1
+
+
+def test_a_killed_multi_stream_publisher_leaves_nothing_visible_and_its_table_is_swept(conn, pg_database):
+    day = "2024-03-02"
+    publish_feed(conn, _feed_rows(100, day, 1), "s", day)
+    script = _KILLED_PUBLISHER.replace(
+        'publish_feed(conn, chunks(), "s", "2024-03-02")',
+        "import contextlib\n"
+        'connect = lambda: contextlib.closing(psycopg2.connect(dbname=sys.argv[1], host="127.0.0.1", port=5432, '
+        'user="postgres"))\n'
+        'publish_feed(conn, chunks(), "s", "2024-03-02", streams=2, connect=connect)',
+    )
+    _kill_mid_copy(script, pg_database, conn, day)
+    deadline = time.monotonic() + 60
+    while len(_retired(conn)) != 1 or drop_retired_feed_tables(conn) == []:  # swept once its sessions are gone
+        assert time.monotonic() < deadline, "the killed publisher's staging table was never swept"
+        time.sleep(0.2)
+    assert _count(conn, day) == (2_000, 1) and published_feed_days(conn, "s") == [(day, 2_000)]
+    assert len(_leaf_tables(conn)) == 1 and _retired(conn) == []
+    assert publish_feed(conn, _feed_rows(10, day, 2), "s", day, streams=2, connect=_connector(pg_database)) == 200
 
 
 def test_retention_drops_the_partitions_of_old_days(conn):
