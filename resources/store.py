@@ -17,6 +17,7 @@ before any path is derived from it, and a malformed file is an error that names 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -259,16 +260,29 @@ class DatasetStore:
 
     def write_bytes_atomic(self, path: str, data: bytes) -> None:
         """Replace `path` atomically: readers see the old or the new content, never a partial file."""
+        with self.open_atomic(path) as f:
+            f.write(data)
+
+    @contextlib.contextmanager
+    def open_atomic(self, path: str):
+        """A stream that replaces `path` atomically when the block ends without error (a large file written as it is
+        produced, never held whole in memory); on error nothing is replaced and the partial file is removed."""
         self.fs.create_dir(posixpath.dirname(path), recursive=True)
-        if self.is_local:
-            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-            with self.fs.open_output_stream(tmp) as f:
-                f.write(data)
-            self.fs.move(tmp, path)  # rename(2): atomic replace on POSIX
-        else:
-            # Object stores (GCS) make a single-object upload visible atomically on close.
+        if not self.is_local:
+            # Object stores (GCS) make a single-object upload visible atomically on close; an upload abandoned by an
+            # error is never finalised.
             with self.fs.open_output_stream(path) as f:
-                f.write(data)
+                yield f
+            return
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        try:
+            with self.fs.open_output_stream(tmp) as f:
+                yield f
+            self.fs.move(tmp, path)  # rename(2): atomic replace on POSIX
+        except BaseException:
+            with contextlib.suppress(OSError, FileNotFoundError):
+                self.fs.delete_file(tmp)
+            raise
 
     def write_json_atomic(self, path: str, obj: dict) -> None:
         self.write_bytes_atomic(path, json.dumps(obj, indent=2, default=str).encode())

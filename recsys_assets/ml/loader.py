@@ -271,6 +271,11 @@ def batch_tensors(
     return out
 
 
+# Rows of an encoded block at most (a Parquet batch of a piece). Each loader thread holds a batch being decoded and
+# up to PIECE_QUEUE_BLOCKS encoded ones: on the 16x synthetic world (docs/scale.md) 65,536-row blocks cost the
+# loader 279 MB over the shuffle buffer's rows, 16,384-row ones 208 MB (8,192: 183 MB), for ~15% more loader time.
+ENCODED_BLOCK_ROWS = 16_384
+
 # Pieces (row groups) decoded + encoded at once. Parquet decode and the Arrow dictionary lookups release the GIL, so
 # threads scale; blocks are still yielded in piece order, so batches do not depend on thread timing.
 LOADER_THREADS = min(4, os.cpu_count() or 1)
@@ -305,7 +310,7 @@ def encoded_blocks(
     dataset: TrainingEventsDataset,
     encoder: BatchEncoder,
     filter: pc.Expression | None = None,
-    read_rows: int = 65_536,
+    read_rows: int = ENCODED_BLOCK_ROWS,
     order: np.ndarray | None = None,
     threads: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
@@ -384,19 +389,35 @@ def _drain_piece(q: queue.Queue) -> Iterator[dict[str, np.ndarray]]:
         yield item
 
 
-def take_rows(blocks: list[dict[str, np.ndarray]], idx: np.ndarray) -> dict[str, np.ndarray]:
-    """Rows `idx` of the blocks' concatenation, gathered block by block: what `{k: concat(blocks)[k][idx]}` gives,
-    without the concatenation's copy of the whole shuffle buffer (the buffer is held once while it drains)."""
-    sizes = np.fromiter((len(b["content_row"]) for b in blocks), np.int64, len(blocks))
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    which = np.searchsorted(starts, idx, side="right") - 1
-    local = idx - starts[which]
-    out = {k: np.empty((len(idx), *v.shape[1:]), v.dtype) for k, v in blocks[0].items()}
-    for j in np.unique(which):
-        m = which == j
-        for k, v in blocks[j].items():
-            out[k][m] = v[local[m]]
-    return out
+class ShuffleBuffer:
+    """The rows a shuffle draws from, in one set of arrays written block by block as blocks arrive: no list of blocks
+    concatenated at each drain (which held the buffer twice), and a batch is one fancy-index gather. Allocated at
+    the first block for `rows` + one block's rows; only the rows written are ever touched, so a window smaller than
+    the buffer costs its own rows (the untouched pages of the allocation are never resident)."""
+
+    def __init__(self, rows: int, max_block_rows: int):
+        self.capacity, self.size = rows + max_block_rows, 0
+        self.arrays: dict[str, np.ndarray] | None = None
+
+    def add(self, block: dict[str, np.ndarray]) -> None:
+        n = len(block["content_row"])
+        if self.arrays is None:
+            self.arrays = {k: np.empty((self.capacity, *v.shape[1:]), v.dtype) for k, v in block.items()}
+        if self.size + n > self.capacity:
+            raise ValueError(f"a block of {n} rows overflows the shuffle buffer ({self.size} of {self.capacity})")
+        for k, v in block.items():
+            self.arrays[k][self.size : self.size + n] = v
+        self.size += n
+
+    def take(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """Rows `idx` (positions in the buffer), copied out."""
+        return {k: v[idx] for k, v in self.arrays.items()}
+
+    def keep(self, idx: np.ndarray) -> None:
+        """Keep rows `idx`, in that order, at the front; drop the rest."""
+        for v in self.arrays.values():
+            v[: len(idx)] = v[idx]
+        self.size = len(idx)
 
 
 def shuffled_batches(
@@ -422,29 +443,23 @@ def shuffled_batches(
     if shard.distributed:
         rng = np.random.default_rng([seed, epoch, shard.rank])
         batch_size = local_batch_size(batch_size, rows, order)
-    buffer: list[dict[str, np.ndarray]] = []
-    buffered = 0
+    buffer = ShuffleBuffer(shuffle_buffer_rows, ENCODED_BLOCK_ROWS)
 
     def drain(final: bool) -> Iterator[dict[str, torch.Tensor]]:
-        nonlocal buffer, buffered
-        blocks, buffer = buffer, []
-        perm = rng.permutation(buffered)
-        n_out = buffered if final else (buffered // batch_size) * batch_size
+        perm = rng.permutation(buffer.size)
+        n_out = buffer.size if final else (buffer.size // batch_size) * batch_size
         for s in range(0, n_out, batch_size):
             idx = perm[s : s + batch_size]
             if len(idx) < batch_size and drop_last:
                 break
-            yield batch_tensors(take_rows(blocks, idx), encoder)
-        rest = perm[n_out:]
-        buffer = [take_rows(blocks, rest)] if len(rest) else []
-        buffered = len(rest)
+            yield batch_tensors(buffer.take(idx), encoder)
+        buffer.keep(perm[n_out:])
 
-    for block in encoded_blocks(dataset, encoder, filter, order=order):
-        buffer.append(block)
-        buffered += len(block["content_row"])
-        if buffered >= shuffle_buffer_rows:
+    for block in encoded_blocks(dataset, encoder, filter, read_rows=ENCODED_BLOCK_ROWS, order=order):
+        buffer.add(block)
+        if buffer.size >= shuffle_buffer_rows:
             yield from drain(final=False)
-    if buffered:
+    if buffer.size:
         yield from drain(final=True)
 
 

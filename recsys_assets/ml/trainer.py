@@ -83,6 +83,21 @@ class FitResult:
         return self.trained_samples / self.train_seconds if self.train_seconds else 0.0
 
 
+class _HashingWriter(io.RawIOBase):
+    """A write-only stream that passes what it is given to `out` and keeps its SHA-256."""
+
+    def __init__(self, out):
+        self.out, self.hash = out, hashlib.sha256()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        self.hash.update(b)
+        self.out.write(b)
+        return len(b)
+
+
 class CheckpointStore:
     """Per-epoch checkpoints under one directory of the data root (local or gs://), written atomically.
 
@@ -106,14 +121,15 @@ class CheckpointStore:
         return posixpath.join(self.directory, f"epoch-{epoch:04d}.{ext}")
 
     def save(self, epoch: int, state: dict) -> str:
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        data = buf.getvalue()
+        """Streamed to the store as torch serialises it (hashed on the way): the checkpoint, whose tables and
+        optimizer states grow with the users, is never also held as one bytes object (twice, with its buffer)."""
         path = self._path(epoch, "pt")
-        self.store.write_bytes_atomic(path, data)
+        with self.store.open_atomic(path) as f:
+            sink = _HashingWriter(f)
+            torch.save(state, sink)
         self.store.write_json_atomic(
             self._path(epoch, "json"),
-            {"epoch": epoch, "fingerprint": state.get("fingerprint", ""), "sha256": hashlib.sha256(data).hexdigest()},
+            {"epoch": epoch, "fingerprint": state.get("fingerprint", ""), "sha256": sink.hash.hexdigest()},
         )
         for old in self._epochs()[:-2]:  # keep the last two: the newest may be unreadable if the disk filled
             for ext in ("pt", "json"):

@@ -17,7 +17,7 @@ import torch
 
 from recsys_assets.config.training import LabelSpec
 from recsys_assets.ml.export import export_program, load_program
-from recsys_assets.ml.loader import BatchEncoder, committed_events_dataset, shuffled_batches, take_rows
+from recsys_assets.ml.loader import BatchEncoder, ShuffleBuffer, committed_events_dataset, shuffled_batches
 from recsys_assets.ml.models import MMoERanker, RankerConfig, in_batch_softmax_loss
 from recsys_assets.ml.ranker import (
     RankerHyper,
@@ -64,19 +64,30 @@ def test_loader_yields_every_row_once_per_epoch_in_a_seeded_order(model_store):
     assert first["labels"].shape == (512, 4) and first["dense"].shape == (512, 3)
 
 
-def test_the_shuffle_buffer_gathers_rows_from_its_blocks_as_their_concatenation_would():
-    """loader.take_rows: the buffer drains without a concatenated copy, and gives exactly the rows it would."""
+def test_the_shuffle_buffer_holds_its_blocks_rows_in_arrival_order_and_keeps_the_rest_in_front():
+    """loader.ShuffleBuffer: blocks written into one set of arrays (no concatenation at each drain); a take is the
+    rows of the blocks' concatenation; keep moves the rows left over to the front, in the order given."""
     rng = np.random.default_rng(0)
     blocks = [
         {"cat": rng.integers(0, 99, (n, 3), dtype=np.int32), "content_row": rng.integers(0, 9, n).astype(np.int32)}
         for n in (5, 1, 7, 3)
     ]
     whole = {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
+    buffer = ShuffleBuffer(rows=12, max_block_rows=7)
+    for b in blocks:
+        buffer.add(b)
+    assert buffer.size == 16
     for idx in (rng.permutation(16), np.array([15, 0, 5, 6, 12, 5]), np.zeros(0, np.int64)):
-        got = take_rows(blocks, idx)
+        got = buffer.take(idx)
         for k, v in whole.items():
             assert got[k].dtype == v.dtype and got[k].shape == (len(idx), *v.shape[1:])
             assert np.array_equal(got[k], v[idx])
+    buffer.keep(np.array([9, 2, 14]))
+    assert buffer.size == 3 and np.array_equal(buffer.take(np.arange(3))["cat"], whole["cat"][[9, 2, 14]])
+    buffer.add(blocks[0])
+    assert np.array_equal(buffer.take(np.arange(3, 8))["content_row"], blocks[0]["content_row"])
+    with pytest.raises(ValueError, match="overflows the shuffle buffer"):
+        buffer.add({k: np.concatenate([v, v]) for k, v in blocks[2].items()})
 
 
 def test_threaded_loader_streams_the_same_blocks_in_bounded_queues_and_stops_early(model_store):

@@ -27,6 +27,26 @@ def test_uncommitted_partition_is_invisible(tmp_path):
         store.committed_path("ds", "2024-03-01")
 
 
+def test_a_streamed_atomic_write_replaces_the_file_only_when_it_completes(tmp_path):
+    """DatasetStore.open_atomic (checkpoints are streamed through it): a writer failing mid-way leaves the old
+    content and no partial file; a completed one replaces it."""
+    store = DatasetStore(str(tmp_path))
+    path = store.path("_checkpoints", "m", "epoch-0000.pt")
+    store.write_bytes_atomic(path, b"old")
+    with pytest.raises(RuntimeError, match="died"):
+        with store.open_atomic(path) as f:
+            f.write(b"new, partial")
+            raise RuntimeError("writer died")
+    with store.fs.open_input_stream(path) as f:
+        assert f.read() == b"old"
+    assert sorted(p.name for p in (tmp_path / "_checkpoints" / "m").iterdir()) == ["epoch-0000.pt"]
+    with store.open_atomic(path) as f:
+        f.write(b"new, ")
+        f.write(b"whole")
+    with store.fs.open_input_stream(path) as f:
+        assert f.read() == b"new, whole"
+
+
 def test_commit_switches_pointer_and_prunes_old_committed_versions(tmp_path):
     store = DatasetStore(str(tmp_path))
     versions = []
