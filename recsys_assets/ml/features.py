@@ -320,17 +320,18 @@ def build_item_catalog(day_tables: Sequence[pa.Table | Callable[[], pa.Table]]) 
     )
 
 
-def embedding_matrix(column: pa.ChunkedArray | pa.Array, dim: int | None = None) -> np.ndarray:
+def embedding_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A list<float> embedding column as a float32 [rows, dim] matrix, read from the list's flat values; every row
     must have the same length (an error names the first row that does not, or is null)."""
     col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if not len(col):
-        return np.zeros((0, dim or 128), np.float32)
+        return np.zeros((0, 128), np.float32)
     lengths = pc.fill_null(pc.list_value_length(col), -1).to_numpy(zero_copy_only=False)
-    dim = int(lengths[0]) if dim is None else dim
-    bad = np.flatnonzero(lengths != dim)
+    dim = int(lengths[0])
+    bad = np.flatnonzero((lengths != dim) | (lengths < 0))  # a null first row is named itself, not the next one
     if len(bad):
-        raise ValueError(f"embedding of row {int(bad[0])} has {int(lengths[bad[0]])} values, expected {dim} (-1: null)")
+        row, n = int(bad[0]), int(lengths[bad[0]])
+        raise ValueError(f"embedding of row {row} " + ("is null" if n < 0 else f"has {n} values, expected {dim}"))
     return col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(col), dim)
 
 

