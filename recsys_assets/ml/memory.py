@@ -18,8 +18,14 @@ import ctypes.util
 import sys
 
 HEAP_MMAP_THRESHOLD = 4 << 20  # bytes: allocations at least this large get their own mapping
-_M_MMAP_THRESHOLD = -3  # mallopt parameter (malloc.h)
-_applied: int | None = None
+# A fixed mmap threshold also fixes the trim threshold (free memory at the heap's top handed back at once) at its
+# 128 KiB default. A loop whose temporaries are each just under the mmap threshold then shrinks and regrows the heap
+# every iteration, paying the page faults each time: feed scoring (ranker sub-batches of ~2-4 MB tensors) ran at
+# 582 users/s per core against 942 with the heap top kept up to this size (docs/scale.md). Scoring workers set it.
+SCORING_TRIM_THRESHOLD = 32 << 20
+_M_TRIM_THRESHOLD = -1  # mallopt parameters (malloc.h)
+_M_MMAP_THRESHOLD = -3
+_applied: tuple[int, int | None] | None = None
 
 
 def _libc():
@@ -32,15 +38,18 @@ def _libc():
         return None
 
 
-def bound_heap_growth(threshold: int = HEAP_MMAP_THRESHOLD) -> bool:
-    """Fix this process's mmap threshold at `threshold` (glibc; a no-op returning False elsewhere). Idempotent."""
+def bound_heap_growth(threshold: int = HEAP_MMAP_THRESHOLD, trim_threshold: int | None = None) -> bool:
+    """Fix this process's mmap threshold at `threshold` and, when given, its trim threshold at `trim_threshold`
+    (glibc; a no-op returning False elsewhere). Idempotent."""
     global _applied
-    if _applied == threshold:
+    if _applied == (threshold, trim_threshold):
         return True
     libc = _libc()
     if libc is None or libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)) != 1:
         return False
-    _applied = threshold
+    if trim_threshold is not None and libc.mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)) != 1:
+        return False
+    _applied = (threshold, trim_threshold)
     return True
 
 

@@ -42,6 +42,10 @@ class RankerConfig:
     history_len: int = 0
     # A learned logit per (item_id, task) added to the output (configs saved before it existed load as False).
     item_bias: bool = False
+    # The exported program takes each user's history once (hist_ids [U, L], hist_content [U, L, c]) and pair_user
+    # [P], the row of each (user, candidate) pair's user: forward_grouped. Programs exported before it existed take
+    # one history per pair (configs load as False).
+    grouped_history: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +74,20 @@ class TargetAttention(nn.Module):
         t = target.unsqueeze(1).expand_as(history)
         scores = self.mlp(torch.cat([history, t, history * t, history - t], dim=-1)).squeeze(-1)
         return masked_attention_pool(scores, history, mask)
+
+    def forward_grouped(
+        self, history: torch.Tensor, pair_user: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """forward for [P] candidates of [U] users, each user's history given once ([U, L, d], mask [U, L]) and
+        pair_user [P] naming each candidate's user. The first layer splits by linearity,
+        W [h, t, h*t, h-t] = (W_h + W_d) h + (W_t - W_d) t + W_p (h*t), so the history term is computed once per user
+        and only the product term (d x hidden instead of 4d x hidden) once per pair and history entry."""
+        first, act, last = self.mlp
+        w_h, w_t, w_p, w_d = first.weight.split(history.shape[-1], dim=1)
+        per_user = history @ (w_h + w_d).T + first.bias  # [U, L, hidden]
+        h = history[pair_user]  # [P, L, d]
+        pre = per_user[pair_user] + (target @ (w_t - w_d).T).unsqueeze(1) + (h * target.unsqueeze(1)) @ w_p.T
+        return masked_attention_pool(last(act(pre)).squeeze(-1), h, mask[pair_user])
 
 
 class MMoERanker(nn.Module):
@@ -119,14 +137,43 @@ class MMoERanker(nn.Module):
     ) -> torch.Tensor:
         """Logits [batch, tasks]. With history_len: hist_ids [batch, L] item_id vocab ids (0 = padding) and
         hist_content [batch, L, content_dim], newest first."""
-        vecs = [emb(cat[:, i]) for i, emb in enumerate(self.embeddings)]
-        vecs.append(self.content_proj(content))
+        vecs = self._vectors(cat, content)
         if self.cfg.history_len:
-            ids, hc = hist_ids[:, : self.cfg.history_len], hist_content[:, : self.cfg.history_len]
-            item_emb = self.embeddings[self.item_pos]
-            history = item_emb(ids) + self.content_proj(hc)
-            target = vecs[self.item_pos] + vecs[len(self.embeddings)]
-            vecs.append(self.target_attention(history, target, ids != 0))
+            history, mask = self._history(hist_ids, hist_content)
+            vecs.append(self.target_attention(history, self._target(vecs), mask))
+        return self._head(vecs, cat, dense)
+
+    def forward_grouped(
+        self,
+        cat: torch.Tensor,
+        dense: torch.Tensor,
+        content: torch.Tensor,
+        hist_ids: torch.Tensor,
+        hist_content: torch.Tensor,
+        pair_user: torch.Tensor,
+    ) -> torch.Tensor:
+        """forward for [P] (user, candidate) pairs with each of [U] users' history given once: hist_ids [U, L],
+        hist_content [U, L, content_dim], pair_user [P] the row of each pair's user. Equals forward with the
+        histories repeated per pair (up to float rounding) without projecting or gathering them per pair: serving
+        scores ~100 candidates a user, so the per-pair history work was most of the ranker's cost."""
+        vecs = self._vectors(cat, content)
+        if self.cfg.history_len:
+            history, mask = self._history(hist_ids, hist_content)
+            vecs.append(self.target_attention.forward_grouped(history, pair_user, self._target(vecs), mask))
+        return self._head(vecs, cat, dense)
+
+    def _vectors(self, cat: torch.Tensor, content: torch.Tensor) -> list[torch.Tensor]:
+        return [*(emb(cat[:, i]) for i, emb in enumerate(self.embeddings)), self.content_proj(content)]
+
+    def _history(self, hist_ids: torch.Tensor, hist_content: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The history's items represented like the candidate (item_id embedding + projected content) and its mask."""
+        ids, hc = hist_ids[:, : self.cfg.history_len], hist_content[:, : self.cfg.history_len]
+        return self.embeddings[self.item_pos](ids) + self.content_proj(hc), ids != 0
+
+    def _target(self, vecs: list[torch.Tensor]) -> torch.Tensor:
+        return vecs[self.item_pos] + vecs[len(self.embeddings)]
+
+    def _head(self, vecs: list[torch.Tensor], cat: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         stacked = torch.stack(vecs, dim=1)  # [B, n_vec, d]
         dots = torch.bmm(stacked, stacked.transpose(1, 2))[:, self._iu0, self._iu1]
         x = torch.cat([stacked.flatten(1), dots, dense], dim=1)
@@ -139,6 +186,17 @@ class MMoERanker(nn.Module):
         if self.cfg.item_bias:
             out = out + self.item_bias(cat[:, self.item_pos])
         return out
+
+
+class GroupedRanker(nn.Module):
+    """The exported serving form of a history-aware ranker: MMoERanker.forward_grouped as its forward."""
+
+    def __init__(self, model: MMoERanker):
+        super().__init__()
+        self.model = model
+
+    def forward(self, cat, dense, content, hist_ids, hist_content, pair_user):
+        return self.model.forward_grouped(cat, dense, content, hist_ids, hist_content, pair_user)
 
 
 def ranker_loss(

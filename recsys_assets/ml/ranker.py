@@ -13,7 +13,7 @@ from recsys_assets.config.training import RANKER_TASKS
 from recsys_assets.ml.features import DENSE_FEATURES, padded_content
 from recsys_assets.ml.loader import BatchEncoder, TrainingEventsDataset, sequential_batches
 from recsys_assets.ml.metrics import roc_auc
-from recsys_assets.ml.models import MMoERanker, RankerConfig, ranker_loss
+from recsys_assets.ml.models import GroupedRanker, MMoERanker, RankerConfig, ranker_loss
 from recsys_assets.ml.trainer import CheckpointStore, FitResult, TrainSettings, fit_on_events
 
 
@@ -43,6 +43,7 @@ def ranker_config(encoder: BatchEncoder, hyper: RankerHyper) -> RankerConfig:
         dropout=hyper.dropout,
         history_len=hyper.history_len,
         item_bias=hyper.item_bias,
+        grouped_history=hyper.history_len > 0,
     )
 
 
@@ -179,20 +180,27 @@ def history_inputs(model: MMoERanker, batch: dict[str, torch.Tensor], content: t
     return batch["hist_ids"], content[batch["hist_rows"]]
 
 
-def ranker_example_inputs(cfg: RankerConfig, batch: int = 4) -> tuple[torch.Tensor, ...]:
-    """Example inputs of the exported ranker: (cat, dense, content) [+ (hist_ids, hist_content) with history]."""
+def ranker_program(model: MMoERanker) -> bytes:
+    """The ranker as a release serves it (torch.export .pt2): (cat, dense, content) for [P] pairs, and with history
+    (hist_ids [U, L], hist_content [U, L, content_dim], pair_user [P]): each of U users' history once
+    (GroupedRanker; a config with grouped_history False exports the older one-history-per-pair form)."""
+    from recsys_assets.ml.export import export_program
+
+    cfg, pairs, users = model.cfg, 6, 3
     base = (
-        torch.ones(batch, len(cfg.cardinalities), dtype=torch.long),
-        torch.zeros(batch, cfg.num_dense),
-        torch.zeros(batch, cfg.content_dim),
+        torch.ones(pairs, len(cfg.cardinalities), dtype=torch.long),
+        torch.zeros(pairs, cfg.num_dense),
+        torch.zeros(pairs, cfg.content_dim),
     )
     if not cfg.history_len:
-        return base
-    return (
-        *base,
-        torch.ones(batch, cfg.history_len, dtype=torch.long),
-        torch.zeros(batch, cfg.history_len, cfg.content_dim),
-    )
+        return export_program(model, base)
+    rows = users if cfg.grouped_history else pairs
+    hist = (torch.ones(rows, cfg.history_len, dtype=torch.long), torch.zeros(rows, cfg.history_len, cfg.content_dim))
+    if not cfg.grouped_history:
+        return export_program(model, (*base, *hist))
+    pair_user = torch.arange(pairs) % users
+    dims = ("batch",) * 3 + ("users",) * 2 + ("batch",)
+    return export_program(GroupedRanker(model), (*base, *hist, pair_user), dims)
 
 
 def ranker_gate(metrics: dict) -> tuple[bool, list[list]]:

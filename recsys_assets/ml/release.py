@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -95,7 +95,10 @@ def triton_config(name: str, model_config: dict | None, index_info: dict | None 
                 _tensor("content", "TYPE_FP32", [-1, model_config["content_dim"]]),
             ]
             if model_config.get("history_len"):
+                # grouped: hist_* have one row per user and pair_user names each pair's user (their row)
                 inputs += _history_tensors(model_config["history_len"], model_config["content_dim"])
+                if model_config.get("grouped_history"):
+                    inputs.append(_tensor("pair_user", "TYPE_INT64", [-1]))
             outputs = [_tensor("logits", "TYPE_FP32", [-1, len(model_config["tasks"])])]
             params = {"tasks": ",".join(model_config["tasks"]), "cat_features": ",".join(model_config["cat_features"])}
         else:
@@ -247,6 +250,7 @@ class LoadedRelease:
     index: object
     index_item_ids: np.ndarray
     catalog: ItemCatalog
+    cache: dict = field(default_factory=dict)  # arrays derived from the release by its users (ml/scoring)
 
 
 class UntrustedReleaseError(ValueError):

@@ -45,8 +45,27 @@ class ItemSide:
         )
 
 
+@dataclass
+class UserSide:
+    """The ranker's user-side inputs for a batch of users, encoded once (the pairs gather rows of these)."""
+
+    cat: dict[str, np.ndarray]  # user feature -> vocab ids per user
+    tenure_days: np.ndarray
+
+    @classmethod
+    def of(cls, release: LoadedRelease, items: ItemSide, users: pd.DataFrame) -> UserSide:
+        features = [f for f in release.ranker_config["cat_features"] if f != "feed_source" and f not in items.cat]
+        return cls(
+            cat={
+                f: release.ranker_vocab.encode(f, pa.array(users[f].to_numpy(dtype=object), pa.string()))
+                for f in features
+            },
+            tenure_days=users["user_tenure_days"].to_numpy(np.float64),
+        )
+
+
 def ranker_inputs(
-    release: LoadedRelease, items: ItemSide, users: pd.DataFrame, user_row: np.ndarray, item_row: np.ndarray
+    release: LoadedRelease, items: ItemSide, users: UserSide, user_row: np.ndarray, item_row: np.ndarray
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Model inputs for (user, item) pairs given as row numbers into `users` and the release's item catalogue,
     in the ranker's own feature order."""
@@ -57,12 +76,10 @@ def ranker_inputs(
         elif f in items.cat:
             cols.append(items.cat[f][item_row])
         else:
-            cols.append(
-                release.ranker_vocab.encode(f, pa.array(users[f].to_numpy(dtype=object), pa.string()))[user_row]
-            )
+            cols.append(users.cat[f][user_row])
     raw_dense = {
         **{f: v[item_row] for f, v in items.dense.items()},
-        "user_tenure_days": users["user_tenure_days"].to_numpy(np.float64)[user_row],
+        "user_tenure_days": users.tenure_days[user_row],
     }
     dense = np.stack([standardize(f, raw_dense[f], release.ranker_moments) for f in DENSE_FEATURES], axis=1)
     return (
@@ -98,11 +115,36 @@ class ReleaseHistory:
         ids, rows = self.query.lookup(pa.array(user_ids, pa.string()))
         return torch.from_numpy(ids), self.content[torch.from_numpy(rows)]
 
-    def ranker_inputs(self, user_ids: np.ndarray, user_row: np.ndarray) -> tuple:
-        if self.ranker is None:
+    def ranker_lookup(self, user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Each user's history as the ranker's item ids and catalogue rows ([users, L]); None for a history-free one."""
+        return None if self.ranker is None else self.ranker.lookup(pa.array(user_ids, pa.string()))
+
+    def ranker_inputs(
+        self, looked_up: tuple[np.ndarray, np.ndarray] | None, users: slice, user_row: np.ndarray, grouped: bool
+    ) -> tuple:
+        """The history inputs for pairs of the users `users` (rows of `looked_up`) with `user_row` relative to its
+        start. `grouped`: each user's history once and pair_user (the release's program takes them so,
+        forward_grouped); else one history per (user, candidate) pair (programs exported before grouping)."""
+        if looked_up is None:
             return ()
-        ids, rows = self.ranker.lookup(pa.array(user_ids, pa.string()))
+        ids, rows = looked_up[0][users], looked_up[1][users]
+        if grouped:
+            return torch.from_numpy(ids), self.content[torch.from_numpy(rows)], torch.from_numpy(user_row)
         return torch.from_numpy(ids[user_row]), self.content[torch.from_numpy(rows[user_row])]
+
+
+def release_items(release: LoadedRelease, feed_source: str, as_of: pd.Timestamp) -> tuple[np.ndarray, ItemSide]:
+    """Index rows -> catalogue rows (the index was built over the same window catalogue; mapped by id to be safe) and
+    the ranker's item side: computed once per release, surface and day and kept on the release (a Spark worker scores
+    many batches of users with one loaded release; each catalogue-sized encode was repeated per batch)."""
+    key = ("release_items", feed_source, as_of)
+    if key not in release.cache:
+        release.cache.clear()  # one day at a time: the previous day's arrays are not kept beside this one's
+        release.cache[key] = (
+            release.catalog.rows(pa.array(release.index_item_ids, pa.string())),
+            ItemSide.of(release, feed_source, as_of),
+        )
+    return release.cache[key]
 
 
 @torch.no_grad()
@@ -114,11 +156,14 @@ def generate_feed(
     task_weights: dict[str, float],
     feed_source: str,
     as_of: pd.Timestamp,
-    user_batch: int = 2048,
+    user_batch: int = 1024,
     history: pa.Table | None = None,
+    ranker_users: int = 16,
 ) -> pd.DataFrame:
     """user_id, rank (1 = top), item_id, score for every user; score = sum_t w_t * P(task t). `history`: the
-    user_history table (user_id, item_ids) as of the serving day, for a release with history-aware models."""
+    user_history table (user_id, item_ids) as of the serving day, for a release with history-aware models.
+    Retrieval (query tower, FAISS) runs on `user_batch` users at a time, the ranker on `ranker_users` users'
+    k_retrieve pairs at a time. Neither changes the result: each pair is scored on its own inputs."""
     if len(users) == 0:
         return pd.DataFrame({"user_id": [], "rank": [], "item_id": [], "score": []})
     tasks = release.ranker_config["tasks"]
@@ -126,9 +171,8 @@ def generate_feed(
     if unknown:
         raise ValueError(f"feed task_weights name tasks the ranker does not have: {sorted(unknown)} (has {tasks})")
     weights = torch.tensor([task_weights.get(t, 0.0) for t in tasks], dtype=torch.float32)
-    # Index rows -> catalogue rows (the index was built over the same window catalogue; map by id to be safe).
-    index_to_catalog = release.catalog.rows(pa.array(release.index_item_ids, pa.string()))
-    items = ItemSide.of(release, feed_source, as_of)
+    index_to_catalog, items = release_items(release, feed_source, as_of)
+    grouped = bool(release.ranker_config.get("grouped_history", False))
     hist = ReleaseHistory(release, history)
     k_retrieve = min(k_retrieve, release.index.ntotal)
     k_feed = min(k_feed, k_retrieve)
@@ -149,12 +193,21 @@ def generate_feed(
         valid = idx >= 0
         cand = np.where(valid, index_to_catalog[np.maximum(idx, 0)], -1)
         valid &= cand >= 0
-        user_row = np.repeat(np.arange(len(chunk)), k_retrieve)
-        item_row = np.maximum(cand.reshape(-1), 0)
-        logits = release.ranker(
-            *ranker_inputs(release, items, chunk, user_row, item_row), *hist.ranker_inputs(chunk_ids, user_row)
-        )
-        score = (torch.sigmoid(logits.float()) * weights).sum(dim=1).numpy().reshape(len(chunk), k_retrieve)
+        user_side = UserSide.of(release, items, chunk)
+        looked_up = hist.ranker_lookup(chunk_ids)
+        score = np.empty(cand.shape, np.float32)
+        # The ranker on a few users' pairs at a time: its activations ([pairs, history, hidden] in the attention, 4 MB
+        # at 16 users: under the scoring workers' mmap threshold) stay in cache; a whole 2,048-user batch's were
+        # ~0.5 GB each and the same pairs took 2-4x longer (docs/scale.md).
+        for r in range(0, len(chunk), ranker_users):
+            n = min(ranker_users, len(chunk) - r)
+            user_row = np.repeat(np.arange(n), k_retrieve)
+            item_row = np.maximum(cand[r : r + n].reshape(-1), 0)
+            logits = release.ranker(
+                *ranker_inputs(release, items, user_side, user_row + r, item_row),
+                *hist.ranker_inputs(looked_up, slice(r, r + n), user_row, grouped),
+            )
+            score[r : r + n] = (torch.sigmoid(logits.float()) * weights).sum(dim=1).numpy().reshape(n, k_retrieve)
         score = np.where(valid, score, -np.inf)
         order = np.argsort(-score, axis=1, kind="stable")[:, :k_feed]
         top_rows = np.take_along_axis(cand, order, axis=1)

@@ -253,12 +253,11 @@ def train_day_ranker(inputs: ModelInputs, runtime: dict, run_id: str, log: Log) 
     ranker's and the item prior's on the same rows. Data-parallel (runtime rank / world_size): every rank trains its
     share, rank 0 alone evaluates and returns the model (the others return None)."""
     from recsys_assets.ml.baselines import item_prior_aucs
-    from recsys_assets.ml.export import export_program
     from recsys_assets.ml.loader import sequential_batches, split_holdout
     from recsys_assets.ml.ranker import (
         RankerHyper,
         item_priors,
-        ranker_example_inputs,
+        ranker_program,
         score_ranker,
         task_aucs,
         task_positive_rates,
@@ -335,7 +334,7 @@ def train_day_ranker(inputs: ModelInputs, runtime: dict, run_id: str, log: Log) 
     return TrainedModel(
         state_dict=model.state_dict(),
         model_config=model.cfg.to_dict(),
-        programs={"ranker.pt2": export_program(model, ranker_example_inputs(model.cfg))},
+        programs={"ranker.pt2": ranker_program(model)},
         metrics=metrics,
         training_info=inputs.training_info(settings, hyper, fit, run_id),
         fit=fit,

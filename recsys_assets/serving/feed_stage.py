@@ -61,11 +61,11 @@ def score_users(batches, root_uri: str, day: str, params: dict, with_history: bo
     import torch
 
     from recsys_assets.core.days import window_of
-    from recsys_assets.ml.memory import bound_heap_growth
+    from recsys_assets.ml.memory import SCORING_TRIM_THRESHOLD, bound_heap_growth
     from recsys_assets.ml.scoring import USER_COLUMNS, generate_feed
 
     torch.set_num_threads(1)  # one Spark task = one core
-    bound_heap_growth()
+    bound_heap_growth(trim_threshold=SCORING_TRIM_THRESHOLD)
     as_of = pd.Timestamp(window_of(day).end)
     for users in batches:
         for version in sorted(set(users["model_version"].tolist())):

@@ -20,12 +20,12 @@ from recsys_assets.ml.baselines import (
     seen_items,
     smoothed_label_rates,
 )
-from recsys_assets.ml.export import export_program, load_program
+from recsys_assets.ml.export import load_program
 from recsys_assets.ml.features import padded_content
 from recsys_assets.ml.history import history_arrays
 from recsys_assets.ml.loader import committed_events_dataset, sequential_batches
 from recsys_assets.ml.metrics import popularity_ranking, roc_auc
-from recsys_assets.ml.ranker import RankerHyper, ranker_example_inputs, score_ranker, task_aucs, train_ranker
+from recsys_assets.ml.ranker import RankerHyper, ranker_program, score_ranker, task_aucs, train_ranker
 from recsys_assets.ml.retrieval import (
     RetrievalHyper,
     compare_retrieval,
@@ -144,12 +144,25 @@ def test_history_aware_ranker_exports_and_uses_the_history(model_store, history_
     model, _ = train_ranker(train, enc, RankerHyper(embedding_dim=8, history_len=MAX_LEN), SETTINGS)
     scores, labels = score_ranker(model, committed_events_dataset(model_store, [VALID_DAY]), enc)
     assert task_aucs(scores, labels)["liked"] > 0.6
-    served = load_program(export_program(model, ranker_example_inputs(model.cfg)))
+    assert model.cfg.grouped_history
+    served = load_program(ranker_program(model))
     b = next(sequential_batches(committed_events_dataset(model_store, [VALID_DAY]), enc, 64))
     content = padded_content(enc.catalog)
     inputs = (b["cat"], b["dense"], content[b["content_row"]], b["hist_ids"], content[b["hist_rows"]])
+    # Served: each user's history once and pair_user naming every pair's user; the same logits as the per-row
+    # forward (training's) on the same rows. Users ordered by the history, not by the batch's row order.
+    keys, pair_user = torch.unique(torch.cat([b["hist_ids"], b["hist_rows"]], 1), dim=0, return_inverse=True)
+    assert len(keys) < len(pair_user)  # some histories serve several rows of the batch: really grouped
+    first_row = torch.zeros(len(keys), dtype=torch.long).scatter_(0, pair_user, torch.arange(len(pair_user)))
+    grouped = (*inputs[:3], b["hist_ids"][first_row], content[b["hist_rows"][first_row]], pair_user)
     with torch.no_grad():
-        torch.testing.assert_close(served(*inputs), model(*inputs), atol=1e-5, rtol=1e-4)
+        expected = model(*inputs)
+        torch.testing.assert_close(served(*grouped), expected, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(model.forward_grouped(*grouped), expected, atol=1e-5, rtol=1e-4)
+        # the older per-pair program form still exports and scores alike (releases exported before grouping)
+        model.cfg.grouped_history = False
+        per_pair = load_program(ranker_program(model))
+        torch.testing.assert_close(per_pair(*inputs), expected, atol=1e-5, rtol=1e-4)
 
 
 def test_baselines_match_brute_force_definitions():

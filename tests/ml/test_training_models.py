@@ -23,7 +23,7 @@ from recsys_assets.ml.ranker import (
     RankerHyper,
     item_prior_logits,
     item_priors,
-    ranker_example_inputs,
+    ranker_program,
     score_ranker,
     task_aucs,
     train_ranker,
@@ -189,7 +189,7 @@ def test_item_bias_ranker_starts_at_the_item_prior_and_exports_with_it(model_sto
     assert not torch.allclose(model.item_bias.weight, frozen.item_bias.weight)
     aucs = task_aucs(*score_ranker(model, committed_events_dataset(model_store, [VALID_DAY]), enc))
     assert aucs["liked"] > 0.75, aucs
-    served = load_program(export_program(model, ranker_example_inputs(model.cfg)))
+    served = load_program(ranker_program(model))
     cat = torch.stack([torch.randint(0, c, (19,)) for c in model.cfg.cardinalities], dim=1)
     dense, content = torch.randn(19, 3), torch.randn(19, 128)
     with torch.no_grad():
@@ -212,7 +212,7 @@ def test_exported_ranker_program_matches_the_eager_model(model_store):
         TrainSettings(epochs=1, batch_size=512),
         log=lambda m: None,
     )
-    served = load_program(export_program(model, ranker_example_inputs(model.cfg)))
+    served = load_program(ranker_program(model))
     # A batch size other than the export example's, ids anywhere in each feature's range.
     cat = torch.stack([torch.randint(0, c, (37,)) for c in model.cfg.cardinalities], dim=1)
     dense, content = torch.randn(37, 3), torch.randn(37, 128)

@@ -19,11 +19,12 @@ from dagster import AssetKey
 
 from recsys_assets.config.files import ConfigFilesResource
 from recsys_assets.config.serving import DEFAULT_SERVING_CONFIG, load_serving_spec
+from recsys_assets.core.days import window_of
 from recsys_assets.core.readers import read_history_table
 from recsys_assets.ml.artifacts import ArtifactDir
 from recsys_assets.ml.models import MMoERanker, RankerConfig
 from recsys_assets.ml.release import UntrustedReleaseError, load_release, release_problems, version_dir
-from recsys_assets.ml.scoring import ReleaseHistory
+from recsys_assets.ml.scoring import USER_COLUMNS, ReleaseHistory, generate_feed
 from recsys_assets.serving import registry
 from recsys_assets.serving.feed import active_users, build_feed
 from recsys_assets.serving.online_eval import IMPRESSION_COLUMNS, read_raw_plays
@@ -194,7 +195,12 @@ def test_two_releases_feed_ab_split_skew_online_ctr_and_rollback(
         text = (repo / name / "config.pbtxt").read_text()
         assert 'name: "hist_ids" data_type: TYPE_INT64 dims: [ -1, 20 ]' in text, name
         assert 'name: "hist_content" data_type: TYPE_FP32 dims: [ -1, 20, 128 ]' in text, name
+    # the ranker takes each user's history once and the user of every (user, candidate) pair
+    assert (
+        'name: "pair_user" data_type: TYPE_INT64 dims: [ -1 ]' in (repo / "recsys_ranker" / "config.pbtxt").read_text()
+    )
     release2 = load_release(store, 2)
+    assert release2.ranker_config["grouped_history"]
     history = read_history_table(store, day2)
     hist = ReleaseHistory(release2, history)
     user = max(history.to_pylist(), key=lambda r: len(r["item_ids"]))
@@ -232,6 +238,17 @@ def test_two_releases_feed_ab_split_skew_online_ctr_and_rollback(
     assert spark_feed[keys].astype(str).equals(reference[keys].astype(str))
     np.testing.assert_allclose(spark_feed["score"], reference["score"], rtol=1e-6)
     assert set(spark_feed["model_version"]) == {1, 2}
+    # The batch sizes never change a feed: retrieval on 7 users a call and the ranker on 3 users' pairs (the last
+    # call 1 user: the grouped program's users dimension at its minimum) give the defaults' rows.
+    f = spec.feed
+    args = (release2, active_users(store, day2)[USER_COLUMNS].head(50), f.k_retrieve, f.k_feed, f.task_weights)
+    args += (f.feed_source, pd.Timestamp(window_of(day2).end))
+    small = generate_feed(*args, user_batch=7, ranker_users=3, history=history)
+    default = generate_feed(*args, history=history)
+    assert small["user_id"].nunique() == 50 and small[["user_id", "rank", "item_id"]].equals(
+        default[["user_id", "rank", "item_id"]]
+    )
+    np.testing.assert_allclose(small["score"], default["score"], rtol=1e-6)
 
     # One UI action: the rollback job returns production to v1 and republishes the config.
     res = (
