@@ -22,6 +22,7 @@ import recsys_assets.maintenance.definitions as maintenance
 import recsys_assets.serving.definitions as serving
 import recsys_assets.training.definitions as training
 from recsys_assets.config.files import ConfigFilesResource
+from recsys_assets.freshness import deployment_freshness_spec, with_freshness
 from resources.dataproc import DataprocSparkResource
 from resources.notifier import NotifierResource
 from resources.postgres import PostgresResource
@@ -100,8 +101,12 @@ def build_defs(resources: dict, executor=in_process_executor) -> Definitions:
     Runs execute their steps in one process (the in-process executor) unless a job says otherwise: a datagen run's
     steps then share one Spark session (a JVM start costs seconds per step process), a range run's steps pay the
     code location's import once, and training steps are one at a time anyway (the training pool). Measured in
-    docs/benchmarks.md (backfill)."""
-    return Definitions.merge(*(domain.defs for domain in DOMAINS), Definitions(resources=resources, executor=executor))
+    docs/benchmarks.md (backfill). The raw, datagen, training and serving assets carry the daily FreshnessPolicy
+    (recsys_assets/freshness.py)."""
+    merged = Definitions.merge(
+        *(domain.defs for domain in DOMAINS), Definitions(resources=resources, executor=executor)
+    )
+    return with_freshness(merged, deployment_freshness_spec())
 
 
 defs = build_defs(default_resources())
