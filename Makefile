@@ -6,17 +6,18 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export RECSYS_DATA_ROOT ?= $(CURDIR)/data
+# MLflow, embedded, for the demos and the UI (not the tests): a SQLite store and an artifact directory beside the
+# Dagster instance (production points MLFLOW_TRACKING_URI at the tracking server instead; docs/production.md).
+# `make ui` serves its UI on port 5000.
+demo ui: export MLFLOW_TRACKING_URI ?= sqlite:///$(DAGSTER_HOME)/mlflow.db
+demo ui: export RECSYS_MLFLOW_ARTIFACT_ROOT ?= $(DAGSTER_HOME)/mlflow-artifacts
+demo ui: export RECSYS_MLFLOW_UI_URL ?= http://127.0.0.1:5000
 
 .PHONY: demo demo-real test test-fast test-services lint ui install clean dataproc-package
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	# torch 2.13.0 CPU lies on this machine's disk (find-links); the range in pyproject admits it.
-	$(PY) -m pip install -q "torch==2.13.0" -e ".[test]"
-	# A class-data-sharing archive of Spark's driver classes: every Spark session starts ~3 s faster (optional:
-	# without it sessions start as before).
-	$(PY) -m resources.spark 2>/dev/null || echo "warning: no Spark class archive built; Spark sessions start ~3 s slower (rerun: $(PY) -m resources.spark)"
+# The same script builds the code-location image (deploy/code-location.Dockerfile): one install.
+$(STAMP): pyproject.toml deploy/install.sh
+	PYTHON=$(PYTHON) bash deploy/install.sh $(VENV) test
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -28,7 +29,10 @@ demo: $(STAMP)
 # MovieLens latest-small (../shared/realdata) laid out as 10 daily logs: import, datagen, training + evaluation,
 # in its own instance and data root (docs/real_data.md).
 demo-real: $(STAMP)
-	DAGSTER_HOME=$(CURDIR)/.dagster_home_real RECSYS_DATA_ROOT=$(CURDIR)/data-real $(PY) -m recsys_assets.demo --dataset movielens
+	DAGSTER_HOME=$(CURDIR)/.dagster_home_real RECSYS_DATA_ROOT=$(CURDIR)/data-real \
+	  MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/.dagster_home_real/mlflow.db \
+	  RECSYS_MLFLOW_ARTIFACT_ROOT=$(CURDIR)/.dagster_home_real/mlflow-artifacts \
+	  $(PY) -m recsys_assets.demo --dataset movielens
 
 # What the full suite needs besides the venv: the local PostgreSQL server running, and Debian's Chromium for the
 # UI test (Playwright drives it; no browser download).
@@ -52,9 +56,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Dagster on :3000 and the MLflow UI on :5000 (stopped with it).
 ui: $(STAMP)
 	mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
-	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	$(VENV)/bin/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --default-artifact-root "$(RECSYS_MLFLOW_ARTIFACT_ROOT)" \
+	  -h 127.0.0.1 -p 5000 & MLFLOW_PID=$$!; trap 'kill $$MLFLOW_PID 2>/dev/null' EXIT INT TERM; \
+	  $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 clean:
 	rm -rf data .dagster_home

@@ -24,6 +24,7 @@ import recsys_assets.training.definitions as training
 from recsys_assets.config.files import ConfigFilesResource
 from recsys_assets.freshness import deployment_freshness_spec, with_freshness
 from resources.dataproc import DataprocSparkResource
+from resources.mlflow import MlflowResource
 from resources.notifier import NotifierResource
 from resources.postgres import PostgresResource
 from resources.spark import SparkResource, SparkSubmitResource, default_class_archive
@@ -88,6 +89,14 @@ def default_resources() -> dict:
         # Registry, feed table: the machine's PostgreSQL by default; production sets RECSYS_PG_* (password from the
         # environment only).
         "postgres": PostgresResource.from_env(deferred=True),
+        # MLflow (the team's view of runs and releases; the PostgreSQL registry stays the serving source of truth):
+        # off unless MLFLOW_TRACKING_URI is set (`make demo` / `make ui`: a SQLite store in DAGSTER_HOME; production:
+        # the tracking server, deploy/).
+        "mlflow": MlflowResource(
+            tracking_uri=_env("MLFLOW_TRACKING_URI", ""),
+            ui_url=_env("RECSYS_MLFLOW_UI_URL", ""),
+            artifact_root=_env("RECSYS_MLFLOW_ARTIFACT_ROOT", ""),
+        ),
         "notifier": NotifierResource(
             info_webhook_url=_env("RECSYS_INFO_WEBHOOK_URL", ""),
             error_webhook_url=_env("RECSYS_ERROR_WEBHOOK_URL", ""),

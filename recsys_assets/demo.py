@@ -197,6 +197,12 @@ def main(argv: list[str] | None = None) -> None:
     print("\nsummary:", json.dumps(summary, indent=1))
     print(f"\ndemo finished in {time.time() - t0:.0f}s; notifications in {home / 'notifications.jsonl'}")
     print(f"see runs, partitions, metadata and checks in the UI:  make ui   (DAGSTER_HOME={home})")
+    tracking = os.environ.get("MLFLOW_TRACKING_URI")
+    print(
+        f"MLflow runs and releases in {tracking} (make ui serves them on http://127.0.0.1:5000)"
+        if tracking
+        else "MLflow tracking off (MLFLOW_TRACKING_URI unset; make demo sets it)"
+    )
 
 
 def main_movielens(a) -> None:

@@ -18,8 +18,12 @@ from resources.storage import StorageResource
 from resources.store import DatasetStore
 from tests.helpers import DAYS, PG_DSN, SMALL, run_job
 
+# Tests that track do so into their own MLflow server (the `mlflow_server` fixture, MLFLOW_TRACKING_URI set by the
+# test): never into a tracking server the developer's shell points at.
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
 SPARK_FIXTURES = {"spark", "spark_resource", "datagen_root", "trained_root"}
-POSTGRES_FIXTURES = {"pg_database", "pg_env"}
+POSTGRES_FIXTURES = {"pg_database", "pg_env", "mlflow_server"}
 
 
 def pytest_collection_modifyitems(items):
@@ -151,6 +155,57 @@ def pg_database():
     try:
         yield name
     finally:
+        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` (this venv's MLflow) on a fresh PostgreSQL database, artifacts in a temp directory; its
+    URL. Waits for /health as long as the server process is alive (its start is ~20 s on a quiet host)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    import psycopg2
+    import requests
+
+    name = f"recsys_mlflow_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(dbname="postgres", **PG_DSN)
+    admin.autocommit = True
+    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tmp = tmp_path_factory.mktemp("mlflow")
+    backend = f"postgresql+psycopg2://{PG_DSN['user']}@{PG_DSN['host']}:{PG_DSN['port']}/{name}"
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend]
+    cmd += ["--artifacts-destination", str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(port)]
+    log = open(tmp / "server.log", "w")  # noqa: SIM115  (closed below)
+    proc = subprocess.Popen([*cmd, "--workers", "1"], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"mlflow server exited ({proc.returncode}): {(tmp / 'server.log').read_text()[-3000:]}"
+                )
+            try:
+                if requests.get(f"{url}/health", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
         admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
 

@@ -5,6 +5,7 @@ training_events partitions for model tests without Spark, and waits that follow 
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -312,6 +313,16 @@ def commit_monitoring_report(store, day, item_ids, ages, prev_ids=None, prev_7d=
 
 class StalledError(AssertionError):
     pass
+
+
+def production_home(tmp_path: Path, raw_root: Path) -> tuple[Path, Path]:
+    """A DAGSTER_HOME with deploy/production/dagster.yaml (PostgreSQL: the pg_env fixture's variables) and a private
+    copy of the raw data root."""
+    home, data = tmp_path / "dagster_home", tmp_path / "data"
+    home.mkdir()
+    shutil.copy(REPO / "deploy" / "production" / "dagster.yaml", home / "dagster.yaml")
+    shutil.copytree(raw_root, data)
+    return home, data
 
 
 def wait_until(

@@ -5,7 +5,6 @@ checks, and everything is read back from PostgreSQL. Secrets never reach logs, m
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import psycopg2
 import pytest
 from dagster import AssetCheckKey, AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from tests.helpers import DAYS, PG_DSN, REPO, file_size, stop_process_tree, tail, wait_until
+from tests.helpers import DAYS, PG_DSN, REPO, file_size, production_home, stop_process_tree, tail, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -52,11 +51,7 @@ def _datagen_failed(instance: DagsterInstance, proc: subprocess.Popen, log: Path
 
 
 def test_daemon_sensor_tick_queues_datagen_and_postgres_holds_runs_events_checks_and_ticks(raw_root, tmp_path, pg_env):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO / "deploy" / "production" / "dagster.yaml", home / "dagster.yaml")
-    data = tmp_path / "data"
-    shutil.copytree(raw_root, data)
+    home, data = production_home(tmp_path, raw_root)
     for day in DAYS[1:]:  # upstream has delivered only the first day
         (data / "raw" / "daily_success_files" / day).unlink()
     env = {

@@ -39,10 +39,12 @@ from recsys_assets.serving.feed_table import (
     previous_feed_rows,
     publish_feed,
 )
+from recsys_assets.serving.mlflow_mirror import sync_mlflow
 from recsys_assets.serving.online_eval import online_evaluation_params
 from recsys_assets.serving.releases import describe_pin, promote_day, register_release
 from recsys_assets.serving.serving_config import latest_config, publish_serving_config
 from recsys_assets.serving.skew import day_skew_report
+from resources.mlflow import MlflowResource
 from resources.postgres import PostgresResource
 from resources.spark import SparkResource
 from resources.storage import StorageResource
@@ -64,10 +66,12 @@ def model_repository(
     storage: StorageResource,
     config_files: ConfigFilesResource,
     postgres: PostgresResource,
+    mlflow: MlflowResource,
 ) -> MaterializeResult:
     run, model_name = DayRun.of(context, storage), config_files.serving_spec().model_name
     with postgres.connect() as conn:
         r = register_release(run.store, conn, model_name, run.day, run.run_id)
+        mirrored = sync_mlflow(mlflow, run.store, conn, model_name, also=r.version)
     run.log(f"release {model_name} v{r.version} ({'new' if r.created else 'existing'}) in {r.repository}")
     return MaterializeResult(
         metadata={
@@ -83,6 +87,7 @@ def model_repository(
             "checks_passed": r.checks_passed,
             "code_version": r.code_version,
             "dagster/row_count": MetadataValue.int(r.num_items),
+            **mirrored,
         }
     )
 
@@ -132,12 +137,14 @@ def serving_config(
     storage: StorageResource,
     config_files: ConfigFilesResource,
     postgres: PostgresResource,
+    mlflow: MlflowResource,
 ) -> MaterializeResult:
     store, spec = storage.store, config_files.serving_spec()
     with postgres.connect() as conn:
         registry.ensure_schema(conn)
         cfg, problems = publish_serving_config(store, conn, spec)
         pinned = registry.pin(conn, spec.model_name)
+        mirrored = sync_mlflow(mlflow, store, conn, spec.model_name)
     arm_rows = [
         [a["name"], str(a["model"]), a["model_version"], a["traffic_pct"], f"[{a['buckets'][0]}, {a['buckets'][1]})"]
         for a in cfg["arms"]
@@ -151,6 +158,7 @@ def serving_config(
             "served": MetadataValue.bool(not problems),
             "production_pinned": describe_pin(pinned),
             "path": MetadataValue.path(store.uri("serving_config", f"serving_config.v{cfg['config_version']}.json")),
+            **mirrored,
         }
     )
 

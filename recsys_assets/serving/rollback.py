@@ -8,7 +8,9 @@ from dagster import Config, Failure, MetadataValue, OpExecutionContext, Output, 
 
 from recsys_assets.config.files import ConfigFilesResource
 from recsys_assets.serving import registry
+from recsys_assets.serving.mlflow_mirror import sync_mlflow
 from recsys_assets.serving.releases import rollback_production as roll_back
+from resources.mlflow import MlflowResource
 from resources.postgres import PostgresResource
 from resources.storage import StorageResource
 
@@ -24,12 +26,14 @@ def rollback_production(
     storage: StorageResource,
     postgres: PostgresResource,
     config_files: ConfigFilesResource,
+    mlflow: MlflowResource,
 ):
     spec = config_files.serving_spec()
     actor = f"dagster run {context.run_id}"
     try:
         with postgres.connect() as conn:
             frm, to, cfg = roll_back(storage.store, conn, spec, config.reason, actor)
+            mirrored = sync_mlflow(mlflow, storage.store, conn, spec.model_name)
     except registry.PromotionRefused as e:
         raise Failure(str(e)) from None
     context.log.info(f"{spec.model_name}: production v{frm} -> v{to} (pinned); serving config v{cfg['config_version']}")
@@ -40,6 +44,7 @@ def rollback_production(
             "to_version": MetadataValue.int(to),
             "pinned": "until a person promotes a version (python -m recsys_assets.serving.registry promote)",
             "serving_config_version": MetadataValue.int(cfg["config_version"]),
+            **mirrored,
         },
     )
 

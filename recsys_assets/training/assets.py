@@ -42,7 +42,9 @@ from recsys_assets.ml.train import (
 from recsys_assets.ml.window_counts import WindowCounts, window_counts_params
 from recsys_assets.training.automation import TRAIN_AFTER_DATAGEN, TRAIN_AFTER_VOCAB
 from recsys_assets.training.lineage import window_dep
+from recsys_assets.training.tracking import track, training_payload
 from recsys_assets.training.workers import ModelRun, train_model
+from resources.mlflow import MlflowResource
 from resources.spark import SparkResource
 from resources.storage import StorageResource
 from resources.training import TrainingResource
@@ -145,10 +147,16 @@ def model_asset(name: str, train: Callable[..., TrainedModel], report: Callable[
         training: TrainingResource,
         config_files: ConfigFilesResource,
         spark: SparkResource,
+        mlflow: MlflowResource,
     ) -> MaterializeResult:
         run = DayRun.of(context, storage)
         trained = train_model(run, name, train, config_files.training_spec(), training, spark, context)
-        return MaterializeResult(metadata={**report(trained.metrics), **training_metadata(trained)})
+        out = trained.out
+        payload = training_payload(
+            name, run.day, out.uri, out.version, trained.training_info, trained.metrics, context.run_id
+        )
+        tracked = track(mlflow, storage.store, payload)
+        return MaterializeResult(metadata={**report(trained.metrics), **training_metadata(trained), **tracked})
 
     return model
 

@@ -5,5 +5,6 @@ from dagster import Definitions
 
 from recsys_assets.training.assets import training_assets
 from recsys_assets.training.jobs import training_job
+from recsys_assets.training.sensors import mlflow_replay_sensor
 
-defs = Definitions(assets=training_assets, jobs=[training_job])
+defs = Definitions(assets=training_assets, jobs=[training_job], sensors=[mlflow_replay_sensor])

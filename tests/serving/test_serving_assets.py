@@ -30,6 +30,7 @@ from recsys_assets.serving.feed import active_users, build_feed
 from recsys_assets.serving.online_eval import IMPRESSION_COLUMNS, read_raw_plays
 from recsys_assets.serving.serving_config import latest_config, latest_written_config, user_buckets
 from recsys_assets.synthetic.online_logs import simulate_impressions, write_online_feature_sample
+from resources.mlflow import MlflowResource
 from resources.postgres import PostgresResource
 from resources.storage import StorageResource
 from resources.store import DatasetStore
@@ -72,8 +73,18 @@ def brute_force_ctr(impressions: pd.DataFrame, plays: pd.DataFrame, minutes: int
 
 
 def test_two_releases_feed_ab_split_skew_online_ctr_and_rollback(
-    instance, trained_root, tmp_path, pg_database, monkeypatch
+    instance, trained_root, tmp_path, pg_database, monkeypatch, mlflow_server
 ):
+    # Every run of this test tracks into a real MLflow server, configured as a deployment does: the environment.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    mlflow = MlflowResource(tracking_uri=mlflow_server).client()
+
+    def aliases() -> dict[str, int]:  # alias -> the platform's release version it points at
+        model = mlflow.get_registered_model("recsys_feed")
+        return {
+            a: int(mlflow.get_model_version("recsys_feed", v).tags["recsys.release"]) for a, v in model.aliases.items()
+        }
+
     store = DatasetStore(str(trained_root))
     spec = load_serving_spec()
     # Three small days: the gates run, the lift over most-popular is not what is under test here.
@@ -189,6 +200,15 @@ def test_two_releases_feed_ab_split_skew_online_ctr_and_rollback(
         ("production", 2, [0, 90]),
         ("holdback", 1, [90, 100]),
     ]
+    # MLflow mirrors it: both releases registered, aliases as the registry's production and holdback; each training
+    # asset logged one run per partition (params, per-epoch and final metrics), its id in the asset's metadata.
+    assert aliases() == {"production": 2, "holdback": 1}
+    ranker_runs = mlflow.search_runs([mlflow.get_experiment_by_name("recsys/ranker_model").experiment_id])
+    assert sorted(r.data.tags["recsys.partition"] for r in ranker_runs) == [day1, day2]
+    newest = next(r for r in ranker_runs if r.data.tags["recsys.partition"] == day2)
+    assert newest.data.params["hyper.history_len"] == "20" and 0.5 < newest.data.metrics["auc.liked"] <= 1
+    assert mlflow.get_metric_history(newest.info.run_id, "epoch.loss")
+    assert mlflow.search_runs([mlflow.get_experiment_by_name("recsys/retrieval_model").experiment_id])
     # Release 2 takes the user's history: in its Triton config, and, in the feed, each user's history as of the
     # serving day from user_history, encoded with the release's own vocabulary.
     for name in ("recsys_ranker", "recsys_query_tower"):
@@ -269,6 +289,7 @@ def test_two_releases_feed_ab_split_skew_online_ctr_and_rollback(
         ("production", 1),
         ("holdback", None),
     ]
+    assert aliases() == {"production": 1}  # the rollback moved production and removed holdback in MLflow too
 
     # The rollback pins production: rerunning the newest day's serving job does not promote v2 again, and the UI
     # says why (model_promotion's decision and pin; serving_config shows the pin).
