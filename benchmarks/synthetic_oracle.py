@@ -142,7 +142,7 @@ def main() -> None:
         queries.relevant,
         ks,
         len(encoder.catalog),
-    )
+    ).metrics
     report = store.read_json(store.committed_path("offline_evaluation", a.day, "report.json"))
     measured = report["retrieval"]["methods"]
     oracle_r10 = ceiling["oracle (latent truth)"]["recall@10"]

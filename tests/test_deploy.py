@@ -232,3 +232,19 @@ def test_compose_and_workspace_agree_with_the_instance_and_the_image(monkeypatch
     assert processed.value["load_from"][0]["grpc_server"]["port"] == 4000
     grpc = workspace["load_from"][0]["grpc_server"]
     assert grpc["host"] == {"env": "RECSYS_CODE_SERVER_HOST"} and grpc["location_name"] == "recsys_platform"
+
+
+def test_the_mlflow_server_manifest_is_the_one_the_values_point_at():
+    deployment, service = yaml.safe_load_all((DEPLOY / "helm" / "mlflow.yaml").read_text())
+    assert (deployment["kind"], service["kind"]) == ("Deployment", "Service")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    args = " ".join(container["command"] + container["args"])
+    assert args.startswith("mlflow server") and "--backend-store-uri=postgresql+psycopg2://" in args
+    assert "--artifacts-destination=gs://" in args and "@" in args and ":" not in args.split("//")[1].split("@")[0]
+    assert container["env"][0]["name"] == "PGPASSWORD" and "secretKeyRef" in container["env"][0]["valueFrom"]
+    port = service["spec"]["ports"][0]["port"]
+    values = load(DEPLOY / "helm" / "values.yaml")
+    env = {e["name"]: e["value"] for e in values["dagster-user-deployments"]["deployments"][0]["env"]}
+    assert env["MLFLOW_TRACKING_URI"] == f"http://{service['metadata']['name']}.recsys.svc.cluster.local:{port}"
+    image = values["dagster-user-deployments"]["deployments"][0]["image"]["repository"]
+    assert container["image"].startswith(image + ":")  # the code's image: the MLflow version pyproject pins

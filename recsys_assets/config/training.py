@@ -204,6 +204,9 @@ class EvaluationSpec(StrictModel):
     # population, and building the lists is bounded by the sample.
     knn_neighbours: int = Field(default=200, ge=1, le=100_000)
     knn_population_users: int = Field(default=1_000_000, ge=1, le=100_000_000)
+    # The served score against every other method: per-user paired differences of recall@10 / NDCG@10, with a
+    # percentile bootstrap 95% interval from this many resamples of the users (metrics.paired_bootstrap).
+    bootstrap_samples: int = Field(default=1000, ge=100, le=100_000)
 
 
 class TrainingSpec(StrictModel):

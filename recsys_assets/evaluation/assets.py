@@ -60,6 +60,11 @@ def offline_evaluation(context: AssetExecutionContext, storage: StorageResource)
     )
 
 
+def paired_verdict(d: dict) -> str:
+    """ "beats" only when the whole bootstrap interval of served - method is above zero."""
+    return "served beats it" if d["lo"] > 0 else "served below it" if d["hi"] < 0 else "no difference shown"
+
+
 def evaluation_metadata(report: dict, png: bytes, day: str) -> dict:
     plot = f"![comparison](data:image/png;base64,{base64.b64encode(png).decode()})"  # how the UI shows an image
     r, ret = report["ranker"], report["retrieval"]
@@ -80,10 +85,25 @@ def evaluation_metadata(report: dict, png: bytes, day: str) -> dict:
         [f"{m}@{x}", *[_r(methods[n][f"{m}@{x}"]) for n in names]] for m in ("recall", "ndcg") for x in ks
     ] + [["coverage@10", *[_r(methods[n].get("coverage@10")) for n in names]]]
     seen = "items seen in the window excluded" if ret["exclude_seen"] else "seen items not excluded"
+    paired_rows = [
+        [name, *(f"{_r(d[m]['diff'])} [{_r(d[m]['lo'])}, {_r(d[m]['hi'])}]" for m in ("recall@10", "ndcg@10"))]
+        + [paired_verdict(d["recall@10"]), paired_verdict(d["ndcg@10"])]
+        for name, d in ret.get("paired_vs_served", {}).items()
+    ]
     return {
         "gates": md_table(["model", "gate"], [[m, g] for m, g in report["gates"].items()]),
         "ranker_auc": md_table(["task", "ranker", "history-free ranker", "item prior", previous], ranker_rows),
         "retrieval": md_table(["metric", *names], retrieval_rows),
+        f"served_vs_each_method ({ret['primary_method']})": md_table(
+            [
+                "method",
+                "recall@10: served - method [95% CI]",
+                "NDCG@10: served - method [95% CI]",
+                "recall@10",
+                "NDCG@10",
+            ],
+            paired_rows,
+        ),
         "protocol": f"day {day}, full corpus ({ret['corpus_size']:,} items), {ret['num_queries']:,} users, exact "
         "top-K; " + seen,
         "indexes": md_table(["index", "type", "vectors", "recall vs exact", "self-recall@1"], index_rows),

@@ -49,6 +49,9 @@ def build_evaluation_report(
             f"recall_lift_over_popularity@{k}": retrieval[f"model_recall@{k}"] / pop if pop else None,
             "primary_method": retrieval.get("primary_method", "two-tower"),
             "methods": methods,
+            # the served score minus each method, per user, with a bootstrap 95% interval (models trained before
+            # this existed have none)
+            "paired_vs_served": retrieval.get("paired_vs_served", {}),
             "exclude_seen": retrieval.get("exclude_seen", False),
             "num_queries": retrieval["num_queries"],
             "corpus_size": retrieval["corpus_size"],

@@ -20,7 +20,13 @@ import pyarrow.compute as pc
 import torch
 
 from recsys_assets.ml.features import positions_in
-from recsys_assets.ml.metrics import group_relevant, recall_ndcg_at_k, roc_auc
+from recsys_assets.ml.metrics import (
+    group_relevant,
+    paired_bootstrap,
+    per_query_recall_ndcg,
+    recall_ndcg_at_k,
+    roc_auc,
+)
 
 ScoreFn = Callable[[slice], torch.Tensor]  # query rows -> scores [rows, catalogue]
 
@@ -161,22 +167,46 @@ def rank_all(score: ScoreFn, n_queries: int, k: int, seen: list[np.ndarray] | No
     return np.concatenate(out) if out else np.zeros((0, k), np.int64)
 
 
+PAIRED_METRICS = ("recall@10", "ndcg@10")
+
+
+@dataclass
+class MethodComparison:
+    """Every method's mean metrics, and its per-user recall@10 / NDCG@10 (the users with a relevant item, in the same
+    order for every method) for paired comparisons."""
+
+    metrics: dict[str, dict[str, float]]
+    per_user: dict[str, dict[str, np.ndarray]]
+
+    def paired(self, reference: str, samples: int = 1000, seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
+        """For every other method: `reference` minus it, per user, averaged, with a bootstrap 95% interval
+        (metrics.paired_bootstrap). "reference beats it" means the interval's low end is above 0."""
+        ref = self.per_user[reference]
+        return {
+            name: {m: paired_bootstrap(ref[m] - values[m], samples, seed) for m in PAIRED_METRICS}
+            for name, values in self.per_user.items()
+            if name != reference
+        }
+
+
 def compare_methods(
     methods: dict[str, ScoreFn],
     relevant: list[np.ndarray],
     ks: list[int],
     num_items: int,
     seen: list[np.ndarray] | None = None,
-) -> dict[str, dict[str, float]]:
-    """recall@k, ndcg@k and coverage@10 (distinct items in all top-10s / catalogue) of every method."""
+) -> MethodComparison:
+    """recall@k, ndcg@k and coverage@10 (distinct items in all top-10s / catalogue) of every method, and each
+    method's per-user recall@10 / NDCG@10."""
     kmax = max(max(ks), 10)
-    out = {}
+    out, per_user = {}, {}
     for name, score in methods.items():
         ranked = rank_all(score, len(relevant), kmax, seen, chunk=rank_chunk(num_items))
         m = recall_ndcg_at_k(ranked, relevant, ks)
         m["coverage@10"] = float(len(np.unique(ranked[:, :10])) / num_items) if num_items and len(ranked) else 0.0
         out[name] = m
-    return out
+        per_user[name] = dict(zip(PAIRED_METRICS, per_query_recall_ndcg(ranked, relevant, 10)))
+    return MethodComparison(out, per_user)
 
 
 def smoothed_label_rates(

@@ -40,19 +40,46 @@ def exact_top_k(queries: np.ndarray, corpus: np.ndarray, k: int, chunk: int = 40
     return np.concatenate(out) if out else np.zeros((0, k), np.int64)
 
 
-def recall_ndcg_at_k(ranked: np.ndarray, relevant: list[np.ndarray], ks: list[int]) -> dict[str, float]:
-    """Mean recall@k (hits / |relevant|) and NDCG@k (binary gains) over queries with >= 1 relevant item."""
-    out: dict[str, list[float]] = {f"recall@{k}": [] for k in ks} | {f"ndcg@{k}": [] for k in ks}
-    discounts = 1.0 / np.log2(np.arange(2, ranked.shape[1] + 2))
+def per_query_recall_ndcg(ranked: np.ndarray, relevant: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """recall@k (hits / |relevant|) and NDCG@k (binary gains) of each query with >= 1 relevant item, in query order."""
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    recall, ndcg = [], []
     for row, rel in zip(ranked, relevant):
         if len(rel) == 0:
             continue
-        hit = np.isin(row, rel)
-        for k in ks:
-            out[f"recall@{k}"].append(hit[:k].sum() / len(rel))
-            ideal = discounts[: min(len(rel), k)].sum()
-            out[f"ndcg@{k}"].append(float((hit[:k] * discounts[:k]).sum() / ideal))
-    return {name: float(np.mean(v)) if v else float("nan") for name, v in out.items()}
+        hit = np.isin(row[:k], rel)
+        recall.append(hit.sum() / len(rel))
+        ndcg.append(float((hit * discounts[: len(hit)]).sum() / discounts[: min(len(rel), k)].sum()))
+    return np.asarray(recall, np.float64), np.asarray(ndcg, np.float64)
+
+
+def recall_ndcg_at_k(ranked: np.ndarray, relevant: list[np.ndarray], ks: list[int]) -> dict[str, float]:
+    """Mean recall@k and NDCG@k over queries with >= 1 relevant item."""
+    out = {}
+    for k in ks:
+        recall, ndcg = per_query_recall_ndcg(ranked, relevant, k)
+        out[f"recall@{k}"] = float(recall.mean()) if len(recall) else float("nan")
+        out[f"ndcg@{k}"] = float(ndcg.mean()) if len(ndcg) else float("nan")
+    return {name: out[name] for name in [f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks]}
+
+
+def paired_bootstrap(diff: np.ndarray, samples: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
+    """The mean of per-user paired differences with a percentile bootstrap interval: users resampled with
+    replacement `samples` times (the same users for both methods in each resample, so the interval is the
+    difference's own, not two overlapping marginal ones). Reproducible for a seed; chunked so memory stays bounded."""
+    diff = np.asarray(diff, np.float64)
+    n = len(diff)
+    if n == 0:
+        return {"diff": float("nan"), "lo": float("nan"), "hi": float("nan"), "users": 0}
+    rng = np.random.default_rng(seed)
+    means = np.empty(samples)
+    chunk = max(1, 4_000_000 // n)
+    for s in range(0, samples, chunk):
+        b = min(chunk, samples - s)
+        means[s : s + b] = diff[rng.integers(0, n, (b, n))].mean(axis=1)
+    alpha = (1.0 - level) / 2
+    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+    return {"diff": float(diff.mean()), "lo": float(lo), "hi": float(hi), "users": int(n)}
 
 
 def popularity_ranking(item_counts: np.ndarray, k: int) -> np.ndarray:

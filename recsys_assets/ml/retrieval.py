@@ -13,6 +13,7 @@ import torch
 
 from recsys_assets.config.training import LabelSpec
 from recsys_assets.core.days import day_number
+from recsys_assets.ml.baselines import MethodComparison
 from recsys_assets.ml.features import DENSE_FEATURES, ItemCatalog, Vocab, padded_content, standardize
 from recsys_assets.ml.loader import BatchEncoder, TrainingEventsDataset, item_day_frequencies, retrieval_positive_filter
 from recsys_assets.ml.metrics import group_relevant
@@ -335,7 +336,7 @@ def compare_retrieval(
     recency_prior: float = 0.0,
     knn_neighbours: int = 200,
     knn_population_users: int = 1_000_000,
-) -> dict[str, dict[str, float]]:
+) -> MethodComparison:
     """Every method on the same day-D, full-corpus protocol (recsys_assets/ml/baselines.py): the given
     two-tower models (with `recency_prior`, each also as `<name> + recency prior`: q.i / T + w log(1 + recent)),
     most-popular over the window, recent-popular (last window day), and item-kNN over the users' histories as of the

@@ -409,7 +409,7 @@ def train_day_retrieval(inputs: ModelInputs, runtime: dict, run_id: str, log: Lo
     prior = spec.retrieval_scoring.recency_prior
     as_of = pd.Timestamp(window_of(day).end)
     ev = spec.evaluation
-    methods = compare_retrieval(
+    comparison = compare_retrieval(
         models,
         queries,
         encoder,
@@ -424,12 +424,16 @@ def train_day_retrieval(inputs: ModelInputs, runtime: dict, run_id: str, log: Lo
     )
     if prior:  # the served score (the index adds the same prior): what the gate judges
         primary = f"{primary} + recency prior"
+    methods = comparison.metrics
+    # The served score against every other method, user by user: "beats" only where the interval is above 0.
+    paired = comparison.paired(primary, ev.bootstrap_samples, seed=settings.seed)
     # The gate's keys: the model vs most-popular, under the same protocol as every other method.
     metrics = {f"model_{m}": v for m, v in methods[primary].items()}
     metrics |= {f"popularity_{m}": v for m, v in methods["most-popular"].items()}
     metrics |= {
         "methods": methods,
         "primary_method": primary,
+        "paired_vs_served": paired,
         "history_len": hyper.history_len,
         "recency_prior": prior,
         "exclude_seen": spec.evaluation.exclude_seen,
@@ -464,5 +468,5 @@ def train_day_retrieval(inputs: ModelInputs, runtime: dict, run_id: str, log: Lo
         window=window,
         encoder=encoder,
         checkpoints=checkpoints,
-        manifest_metrics={k_: v for k_, v in metrics.items() if k_ not in ("ks", "methods")},
+        manifest_metrics={k_: v for k_, v in metrics.items() if k_ not in ("ks", "methods", "paired_vs_served")},
     )

@@ -64,7 +64,7 @@ def training_payload(model: str, day: str, uri: str, version: str, info: dict, m
             "recsys.version": version,
             "recsys.artifact_uri": uri,
             "dagster.run_id": run_id,
-            "best_epoch": str(info.get("best_epoch")),
+            **({"best_epoch": str(info["best_epoch"])} if info.get("best_epoch") is not None else {}),
         },
         "params": {k: v for k, v in params.items() if v is not None},
         "metrics": rows,

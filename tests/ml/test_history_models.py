@@ -24,7 +24,7 @@ from recsys_assets.ml.export import load_program
 from recsys_assets.ml.features import padded_content
 from recsys_assets.ml.history import history_arrays
 from recsys_assets.ml.loader import committed_events_dataset, sequential_batches
-from recsys_assets.ml.metrics import popularity_ranking, roc_auc
+from recsys_assets.ml.metrics import paired_bootstrap, popularity_ranking, roc_auc
 from recsys_assets.ml.ranker import RankerHyper, ranker_program, score_ranker, task_aucs, train_ranker
 from recsys_assets.ml.retrieval import (
     RetrievalHyper,
@@ -131,9 +131,10 @@ def test_history_aware_two_tower_exports_and_scores_like_its_weights(model_store
         )
     # every method on one protocol; seen-item exclusion takes the window's items out of every top-K
     seen = seen_items(train, queries.user_ids, enc.catalog)
-    methods = compare_retrieval(
+    comparison = compare_retrieval(
         {"two-tower (history)": model}, queries, enc, pd.Timestamp(VALID_DAY, tz="UTC"), counts, counts, [10], seen
     )
+    methods = comparison.metrics
     assert set(methods) == {"two-tower (history)", "most-popular", "recent-popular", "item-kNN"}
     assert all(0 <= m["recall@10"] <= 1 for m in methods.values())
 
@@ -211,7 +212,7 @@ def test_baselines_match_brute_force_definitions():
     assert rank_chunk(12) == 256 and rank_chunk(729_000) == (1 << 23) // 729_000 == 11 and rank_chunk(10**9) == 1
 
     relevant = [np.array([1]), np.array([2, 4])]
-    out = compare_methods({"pop": count_scores(counts)}, relevant, [1, 2], 5)
+    out = compare_methods({"pop": count_scores(counts)}, relevant, [1, 2], 5).metrics
     assert out["pop"]["recall@1"] == pytest.approx((1 + 0) / 2) and out["pop"]["coverage@10"] == 1.0
 
     # item prior: (positives + m * rate) / (events + m) per item, scored on the validation rows
@@ -264,3 +265,38 @@ def test_the_recency_prior_dimension_gives_the_prior_weighted_score():
     qa, ia = with_recency_prior(q, items, counts, weight=2.0, temperature=0.05)
     expected = q @ items.T / 0.05 + 2.0 * np.log1p(counts)[None, :]
     np.testing.assert_allclose(qa @ ia.T / 0.05, expected, rtol=1e-4, atol=1e-3)
+
+
+def test_paired_bootstrap_contains_zero_for_a_method_against_itself_and_excludes_it_for_a_better_one():
+    """offline evaluation's "served beats X" is the paired interval above zero (issue 33)."""
+    rng = np.random.default_rng(0)
+    n_users, n_items = 600, 40
+    relevant = [np.array([int(rng.integers(0, n_items))]) for _ in range(n_users)]
+    counts = rng.integers(0, 100, n_items)
+    # Better: popularity, plus the user's relevant item lifted to the top for 20% of the users.
+    boost = np.zeros((n_users, n_items))
+    for u, rel in enumerate(relevant):
+        if rng.uniform() < 0.2:
+            boost[u, rel] = 1e4
+    base = count_scores(counts)(slice(0, n_users)).numpy()
+    better = torch.from_numpy(base + boost)
+    comparison = compare_methods(
+        {"pop": count_scores(counts), "pop again": count_scores(counts), "better": lambda rows: better[rows]},
+        relevant,
+        [10],
+        n_items,
+    )
+    vs_pop = comparison.paired("pop", samples=500, seed=3)
+    same = vs_pop["pop again"]["recall@10"]
+    assert same["diff"] == 0 and same["lo"] <= 0 <= same["hi"] and same["users"] == n_users
+    worse = vs_pop["better"]["recall@10"]
+    assert worse["hi"] < 0 and worse["lo"] < worse["diff"] < worse["hi"]  # pop is below the better ranking
+    vs_better = comparison.paired("better", samples=500, seed=3)["pop"]
+    assert vs_better["ndcg@10"]["lo"] > 0 and vs_better["recall@10"]["lo"] > 0  # "better beats pop"
+    # per-user values average to the reported means; the interval is reproducible for a seed
+    assert comparison.per_user["better"]["recall@10"].mean() == pytest.approx(comparison.metrics["better"]["recall@10"])
+    assert comparison.paired("better", samples=500, seed=3)["pop"] == vs_better
+    assert comparison.paired("better", samples=500, seed=4)["pop"]["recall@10"]["lo"] != vs_better["recall@10"]["lo"]
+    # and a noisy difference of mean zero: its interval straddles zero
+    noise = paired_bootstrap(np.random.default_rng(1).normal(0, 1, 2000), samples=1000, seed=0)
+    assert noise["lo"] < 0 < noise["hi"] and noise["hi"] - noise["lo"] == pytest.approx(2 * 1.96 / 2000**0.5, rel=0.2)

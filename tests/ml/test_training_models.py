@@ -233,7 +233,7 @@ def test_two_tower_beats_most_popular_on_full_corpus_recall(model_store):
     items = item_vectors(model, enc.catalog, enc.vocab, enc.moments, pd.Timestamp("2024-05-05", tz="UTC"))
     methods = compare_retrieval(
         {"two-tower": model}, queries, enc, pd.Timestamp("2024-05-05", tz="UTC"), counts, counts, [10, 50]
-    )
+    ).metrics
     model_m, pop_m = methods["two-tower"], methods["most-popular"]
     assert len(items) == len(enc.catalog) == 300
     assert sum(1 for r in queries.relevant if len(r)) > 300

@@ -67,8 +67,9 @@ def test_training_job_trains_on_the_window_validates_on_the_day_and_builds_both_
     padded = padded_content(catalog)
     inputs = (batch["cat"], batch["dense"], padded[batch["content_row"]], batch["hist_ids"], padded[batch["hist_rows"]])
     served = load_program(ranker.read_bytes("ranker.pt2"))
+    assert model.cfg.grouped_history  # served with each user's history once: here every row is its own "user"
     with torch.no_grad():
-        assert torch.allclose(served(*inputs), model(*inputs), atol=1e-5)
+        assert torch.allclose(served(*inputs, torch.arange(len(inputs[0]))), model(*inputs), atol=1e-5)
         # the history changes the scores (the attention is not a no-op)
         no_history = (*inputs[:3], torch.zeros_like(inputs[3]), inputs[4])
         assert not torch.allclose(model(*inputs), model(*no_history), atol=1e-4)
@@ -116,6 +117,16 @@ def test_training_job_trains_on_the_window_validates_on_the_day_and_builds_both_
     }
     for m in report["retrieval"]["methods"].values():
         assert 0 <= m["recall@10"] <= 1 and 0 < m["coverage@10"] <= 1
+    # the served score against every other method, per user, with a bootstrap interval around the mean difference
+    served = report["retrieval"]["primary_method"]
+    paired = report["retrieval"]["paired_vs_served"]
+    assert set(paired) == set(report["retrieval"]["methods"]) - {served}
+    for name, d in paired.items():
+        r = d["recall@10"]
+        assert r["lo"] <= r["diff"] <= r["hi"] and r["users"] == report["retrieval"]["num_queries"]
+        gap = report["retrieval"]["methods"][served]["recall@10"] - report["retrieval"]["methods"][name]["recall@10"]
+        assert r["diff"] == pytest.approx(gap)
+    assert "served - method [95% CI]" in materialization.metadata[f"served_vs_each_method ({served})"].value
     retrieval = ArtifactDir.committed(store, "retrieval_model", day).read_json("metrics.json")
     assert report["retrieval"]["model_recall@10"] == retrieval["model_recall@10"]
     # Within the lenient gate's lift of most-popular (see LENIENT for why not strictly above it at this size).
