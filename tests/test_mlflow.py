@@ -67,7 +67,9 @@ def test_a_training_run_is_logged_once_and_read_back(mlflow_server, tmp_path):
     assert meta["mlflow_run"].url == f"{mlflow_server}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
     # Idempotent per model version: a replay of the same payload finds the run instead of logging a second one.
     assert track(mlflow, store, p)["mlflow_run_id"] == run.info.run_id
-    assert len(client.search_runs([run.info.experiment_id])) == 1
+    # (the server is the session's: other tests' runs share the experiment, so count this model version's)
+    same_key = client.search_runs([run.info.experiment_id], filter_string=f"tags.`recsys.key` = '{p['key']}'")
+    assert [r.info.run_id for r in same_key] == [run.info.run_id]
     assert pending_payloads(store) == []
     assert track(MlflowResource(), store, p) == {"mlflow": "off (no tracking URI: set MLFLOW_TRACKING_URI)"}
 
