@@ -16,7 +16,6 @@ finished run is not logged twice (a replay after a lost answer).
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import re
 import time
@@ -24,13 +23,13 @@ import time
 from dagster import ConfigurableResource
 from pydantic import Field
 
-log = logging.getLogger("recsys.mlflow")
-
 KEY_TAG = "recsys.key"
 RELEASE_TAG = "recsys.release"
 _MAX_PARAM = 6000  # MLflow's limit on a param value
 # The client's own retries: off (we queue and replay), and a short deadline a request.
 _HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# What a step reports when tracking is off (the training assets, the registry mirror).
+TRACKING_OFF = {"mlflow": "off (no tracking URI: set MLFLOW_TRACKING_URI)"}
 
 
 def metric_name(name: str) -> str:
@@ -93,7 +92,7 @@ class MlflowResource(ConfigurableResource):
             params = [Param(metric_name(k), str(v)[:_MAX_PARAM]) for k, v in sorted(payload["params"].items())]
             now = int(time.time() * 1000)
             metrics = [Metric(metric_name(n), float(v), now, int(step)) for n, v, step in payload["metrics"]]
-            for i in range(0, max(len(params), 1), 100):  # MLflow takes at most 100 params a batch
+            for i in range(0, len(params), 100):  # MLflow takes at most 100 params a batch
                 client.log_batch(rid, params=params[i : i + 100])
             for i in range(0, len(metrics), 1000):
                 client.log_batch(rid, metrics=metrics[i : i + 1000])
@@ -113,18 +112,17 @@ class MlflowResource(ConfigurableResource):
                 return found
             if not client.search_registered_models(filter_string=f"name = '{name}'"):
                 client.create_registered_model(name, description="Recommender releases mirrored from the platform")
+            tags = {**tags, RELEASE_TAG: str(version)}
             payload = {
                 "experiment": f"{name}/releases",
                 "run_name": f"release {version}",
                 "key": f"release/{version}",
-                "tags": {**tags, RELEASE_TAG: str(version)},
+                "tags": tags,
                 "params": {},
                 "metrics": [],
             }
             _, rid = self.log_run(payload, artifacts={"release/release.json": manifest})
-            mv = client.create_model_version(
-                name, source=f"runs:/{rid}/release", run_id=rid, tags={**tags, RELEASE_TAG: str(version)}
-            )
+            mv = client.create_model_version(name, source=f"runs:/{rid}/release", run_id=rid, tags=tags)
             return str(mv.version)
 
     def set_aliases(self, name: str, aliases: dict[str, int | None]) -> dict[str, str | None]:

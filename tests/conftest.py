@@ -16,7 +16,7 @@ from resources.notifier import NotifierResource
 from resources.spark import SparkResource
 from resources.storage import StorageResource
 from resources.store import DatasetStore
-from tests.helpers import DAYS, PG_DSN, SMALL, run_job
+from tests.helpers import DAYS, PG_DSN, SMALL, free_port, run_job
 
 # Tests that track do so into their own MLflow server (the `mlflow_server` fixture, MLFLOW_TRACKING_URI set by the
 # test): never into a tracking server the developer's shell points at.
@@ -163,7 +163,6 @@ def pg_database():
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` (this venv's MLflow) on a fresh PostgreSQL database, artifacts in a temp directory; its
     URL. Waits for /health as long as the server process is alive (its start is ~20 s on a quiet host)."""
-    import socket
     import subprocess
     import sys
     import time
@@ -176,9 +175,7 @@ def mlflow_server(tmp_path_factory):
     admin = psycopg2.connect(dbname="postgres", **PG_DSN)
     admin.autocommit = True
     admin.cursor().execute(f'CREATE DATABASE "{name}"')
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     tmp = tmp_path_factory.mktemp("mlflow")
     backend = f"postgresql+psycopg2://{PG_DSN['user']}@{PG_DSN['host']}:{PG_DSN['port']}/{name}"
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -313,6 +314,13 @@ def commit_monitoring_report(store, day, item_ids, ages, prev_ids=None, prev_7d=
 
 class StalledError(AssertionError):
     pass
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (bound, read, closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def production_home(tmp_path: Path, raw_root: Path) -> tuple[Path, Path]:

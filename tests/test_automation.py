@@ -18,7 +18,7 @@ from dagster import SensorResult, SkipReason, build_sensor_context
 from recsys_assets.alerts.sensors import check_failure_sensor, notification_delivery_sensor, run_failure_alert_sensor
 from recsys_assets.datagen.automation import monitoring_summary_sensor, overdue_days, raw_success_file_sensor
 from resources.notifier import NotifierResource
-from tests.helpers import commit_monitoring_report, defs_with, judge_day_checks
+from tests.helpers import commit_monitoring_report, defs_with, free_port, judge_day_checks
 
 # The project's Definitions: the alert sensors read the checks to watch from them.
 DEFS = defs_with({})
@@ -67,11 +67,7 @@ class _Webhook:
 
 
 def _dead_url() -> str:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens here now
-    return f"http://127.0.0.1:{port}/hook?token=SECRET-TOKEN-123"
+    return f"http://127.0.0.1:{free_port()}/hook?token=SECRET-TOKEN-123"  # nothing listens there
 
 
 def _apply(instance, result: SensorResult) -> None:

@@ -3,8 +3,6 @@ run logged once and read back, a down server never failing the caller, its runs 
 
 from __future__ import annotations
 
-import socket
-
 from dagster import build_sensor_context
 
 from recsys_assets.training.sensors import mlflow_replay_sensor
@@ -12,6 +10,7 @@ from recsys_assets.training.tracking import PENDING_DIR, pending_payloads, repla
 from resources.mlflow import MlflowResource
 from resources.storage import StorageResource
 from resources.store import DatasetStore
+from tests.helpers import free_port
 
 DAY = "2024-03-03"
 INFO = {
@@ -34,12 +33,6 @@ METRICS = {
     "methods": {"two-tower (history)": {"recall@10": 0.37}},
     "history_len": 20,
 }
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # nothing listens once the socket is closed
 
 
 def payload(model: str, version: str) -> dict:
@@ -77,7 +70,7 @@ def test_a_training_run_is_logged_once_and_read_back(mlflow_server, tmp_path):
 def test_a_down_server_queues_the_run_and_the_replay_sensor_logs_it(mlflow_server, tmp_path):
     store = DatasetStore(str(tmp_path))
     down, up = (
-        MlflowResource(tracking_uri=f"http://127.0.0.1:{closed_port()}"),
+        MlflowResource(tracking_uri=f"http://127.0.0.1:{free_port()}"),
         MlflowResource(tracking_uri=mlflow_server),
     )
     p = payload("retrieval_model", "v9")

@@ -10,7 +10,6 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 import requests
 from dagster import AssetCheckKey, AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, EventRecordsFilter
 
-from tests.helpers import DAYS, REPO, file_size, production_home, stop_process_tree, tail, wait_until
+from tests.helpers import DAYS, REPO, file_size, free_port, production_home, stop_process_tree, tail, wait_until
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -38,12 +37,6 @@ LOCATIONS = """
     name loadStatus displayMetadata { key value }
     locationOrLoadError { __typename ... on PythonError { message } }
 } } } }"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def image_entrypoint() -> list[str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 
-from tests.helpers import REPO, file_size, stop_process_tree, tail, wait_until
+from tests.helpers import REPO, file_size, free_port, stop_process_tree, tail, wait_until
 
 SHOTS = REPO / "docs" / "screenshots"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -46,12 +45,6 @@ def _chromium_present():
     # Not a skip: a suite that passes without its browser test hides a hole. `.ci/run` installs it.
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"the UI test needs Debian's Chromium at {CHROMIUM}: `apt-get install chromium` (.ci/run does)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _http_ok(url: str) -> bool:
@@ -85,7 +78,7 @@ def webserver(data_root, tmp_path):
         "telemetry:\n  enabled: false\n"
         "run_coordinator:\n  module: dagster.core.run_coordinator\n  class: DefaultRunCoordinator\n"
     )
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),

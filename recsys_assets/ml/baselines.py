@@ -22,9 +22,9 @@ import torch
 from recsys_assets.ml.features import positions_in
 from recsys_assets.ml.metrics import (
     group_relevant,
+    mean_recall_ndcg,
     paired_bootstrap,
     per_query_recall_ndcg,
-    recall_ndcg_at_k,
     roc_auc,
 )
 
@@ -202,10 +202,12 @@ def compare_methods(
     out, per_user = {}, {}
     for name, score in methods.items():
         ranked = rank_all(score, len(relevant), kmax, seen, chunk=rank_chunk(num_items))
-        m = recall_ndcg_at_k(ranked, relevant, ks)
+        # one pass over the users per k; @10's arrays are also the paired comparison's
+        per_k = {k: per_query_recall_ndcg(ranked, relevant, k) for k in sorted({*ks, 10})}
+        m = mean_recall_ndcg({k: per_k[k] for k in ks})
         m["coverage@10"] = float(len(np.unique(ranked[:, :10])) / num_items) if num_items and len(ranked) else 0.0
         out[name] = m
-        per_user[name] = dict(zip(PAIRED_METRICS, per_query_recall_ndcg(ranked, relevant, 10)))
+        per_user[name] = dict(zip(PAIRED_METRICS, per_k[10]))
     return MethodComparison(out, per_user)
 
 

@@ -55,12 +55,18 @@ def per_query_recall_ndcg(ranked: np.ndarray, relevant: list[np.ndarray], k: int
 
 def recall_ndcg_at_k(ranked: np.ndarray, relevant: list[np.ndarray], ks: list[int]) -> dict[str, float]:
     """Mean recall@k and NDCG@k over queries with >= 1 relevant item."""
-    out = {}
-    for k in ks:
-        recall, ndcg = per_query_recall_ndcg(ranked, relevant, k)
-        out[f"recall@{k}"] = float(recall.mean()) if len(recall) else float("nan")
-        out[f"ndcg@{k}"] = float(ndcg.mean()) if len(ndcg) else float("nan")
-    return {name: out[name] for name in [f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks]}
+    return mean_recall_ndcg({k: per_query_recall_ndcg(ranked, relevant, k) for k in ks})
+
+
+def mean_recall_ndcg(per_query: dict[int, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """{recall@k..., ndcg@k...} from per_query_recall_ndcg's arrays per k (nan where no query has a relevant item)."""
+
+    def mean(a: np.ndarray) -> float:
+        return float(a.mean()) if len(a) else float("nan")
+
+    return {f"recall@{k}": mean(r) for k, (r, _) in per_query.items()} | {
+        f"ndcg@{k}": mean(n) for k, (_, n) in per_query.items()
+    }
 
 
 def paired_bootstrap(diff: np.ndarray, samples: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, float]:

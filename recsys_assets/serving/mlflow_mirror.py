@@ -13,7 +13,7 @@ import logging
 
 from recsys_assets.ml.release import RELEASE_FILE, RELEASE_MODEL, version_dir
 from recsys_assets.serving import registry
-from resources.mlflow import MlflowResource
+from resources.mlflow import TRACKING_OFF, MlflowResource
 from resources.store import DatasetStore
 
 log = logging.getLogger("recsys.mlflow")
@@ -30,7 +30,7 @@ def sync_mlflow(mlflow: MlflowResource, store: DatasetStore, conn, name: str, al
     """Mirror `also` (a release just registered) and the registry's production and previous-production releases,
     then point the aliases at them. Asset metadata saying what happened."""
     if not mlflow.enabled:
-        return {"mlflow": "off (no tracking URI: set MLFLOW_TRACKING_URI)"}
+        return dict(TRACKING_OFF)
     aliases = {
         "production": registry.production_version(conn, name),
         "holdback": registry.previous_production_version(conn, name),

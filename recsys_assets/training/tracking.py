@@ -19,7 +19,7 @@ import re
 import pyarrow.fs as pafs
 from dagster import MetadataValue
 
-from resources.mlflow import MlflowResource
+from resources.mlflow import TRACKING_OFF, MlflowResource
 from resources.store import DatasetStore
 
 log = logging.getLogger("recsys.tracking")
@@ -78,7 +78,7 @@ def pending_path(store: DatasetStore, key: str) -> str:
 def track(mlflow: MlflowResource, store: DatasetStore, payload: dict) -> dict:
     """Log the payload; the asset metadata saying what happened. Never raises for the tracking store."""
     if not mlflow.enabled:
-        return {"mlflow": "off (no tracking URI: set MLFLOW_TRACKING_URI)"}
+        return dict(TRACKING_OFF)
     try:
         exp_id, run_id = mlflow.log_run(payload)
     except Exception as e:  # a down or failing tracking server never fails the training run

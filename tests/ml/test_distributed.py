@@ -7,7 +7,6 @@ import collections
 import json
 import os
 import signal
-import socket
 import threading
 import time
 
@@ -25,7 +24,7 @@ from recsys_assets.ml.loader import (
     shard_pieces,
     shuffled_batches,
 )
-from tests.helpers import TRAIN_DAYS, descendants, make_encoder, wait_until
+from tests.helpers import TRAIN_DAYS, descendants, free_port, make_encoder, wait_until
 
 
 def test_shards_are_disjoint_cover_every_piece_and_balance_rows():
@@ -73,12 +72,6 @@ def test_each_rank_reads_a_disjoint_share_and_together_every_row_once(model_stor
 
 
 # --- the global batch's gradient on two gloo processes -----------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _models():
@@ -153,7 +146,7 @@ def test_two_gloo_ranks_get_the_global_batch_gradient_of_one_process(tmp_path, s
     _losses(ranker, two_tower, _global_batch(sum(split))).backward()
     expected = _grads((ranker, two_tower))
     out = str(tmp_path / "grads")
-    mp.spawn(_rank_main, args=(2, _free_port(), split, out), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(2, free_port(), split, out), nprocs=2, join=True)
     for rank in range(2):
         got = torch.load(f"{out}.{rank}")
         assert set(got) == set(expected)

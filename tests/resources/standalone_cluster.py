@@ -6,20 +6,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import urllib.request
 from pathlib import Path
 
 import pyspark
 
-from tests.helpers import file_size, stop_process_tree, wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import file_size, free_port, stop_process_tree, wait_until
 
 
 @contextlib.contextmanager
