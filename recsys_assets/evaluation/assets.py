@@ -104,6 +104,16 @@ def evaluation_metadata(report: dict, png: bytes, day: str) -> dict:
             ],
             paired_rows,
         ),
+        "fitted_on_last_window_day": md_table(
+            ["model", "held-out day", "epochs", "recency prior"],
+            [
+                [name, (fit or {}).get("holdout_day", "not fitted"), part.get("epochs"), prior]
+                for name, part, fit, prior in (
+                    ("ranker", r, r.get("holdout_fit"), "-"),
+                    ("retrieval", ret, ret.get("holdout_fit"), ret.get("recency_prior")),
+                )
+            ],
+        ),
         "protocol": f"day {day}, full corpus ({ret['corpus_size']:,} items), {ret['num_queries']:,} users, exact "
         "top-K; " + seen,
         "indexes": md_table(["index", "type", "vectors", "recall vs exact", "self-recall@1"], index_rows),

@@ -19,6 +19,7 @@ def build_evaluation_report(
     index: dict | None,
     cold_start: dict | None,
     gates: dict[str, str] | None = None,
+    retrieval_training: dict | None = None,
 ) -> dict:
     k = retrieval["k"]
     pop = retrieval[f"popularity_recall@{k}"]
@@ -43,6 +44,9 @@ def build_evaluation_report(
             },
             "positive_rate": ranker["positive_rate"],
             "validation_rows": ranker["validation_rows"],
+            # what the temporal holdout fit chose on the window's last day (ml/holdout_fit.py), and its table
+            "epochs": ranker.get("epochs"),
+            "holdout_fit": ranker_training.get("holdout_fit"),
         },
         "retrieval": {
             **{m: retrieval[m] for m in retrieval if m.startswith(("model_", "popularity_"))},
@@ -53,6 +57,11 @@ def build_evaluation_report(
             # this existed have none)
             "paired_vs_served": retrieval.get("paired_vs_served", {}),
             "exclude_seen": retrieval.get("exclude_seen", False),
+            "recency_prior": retrieval.get("recency_prior", 0.0),
+            "epochs": retrieval.get("epochs"),
+            "item_trend": retrieval.get("item_trend", False),
+            "example_age": retrieval.get("example_age", False),
+            "holdout_fit": (retrieval_training or {}).get("holdout_fit"),
             "num_queries": retrieval["num_queries"],
             "corpus_size": retrieval["corpus_size"],
         },
@@ -108,5 +117,6 @@ def evaluate_day(store: DatasetStore, day: str) -> EvaluationReport:
         _committed_json(store, RETRIEVAL_INDEX, day, "index.json"),
         _committed_json(store, COLD_START_INDEX, day, "index.json"),
         gates={RANKER_MODEL: ranker_gate, RETRIEVAL_MODEL: retrieval_gate},
+        retrieval_training=_training_json(store, RETRIEVAL_MODEL, day),
     )
     return EvaluationReport(report, comparison_png(report))

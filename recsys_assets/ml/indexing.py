@@ -13,8 +13,8 @@ import pandas as pd
 import pyarrow as pa
 
 from recsys_assets.config.training import TrainingSpec
-from recsys_assets.core.datasets import RETRIEVAL_MODEL, VOCAB
-from recsys_assets.core.days import window_of
+from recsys_assets.core.datasets import RETRIEVAL_MODEL, TRAINING_EVENTS, VOCAB
+from recsys_assets.core.days import shift_day, window_of
 from recsys_assets.core.raw_inputs import read_raw_table
 from recsys_assets.core.readers import read_final_items
 from recsys_assets.core.schemas import EMBEDDING_DIM
@@ -73,11 +73,13 @@ def build_retrieval_index(store: DatasetStore, day: str, spec: TrainingSpec, set
     from recsys_assets.ml.loader import (
         BatchEncoder,
         committed_events_dataset,
+        item_day_frequencies,
         item_frequencies,
         retrieval_positive_filter,
     )
     from recsys_assets.ml.models import TwoTower
     from recsys_assets.ml.retrieval import evaluation_queries, item_vectors, query_vectors, with_recency_prior
+    from recsys_assets.ml.trend import TREND_LOOKBACK_DAYS
 
     model_dir = ArtifactDir.committed(store, RETRIEVAL_MODEL, day)
     info = model_dir.read_json("training.json")
@@ -87,7 +89,24 @@ def build_retrieval_index(store: DatasetStore, day: str, spec: TrainingSpec, set
     vocab, moments = model_dir.read_vocab()
     catalog = build_item_catalog([partial(read_final_items, store, d) for d in [*info["train_days"], day]])
     t0 = time.perf_counter()
-    vectors = item_vectors(model, catalog, vocab, moments, pd.Timestamp(window_of(day).end))
+    positives = retrieval_positive_filter(spec.labels)
+    # The index serves the day after its own: a model with trend inputs reads the items' positives of the days
+    # before that one (its own day and the two before it, those committed).
+    trend_counts = None
+    if model.item_trend:
+        lookback = [shift_day(day, -k) for k in range(TREND_LOOKBACK_DAYS - 1, -1, -1)]
+        counted = [d for d in lookback if store.is_committed(TRAINING_EVENTS, d)]
+        trend_counts = item_day_frequencies(committed_events_dataset(store, counted), catalog, positives)
+    vectors, bias = item_vectors(
+        model,
+        catalog,
+        vocab,
+        moments,
+        pd.Timestamp(window_of(day).end),
+        day_positives=trend_counts,
+        day=shift_day(day, 1),
+        with_bias=True,
+    )
     history = load_histories(store, [day], model.history_len, vocab, catalog) if model.history_len else None
     encoder = BatchEncoder(vocab, moments, catalog, spec.labels, history)
     queries = query_vectors(
@@ -99,11 +118,13 @@ def build_retrieval_index(store: DatasetStore, day: str, spec: TrainingSpec, set
     # The recency prior the model was evaluated with, from the index's own day (the newest data when it serves):
     # one extra dimension, so the inner product is the prior-weighted score (the feed appends 1 to each query).
     prior = float(model_dir.read_json("metrics.json").get("recency_prior", 0.0))
-    if prior:
-        recent = item_frequencies(
-            committed_events_dataset(store, [day]), catalog, retrieval_positive_filter(spec.labels)
+    if prior or bias is not None:  # the prior and the model's popularity logit: one extra dimension
+        recent = (
+            trend_counts[day]
+            if trend_counts is not None and day in trend_counts
+            else item_frequencies(committed_events_dataset(store, [day]), catalog, positives)
         )
-        queries, vectors = with_recency_prior(queries, vectors, recent, prior, model.temperature)
+        queries, vectors = with_recency_prior(queries, vectors, recent, prior, model.temperature, bias)
     index, desc = build_ip_index(vectors, settings.spec)
     build_s = time.perf_counter() - t0
     recall = recall_vs_exact(index, vectors, queries, settings.recall_k)
@@ -112,6 +133,7 @@ def build_retrieval_index(store: DatasetStore, day: str, spec: TrainingSpec, set
         "model_version": model_dir.version,
         "recency_prior": prior,
         "recency_prior_day": day if prior else None,
+        "popularity_logit": bias is not None,  # the model's learned popularity logit, in the extra dimension
         "recall_vs_exact": recall,
         "recall_k": settings.recall_k,
         "recall_queries": int(len(queries)),

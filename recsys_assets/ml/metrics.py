@@ -102,3 +102,41 @@ def group_relevant(query_rows: np.ndarray, item_rows: np.ndarray, num_queries: i
     q, it = q[keep], it[keep]
     bounds = np.searchsorted(q, np.arange(num_queries + 1))
     return [it[bounds[i] : bounds[i + 1]] for i in range(num_queries)]
+
+
+def softmax_log_likelihood(
+    score,
+    relevant: list[np.ndarray],
+    extra: np.ndarray,
+    weights: list[float],
+    seen: list[np.ndarray] | None = None,
+    chunk: int = 256,
+) -> dict[float, float]:
+    """Mean over (user, relevant item) of log softmax over the catalogue of `score(rows) + w * extra` for each w
+    (items a user has seen left out of its softmax when `seen` is given): the held-out likelihood of the blended score,
+    smooth in w and using every positive (a top-10 hit rate on a day of ~100 users moves by whole hits).
+    `score`: query rows (a slice) -> [rows, catalogue] scores."""
+    import torch
+
+    bonus = torch.from_numpy(np.asarray(extra, np.float64))
+    total = {w: 0.0 for w in weights}
+    count = 0
+    for s in range(0, len(relevant), chunk):
+        rows = slice(s, min(s + chunk, len(relevant)))
+        base = score(rows).to(torch.float64)
+        mask = torch.zeros_like(base, dtype=torch.bool)
+        if seen is not None:
+            for i, q in enumerate(range(rows.start, rows.stop)):
+                if len(seen[q]):
+                    mask[i, torch.from_numpy(seen[q])] = True
+        qi = [i for i, q in enumerate(range(rows.start, rows.stop)) for _ in relevant[q]]
+        it = np.concatenate([relevant[q] for q in range(rows.start, rows.stop)]) if qi else np.zeros(0, np.int64)
+        if not qi:
+            continue
+        qi_t, it_t = torch.tensor(qi), torch.from_numpy(it.astype(np.int64))
+        count += len(qi)
+        for w in weights:
+            logits = (base + w * bonus).masked_fill(mask, -np.inf)
+            log_z = torch.logsumexp(logits, dim=1)
+            total[w] += float((logits[qi_t, it_t] - log_z[qi_t]).clamp(min=-1e4).sum())
+    return {w: total[w] / count if count else float("nan") for w in weights}

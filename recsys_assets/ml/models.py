@@ -259,9 +259,32 @@ class TwoTower(nn.Module):
     item_id embedding + content projection (shared weights: what a user watched and what is retrieved live in one
     space), pooled two ways: a masked mean and a learned attention. Users without history pool to zeros."""
 
-    def __init__(self, query: TowerConfig, item: TowerConfig, temperature: float = 0.05, history_len: int = 0):
+    def __init__(
+        self,
+        query: TowerConfig,
+        item: TowerConfig,
+        temperature: float = 0.05,
+        history_len: int = 0,
+        item_trend: dict | None = None,
+        example_age: bool = False,
+        history_positions: bool = False,
+    ):
         super().__init__()
         self.history_len = history_len
+        # ml/trend.py: the item tower's last two dense inputs are the item's point-in-time popularity (standardized
+        # with these moments), and the query tower's last one the example's age (0 when serving: `query` appends it).
+        self.item_trend = item_trend
+        self.example_age = example_age
+        if item_trend is not None:
+            # The item's popularity right now as a logit of its own: b(i) = w . trend(i) + c, added to q.i / T in
+            # training's softmax and served as one extra index dimension (retrieval.with_recency_prior's bias).
+            # Started at b(i) = log(1 + the item's positives on the day before): recent-popular's score, which the
+            # training then adjusts (the ranker's item bias starts at the item prior the same way).
+            self.trend_score = nn.Linear(len(item_trend["mean"]), 1)
+            with torch.no_grad():
+                self.trend_score.weight.zero_()
+                self.trend_score.weight[0, 0] = item_trend["std"][0]
+                self.trend_score.bias.fill_(item_trend["mean"][0])
         if history_len and query.extra_dim != 2 * item.embedding_dim:
             raise ValueError("query tower extra_dim must be 2 * item embedding_dim for history pooling")
         self.query_tower = Tower(query)
@@ -269,10 +292,17 @@ class TwoTower(nn.Module):
         self.temperature = temperature
         if history_len:
             self.history_attention = nn.Linear(item.embedding_dim, 1)
+        # A learned vector per history position (0 = newest), added to each entry before pooling: the attention can
+        # weight recent entries over old ones (the history is newest first; zeros at the start: position-blind).
+        self.history_positions = bool(history_positions and history_len)
+        if self.history_positions:
+            self.history_position = nn.Parameter(torch.zeros(history_len, item.embedding_dim))  # dense, small
 
     def history_vector(self, hist_ids: torch.Tensor, hist_content: torch.Tensor) -> torch.Tensor:
         ids, hc = hist_ids[:, : self.history_len], hist_content[:, : self.history_len]
         h = self.item_tower.embeddings[0](ids) + self.item_tower.content_proj(hc)
+        if self.history_positions:
+            h = h + self.history_position[: h.shape[1]].unsqueeze(0)
         mask = ids != 0
         return torch.cat(
             [masked_mean(h, mask), masked_attention_pool(self.history_attention(h).squeeze(-1), h, mask)], 1
@@ -284,9 +314,24 @@ class TwoTower(nn.Module):
         dense: torch.Tensor,
         hist_ids: torch.Tensor | None = None,
         hist_content: torch.Tensor | None = None,
+        example_age: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """The query vector. `dense`: the user's dense inputs without the example age, which is appended here when
+        the model reads it: the training row's `example_age` [B, 1], or 0 (evaluation, serving, the exported tower)."""
         extra = self.history_vector(hist_ids, hist_content) if self.history_len else None
+        if self.example_age:
+            age = example_age if example_age is not None else torch.zeros_like(dense[:, :1])
+            dense = torch.cat([dense, age], dim=1)
         return self.query_tower(cat, dense, dense[:, :0], extra)
+
+    def item_score_bias(self, trend: torch.Tensor) -> torch.Tensor:
+        """[items] the learned popularity logit of items with standardized trend inputs [items, 2]."""
+        return self.trend_score(trend).squeeze(-1)
+
+    @property
+    def query_dense_inputs(self) -> int:
+        """Width of the dense input a caller (and the exported query tower) gives: without the example age."""
+        return self.query_tower.cfg.num_dense - int(self.example_age)
 
     def config(self) -> dict:
         return {
@@ -294,13 +339,23 @@ class TwoTower(nn.Module):
             "item": self.item_tower.cfg.to_dict(),
             "temperature": self.temperature,
             "history_len": self.history_len,
+            "item_trend": self.item_trend,
+            "example_age": self.example_age,
+            "history_positions": self.history_positions,
         }
 
     @classmethod
     def from_config(cls, cfg: dict) -> TwoTower:
-        """From a saved model_config.json (one saved before history existed loads history-free)."""
+        """From a saved model_config.json (one saved before history, the trend inputs or the example age existed
+        loads without them)."""
         return cls(
-            TowerConfig(**cfg["query"]), TowerConfig(**cfg["item"]), cfg["temperature"], cfg.get("history_len", 0)
+            TowerConfig(**cfg["query"]),
+            TowerConfig(**cfg["item"]),
+            cfg["temperature"],
+            cfg.get("history_len", 0),
+            cfg.get("item_trend"),
+            cfg.get("example_age", False),
+            cfg.get("history_positions", False),
         )
 
 

@@ -59,6 +59,7 @@ def train_ranker(
     holdout_users=None,
     patience: int = 2,
     item_bias_start: np.ndarray | None = None,
+    evaluate_epoch: Callable[[int, MMoERanker], dict] | None = None,
 ) -> tuple[MMoERanker, FitResult]:
     """`holdout_users`: users whose window events select the epoch (early stopping) instead of training.
     `item_bias_start`: the item-bias logits when the caller has them (item_priors of the same rows: the training rows
@@ -94,6 +95,7 @@ def train_ranker(
         on_epoch_end,
         holdout_users=holdout_users,
         patience=patience,
+        evaluate_epoch=evaluate_epoch,
     )
     return model.eval(), result
 

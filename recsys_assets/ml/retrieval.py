@@ -19,6 +19,7 @@ from recsys_assets.ml.loader import BatchEncoder, TrainingEventsDataset, item_da
 from recsys_assets.ml.metrics import group_relevant
 from recsys_assets.ml.models import TowerConfig, TwoTower, in_batch_softmax_loss
 from recsys_assets.ml.trainer import CheckpointStore, FitResult, TrainSettings, fit_on_events
+from recsys_assets.ml.trend import TREND_FEATURES, ItemTrend, example_age
 
 QUERY_CAT = ["user_id", "user_language", "user_region"]
 QUERY_DENSE = ["user_tenure_days"]
@@ -36,6 +37,9 @@ class RetrievalHyper:
     logq_correction: bool = True
     history_len: int = 0  # 0: the history-free query tower
     logq_by_day: bool = False  # training.yaml retrieval.logq_by_day (RetrievalSizes)
+    item_trend: bool = False  # retrieval.item_trend: the item's point-in-time popularity (ml/trend.py)
+    example_age: bool = False  # retrieval.example_age: the row's age as a query tower input, 0 when serving
+    history_positions: bool = False  # retrieval.history_positions: a learned vector per history position
 
 
 def _cols(vocab: Vocab, names: list[str]) -> list[int]:
@@ -50,12 +54,13 @@ def tower_configs(vocab: Vocab, hyper: RetrievalHyper) -> tuple[TowerConfig, Tow
     q = TowerConfig(
         QUERY_CAT,
         [vocab.cardinality(f) for f in QUERY_CAT],
-        len(QUERY_DENSE),
+        len(QUERY_DENSE) + int(hyper.example_age),
         use_content=False,
         extra_dim=2 * hyper.embedding_dim if hyper.history_len else 0,
         **common,
     )
-    i = TowerConfig(ITEM_CAT, [vocab.cardinality(f) for f in ITEM_CAT], len(ITEM_DENSE), use_content=True, **common)
+    num_item_dense = len(ITEM_DENSE) + (len(TREND_FEATURES) if hyper.item_trend else 0)
+    i = TowerConfig(ITEM_CAT, [vocab.cardinality(f) for f in ITEM_CAT], num_item_dense, use_content=True, **common)
     return q, i
 
 
@@ -81,11 +86,13 @@ def train_two_tower(
     holdout_users=None,
     patience: int = 2,
     day_positives: dict[str, np.ndarray] | None = None,
+    evaluate_epoch: Callable[[int, TwoTower], dict] | None = None,
 ) -> tuple[TwoTower, FitResult, np.ndarray]:
     """Trains on positive events only. Returns the model, fit result, and per-catalogue-row positive counts.
     `holdout_users`: users whose window positives select the epoch (early stopping) instead of training.
     `day_positives`: the positives per day and catalogue row when already counted (ml/window_counts.py); counted
-    here in one pass otherwise."""
+    here in one pass otherwise. `evaluate_epoch(epoch, model)`: called after every epoch (the temporal holdout fit,
+    ml/holdout_fit.py); what it returns is added to the epoch's history row."""
     positives = retrieval_positive_filter(encoder.labels)
     by_day = day_positives if day_positives is not None else item_day_frequencies(train, encoder.catalog, positives)
     counts = sum(by_day.values(), np.zeros(len(encoder.catalog), np.int64))
@@ -96,16 +103,33 @@ def train_two_tower(
     q_cfg, i_cfg = tower_configs(encoder.vocab, hyper)
     if hyper.history_len and encoder.history is None:
         raise ValueError("a history-aware two-tower needs an encoder with user_history loaded")
-    model = TwoTower(q_cfg, i_cfg, hyper.temperature, hyper.history_len)
+    trend = ItemTrend.fit(by_day, len(encoder.catalog)) if hyper.item_trend else None
+    model = TwoTower(
+        q_cfg,
+        i_cfg,
+        hyper.temperature,
+        hyper.history_len,
+        trend.to_dict() if trend else None,
+        hyper.example_age,
+        hyper.history_positions,
+    )
     content = padded_content(encoder.catalog).to(settings.device)
     split = _Split(encoder.vocab, settings.device)
+    trend_of = trend.lookup(by_day, len(encoder.catalog), settings.device) if trend else None
+    age_of = example_age(sorted(by_day), settings.device) if hyper.example_age else None
 
     def step(m: TwoTower, b: dict[str, torch.Tensor]) -> torch.Tensor:
         rows = b["content_row"]
         hist = (b["hist_ids"], content[b["hist_rows"]]) if m.history_len else (None, None)
-        q = m.query(b["cat"][:, split.q_cat], b["dense"][:, split.q_dense], *hist)
-        i = m.item_tower(b["cat"][:, split.i_cat], b["dense"][:, split.i_dense], content[rows])
-        return in_batch_softmax_loss(q.float(), i.float(), rows, log_q(b), m.temperature)
+        age = age_of(b) if age_of is not None else None
+        q = m.query(b["cat"][:, split.q_cat], b["dense"][:, split.q_dense], *hist, example_age=age)
+        i_dense, lq = b["dense"][:, split.i_dense], log_q(b)
+        if trend_of is not None:
+            t = trend_of(b)
+            i_dense = torch.cat([i_dense, t], dim=1)
+            lq = lq - m.item_score_bias(t).float()  # logits q.i / T + b(i) - log q(i)
+        i = m.item_tower(b["cat"][:, split.i_cat], i_dense, content[rows])
+        return in_batch_softmax_loss(q.float(), i.float(), rows, lq, m.temperature)
 
     result = fit_on_events(
         model,
@@ -121,6 +145,7 @@ def train_two_tower(
         drop_last=True,
         holdout_users=holdout_users,
         patience=patience,
+        evaluate_epoch=evaluate_epoch,
     )
     return model.eval(), result, counts
 
@@ -149,9 +174,10 @@ def _log_q(by_day: dict[str, np.ndarray], counts: np.ndarray, hyper: RetrievalHy
 
 
 def item_tower_inputs(
-    catalog: ItemCatalog, vocab: Vocab, moments: dict, as_of: pd.Timestamp
+    catalog: ItemCatalog, vocab: Vocab, moments: dict, as_of: pd.Timestamp, trend: np.ndarray | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Item tower inputs for every catalogue row, item age measured at `as_of` (the index build time)."""
+    """Item tower inputs for every catalogue row, item age measured at `as_of` (the index build time); `trend`: the
+    standardized trend inputs [rows, 2] of the scored day (ItemTrend.of_day), for a model that reads them."""
     cat = np.stack([catalog.encode(vocab, f) for f in ITEM_CAT], axis=1)
     dense = np.stack(
         [
@@ -160,14 +186,39 @@ def item_tower_inputs(
         ],
         axis=1,
     )
+    if trend is not None:
+        dense = np.hstack([dense, trend.astype(dense.dtype)])
     return torch.from_numpy(cat), torch.from_numpy(dense), torch.from_numpy(catalog.embeddings)
 
 
 @torch.no_grad()
 def item_vectors(
-    model: TwoTower, catalog: ItemCatalog, vocab: Vocab, moments: dict, as_of: pd.Timestamp, batch_size: int = 65_536
-) -> np.ndarray:
-    cat, dense, content = item_tower_inputs(catalog, vocab, moments, as_of)
+    model: TwoTower,
+    catalog: ItemCatalog,
+    vocab: Vocab,
+    moments: dict,
+    as_of: pd.Timestamp,
+    batch_size: int = 65_536,
+    day_positives: dict[str, np.ndarray] | None = None,
+    day: str | None = None,
+    with_bias: bool = False,
+):
+    """Every catalogue row's item vector for scoring `day` (items aged at `as_of`). A model with trend inputs reads
+    the items' positives of the days before `day` from `day_positives` (day -> positives per catalogue row).
+    `with_bias`: (vectors, the learned popularity logit per row or None): what the served score adds to q.i / T."""
+    trend = None
+    if model.item_trend:
+        if day_positives is None or day is None:
+            raise ValueError("this two-tower reads the items' recent positives: pass day_positives and the day")
+        trend = ItemTrend.from_dict(model.item_trend).of_day(day_positives, day, len(catalog))
+    cat, dense, content = item_tower_inputs(catalog, vocab, moments, as_of, trend)
+    if with_bias:
+        bias = model.item_score_bias(torch.from_numpy(trend)).numpy() if trend is not None else None
+        return _vectors(model, cat, dense, content, batch_size), bias
+    return _vectors(model, cat, dense, content, batch_size)
+
+
+def _vectors(model: TwoTower, cat, dense, content, batch_size: int) -> np.ndarray:
     out = [
         model.item_tower(cat[s : s + batch_size], dense[s : s + batch_size], content[s : s + batch_size])
         for s in range(0, len(cat), batch_size)
@@ -236,12 +287,12 @@ def evaluation_queries(
     ok = item_row >= 0
     relevant = group_relevant(user_row[ok], item_row[ok], len(users))
     user_ids = users["user_id"].to_numpy(dtype=object)
-    hist_ids = hist_rows = eval_day = None
-    if encoder.history is not None:
-        days = {f.day for f in day.get_fragments()}
-        if len(days) != 1:
-            raise ValueError(f"evaluation queries come from one day, got {sorted(days)}")
-        (eval_day,) = days
+    hist_ids = hist_rows = None
+    days = {f.day for f in day.get_fragments()}
+    if len(days) > 1:
+        raise ValueError(f"evaluation queries come from one day, got {sorted(days)}")
+    eval_day = next(iter(days), None)
+    if encoder.history is not None and eval_day is not None:
         hist_ids, hist_rows = encoder.history[eval_day].lookup(pa.array(user_ids, pa.string()))
     return EvalQueries(user_ids, cat, dense, relevant, int(len(df)), hist_ids, hist_rows, eval_day)
 
@@ -296,7 +347,7 @@ def query_tower_program(model: TwoTower) -> bytes:
     from recsys_assets.ml.export import export_program
 
     cfg = model.query_tower.cfg
-    cat, dense = torch.ones(4, len(cfg.cardinalities), dtype=torch.long), torch.zeros(4, cfg.num_dense)
+    cat, dense = torch.ones(4, len(cfg.cardinalities), dtype=torch.long), torch.zeros(4, model.query_dense_inputs)
     if not model.history_len:
         return export_program(QueryTowerModule(model), (cat, dense))
     hist = (torch.ones(4, model.history_len, dtype=torch.long), torch.zeros(4, model.history_len, cfg.content_dim))
@@ -313,12 +364,21 @@ class ItemTowerModule(torch.nn.Module):
 
 
 def with_recency_prior(
-    queries: np.ndarray, items: np.ndarray, recent_counts: np.ndarray, weight: float, temperature: float
+    queries: np.ndarray,
+    items: np.ndarray,
+    recent_counts: np.ndarray,
+    weight: float,
+    temperature: float,
+    bias: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Query and item vectors with one extra dimension so that their inner product is
-    q.i + temperature * weight * log(1 + recent count), i.e. temperature x (q.i / T + w log(1 + recent)): the same
-    ranking as the prior-weighted score, servable by an inner-product index (the index stores the item side)."""
-    prior = (temperature * weight * np.log1p(np.asarray(recent_counts, np.float64))).astype(np.float32)
+    q.i + temperature * (weight * log(1 + recent count) + bias), i.e. temperature x (q.i / T + w log(1 + recent) +
+    b(i)): the same ranking as the served score, servable by an inner-product index (the index stores the item side).
+    `bias`: the model's learned popularity logit per item (TwoTower.item_score_bias), when it has one."""
+    extra = weight * np.log1p(np.asarray(recent_counts, np.float64))
+    if bias is not None:
+        extra = extra + np.asarray(bias, np.float64)
+    prior = (temperature * extra).astype(np.float32)
     q = np.hstack([queries.astype(np.float32), np.ones((len(queries), 1), np.float32)])
     i = np.hstack([items.astype(np.float32), prior[:, None]])
     return q, i
@@ -336,12 +396,14 @@ def compare_retrieval(
     recency_prior: float = 0.0,
     knn_neighbours: int = 200,
     knn_population_users: int = 1_000_000,
+    day_positives: dict[str, np.ndarray] | None = None,
 ) -> MethodComparison:
     """Every method on the same day-D, full-corpus protocol (recsys_assets/ml/baselines.py): the given
     two-tower models (with `recency_prior`, each also as `<name> + recency prior`: q.i / T + w log(1 + recent)),
     most-popular over the window, recent-popular (last window day), and item-kNN over the users' histories as of the
     day when the encoder has them (each item's `knn_neighbours` nearest items over a fixed hash sample of at most
-    `knn_population_users` users' histories)."""
+    `knn_population_users` users' histories). `day_positives`: the window's positives per day and catalogue row, the
+    trend inputs of a model that reads them (for the queries' day)."""
     from recsys_assets.ml.baselines import (
         compare_methods,
         count_scores,
@@ -354,10 +416,23 @@ def compare_retrieval(
     methods = {}
     for name, m in models.items():
         q = query_vectors(m, queries, catalog)
-        items = item_vectors(m, catalog, encoder.vocab, encoder.moments, as_of)
-        methods[name] = vector_scores(q, items)
+        items, bias = item_vectors(
+            m,
+            catalog,
+            encoder.vocab,
+            encoder.moments,
+            as_of,
+            day_positives=day_positives,
+            day=queries.day,
+            with_bias=True,
+        )
+        methods[name] = (
+            vector_scores(*with_recency_prior(q, items, recent_counts, 0.0, m.temperature, bias))
+            if bias is not None
+            else vector_scores(q, items)
+        )
         if recency_prior:
-            q_aug, items_aug = with_recency_prior(q, items, recent_counts, recency_prior, m.temperature)
+            q_aug, items_aug = with_recency_prior(q, items, recent_counts, recency_prior, m.temperature, bias)
             methods[f"{name} + recency prior"] = vector_scores(q_aug, items_aug)
     methods["most-popular"] = count_scores(window_counts)
     methods["recent-popular"] = count_scores(recent_counts)

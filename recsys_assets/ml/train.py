@@ -278,6 +278,12 @@ def train_day_ranker(inputs: ModelInputs, runtime: dict, run_id: str, log: Log) 
         item_bias_smoothing=spec.evaluation.item_prior_smoothing,
     )
     settings = TrainSettings.of(sizes, runtime)
+    fitted = None
+    if sizes.fit_on_last_window_day:  # the epoch count, chosen on the window's last day (ml/holdout_fit.py)
+        from recsys_assets.ml.holdout_fit import fit_ranker
+
+        if (fitted := fit_ranker(inputs, hyper, settings, log)) is not None:
+            settings = dataclasses.replace(settings, epochs=fitted.epochs)
     train_data = committed_events_dataset(store, window.train_days)
     valid_data = committed_events_dataset(store, [day])
     selection = inputs.selection(sizes)
@@ -329,6 +335,8 @@ def train_day_ranker(inputs: ModelInputs, runtime: dict, run_id: str, log: Log) 
         "auc_item_prior": prior_aucs,
         "min_auc": spec.checks.ranker_min_auc,
         "max_auc_drop": spec.checks.ranker_max_auc_drop,
+        "epochs": settings.epochs,
+        "epochs_fitted_on": fitted.holdout_day if fitted else None,
         "eval_seconds": round(time.perf_counter() - t0, 2),
     }
     return TrainedModel(
@@ -336,7 +344,9 @@ def train_day_ranker(inputs: ModelInputs, runtime: dict, run_id: str, log: Log) 
         model_config=model.cfg.to_dict(),
         programs={"ranker.pt2": ranker_program(model)},
         metrics=metrics,
-        training_info=inputs.training_info(settings, hyper, fit, run_id),
+        training_info=inputs.training_info(
+            settings, hyper, fit, run_id, holdout_fit=fitted.as_dict() if fitted else None
+        ),
         fit=fit,
         settings=settings,
         window=window,
@@ -353,7 +363,7 @@ def train_day_retrieval(inputs: ModelInputs, runtime: dict, run_id: str, log: Lo
 
     from recsys_assets.ml.baselines import seen_items
     from recsys_assets.ml.export import export_program
-    from recsys_assets.ml.loader import item_frequencies, retrieval_positive_filter
+    from recsys_assets.ml.loader import item_day_frequencies, item_frequencies, retrieval_positive_filter
     from recsys_assets.ml.retrieval import (
         ItemTowerModule,
         RetrievalHyper,
@@ -373,14 +383,31 @@ def train_day_retrieval(inputs: ModelInputs, runtime: dict, run_id: str, log: Lo
         logq_correction=sizes.logq_correction,
         logq_by_day=sizes.logq_by_day,
         history_len=inputs.history_len,
+        item_trend=sizes.item_trend,
+        example_age=sizes.example_age,
+        history_positions=sizes.history_positions,
     )
     settings = TrainSettings.of(sizes, runtime)
     train_data = committed_events_dataset(store, window.train_days)
     selection = inputs.selection(sizes)
-    extra = (spec.labels.model_dump(), sizes.model_dump())
-    fp, checkpoints = inputs.checkpoints(RETRIEVAL_MODEL, hyper, settings, *extra)
     if inputs.counts is not None:  # the logQ counts from the window counts (Spark)
         selection["day_positives"] = inputs.counts.item_day_positives(encoder.catalog, window.train_days)
+    # The epoch count and the recency prior's weight, chosen on the window's last day (ml/holdout_fit.py), or pinned.
+    pinned = spec.retrieval_scoring.recency_prior
+    prior, fitted = (0.0 if pinned == "fit" else float(pinned)), None
+    if sizes.fit_on_last_window_day:
+        from recsys_assets.ml.holdout_fit import fit_retrieval
+
+        fitted = fit_retrieval(inputs, train_two_tower, hyper, settings, selection.get("day_positives"), log)
+        if fitted is not None:
+            settings = dataclasses.replace(settings, epochs=fitted.epochs)
+            prior = fitted.recency_prior
+    extra = (spec.labels.model_dump(), sizes.model_dump())
+    fp, checkpoints = inputs.checkpoints(RETRIEVAL_MODEL, hyper, settings, *extra)
+    if hyper.item_trend and "day_positives" not in selection:  # counted once: the logQ and the trend inputs
+        selection["day_positives"] = item_day_frequencies(
+            train_data, encoder.catalog, retrieval_positive_filter(spec.labels)
+        )
     model, fit, positive_counts = train_two_tower(
         train_data, encoder, hyper, settings, checkpoints, fp, log, **selection
     )
@@ -399,14 +426,13 @@ def train_day_retrieval(inputs: ModelInputs, runtime: dict, run_id: str, log: Lo
     k = spec.checks.retrieval_k
     ks = sorted({10, k})
     positives = retrieval_positive_filter(spec.labels)
-    if inputs.counts is not None:
+    if "day_positives" in selection:
         recent_counts = selection["day_positives"][window.train_days[-1]]
     else:
         recent_counts = item_frequencies(
             committed_events_dataset(store, window.train_days[-1:]), encoder.catalog, positives
         )
     seen = seen_items(train_data, queries.user_ids, encoder.catalog) if spec.evaluation.exclude_seen else None
-    prior = spec.retrieval_scoring.recency_prior
     as_of = pd.Timestamp(window_of(day).end)
     ev = spec.evaluation
     comparison = compare_retrieval(
@@ -421,6 +447,7 @@ def train_day_retrieval(inputs: ModelInputs, runtime: dict, run_id: str, log: Lo
         prior,
         ev.knn_neighbours,
         ev.knn_population_users,
+        day_positives=selection.get("day_positives"),
     )
     if prior:  # the served score (the index adds the same prior): what the gate judges
         primary = f"{primary} + recency prior"
@@ -436,6 +463,12 @@ def train_day_retrieval(inputs: ModelInputs, runtime: dict, run_id: str, log: Lo
         "paired_vs_served": paired,
         "history_len": hyper.history_len,
         "recency_prior": prior,
+        "recency_prior_fitted_on": fitted.holdout_day if fitted else None,
+        "epochs": settings.epochs,
+        "epochs_fitted_on": fitted.holdout_day if fitted else None,
+        "item_trend": hyper.item_trend,
+        "example_age": hyper.example_age,
+        "history_positions": hyper.history_positions,
         "exclude_seen": spec.evaluation.exclude_seen,
         "num_queries": int(sum(1 for r in queries.relevant if len(r))),
         "validation_users_sample": spec.evaluation.validation_users,  # the fixed hash sample's size (at most)
@@ -462,7 +495,14 @@ def train_day_retrieval(inputs: ModelInputs, runtime: dict, run_id: str, log: Lo
             "item_tower.pt2": export_program(ItemTowerModule(model), item_inputs),
         },
         metrics=metrics,
-        training_info=inputs.training_info(settings, hyper, fit, run_id, positive_events=int(positive_counts.sum())),
+        training_info=inputs.training_info(
+            settings,
+            hyper,
+            fit,
+            run_id,
+            positive_events=int(positive_counts.sum()),
+            holdout_fit=fitted.as_dict() if fitted else None,
+        ),
         fit=fit,
         settings=settings,
         window=window,

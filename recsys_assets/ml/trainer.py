@@ -268,6 +268,7 @@ def fit(
     holdout: Callable[[], Iterator[dict[str, torch.Tensor]]] | None = None,
     patience: int = 2,
     empty_batch: Callable[[], dict[str, torch.Tensor]] | None = None,
+    evaluate_epoch: Callable[[int, nn.Module], dict] | None = None,
 ) -> FitResult:
     """Train for settings.epochs. With `holdout` (batches of a held-out slice of the training window, never the
     validation day): after each epoch the mean training loss on it is measured, the model ends with the weights of
@@ -277,7 +278,10 @@ def fit(
     Data-parallel (settings.world_size > 1, the process group initialised): `batches` / `holdout` yield this rank's
     share, `empty_batch` a batch of no rows (what a rank steps with once its share is used up); gradients are those
     of the global batch (ml/distributed.py), rank 0 alone writes checkpoints, and every rank ends with the same
-    weights."""
+    weights.
+
+    `evaluate_epoch(epoch, model)` (every rank: the weights are the same on each) scores the epoch's weights on
+    data outside the training rows (the temporal holdout fit, ml/holdout_fit.py); its dict joins the epoch's row."""
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
     device = torch.device(settings.device)
@@ -351,6 +355,10 @@ def fit(
                     "loss": row["holdout_loss"],
                     "model": {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()},
                 }
+        if evaluate_epoch is not None:
+            model.eval()
+            row.update(evaluate_epoch(epoch, model))
+            model.train()
         result.history.append(row)
         log(
             f"epoch {epoch}: loss {row['loss']:.5f}, {samples:,} samples, {row['samples_per_s']:,.0f} samples/s"
@@ -397,6 +405,7 @@ def fit_on_events(
     drop_last: bool = False,
     holdout_users=None,
     patience: int = 2,
+    evaluate_epoch: Callable[[int, nn.Module], dict] | None = None,
 ) -> FitResult:
     """`fit` over the (filtered) events of a training_events dataset: shuffled batches per epoch, and with
     `holdout_users` those users' events held out of training to select the epoch (sequential batches)."""
@@ -434,6 +443,7 @@ def fit_on_events(
         holdout if holdout_filter is not None else None,
         patience,
         _EmptyBatch(train, encoder) if shard.distributed else None,
+        evaluate_epoch,
     )
 
 

@@ -108,13 +108,22 @@ def test_training_job_trains_on_the_window_validates_on_the_day_and_builds_both_
     assert set(report["ranker"]["auc_history_free"]) == set(report["ranker"]["auc_item_prior"]) == set(metrics["auc"])
     assert 0.5 < report["ranker"]["auc_item_prior"]["liked"] < 1.0
     assert report["gates"] == {"ranker_model": "passed", "retrieval_model": "passed"}
+    # The recency prior's weight was fitted on the window's last day (ml/holdout_fit.py): with a weight above 0 every
+    # two-tower is also scored with it, and the served score is the blend.
+    fitted_prior = report["retrieval"]["recency_prior"]
+    blended = {"two-tower (history) + recency prior", "two-tower (history-free) + recency prior"}
     assert set(report["retrieval"]["methods"]) == {
         "two-tower (history)",
         "two-tower (history-free)",
         "most-popular",
         "recent-popular",
         "item-kNN",
-    }
+    } | (blended if fitted_prior else set())
+    fit = report["retrieval"]["holdout_fit"]
+    assert fit["holdout_day"] == report["train_days"][-1] != day and fitted_prior == fit["recency_prior"]
+    assert report["retrieval"]["epochs"] == fit["epochs"] and report["ranker"]["epochs"] is not None
+    index_info = index_dir.read_json("index.json")  # the model's popularity logit: one extra dimension
+    assert index_info["popularity_logit"] is True and index_info["dim"] == 64 + 1
     for m in report["retrieval"]["methods"].values():
         assert 0 <= m["recall@10"] <= 1 and 0 < m["coverage@10"] <= 1
     # the served score against every other method, per user, with a bootstrap interval around the mean difference

@@ -1,0 +1,207 @@
+"""The temporal holdout fit: what a model's training chooses inside its own window, never on the days that score it.
+
+For partition D the window is the committed days before D; D itself is the validation day the gates and reports
+judge. Here a first model trains on the window without its last day L for up to `epochs`, and after every epoch it
+is scored on L, the next day it has not seen (the same protocol as D's: full catalogue, the same users' sample, seen
+items excluded when configured):
+- the two-tower: recall@10 / NDCG@10 of its score blended with every weight of
+  `retrieval_scoring.recency_prior_search` (the prior of L: the positives of the day before it);
+- the ranker: the mean AUC over the gated tasks (checks.ranker_min_auc) on L's events.
+The best (epoch count, weight) by recall@10 (then NDCG@10) or by mean AUC (ties: fewer epochs, smaller weight) is
+what the model of the whole window is then trained and served with. Neither model reads D here; both record the
+whole table in training.json (`holdout_fit`) and the chosen values in metrics.json.
+
+A window of one day has nothing to hold out: its model trains with the configured epochs (the search space's top)
+and the recency prior 0, and says so.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from recsys_assets.core.days import window_of
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class HoldoutFit:
+    """The fit's days, what it maximised, what it chose and every epoch's scores on the held-out day."""
+
+    fit_days: list[str]
+    holdout_day: str
+    objective: str
+    epochs: int
+    recency_prior: float | None
+    per_epoch: list[dict]
+    holdout_queries: int | None = None
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def holdout_split(train_days: list[str]) -> tuple[list[str], str] | None:
+    """(the days the holdout model trains on, the held-out day): the window's last day held out; None for a window
+    of one day."""
+    if len(train_days) < 2:
+        return None
+    return list(train_days[:-1]), train_days[-1]
+
+
+def choose(scores: list[dict[float, tuple[float, ...]]]) -> tuple[int, float]:
+    """(epochs, weight) with the best score tuple over `scores` (one dict per epoch: weight -> (primary, secondary,
+    ...)); ties go to fewer epochs, then the smaller weight. NaN scores never win."""
+    best: tuple[tuple[float, ...], int, float] | None = None
+    for epoch, by_weight in enumerate(scores):
+        for weight in sorted(by_weight):
+            value = tuple(v if math.isfinite(v) else -math.inf for v in by_weight[weight])
+            if best is None or value > best[0]:
+                best = (value, epoch + 1, weight)
+    if best is None:
+        raise ValueError("the holdout fit scored no epoch")
+    return best[1], best[2]
+
+
+def _split(inputs, log: Log, fallback: str) -> tuple[list[str], str] | None:
+    split = holdout_split(inputs.window.train_days)
+    if split is None:
+        log(f"holdout fit: the window has one day, nothing to hold out: {fallback}")
+    return split
+
+
+def _on_cpu(model):
+    """The model itself when it is on the CPU, else a CPU copy (the evaluation reads host tensors)."""
+    p = next(model.parameters(), None)
+    return model if p is None or p.device.type == "cpu" else copy.deepcopy(model).to("cpu")
+
+
+def fit_retrieval(inputs, train_fn, hyper, settings, day_positives: dict | None, log: Log) -> HoldoutFit | None:
+    """The two-tower's epoch count and recency-prior weight, fitted on the window's last day (module docstring).
+    `day_positives`: the window's positives per day and catalogue row when already counted (Spark window counts)."""
+    from recsys_assets.ml.baselines import compare_methods, seen_items, vector_scores
+    from recsys_assets.ml.loader import committed_events_dataset, item_day_frequencies, retrieval_positive_filter
+    from recsys_assets.ml.metrics import softmax_log_likelihood
+    from recsys_assets.ml.retrieval import evaluation_queries, item_vectors, query_vectors, with_recency_prior
+
+    if (split := _split(inputs, log, "configured epochs, recency prior 0")) is None:
+        return None
+    fit_days, holdout_day = split
+    spec, store, encoder = inputs.spec, inputs.store, inputs.encoder
+    fit_data = committed_events_dataset(store, fit_days)
+    positives = retrieval_positive_filter(spec.labels)
+    if day_positives is not None:
+        by_day = {d: day_positives[d] for d in fit_days}
+    else:
+        by_day = item_day_frequencies(fit_data, encoder.catalog, positives)
+    queries = evaluation_queries(
+        committed_events_dataset(store, [holdout_day]), encoder, spec.labels, spec.evaluation.validation_users
+    )
+    seen = seen_items(fit_data, queries.user_ids, encoder.catalog) if spec.evaluation.exclude_seen else None
+    recent = by_day.get(fit_days[-1], np.zeros(len(encoder.catalog), np.int64))
+    as_of = pd.Timestamp(window_of(holdout_day).end)
+    prior = spec.retrieval_scoring.recency_prior
+    weights = spec.retrieval_scoring.recency_prior_search if prior == "fit" else (float(prior),)
+    objective = spec.retrieval_scoring.holdout_objective
+    table: list[dict[float, tuple[float, float]]] = []
+
+    def evaluate(epoch: int, model) -> dict:
+        m = _on_cpu(model)
+        q = query_vectors(m, queries, encoder.catalog)
+        items, bias = item_vectors(
+            m,
+            encoder.catalog,
+            encoder.vocab,
+            encoder.moments,
+            as_of,
+            day_positives=by_day,
+            day=holdout_day,
+            with_bias=True,
+        )
+        methods = {w: vector_scores(*with_recency_prior(q, items, recent, w, m.temperature, bias)) for w in weights}
+        scored = compare_methods(methods, queries.relevant, [10], len(encoder.catalog), seen).metrics
+        # the served score / T: q.i / T + b(i) + w log(1 + recent), its softmax over the catalogue
+        loglik = softmax_log_likelihood(
+            vector_scores(*with_recency_prior(q / m.temperature, items, recent, 0.0, 1.0, bias)),
+            queries.relevant,
+            np.log1p(recent.astype(np.float64)),
+            list(weights),
+            seen,
+        )
+        if objective == "log_likelihood":
+            table.append({w: (loglik[w], scored[w]["recall@10"]) for w in weights})
+        else:
+            table.append({w: (s["recall@10"], s["ndcg@10"]) for w, s in scored.items()})
+        return {
+            "holdout": {
+                str(w): {"recall@10": s["recall@10"], "ndcg@10": s["ndcg@10"], "log_likelihood": loglik[w]}
+                for w, s in scored.items()
+            }
+        }
+
+    log(f"holdout fit: two-tower on {fit_days[0]}..{fit_days[-1]}, scored on {holdout_day} after every epoch")
+    _, fit, _ = train_fn(
+        fit_data, encoder, hyper, settings, None, "", log, day_positives=by_day, evaluate_epoch=evaluate
+    )
+    epochs, weight = choose(table)
+    log(f"holdout fit: {epochs} epoch(s), recency prior {weight} ({objective} {table[epochs - 1][weight][0]:.4f})")
+    return HoldoutFit(
+        fit_days=fit_days,
+        holdout_day=holdout_day,
+        objective=(
+            "mean log-likelihood of the held-out positives under the blended score's softmax over the catalogue"
+            if objective == "log_likelihood"
+            else "recall@10, then NDCG@10, of the blended score on the held-out day"
+        ),
+        epochs=epochs,
+        recency_prior=weight,
+        per_epoch=[{"epoch": r["epoch"] + 1, **r.get("holdout", {})} for r in fit.history],
+        holdout_queries=int(sum(1 for r in queries.relevant if len(r))),
+    )
+
+
+def fit_ranker(inputs, hyper, settings, log: Log) -> HoldoutFit | None:
+    """The ranker's epoch count, fitted on the window's last day: the mean AUC over the gated tasks that have both
+    labels on that day (module docstring). Its item-bias start is the prior of the fit days alone."""
+    from recsys_assets.ml.loader import committed_events_dataset
+    from recsys_assets.ml.ranker import item_priors, score_ranker, task_aucs, train_ranker
+
+    if (split := _split(inputs, log, "configured epochs")) is None:
+        return None
+    fit_days, holdout_day = split
+    spec, store, encoder = inputs.spec, inputs.store, inputs.encoder
+    fit_data = committed_events_dataset(store, fit_days)
+    held_data = committed_events_dataset(store, [holdout_day])
+    smoothing = spec.evaluation.item_prior_smoothing
+    priors = inputs.counts.item_priors(encoder, fit_days, smoothing, 0.0) if inputs.counts is not None else None
+    if priors is None:
+        priors = item_priors(fit_data, encoder, smoothing, None)
+    tasks = list(spec.checks.ranker_min_auc)
+    table: list[dict[float, tuple[float]]] = []
+
+    def evaluate(epoch: int, model) -> dict:
+        aucs = task_aucs(*score_ranker(_on_cpu(model), held_data, encoder, max_rows=spec.ranker.max_validation_rows))
+        finite = [aucs[t] for t in tasks if aucs.get(t) is not None and math.isfinite(aucs[t])]
+        mean = float(np.mean(finite)) if finite else math.nan
+        table.append({0.0: (mean,)})
+        return {"holdout": {"mean_auc": mean, "auc": aucs}}
+
+    log(f"holdout fit: ranker on {fit_days[0]}..{fit_days[-1]}, scored on {holdout_day} after every epoch")
+    kwargs = {"item_bias_start": priors.bias_logits} if hyper.item_bias else {}
+    _, fit = train_ranker(fit_data, encoder, hyper, settings, None, "", log, evaluate_epoch=evaluate, **kwargs)
+    epochs, _ = choose(table)
+    log(f"holdout fit: ranker {epochs} epoch(s) (mean AUC {table[epochs - 1][0.0][0]:.4f} on {holdout_day})")
+    return HoldoutFit(
+        fit_days=fit_days,
+        holdout_day=holdout_day,
+        objective=f"mean AUC over {tasks} on the held-out day",
+        epochs=epochs,
+        recency_prior=None,
+        per_epoch=[{"epoch": r["epoch"] + 1, **r.get("holdout", {})} for r in fit.history],
+    )
