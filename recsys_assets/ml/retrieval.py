@@ -12,14 +12,13 @@ import pyarrow as pa
 import torch
 
 from recsys_assets.config.training import LabelSpec
-from recsys_assets.core.days import day_number
 from recsys_assets.ml.baselines import MethodComparison
 from recsys_assets.ml.features import DENSE_FEATURES, ItemCatalog, Vocab, padded_content, standardize
 from recsys_assets.ml.loader import BatchEncoder, TrainingEventsDataset, item_day_frequencies, retrieval_positive_filter
 from recsys_assets.ml.metrics import group_relevant
 from recsys_assets.ml.models import TowerConfig, TwoTower, in_batch_softmax_loss
 from recsys_assets.ml.trainer import CheckpointStore, FitResult, TrainSettings, fit_on_events
-from recsys_assets.ml.trend import TREND_FEATURES, ItemTrend, example_age
+from recsys_assets.ml.trend import TREND_FEATURES, ItemTrend, day_row_lookup, example_age
 
 QUERY_CAT = ["user_id", "user_language", "user_region"]
 QUERY_DENSE = ["user_tenure_days"]
@@ -163,14 +162,7 @@ def _log_q(by_day: dict[str, np.ndarray], counts: np.ndarray, hyper: RetrievalHy
     if not hyper.logq_by_day:
         window = torch.from_numpy(np.log(np.maximum(counts, 1) / total).astype(np.float32)).to(device)
         return lambda b: window[b["content_row"]]
-    days = sorted(by_day)
-    numbers = np.array([day_number(d) for d in days])
-    table = np.log(np.maximum(np.stack([by_day[d] for d in days]), 1) / total).astype(np.float32)
-    table_t = torch.from_numpy(table).to(device)
-    slot = torch.full((int(numbers.max() - numbers.min()) + 1,), -1, dtype=torch.long, device=device)
-    slot[torch.from_numpy(numbers - numbers.min())] = torch.arange(len(days), device=device)
-    first = int(numbers.min())
-    return lambda b: table_t[slot[b["event_day"].long() - first], b["content_row"]]
+    return day_row_lookup({d: np.log(np.maximum(c, 1) / total).astype(np.float32) for d, c in by_day.items()}, device)
 
 
 def item_tower_inputs(

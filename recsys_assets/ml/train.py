@@ -363,7 +363,7 @@ def train_day_retrieval(inputs: ModelInputs, runtime: dict, run_id: str, log: Lo
 
     from recsys_assets.ml.baselines import seen_items
     from recsys_assets.ml.export import export_program
-    from recsys_assets.ml.loader import item_day_frequencies, item_frequencies, retrieval_positive_filter
+    from recsys_assets.ml.loader import item_day_frequencies, retrieval_positive_filter
     from recsys_assets.ml.retrieval import (
         ItemTowerModule,
         RetrievalHyper,
@@ -390,24 +390,26 @@ def train_day_retrieval(inputs: ModelInputs, runtime: dict, run_id: str, log: Lo
     settings = TrainSettings.of(sizes, runtime)
     train_data = committed_events_dataset(store, window.train_days)
     selection = inputs.selection(sizes)
-    if inputs.counts is not None:  # the logQ counts from the window counts (Spark)
+    # The window's positives per day and catalogue row, counted once: the logQ correction, the trend inputs, the
+    # recency prior, and the holdout fit's days (from the window counts on Spark when the vocab has them).
+    if inputs.counts is not None:
         selection["day_positives"] = inputs.counts.item_day_positives(encoder.catalog, window.train_days)
+    else:
+        selection["day_positives"] = item_day_frequencies(
+            train_data, encoder.catalog, retrieval_positive_filter(spec.labels)
+        )
     # The epoch count and the recency prior's weight, chosen on the window's last day (ml/holdout_fit.py), or pinned.
     pinned = spec.retrieval_scoring.recency_prior
     prior, fitted = (0.0 if pinned == "fit" else float(pinned)), None
     if sizes.fit_on_last_window_day:
         from recsys_assets.ml.holdout_fit import fit_retrieval
 
-        fitted = fit_retrieval(inputs, train_two_tower, hyper, settings, selection.get("day_positives"), log)
+        fitted = fit_retrieval(inputs, train_two_tower, hyper, settings, selection["day_positives"], log)
         if fitted is not None:
             settings = dataclasses.replace(settings, epochs=fitted.epochs)
             prior = fitted.recency_prior
     extra = (spec.labels.model_dump(), sizes.model_dump())
     fp, checkpoints = inputs.checkpoints(RETRIEVAL_MODEL, hyper, settings, *extra)
-    if hyper.item_trend and "day_positives" not in selection:  # counted once: the logQ and the trend inputs
-        selection["day_positives"] = item_day_frequencies(
-            train_data, encoder.catalog, retrieval_positive_filter(spec.labels)
-        )
     model, fit, positive_counts = train_two_tower(
         train_data, encoder, hyper, settings, checkpoints, fp, log, **selection
     )
@@ -425,13 +427,7 @@ def train_day_retrieval(inputs: ModelInputs, runtime: dict, run_id: str, log: Lo
     )
     k = spec.checks.retrieval_k
     ks = sorted({10, k})
-    positives = retrieval_positive_filter(spec.labels)
-    if "day_positives" in selection:
-        recent_counts = selection["day_positives"][window.train_days[-1]]
-    else:
-        recent_counts = item_frequencies(
-            committed_events_dataset(store, window.train_days[-1:]), encoder.catalog, positives
-        )
+    recent_counts = selection["day_positives"][window.train_days[-1]]
     seen = seen_items(train_data, queries.user_ids, encoder.catalog) if spec.evaluation.exclude_seen else None
     as_of = pd.Timestamp(window_of(day).end)
     ev = spec.evaluation
@@ -447,7 +443,7 @@ def train_day_retrieval(inputs: ModelInputs, runtime: dict, run_id: str, log: Lo
         prior,
         ev.knn_neighbours,
         ev.knn_population_users,
-        day_positives=selection.get("day_positives"),
+        day_positives=selection["day_positives"],
     )
     if prior:  # the served score (the index adds the same prior): what the gate judges
         primary = f"{primary} + recency prior"

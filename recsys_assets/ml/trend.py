@@ -82,18 +82,20 @@ class ItemTrend:
     def lookup(self, by_day: dict[str, np.ndarray], num_rows: int, device: str = "cpu"):
         """batch -> [rows, 2] standardized trend inputs of each row's item on its event's day (training): a table of
         every counted day's inputs (days x catalogue rows x 2 floats), looked up by (event_day, content_row)."""
-        days = sorted(by_day)
-        numbers = np.array([day_number(d) for d in days])
-        table = torch.from_numpy(np.stack([self.of_day(by_day, d, num_rows) for d in days])).to(device)
-        first = int(numbers.min())
-        slot = torch.full((int(numbers.max()) - first + 1,), -1, dtype=torch.long, device=device)
-        slot[torch.from_numpy(numbers - first).to(device)] = torch.arange(len(days), device=device)
+        return day_row_lookup({d: self.of_day(by_day, d, num_rows) for d in by_day}, device)
 
-        def of_batch(b: dict[str, torch.Tensor]) -> torch.Tensor:
-            # every row's day is counted: the rows are the counted days' positives (no per-step check: no GPU sync)
-            return table[slot[b["event_day"].long() - first], b["content_row"]]
 
-        return of_batch
+def day_row_lookup(per_day: dict[str, np.ndarray], device: str = "cpu"):
+    """batch -> per_day[the row's event day][its content_row]: one [days, catalogue rows, ...] table on the device,
+    indexed by (event_day, content_row). Every row's day must be a key (the rows are those days' events; no per-step
+    check: no GPU sync)."""
+    days = sorted(per_day)
+    numbers = np.array([day_number(d) for d in days])
+    table = torch.from_numpy(np.stack([per_day[d] for d in days])).to(device)
+    first = int(numbers.min())
+    slot = torch.full((int(numbers.max()) - first + 1,), -1, dtype=torch.long, device=device)
+    slot[torch.from_numpy(numbers - first).to(device)] = torch.arange(len(days), device=device)
+    return lambda b: table[slot[b["event_day"].long() - first], b["content_row"]]
 
 
 def example_age(days: list[str], device: str = "cpu"):
