@@ -34,6 +34,7 @@ def main() -> None:
     p.add_argument("--config", default="recsys_assets/config/training.yaml")
     p.add_argument("--set", action="append", default=[], help="a training.yaml override: key.path=yaml-value")
     p.add_argument("--skip-ranker", action="store_true")
+    p.add_argument("--skip-retrieval", action="store_true", help="the ranker alone (its variants' AUCs)")
     p.add_argument("--threads", type=int, default=0)
     a = p.parse_args()
 
@@ -54,21 +55,7 @@ def main() -> None:
     for day in a.days:
         t0 = time.time()
         inputs = ModelInputs.resolve(store, day, spec, quiet)
-        r = train_day_retrieval(inputs, runtime, "bench", quiet)
-        r.checkpoints.clear()
-        m = r.metrics
-        primary = m["primary_method"]
-        row = {
-            "validation_users": m["num_queries"],
-            "primary": primary,
-            "recency_prior": m["recency_prior"],
-            "epochs": m["epochs"],
-            "retrieval": {k: {x: round(v[x], 4) for x in ("recall@10", "ndcg@10")} for k, v in m["methods"].items()},
-            "paired_vs_served": {
-                k: {x: [round(v[x][y], 4) for y in ("diff", "lo", "hi")] for x in v}
-                for k, v in m["paired_vs_served"].items()
-            },
-        }
+        row = {} if a.skip_retrieval else _retrieval_row(train_day_retrieval(inputs, runtime, "bench", quiet))
         if not a.skip_ranker:
             rk = train_day_ranker(inputs, runtime, "bench", quiet)
             rk.checkpoints.clear()
@@ -82,8 +69,39 @@ def main() -> None:
         out["days"][day] = row
         print(json.dumps({day: row}), flush=True)
     days = list(out["days"].values())
+    out["mean"] = {} if a.skip_retrieval else _retrieval_means(days)
+    if not a.skip_ranker:
+        out["mean"]["ranker"] = {
+            variant: {
+                t: round(float(np.nanmean([d["ranker"][variant].get(t, np.nan) for d in days])), 4)
+                for t in days[0]["ranker"]["auc"]
+            }
+            for variant in ("auc", "auc_history_free", "auc_item_prior")
+            if days[0]["ranker"][variant]
+        }
+    print(json.dumps(out["mean"], indent=1))
+
+
+def _retrieval_row(r) -> dict:
+    r.checkpoints.clear()
+    m = r.metrics
+    primary = m["primary_method"]
+    return {
+        "validation_users": m["num_queries"],
+        "primary": primary,
+        "recency_prior": m["recency_prior"],
+        "epochs": m["epochs"],
+        "retrieval": {k: {x: round(v[x], 4) for x in ("recall@10", "ndcg@10")} for k, v in m["methods"].items()},
+        "paired_vs_served": {
+            k: {x: [round(v[x][y], 4) for y in ("diff", "lo", "hi")] for x in v}
+            for k, v in m["paired_vs_served"].items()
+        },
+    }
+
+
+def _retrieval_means(days: list[dict]) -> dict:
     methods = {k for d in days for k in d["retrieval"]}
-    out["mean"] = {
+    return {
         "retrieval": {
             k: {
                 x: round(float(np.mean([d["retrieval"][k][x] for d in days if k in d["retrieval"]])), 4)
@@ -97,16 +115,6 @@ def main() -> None:
             for x in ("recall@10", "ndcg@10")
         },
     }
-    if not a.skip_ranker:
-        out["mean"]["ranker"] = {
-            variant: {
-                t: round(float(np.nanmean([d["ranker"][variant].get(t, np.nan) for d in days])), 4)
-                for t in days[0]["ranker"]["auc"]
-            }
-            for variant in ("auc", "auc_history_free", "auc_item_prior")
-            if days[0]["ranker"][variant]
-        }
-    print(json.dumps(out["mean"], indent=1))
 
 
 if __name__ == "__main__":

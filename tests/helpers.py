@@ -112,7 +112,12 @@ LENIENT = dict(
     ranker_max_auc_drop=0.05,
 )
 # Model sizes for the test world (the packaged YAML's are for production volumes).
-TEST_SIZES = {"ranker": {"epochs": 2, "batch_size": 512}, "retrieval": {"epochs": 2, "batch_size": 512}}
+# ranker.item_trend on (off in the packaged YAML): the Dagster tests train, release and serve a ranker with trend
+# inputs.
+TEST_SIZES = {
+    "ranker": {"epochs": 2, "batch_size": 512, "item_trend": True},
+    "retrieval": {"epochs": 2, "batch_size": 512},
+}
 
 
 def training_yaml(

@@ -168,6 +168,11 @@ class RankerSizes(ModelSizes):
     dropout: float = Field(default=0.0, ge=0, lt=1)
     task_weights: tuple[Annotated[float, Field(ge=0, le=1e6)], ...] = Field(default=(1.0,) * len(RANKER_TASKS))
     item_bias: bool = True
+    # The item's point-in-time popularity (ml/trend.py: log(1 + its retrieval positives on the day before the event's,
+    # and the mean over the 3 days before)) as 2 more dense inputs; the release ships the served day's inputs
+    # (item_trend.parquet of the ranker) so the feed's workers score with the same ones. Off by default: on MovieLens
+    # as 10 days it lowered the ranker's liked AUC 0.6939 -> 0.6887 (5-day mean; docs/real_data.md).
+    item_trend: bool = False
     max_validation_rows: int = Field(default=2_000_000, ge=1)  # validation-day rows scored for AUC
 
     @model_validator(mode="after")

@@ -164,11 +164,13 @@ def fit_retrieval(inputs, train_fn, hyper, settings, day_positives: dict | None,
     )
 
 
-def fit_ranker(inputs, hyper, settings, log: Log) -> HoldoutFit | None:
+def fit_ranker(inputs, hyper, settings, log: Log, day_positives: dict | None = None) -> HoldoutFit | None:
     """The ranker's epoch count, fitted on the window's last day: the mean AUC over the gated tasks that have both
-    labels on that day (module docstring). Its item-bias start is the prior of the fit days alone."""
+    labels on that day (module docstring). Its item-bias start is the prior of the fit days alone; its trend inputs
+    (with hyper.item_trend) read the fit days' positives of `day_positives` only (the held-out day's inputs come from
+    the days before it)."""
     from recsys_assets.ml.loader import committed_events_dataset
-    from recsys_assets.ml.ranker import item_priors, score_ranker, task_aucs, train_ranker
+    from recsys_assets.ml.ranker import item_priors, ranker_day_positives, score_ranker, task_aucs, train_ranker
 
     if (split := _split(inputs, log, "configured epochs")) is None:
         return None
@@ -182,9 +184,19 @@ def fit_ranker(inputs, hyper, settings, log: Log) -> HoldoutFit | None:
         priors = item_priors(fit_data, encoder, smoothing, None)
     tasks = list(spec.checks.ranker_min_auc)
     table: list[dict[float, tuple[float]]] = []
+    by_day = None
+    if hyper.item_trend:
+        by_day = (
+            {d: day_positives[d] for d in fit_days}
+            if day_positives is not None
+            else ranker_day_positives(fit_data, encoder, None)
+        )
 
     def evaluate(epoch: int, model) -> dict:
-        aucs = task_aucs(*score_ranker(_on_cpu(model), held_data, encoder, max_rows=spec.ranker.max_validation_rows))
+        scored = score_ranker(
+            _on_cpu(model), held_data, encoder, max_rows=spec.ranker.max_validation_rows, day_positives=by_day
+        )
+        aucs = task_aucs(*scored)
         finite = [aucs[t] for t in tasks if aucs.get(t) is not None and math.isfinite(aucs[t])]
         mean = float(np.mean(finite)) if finite else math.nan
         table.append({0.0: (mean,)})
@@ -192,6 +204,8 @@ def fit_ranker(inputs, hyper, settings, log: Log) -> HoldoutFit | None:
 
     log(f"holdout fit: ranker on {fit_days[0]}..{fit_days[-1]}, scored on {holdout_day} after every epoch")
     kwargs = {"item_bias_start": priors.bias_logits} if hyper.item_bias else {}
+    if by_day is not None:
+        kwargs["day_positives"] = by_day
     _, fit = train_ranker(fit_data, encoder, hyper, settings, None, "", log, evaluate_epoch=evaluate, **kwargs)
     epochs, _ = choose(table)
     log(f"holdout fit: ranker {epochs} epoch(s) (mean AUC {table[epochs - 1][0.0][0]:.4f} on {holdout_day})")

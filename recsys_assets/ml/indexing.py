@@ -63,6 +63,19 @@ def _queries_per_s(index, queries: np.ndarray, k: int) -> float:
     return len(queries) / max(time.perf_counter() - t0, 1e-9)
 
 
+def _vocab_counts(store: DatasetStore, day: str, days: list[str]):
+    """The window counts (Spark) of the day's committed vocab when they were taken from the committed versions of
+    `days`, else None (the caller counts itself)."""
+    from recsys_assets.ml.window_counts import WindowCounts
+
+    if not store.is_committed(VOCAB, day):
+        return None
+    counts = WindowCounts.read(store, ArtifactDir.committed(store, VOCAB, day))
+    if counts is None or not counts.covers({d: store.committed_version(TRAINING_EVENTS, d) for d in days}):
+        return None
+    return counts
+
+
 def build_retrieval_index(store: DatasetStore, day: str, spec: TrainingSpec, settings: IndexSettings) -> BuiltIndex:
     """Item-tower vectors of every item in the committed model's window and validation day (exact for small
     catalogues, IVF above ivf_min_items), the recency prior as one extra dimension when the model was evaluated
@@ -96,7 +109,11 @@ def build_retrieval_index(store: DatasetStore, day: str, spec: TrainingSpec, set
     if model.item_trend:
         lookback = [shift_day(day, -k) for k in range(TREND_LOOKBACK_DAYS - 1, -1, -1)]
         counted = [d for d in lookback if store.is_committed(TRAINING_EVENTS, d)]
-        trend_counts = item_day_frequencies(committed_events_dataset(store, counted), catalog, positives)
+        counts = _vocab_counts(store, day, counted)
+        if counts is not None:  # counted on Spark with the day's vocab: no pass over events here
+            trend_counts = counts.item_day_positives(catalog, counted)
+        else:
+            trend_counts = item_day_frequencies(committed_events_dataset(store, counted), catalog, positives)
     vectors, bias = item_vectors(
         model,
         catalog,

@@ -141,6 +141,11 @@ class TrainingEventsDataset:
         arrays = [taken.column(c).combine_chunks() if c in from_items else batch.column(c) for c in columns]
         return pa.RecordBatch.from_arrays(arrays, names=columns)
 
+    @property
+    def days(self) -> list[str]:
+        """The days that have events, in order."""
+        return list(dict.fromkeys(d for d, _ in self._fragments))
+
     def get_fragments(self, filter: pc.Expression | None = None) -> list[DayFragment]:
         return [DayFragment(self, d, f) for d, f in self._fragments]
 

@@ -46,6 +46,9 @@ class RankerConfig:
     # [P], the row of each (user, candidate) pair's user: forward_grouped. Programs exported before it existed take
     # one history per pair (configs load as False).
     grouped_history: bool = False
+    # The item's point-in-time popularity (ml/trend.py): the standardisation (ItemTrend.to_dict) of the 2 trend inputs
+    # appended to `dense` after the DENSE_FEATURES (num_dense counts them); None: no trend inputs (older configs).
+    item_trend: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

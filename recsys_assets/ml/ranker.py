@@ -15,6 +15,7 @@ from recsys_assets.ml.loader import BatchEncoder, TrainingEventsDataset, sequent
 from recsys_assets.ml.metrics import roc_auc
 from recsys_assets.ml.models import GroupedRanker, MMoERanker, RankerConfig, ranker_loss
 from recsys_assets.ml.trainer import CheckpointStore, FitResult, TrainSettings, fit_on_events
+from recsys_assets.ml.trend import TREND_FEATURES, ItemTrend
 
 
 @dataclass(frozen=True)
@@ -28,13 +29,14 @@ class RankerHyper:
     history_len: int = 0  # 0: the history-free ranker
     item_bias: bool = False  # a per-(item, task) logit started at the item's smoothed label rate in the window
     item_bias_smoothing: float = 20.0
+    item_trend: bool = False  # ranker.item_trend: the item's point-in-time popularity as 2 more dense inputs
 
 
-def ranker_config(encoder: BatchEncoder, hyper: RankerHyper) -> RankerConfig:
+def ranker_config(encoder: BatchEncoder, hyper: RankerHyper, trend: ItemTrend | None = None) -> RankerConfig:
     return RankerConfig(
         cat_features=encoder.vocab.features,
         cardinalities=[encoder.vocab.cardinality(f) for f in encoder.vocab.features],
-        num_dense=len(DENSE_FEATURES),
+        num_dense=len(DENSE_FEATURES) + (len(TREND_FEATURES) if trend is not None else 0),
         tasks=list(RANKER_TASKS),
         embedding_dim=hyper.embedding_dim,
         num_experts=hyper.num_experts,
@@ -44,7 +46,37 @@ def ranker_config(encoder: BatchEncoder, hyper: RankerHyper) -> RankerConfig:
         history_len=hyper.history_len,
         item_bias=hyper.item_bias,
         grouped_history=hyper.history_len > 0,
+        item_trend=trend.to_dict() if trend is not None else None,
     )
+
+
+def ranker_day_positives(
+    data: TrainingEventsDataset, encoder: BatchEncoder, day_positives: dict[str, np.ndarray] | None
+) -> dict[str, np.ndarray]:
+    """The retrieval positives per day and catalogue row the trend inputs read: the caller's (the window counts),
+    else counted over `data` (one pass, catalogue-sized memory)."""
+    if day_positives is not None:
+        return day_positives
+    from recsys_assets.ml.loader import item_day_frequencies, retrieval_positive_filter
+
+    return item_day_frequencies(data, encoder.catalog, retrieval_positive_filter(encoder.labels))
+
+
+def trend_inputs(
+    model: MMoERanker, days: list[str], encoder: BatchEncoder, day_positives: dict[str, np.ndarray] | None, device="cpu"
+) -> Callable[[dict[str, torch.Tensor]], torch.Tensor] | None:
+    """batch -> the standardized trend inputs of each row's item on its event's day (one of `days`), from the
+    positives of the days before it; None for a ranker without trend inputs."""
+    if model.cfg.item_trend is None:
+        return None
+    if day_positives is None:
+        raise ValueError("this ranker reads the items' recent positives: pass the days' positives (day_positives)")
+    return ItemTrend.from_dict(model.cfg.item_trend).lookup(day_positives, len(encoder.catalog), device, days)
+
+
+def ranker_dense(b: dict[str, torch.Tensor], trend_of) -> torch.Tensor:
+    """The ranker's dense input of a batch: the DENSE_FEATURES, then the trend inputs when the model reads them."""
+    return b["dense"] if trend_of is None else torch.cat([b["dense"], trend_of(b).to(b["dense"].dtype)], dim=1)
 
 
 def train_ranker(
@@ -60,14 +92,22 @@ def train_ranker(
     patience: int = 2,
     item_bias_start: np.ndarray | None = None,
     evaluate_epoch: Callable[[int, MMoERanker], dict] | None = None,
+    day_positives: dict[str, np.ndarray] | None = None,
 ) -> tuple[MMoERanker, FitResult]:
     """`holdout_users`: users whose window events select the epoch (early stopping) instead of training.
     `item_bias_start`: the item-bias logits when the caller has them (item_priors of the same rows: the training rows
-    without the held-out users), else computed here."""
+    without the held-out users), else computed here. `day_positives`: the window's retrieval positives per day and
+    catalogue row (the trend inputs' counts) when already counted; with hyper.item_trend they are counted otherwise.
+    The trend standardisation is fitted on the window's positives (ItemTrend.fit), saved in the model config."""
     torch.manual_seed(settings.seed)  # initial weights
     if hyper.history_len and encoder.history is None:
         raise ValueError("a history-aware ranker needs an encoder with user_history loaded")
-    model = MMoERanker(ranker_config(encoder, hyper))
+    trend = None
+    if hyper.item_trend:
+        day_positives = ranker_day_positives(train, encoder, day_positives)
+        trend = ItemTrend.fit(day_positives, len(encoder.catalog))
+    model = MMoERanker(ranker_config(encoder, hyper, trend))
+    trend_of = trend_inputs(model, train.days, encoder, day_positives, settings.device) if trend else None
     if hyper.item_bias:
         if item_bias_start is None:
             from recsys_assets.ml.loader import split_holdout
@@ -80,7 +120,7 @@ def train_ranker(
     weights = list(hyper.task_weights)
 
     def step(m: MMoERanker, b: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = m(b["cat"], b["dense"], content[b["content_row"]], *history_inputs(m, b, content))
+        logits = m(b["cat"], ranker_dense(b, trend_of), content[b["content_row"]], *history_inputs(m, b, content))
         return ranker_loss(m, logits.float(), b["labels"], weights)
 
     result = fit_on_events(
@@ -150,13 +190,18 @@ def score_ranker(
     encoder: BatchEncoder,
     batch_size: int = 8192,
     max_rows: int | None = None,
+    day_positives: dict[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted probabilities and labels [rows, tasks] in storage order (up to max_rows)."""
+    """Predicted probabilities and labels [rows, tasks] in storage order (up to max_rows). A ranker with trend inputs
+    reads the items' positives of the days before each scored day from `day_positives` (day -> per catalogue row)."""
     model.eval()
     content = padded_content(encoder.catalog)
+    trend_of = trend_inputs(model, data.days, encoder, day_positives)
     scores, labels, n = [], [], 0
     for b in sequential_batches(data, encoder, batch_size):
-        logits = model(b["cat"], b["dense"], content[b["content_row"]], *history_inputs(model, b, content))
+        logits = model(
+            b["cat"], ranker_dense(b, trend_of), content[b["content_row"]], *history_inputs(model, b, content)
+        )
         scores.append(torch.sigmoid(logits).numpy())
         labels.append(b["labels"].numpy())
         n += len(labels[-1])

@@ -3,7 +3,8 @@
 Layout under <data_root>/model_repository (Triton's: one directory per model, integer version directories, a
 config.pbtxt per model):
 
-    recsys_ranker/config.pbtxt            recsys_ranker/<v>/model.pt2 (+ vocab, moments, model_config.json)
+    recsys_ranker/config.pbtxt            recsys_ranker/<v>/model.pt2 (+ vocab, moments, model_config.json, and
+                                          item_trend.parquet when the ranker reads the items' trend inputs)
     recsys_query_tower/config.pbtxt       recsys_query_tower/<v>/model.pt2 (+ vocab, moments, model_config.json)
     recsys_item_tower/config.pbtxt        recsys_item_tower/<v>/model.pt2 (+ vocab, moments, model_config.json)
     recsys_retrieval_index/config.pbtxt   recsys_retrieval_index/<v>/index.faiss, items.parquet, index.json
@@ -32,6 +33,7 @@ from recsys_assets.core.datasets import COLD_START_INDEX, RANKER_MODEL, RETRIEVA
 from recsys_assets.core.store_dirs import StoreDir
 from recsys_assets.ml.artifacts import ArtifactDir
 from recsys_assets.ml.features import ITEM_CATALOG_COLUMNS, ItemCatalog, Vocab, build_item_catalog
+from recsys_assets.ml.trend import RANKER_ITEM_TREND, ItemTrend, trend_rows
 from resources.store import DatasetStore
 
 REPOSITORY = "model_repository"
@@ -159,12 +161,14 @@ def export_release(store: DatasetStore, day: str, version: int, item_features: p
     components = {}
     for name, (dataset, files) in COMPONENTS.items():
         src, dst = ArtifactDir.committed(store, dataset, day), version_dir(store, name, version)
+        cfg = src.read_json("model_config.json") if "model_config.json" in files else None
+        if name == "recsys_ranker" and cfg.get("item_trend"):  # its served day's trend inputs (ml/trend.py)
+            files = {**files, RANKER_ITEM_TREND: RANKER_ITEM_TREND}
         hashes = {}
         for src_name, dst_name in files.items():
             data = src.read_bytes(src_name)
             dst.write_bytes(dst_name, data)
             hashes[dst_name] = hashlib.sha256(data).hexdigest()
-        cfg = src.read_json("model_config.json") if "model_config.json" in files else None
         info = src.read_json("index.json") if "index.json" in files else None
         store.write_bytes_atomic(repository_path(store, name, "config.pbtxt"), triton_config(name, cfg, info).encode())
         components[name] = {
@@ -250,6 +254,8 @@ class LoadedRelease:
     index: object
     index_item_ids: np.ndarray
     catalog: ItemCatalog
+    # The ranker's standardized trend inputs [catalogue rows, 2] of the served day, for a ranker that reads them.
+    ranker_item_trend: np.ndarray | None = None
     cache: dict = field(default_factory=dict)  # arrays derived from the release by its users (ml/scoring)
 
 
@@ -296,11 +302,22 @@ def load_release(store: DatasetStore, version: int) -> LoadedRelease:
 
     ranker_vocab, ranker_moments = vocab("recsys_ranker")
     query_vocab, query_moments = vocab("recsys_query_tower")
+    ranker_config = json.loads(data("recsys_ranker", "model_config.json"))
+    catalog = build_item_catalog([table(RELEASE_MODEL, ITEM_FEATURES)])
+    ranker_trend = None
+    if ranker_config.get("item_trend"):
+        if RANKER_ITEM_TREND not in (manifest["components"]["recsys_ranker"].get("files") or []):
+            raise UntrustedReleaseError(
+                f"release {version}: its ranker reads item trend inputs but recsys_ranker/{version}/"
+                f"{RANKER_ITEM_TREND} is not in {RELEASE_FILE}: re-export the release"
+            )
+        raw = trend_rows(table("recsys_ranker", RANKER_ITEM_TREND), catalog)
+        ranker_trend = ItemTrend.from_dict(ranker_config["item_trend"]).standardized(raw)
     return LoadedRelease(
         version=version,
         manifest=manifest,
         ranker=load_program(data("recsys_ranker", "model.pt2")),
-        ranker_config=json.loads(data("recsys_ranker", "model_config.json")),
+        ranker_config=ranker_config,
         ranker_vocab=ranker_vocab,
         ranker_moments=ranker_moments,
         query_tower=load_program(data("recsys_query_tower", "model.pt2")),
@@ -312,5 +329,6 @@ def load_release(store: DatasetStore, version: int) -> LoadedRelease:
         .column("item_id")
         .to_numpy(zero_copy_only=False)
         .astype(object),
-        catalog=build_item_catalog([table(RELEASE_MODEL, ITEM_FEATURES)]),
+        catalog=catalog,
+        ranker_item_trend=ranker_trend,
     )

@@ -31,6 +31,7 @@ class ItemSide:
     cat: dict[str, np.ndarray]  # feature -> vocab ids per catalogue row
     dense: dict[str, np.ndarray]  # raw (untransformed) item_video_length_s, item_age_days per catalogue row
     feed_source_id: int
+    trend: np.ndarray | None = None  # the ranker's standardized trend inputs [catalogue rows, 2], when it reads them
 
     @classmethod
     def of(cls, release: LoadedRelease, feed_source: str, as_of: pd.Timestamp) -> ItemSide:
@@ -42,6 +43,7 @@ class ItemSide:
                 "item_age_days": catalog.age_days(as_of),
             },
             feed_source_id=int(vocab.encode("feed_source", pa.array([feed_source], pa.string()))[0]),
+            trend=release.ranker_item_trend,
         )
 
 
@@ -82,6 +84,8 @@ def ranker_inputs(
         "user_tenure_days": users.tenure_days[user_row],
     }
     dense = np.stack([standardize(f, raw_dense[f], release.ranker_moments) for f in DENSE_FEATURES], axis=1)
+    if items.trend is not None:  # after the DENSE_FEATURES, as the ranker was trained (ranker.ranker_dense)
+        dense = np.hstack([dense, items.trend[item_row].astype(dense.dtype)])
     return (
         torch.from_numpy(np.stack(cols, axis=1)),
         torch.from_numpy(dense),

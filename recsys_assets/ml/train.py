@@ -15,11 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from recsys_assets.config.training import RANKER_TASKS, TrainingSpec
 from recsys_assets.core.datasets import RANKER_MODEL, RETRIEVAL_MODEL, TRAINING_EVENTS, VOCAB
-from recsys_assets.core.days import window_of
+from recsys_assets.core.days import shift_day, window_of
 from recsys_assets.core.readers import read_final_items
 from recsys_assets.core.store_dirs import PartitionVersion
 from recsys_assets.ml.artifacts import ArtifactDir, fingerprint, latest_committed_before, write_vocab
@@ -129,6 +131,21 @@ class ModelInputs:
         encoder = BatchEncoder(vocab, moments, catalog, spec.labels, history)
         return cls(day, store, spec, window, vocab_dir.version, encoder, counts)
 
+    def day_positives(self, days: list[str]) -> dict:
+        """The retrieval positives per day and catalogue row of `days` (window days, the validation day): from the
+        window counts (Spark) when the vocab has them, else counted here (one pass over those days' item_id column,
+        catalogue-sized memory). What the logQ correction, the trend inputs and the recency prior read."""
+        if self.counts is not None:
+            return self.counts.item_day_positives(self.encoder.catalog, days)
+        from recsys_assets.ml.loader import item_day_frequencies, retrieval_positive_filter
+
+        counted = item_day_frequencies(
+            committed_events_dataset(self.store, days),
+            self.encoder.catalog,
+            retrieval_positive_filter(self.spec.labels),
+        )
+        return {d: counted.get(d, np.zeros(len(self.encoder.catalog), np.int64)) for d in days}
+
     @property
     def history_len(self) -> int:
         return self.spec.history.max_len if self.spec.history.enabled else 0
@@ -197,12 +214,15 @@ class TrainedModel:
     encoder: BatchEncoder
     checkpoints: CheckpointStore
     manifest_metrics: dict | None = None
+    tables: dict[str, pa.Table] = dataclasses.field(default_factory=dict)  # e.g. the ranker's serving trend inputs
 
     def write(self, out: PartitionVersion) -> dict:
         out.write_torch("model.pt", self.state_dict)
         out.write_json("model_config.json", self.model_config)
         for name, data in self.programs.items():
             out.write_bytes(name, data)
+        for name, table in self.tables.items():
+            out.write_table(name, table)
         write_vocab(out, self.encoder.vocab, self.encoder.moments)
         out.write_json("metrics.json", self.metrics)
         out.write_json("training.json", self.training_info)
@@ -217,7 +237,9 @@ class TrainedModel:
         self.checkpoints.clear()
 
 
-def _previous_ranker_aucs(inputs: ModelInputs, max_rows: int, log: Log) -> tuple[str | None, dict]:
+def _previous_ranker_aucs(
+    inputs: ModelInputs, max_rows: int, log: Log, day_positives: dict | None
+) -> tuple[str | None, dict]:
     """The last model that passed its own AUC gate (the one serving), scored on this validation day with its own
     vocabulary and this run's item catalogue: a same-data comparison. A failed model is never the baseline."""
     from recsys_assets.ml.history import load_histories
@@ -243,7 +265,11 @@ def _previous_ranker_aucs(inputs: ModelInputs, max_rows: int, log: Log) -> tuple
     if model.cfg.history_len:  # its own vocabulary's ids for the history items
         history = load_histories(store, [day], model.cfg.history_len, vocab, inputs.encoder.catalog)
     encoder = BatchEncoder(vocab, moments, inputs.encoder.catalog, inputs.spec.labels, history)
-    scores, labels = score_ranker(model, committed_events_dataset(store, [day]), encoder, max_rows=max_rows)
+    if model.cfg.item_trend is not None and day_positives is None:
+        day_positives = inputs.day_positives(inputs.window.train_days)
+    scores, labels = score_ranker(
+        model, committed_events_dataset(store, [day]), encoder, max_rows=max_rows, day_positives=day_positives
+    )
     log(f"previous ranker ({prev_day}) scored on {day}")
     return prev_day, task_aucs(scores, labels)
 
@@ -263,6 +289,7 @@ def train_day_ranker(inputs: ModelInputs, runtime: dict, run_id: str, log: Log) 
         task_positive_rates,
         train_ranker,
     )
+    from recsys_assets.ml.trend import RANKER_ITEM_TREND, serving_trend_table
 
     day, store, spec, window, encoder = inputs.day, inputs.store, inputs.spec, inputs.window, inputs.encoder
     sizes = spec.ranker
@@ -276,13 +303,18 @@ def train_day_ranker(inputs: ModelInputs, runtime: dict, run_id: str, log: Log) 
         history_len=inputs.history_len,
         item_bias=sizes.item_bias,
         item_bias_smoothing=spec.evaluation.item_prior_smoothing,
+        item_trend=sizes.item_trend,
     )
     settings = TrainSettings.of(sizes, runtime)
+    # The trend inputs' counts: the window's positives per day (training, and the validation day's inputs) and the
+    # validation day's own (with the two before it, the inputs of the day the release serves).
+    positives = inputs.day_positives([*window.train_days, day]) if hyper.item_trend else None
+    window_positives = {d: positives[d] for d in window.train_days} if positives is not None else None
     fitted = None
     if sizes.fit_on_last_window_day:  # the epoch count, chosen on the window's last day (ml/holdout_fit.py)
         from recsys_assets.ml.holdout_fit import fit_ranker
 
-        if (fitted := fit_ranker(inputs, hyper, settings, log)) is not None:
+        if (fitted := fit_ranker(inputs, hyper, settings, log, window_positives)) is not None:
             settings = dataclasses.replace(settings, epochs=fitted.epochs)
     train_data = committed_events_dataset(store, window.train_days)
     valid_data = committed_events_dataset(store, [day])
@@ -299,6 +331,8 @@ def train_day_ranker(inputs: ModelInputs, runtime: dict, run_id: str, log: Log) 
         priors = item_priors(train_data, encoder, smoothing, train_rows)
     if hyper.item_bias:
         selection["item_bias_start"] = priors.bias_logits
+    if window_positives is not None:
+        selection["day_positives"] = window_positives
     fp, checkpoints = inputs.checkpoints(RANKER_MODEL, hyper, settings, sizes.model_dump())
     model, fit = train_ranker(train_data, encoder, hyper, settings, checkpoints, fp, log, **selection)
     # The history-free ranker (same data, sizes and seed): a cheap baseline on the same protocol.
@@ -310,14 +344,15 @@ def train_day_ranker(inputs: ModelInputs, runtime: dict, run_id: str, log: Log) 
     if not settings.shard.is_main:
         return None  # a data-parallel rank other than 0: its share is trained, rank 0 evaluates and writes
     t0 = time.perf_counter()
-    scores, labels = score_ranker(model, valid_data, encoder, max_rows=sizes.max_validation_rows)
+    scored = {"max_rows": sizes.max_validation_rows, "day_positives": window_positives}
+    scores, labels = score_ranker(model, valid_data, encoder, **scored)
     aucs, rates = task_aucs(scores, labels), task_positive_rates(labels)
-    prev_day, prev_aucs = _previous_ranker_aucs(inputs, sizes.max_validation_rows, log)
+    prev_day, prev_aucs = _previous_ranker_aucs(inputs, sizes.max_validation_rows, log, window_positives)
     # The same protocol for the cheap baselines: the history-free ranker and the item prior (the item's smoothed
     # label rate in the window).
     history_free_aucs: dict = {}
     if hf_model is not None:
-        history_free_aucs = task_aucs(*score_ranker(hf_model, valid_data, encoder, max_rows=sizes.max_validation_rows))
+        history_free_aucs = task_aucs(*score_ranker(hf_model, valid_data, encoder, **scored))
     plain = dataclasses.replace(encoder, history=None)  # the prior needs items and labels, not the history gather
     prior_aucs = item_prior_aucs(
         priors.catalog_rates, sequential_batches(valid_data, plain, 8192), RANKER_TASKS, sizes.max_validation_rows
@@ -331,6 +366,7 @@ def train_day_ranker(inputs: ModelInputs, runtime: dict, run_id: str, log: Log) 
         "previous_model_auc": prev_aucs,
         "history_len": hyper.history_len,
         "item_bias": hyper.item_bias,  # both rankers start from the item prior's logits when true
+        "item_trend": hyper.item_trend,
         "auc_history_free": history_free_aucs,
         "auc_item_prior": prior_aucs,
         "min_auc": spec.checks.ranker_min_auc,
@@ -343,6 +379,12 @@ def train_day_ranker(inputs: ModelInputs, runtime: dict, run_id: str, log: Log) 
         state_dict=model.state_dict(),
         model_config=model.cfg.to_dict(),
         programs={"ranker.pt2": ranker_program(model)},
+        # The trend inputs of the day the release serves (D + 1: from D and the two days before), for the feed.
+        tables=(
+            {RANKER_ITEM_TREND: serving_trend_table(positives, shift_day(day, 1), encoder.catalog)}
+            if positives is not None
+            else {}
+        ),
         metrics=metrics,
         training_info=inputs.training_info(
             settings, hyper, fit, run_id, holdout_fit=fitted.as_dict() if fitted else None
@@ -363,7 +405,6 @@ def train_day_retrieval(inputs: ModelInputs, runtime: dict, run_id: str, log: Lo
 
     from recsys_assets.ml.baselines import seen_items
     from recsys_assets.ml.export import export_program
-    from recsys_assets.ml.loader import item_day_frequencies, retrieval_positive_filter
     from recsys_assets.ml.retrieval import (
         ItemTowerModule,
         RetrievalHyper,
@@ -392,12 +433,7 @@ def train_day_retrieval(inputs: ModelInputs, runtime: dict, run_id: str, log: Lo
     selection = inputs.selection(sizes)
     # The window's positives per day and catalogue row, counted once: the logQ correction, the trend inputs, the
     # recency prior, and the holdout fit's days (from the window counts on Spark when the vocab has them).
-    if inputs.counts is not None:
-        selection["day_positives"] = inputs.counts.item_day_positives(encoder.catalog, window.train_days)
-    else:
-        selection["day_positives"] = item_day_frequencies(
-            train_data, encoder.catalog, retrieval_positive_filter(spec.labels)
-        )
+    selection["day_positives"] = inputs.day_positives(window.train_days)
     # The epoch count and the recency prior's weight, chosen on the window's last day (ml/holdout_fit.py), or pinned.
     pinned = spec.retrieval_scoring.recency_prior
     prior, fitted = (0.0 if pinned == "fit" else float(pinned)), None

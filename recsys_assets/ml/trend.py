@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from recsys_assets.core.days import day_number, shift_day
@@ -26,6 +27,7 @@ from recsys_assets.core.days import day_number, shift_day
 TREND_FEATURES = ("item_positives_last_day", "item_positives_last_3_days")
 TREND_LOOKBACK_DAYS = 3
 EXAMPLE_AGE_SCALE_DAYS = 7.0  # the query tower reads age / 7 (a 7-day window's rows span 1/7 .. 1)
+RANKER_ITEM_TREND = "item_trend.parquet"  # a ranker's serving trend inputs (serving_trend_table), in its artifact
 
 
 def raw_trend(by_day: dict[str, np.ndarray], day: str, num_rows: int) -> np.ndarray:
@@ -60,10 +62,13 @@ class ItemTrend:
             square += w @ (raw * raw)
             n += w.sum()
         if n == 0:
-            return cls(tuple([0.0] * len(TREND_FEATURES)), tuple([1.0] * len(TREND_FEATURES)))
+            return cls(tuple([0.0] * len(TREND_FEATURES)), tuple([0.0] * len(TREND_FEATURES)))  # nothing learnable
         mean = total / n
         std = np.sqrt(np.maximum(square / n - mean * mean, 0.0))
-        return cls(tuple(float(v) for v in mean), tuple(float(max(v, 1e-6)) for v in std))
+        # A feature with no spread in training (a window of one day: no day before it counted, every input 0) taught
+        # the model nothing: std 0 marks it, and standardized() gives it 0 at evaluation and serving too, never
+        # (value - mean) / tiny (a one-day window's model scored its validation day with inputs of ~1e6).
+        return cls(tuple(float(v) for v in mean), tuple(float(v) if v > 1e-6 else 0.0 for v in std))
 
     @classmethod
     def from_dict(cls, d: dict | None) -> ItemTrend | None:
@@ -73,16 +78,49 @@ class ItemTrend:
         return asdict(self)
 
     def standardized(self, raw: np.ndarray) -> np.ndarray:
-        return ((raw - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)).astype(np.float32)
+        std = np.asarray(self.std, np.float32)
+        centred = raw - np.asarray(self.mean, np.float32)
+        return np.where(std > 0, centred / np.where(std > 0, std, 1.0), 0.0).astype(np.float32)
 
     def of_day(self, by_day: dict[str, np.ndarray], day: str, num_rows: int) -> np.ndarray:
         """Standardized trend inputs [rows, 2] of every catalogue row on `day` (evaluation, the index)."""
         return self.standardized(raw_trend(by_day, day, num_rows))
 
-    def lookup(self, by_day: dict[str, np.ndarray], num_rows: int, device: str = "cpu"):
-        """batch -> [rows, 2] standardized trend inputs of each row's item on its event's day (training): a table of
-        every counted day's inputs (days x catalogue rows x 2 floats), looked up by (event_day, content_row)."""
-        return day_row_lookup({d: self.of_day(by_day, d, num_rows) for d in by_day}, device)
+    def lookup(self, by_day: dict[str, np.ndarray], num_rows: int, device: str = "cpu", days: list[str] | None = None):
+        """batch -> [rows, 2] standardized trend inputs of each row's item on its event's day: a table of the inputs
+        of `days` (default: every counted day, the training window; evaluation passes the scored day, whose inputs
+        read the counted days before it) x catalogue rows x 2 floats, looked up by (event_day, content_row)."""
+        return day_row_lookup({d: self.of_day(by_day, d, num_rows) for d in (by_day if days is None else days)}, device)
+
+
+def serving_trend_table(by_day: dict[str, np.ndarray], day: str, catalog) -> pa.Table:
+    """The raw trend inputs of serving `day` (from the counted days before it) as (item_id, *TREND_FEATURES), the
+    items with any positives only: what a release ships so the feed's workers give the ranker the same inputs it was
+    trained with (an item not listed had no positives on those days: raw inputs 0). Catalogue-sized."""
+    raw = raw_trend(by_day, day, len(catalog))
+    keep = np.flatnonzero(raw.any(axis=1))
+    return pa.table(
+        {
+            "item_id": pa.array(np.asarray(catalog.item_ids, dtype=object)[keep], pa.string()),
+            **{f: pa.array(raw[keep, i], pa.float32()) for i, f in enumerate(TREND_FEATURES)},
+        }
+    )
+
+
+def trend_rows(table: pa.Table, catalog) -> np.ndarray:
+    """[catalogue rows, 2] raw trend inputs from a serving_trend_table (rows of items it does not list: 0). The table
+    comes from the data root (untrusted): a missing column or a non-finite value is an error naming it."""
+    missing = [c for c in ("item_id", *TREND_FEATURES) if c not in table.column_names]
+    if missing:
+        raise ValueError(f"item trend table lacks column(s) {missing} (has {table.column_names})")
+    out = np.zeros((len(catalog), len(TREND_FEATURES)), np.float32)
+    rows = catalog.rows(table.column("item_id"))
+    for i, f in enumerate(TREND_FEATURES):
+        values = table.column(f).to_numpy(zero_copy_only=False).astype(np.float32)
+        if not np.isfinite(values).all():
+            raise ValueError(f"item trend table column {f} has non-finite values")
+        out[rows[rows >= 0], i] = values[rows >= 0]
+    return out
 
 
 def day_row_lookup(per_day: dict[str, np.ndarray], device: str = "cpu"):

@@ -67,6 +67,21 @@ def test_trend_lookup_gives_each_row_its_event_days_inputs_and_example_age_is_da
     np.testing.assert_allclose(age, np.array([0, 1, 0]) / 7.0)
 
 
+def test_trend_inputs_with_no_spread_in_training_stay_zero_when_scored():
+    """A one-day window: no counted day before its rows, every training input 0. The model learned nothing from the
+    inputs, so the validation day's (from that window day's counts) must reach it as 0 too, not (x - 0) / 1e-6."""
+    one_day = {"2024-05-01": np.array([5, 0, 2, 9])}
+    trend = ItemTrend.fit(one_day, 4)
+    assert trend.std == (0.0, 0.0)
+    raw = raw_trend(one_day, "2024-05-02", 4)
+    assert raw[:, 0].max() > 2  # the scored day has real inputs ...
+    assert not trend.of_day(one_day, "2024-05-02", 4).any()  # ... standardized to 0
+    assert ItemTrend.fit({"2024-05-01": np.zeros(4, np.int64)}, 4).std == (0.0, 0.0)
+    # a saved standardisation with spread (every model before this rule) is unchanged
+    kept = ItemTrend(mean=(1.0, 2.0), std=(0.5, 2.0))
+    np.testing.assert_allclose(kept.standardized(np.array([[2.0, 2.0]], np.float32)), [[2.0, 0.0]])
+
+
 def test_choose_prefers_the_best_score_then_fewer_epochs_then_the_smaller_weight():
     table = [{0.0: (0.30, 0.1), 1.0: (0.32, 0.1)}, {0.0: (0.32, 0.1), 1.0: (math.nan, 0.9)}]
     assert choose(table) == (1, 1.0)  # 0.32 first reached at epoch 1 with weight 1.0
@@ -219,3 +234,85 @@ def test_history_positions_let_the_query_tower_tell_new_entries_from_old_and_rou
     again.load_state_dict(model.state_dict())
     with torch.no_grad():
         assert torch.equal(again.query(cat, dense, ids, content), model.query(cat, dense, ids, content))
+
+
+# ---- the ranker's trend inputs ----
+
+
+def test_a_ranker_with_trend_inputs_scores_a_day_from_the_days_before_it_and_exports_with_them(model_store):
+    from recsys_assets.ml.export import load_program
+    from recsys_assets.ml.loader import committed_events_dataset, item_day_frequencies, retrieval_positive_filter
+    from recsys_assets.ml.ranker import ranker_program, score_ranker, train_ranker
+    from tests.helpers import make_encoder
+
+    enc = make_encoder(model_store)
+    train = committed_events_dataset(model_store, TRAIN_DAYS)
+    by_day = item_day_frequencies(train, enc.catalog, retrieval_positive_filter(enc.labels))
+    settings = TrainSettings(epochs=1, batch_size=512, num_threads=1)
+    model, _ = train_ranker(train, enc, RankerHyper(item_trend=True), settings, log=quiet, day_positives=by_day)
+    # 3 dense features + the 2 trend inputs, standardised with the window's moments (saved in the config)
+    assert model.cfg.num_dense == 5 and model.cfg.item_trend == ItemTrend.fit(by_day, len(enc.catalog)).to_dict()
+    # counted here when the caller has no counts: the same model
+    counted, _ = train_ranker(train, enc, RankerHyper(item_trend=True), settings, log=quiet)
+    assert counted.cfg.item_trend == model.cfg.item_trend
+    for a, b in zip(counted.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+
+    valid = committed_events_dataset(model_store, [VALID_DAY])
+    scores, labels = score_ranker(model, valid, enc, day_positives=by_day)
+    # the scored day's own counts (or a later day's) never change its scores; the day before's do
+    later = {**by_day, VALID_DAY: np.full(len(enc.catalog), 500)}
+    np.testing.assert_array_equal(score_ranker(model, valid, enc, day_positives=later)[0], scores)
+    shifted = {**by_day, TRAIN_DAYS[-1]: by_day[TRAIN_DAYS[-1]][::-1].copy()}
+    assert not np.allclose(score_ranker(model, valid, enc, day_positives=shifted)[0], scores)
+    with pytest.raises(ValueError, match="recent positives"):
+        score_ranker(model, valid, enc)
+    assert 0.5 < float(np.mean([v for v in _aucs(scores, labels).values() if math.isfinite(v)])) < 1
+
+    served = load_program(ranker_program(model))
+    cat = torch.stack([torch.randint(0, c, (11,)) for c in model.cfg.cardinalities], dim=1)
+    dense, content = torch.randn(11, 5), torch.randn(11, 128)
+    with torch.no_grad():
+        assert torch.allclose(served(cat, dense, content), model(cat, dense, content), atol=1e-5)
+
+
+def _aucs(scores, labels):
+    from recsys_assets.ml.ranker import task_aucs
+
+    return task_aucs(scores, labels)
+
+
+def test_the_serving_trend_table_lists_the_served_days_inputs_and_refuses_a_bad_column():
+    from recsys_assets.ml.features import build_item_catalog
+    from recsys_assets.ml.trend import TREND_FEATURES, serving_trend_table, trend_rows
+
+    catalog = build_item_catalog([_items_table(["i0", "i1", "i2", "i3"])])
+    by_day = {"2024-05-01": np.array([3, 0, 0, 1]), "2024-05-02": np.array([0, 0, 2, 4])}
+    table = serving_trend_table(by_day, "2024-05-03", catalog)
+    assert table.column("item_id").to_pylist() == ["i0", "i2", "i3"]  # i1: no positives on any counted day
+    rows = trend_rows(table, catalog)
+    np.testing.assert_allclose(rows, raw_trend(by_day, "2024-05-03", 4), rtol=1e-6)
+    # another catalogue (the release's): looked up by id, unknown ids ignored, unlisted items 0
+    other = build_item_catalog([_items_table(["i9", "i3", "i1"])])
+    np.testing.assert_allclose(trend_rows(table, other), [[0, 0], rows[3], [0, 0]], rtol=1e-6)
+    bad = table.set_column(1, TREND_FEATURES[0], pa.array([1.0, float("nan"), 2.0], pa.float32()))
+    with pytest.raises(ValueError, match=TREND_FEATURES[0]):
+        trend_rows(bad, catalog)
+    with pytest.raises(ValueError, match="lacks column"):
+        trend_rows(table.drop_columns([TREND_FEATURES[1]]), catalog)
+
+
+def _items_table(ids: list[str]) -> pa.Table:
+    """A catalogue's input table of `ids` (attributes irrelevant to the trend inputs)."""
+    n = len(ids)
+    return pa.table(
+        {
+            "item_id": pa.array(ids, pa.string()),
+            "item_author_id": pa.array(["a"] * n, pa.string()),
+            "item_category": pa.array(["c"] * n, pa.string()),
+            "item_language": pa.array(["en"] * n, pa.string()),
+            "item_video_length_s": pa.array([10.0] * n),
+            "item_created_at": pa.array([0] * n, pa.timestamp("us", tz="UTC")),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(n * 4, np.float32)), 4),
+        }
+    )

@@ -3,15 +3,19 @@ committed training_events, written through the same partition writer the assets 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from recsys_assets.config.training import TrainingSpec
 from recsys_assets.core.datasets import RANKER_MODEL, RETRIEVAL_INDEX, RETRIEVAL_MODEL, VOCAB
+from recsys_assets.core.days import shift_day
 from recsys_assets.core.store_dirs import PartitionVersion
 from recsys_assets.ml.artifacts import ArtifactDir
 from recsys_assets.ml.faiss_index import IndexSpec
 from recsys_assets.ml.indexing import IndexSettings, build_retrieval_index
+from recsys_assets.ml.loader import committed_events_dataset, item_day_frequencies, retrieval_positive_filter
 from recsys_assets.ml.train import ModelInputs, build_day_vocab, train_day_ranker, train_day_retrieval
+from recsys_assets.ml.trend import raw_trend, trend_rows
 from resources.store import DatasetStore
 from tests.helpers import TRAIN_DAYS, VALID_DAY, populate
 
@@ -34,7 +38,7 @@ def world(tmp_path_factory):
             "window_days": 3,
             "min_window_days": 3,
             "history": {"enabled": False},
-            "ranker": {"epochs": 2, "batch_size": 512},
+            "ranker": {"epochs": 2, "batch_size": 512, "item_trend": True},
             "retrieval": {"epochs": 2, "batch_size": 512},
             "checks": {"retrieval_k": 10},
         }
@@ -71,6 +75,16 @@ def test_vocab_ranker_two_tower_and_index_of_a_day(world):
     assert store.gate_state(RANKER_MODEL, VALID_DAY).state == "pending"
     for name in ("model.pt", "ranker.pt2", "vocab.parquet", "metrics.json", "training.json"):
         assert store.exists(out.path(name)), name
+    # Trend inputs (ranker.item_trend, on here): 3 dense features + 2; the artifact carries the inputs of the day the
+    # release serves (the day after VALID_DAY: VALID_DAY and the two days before it), counted here from the events.
+    assert ranker.model_config["num_dense"] == 5 and ranker.metrics["item_trend"] is True
+    catalog = inputs.encoder.catalog
+    counted = item_day_frequencies(
+        committed_events_dataset(store, [*TRAIN_DAYS, VALID_DAY]), catalog, retrieval_positive_filter(spec.labels)
+    )
+    want = raw_trend(counted, shift_day(VALID_DAY, 1), len(catalog))
+    assert want[:, 0].any()
+    np.testing.assert_allclose(trend_rows(out.read_table("item_trend.parquet"), catalog), want, rtol=1e-6)
 
     retrieval = train_day_retrieval(inputs, RUNTIME, "run-1", logs.append)
     methods = retrieval.metrics["methods"]

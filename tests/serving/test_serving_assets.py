@@ -24,7 +24,8 @@ from recsys_assets.core.readers import read_history_table
 from recsys_assets.ml.artifacts import ArtifactDir
 from recsys_assets.ml.models import MMoERanker, RankerConfig
 from recsys_assets.ml.release import UntrustedReleaseError, load_release, release_problems, version_dir
-from recsys_assets.ml.scoring import USER_COLUMNS, ReleaseHistory, generate_feed
+from recsys_assets.ml.scoring import USER_COLUMNS, ItemSide, ReleaseHistory, UserSide, generate_feed, ranker_inputs
+from recsys_assets.ml.trend import ItemTrend, trend_rows
 from recsys_assets.serving import registry
 from recsys_assets.serving.feed import active_users, build_feed
 from recsys_assets.serving.online_eval import IMPRESSION_COLUMNS, read_raw_plays
@@ -70,6 +71,24 @@ def brute_force_ctr(impressions: pd.DataFrame, plays: pd.DataFrame, minutes: int
         c[0] += int(hit)
         c[1] += 1
     return {k: tuple(v) for k, v in out.items()}
+
+
+def _served_trend(store, release, day) -> tuple[np.ndarray, np.ndarray]:
+    """(raw, standardized) trend inputs a release serves its ranker: the ranker artifact's table (hashed in
+    release.json), looked up by item id in the release catalogue, standardized with the ranker's moments; checked
+    against what the feed's ranker inputs carry after the 3 dense features."""
+    src = ArtifactDir.committed(store, "ranker_model", day)
+    cfg = src.read_json("model_config.json")
+    assert cfg["num_dense"] == 5 and "item_trend.parquet" in release.manifest["components"]["recsys_ranker"]["files"]
+    raw = trend_rows(src.read_table("item_trend.parquet"), release.catalog)
+    want = ItemTrend.from_dict(cfg["item_trend"]).standardized(raw)
+    np.testing.assert_array_equal(release.ranker_item_trend, want)
+    items = ItemSide.of(release, "for_you", pd.Timestamp(window_of(day).end))
+    users = active_users(store, day).head(3).reset_index(drop=True)
+    item_row = np.argsort(-raw[:, 0])[:7]  # the items with the most positives on the day before the served one
+    _, dense, _ = ranker_inputs(release, items, UserSide.of(release, items, users), np.zeros(7, np.int64), item_row)
+    np.testing.assert_array_equal(dense[:, 3:].numpy(), want[item_row])
+    return raw, want
 
 
 def test_two_releases_feed_ab_split_skew_online_ctr_and_rollback(
@@ -151,6 +170,11 @@ def test_two_releases_feed_ab_split_skew_online_ctr_and_rollback(
     with torch.no_grad():
         torch.testing.assert_close(loaded.ranker(cat, dense, content), eager(cat, dense, content))
     assert eager.cfg.history_len == 0 and "hist_ids" not in ranker_cfg
+    # The ranker's trend inputs (ranker.item_trend, on in the test sizes), shipped with the release. Release 1's window
+    # is one day: no day before its rows was counted, its training inputs were all 0, so the served day's (real counts)
+    # reach it as 0.
+    shipped = _served_trend(store, loaded, day1)
+    assert shipped[0].any() and eager.cfg.item_trend["std"] == [0.0, 0.0] and not shipped[1].any()
 
     # The feed: every active user, k_feed items each, ranks 1..k in descending score, all from production v1.
     feed1 = feed_rows(pg_database, day1)
@@ -225,6 +249,8 @@ def test_two_releases_feed_ab_split_skew_online_ctr_and_rollback(
     )
     release2 = load_release(store, 2)
     assert release2.ranker_config["grouped_history"]
+    _, trend2 = _served_trend(store, release2, day2)  # a two-day window: inputs with spread
+    assert len(np.unique(trend2[:, 0])) > 1
     history = read_history_table(store, day2)
     hist = ReleaseHistory(release2, history)
     user = max(history.to_pylist(), key=lambda r: len(r["item_ids"]))

@@ -16,9 +16,16 @@ from recsys_assets.ml.export import load_program
 from recsys_assets.ml.faiss_index import deserialize, search
 from recsys_assets.ml.features import build_item_catalog, padded_content
 from recsys_assets.ml.history import load_histories
-from recsys_assets.ml.loader import BatchEncoder, committed_events_dataset, sequential_batches
+from recsys_assets.ml.loader import (
+    BatchEncoder,
+    committed_events_dataset,
+    item_day_frequencies,
+    retrieval_positive_filter,
+    sequential_batches,
+)
 from recsys_assets.ml.metrics import exact_top_k
 from recsys_assets.ml.models import MMoERanker, RankerConfig
+from recsys_assets.ml.ranker import ranker_dense, trend_inputs
 from resources.storage import StorageResource
 from resources.store import DatasetStore
 from tests.helpers import DAYS, LENIENT, check_results, run_job, train_day, training_yaml
@@ -65,7 +72,14 @@ def test_training_job_trains_on_the_window_validates_on_the_day_and_builds_both_
     batch = next(sequential_batches(committed_events_dataset(store, [day]), encoder, 256))
     assert (batch["hist_ids"] != 0).any()  # users with a history as of the day
     padded = padded_content(catalog)
-    inputs = (batch["cat"], batch["dense"], padded[batch["content_row"]], batch["hist_ids"], padded[batch["hist_rows"]])
+    # the dense input with the trend inputs (ranker.item_trend, on in the test sizes) of the day, from the window's
+    # positives
+    positives = item_day_frequencies(
+        committed_events_dataset(store, DAYS[:2]), catalog, retrieval_positive_filter(LabelSpec())
+    )
+    dense = ranker_dense(batch, trend_inputs(model, [day], encoder, positives))
+    assert model.cfg.num_dense == dense.shape[1] == 5 and dense[:, 3:].abs().sum() > 0
+    inputs = (batch["cat"], dense, padded[batch["content_row"]], batch["hist_ids"], padded[batch["hist_rows"]])
     served = load_program(ranker.read_bytes("ranker.pt2"))
     assert model.cfg.grouped_history  # served with each user's history once: here every row is its own "user"
     with torch.no_grad():
