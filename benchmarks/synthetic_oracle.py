@@ -125,7 +125,9 @@ def main() -> None:
     model.load_state_dict(model_dir.read_torch("model.pt"))
     vocab, moments = model_dir.read_vocab()
     q = torch.from_numpy(query_vectors(model.eval(), queries, encoder.catalog)).double()
-    items = torch.from_numpy(item_vectors(model, encoder.catalog, vocab, moments, pd.Timestamp(window_of(a.day).end)))
+    items = torch.from_numpy(
+        item_vectors(model, encoder.catalog, vocab, moments, pd.Timestamp(window_of(a.day).end))[0]
+    )
     log_w = torch.log(w_t.clamp(min=1e-12))
 
     def model_plus_popularity(lam: float):

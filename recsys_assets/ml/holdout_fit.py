@@ -122,7 +122,6 @@ def fit_retrieval(inputs, train_fn, hyper, settings, day_positives: dict | None,
             as_of,
             day_positives=by_day,
             day=holdout_day,
-            with_bias=True,
         )
         methods = {w: vector_scores(*with_recency_prior(q, items, recent, w, m.temperature, bias)) for w in weights}
         scored = compare_methods(methods, queries.relevant, [10], len(encoder.catalog), seen).metrics

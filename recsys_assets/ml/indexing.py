@@ -122,7 +122,6 @@ def build_retrieval_index(store: DatasetStore, day: str, spec: TrainingSpec, set
         pd.Timestamp(window_of(day).end),
         day_positives=trend_counts,
         day=shift_day(day, 1),
-        with_bias=True,
     )
     history = load_histories(store, [day], model.history_len, vocab, catalog) if model.history_len else None
     encoder = BatchEncoder(vocab, moments, catalog, spec.labels, history)

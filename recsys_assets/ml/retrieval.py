@@ -193,21 +193,18 @@ def item_vectors(
     batch_size: int = 65_536,
     day_positives: dict[str, np.ndarray] | None = None,
     day: str | None = None,
-    with_bias: bool = False,
-):
-    """Every catalogue row's item vector for scoring `day` (items aged at `as_of`). A model with trend inputs reads
-    the items' positives of the days before `day` from `day_positives` (day -> positives per catalogue row).
-    `with_bias`: (vectors, the learned popularity logit per row or None): what the served score adds to q.i / T."""
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(every catalogue row's item vector for scoring `day` (items aged at `as_of`), the model's learned popularity
+    logit per row or None for a model without one: what the served score adds to q.i / T). A model with trend inputs
+    reads the items' positives of the days before `day` from `day_positives` (day -> positives per catalogue row)."""
     trend = None
     if model.item_trend:
         if day_positives is None or day is None:
             raise ValueError("this two-tower reads the items' recent positives: pass day_positives and the day")
         trend = ItemTrend.from_dict(model.item_trend).of_day(day_positives, day, len(catalog))
     cat, dense, content = item_tower_inputs(catalog, vocab, moments, as_of, trend)
-    if with_bias:
-        bias = model.item_score_bias(torch.from_numpy(trend)).numpy() if trend is not None else None
-        return _vectors(model, cat, dense, content, batch_size), bias
-    return _vectors(model, cat, dense, content, batch_size)
+    bias = model.item_score_bias(torch.from_numpy(trend)).numpy() if trend is not None else None
+    return _vectors(model, cat, dense, content, batch_size), bias
 
 
 def _vectors(model: TwoTower, cat, dense, content, batch_size: int) -> np.ndarray:
@@ -416,7 +413,6 @@ def compare_retrieval(
             as_of,
             day_positives=day_positives,
             day=queries.day,
-            with_bias=True,
         )
         methods[name] = (
             vector_scores(*with_recency_prior(q, items, recent_counts, 0.0, m.temperature, bias))

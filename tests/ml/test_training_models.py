@@ -230,7 +230,8 @@ def test_two_tower_beats_most_popular_on_full_corpus_recall(model_store):
         log=lambda m: None,
     )
     queries = evaluation_queries(committed_events_dataset(model_store, [VALID_DAY]), enc, LabelSpec())
-    items = item_vectors(model, enc.catalog, enc.vocab, enc.moments, pd.Timestamp("2024-05-05", tz="UTC"))
+    items, bias = item_vectors(model, enc.catalog, enc.vocab, enc.moments, pd.Timestamp("2024-05-05", tz="UTC"))
+    assert bias is None  # no trend inputs, no popularity logit
     methods = compare_retrieval(
         {"two-tower": model}, queries, enc, pd.Timestamp("2024-05-05", tz="UTC"), counts, counts, [10, 50]
     ).metrics
