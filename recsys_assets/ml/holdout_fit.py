@@ -42,6 +42,7 @@ class HoldoutFit:
     recency_prior: float | None
     per_epoch: list[dict]
     holdout_queries: int | None = None
+    pooled: dict | None = None  # the weight's choice over several held-out days (recency_prior_pooled_days)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -147,6 +148,19 @@ def fit_retrieval(inputs, train_fn, hyper, settings, day_positives: dict | None,
         fit_data, encoder, hyper, settings, None, "", log, day_positives=by_day, evaluate_epoch=evaluate
     )
     epochs, weight = choose(table)
+    pooled = None
+    pool = spec.retrieval_scoring.recency_prior_pooled_days
+    if len(weights) > 1 and objective == "recall@10" and pool > 1:
+        earlier = previous_fit_rows(store, inputs.day, pool - 1, weights, log)
+        if earlier:
+            rows = [table[epochs - 1], *(r for _, r in earlier)]
+            scores = {w: tuple(float(np.mean([r[w][i] for r in rows])) for i in range(2)) for w in weights}
+            _, weight = choose([scores])
+            epochs, _ = choose([{weight: t[weight]} for t in table])  # this day's best epoch count at that weight
+            pooled = {
+                "holdout_days": [holdout_day, *(d for d, _ in earlier)],
+                "mean": {str(w): {"recall@10": s[0], "ndcg@10": s[1]} for w, s in scores.items()},
+            }
     log(f"holdout fit: {epochs} epoch(s), recency prior {weight} ({objective} {table[epochs - 1][weight][0]:.4f})")
     return HoldoutFit(
         fit_days=fit_days,
@@ -160,7 +174,30 @@ def fit_retrieval(inputs, train_fn, hyper, settings, day_positives: dict | None,
         recency_prior=weight,
         per_epoch=[{"epoch": r["epoch"] + 1, **r.get("holdout", {})} for r in fit.history],
         holdout_queries=int(sum(1 for r in queries.relevant if len(r))),
+        pooled=pooled,
     )
+
+
+def previous_fit_rows(store, day: str, n: int, weights, log: Log) -> list[tuple[str, dict[float, tuple[float, float]]]]:
+    """(held-out day, weight -> (recall@10, NDCG@10) at its chosen epoch) of the holdout fits of the last `n`
+    committed retrieval models before `day`, newest first; a model whose table lacks a weight of `weights` (another
+    search space, a pinned prior, no fit) or is unreadable (the data root is untrusted) is skipped and said."""
+    from recsys_assets.core.datasets import RETRIEVAL_MODEL
+    from recsys_assets.ml.artifacts import ArtifactDir, latest_committed_before
+
+    out, d = [], day
+    while len(out) < n and (d := latest_committed_before(store, RETRIEVAL_MODEL, d)) is not None:
+        try:
+            fit = ArtifactDir.committed(store, RETRIEVAL_MODEL, d).read_json("training.json").get("holdout_fit")
+            if not fit:
+                continue
+            row = fit["per_epoch"][int(fit["epochs"]) - 1]
+            cells = {w: (float(row[str(w)]["recall@10"]), float(row[str(w)]["ndcg@10"])) for w in weights}
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+            log(f"holdout fit: the fit of retrieval_model {d} is not comparable ({type(e).__name__}: {e}); skipped")
+            continue
+        out.append((str(fit["holdout_day"]), cells))
+    return out
 
 
 def fit_ranker(inputs, hyper, settings, log: Log, day_positives: dict | None = None) -> HoldoutFit | None:

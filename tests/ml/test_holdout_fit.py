@@ -316,3 +316,48 @@ def _items_table(ids: list[str]) -> pa.Table:
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(n * 4, np.float32)), 4),
         }
     )
+
+
+def test_the_prior_weight_can_be_chosen_over_the_held_out_days_of_earlier_fits(tmp_path):
+    """recency_prior_pooled_days: the weight maximises the mean held-out score over this fit's day and the earlier
+    committed models' fits (their tables at their chosen epochs); models whose table lacks a weight or is unreadable
+    are skipped; with one day the choice is this fit's alone."""
+    from recsys_assets.core.datasets import RETRIEVAL_MODEL
+    from recsys_assets.ml.holdout_fit import previous_fit_rows
+
+    store = _world_store(tmp_path)
+
+    def commit(day: str, fit) -> None:
+        out = PartitionVersion.new(store, RETRIEVAL_MODEL, day, "test")
+        out.write_json("training.json", {"holdout_fit": fit})
+        out.publish()
+        store.record_verdict(RETRIEVAL_MODEL, day, out.version, "retrieval_recall_gate", True)
+
+    def table(held_out: str, best: str, weights=("0.0", "1.0", "4.0")) -> dict:
+        cells = {w: {"recall@10": 0.9 if w == best else 0.0, "ndcg@10": 0.0} for w in weights}
+        return {"holdout_day": held_out, "epochs": 2, "per_epoch": [{"epoch": 1}, {"epoch": 2, **cells}]}
+
+    commit(TRAIN_DAYS[2], table(TRAIN_DAYS[1], "4.0"))  # the model of the day before VALID_DAY
+    commit(TRAIN_DAYS[1], table(TRAIN_DAYS[0], "1.0", weights=("0.0", "1.0")))  # another search space: skipped
+    commit(TRAIN_DAYS[0], "unreadable")  # skipped, said
+    logs: list[str] = []
+    rows = previous_fit_rows(store, VALID_DAY, 5, (0.0, 1.0, 4.0), logs.append)
+    assert rows == [(TRAIN_DAYS[1], {0.0: (0.0, 0.0), 1.0: (0.0, 0.0), 4.0: (0.9, 0.0)})]
+    assert len(logs) == 2 and all("not comparable" in m for m in logs)
+
+    settings = TrainSettings.of(_spec().retrieval, RUNTIME)
+    alone = fit_retrieval(_inputs(store, _spec()), train_two_tower, _retrieval_hyper(), settings, None, quiet)
+    assert alone.pooled is None
+    pooled_spec = _spec().model_copy(
+        update={"retrieval_scoring": _spec().retrieval_scoring.model_copy(update={"recency_prior_pooled_days": 3})}
+    )
+    pooled = fit_retrieval(_inputs(store, pooled_spec), train_two_tower, _retrieval_hyper(), settings, None, quiet)
+    assert pooled.per_epoch == alone.per_epoch  # the same first model and table ...
+    assert pooled.pooled["holdout_days"] == [TRAIN_DAYS[2], TRAIN_DAYS[1]]
+    mean = pooled.pooled["mean"]
+    for w, earlier in (("0.0", 0.0), ("1.0", 0.0), ("4.0", 0.9)):
+        today = alone.per_epoch[alone.epochs - 1][w]["recall@10"]
+        assert mean[w]["recall@10"] == pytest.approx((today + earlier) / 2)
+    assert pooled.recency_prior == 4.0  # ... the weight the two days favour together
+    at_four = [row["4.0"]["recall@10"] for row in alone.per_epoch]
+    assert pooled.epochs == 1 + at_four.index(max(at_four))
