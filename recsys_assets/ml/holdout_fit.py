@@ -77,6 +77,15 @@ def _split(inputs, log: Log, fallback: str) -> tuple[list[str], str] | None:
     return split
 
 
+def _fit_positives(day_positives: dict | None, fit_days: list[str], fit_data, encoder) -> dict:
+    """The fit days' positives per day and catalogue row: the window's counted ones restricted to them (never the
+    held-out day's), else counted over the fit days' events."""
+    from recsys_assets.ml.loader import positives_by_day
+
+    given = {d: day_positives[d] for d in fit_days} if day_positives is not None else None
+    return positives_by_day(fit_data, encoder, given)
+
+
 def _on_cpu(model):
     """The model itself when it is on the CPU, else a CPU copy (the evaluation reads host tensors)."""
     p = next(model.parameters(), None)
@@ -87,7 +96,7 @@ def fit_retrieval(inputs, train_fn, hyper, settings, day_positives: dict | None,
     """The two-tower's epoch count and recency-prior weight, fitted on the window's last day (module docstring).
     `day_positives`: the window's positives per day and catalogue row when already counted (Spark window counts)."""
     from recsys_assets.ml.baselines import compare_methods, seen_items, vector_scores
-    from recsys_assets.ml.loader import committed_events_dataset, item_day_frequencies, retrieval_positive_filter
+    from recsys_assets.ml.loader import committed_events_dataset
     from recsys_assets.ml.metrics import softmax_log_likelihood
     from recsys_assets.ml.retrieval import evaluation_queries, item_vectors, query_vectors, with_recency_prior
 
@@ -96,11 +105,7 @@ def fit_retrieval(inputs, train_fn, hyper, settings, day_positives: dict | None,
     fit_days, holdout_day = split
     spec, store, encoder = inputs.spec, inputs.store, inputs.encoder
     fit_data = committed_events_dataset(store, fit_days)
-    positives = retrieval_positive_filter(spec.labels)
-    if day_positives is not None:
-        by_day = {d: day_positives[d] for d in fit_days}
-    else:
-        by_day = item_day_frequencies(fit_data, encoder.catalog, positives)
+    by_day = _fit_positives(day_positives, fit_days, fit_data, encoder)
     queries = evaluation_queries(
         committed_events_dataset(store, [holdout_day]), encoder, spec.labels, spec.evaluation.validation_users
     )
@@ -206,7 +211,7 @@ def fit_ranker(inputs, hyper, settings, log: Log, day_positives: dict | None = N
     (with hyper.item_trend) read the fit days' positives of `day_positives` only (the held-out day's inputs come from
     the days before it)."""
     from recsys_assets.ml.loader import committed_events_dataset
-    from recsys_assets.ml.ranker import item_priors, ranker_day_positives, score_ranker, task_aucs, train_ranker
+    from recsys_assets.ml.ranker import item_priors, score_ranker, task_aucs, train_ranker
 
     if (split := _split(inputs, log, "configured epochs")) is None:
         return None
@@ -220,13 +225,7 @@ def fit_ranker(inputs, hyper, settings, log: Log, day_positives: dict | None = N
         priors = item_priors(fit_data, encoder, smoothing, None)
     tasks = list(spec.checks.ranker_min_auc)
     table: list[dict[float, tuple[float]]] = []
-    by_day = None
-    if hyper.item_trend:
-        by_day = (
-            {d: day_positives[d] for d in fit_days}
-            if day_positives is not None
-            else ranker_day_positives(fit_data, encoder, None)
-        )
+    by_day = _fit_positives(day_positives, fit_days, fit_data, encoder) if hyper.item_trend else None
 
     def evaluate(epoch: int, model) -> dict:
         scored = score_ranker(

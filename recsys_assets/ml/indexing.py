@@ -63,17 +63,15 @@ def _queries_per_s(index, queries: np.ndarray, k: int) -> float:
     return len(queries) / max(time.perf_counter() - t0, 1e-9)
 
 
-def _vocab_counts(store: DatasetStore, day: str, days: list[str]):
-    """The window counts (Spark) of the day's committed vocab when they were taken from the committed versions of
-    `days`, else None (the caller counts itself)."""
+def _vocab_counts(store: DatasetStore, day: str, versions: dict[str, str]):
+    """The window counts (Spark) of the day's committed vocab when they were taken from these training_events
+    `versions` (day -> version), else None (the caller counts itself). Both indexes of the day read them."""
     from recsys_assets.ml.window_counts import WindowCounts
 
     if not store.is_committed(VOCAB, day):
         return None
     counts = WindowCounts.read(store, ArtifactDir.committed(store, VOCAB, day))
-    if counts is None or not counts.covers({d: store.committed_version(TRAINING_EVENTS, d) for d in days}):
-        return None
-    return counts
+    return counts if counts is not None and counts.covers(versions) else None
 
 
 def build_retrieval_index(store: DatasetStore, day: str, spec: TrainingSpec, settings: IndexSettings) -> BuiltIndex:
@@ -109,7 +107,7 @@ def build_retrieval_index(store: DatasetStore, day: str, spec: TrainingSpec, set
     if model.item_trend:
         lookback = [shift_day(day, -k) for k in range(TREND_LOOKBACK_DAYS - 1, -1, -1)]
         counted = [d for d in lookback if store.is_committed(TRAINING_EVENTS, d)]
-        counts = _vocab_counts(store, day, counted)
+        counts = _vocab_counts(store, day, {d: store.committed_version(TRAINING_EVENTS, d) for d in counted})
         if counts is not None:  # counted on Spark with the day's vocab: no pass over events here
             trend_counts = counts.item_day_positives(catalog, counted)
         else:
@@ -179,14 +177,10 @@ def build_cold_start_index(store: DatasetStore, day: str, spec: TrainingSpec, se
     )
     from recsys_assets.ml.features import count_tokens
     from recsys_assets.ml.loader import committed_events_dataset
-    from recsys_assets.ml.window_counts import WindowCounts
     from recsys_assets.ml.windows import training_window
 
     window = training_window(store, day, spec.window_days)
-    counts = None
-    if store.is_committed(VOCAB, day):
-        counts = WindowCounts.read(store, ArtifactDir.committed(store, VOCAB, day))
-    if counts is not None and counts.covers(window.versions):  # counted on Spark with the day's vocab
+    if (counts := _vocab_counts(store, day, window.versions)) is not None:  # counted on Spark with the day's vocab
         window_counts = counts.item_rows([*window.train_days, day])
     else:
         events = committed_events_dataset(store, [*window.train_days, day])

@@ -514,6 +514,17 @@ def item_day_frequencies(
     return out
 
 
+def positives_by_day(
+    data: TrainingEventsDataset, encoder: BatchEncoder, given: dict[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
+    """The retrieval positives per day and catalogue row of `data`: `given` when the caller already counted them (the
+    Spark window counts), else counted here in one pass (catalogue-sized memory). What the logQ correction, the trend
+    inputs and the recency prior read."""
+    if given is not None:
+        return given
+    return item_day_frequencies(data, encoder.catalog, retrieval_positive_filter(encoder.labels))
+
+
 def holdout_user_ids(vocab: Vocab, pct: float) -> pa.Array:
     """A stable hash-chosen `pct`% of the window's users (the vocab's user_id tokens): their events are held out of
     training to select the epoch (never the validation day, which stays untouched for the gate)."""

@@ -11,7 +11,7 @@ import torch
 
 from recsys_assets.config.training import RANKER_TASKS
 from recsys_assets.ml.features import DENSE_FEATURES, padded_content
-from recsys_assets.ml.loader import BatchEncoder, TrainingEventsDataset, sequential_batches
+from recsys_assets.ml.loader import BatchEncoder, TrainingEventsDataset, positives_by_day, sequential_batches
 from recsys_assets.ml.metrics import roc_auc
 from recsys_assets.ml.models import GroupedRanker, MMoERanker, RankerConfig, ranker_loss
 from recsys_assets.ml.trainer import CheckpointStore, FitResult, TrainSettings, fit_on_events
@@ -48,18 +48,6 @@ def ranker_config(encoder: BatchEncoder, hyper: RankerHyper, trend: ItemTrend | 
         grouped_history=hyper.history_len > 0,
         item_trend=trend.to_dict() if trend is not None else None,
     )
-
-
-def ranker_day_positives(
-    data: TrainingEventsDataset, encoder: BatchEncoder, day_positives: dict[str, np.ndarray] | None
-) -> dict[str, np.ndarray]:
-    """The retrieval positives per day and catalogue row the trend inputs read: the caller's (the window counts),
-    else counted over `data` (one pass, catalogue-sized memory)."""
-    if day_positives is not None:
-        return day_positives
-    from recsys_assets.ml.loader import item_day_frequencies, retrieval_positive_filter
-
-    return item_day_frequencies(data, encoder.catalog, retrieval_positive_filter(encoder.labels))
 
 
 def trend_inputs(
@@ -104,7 +92,7 @@ def train_ranker(
         raise ValueError("a history-aware ranker needs an encoder with user_history loaded")
     trend = None
     if hyper.item_trend:
-        day_positives = ranker_day_positives(train, encoder, day_positives)
+        day_positives = positives_by_day(train, encoder, day_positives)
         trend = ItemTrend.fit(day_positives, len(encoder.catalog))
     model = MMoERanker(ranker_config(encoder, hyper, trend))
     trend_of = trend_inputs(model, train.days, encoder, day_positives, settings.device) if trend else None

@@ -14,7 +14,7 @@ import torch
 from recsys_assets.config.training import LabelSpec
 from recsys_assets.ml.baselines import MethodComparison
 from recsys_assets.ml.features import DENSE_FEATURES, ItemCatalog, Vocab, padded_content, standardize
-from recsys_assets.ml.loader import BatchEncoder, TrainingEventsDataset, item_day_frequencies, retrieval_positive_filter
+from recsys_assets.ml.loader import BatchEncoder, TrainingEventsDataset, positives_by_day, retrieval_positive_filter
 from recsys_assets.ml.metrics import group_relevant
 from recsys_assets.ml.models import TowerConfig, TwoTower, in_batch_softmax_loss
 from recsys_assets.ml.trainer import CheckpointStore, FitResult, TrainSettings, fit_on_events
@@ -93,7 +93,7 @@ def train_two_tower(
     here in one pass otherwise. `evaluate_epoch(epoch, model)`: called after every epoch (the temporal holdout fit,
     ml/holdout_fit.py); what it returns is added to the epoch's history row."""
     positives = retrieval_positive_filter(encoder.labels)
-    by_day = day_positives if day_positives is not None else item_day_frequencies(train, encoder.catalog, positives)
+    by_day = positives_by_day(train, encoder, day_positives)
     counts = sum(by_day.values(), np.zeros(len(encoder.catalog), np.int64))
     if counts.sum() == 0:
         raise ValueError("no positive events in the training window: cannot train the two-tower model")

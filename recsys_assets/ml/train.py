@@ -137,13 +137,9 @@ class ModelInputs:
         catalogue-sized memory). What the logQ correction, the trend inputs and the recency prior read."""
         if self.counts is not None:
             return self.counts.item_day_positives(self.encoder.catalog, days)
-        from recsys_assets.ml.loader import item_day_frequencies, retrieval_positive_filter
+        from recsys_assets.ml.loader import positives_by_day
 
-        counted = item_day_frequencies(
-            committed_events_dataset(self.store, days),
-            self.encoder.catalog,
-            retrieval_positive_filter(self.spec.labels),
-        )
+        counted = positives_by_day(committed_events_dataset(self.store, days), self.encoder)
         return {d: counted.get(d, np.zeros(len(self.encoder.catalog), np.int64)) for d in days}
 
     @property
