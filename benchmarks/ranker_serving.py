@@ -75,29 +75,29 @@ def main() -> None:
     batch = {k: v for k, v in (("user_batch", a.user_batch), ("ranker_users", a.ranker_users)) if v}
     defaults = inspect.signature(generate_feed).parameters
 
-    def feed(release):
+    def feed(release, who: pd.DataFrame, **sizes):
         return generate_feed(
-            release, users, f.k_retrieve, f.k_feed, f.task_weights, f.feed_source, as_of, history=history, **batch
-        )
-
-    forms = {"grouped": grouped, "per_pair": per_pair}
-    for release in forms.values():  # warm: the item side, the programs' first call
-        generate_feed(
-            copy.copy(release),
-            users.head(64),
+            release,
+            who,
             f.k_retrieve,
             f.k_feed,
             f.task_weights,
             f.feed_source,
             as_of,
             history=history,
+            history_day=a.day,
+            **sizes,
         )
+
+    forms = {"grouped": grouped, "per_pair": per_pair}
+    for release in forms.values():  # warm: the item side, the programs' first call
+        feed(copy.copy(release), users.head(64))
     best: dict[str, float] = {}
     rows: dict[str, pd.DataFrame] = {}
     for _ in range(a.repeats):
         for name, release in forms.items():
             t0 = time.perf_counter()
-            rows[name] = feed(release)
+            rows[name] = feed(release, users, **batch)
             best[name] = min(best.get(name, float("inf")), time.perf_counter() - t0)
     g, pp = rows["grouped"], rows["per_pair"]
     same = (g["user_id"].to_numpy() == pp["user_id"].to_numpy()) & (g["item_id"].to_numpy() == pp["item_id"].to_numpy())

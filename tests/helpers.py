@@ -112,25 +112,50 @@ LENIENT = dict(
     ranker_max_auc_drop=0.05,
 )
 # Model sizes for the test world (the packaged YAML's are for production volumes).
-# ranker.item_trend on (off in the packaged YAML): the Dagster tests train, release and serve a ranker with trend
-# inputs.
+# ranker.item_trend and both models' history_time_gaps on (off in the packaged YAML): the Dagster tests train,
+# release and serve a ranker with trend inputs and models that read the history's time gaps. The holdout fit
+# (ml/holdout_fit.py) trains every model twice; outside the tests about it (`training_yaml(holdout_fit=True)`) the
+# epochs and the recency prior's weight are pinned (HOLDOUT_FIT), which halves each test's training.
 TEST_SIZES = {
-    "ranker": {"epochs": 2, "batch_size": 512, "item_trend": True},
-    "retrieval": {"epochs": 2, "batch_size": 512},
+    "ranker": {
+        "epochs": 2,
+        "batch_size": 512,
+        "item_trend": True,
+        "fit_on_last_window_day": False,
+        "history_time_gaps": True,
+    },
+    "retrieval": {"epochs": 2, "batch_size": 512, "fit_on_last_window_day": False, "history_time_gaps": True},
+    "retrieval_scoring": {"recency_prior": 1.0},
+}
+# The keys of TEST_SIZES that pin what the holdout fit chooses: left at the packaged YAML's by holdout_fit=True.
+HOLDOUT_FIT = {
+    "ranker": ("fit_on_last_window_day",),
+    "retrieval": ("fit_on_last_window_day",),
+    "retrieval_scoring": ("recency_prior",),
 }
 
 
 def training_yaml(
-    tmp_path, min_window_days: int = 1, history: dict | None = None, sections: dict | None = None, **checks
+    tmp_path,
+    min_window_days: int = 1,
+    history: dict | None = None,
+    sections: dict | None = None,
+    holdout_fit: bool = False,
+    **checks,
 ) -> str:
     """The packaged training.yaml with the test world's model sizes and some check thresholds replaced; the test world
-    has 3 days, so a window of one earlier day is enough unless a test says otherwise."""
+    has 3 days, so a window of one earlier day is enough unless a test says otherwise. `holdout_fit`: the epochs and
+    the recency prior are fitted on the window's last day as the packaged YAML does (else pinned: TEST_SIZES)."""
     spec = yaml.safe_load(DEFAULT_TRAINING_CONFIG_PATH.read_text())
     spec["checks"].update(checks)
     spec["min_window_days"] = min_window_days
     spec["history"].update(history or {})
-    for name, values in {**TEST_SIZES, **(sections or {})}.items():
-        spec[name].update({**TEST_SIZES.get(name, {}), **values})
+    sizes = {
+        name: {k: v for k, v in values.items() if not (holdout_fit and k in HOLDOUT_FIT.get(name, ()))}
+        for name, values in TEST_SIZES.items()
+    }
+    for name, values in {**sizes, **(sections or {})}.items():
+        spec[name].update({**sizes.get(name, {}), **values})
     path = tmp_path / f"training-{uuid.uuid4().hex[:8]}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return str(path)

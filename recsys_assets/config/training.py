@@ -173,6 +173,9 @@ class RankerSizes(ModelSizes):
     # (item_trend.parquet of the ranker) so the feed's workers score with the same ones. Off by default: on MovieLens
     # as 10 days it lowered the ranker's liked AUC 0.6939 -> 0.6887 (5-day mean; docs/real_data.md).
     item_trend: bool = False
+    # The history's time gaps in the ranker's target attention (as retrieval.history_time_gaps in the query tower): a
+    # learned vector per age bucket of each history entry; the release's ranker program then takes hist_age.
+    history_time_gaps: bool = False
     max_validation_rows: int = Field(default=2_000_000, ge=1)  # validation-day rows scored for AUC
 
     @model_validator(mode="after")
@@ -208,6 +211,11 @@ class RetrievalSizes(ModelSizes):
     # them: the pooling can weight recent positives over old ones (recency-weighted pooling, learned). Off by
     # default: no gain measured (synthetic recall@10 0.3669 without, 0.3631 with).
     history_positions: bool = False
+    # The history's time gaps: a learned vector per age bucket of each history entry (log2 of the hours from it to the
+    # history's day; ml/models.history_age_buckets) added to it before the query tower pools the history, so an hour-
+    # old positive and a month-old one count differently. The entries' times come from user_history's event_ts, into
+    # the memory-mapped history caches, the exported query tower (hist_age) and the feed.
+    history_time_gaps: bool = False
 
 
 class RetrievalScoring(StrictModel):

@@ -18,6 +18,8 @@ def read_final_items(store: DatasetStore, day: str, columns: list[str] | None = 
 
 
 def read_history_table(store: DatasetStore, day: str) -> pa.Table:
-    """The committed user_history of `day` (user_id, item_ids): user-sized, read whole."""
+    """The committed user_history of `day` (user_id, item_ids, event_ts): user-sized, read whole."""
     path = store.committed_path(USER_HISTORY, day, "history")
-    return pads.dataset(path, filesystem=store.fs, format="parquet").to_table(columns=["user_id", "item_ids"])
+    return pads.dataset(path, filesystem=store.fs, format="parquet").to_table(
+        columns=["user_id", "item_ids", "event_ts"]
+    )

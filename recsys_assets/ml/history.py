@@ -42,6 +42,42 @@ def padded(lists: pa.ListArray | pa.ChunkedArray, max_len: int, values: np.ndarr
     return out
 
 
+HOUR_US = 3_600_000_000
+_US_PER_UNIT = {"s": 1_000_000, "ms": 1_000, "us": 1}
+
+
+def day_start_us(day: str) -> int:
+    """The start of `day` (local midnight, core/days.py) in microseconds since the epoch: what a history of `day` is
+    strictly before."""
+    from recsys_assets.core.days import window_micros, window_of
+
+    return window_micros(window_of(day))[0]
+
+
+def entry_ages(times: pa.ListArray | pa.ChunkedArray, max_len: int, day: str, name: str = "") -> np.ndarray:
+    """float32 [rows, max_len]: hours from each history entry's event_ts to the start of `day` (the history's day:
+    every entry is before it), 0 after a list's end. The history's time gaps as a model input: what a user watched an
+    hour ago and a month ago are different evidence. The data root is untrusted: a missing time, or one at or after
+    the day's start (not point-in-time), is refused naming the table."""
+    if isinstance(times, pa.ChunkedArray):
+        times = times.combine_chunks() if times.num_chunks else pa.array([], pa.list_(pa.timestamp("us")))
+    flat = pc.list_flatten(times)
+    if not pa.types.is_timestamp(flat.type):
+        raise ValueError(f"user_history {name}: event_ts holds {flat.type}, not timestamps")
+    if flat.null_count:
+        raise ValueError(f"user_history {name}: {flat.null_count} history entries have no event_ts")
+    raw = flat.cast(pa.int64()).to_numpy(zero_copy_only=False)
+    us = raw // 1_000 if flat.type.unit == "ns" else raw * _US_PER_UNIT[flat.type.unit]
+    start = day_start_us(day)
+    if len(us) and us.max() >= start:
+        raise ValueError(
+            f"user_history {name}: an entry's event_ts is at or after the start of {day}: a history of {day} holds "
+            "only events before it"
+        )
+    hours = ((start - us) / HOUR_US).astype(np.float32)
+    return padded(times, max_len, hours, np.float32(0))
+
+
 def user_rows(user_index: pd.Index, user_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """Row of each user in a history table indexed by `user_index`; len(user_index) (one padding row past the
     end, the "no history" row) for users without one."""
@@ -55,11 +91,14 @@ def user_rows(user_index: pd.Index, user_ids: pa.Array | pa.ChunkedArray) -> np.
 class HistoryArrays:
     """A day's histories as padded arrays over one vocabulary and catalogue: row r is user `user_ids[r]`, and one
     extra last row of padding for users without a history. `item_ids` are item_id vocab ids (0 = padding, 1 = OOV);
-    `content_rows` are rows of the catalogue's embedding table (-1 = padding or an item outside the catalogue)."""
+    `content_rows` are rows of the catalogue's embedding table (-1 = padding or an item outside the catalogue);
+    `ages` the hours from each entry to the history's day (`entry_ages`; 0 = padding), None for a table read without
+    its times."""
 
     user_index: pd.Index
     item_ids: np.ndarray  # int64 [users + 1, max_len]
     content_rows: np.ndarray  # int64 [users + 1, max_len]
+    ages: np.ndarray | None = None  # float32 [users + 1, max_len]
 
     @property
     def max_len(self) -> int:
@@ -68,20 +107,29 @@ class HistoryArrays:
     def rows_of(self, user_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
         return user_rows(self.user_index, user_ids)
 
-    def lookup(self, user_ids: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-        rows = self.rows_of(user_ids)
-        return self.item_ids[rows], self.content_rows[rows]
+    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(item vocab ids int64, catalogue rows int64, ages float32 or None) [len(rows), max_len] of table rows."""
+        return self.item_ids[rows], self.content_rows[rows], None if self.ages is None else self.ages[rows]
+
+    def lookup(self, user_ids: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        return self.gather(self.rows_of(user_ids))
 
     def lengths(self) -> np.ndarray:
         return (self.item_ids[:-1] != 0).sum(axis=1)
 
     @classmethod
     def empty(cls, max_len: int) -> HistoryArrays:
-        return cls(pd.Index([], dtype=object), np.zeros((1, max_len), np.int64), np.full((1, max_len), -1, np.int64))
+        return cls(
+            pd.Index([], dtype=object),
+            np.zeros((1, max_len), np.int64),
+            np.full((1, max_len), -1, np.int64),
+            np.zeros((1, max_len), np.float32),
+        )
 
 
-def history_arrays(table: pa.Table, max_len: int, vocab, catalog) -> HistoryArrays:
-    """HistoryArrays of a user_history table (user_id, item_ids) with this vocabulary and catalogue."""
+def history_arrays(table: pa.Table, max_len: int, vocab, catalog, day: str | None = None) -> HistoryArrays:
+    """HistoryArrays of a user_history table (user_id, item_ids[, event_ts]) with this vocabulary and catalogue; the
+    entries' ages (hours before `day`, the history's day) when the table has event_ts and `day` is given."""
     item_lists = table.column("item_ids")
     if isinstance(item_lists, pa.ChunkedArray):
         item_lists = item_lists.combine_chunks() if item_lists.num_chunks else pa.array([], pa.list_(pa.string()))
@@ -92,10 +140,14 @@ def history_arrays(table: pa.Table, max_len: int, vocab, catalog) -> HistoryArra
     content_rows = padded(item_lists, max_len, rows.astype(np.int64), -1)
     pad_row = (np.zeros((1, max_len), np.int64), np.full((1, max_len), -1, np.int64))
     users = table.column("user_id").to_numpy(zero_copy_only=False)
+    ages = None
+    if day is not None and "event_ts" in table.column_names:
+        ages = np.concatenate([entry_ages(table.column("event_ts"), max_len, day), np.zeros((1, max_len), np.float32)])
     return HistoryArrays(
         pd.Index(users, dtype=object),
         np.concatenate([item_ids, pad_row[0]]),
         np.concatenate([content_rows, pad_row[1]]),
+        ages,
     )
 
 

@@ -207,7 +207,8 @@ class BatchEncoder:
     def encode(self, batch: pa.RecordBatch, day: str | None = None) -> dict[str, np.ndarray]:
         """Model arrays of a batch of `day`'s events. Ids and rows are int32 (what a shuffle buffer holds: ~72 B a
         row); with history, `hist_user` is each event's user's row in the day's history table (int32): the history
-        itself, `hist_ids` (item_id vocab ids) and `hist_rows` (catalogue rows, -1 = none) [rows, max_len], is
+        itself, `hist_ids` (item_id vocab ids), `hist_rows` (catalogue rows, -1 = none) and `hist_age` (hours before
+        the day, ml/history.entry_ages) [rows, max_len], is
         gathered per batch from that (memory-mapped) table by `gather_history`, never held in the buffer.
         `batch_tensors` does both for a batch and widens the ids to int64."""
         out = self._encode(batch)
@@ -220,8 +221,8 @@ class BatchEncoder:
         return out
 
     def gather_history(self, block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """`block` with its `hist_user` rows replaced by the users' `hist_ids` and `hist_rows` as of each event's day
-        (unchanged without history)."""
+        """`block` with its `hist_user` rows replaced by the users' `hist_ids`, `hist_rows` and `hist_age` as of each
+        event's day (unchanged without history; no `hist_age` from tables read without their times)."""
         if "hist_user" not in block:
             return block
         out = {k: v for k, v in block.items() if k != "hist_user"}
@@ -230,11 +231,19 @@ class BatchEncoder:
         length = next(iter(self.history.values())).max_len
         ids = np.zeros((len(rows), length), np.int64)
         content = np.full((len(rows), length), -1, np.int64)
+        ages = np.zeros((len(rows), length), np.float32)
+        timed = True
         for number in np.unique(days):
             m = days == number
-            table = by_number[int(number)]
-            ids[m], content[m] = table.item_ids[rows[m]], table.content_rows[rows[m]]
+            i, c, a = by_number[int(number)].gather(rows[m])
+            ids[m], content[m] = i, c
+            if a is None:
+                timed = False
+            else:
+                ages[m] = a
         out["hist_ids"], out["hist_rows"] = ids, content
+        if timed:  # a history table read with its times (the memory-mapped caches always are)
+            out["hist_age"] = ages
         return out
 
     def _encode(self, batch: pa.RecordBatch) -> dict[str, np.ndarray]:

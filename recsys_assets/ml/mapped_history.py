@@ -3,8 +3,9 @@ user's arrays of every window day in RAM.
 
 `HistoryArrays` (ml/history.py) holds a day as int64 arrays plus a pandas index of the user id strings: at tens of
 millions of users that is ~10 GB a day, ~100 GB for a window, in every training process. `MappedHistory` is the
-same table as three files: the users' 64-bit keys, sorted (8 bytes a user), and int32 [users + 1, max_len] item
-vocab ids and catalogue rows in that order (the last row is the padding row of users without a history). A lookup
+same table as four files: the users' 64-bit keys, sorted (8 bytes a user), int32 [users + 1, max_len] item vocab
+ids and catalogue rows and float32 entry ages (hours before the history's day, ml/history.entry_ages) in that order
+(the last row is the padding row of users without a history). A lookup
 hashes the batch's user ids and binary-searches the keys; only the pages a batch touches are read, and the page
 cache is shared by every process on the host that maps the same files.
 
@@ -31,9 +32,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from recsys_assets.ml.history import padded
+from recsys_assets.ml.history import entry_ages, padded
 
 CACHE_MAX_AGE_S = 3 * 86_400
+# Part of every cache key: a file layout change (v2: the entries' ages) never reads an entry built by older code.
+CACHE_FORMAT = 2
 _ROWS_PER_CHUNK = 1 << 20  # rows permuted at a time when the files are sorted
 
 
@@ -54,6 +57,7 @@ class MappedHistory:
         self.keys = np.load(os.path.join(directory, "keys.npy"), mmap_mode="r")
         self.item_ids = np.load(os.path.join(directory, "item_ids.npy"), mmap_mode="r")
         self.content_rows = np.load(os.path.join(directory, "content_rows.npy"), mmap_mode="r")
+        self.ages = np.load(os.path.join(directory, "ages.npy"), mmap_mode="r")
 
     @property
     def max_len(self) -> int:
@@ -72,24 +76,37 @@ class MappedHistory:
         pos = np.minimum(np.searchsorted(self.keys, keys), n - 1)
         return np.where(self.keys[pos] == keys, pos, n).astype(np.int64)
 
-    def lookup(self, user_ids: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-        """(item vocab ids, catalogue rows) [users, max_len] as int64, as HistoryArrays.lookup returns them."""
-        rows = self.rows_of(user_ids)
-        return self.item_ids[rows].astype(np.int64), self.content_rows[rows].astype(np.int64)
+    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(item vocab ids, catalogue rows as int64, ages as float32) [len(rows), max_len] of table rows."""
+        return self.item_ids[rows].astype(np.int64), self.content_rows[rows].astype(np.int64), self.ages[rows]
+
+    def lookup(self, user_ids: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As HistoryArrays.lookup returns them."""
+        return self.gather(self.rows_of(user_ids))
 
     def lengths(self) -> np.ndarray:
         return (np.asarray(self.item_ids[:-1]) != 0).sum(axis=1)
 
 
 def build_mapped_history(
-    batches: Iterable[pa.RecordBatch], num_rows: int, max_len: int, vocab, catalog, directory: str, name: str = ""
+    batches: Iterable[pa.RecordBatch],
+    num_rows: int,
+    max_len: int,
+    vocab,
+    catalog,
+    directory: str,
+    day: str,
+    name: str = "",
 ) -> MappedHistory:
-    """Write the files of a history table (record batches of user_id, item_ids; `num_rows` in all) into
-    `directory` (atomically: a temporary sibling renamed at the end)."""
+    """Write the files of `day`'s history table (record batches of user_id, item_ids, event_ts; `num_rows` in all)
+    into `directory` (atomically: a temporary sibling renamed at the end)."""
     tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-", dir=os.path.dirname(directory))
     try:
         unsorted_ids = np.lib.format.open_memmap(os.path.join(tmp, "u_ids.npy"), "w+", np.int32, (num_rows, max_len))
         unsorted_rows = np.lib.format.open_memmap(os.path.join(tmp, "u_rows.npy"), "w+", np.int32, (num_rows, max_len))
+        unsorted_ages = np.lib.format.open_memmap(
+            os.path.join(tmp, "u_ages.npy"), "w+", np.float32, (num_rows, max_len)
+        )
         keys = np.empty(num_rows, np.uint64)
         at = 0
         for b in batches:
@@ -103,6 +120,7 @@ def build_mapped_history(
             keys[at : at + k] = user_keys(b.column("user_id"))
             unsorted_ids[at : at + k] = padded(lists, max_len, ids, 0)
             unsorted_rows[at : at + k] = padded(lists, max_len, rows, -1)
+            unsorted_ages[at : at + k] = entry_ages(b.column("event_ts"), max_len, day, name)
             at += k
         if at != num_rows:
             raise ValueError(f"user_history {name}: {at} rows read, its footers count {num_rows}")
@@ -116,8 +134,12 @@ def build_mapped_history(
                 "hash collision): a history table holds one row per user"
             )
         np.save(os.path.join(tmp, "keys.npy"), keys)
-        for src, out_name, pad in ((unsorted_ids, "item_ids.npy", 0), (unsorted_rows, "content_rows.npy", -1)):
-            out = np.lib.format.open_memmap(os.path.join(tmp, out_name), "w+", np.int32, (num_rows + 1, max_len))
+        for src, out_name, pad in (
+            (unsorted_ids, "item_ids.npy", 0),
+            (unsorted_rows, "content_rows.npy", -1),
+            (unsorted_ages, "ages.npy", 0),
+        ):
+            out = np.lib.format.open_memmap(os.path.join(tmp, out_name), "w+", src.dtype, (num_rows + 1, max_len))
             for s in range(0, num_rows, _ROWS_PER_CHUNK):
                 chunk = order[s : s + _ROWS_PER_CHUNK]
                 ascending = np.argsort(chunk)  # read the source in file order, place in key order
@@ -125,8 +147,8 @@ def build_mapped_history(
             out[num_rows] = pad
             out.flush()
             del out
-        del unsorted_ids, unsorted_rows
-        for f in ("u_ids.npy", "u_rows.npy"):
+        del unsorted_ids, unsorted_rows, unsorted_ages
+        for f in ("u_ids.npy", "u_rows.npy", "u_ages.npy"):
             os.remove(os.path.join(tmp, f))
         with open(os.path.join(tmp, "meta.json"), "w") as f:
             json.dump({"name": name, "users": num_rows, "max_len": max_len}, f)
@@ -160,6 +182,7 @@ def mapped_history(store, day: str, max_len: int, vocab, catalog) -> MappedHisto
     key = hashlib.sha256(
         json.dumps(
             [
+                CACHE_FORMAT,
                 store.root_uri,
                 day,
                 version,
@@ -178,12 +201,13 @@ def mapped_history(store, day: str, max_len: int, vocab, catalog) -> MappedHisto
             _prune(root)
             ds = pads.dataset(store.committed_path(USER_HISTORY, day, "history"), filesystem=store.fs, format="parquet")
             build_mapped_history(
-                ds.to_batches(columns=["user_id", "item_ids"], batch_size=65_536),
+                ds.to_batches(columns=["user_id", "item_ids", "event_ts"], batch_size=65_536),
                 ds.count_rows(),
                 max_len,
                 vocab,
                 catalog,
                 directory,
+                day,
                 f"{day} (version {version})",
             )
         os.utime(os.path.join(directory, "meta.json"))  # in use: not pruned

@@ -49,9 +49,23 @@ class RankerConfig:
     # The item's point-in-time popularity (ml/trend.py): the standardisation (ItemTrend.to_dict) of the 2 trend inputs
     # appended to `dense` after the DENSE_FEATURES (num_dense counts them); None: no trend inputs (older configs).
     item_trend: dict | None = None
+    # The history's time gaps (ranker.history_time_gaps): a learned vector per age bucket of each history entry
+    # (history_age_buckets) added to it before the target attention; the program then takes hist_age [U, L] after
+    # pair_user (configs saved before it existed load as False).
+    history_time_gaps: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# Age buckets of a history entry: floor(log2(1 + hours before the history's day)), the last one open-ended (2^11 h is
+# ~85 days, beyond any lookback_days a history keeps by default).
+HISTORY_AGE_BUCKETS = 12
+
+
+def history_age_buckets(hours: torch.Tensor) -> torch.Tensor:
+    """int64 bucket of each age in hours (negative ages, which a point-in-time history never has, count as 0)."""
+    return torch.floor(torch.log2(1.0 + hours.float().clamp(min=0))).long().clamp(0, HISTORY_AGE_BUCKETS - 1)
 
 
 def masked_attention_pool(scores: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -112,6 +126,8 @@ class MMoERanker(nn.Module):
         if cfg.history_len:
             # The history's items are represented like the candidate: its item_id embedding + projected content.
             self.target_attention = TargetAttention(d)
+        if cfg.history_len and cfg.history_time_gaps:
+            self.history_age = nn.Parameter(torch.zeros(HISTORY_AGE_BUCKETS, d))  # dense, small
         if cfg.item_bias:
             self.item_bias = nn.Embedding(cfg.cardinalities[self.item_pos], len(cfg.tasks))
             nn.init.zeros_(self.item_bias.weight)
@@ -137,12 +153,14 @@ class MMoERanker(nn.Module):
         content: torch.Tensor,
         hist_ids: torch.Tensor | None = None,
         hist_content: torch.Tensor | None = None,
+        hist_age: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits [batch, tasks]. With history_len: hist_ids [batch, L] item_id vocab ids (0 = padding) and
-        hist_content [batch, L, content_dim], newest first."""
+        hist_content [batch, L, content_dim], newest first (and hist_age [batch, L], hours before the day, with
+        history_time_gaps)."""
         vecs = self._vectors(cat, content)
         if self.cfg.history_len:
-            history, mask = self._history(hist_ids, hist_content)
+            history, mask = self._history(hist_ids, hist_content, hist_age)
             vecs.append(self.target_attention(history, self._target(vecs), mask))
         return self._head(vecs, cat, dense)
 
@@ -154,6 +172,7 @@ class MMoERanker(nn.Module):
         hist_ids: torch.Tensor,
         hist_content: torch.Tensor,
         pair_user: torch.Tensor,
+        hist_age: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """forward for [P] (user, candidate) pairs with each of [U] users' history given once: hist_ids [U, L],
         hist_content [U, L, content_dim], pair_user [P] the row of each pair's user. Equals forward with the
@@ -161,17 +180,25 @@ class MMoERanker(nn.Module):
         scores ~100 candidates a user, so the per-pair history work was most of the ranker's cost."""
         vecs = self._vectors(cat, content)
         if self.cfg.history_len:
-            history, mask = self._history(hist_ids, hist_content)
+            history, mask = self._history(hist_ids, hist_content, hist_age)
             vecs.append(self.target_attention.forward_grouped(history, pair_user, self._target(vecs), mask))
         return self._head(vecs, cat, dense)
 
     def _vectors(self, cat: torch.Tensor, content: torch.Tensor) -> list[torch.Tensor]:
         return [*(emb(cat[:, i]) for i, emb in enumerate(self.embeddings)), self.content_proj(content)]
 
-    def _history(self, hist_ids: torch.Tensor, hist_content: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The history's items represented like the candidate (item_id embedding + projected content) and its mask."""
+    def _history(
+        self, hist_ids: torch.Tensor, hist_content: torch.Tensor, hist_age: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The history's items represented like the candidate (item_id embedding + projected content; + their age
+        bucket's vector with history_time_gaps) and its mask."""
         ids, hc = hist_ids[:, : self.cfg.history_len], hist_content[:, : self.cfg.history_len]
-        return self.embeddings[self.item_pos](ids) + self.content_proj(hc), ids != 0
+        h = self.embeddings[self.item_pos](ids) + self.content_proj(hc)
+        if self.cfg.history_time_gaps:
+            if hist_age is None:
+                raise ValueError("this ranker reads the history's time gaps: give hist_age (hours) with the history")
+            h = h + self.history_age[history_age_buckets(hist_age[:, : self.cfg.history_len])]
+        return h, ids != 0
 
     def _target(self, vecs: list[torch.Tensor]) -> torch.Tensor:
         return vecs[self.item_pos] + vecs[len(self.embeddings)]
@@ -200,6 +227,13 @@ class GroupedRanker(nn.Module):
 
     def forward(self, cat, dense, content, hist_ids, hist_content, pair_user):
         return self.model.forward_grouped(cat, dense, content, hist_ids, hist_content, pair_user)
+
+
+class TimedGroupedRanker(GroupedRanker):
+    """GroupedRanker of a ranker that reads the history's time gaps: hist_age [U, L] after pair_user."""
+
+    def forward(self, cat, dense, content, hist_ids, hist_content, pair_user, hist_age):  # type: ignore[override]
+        return self.model.forward_grouped(cat, dense, content, hist_ids, hist_content, pair_user, hist_age)
 
 
 def ranker_loss(
@@ -271,6 +305,7 @@ class TwoTower(nn.Module):
         item_trend: dict | None = None,
         example_age: bool = False,
         history_positions: bool = False,
+        history_time_gaps: bool = False,
     ):
         super().__init__()
         self.history_len = history_len
@@ -300,12 +335,24 @@ class TwoTower(nn.Module):
         self.history_positions = bool(history_positions and history_len)
         if self.history_positions:
             self.history_position = nn.Parameter(torch.zeros(history_len, item.embedding_dim))  # dense, small
+        # The history's time gaps: a learned vector per age bucket (log2 of the hours from the entry to the history's
+        # day, history_age_buckets), added to each entry before pooling: a positive of an hour ago and one of a month
+        # ago weigh (and mean) differently, whatever their positions.
+        self.history_time_gaps = bool(history_time_gaps and history_len)
+        if self.history_time_gaps:
+            self.history_age = nn.Parameter(torch.zeros(HISTORY_AGE_BUCKETS, item.embedding_dim))  # dense, small
 
-    def history_vector(self, hist_ids: torch.Tensor, hist_content: torch.Tensor) -> torch.Tensor:
+    def history_vector(
+        self, hist_ids: torch.Tensor, hist_content: torch.Tensor, hist_age: torch.Tensor | None = None
+    ) -> torch.Tensor:
         ids, hc = hist_ids[:, : self.history_len], hist_content[:, : self.history_len]
         h = self.item_tower.embeddings[0](ids) + self.item_tower.content_proj(hc)
         if self.history_positions:
             h = h + self.history_position[: h.shape[1]].unsqueeze(0)
+        if self.history_time_gaps:
+            if hist_age is None:
+                raise ValueError("this two-tower reads the history's time gaps: give hist_age (hours) with the history")
+            h = h + self.history_age[history_age_buckets(hist_age[:, : self.history_len])]
         mask = ids != 0
         return torch.cat(
             [masked_mean(h, mask), masked_attention_pool(self.history_attention(h).squeeze(-1), h, mask)], 1
@@ -317,11 +364,13 @@ class TwoTower(nn.Module):
         dense: torch.Tensor,
         hist_ids: torch.Tensor | None = None,
         hist_content: torch.Tensor | None = None,
+        hist_age: torch.Tensor | None = None,
         example_age: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The query vector. `dense`: the user's dense inputs without the example age, which is appended here when
-        the model reads it: the training row's `example_age` [B, 1], or 0 (evaluation, serving, the exported tower)."""
-        extra = self.history_vector(hist_ids, hist_content) if self.history_len else None
+        the model reads it: the training row's `example_age` [B, 1], or 0 (evaluation, serving, the exported tower).
+        `hist_age` [B, L]: hours from each history entry to the history's day (read with history_time_gaps)."""
+        extra = self.history_vector(hist_ids, hist_content, hist_age) if self.history_len else None
         if self.example_age:
             age = example_age if example_age is not None else torch.zeros_like(dense[:, :1])
             dense = torch.cat([dense, age], dim=1)
@@ -345,6 +394,7 @@ class TwoTower(nn.Module):
             "item_trend": self.item_trend,
             "example_age": self.example_age,
             "history_positions": self.history_positions,
+            "history_time_gaps": self.history_time_gaps,
         }
 
     @classmethod
@@ -359,6 +409,7 @@ class TwoTower(nn.Module):
             cfg.get("item_trend"),
             cfg.get("example_age", False),
             cfg.get("history_positions", False),
+            cfg.get("history_time_gaps", False),
         )
 
 

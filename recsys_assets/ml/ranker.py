@@ -13,7 +13,7 @@ from recsys_assets.config.training import RANKER_TASKS
 from recsys_assets.ml.features import DENSE_FEATURES, padded_content
 from recsys_assets.ml.loader import BatchEncoder, TrainingEventsDataset, positives_by_day, sequential_batches
 from recsys_assets.ml.metrics import roc_auc
-from recsys_assets.ml.models import GroupedRanker, MMoERanker, RankerConfig, ranker_loss
+from recsys_assets.ml.models import GroupedRanker, MMoERanker, RankerConfig, TimedGroupedRanker, ranker_loss
 from recsys_assets.ml.trainer import CheckpointStore, FitResult, TrainSettings, fit_on_events
 from recsys_assets.ml.trend import TREND_FEATURES, ItemTrend
 
@@ -30,6 +30,7 @@ class RankerHyper:
     item_bias: bool = False  # a per-(item, task) logit started at the item's smoothed label rate in the window
     item_bias_smoothing: float = 20.0
     item_trend: bool = False  # ranker.item_trend: the item's point-in-time popularity as 2 more dense inputs
+    history_time_gaps: bool = False  # ranker.history_time_gaps: a learned vector per history entry's age bucket
 
 
 def ranker_config(encoder: BatchEncoder, hyper: RankerHyper, trend: ItemTrend | None = None) -> RankerConfig:
@@ -47,6 +48,7 @@ def ranker_config(encoder: BatchEncoder, hyper: RankerHyper, trend: ItemTrend | 
         item_bias=hyper.item_bias,
         grouped_history=hyper.history_len > 0,
         item_trend=trend.to_dict() if trend is not None else None,
+        history_time_gaps=hyper.history_time_gaps and hyper.history_len > 0,
     )
 
 
@@ -209,10 +211,17 @@ def task_positive_rates(labels: np.ndarray, tasks: tuple[str, ...] = RANKER_TASK
 
 
 def history_inputs(model: MMoERanker, batch: dict[str, torch.Tensor], content: torch.Tensor) -> tuple:
-    """(hist_ids, hist_content) of a batch for a history-aware ranker, () for a history-free one."""
+    """(hist_ids, hist_content[, hist_age]) of a batch for a history-aware ranker, () for a history-free one."""
     if not model.cfg.history_len:
         return ()
-    return batch["hist_ids"], content[batch["hist_rows"]]
+    if not model.cfg.history_time_gaps:
+        return batch["hist_ids"], content[batch["hist_rows"]]
+    if "hist_age" not in batch:
+        raise ValueError(
+            "this ranker reads the history's time gaps (ranker.history_time_gaps), but its history was read without "
+            "the entries' times"
+        )
+    return batch["hist_ids"], content[batch["hist_rows"]], batch["hist_age"]
 
 
 def ranker_program(model: MMoERanker) -> bytes:
@@ -231,11 +240,13 @@ def ranker_program(model: MMoERanker) -> bytes:
         return export_program(model, base)
     rows = users if cfg.grouped_history else pairs
     hist = (torch.ones(rows, cfg.history_len, dtype=torch.long), torch.zeros(rows, cfg.history_len, cfg.content_dim))
+    age = (torch.zeros(rows, cfg.history_len),) if cfg.history_time_gaps else ()
     if not cfg.grouped_history:
-        return export_program(model, (*base, *hist))
+        return export_program(model, (*base, *hist, *age))
     pair_user = torch.arange(pairs) % users
-    dims = ("batch",) * 3 + ("users",) * 2 + ("batch",)
-    return export_program(GroupedRanker(model), (*base, *hist, pair_user), dims)
+    dims = ("batch",) * 3 + ("users",) * 2 + ("batch",) + ("users",) * len(age)
+    module = TimedGroupedRanker(model) if age else GroupedRanker(model)
+    return export_program(module, (*base, *hist, pair_user, *age), dims)
 
 
 def ranker_gate(metrics: dict) -> tuple[bool, list[list]]:

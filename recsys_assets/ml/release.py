@@ -101,6 +101,8 @@ def triton_config(name: str, model_config: dict | None, index_info: dict | None 
                 inputs += _history_tensors(model_config["history_len"], model_config["content_dim"])
                 if model_config.get("grouped_history"):
                     inputs.append(_tensor("pair_user", "TYPE_INT64", [-1]))
+                if model_config.get("history_time_gaps"):  # after pair_user: hours from each entry to the day
+                    inputs.append(_tensor("hist_age", "TYPE_FP32", [-1, model_config["history_len"]]))
             outputs = [_tensor("logits", "TYPE_FP32", [-1, len(model_config["tasks"])])]
             params = {"tasks": ",".join(model_config["tasks"]), "cat_features": ",".join(model_config["cat_features"])}
         else:
@@ -113,6 +115,8 @@ def triton_config(name: str, model_config: dict | None, index_info: dict | None 
                 inputs.append(_tensor("content", "TYPE_FP32", [-1, tower["content_dim"]]))
             elif model_config.get("history_len"):
                 inputs += _history_tensors(model_config["history_len"], tower["content_dim"])
+                if model_config.get("history_time_gaps"):  # hours from each entry to the serving day
+                    inputs.append(_tensor("hist_age", "TYPE_FP32", [-1, model_config["history_len"]]))
             outputs = [_tensor("embedding", "TYPE_FP32", [-1, tower["output_dim"]])]
             params = {"normalized": "true"}
         lines += ["input [", ",\n".join(inputs), "]", "output [", ",\n".join(outputs), "]"]

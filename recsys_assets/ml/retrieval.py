@@ -39,6 +39,7 @@ class RetrievalHyper:
     item_trend: bool = False  # retrieval.item_trend: the item's point-in-time popularity (ml/trend.py)
     example_age: bool = False  # retrieval.example_age: the row's age as a query tower input, 0 when serving
     history_positions: bool = False  # retrieval.history_positions: a learned vector per history position
+    history_time_gaps: bool = False  # retrieval.history_time_gaps: a learned vector per history entry's age bucket
 
 
 def _cols(vocab: Vocab, names: list[str]) -> list[int]:
@@ -111,6 +112,7 @@ def train_two_tower(
         trend.to_dict() if trend else None,
         hyper.example_age,
         hyper.history_positions,
+        hyper.history_time_gaps,
     )
     content = padded_content(encoder.catalog).to(settings.device)
     split = _Split(encoder.vocab, settings.device)
@@ -119,7 +121,7 @@ def train_two_tower(
 
     def step(m: TwoTower, b: dict[str, torch.Tensor]) -> torch.Tensor:
         rows = b["content_row"]
-        hist = (b["hist_ids"], content[b["hist_rows"]]) if m.history_len else (None, None)
+        hist = history_inputs(m, b, content)
         age = age_of(b) if age_of is not None else None
         q = m.query(b["cat"][:, split.q_cat], b["dense"][:, split.q_dense], *hist, example_age=age)
         i_dense, lq = b["dense"][:, split.i_dense], log_q(b)
@@ -239,6 +241,7 @@ class EvalQueries:
     hist_ids: np.ndarray | None = None
     hist_rows: np.ndarray | None = None
     day: str | None = None
+    hist_age: np.ndarray | None = None  # hours from each entry to the day (tables read with their times)
 
 
 def sampled_user_keys(day: TrainingEventsDataset, labels: LabelSpec, max_users: int) -> np.ndarray:
@@ -276,14 +279,14 @@ def evaluation_queries(
     ok = item_row >= 0
     relevant = group_relevant(user_row[ok], item_row[ok], len(users))
     user_ids = users["user_id"].to_numpy(dtype=object)
-    hist_ids = hist_rows = None
+    hist_ids = hist_rows = hist_age = None
     days = {f.day for f in day.get_fragments()}
     if len(days) > 1:
         raise ValueError(f"evaluation queries come from one day, got {sorted(days)}")
     eval_day = next(iter(days), None)
     if encoder.history is not None and eval_day is not None:
-        hist_ids, hist_rows = encoder.history[eval_day].lookup(pa.array(user_ids, pa.string()))
-    return EvalQueries(user_ids, cat, dense, relevant, int(len(df)), hist_ids, hist_rows, eval_day)
+        hist_ids, hist_rows, hist_age = encoder.history[eval_day].lookup(pa.array(user_ids, pa.string()))
+    return EvalQueries(user_ids, cat, dense, relevant, int(len(df)), hist_ids, hist_rows, eval_day, hist_age)
 
 
 @torch.no_grad()
@@ -297,11 +300,12 @@ def query_vectors(
     out = []
     for s in range(0, len(queries.cat), batch_size):
         sl = slice(s, s + batch_size)
-        hist = (
-            (torch.from_numpy(queries.hist_ids[sl]), content[torch.from_numpy(queries.hist_rows[sl])])
-            if model.history_len
-            else (None, None)
+        batch = (
+            {} if queries.hist_ids is None else {"hist_ids": queries.hist_ids[sl], "hist_rows": queries.hist_rows[sl]}
         )
+        if queries.hist_age is not None:
+            batch["hist_age"] = queries.hist_age[sl]
+        hist = history_inputs(model, {k: torch.from_numpy(v) for k, v in batch.items()}, content)
         out.append(model.query(queries.cat[sl], queries.dense[sl], *hist))
     return torch.cat(out).numpy() if out else np.zeros((0, model.query_tower.cfg.output_dim), np.float32)
 
@@ -315,6 +319,20 @@ class QueryTowerModule(torch.nn.Module):
 
     def forward(self, cat: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         return self.model.query(cat, dense)
+
+
+def history_inputs(model: TwoTower, batch: dict[str, torch.Tensor], content: torch.Tensor | None) -> tuple:
+    """(hist_ids, hist_content, hist_age) of a batch for the query tower: the ids, the content of the catalogue rows,
+    and the entries' ages when the model reads the history's time gaps (None for parts it does not read)."""
+    if not model.history_len:
+        return None, None, None
+    if model.history_time_gaps and "hist_age" not in batch:
+        raise ValueError(
+            "this two-tower reads the history's time gaps (retrieval.history_time_gaps), but its history was read "
+            "without the entries' times"
+        )
+    age = batch["hist_age"] if model.history_time_gaps else None
+    return batch["hist_ids"], content[batch["hist_rows"]], age
 
 
 class HistoryQueryTowerModule(torch.nn.Module):
@@ -340,7 +358,25 @@ def query_tower_program(model: TwoTower) -> bytes:
     if not model.history_len:
         return export_program(QueryTowerModule(model), (cat, dense))
     hist = (torch.ones(4, model.history_len, dtype=torch.long), torch.zeros(4, model.history_len, cfg.content_dim))
+    if model.history_time_gaps:
+        age = torch.zeros(4, model.history_len)
+        return export_program(TimedHistoryQueryTowerModule(model), (cat, dense, *hist, age))
     return export_program(HistoryQueryTowerModule(model), (cat, dense, *hist))
+
+
+class TimedHistoryQueryTowerModule(HistoryQueryTowerModule):
+    """The history-aware query tower with the history's time gaps, as served: HistoryQueryTowerModule's inputs and the
+    entries' ages (hours before the serving day [B, L])."""
+
+    def forward(  # type: ignore[override]
+        self,
+        cat: torch.Tensor,
+        dense: torch.Tensor,
+        hist_ids: torch.Tensor,
+        hist_content: torch.Tensor,
+        hist_age: torch.Tensor,
+    ) -> torch.Tensor:
+        return self.model.query(cat, dense, hist_ids, hist_content, hist_age)
 
 
 class ItemTowerModule(torch.nn.Module):

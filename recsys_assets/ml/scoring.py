@@ -96,45 +96,58 @@ def ranker_inputs(
 class ReleaseHistory:
     """The users' histories as of the serving day in each model's own encoding (its vocabulary's item ids and the
     release catalogue's content; items outside it get a zero content vector), for the release's history-aware
-    query tower and ranker. A history-free component gets no history inputs (old releases keep working)."""
+    query tower and ranker. A history-free component gets no history inputs (old releases keep working). `day`: the
+    history's (the serving) day, which a query tower or ranker that reads the history's time gaps measures the
+    entries' ages from (the table then needs its event_ts)."""
 
-    def __init__(self, release: LoadedRelease, history: pa.Table | None):
+    def __init__(self, release: LoadedRelease, history: pa.Table | None, day: str | None = None):
         self.query_len = int(release.query_config.get("history_len", 0))
         self.ranker_len = int(release.ranker_config.get("history_len", 0))
+        self.query_ages = bool(self.query_len and release.query_config.get("history_time_gaps", False))
+        self.ranker_ages = bool(self.ranker_len and release.ranker_config.get("history_time_gaps", False))
         if (self.query_len or self.ranker_len) and history is None:
             raise ValueError(
                 f"release {release.version} has history-aware models but no user_history was given for the feed"
             )
+        if (self.query_ages or self.ranker_ages) and (day is None or "event_ts" not in history.column_names):
+            raise ValueError(
+                f"release {release.version}'s models read the history's time gaps: the feed's user_history needs its "
+                "event_ts column and the serving day"
+            )
 
-        def arrays(length: int, vocab) -> HistoryArrays | None:
-            return history_arrays(history, length, vocab, release.catalog) if length else None
+        def arrays(length: int, vocab, ages: bool) -> HistoryArrays | None:
+            return history_arrays(history, length, vocab, release.catalog, day if ages else None) if length else None
 
-        self.query = arrays(self.query_len, release.query_vocab)
-        self.ranker = arrays(self.ranker_len, release.ranker_vocab)
+        self.query = arrays(self.query_len, release.query_vocab, self.query_ages)
+        self.ranker = arrays(self.ranker_len, release.ranker_vocab, self.ranker_ages)
         self.content = padded_content(release.catalog)
 
     def query_inputs(self, user_ids: np.ndarray) -> tuple:
+        """(hist_ids, hist_content[, hist_age]) of the users, as the release's query tower takes them; () without."""
         if self.query is None:
             return ()
-        ids, rows = self.query.lookup(pa.array(user_ids, pa.string()))
-        return torch.from_numpy(ids), self.content[torch.from_numpy(rows)]
+        ids, rows, ages = self.query.lookup(pa.array(user_ids, pa.string()))
+        out = (torch.from_numpy(ids), self.content[torch.from_numpy(rows)])
+        return (*out, torch.from_numpy(ages)) if self.query_ages else out
 
-    def ranker_lookup(self, user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """Each user's history as the ranker's item ids and catalogue rows ([users, L]); None for a history-free one."""
+    def ranker_lookup(self, user_ids: np.ndarray) -> tuple | None:
+        """Each user's history as the ranker's item ids, catalogue rows and ages (None unless the ranker reads the
+        time gaps) [users, L]; None for a history-free ranker."""
         return None if self.ranker is None else self.ranker.lookup(pa.array(user_ids, pa.string()))
 
-    def ranker_inputs(
-        self, looked_up: tuple[np.ndarray, np.ndarray] | None, users: slice, user_row: np.ndarray, grouped: bool
-    ) -> tuple:
+    def ranker_inputs(self, looked_up: tuple | None, users: slice, user_row: np.ndarray, grouped: bool) -> tuple:
         """The history inputs for pairs of the users `users` (rows of `looked_up`) with `user_row` relative to its
         start. `grouped`: each user's history once and pair_user (the release's program takes them so,
-        forward_grouped); else one history per (user, candidate) pair (programs exported before grouping)."""
+        forward_grouped; then hist_age when the ranker reads it); else one history per (user, candidate) pair
+        (programs exported before grouping)."""
         if looked_up is None:
             return ()
         ids, rows = looked_up[0][users], looked_up[1][users]
+        ages = (torch.from_numpy(looked_up[2][users]),) if self.ranker_ages else ()
         if grouped:
-            return torch.from_numpy(ids), self.content[torch.from_numpy(rows)], torch.from_numpy(user_row)
-        return torch.from_numpy(ids[user_row]), self.content[torch.from_numpy(rows[user_row])]
+            return torch.from_numpy(ids), self.content[torch.from_numpy(rows)], torch.from_numpy(user_row), *ages
+        per_pair = (torch.from_numpy(ids[user_row]), self.content[torch.from_numpy(rows[user_row])])
+        return (*per_pair, *(a[torch.from_numpy(user_row)] for a in ages))
 
 
 def release_items(release: LoadedRelease, feed_source: str, as_of: pd.Timestamp) -> tuple[np.ndarray, ItemSide]:
@@ -163,9 +176,11 @@ def generate_feed(
     user_batch: int = 1024,
     history: pa.Table | None = None,
     ranker_users: int = 16,
+    history_day: str | None = None,
 ) -> pd.DataFrame:
     """user_id, rank (1 = top), item_id, score for every user; score = sum_t w_t * P(task t). `history`: the
-    user_history table (user_id, item_ids) as of the serving day, for a release with history-aware models.
+    user_history table (user_id, item_ids[, event_ts]) as of the serving day `history_day`, for a release with
+    history-aware models (event_ts and the day: one whose query tower reads the history's time gaps).
     Retrieval (query tower, FAISS) runs on `user_batch` users at a time, the ranker on `ranker_users` users'
     k_retrieve pairs at a time. Neither changes the result: each pair is scored on its own inputs."""
     if len(users) == 0:
@@ -177,7 +192,7 @@ def generate_feed(
     weights = torch.tensor([task_weights.get(t, 0.0) for t in tasks], dtype=torch.float32)
     index_to_catalog, items = release_items(release, feed_source, as_of)
     grouped = bool(release.ranker_config.get("grouped_history", False))
-    hist = ReleaseHistory(release, history)
+    hist = ReleaseHistory(release, history, history_day)
     k_retrieve = min(k_retrieve, release.index.ntotal)
     k_feed = min(k_feed, k_retrieve)
     out = []

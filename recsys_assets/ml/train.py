@@ -300,6 +300,7 @@ def train_day_ranker(inputs: ModelInputs, runtime: dict, run_id: str, log: Log) 
         item_bias=sizes.item_bias,
         item_bias_smoothing=spec.evaluation.item_prior_smoothing,
         item_trend=sizes.item_trend,
+        history_time_gaps=sizes.history_time_gaps,
     )
     settings = TrainSettings.of(sizes, runtime)
     # The trend inputs' counts: the window's positives per day (training, and the validation day's inputs) and the
@@ -363,6 +364,7 @@ def train_day_ranker(inputs: ModelInputs, runtime: dict, run_id: str, log: Log) 
         "history_len": hyper.history_len,
         "item_bias": hyper.item_bias,  # both rankers start from the item prior's logits when true
         "item_trend": hyper.item_trend,
+        "history_time_gaps": hyper.history_time_gaps and hyper.history_len > 0,
         "auc_history_free": history_free_aucs,
         "auc_item_prior": prior_aucs,
         "min_auc": spec.checks.ranker_min_auc,
@@ -423,6 +425,7 @@ def train_day_retrieval(inputs: ModelInputs, runtime: dict, run_id: str, log: Lo
         item_trend=sizes.item_trend,
         example_age=sizes.example_age,
         history_positions=sizes.history_positions,
+        history_time_gaps=sizes.history_time_gaps,
     )
     settings = TrainSettings.of(sizes, runtime)
     train_data = committed_events_dataset(store, window.train_days)
@@ -497,6 +500,7 @@ def train_day_retrieval(inputs: ModelInputs, runtime: dict, run_id: str, log: Lo
         "item_trend": hyper.item_trend,
         "example_age": hyper.example_age,
         "history_positions": hyper.history_positions,
+        "history_time_gaps": hyper.history_time_gaps,
         "exclude_seen": spec.evaluation.exclude_seen,
         "num_queries": int(sum(1 for r in queries.relevant if len(r))),
         "validation_users_sample": spec.evaluation.validation_users,  # the fixed hash sample's size (at most)

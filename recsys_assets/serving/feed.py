@@ -80,6 +80,7 @@ def build_feed(store, day: str, spec, cfg: dict) -> DayFeed:
             spec.feed.feed_source,
             as_of,
             history=history,
+            history_day=day,
         )
         arm_by_user = pd.Series(arms[mask], index=users.loc[mask, "user_id"].to_numpy())
         rows = rows.assign(model_version=int(version), arm=rows["user_id"].map(arm_by_user))

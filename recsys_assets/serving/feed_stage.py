@@ -53,8 +53,8 @@ def feed_params(spec, cfg: dict) -> dict:
 
 
 def score_users(batches, root_uri: str, day: str, params: dict, with_history: bool, timed=None):
-    """mapInPandas body: each batch of users (user columns, arm, model_version[, item_ids]) scored with its arm's
-    release; yields feed rows. `timed(kind, seconds)`, when given, receives the seconds spent loading releases
+    """mapInPandas body: each batch of users (user columns, arm, model_version[, item_ids, event_us]) scored with its
+    arm's release; yields feed rows. `timed(kind, seconds)`, when given, receives the seconds spent loading releases
     ("load") and scoring ("score": ml/scoring.generate_feed), e.g. into Spark accumulators."""
     import pandas as pd
     import pyarrow as pa
@@ -77,6 +77,9 @@ def score_users(batches, root_uri: str, day: str, params: dict, with_history: bo
                     {
                         "user_id": pa.array(part.loc[has, "user_id"].tolist(), pa.string()),
                         "item_ids": pa.array([list(x) for x in part.loc[has, "item_ids"]], pa.list_(pa.string())),
+                        "event_ts": pa.array([list(x) for x in part.loc[has, "event_us"]], pa.list_(pa.int64())).cast(
+                            pa.list_(pa.timestamp("us", tz="UTC"))
+                        ),
                     }
                 )
             t0 = time.perf_counter()
@@ -91,6 +94,7 @@ def score_users(batches, root_uri: str, day: str, params: dict, with_history: bo
                 params["feed_source"],
                 as_of,
                 history=history,
+                history_day=day,
             )
             if timed is not None:
                 timed("load", t1 - t0)
@@ -168,7 +172,11 @@ def feed_stage(session, store: DatasetStore, day: str, version: str, params: dic
     users = users.mapInPandas(arms, with_arm)
     with_history = store.is_committed(USER_HISTORY, day)
     if with_history:
-        history = session.read.parquet(store.committed_uri(USER_HISTORY, day, "history")).select("user_id", "item_ids")
+        # The entries' times as epoch microseconds (a plain long array crosses into the Python workers unchanged;
+        # nested timestamps would be converted through the session's time zone).
+        history = session.read.parquet(store.committed_uri(USER_HISTORY, day, "history")).select(
+            "user_id", "item_ids", F.transform("event_ts", lambda t: F.unix_micros(t)).alias("event_us")
+        )
         users = users.join(history, "user_id", "left")
     partitions = int(session.conf.get("spark.sql.shuffle.partitions"))
     root = store.root_uri

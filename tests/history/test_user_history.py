@@ -130,7 +130,8 @@ def test_padded_history_equals_the_raw_lists():
     )
     catalog = build_item_catalog([catalog_table])
     h = history_arrays(table, 3, vocab, catalog)
-    ids, rows = h.lookup(pa.array(["u4", "nobody", "u1", "u2"]))
+    ids, rows, ages = h.lookup(pa.array(["u4", "nobody", "u1", "u2"]))
+    assert ages is None  # read without event_ts
     assert ids.tolist() == [[4, 1, 2], [0, 0, 0], [2, 3, 4], [0, 0, 0]]  # zz is OOV (1); max_len 3 cuts u4's 4th
     assert rows.tolist() == [[0, -1, 1], [-1, -1, -1], [1, -1, 0], [-1, -1, -1]]
     sliced = lists.slice(1, 3)
@@ -139,6 +140,32 @@ def test_padded_history_equals_the_raw_lists():
         [0, -1],
         [1, 2],
     ]
+
+
+def test_entry_ages_are_hours_before_the_historys_day_and_refuse_times_that_are_not_before_it():
+    """The history's time gaps (ml/history.entry_ages): hours from each entry to the local midnight its day starts at,
+    whatever unit the Parquet's timestamps have; a missing time or one at/after the day's start is refused."""
+    from recsys_assets.ml.history import entry_ages
+
+    start = window_of("2024-03-05").start  # local midnight (Asia/Kolkata): 2024-03-04 18:30 UTC
+    times = [
+        [start - dt.timedelta(hours=1), start - dt.timedelta(days=2, minutes=30)],
+        [],
+        [start - dt.timedelta(0, 1)],
+    ]
+    for unit in ("s", "ms", "us", "ns"):
+        lists = pa.array(times, pa.list_(pa.timestamp(unit, tz="UTC")))
+        ages = entry_ages(lists, 3, "2024-03-05")
+        assert ages.dtype == np.float32
+        np.testing.assert_allclose(ages, [[1.0, 48.5, 0.0], [0.0, 0.0, 0.0], [1 / 3600, 0.0, 0.0]], rtol=1e-6)
+    at_start = pa.array([[start]], pa.list_(pa.timestamp("us", tz="UTC")))
+    with pytest.raises(ValueError, match="at or after the start of 2024-03-05"):
+        entry_ages(at_start, 3, "2024-03-05", "2024-03-05 (version v1)")
+    missing = pa.array([[start - dt.timedelta(hours=1), None]], pa.list_(pa.timestamp("us", tz="UTC")))
+    with pytest.raises(ValueError, match="1 history entries have no event_ts"):
+        entry_ages(missing, 3, "2024-03-05")
+    with pytest.raises(ValueError, match="not timestamps"):
+        entry_ages(pa.array([["x"]], pa.list_(pa.string())), 3, "2024-03-05")
 
 
 def _history_rows(store: DatasetStore, day: str) -> pd.DataFrame:

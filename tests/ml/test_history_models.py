@@ -3,6 +3,8 @@ histories here are computed by brute force from the generated events, as user_hi
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -25,7 +27,14 @@ from recsys_assets.ml.features import padded_content
 from recsys_assets.ml.history import history_arrays
 from recsys_assets.ml.loader import committed_events_dataset, sequential_batches
 from recsys_assets.ml.metrics import paired_bootstrap, popularity_ranking, roc_auc
-from recsys_assets.ml.ranker import RankerHyper, ranker_program, score_ranker, task_aucs, train_ranker
+from recsys_assets.ml.ranker import (
+    RankerHyper,
+    history_inputs,
+    ranker_program,
+    score_ranker,
+    task_aucs,
+    train_ranker,
+)
 from recsys_assets.ml.retrieval import (
     RetrievalHyper,
     compare_retrieval,
@@ -42,7 +51,7 @@ MAX_LEN = 8
 
 def brute_force_histories(store, days: list[str], keep: int = 20) -> dict[str, pa.Table]:
     """Per day: each user's positive events (watch >= 0.5 or liked/shared/followed) of the earlier days, newest
-    first, at most `keep`."""
+    first, at most `keep` (item_ids and event_ts, as user_history stores them)."""
     ev = committed_events_dataset(store, days).to_table(
         columns=["user_id", "item_id", "event_ts", "event_id", "watch_ratio", "liked", "shared", "followed"]
     )
@@ -52,9 +61,15 @@ def brute_force_histories(store, days: list[str], keep: int = 20) -> dict[str, p
     for d in days:
         before = df[df.event_ts < pd.Timestamp(d, tz="Asia/Kolkata")]
         before = before.sort_values(["event_ts", "event_id"], ascending=False)
-        lists = before.groupby("user_id", sort=True)["item_id"].apply(lambda s: list(s[:keep]))
+        grouped = before.groupby("user_id", sort=True)
+        lists = grouped["item_id"].apply(lambda s: list(s[:keep]))
+        times = grouped["event_ts"].apply(lambda s: list(s[:keep]))
         out[d] = pa.table(
-            {"user_id": pa.array(lists.index, pa.string()), "item_ids": pa.array(lists.tolist(), pa.list_(pa.string()))}
+            {
+                "user_id": pa.array(lists.index, pa.string()),
+                "item_ids": pa.array(lists.tolist(), pa.list_(pa.string())),
+                "event_ts": pa.array(times.tolist(), pa.list_(pa.timestamp("us", tz="UTC"))),
+            }
         )
     return out
 
@@ -63,7 +78,7 @@ def brute_force_histories(store, days: list[str], keep: int = 20) -> dict[str, p
 def history_encoder(model_store):
     enc = make_encoder(model_store)
     tables = brute_force_histories(model_store, [*TRAIN_DAYS, VALID_DAY])
-    enc.history = {d: history_arrays(t, MAX_LEN, enc.vocab, enc.catalog) for d, t in tables.items()}
+    enc.history = {d: history_arrays(t, MAX_LEN, enc.vocab, enc.catalog, d) for d, t in tables.items()}
     return enc, tables
 
 
@@ -77,22 +92,29 @@ def test_the_loaders_padded_history_equals_the_raw_lists(model_store, history_en
 
     enc, tables = history_encoder
     raw = {d: dict(zip(t["user_id"].to_pylist(), t["item_ids"].to_pylist())) for d, t in tables.items()}
+    times = {d: dict(zip(t["user_id"].to_pylist(), t["event_ts"].to_pylist())) for d, t in tables.items()}
     for day in TRAIN_DAYS:
         data = committed_events_dataset(model_store, [day])
         users = data.to_table(columns=["user_id"])["user_id"].to_pylist()
         batches = list(sequential_batches(data, enc, 1000))
         hist_ids = np.concatenate([b["hist_ids"].numpy() for b in batches])
         hist_rows = np.concatenate([b["hist_rows"].numpy() for b in batches])
+        hist_age = np.concatenate([b["hist_age"].numpy() for b in batches])
         assert len(hist_ids) == len(users) and ((hist_ids != 0).any() or day == TRAIN_DAYS[0])
+        assert hist_age.dtype == np.float32
+        start = pd.Timestamp(day, tz="Asia/Kolkata")  # the history's day starts at local midnight
         for i in range(0, len(users), 97):
             items = raw[day].get(users[i], [])[:MAX_LEN]
             expected = enc.vocab.encode("item_id", pa.array(items, pa.string())).tolist() if items else []
             assert hist_ids[i].tolist() == expected + [0] * (MAX_LEN - len(items))
             rows = enc.catalog.rows(pa.array(items, pa.string())).tolist() if items else []
             assert hist_rows[i].tolist() == rows + [-1] * (MAX_LEN - len(items))
+            hours = [(start - pd.Timestamp(t)).total_seconds() / 3600 for t in times[day].get(users[i], [])[:MAX_LEN]]
+            np.testing.assert_allclose(hist_age[i], hours + [0.0] * (MAX_LEN - len(items)), rtol=1e-6)
+            assert all(h > 0 for h in hours)  # every entry before the day
 
     def rows_of(batches) -> list[tuple]:
-        keys = ("event_day", "content_row", "cat", "labels", "hist_ids", "hist_rows")
+        keys = ("event_day", "content_row", "cat", "labels", "hist_ids", "hist_rows", "hist_age")
         out = []
         for b in batches:
             cols = [b[k].numpy().reshape(len(b["content_row"]), -1) for k in keys]
@@ -139,27 +161,86 @@ def test_history_aware_two_tower_exports_and_scores_like_its_weights(model_store
     assert all(0 <= m["recall@10"] <= 1 for m in methods.values())
 
 
-def test_history_aware_ranker_exports_and_uses_the_history(model_store, history_encoder):  # noqa: F811
+def test_the_history_time_gaps_reach_the_query_tower_and_its_exported_program(model_store, history_encoder):  # noqa: F811
+    """retrieval.history_time_gaps: the entries' ages (hours before the history's day) are an input of the query
+    tower, trained, evaluated and exported with the same values; the same history at other ages gives another
+    query; a history read without its times is refused by name."""
+    from recsys_assets.ml.models import HISTORY_AGE_BUCKETS, history_age_buckets
+    from recsys_assets.ml.release import triton_config
+
     enc, _ = history_encoder
     train = committed_events_dataset(model_store, TRAIN_DAYS)
-    model, _ = train_ranker(train, enc, RankerHyper(embedding_dim=8, history_len=MAX_LEN), SETTINGS)
+    hyper = RetrievalHyper(embedding_dim=16, history_len=MAX_LEN, history_time_gaps=True)
+    model, _, _ = train_two_tower(train, enc, hyper, SETTINGS)
+    assert model.history_time_gaps and model.config()["history_time_gaps"]
+    assert model.history_age.abs().sum() > 0  # the age vectors were trained (they start at zero)
+    queries = evaluation_queries(committed_events_dataset(model_store, [VALID_DAY]), enc, enc.labels)
+    has = (queries.hist_ids != 0).any(axis=1)
+    assert queries.hist_age is not None and (queries.hist_age[has][:, 0] > 0).all()
+    vecs = query_vectors(model, queries, enc.catalog)
+    served = load_program(query_tower_program(model))
+    content = padded_content(enc.catalog)
+    n = 16
+    ids, rows = torch.from_numpy(queries.hist_ids[:n]), torch.from_numpy(queries.hist_rows[:n])
+    ages = torch.from_numpy(queries.hist_age[:n])
+    with torch.no_grad():
+        got = served(queries.cat[:n], queries.dense[:n], ids, content[rows], ages)
+        torch.testing.assert_close(got, torch.from_numpy(vecs[:n]), atol=1e-5, rtol=1e-4)
+        older = served(queries.cat[:n], queries.dense[:n], ids, content[rows], ages + 24 * 30)
+    moved = (older - got).abs().sum(dim=1)
+    assert (moved[torch.from_numpy(has[:n])] > 1e-4).all()  # the same entries a month older: another query
+    assert torch.equal(moved[torch.from_numpy(~has[:n])], torch.zeros(int((~has[:n]).sum())))  # no entries: no effect
+    assert 'name: "hist_age" data_type: TYPE_FP32 dims: [ -1, 8 ]' in triton_config(
+        "recsys_query_tower", model.config()
+    )
+    # the buckets: log2(1 + hours), the last open-ended
+    hours = torch.tensor([0.0, 0.5, 1.0, 3.0, 7.0, 24.0, 24 * 400.0])
+    assert history_age_buckets(hours).tolist() == [0, 0, 1, 2, 3, 4, HISTORY_AGE_BUCKETS - 1]
+    # a history read without its times (no event_ts) cannot feed it
+    without = dataclasses.replace(queries, hist_age=None)
+    with pytest.raises(ValueError, match="history_time_gaps"):
+        query_vectors(model, without, enc.catalog)
+
+
+@pytest.mark.parametrize("time_gaps", [False, True], ids=["no_time_gaps", "time_gaps"])
+def test_history_aware_ranker_exports_and_uses_the_history(model_store, history_encoder, time_gaps):  # noqa: F811
+    """The grouped program (each user's history once) scores as the per-row forward; with ranker.history_time_gaps
+    the entries' ages are one more input (after pair_user), and the same history at other ages scores otherwise."""
+    from recsys_assets.ml.release import triton_config
+
+    enc, _ = history_encoder
+    train = committed_events_dataset(model_store, TRAIN_DAYS)
+    hyper = RankerHyper(embedding_dim=8, history_len=MAX_LEN, history_time_gaps=time_gaps)
+    model, _ = train_ranker(train, enc, hyper, SETTINGS)
     scores, labels = score_ranker(model, committed_events_dataset(model_store, [VALID_DAY]), enc)
     assert task_aucs(scores, labels)["liked"] > 0.6
-    assert model.cfg.grouped_history
+    assert model.cfg.grouped_history and model.cfg.history_time_gaps == time_gaps
     served = load_program(ranker_program(model))
     b = next(sequential_batches(committed_events_dataset(model_store, [VALID_DAY]), enc, 64))
     content = padded_content(enc.catalog)
-    inputs = (b["cat"], b["dense"], content[b["content_row"]], b["hist_ids"], content[b["hist_rows"]])
+    ages = (b["hist_age"],) if time_gaps else ()
+    inputs = (b["cat"], b["dense"], content[b["content_row"]], b["hist_ids"], content[b["hist_rows"]], *ages)
     # Served: each user's history once and pair_user naming every pair's user; the same logits as the per-row
     # forward (training's) on the same rows. Users ordered by the history, not by the batch's row order.
-    keys, pair_user = torch.unique(torch.cat([b["hist_ids"], b["hist_rows"]], 1), dim=0, return_inverse=True)
+    key = torch.cat([b["hist_ids"].double(), b["hist_rows"].double(), b["hist_age"].double()], 1)
+    keys, pair_user = torch.unique(key, dim=0, return_inverse=True)
     assert len(keys) < len(pair_user)  # some histories serve several rows of the batch: really grouped
     first_row = torch.zeros(len(keys), dtype=torch.long).scatter_(0, pair_user, torch.arange(len(pair_user)))
     grouped = (*inputs[:3], b["hist_ids"][first_row], content[b["hist_rows"][first_row]], pair_user)
+    grouped += tuple(a[first_row] for a in ages)
     with torch.no_grad():
         expected = model(*inputs)
         torch.testing.assert_close(served(*grouped), expected, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(model.forward_grouped(*grouped), expected, atol=1e-5, rtol=1e-4)
+        if time_gaps:  # the same entries a month older: other scores for the rows with a history
+            assert model.history_age.abs().sum() > 0
+            older = served(*grouped[:-1], grouped[-1] + 24 * 30)
+            has = (b["hist_ids"] != 0).any(dim=1)
+            assert has.any() and ((older - expected).abs().sum(dim=1)[has] > 1e-5).all()
+            with pytest.raises(ValueError, match="history_time_gaps"):
+                history_inputs(model, {k: v for k, v in b.items() if k != "hist_age"}, content)
+        text = triton_config("recsys_ranker", model.cfg.to_dict())
+        assert ('name: "hist_age" data_type: TYPE_FP32 dims: [ -1, 8 ]' in text) == time_gaps
         # the older per-pair program form still exports and scores alike (releases exported before grouping)
         model.cfg.grouped_history = False
         per_pair = load_program(ranker_program(model))

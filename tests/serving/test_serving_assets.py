@@ -243,6 +243,8 @@ def test_two_releases_feed_ab_split_skew_online_ctr_and_rollback(
         text = (repo / name / "config.pbtxt").read_text()
         assert 'name: "hist_ids" data_type: TYPE_INT64 dims: [ -1, 20 ]' in text, name
         assert 'name: "hist_content" data_type: TYPE_FP32 dims: [ -1, 20, 128 ]' in text, name
+        # both also take the entries' ages (history_time_gaps, on in the test sizes)
+        assert 'name: "hist_age" data_type: TYPE_FP32 dims: [ -1, 20 ]' in text, name
     # the ranker takes each user's history once and the user of every (user, candidate) pair
     assert (
         'name: "pair_user" data_type: TYPE_INT64 dims: [ -1 ]' in (repo / "recsys_ranker" / "config.pbtxt").read_text()
@@ -252,11 +254,18 @@ def test_two_releases_feed_ab_split_skew_online_ctr_and_rollback(
     _, trend2 = _served_trend(store, release2, day2)  # a two-day window: inputs with spread
     assert len(np.unique(trend2[:, 0])) > 1
     history = read_history_table(store, day2)
-    hist = ReleaseHistory(release2, history)
+    hist = ReleaseHistory(release2, history, day2)
     user = max(history.to_pylist(), key=lambda r: len(r["item_ids"]))
-    ids, content = hist.query_inputs(np.array([user["user_id"], "nobody"], dtype=object))
+    ids, content, ages = hist.query_inputs(np.array([user["user_id"], "nobody"], dtype=object))
     expected = release2.query_vocab.encode("item_id", pa.array(user["item_ids"][:20], pa.string()))
     assert ids[0, : len(expected)].tolist() == expected.tolist() and (ids[1] == 0).all()
+    start = window_of(day2).start  # each entry's age: hours from its event to the serving day's start
+    utc = [pd.Timestamp(t) if pd.Timestamp(t).tzinfo else pd.Timestamp(t, tz="UTC") for t in user["event_ts"][:20]]
+    hours = [(pd.Timestamp(start) - t).total_seconds() / 3600 for t in utc]
+    np.testing.assert_allclose(ages[0, : len(hours)].numpy(), hours, rtol=1e-6)
+    assert min(hours) > 0 and (ages[1] == 0).all()
+    with pytest.raises(ValueError, match="time gaps"):
+        ReleaseHistory(release2, history)  # without the serving day
     row = release2.catalog.rows(pa.array(user["item_ids"][:1], pa.string()))[0]
     if row >= 0:
         assert torch.equal(content[0, 0], torch.from_numpy(release2.catalog.embeddings[row]))
@@ -293,8 +302,8 @@ def test_two_releases_feed_ab_split_skew_online_ctr_and_rollback(
     f = spec.feed
     args = (release2, active_users(store, day2)[USER_COLUMNS].head(50), f.k_retrieve, f.k_feed, f.task_weights)
     args += (f.feed_source, pd.Timestamp(window_of(day2).end))
-    small = generate_feed(*args, user_batch=7, ranker_users=3, history=history)
-    default = generate_feed(*args, history=history)
+    small = generate_feed(*args, user_batch=7, ranker_users=3, history=history, history_day=day2)
+    default = generate_feed(*args, history=history, history_day=day2)
     assert small["user_id"].nunique() == 50 and small[["user_id", "rank", "item_id"]].equals(
         default[["user_id", "rank", "item_id"]]
     )

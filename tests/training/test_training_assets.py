@@ -38,7 +38,7 @@ def test_training_job_trains_on_the_window_validates_on_the_day_and_builds_both_
 ):
     store = DatasetStore(str(trained_root))
     day = DAYS[2]
-    result = train_day(day, instance, trained_root, training_yaml(tmp_path, **LENIENT))
+    result = train_day(day, instance, trained_root, training_yaml(tmp_path, holdout_fit=True, **LENIENT))
     assert result.success
     assert check_results(result) == {
         "user_history_point_in_time": True,
