@@ -82,11 +82,14 @@ def test_training_job_trains_on_the_window_validates_on_the_day_and_builds_both_
     inputs = (batch["cat"], dense, padded[batch["content_row"]], batch["hist_ids"], padded[batch["hist_rows"]])
     served = load_program(ranker.read_bytes("ranker.pt2"))
     assert model.cfg.grouped_history  # served with each user's history once: here every row is its own "user"
+    assert model.cfg.history_time_gaps and metrics["history_time_gaps"]  # on in the test sizes: the entries' ages
+    ages = batch["hist_age"]
     with torch.no_grad():
-        assert torch.allclose(served(*inputs, torch.arange(len(inputs[0]))), model(*inputs), atol=1e-5)
+        expected = model(*inputs, ages)
+        assert torch.allclose(served(*inputs, torch.arange(len(inputs[0])), ages), expected, atol=1e-5)
         # the history changes the scores (the attention is not a no-op)
-        no_history = (*inputs[:3], torch.zeros_like(inputs[3]), inputs[4])
-        assert not torch.allclose(model(*inputs), model(*no_history), atol=1e-4)
+        no_history = (*inputs[:3], torch.zeros_like(inputs[3]), inputs[4], ages)
+        assert not torch.allclose(expected, model(*no_history), atol=1e-4)
 
     # Retrieval index: one vector per catalogue item, exact for this size, same top-k as brute force.
     index_dir = ArtifactDir.committed(store, "retrieval_index", day)
