@@ -272,6 +272,16 @@ class BatchEncoder:
 assert RANKER_TASKS == ("liked", "shared", "followed", "watch_complete"), "label order in BatchEncoder.encode"
 
 
+def batch_history_ages(batch: dict, setting: str):
+    """The batch's `hist_age` for a model that reads the history's time gaps (`setting` names its switch); refused by
+    name when the batch's history was read without the entries' times (`gather_history` then gives none)."""
+    if "hist_age" not in batch:
+        raise ValueError(
+            f"this model reads the history's time gaps ({setting}), but its history was read without the entries' times"
+        )
+    return batch["hist_age"]
+
+
 def batch_tensors(
     block: dict[str, np.ndarray], encoder: BatchEncoder, idx: np.ndarray | None = None
 ) -> dict[str, torch.Tensor]:

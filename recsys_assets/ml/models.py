@@ -68,6 +68,14 @@ def history_age_buckets(hours: torch.Tensor) -> torch.Tensor:
     return torch.floor(torch.log2(1.0 + hours.float().clamp(min=0))).long().clamp(0, HISTORY_AGE_BUCKETS - 1)
 
 
+def with_age_vectors(h: torch.Tensor, vectors: torch.Tensor, hist_age: torch.Tensor | None, model: str) -> torch.Tensor:
+    """History entries h [B, L, d] plus the learned vector of each entry's age bucket (vectors [HISTORY_AGE_BUCKETS,
+    d]; hist_age [B, >= L] hours): both models' reading of the history's time gaps."""
+    if hist_age is None:
+        raise ValueError(f"this {model} reads the history's time gaps: give hist_age (hours) with the history")
+    return h + vectors[history_age_buckets(hist_age[:, : h.shape[1]])]
+
+
 def masked_attention_pool(scores: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """sum_j softmax(scores)_j * values_j over the unmasked j ([B, L] scores, [B, L, d] values); a row with nothing
     unmasked pools to zeros (a user without history), never NaN."""
@@ -195,9 +203,7 @@ class MMoERanker(nn.Module):
         ids, hc = hist_ids[:, : self.cfg.history_len], hist_content[:, : self.cfg.history_len]
         h = self.embeddings[self.item_pos](ids) + self.content_proj(hc)
         if self.cfg.history_time_gaps:
-            if hist_age is None:
-                raise ValueError("this ranker reads the history's time gaps: give hist_age (hours) with the history")
-            h = h + self.history_age[history_age_buckets(hist_age[:, : self.cfg.history_len])]
+            h = with_age_vectors(h, self.history_age, hist_age, "ranker")
         return h, ids != 0
 
     def _target(self, vecs: list[torch.Tensor]) -> torch.Tensor:
@@ -350,9 +356,7 @@ class TwoTower(nn.Module):
         if self.history_positions:
             h = h + self.history_position[: h.shape[1]].unsqueeze(0)
         if self.history_time_gaps:
-            if hist_age is None:
-                raise ValueError("this two-tower reads the history's time gaps: give hist_age (hours) with the history")
-            h = h + self.history_age[history_age_buckets(hist_age[:, : self.history_len])]
+            h = with_age_vectors(h, self.history_age, hist_age, "two-tower")
         mask = ids != 0
         return torch.cat(
             [masked_mean(h, mask), masked_attention_pool(self.history_attention(h).squeeze(-1), h, mask)], 1

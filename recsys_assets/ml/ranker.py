@@ -11,7 +11,13 @@ import torch
 
 from recsys_assets.config.training import RANKER_TASKS
 from recsys_assets.ml.features import DENSE_FEATURES, padded_content
-from recsys_assets.ml.loader import BatchEncoder, TrainingEventsDataset, positives_by_day, sequential_batches
+from recsys_assets.ml.loader import (
+    BatchEncoder,
+    TrainingEventsDataset,
+    batch_history_ages,
+    positives_by_day,
+    sequential_batches,
+)
 from recsys_assets.ml.metrics import roc_auc
 from recsys_assets.ml.models import GroupedRanker, MMoERanker, RankerConfig, TimedGroupedRanker, ranker_loss
 from recsys_assets.ml.trainer import CheckpointStore, FitResult, TrainSettings, fit_on_events
@@ -214,14 +220,10 @@ def history_inputs(model: MMoERanker, batch: dict[str, torch.Tensor], content: t
     """(hist_ids, hist_content[, hist_age]) of a batch for a history-aware ranker, () for a history-free one."""
     if not model.cfg.history_len:
         return ()
+    hist = (batch["hist_ids"], content[batch["hist_rows"]])
     if not model.cfg.history_time_gaps:
-        return batch["hist_ids"], content[batch["hist_rows"]]
-    if "hist_age" not in batch:
-        raise ValueError(
-            "this ranker reads the history's time gaps (ranker.history_time_gaps), but its history was read without "
-            "the entries' times"
-        )
-    return batch["hist_ids"], content[batch["hist_rows"]], batch["hist_age"]
+        return hist
+    return (*hist, batch_history_ages(batch, "ranker.history_time_gaps"))
 
 
 def ranker_program(model: MMoERanker) -> bytes:

@@ -14,7 +14,13 @@ import torch
 from recsys_assets.config.training import LabelSpec
 from recsys_assets.ml.baselines import MethodComparison
 from recsys_assets.ml.features import DENSE_FEATURES, ItemCatalog, Vocab, padded_content, standardize
-from recsys_assets.ml.loader import BatchEncoder, TrainingEventsDataset, positives_by_day, retrieval_positive_filter
+from recsys_assets.ml.loader import (
+    BatchEncoder,
+    TrainingEventsDataset,
+    batch_history_ages,
+    positives_by_day,
+    retrieval_positive_filter,
+)
 from recsys_assets.ml.metrics import group_relevant
 from recsys_assets.ml.models import TowerConfig, TwoTower, in_batch_softmax_loss
 from recsys_assets.ml.trainer import CheckpointStore, FitResult, TrainSettings, fit_on_events
@@ -326,12 +332,7 @@ def history_inputs(model: TwoTower, batch: dict[str, torch.Tensor], content: tor
     and the entries' ages when the model reads the history's time gaps (None for parts it does not read)."""
     if not model.history_len:
         return None, None, None
-    if model.history_time_gaps and "hist_age" not in batch:
-        raise ValueError(
-            "this two-tower reads the history's time gaps (retrieval.history_time_gaps), but its history was read "
-            "without the entries' times"
-        )
-    age = batch["hist_age"] if model.history_time_gaps else None
+    age = batch_history_ages(batch, "retrieval.history_time_gaps") if model.history_time_gaps else None
     return batch["hist_ids"], content[batch["hist_rows"]], age
 
 
